@@ -1,0 +1,234 @@
+//! `distroless-guard check`: the admission engine, offline, over manifests.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+
+use jiff::Timestamp;
+use json_patch::PatchOperation;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::manifest::Document;
+use crate::api::Action;
+use crate::policy::{self, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels};
+
+/// The namespace `kubectl apply` would use for an object that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The verdict on one object of the input.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectResult {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub allowed: bool,
+    pub violations: Vec<Violation>,
+    /// RFC 6902 operations that mutation (and `--fix`) applies to the object.
+    pub mutations: Vec<PatchOperation>,
+    /// `file:line` of the object.
+    pub source: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub results: Vec<ObjectResult>,
+}
+
+impl Report {
+    pub fn allowed(&self) -> bool {
+        self.results.iter().all(|r| r.allowed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {source}")]
+pub struct CheckError {
+    location: String,
+    #[source]
+    source: policy::ExtractError,
+}
+
+/// Labels of the namespaces defined in the input, so namespace selectors see them.
+fn namespace_labels(docs: &[Document]) -> BTreeMap<String, BTreeMap<String, String>> {
+    docs.iter()
+        .filter(|d| d.kind() == "Namespace")
+        .filter_map(|d| {
+            let name = d.value.pointer("/metadata/name")?.as_str()?.to_string();
+            let mut labels = namespace_name_labels(&name);
+            if let Some(Value::Object(extra)) = d.value.pointer("/metadata/labels") {
+                labels.extend(
+                    extra
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
+                );
+            }
+            Some((name, labels))
+        })
+        .collect()
+}
+
+/// Evaluates every workload in `docs`; other kinds are skipped. With `fix`,
+/// the documents are mutated in place and the verdict is on the fixed object.
+pub fn check(
+    docs: &mut [Document],
+    policies: &PolicySet,
+    now: Timestamp,
+    fix: bool,
+) -> Result<Report, CheckError> {
+    let namespaces = namespace_labels(docs);
+    let mut results = Vec::new();
+    for doc in docs.iter_mut() {
+        let location = doc.location();
+        let extract = |value: &Value| {
+            Workload::from_value(value).map_err(|source| CheckError {
+                location: location.clone(),
+                source,
+            })
+        };
+        let Some(mut workload) = extract(&doc.value)? else {
+            continue;
+        };
+        let namespace = workload
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        let ns_labels = namespaces
+            .get(&namespace)
+            .cloned()
+            .unwrap_or_else(|| namespace_name_labels(&namespace));
+        let judge = |w: &Workload| {
+            let subject = Subject {
+                workload: w,
+                namespace: &namespace,
+                namespace_labels: &ns_labels,
+                scope: Scope::Full,
+            };
+            policy::evaluate(policies, &subject, now)
+        };
+        let mut verdict = judge(&workload);
+        let mutations = verdict.mutation_patch(&workload);
+        if fix && !mutations.is_empty() {
+            if let Err(e) = json_patch::patch(&mut doc.value, &mutations) {
+                // The patch was computed from this very document; failing to apply it is a bug.
+                tracing::error!(error = %e, %location, "mutation patch does not apply to its own document");
+            } else if let Some(fixed) = extract(&doc.value)? {
+                workload = fixed;
+                verdict = judge(&workload);
+            }
+        }
+        results.push(ObjectResult {
+            api_version: doc
+                .value
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            kind: workload.kind.to_string(),
+            namespace,
+            name: workload.name.clone(),
+            allowed: verdict.allowed(),
+            violations: verdict.violations,
+            mutations: if fix { Vec::new() } else { mutations },
+            source: location,
+        });
+    }
+    Ok(Report { results })
+}
+
+/// Writes the fixed manifests as YAML documents.
+pub fn write_fixed(out: &mut impl Write, docs: &[Document]) -> std::io::Result<()> {
+    let many_sources = docs.windows(2).any(|w| w[0].source != w[1].source);
+    let mut last_source = None;
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            writeln!(out, "---")?;
+        }
+        if many_sources && last_source != Some(&doc.source) {
+            writeln!(out, "# Source: {}", doc.source)?;
+            last_source = Some(&doc.source);
+        }
+        let yaml = serde_yaml::to_string(&doc.value).map_err(std::io::Error::other)?;
+        out.write_all(yaml.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Colours for a terminal; none when output is not a terminal or `NO_COLOR` is set.
+struct Paint(bool);
+
+impl Paint {
+    fn detect() -> Self {
+        Paint(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+    }
+
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn action(&self, action: Action) -> String {
+        let (code, label) = match action {
+            Action::Deny => ("1;31", "DENY "),
+            Action::Warn => ("1;33", "WARN "),
+            Action::Audit => ("1;36", "AUDIT"),
+        };
+        self.wrap(code, label)
+    }
+}
+
+/// Writes the report for people: one block per object, then a summary line.
+pub fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    let paint = Paint::detect();
+    let mut counts: BTreeMap<Action, usize> = BTreeMap::new();
+    for r in &report.results {
+        let mark = if !r.allowed {
+            paint.wrap("1;31", "✗")
+        } else if r.violations.is_empty() {
+            paint.wrap("1;32", "✓")
+        } else {
+            paint.wrap("1;33", "!")
+        };
+        writeln!(
+            out,
+            "{mark} {} {}/{}  ({})",
+            r.kind, r.namespace, r.name, r.source
+        )?;
+        for v in &r.violations {
+            *counts.entry(v.action).or_default() += 1;
+            writeln!(
+                out,
+                "    {} [{}] {}",
+                paint.action(v.action),
+                v.rule,
+                paint.wrap("2", &v.path)
+            )?;
+            writeln!(out, "          {}", v.message)?;
+        }
+        if !r.mutations.is_empty() {
+            writeln!(
+                out,
+                "    {} {} field(s) would be set at admission; --fix writes them into the manifest",
+                paint.wrap("1;34", "MUTATE"),
+                r.mutations.len()
+            )?;
+        }
+    }
+    let denied = report.results.iter().filter(|r| !r.allowed).count();
+    let count = |a| counts.get(&a).copied().unwrap_or(0);
+    writeln!(
+        out,
+        "\n{} objects checked: {} allowed, {} denied; {} violations ({} Deny, {} Warn, {} Audit)",
+        report.results.len(),
+        report.results.len() - denied,
+        denied,
+        counts.values().sum::<usize>(),
+        count(Action::Deny),
+        count(Action::Warn),
+        count(Action::Audit),
+    )
+}

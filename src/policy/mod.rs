@@ -1,0 +1,146 @@
+//! The pure policy engine: pod specs from workloads, rules, verdicts and
+//! mutation patches. The webhook and the CLI call the same [`evaluate`].
+
+mod mutate;
+mod rules;
+pub mod selector;
+mod set;
+pub mod shell;
+mod workload;
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use json_patch::PatchOperation;
+use serde::Serialize;
+
+pub use mutate::{MutationSettings, mutation_patch};
+pub use rules::{Finding, Scope, check_pod_spec};
+pub use set::{
+    CompiledExemption, CompiledPolicy, PolicyError, PolicySet, SYSTEM_NAMESPACES, wildcard_match,
+};
+pub use workload::{ExtractError, Workload, WorkloadKind};
+
+use crate::api::{Action, DEFAULT_NON_ROOT_USER, RuleId};
+
+/// The label the API server puts on every namespace, with its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// The namespace labels known when only the name is known.
+pub fn namespace_name_labels(namespace: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), namespace.to_string())])
+}
+
+/// What is evaluated, and where.
+#[derive(Clone, Debug)]
+pub struct Subject<'a> {
+    pub workload: &'a Workload,
+    /// The namespace the object lives (or will live) in.
+    pub namespace: &'a str,
+    pub namespace_labels: &'a BTreeMap<String, String>,
+    pub scope: Scope<'a>,
+}
+
+/// A rule broken, with the action the policies chose for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub rule: RuleId,
+    pub action: Action,
+    /// The container at fault, `null` for pod-level fields.
+    pub container: Option<String>,
+    pub path: String,
+    pub message: String,
+    /// The policy whose action applies (the first by name among the strictest).
+    pub policy: String,
+}
+
+/// The outcome of evaluating one object against every policy in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Names of the policies that matched the object, in name order.
+    pub matched: Vec<String>,
+    pub violations: Vec<Violation>,
+    /// What mutation does for this object, when any policy matched.
+    pub mutation: Option<MutationSettings>,
+}
+
+impl Verdict {
+    /// No violation has the action `Deny`.
+    pub fn allowed(&self) -> bool {
+        !self.violations.iter().any(|v| v.action == Action::Deny)
+    }
+
+    pub fn with_action(&self, action: Action) -> impl Iterator<Item = &Violation> {
+        self.violations.iter().filter(move |v| v.action == action)
+    }
+
+    /// The mutation patch for the workload's pod spec (empty when no policy matched).
+    pub fn mutation_patch(&self, workload: &Workload) -> Vec<PatchOperation> {
+        self.mutation
+            .as_ref()
+            .map(|m| mutation_patch(&workload.spec, workload.kind.spec_pointer(), m))
+            .unwrap_or_default()
+    }
+}
+
+/// Evaluates one object against every policy in force. Several matching
+/// policies: for each finding, the strictest action wins (Deny > Warn >
+/// Audit); a policy that ignores the rule or exempts the finding has no say;
+/// among equally strict policies the first by name is named.
+pub fn evaluate(policies: &PolicySet, subject: &Subject<'_>, now: Timestamp) -> Verdict {
+    let today: Date = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let matched: Vec<&CompiledPolicy> = policies
+        .policies()
+        .iter()
+        .filter(|p| {
+            p.matches(
+                subject.namespace,
+                subject.namespace_labels,
+                &subject.workload.labels,
+            )
+        })
+        .collect();
+    if matched.is_empty() {
+        return Verdict::default();
+    }
+    let mutation = MutationSettings::merge(matched.iter().map(|p| &p.spec));
+    let uid = mutation.as_ref().map_or(DEFAULT_NON_ROOT_USER, |m| m.uid);
+    let findings = check_pod_spec(
+        &subject.workload.spec,
+        subject.workload.kind.spec_path(),
+        subject.scope,
+        uid,
+    );
+
+    let violations = findings
+        .into_iter()
+        .filter_map(|f| {
+            let (action, policy) = matched
+                .iter()
+                .filter(|p| {
+                    p.exemption_for(f.rule, subject.namespace, &f.images, today)
+                        .is_none()
+                })
+                .filter_map(|p| p.action_for(f.rule).map(|a| (a, p.name.as_str())))
+                .fold(None, |best: Option<(Action, &str)>, (a, name)| match best {
+                    Some((b, _)) if b >= a => best,
+                    _ => Some((a, name)),
+                })?;
+            Some(Violation {
+                rule: f.rule,
+                action,
+                container: f.container,
+                path: f.path,
+                message: f.message,
+                policy: policy.to_string(),
+            })
+        })
+        .collect();
+
+    Verdict {
+        matched: matched.iter().map(|p| p.name.clone()).collect(),
+        violations,
+        mutation,
+    }
+}

@@ -1,0 +1,194 @@
+//! Mutation: fill in what is unset so a pod runs as the non-root user, as
+//! RFC 6902 operations. Never silently overrides an explicit value (the one
+//! exception is `fsGroup: Override`, which a policy must ask for). Idempotent:
+//! applying the patch and mutating again yields no operations.
+
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::api::core::v1::{Container, PodSpec, SecurityContext};
+use serde_json::{Map, Value, json};
+
+use crate::api::{DistrolessPolicySpec, FsGroupMode, RunAsUserMode};
+
+/// What mutation does for one pod, merged from every matching policy.
+///
+/// Merging is deterministic: a boolean hardening option is on when any
+/// matching policy turns it on; `runAsUser: IfUnset` wins over `Never`;
+/// `fsGroup` takes the strongest mode (`Override` > `IfUnset` > `Never`); the
+/// UID comes from the matching policy whose name sorts first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MutationSettings {
+    pub uid: i64,
+    pub run_as_non_root: bool,
+    pub run_as_user: RunAsUserMode,
+    pub fs_group: FsGroupMode,
+    pub disallow_privilege_escalation: bool,
+    pub seccomp_runtime_default: bool,
+    pub drop_all_capabilities: bool,
+}
+
+impl MutationSettings {
+    /// Merges the mutation of policies given in name order; `None` when none is given.
+    pub fn merge<'a>(specs: impl IntoIterator<Item = &'a DistrolessPolicySpec>) -> Option<Self> {
+        specs.into_iter().fold(None, |acc, spec| {
+            let m = &spec.mutation;
+            let own = MutationSettings {
+                uid: spec.non_root_user,
+                run_as_non_root: m.run_as_non_root,
+                run_as_user: m.run_as_user,
+                fs_group: m.fs_group,
+                disallow_privilege_escalation: m.allow_privilege_escalation == Some(false),
+                seccomp_runtime_default: m.seccomp_runtime_default,
+                drop_all_capabilities: m.drop_all_capabilities,
+            };
+            Some(match acc {
+                None => own,
+                Some(a) => MutationSettings {
+                    uid: a.uid,
+                    run_as_non_root: a.run_as_non_root || own.run_as_non_root,
+                    run_as_user: a.run_as_user.max(own.run_as_user),
+                    fs_group: a.fs_group.max(own.fs_group),
+                    disallow_privilege_escalation: a.disallow_privilege_escalation
+                        || own.disallow_privilege_escalation,
+                    seccomp_runtime_default: a.seccomp_runtime_default
+                        || own.seccomp_runtime_default,
+                    drop_all_capabilities: a.drop_all_capabilities || own.drop_all_capabilities,
+                },
+            })
+        })
+    }
+}
+
+fn pointer(base: &str, rest: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(base.split('/').skip(1).chain(rest.iter().copied()))
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+/// Adds `fields` under `base/securityContext`: one operation for the whole
+/// object when it is absent, else one per field.
+fn add_fields(ops: &mut Vec<PatchOperation>, base: &str, exists: bool, fields: Map<String, Value>) {
+    if fields.is_empty() {
+        return;
+    }
+    if !exists {
+        ops.push(add(
+            pointer(base, &["securityContext"]),
+            Value::Object(fields),
+        ));
+        return;
+    }
+    for (key, value) in fields {
+        ops.push(add(pointer(base, &["securityContext", &key]), value));
+    }
+}
+
+/// The patch that mutates the pod spec found at `spec_pointer` in its object.
+pub fn mutation_patch(
+    spec: &PodSpec,
+    spec_pointer: &str,
+    m: &MutationSettings,
+) -> Vec<PatchOperation> {
+    let mut ops = Vec::new();
+    let windows = spec.os.as_ref().is_some_and(|os| os.name == "windows");
+    let psc = spec.security_context.as_ref();
+    let mut pod = Map::new();
+
+    if m.run_as_non_root && psc.and_then(|s| s.run_as_non_root).is_none() {
+        pod.insert("runAsNonRoot".into(), json!(true));
+    }
+    if !windows {
+        let containers = || {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+        };
+        let any_sets = |f: fn(&SecurityContext) -> Option<i64>| {
+            containers().any(|c| c.security_context.as_ref().and_then(f).is_some())
+        };
+        if m.run_as_user == RunAsUserMode::IfUnset {
+            if psc.and_then(|s| s.run_as_user).is_none() && !any_sets(|s| s.run_as_user) {
+                pod.insert("runAsUser".into(), json!(m.uid));
+            }
+            if psc.and_then(|s| s.run_as_group).is_none() && !any_sets(|s| s.run_as_group) {
+                pod.insert("runAsGroup".into(), json!(m.uid));
+            }
+        }
+        match (m.fs_group, psc.and_then(|s| s.fs_group)) {
+            (FsGroupMode::IfUnset | FsGroupMode::Override, None) => {
+                pod.insert("fsGroup".into(), json!(m.uid));
+            }
+            (FsGroupMode::Override, Some(current)) if current != m.uid => {
+                ops.push(PatchOperation::Replace(ReplaceOperation {
+                    path: pointer(spec_pointer, &["securityContext", "fsGroup"]),
+                    value: json!(m.uid),
+                }));
+            }
+            _ => {}
+        }
+        if m.seccomp_runtime_default && psc.and_then(|s| s.seccomp_profile.as_ref()).is_none() {
+            pod.insert("seccompProfile".into(), json!({"type": "RuntimeDefault"}));
+        }
+    }
+    add_fields(&mut ops, spec_pointer, psc.is_some(), pod);
+
+    if windows {
+        return ops;
+    }
+    let lists: [(&str, &[Container]); 2] = [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("containers", &spec.containers),
+    ];
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let base = format!("{spec_pointer}/{list}/{i}");
+            mutate_container(&mut ops, &base, c.security_context.as_ref(), m);
+        }
+    }
+    ops
+}
+
+fn mutate_container(
+    ops: &mut Vec<PatchOperation>,
+    base: &str,
+    sc: Option<&SecurityContext>,
+    m: &MutationSettings,
+) {
+    let mut fields = Map::new();
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    // The API server rejects allowPrivilegeEscalation: false next to
+    // privileged: true or an added CAP_SYS_ADMIN, so those are left alone.
+    let privileged = sc.and_then(|s| s.privileged) == Some(true)
+        || caps
+            .and_then(|c| c.add.as_ref())
+            .is_some_and(|add| add.iter().any(|c| c == "SYS_ADMIN" || c == "CAP_SYS_ADMIN"));
+    if m.disallow_privilege_escalation
+        && !privileged
+        && sc.and_then(|s| s.allow_privilege_escalation).is_none()
+    {
+        fields.insert("allowPrivilegeEscalation".into(), json!(false));
+    }
+    if m.drop_all_capabilities {
+        match caps.map(|c| c.drop.as_deref()) {
+            None => {
+                fields.insert("capabilities".into(), json!({"drop": ["ALL"]}));
+            }
+            Some(None) => ops.push(add(
+                pointer(base, &["securityContext", "capabilities", "drop"]),
+                json!(["ALL"]),
+            )),
+            Some(Some(drop)) if !drop.iter().any(|d| d == "ALL") => ops.push(add(
+                pointer(base, &["securityContext", "capabilities", "drop", "-"]),
+                json!("ALL"),
+            )),
+            Some(Some(_)) => {}
+        }
+    }
+    add_fields(ops, base, sc.is_some(), fields);
+}

@@ -1,0 +1,281 @@
+//! The pod and container rules. Each finding says what is wrong, why it breaks
+//! on a distroless image or is unsafe, and the exact change that fixes it.
+
+use k8s_openapi::api::core::v1::{
+    Container, EphemeralContainer, Lifecycle, PodSecurityContext, PodSpec, Probe, SecurityContext,
+};
+
+use super::shell::find_shell;
+use crate::api::RuleId;
+
+/// A rule broken by a pod spec, before any policy decides what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub rule: RuleId,
+    /// The container at fault, `None` for pod-level fields.
+    pub container: Option<String>,
+    /// The images the finding concerns (an exemption by image must cover all of them).
+    pub images: Vec<String>,
+    /// Field path from the object's root, e.g. `spec.containers[0].livenessProbe.exec`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Which parts of a pod spec are checked.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Scope<'a> {
+    /// Everything: pod-level fields, init, regular and ephemeral containers.
+    #[default]
+    Full,
+    /// An update of `pods/ephemeralcontainers`: only ephemeral containers not
+    /// named in `existing` (those were admitted before).
+    NewEphemeralContainers { existing: &'a [String] },
+}
+
+/// A container of any of the three lists, seen through what the rules read.
+struct ContainerView<'a> {
+    list: &'static str,
+    index: usize,
+    name: &'a str,
+    image: &'a str,
+    command: &'a [String],
+    args: &'a [String],
+    security_context: Option<&'a SecurityContext>,
+    probes: [(&'static str, Option<&'a Probe>); 3],
+    lifecycle: Option<&'a Lifecycle>,
+}
+
+impl<'a> ContainerView<'a> {
+    fn of_container(list: &'static str, index: usize, c: &'a Container) -> Self {
+        ContainerView {
+            list,
+            index,
+            name: &c.name,
+            image: c.image.as_deref().unwrap_or_default(),
+            command: c.command.as_deref().unwrap_or_default(),
+            args: c.args.as_deref().unwrap_or_default(),
+            security_context: c.security_context.as_ref(),
+            probes: [
+                ("livenessProbe", c.liveness_probe.as_ref()),
+                ("readinessProbe", c.readiness_probe.as_ref()),
+                ("startupProbe", c.startup_probe.as_ref()),
+            ],
+            lifecycle: c.lifecycle.as_ref(),
+        }
+    }
+
+    fn of_ephemeral(index: usize, c: &'a EphemeralContainer) -> Self {
+        ContainerView {
+            list: "ephemeralContainers",
+            index,
+            name: &c.name,
+            image: c.image.as_deref().unwrap_or_default(),
+            command: c.command.as_deref().unwrap_or_default(),
+            args: c.args.as_deref().unwrap_or_default(),
+            security_context: c.security_context.as_ref(),
+            probes: [
+                ("livenessProbe", c.liveness_probe.as_ref()),
+                ("readinessProbe", c.readiness_probe.as_ref()),
+                ("startupProbe", c.startup_probe.as_ref()),
+            ],
+            lifecycle: c.lifecycle.as_ref(),
+        }
+    }
+
+    fn path(&self, spec_path: &str, rest: &str) -> String {
+        format!("{spec_path}.{}[{}].{rest}", self.list, self.index)
+    }
+
+    fn finding(&self, rule: RuleId, path: String, message: String) -> Finding {
+        Finding {
+            rule,
+            container: Some(self.name.to_string()),
+            images: vec![self.image.to_string()],
+            path,
+            message,
+        }
+    }
+}
+
+fn containers<'a>(spec: &'a PodSpec, scope: Scope<'_>) -> Vec<ContainerView<'a>> {
+    let ephemeral = spec.ephemeral_containers.iter().flatten().enumerate();
+    match scope {
+        Scope::Full => {
+            let init = spec.init_containers.iter().flatten().enumerate();
+            init.map(|(i, c)| ContainerView::of_container("initContainers", i, c))
+                .chain(
+                    spec.containers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| ContainerView::of_container("containers", i, c)),
+                )
+                .chain(ephemeral.map(|(i, c)| ContainerView::of_ephemeral(i, c)))
+                .collect()
+        }
+        Scope::NewEphemeralContainers { existing } => ephemeral
+            .filter(|(_, c)| !existing.contains(&c.name))
+            .map(|(i, c)| ContainerView::of_ephemeral(i, c))
+            .collect(),
+    }
+}
+
+/// Every finding of the pod-spec rules (`root-uid`, `non-root-disabled`,
+/// `exec-probe`, `exec-hook`, `shell-command`). `spec_path` is where the pod
+/// spec sits in its object; `uid` is the non-root UID the fix should name.
+pub fn check_pod_spec(spec: &PodSpec, spec_path: &str, scope: Scope<'_>, uid: i64) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if matches!(scope, Scope::Full) {
+        check_pod_security_context(spec, spec_path, uid, &mut findings);
+    }
+    for c in containers(spec, scope) {
+        check_container(&c, spec_path, uid, &mut findings);
+    }
+    findings
+}
+
+fn all_images(spec: &PodSpec) -> Vec<String> {
+    let init = spec.init_containers.iter().flatten().map(|c| &c.image);
+    let main = spec.containers.iter().map(|c| &c.image);
+    let eph = spec.ephemeral_containers.iter().flatten().map(|c| &c.image);
+    init.chain(main)
+        .chain(eph)
+        .map(|i| i.clone().unwrap_or_default())
+        .collect()
+}
+
+fn check_pod_security_context(spec: &PodSpec, spec_path: &str, uid: i64, out: &mut Vec<Finding>) {
+    let Some(sc): Option<&PodSecurityContext> = spec.security_context.as_ref() else {
+        return;
+    };
+    if sc.run_as_user == Some(0) {
+        out.push(Finding {
+            rule: RuleId::RootUid,
+            container: None,
+            images: all_images(spec),
+            path: format!("{spec_path}.securityContext.runAsUser"),
+            message: format!(
+                "the pod sets runAsUser: 0, so every container that does not choose its own user runs as root; \
+                 root in a container is root on the node's kernel if anything escapes. \
+                 Fix: set spec.securityContext.runAsUser to {uid} (the distroless nonroot user) or remove runAsUser: 0"
+            ),
+        });
+    }
+    if sc.run_as_non_root == Some(false) {
+        out.push(Finding {
+            rule: RuleId::NonRootDisabled,
+            container: None,
+            images: all_images(spec),
+            path: format!("{spec_path}.securityContext.runAsNonRoot"),
+            message: format!(
+                "the pod sets runAsNonRoot: false, which lets the kubelet start containers whose image runs as root. \
+                 Fix: set spec.securityContext.runAsNonRoot: true (or remove it and let mutation set it) and run as UID {uid}"
+            ),
+        });
+    }
+}
+
+fn check_container(c: &ContainerView<'_>, spec_path: &str, uid: i64, out: &mut Vec<Finding>) {
+    if let Some(sc) = c.security_context {
+        if sc.run_as_user == Some(0) {
+            out.push(c.finding(
+                RuleId::RootUid,
+                c.path(spec_path, "securityContext.runAsUser"),
+                format!(
+                    "container {:?} runs as root (securityContext.runAsUser: 0); root in a container is root on the \
+                     node's kernel if anything escapes. Fix: set securityContext.runAsUser to {uid} or remove runAsUser: 0",
+                    c.name
+                ),
+            ));
+        }
+        if sc.run_as_non_root == Some(false) {
+            out.push(c.finding(
+                RuleId::NonRootDisabled,
+                c.path(spec_path, "securityContext.runAsNonRoot"),
+                format!(
+                    "container {:?} sets runAsNonRoot: false, which lets the kubelet start it even when its image runs as root. \
+                     Fix: set securityContext.runAsNonRoot: true (or remove the field) and run as UID {uid}",
+                    c.name
+                ),
+            ));
+        }
+    }
+
+    for (field, probe) in c.probes {
+        if let Some(exec) = probe.and_then(|p| p.exec.as_ref()) {
+            let argv = exec.command.as_deref().unwrap_or_default();
+            out.push(c.finding(
+                RuleId::ExecProbe,
+                c.path(spec_path, &format!("{field}.exec")),
+                format!(
+                    "container {:?} has an exec {field} ({}); a distroless image has no shell and usually none of the \
+                     tools a probe command needs, so the probe fails and the kubelet restarts or never readies the container. \
+                     Fix: use httpGet, grpc or tcpSocket instead of exec",
+                    c.name,
+                    show_argv(argv)
+                ),
+            ));
+        }
+    }
+
+    let hooks = c.lifecycle.map(|l| {
+        [
+            ("postStart", l.post_start.as_ref()),
+            ("preStop", l.pre_stop.as_ref()),
+        ]
+    });
+    for (hook, handler) in hooks.into_iter().flatten() {
+        if let Some(exec) = handler.and_then(|h| h.exec.as_ref()) {
+            let argv = exec.command.as_deref().unwrap_or_default();
+            out.push(c.finding(
+                RuleId::ExecHook,
+                c.path(spec_path, &format!("lifecycle.{hook}.exec")),
+                format!(
+                    "container {:?} has an exec {hook} hook ({}); a distroless image has no shell or tools to run it, \
+                     so the hook fails{}. Fix: use an httpGet or sleep {hook} handler, or do the work in the program itself{}",
+                    c.name,
+                    show_argv(argv),
+                    if hook == "postStart" { " and the container is killed" } else { " and shutdown is not graceful" },
+                    if hook == "preStop" { " on SIGTERM" } else { "" }
+                ),
+            ));
+        }
+    }
+
+    if let Some(shell) = find_shell(c.command, c.args) {
+        let field = shell.field.as_str();
+        let what = match &shell.inline_script {
+            Some(script) => format!(
+                "starts a shell ({} -c {})",
+                shell.program,
+                quote_short(script)
+            ),
+            None => format!("starts a shell ({})", shell.program),
+        };
+        out.push(c.finding(
+            RuleId::ShellCommand,
+            c.path(spec_path, &format!("{field}[{}]", shell.index)),
+            format!(
+                "container {:?} {what}; a distroless image has no shell, so the container fails to start with \
+                 \"executable file not found\". Fix: run the program directly (command: [\"/path/to/app\", \"--flag\"]), \
+                 use $(VAR) references for environment variables, and move pipes, && and loops into the program",
+                c.name
+            ),
+        ));
+    }
+}
+
+fn show_argv(argv: &[String]) -> String {
+    let joined = argv.join(" ");
+    format!("exec: {}", quote_short(&joined))
+}
+
+fn quote_short(s: &str) -> String {
+    const MAX: usize = 60;
+    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > MAX {
+        let cut: String = one_line.chars().take(MAX).collect();
+        format!("{cut:?}...")
+    } else {
+        format!("{one_line:?}")
+    }
+}

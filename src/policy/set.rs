@@ -1,0 +1,289 @@
+//! Policies checked once and kept in name order, ready for evaluation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::civil::Date;
+
+use super::selector::{self, SelectorError};
+use crate::api::{
+    Action, DistrolessPolicy, DistrolessPolicySpec, Exemption, Match, Mutation, RuleId,
+};
+
+/// The namespaces no built-in default ever touches.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-node-lease", "kube-public"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {policy:?}: {source}")]
+    Selector {
+        policy: String,
+        #[source]
+        source: SelectorError,
+    },
+    #[error("policy {policy:?}: exemption {index} has an empty reason; every exemption needs one")]
+    EmptyReason { policy: String, index: usize },
+    #[error(
+        "policy {policy:?}: exemption {index} expires on {value:?}, which is not a date (YYYY-MM-DD)"
+    )]
+    BadExpiry {
+        policy: String,
+        index: usize,
+        value: String,
+    },
+    #[error("policy {policy:?}: nonRootUser must be a UID from 1 to 2147483647, not {uid}")]
+    BadUid { policy: String, uid: i64 },
+    #[error("policy {0:?} is given twice")]
+    Duplicate(String),
+    #[error("a DistrolessPolicy needs metadata.name")]
+    Unnamed,
+}
+
+/// An exemption with its expiry parsed.
+#[derive(Clone, Debug)]
+pub struct CompiledExemption {
+    pub exemption: Exemption,
+    pub expires: Option<Date>,
+}
+
+impl CompiledExemption {
+    /// Whether this exemption covers `rule` for the given namespace and images on `today`.
+    pub fn covers(&self, rule: RuleId, namespace: &str, images: &[String], today: Date) -> bool {
+        let e = &self.exemption;
+        self.expires.is_none_or(|last| today <= last)
+            && (e.rules.is_empty() || e.rules.contains(&rule))
+            && (e.namespaces.is_empty() || e.namespaces.iter().any(|n| n == namespace))
+            && (e.images.is_empty()
+                || (!images.is_empty()
+                    && images
+                        .iter()
+                        .all(|i| e.images.iter().any(|p| wildcard_match(p, i)))))
+    }
+}
+
+/// A validated policy.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    pub name: String,
+    pub spec: DistrolessPolicySpec,
+    pub exemptions: Vec<CompiledExemption>,
+}
+
+impl CompiledPolicy {
+    pub fn compile(policy: &DistrolessPolicy) -> Result<Self, PolicyError> {
+        let name = policy
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or(PolicyError::Unnamed)?;
+        Self::from_spec(name, policy.spec.clone())
+    }
+
+    pub fn from_spec(name: String, spec: DistrolessPolicySpec) -> Result<Self, PolicyError> {
+        for sel in [
+            &spec.match_.namespace_selector,
+            &spec.match_.object_selector,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            selector::validate(sel).map_err(|source| PolicyError::Selector {
+                policy: name.clone(),
+                source,
+            })?;
+        }
+        if !(1..=i64::from(i32::MAX)).contains(&spec.non_root_user) {
+            return Err(PolicyError::BadUid {
+                policy: name,
+                uid: spec.non_root_user,
+            });
+        }
+        let exemptions = spec
+            .exemptions
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                if e.reason.trim().is_empty() {
+                    return Err(PolicyError::EmptyReason {
+                        policy: name.clone(),
+                        index,
+                    });
+                }
+                let expires = e
+                    .expires
+                    .as_deref()
+                    .map(|v| {
+                        v.parse::<Date>().map_err(|_| PolicyError::BadExpiry {
+                            policy: name.clone(),
+                            index,
+                            value: v.to_string(),
+                        })
+                    })
+                    .transpose()?;
+                Ok(CompiledExemption {
+                    exemption: e.clone(),
+                    expires,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(CompiledPolicy {
+            name,
+            spec,
+            exemptions,
+        })
+    }
+
+    /// Whether the policy applies to an object with these labels in this namespace.
+    pub fn matches(
+        &self,
+        namespace: &str,
+        namespace_labels: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let m = &self.spec.match_;
+        !m.exclude_namespaces.iter().any(|n| n == namespace)
+            && selector::matches(m.namespace_selector.as_ref(), namespace_labels)
+            && selector::matches(m.object_selector.as_ref(), labels)
+    }
+
+    /// This policy's action for a rule, `None` when it ignores the rule.
+    pub fn action_for(&self, rule: RuleId) -> Option<Action> {
+        match self.spec.rules.get(&rule) {
+            Some(over) => over.action(),
+            None => Some(self.spec.action),
+        }
+    }
+
+    /// The first exemption covering the finding, if any.
+    pub fn exemption_for(
+        &self,
+        rule: RuleId,
+        namespace: &str,
+        images: &[String],
+        today: Date,
+    ) -> Option<&CompiledExemption> {
+        self.exemptions
+            .iter()
+            .find(|e| e.covers(rule, namespace, images, today))
+    }
+
+    /// The next instant an exemption of this policy stops applying, after `today`.
+    pub fn next_expiry(&self, today: Date) -> Option<Date> {
+        self.exemptions
+            .iter()
+            .filter_map(|e| e.expires)
+            .filter(|d| *d >= today)
+            .min()
+    }
+}
+
+/// Every policy in force, in name order.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    policies: Vec<CompiledPolicy>,
+}
+
+impl PolicySet {
+    pub fn new(policies: &[DistrolessPolicy]) -> Result<Self, PolicyError> {
+        let compiled = policies
+            .iter()
+            .map(CompiledPolicy::compile)
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_compiled(compiled)
+    }
+
+    pub fn from_compiled(mut policies: Vec<CompiledPolicy>) -> Result<Self, PolicyError> {
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut seen = BTreeSet::new();
+        for p in &policies {
+            if !seen.insert(p.name.as_str()) {
+                return Err(PolicyError::Duplicate(p.name.clone()));
+            }
+        }
+        Ok(PolicySet { policies })
+    }
+
+    /// The policy used when none is configured: every rule denies, pods are
+    /// mutated to UID 65532, and the control plane's namespaces are left alone.
+    pub fn builtin_default() -> Self {
+        let spec = DistrolessPolicySpec {
+            action: Action::Deny,
+            rules: BTreeMap::new(),
+            match_: Match {
+                exclude_namespaces: SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect(),
+                ..Match::default()
+            },
+            non_root_user: crate::api::DEFAULT_NON_ROOT_USER,
+            mutation: Mutation::default(),
+            exemptions: Vec::new(),
+        };
+        let policy = CompiledPolicy {
+            name: "builtin-default".into(),
+            spec,
+            exemptions: Vec::new(),
+        };
+        PolicySet {
+            policies: vec![policy],
+        }
+    }
+
+    pub fn policies(&self) -> &[CompiledPolicy] {
+        &self.policies
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&CompiledPolicy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
+
+/// `*` matches any run of characters (slashes included), `?` any one character.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_globs_across_slashes() {
+        assert!(wildcard_match(
+            "registry.example.com/vendor/*",
+            "registry.example.com/vendor/db:1.2"
+        ));
+        assert!(wildcard_match("*:debug", "gcr.io/distroless/base:debug"));
+        assert!(wildcard_match("nginx", "nginx"));
+        assert!(wildcard_match("ngin?:1.2?", "nginx:1.27"));
+        assert!(!wildcard_match(
+            "registry.example.com/vendor/*",
+            "registry.example.com/other/db"
+        ));
+        assert!(!wildcard_match("nginx", "nginx:1"));
+    }
+}

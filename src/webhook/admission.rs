@@ -1,0 +1,292 @@
+//! From an AdmissionRequest to an AdmissionResponse, through the policy engine.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, RwLock};
+
+use jiff::Timestamp;
+use serde_json::value::RawValue;
+
+use super::review::{AdmissionRequest, AdmissionResponse};
+use crate::api::{Action, RuleId};
+use crate::policy::{self, PolicySet, Scope, Subject, Verdict, Violation, Workload, WorkloadKind};
+
+/// Where namespace labels come from (namespace selectors need them).
+pub trait NamespaceLabels: Send + Sync {
+    fn labels(&self, namespace: &str) -> BTreeMap<String, String>;
+}
+
+/// Knows only a namespace's name, as the label `kubernetes.io/metadata.name`.
+/// Used by the standalone webhook, which has no API server to ask.
+pub struct NameOnly;
+
+impl NamespaceLabels for NameOnly {
+    fn labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        policy::namespace_name_labels(namespace)
+    }
+}
+
+/// Why a request could not be reviewed at all (answered with HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("request.object is missing for a {operation} of {kind}")]
+    MissingObject { operation: String, kind: String },
+}
+
+/// The admission decisions, shared by every connection.
+pub struct Admission {
+    policies: RwLock<Arc<PolicySet>>,
+    namespaces: Arc<dyn NamespaceLabels>,
+}
+
+/// What a review decided, for the response and for metrics.
+pub struct Decision {
+    pub response: AdmissionResponse,
+    /// allowed, denied, warned.
+    pub verdict: &'static str,
+    pub violations: Vec<Violation>,
+}
+
+impl Admission {
+    pub fn new(policies: PolicySet, namespaces: Arc<dyn NamespaceLabels>) -> Self {
+        Admission {
+            policies: RwLock::new(Arc::new(policies)),
+            namespaces,
+        }
+    }
+
+    pub fn policies(&self) -> Arc<PolicySet> {
+        match self.policies.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_policies(&self, policies: PolicySet) {
+        match self.policies.write() {
+            Ok(mut p) => *p = Arc::new(policies),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(policies),
+        }
+    }
+
+    /// The workload in a request, `None` when this webhook has nothing to say
+    /// about the request (other kinds, other subresources, deletes).
+    fn workload_of(
+        req: &AdmissionRequest,
+    ) -> Result<Option<(WorkloadKind, &RawValue)>, ReviewError> {
+        let Some(kind) = WorkloadKind::from_group_kind(&req.kind.group, &req.kind.kind) else {
+            return Ok(None);
+        };
+        let sub = req.sub_resource.as_deref().unwrap_or_default();
+        let relevant_sub =
+            sub.is_empty() || (kind == WorkloadKind::Pod && sub == "ephemeralcontainers");
+        if !relevant_sub || !matches!(req.operation.as_str(), "CREATE" | "UPDATE") {
+            return Ok(None);
+        }
+        match req.object.as_deref() {
+            Some(object) => Ok(Some((kind, object))),
+            None => Err(ReviewError::MissingObject {
+                operation: req.operation.clone(),
+                kind: req.kind.kind.clone(),
+            }),
+        }
+    }
+
+    fn parse(kind: WorkloadKind, raw: &RawValue) -> Result<Workload, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        Workload::deserialize(kind, &mut de)
+    }
+
+    fn judge(
+        &self,
+        req: &AdmissionRequest,
+        workload: &Workload,
+        scope: Scope<'_>,
+        now: Timestamp,
+    ) -> Verdict {
+        let namespace = req
+            .namespace
+            .as_deref()
+            .or(workload.namespace.as_deref())
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default");
+        let labels = self.namespaces.labels(namespace);
+        let subject = Subject {
+            workload,
+            namespace,
+            namespace_labels: &labels,
+            scope,
+        };
+        policy::evaluate(&self.policies(), &subject, now)
+    }
+
+    /// The validating webhook.
+    pub fn validate(
+        &self,
+        req: &AdmissionRequest,
+        now: Timestamp,
+    ) -> Result<Decision, ReviewError> {
+        let Some((kind, raw)) = Self::workload_of(req)? else {
+            return Ok(allowed(req));
+        };
+        let workload = match Self::parse(kind, raw) {
+            Ok(w) => w,
+            Err(e) => return Ok(unreadable(req, kind, &e)),
+        };
+        let old = req
+            .old_object
+            .as_deref()
+            .and_then(|raw| Self::parse(kind, raw).ok());
+        let ephemeral = req.sub_resource.as_deref() == Some("ephemeralcontainers");
+        let existing: Vec<String> = old
+            .iter()
+            .flat_map(|o| o.spec.ephemeral_containers.iter().flatten())
+            .map(|c| c.name.clone())
+            .collect();
+        let scope = if ephemeral {
+            Scope::NewEphemeralContainers {
+                existing: &existing,
+            }
+        } else {
+            Scope::Full
+        };
+        let mut verdict = self.judge(req, &workload, scope, now);
+
+        // An update keeps what was already there: a violation the old object
+        // had as well is a warning, so fixing one thing never needs fixing all.
+        let has_denials = verdict.violations.iter().any(|v| v.action == Action::Deny);
+        if let Some(old) = old
+            .as_ref()
+            .filter(|_| req.operation == "UPDATE" && !ephemeral && has_denials)
+        {
+            let before: HashSet<(RuleId, String)> = self
+                .judge(req, old, Scope::Full, now)
+                .violations
+                .into_iter()
+                .map(|v| (v.rule, v.path))
+                .collect();
+            for v in verdict
+                .violations
+                .iter_mut()
+                .filter(|v| v.action == Action::Deny)
+            {
+                if before.contains(&(v.rule, v.path.clone())) {
+                    v.action = Action::Warn;
+                    v.message = format!("already present before this update: {}", v.message);
+                }
+            }
+        }
+        Ok(decide(req, &workload, verdict))
+    }
+
+    /// The mutating webhook: Pods at CREATE only, so workload templates never drift from Git.
+    pub fn mutate(&self, req: &AdmissionRequest, now: Timestamp) -> Result<Decision, ReviewError> {
+        let Some((kind, raw)) = Self::workload_of(req)? else {
+            return Ok(allowed(req));
+        };
+        if kind != WorkloadKind::Pod || req.operation != "CREATE" || req.sub_resource.is_some() {
+            return Ok(allowed(req));
+        }
+        let workload = match Self::parse(kind, raw) {
+            Ok(w) => w,
+            Err(e) => return Ok(unreadable(req, kind, &e)),
+        };
+        let verdict = self.judge(req, &workload, Scope::Full, now);
+        let ops = verdict.mutation_patch(&workload);
+        let response = match AdmissionResponse::allow(&req.uid).with_patch(&ops) {
+            Ok(r) => r,
+            Err(e) => AdmissionResponse::deny(
+                &req.uid,
+                500,
+                "InternalError",
+                format!("cannot encode the mutation patch: {e}"),
+            ),
+        };
+        Ok(Decision {
+            response,
+            verdict: "allowed",
+            violations: Vec::new(),
+        })
+    }
+}
+
+fn allowed(req: &AdmissionRequest) -> Decision {
+    Decision {
+        response: AdmissionResponse::allow(&req.uid),
+        verdict: "allowed",
+        violations: Vec::new(),
+    }
+}
+
+fn unreadable(req: &AdmissionRequest, kind: WorkloadKind, e: &serde_json::Error) -> Decision {
+    let message = format!("distroless-guard cannot read this {kind}: {e}");
+    tracing::warn!(uid = %req.uid, %kind, error = %e, "unreadable object in admission request");
+    Decision {
+        response: AdmissionResponse::deny(&req.uid, 400, "BadRequest", message),
+        verdict: "error",
+        violations: Vec::new(),
+    }
+}
+
+fn object_name(req: &AdmissionRequest, workload: &Workload) -> String {
+    let name = req
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&workload.name);
+    match req.namespace.as_deref().or(workload.namespace.as_deref()) {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
+}
+
+/// One line per violation: rule id, container, field path, and the fix.
+pub fn violation_line(v: &Violation) -> String {
+    format!(
+        "[{}] {} (at {}; policy {})",
+        v.rule, v.message, v.path, v.policy
+    )
+}
+
+fn decide(req: &AdmissionRequest, workload: &Workload, verdict: Verdict) -> Decision {
+    let object = format!("{} {}", workload.kind, object_name(req, workload));
+    let denied: Vec<&Violation> = verdict.with_action(Action::Deny).collect();
+    let mut response = if denied.is_empty() {
+        AdmissionResponse::allow(&req.uid)
+    } else {
+        let mut message = format!(
+            "{object} is denied by distroless-guard ({} violation{}):",
+            denied.len(),
+            if denied.len() == 1 { "" } else { "s" }
+        );
+        for v in &denied {
+            let _ = write!(message, "\n- {}", violation_line(v));
+        }
+        AdmissionResponse::deny(&req.uid, 403, "Forbidden", message)
+    };
+    response.warnings = verdict
+        .with_action(Action::Warn)
+        .map(|v| format!("distroless-guard: {object}: {}", violation_line(v)))
+        .collect();
+    let audited: Vec<String> = verdict
+        .with_action(Action::Audit)
+        .map(|v| format!("{}@{}", v.rule, v.path))
+        .collect();
+    if !audited.is_empty() {
+        response
+            .audit_annotations
+            .insert("audit-violations".into(), audited.join(","));
+    }
+    let label = if !denied.is_empty() {
+        "denied"
+    } else if !response.warnings.is_empty() {
+        "warned"
+    } else {
+        "allowed"
+    };
+    Decision {
+        response,
+        verdict: label,
+        violations: verdict.violations,
+    }
+}

@@ -1,0 +1,129 @@
+//! AdmissionReview `admission.k8s.io/v1`, the parts this webhook reads and writes.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReview {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub request: Option<AdmissionRequest>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupVersionKind {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    pub kind: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRequest {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub operation: String,
+    #[serde(default)]
+    pub object: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub old_object: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionResponse {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// Base64 of the RFC 6902 JSON patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub audit_annotations: BTreeMap<String, String>,
+}
+
+impl AdmissionResponse {
+    pub fn allow(uid: &str) -> Self {
+        AdmissionResponse {
+            uid: uid.to_string(),
+            allowed: true,
+            status: None,
+            patch_type: None,
+            patch: None,
+            warnings: Vec::new(),
+            audit_annotations: BTreeMap::new(),
+        }
+    }
+
+    pub fn deny(uid: &str, code: u16, reason: &'static str, message: String) -> Self {
+        AdmissionResponse {
+            allowed: false,
+            status: Some(Status {
+                code,
+                reason,
+                message,
+            }),
+            ..Self::allow(uid)
+        }
+    }
+
+    /// Attaches a JSON patch (skipped when it has no operation).
+    pub fn with_patch(
+        mut self,
+        ops: &[json_patch::PatchOperation],
+    ) -> Result<Self, serde_json::Error> {
+        if !ops.is_empty() {
+            let bytes = serde_json::to_vec(ops)?;
+            self.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+            self.patch_type = Some("JSONPatch");
+        }
+        Ok(self)
+    }
+
+    pub fn into_review(self) -> ReviewOut {
+        ReviewOut {
+            api_version: API_VERSION,
+            kind: KIND,
+            response: self,
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewOut {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub response: AdmissionResponse,
+}

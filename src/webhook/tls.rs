@@ -1,0 +1,162 @@
+//! TLS for the webhook: certificates read from PEM files and re-read when the
+//! files change, so a rotated certificate is served without a restart and
+//! without dropping open connections.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("{path} holds no usable PEM private key: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("the certificate and key do not form a usable pair: {0}")]
+    Pair(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds a certified key from PEM bytes.
+pub fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.to_path_buf(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKey {
+        path: key_path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let ck = CertifiedKey::from_der(certs, key, &provider())?;
+    Ok(ck)
+}
+
+struct Loaded {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    key: Arc<CertifiedKey>,
+}
+
+/// Serves the certificate last read from two PEM files.
+pub struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<Loaded>>,
+}
+
+impl fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingCert")
+            .field("cert", &self.cert_path)
+            .field("key", &self.key_path)
+            .finish()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl ReloadingCert {
+    pub fn load(
+        cert_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+    ) -> Result<Self, TlsError> {
+        let (cert_path, key_path) = (cert_path.into(), key_path.into());
+        let loaded = Self::read_pair(&cert_path, &key_path)?;
+        Ok(ReloadingCert {
+            cert_path,
+            key_path,
+            current: RwLock::new(Arc::new(loaded)),
+        })
+    }
+
+    fn read_pair(cert_path: &Path, key_path: &Path) -> Result<Loaded, TlsError> {
+        let cert_pem = read(cert_path)?;
+        let key_pem = read(key_path)?;
+        let key = Arc::new(certified_key(&cert_pem, &key_pem, cert_path, key_path)?);
+        Ok(Loaded {
+            cert_pem,
+            key_pem,
+            key,
+        })
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the files; swaps the certificate when they changed and form a
+    /// valid pair. Returns whether it swapped. A half-written pair is an error
+    /// and the old certificate stays in use.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let (cert_pem, key_pem) = (read(&self.cert_path)?, read(&self.key_path)?);
+        let current = self.current();
+        if current.cert_pem == cert_pem && current.key_pem == key_pem {
+            return Ok(false);
+        }
+        let key = Arc::new(certified_key(
+            &cert_pem,
+            &key_pem,
+            &self.cert_path,
+            &self.key_path,
+        )?);
+        let loaded = Arc::new(Loaded {
+            cert_pem,
+            key_pem,
+            key,
+        });
+        match self.current.write() {
+            Ok(mut c) => *c = loaded,
+            Err(poisoned) => *poisoned.into_inner() = loaded,
+        }
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current().key.clone())
+    }
+}
+
+/// A rustls server configuration (HTTP/2 and HTTP/1.1) that serves whatever `certs` resolves.
+pub fn server_config(certs: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
