@@ -181,6 +181,16 @@ impl Paint {
     }
 }
 
+/// A patch operation for people: `set spec.securityContext = {"runAsNonRoot":true}`.
+fn describe_op(op: &PatchOperation) -> String {
+    let path = op.path().tokens().map(|t| t.decoded().into_owned()).collect::<Vec<_>>().join(".");
+    match op {
+        PatchOperation::Add(a) => format!("set {path} = {}", a.value),
+        PatchOperation::Replace(r) => format!("replace {path} with {}", r.value),
+        other => format!("{other}"),
+    }
+}
+
 /// Writes the report for people: one block per object, then a summary line.
 pub fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
     let paint = Paint::detect();
@@ -209,13 +219,8 @@ pub fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> 
             )?;
             writeln!(out, "          {}", v.message)?;
         }
-        if !r.mutations.is_empty() {
-            writeln!(
-                out,
-                "    {} {} field(s) would be set at admission; --fix writes them into the manifest",
-                paint.wrap("1;34", "MUTATE"),
-                r.mutations.len()
-            )?;
+        for op in &r.mutations {
+            writeln!(out, "    {} {}", paint.wrap("1;34", "MUTATE"), describe_op(op))?;
         }
     }
     let denied = report.results.iter().filter(|r| !r.allowed).count();

@@ -244,8 +244,8 @@ fn check_container(c: &ContainerView<'_>, spec_path: &str, uid: i64, out: &mut V
     if let Some(shell) = find_shell(c.command, c.args) {
         let field = shell.field.as_str();
         let what = match &shell.inline_script {
-            Some(script) => format!(
-                "starts a shell ({} -c {})",
+            Some((flag, script)) => format!(
+                "starts a shell ({} {flag} {})",
                 shell.program,
                 quote_short(script)
             ),

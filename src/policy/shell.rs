@@ -42,8 +42,8 @@ pub struct ShellInvocation {
     pub index: usize,
     /// The program as written (`/bin/sh`, `bash`, `busybox sh`).
     pub program: String,
-    /// Whether a script is passed inline with `-c` (or `-lc`, `-ec`, ...).
-    pub inline_script: Option<String>,
+    /// The flag and script passed inline with `-c` (or `-lc`, `-ec`, ...).
+    pub inline_script: Option<(String, String)>,
 }
 
 fn base_name(program: &str) -> &str {
@@ -105,11 +105,10 @@ pub fn find_shell(command: &[String], args: &[String]) -> Option<ShellInvocation
     };
 
     let rest = &argv[rest_from.min(argv.len())..];
-    let inline_script = rest
-        .iter()
-        .position(|&(_, _, a)| is_inline_flag(a))
-        .and_then(|i| rest.get(i + 1))
-        .map(|&(_, _, s)| s.to_string());
+    let inline_script = rest.iter().position(|&(_, _, a)| is_inline_flag(a)).and_then(|i| {
+        let (_, _, flag) = rest[i];
+        rest.get(i + 1).map(|&(_, _, script)| (flag.to_string(), script.to_string()))
+    });
 
     Some(ShellInvocation {
         field,
@@ -138,7 +137,7 @@ mod tests {
     fn sh_dash_c_is_a_shell_with_an_inline_script() {
         let found = find_shell(&v(&["sh", "-c", "echo hi"]), &[]).unwrap();
         assert_eq!(found.program, "sh");
-        assert_eq!(found.inline_script.as_deref(), Some("echo hi"));
+        assert_eq!(found.inline_script, Some(("-c".into(), "echo hi".into())));
         assert_eq!((found.field, found.index), (ArgvField::Command, 0));
     }
 
@@ -146,14 +145,14 @@ mod tests {
     fn bash_login_flag_cluster_is_caught() {
         let found = find_shell(&v(&["/bin/bash", "-lc", "exec app"]), &[]).unwrap();
         assert_eq!(found.program, "/bin/bash");
-        assert_eq!(found.inline_script.as_deref(), Some("exec app"));
+        assert_eq!(found.inline_script, Some(("-lc".into(), "exec app".into())));
     }
 
     #[test]
     fn command_bash_with_dash_c_in_args_is_caught() {
         let found = find_shell(&v(&["bash"]), &v(&["-c", "run.sh && sleep 1"])).unwrap();
         assert_eq!(found.field, ArgvField::Command);
-        assert_eq!(found.inline_script.as_deref(), Some("run.sh && sleep 1"));
+        assert_eq!(found.inline_script, Some(("-c".into(), "run.sh && sleep 1".into())));
     }
 
     #[test]
