@@ -183,7 +183,12 @@ impl Paint {
 
 /// A patch operation for people: `set spec.securityContext = {"runAsNonRoot":true}`.
 fn describe_op(op: &PatchOperation) -> String {
-    let path = op.path().tokens().map(|t| t.decoded().into_owned()).collect::<Vec<_>>().join(".");
+    let path = op
+        .path()
+        .tokens()
+        .map(|t| t.decoded().into_owned())
+        .collect::<Vec<_>>()
+        .join(".");
     match op {
         PatchOperation::Add(a) => format!("set {path} = {}", a.value),
         PatchOperation::Replace(r) => format!("replace {path} with {}", r.value),
@@ -220,7 +225,12 @@ pub fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> 
             writeln!(out, "          {}", v.message)?;
         }
         for op in &r.mutations {
-            writeln!(out, "    {} {}", paint.wrap("1;34", "MUTATE"), describe_op(op))?;
+            writeln!(
+                out,
+                "    {} {}",
+                paint.wrap("1;34", "MUTATE"),
+                describe_op(op)
+            )?;
         }
     }
     let denied = report.results.iter().filter(|r| !r.allowed).count();

@@ -105,10 +105,14 @@ pub fn find_shell(command: &[String], args: &[String]) -> Option<ShellInvocation
     };
 
     let rest = &argv[rest_from.min(argv.len())..];
-    let inline_script = rest.iter().position(|&(_, _, a)| is_inline_flag(a)).and_then(|i| {
-        let (_, _, flag) = rest[i];
-        rest.get(i + 1).map(|&(_, _, script)| (flag.to_string(), script.to_string()))
-    });
+    let inline_script = rest
+        .iter()
+        .position(|&(_, _, a)| is_inline_flag(a))
+        .and_then(|i| {
+            let (_, _, flag) = rest[i];
+            rest.get(i + 1)
+                .map(|&(_, _, script)| (flag.to_string(), script.to_string()))
+        });
 
     Some(ShellInvocation {
         field,
@@ -152,7 +156,10 @@ mod tests {
     fn command_bash_with_dash_c_in_args_is_caught() {
         let found = find_shell(&v(&["bash"]), &v(&["-c", "run.sh && sleep 1"])).unwrap();
         assert_eq!(found.field, ArgvField::Command);
-        assert_eq!(found.inline_script, Some(("-c".into(), "run.sh && sleep 1".into())));
+        assert_eq!(
+            found.inline_script,
+            Some(("-c".into(), "run.sh && sleep 1".into()))
+        );
     }
 
     #[test]

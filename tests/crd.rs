@@ -1,0 +1,67 @@
+//! The checked-in CRD must be exactly what the Rust types generate.
+
+use std::path::Path;
+
+#[test]
+fn checked_in_crd_matches_the_rust_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crds/distrolessguard.dev_distrolesspolicies.yaml");
+    let on_disk =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let generated = distroless_guard::cli::crd_yaml();
+    assert!(
+        on_disk == generated,
+        "{} is out of date with src/api; regenerate it with:\n  cargo run -- crd > {}",
+        path.display(),
+        path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap()
+            .display()
+    );
+}
+
+#[test]
+fn crd_is_cluster_scoped_with_short_name_and_rule_id_validation() {
+    let crd: serde_json::Value = serde_yaml::from_str(&distroless_guard::cli::crd_yaml()).unwrap();
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "dpol");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    let rule = spec["rules"]["x-kubernetes-validations"][0]["rule"]
+        .as_str()
+        .unwrap();
+    for id in distroless_guard::api::RuleId::ALL {
+        assert!(rule.contains(&format!("'{id}'")), "CEL rule misses {id}");
+    }
+    assert_eq!(
+        spec["rules"]["additionalProperties"]["enum"],
+        serde_json::json!(["Deny", "Warn", "Audit", "Ignore"])
+    );
+    let exemption = &spec["exemptions"]["items"];
+    assert_eq!(exemption["required"], serde_json::json!(["reason"]));
+    assert!(
+        exemption["properties"]["reason"]["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("size() > 0")
+    );
+    assert_eq!(
+        exemption["properties"]["rules"]["items"]["enum"]
+            .as_array()
+            .unwrap()
+            .len(),
+        9
+    );
+    assert_eq!(
+        spec["action"]["enum"],
+        serde_json::json!(["Audit", "Warn", "Deny"])
+    );
+}
+
+#[test]
+fn example_policies_are_valid_distrolesspolicies() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+    let set = distroless_guard::cli::load_policies(&[dir]).unwrap();
+    assert!(set.get("audit").is_some() && set.get("enforce").is_some());
+    let audit = set.get("audit").unwrap();
+    assert_eq!(audit.spec.action, distroless_guard::api::Action::Audit);
+    assert_eq!(audit.spec.match_.exclude_namespaces, ["kube-system"]);
+}

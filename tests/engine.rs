@@ -1,0 +1,410 @@
+//! The policy engine as pure functions: rules, field paths, messages, policy
+//! combination, exemptions and mutation.
+
+use std::collections::BTreeMap;
+
+use distroless_guard::api::{Action, DistrolessPolicy, RuleId};
+use distroless_guard::policy::{
+    PolicySet, Scope, Subject, Verdict, Workload, evaluate, namespace_name_labels,
+};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+fn now() -> Timestamp {
+    "2026-11-22T12:00:00Z".parse().unwrap()
+}
+
+fn policies(yaml: &str) -> PolicySet {
+    let docs: Vec<DistrolessPolicy> = serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    PolicySet::new(&docs).unwrap()
+}
+
+fn judge_in(
+    set: &PolicySet,
+    object: &Value,
+    namespace: &str,
+    ns_labels: &BTreeMap<String, String>,
+) -> Verdict {
+    let workload = Workload::from_value(object).unwrap().unwrap();
+    let subject = Subject {
+        workload: &workload,
+        namespace,
+        namespace_labels: ns_labels,
+        scope: Scope::Full,
+    };
+    evaluate(set, &subject, now())
+}
+
+fn judge(set: &PolicySet, object: &Value) -> Verdict {
+    judge_in(set, object, "default", &namespace_name_labels("default"))
+}
+
+fn rules(v: &Verdict) -> Vec<(RuleId, Action)> {
+    v.violations.iter().map(|v| (v.rule, v.action)).collect()
+}
+
+fn deployment(containers: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": containers}}}})
+}
+
+#[test]
+fn exec_probe_is_reported_with_its_field_path_and_the_fix() {
+    let d = deployment(
+        json!([{"name": "app", "image": "app:1", "livenessProbe": {"exec": {"command": ["cat", "/tmp/ok"]}}}]),
+    );
+    let v = judge(&PolicySet::builtin_default(), &d);
+    assert_eq!(rules(&v), [(RuleId::ExecProbe, Action::Deny)]);
+    let violation = &v.violations[0];
+    assert_eq!(
+        violation.path,
+        "spec.template.spec.containers[0].livenessProbe.exec"
+    );
+    assert_eq!(violation.container.as_deref(), Some("app"));
+    assert!(
+        violation.message.contains("use httpGet, grpc or tcpSocket"),
+        "{}",
+        violation.message
+    );
+    assert!(
+        violation.message.contains("no shell"),
+        "{}",
+        violation.message
+    );
+    assert!(!v.allowed());
+}
+
+#[test]
+fn root_uid_on_pod_and_container_are_separate_violations() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"securityContext": {"runAsUser": 0},
+                 "initContainers": [{"name": "init", "image": "i", "securityContext": {"runAsUser": 0}}],
+                 "containers": [{"name": "app", "image": "a", "securityContext": {"runAsUser": 1000}}]}});
+    let v = judge(&PolicySet::builtin_default(), &pod);
+    let paths: Vec<&str> = v.violations.iter().map(|v| v.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.securityContext.runAsUser",
+            "spec.initContainers[0].securityContext.runAsUser"
+        ]
+    );
+    assert!(v.violations.iter().all(|v| v.rule == RuleId::RootUid));
+    assert!(
+        v.violations[1]
+            .message
+            .contains("set securityContext.runAsUser to 65532 or remove runAsUser: 0")
+    );
+    assert_eq!(v.violations[0].container, None);
+}
+
+#[test]
+fn non_root_disabled_fires_only_when_explicitly_false() {
+    let pod = |sc: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "a", "securityContext": sc}]}})
+    };
+    let set = PolicySet::builtin_default();
+    assert_eq!(
+        rules(&judge(&set, &pod(json!({"runAsNonRoot": false})))),
+        [(RuleId::NonRootDisabled, Action::Deny)]
+    );
+    assert!(judge(&set, &pod(json!({}))).violations.is_empty());
+    assert!(
+        judge(&set, &pod(json!({"runAsNonRoot": true})))
+            .violations
+            .is_empty()
+    );
+}
+
+#[test]
+fn exec_hooks_and_shell_commands_are_found_in_every_container_list() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
+        "initContainers": [{"name": "wait", "image": "busybox", "command": ["busybox", "sh", "-c", "sleep 1"]}],
+        "containers": [{"name": "app", "image": "a", "lifecycle": {"postStart": {"exec": {"command": ["touch", "/x"]}}}}],
+        "ephemeralContainers": [{"name": "debug", "image": "d", "command": ["/bin/bash"]}]}});
+    let v = judge(&PolicySet::builtin_default(), &pod);
+    let got: Vec<(RuleId, &str)> = v
+        .violations
+        .iter()
+        .map(|v| (v.rule, v.path.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (RuleId::ShellCommand, "spec.initContainers[0].command[0]"),
+            (
+                RuleId::ExecHook,
+                "spec.containers[0].lifecycle.postStart.exec"
+            ),
+            (
+                RuleId::ShellCommand,
+                "spec.ephemeralContainers[0].command[0]"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn cron_job_paths_name_the_job_template() {
+    let cj = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"}, "spec": {"jobTemplate":
+        {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x", "args": ["sh", "-c", "x"]}]}}}}}});
+    let v = judge(&PolicySet::builtin_default(), &cj);
+    assert_eq!(
+        v.violations[0].path,
+        "spec.jobTemplate.spec.template.spec.containers[0].args[0]"
+    );
+}
+
+#[test]
+fn new_ephemeral_container_scope_checks_only_containers_added_now() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
+        "securityContext": {"runAsUser": 0},
+        "containers": [{"name": "app", "image": "a", "command": ["sh"]}],
+        "ephemeralContainers": [
+            {"name": "old", "image": "d", "command": ["sh"]},
+            {"name": "new", "image": "d", "securityContext": {"runAsUser": 0}}]}});
+    let workload = Workload::from_value(&pod).unwrap().unwrap();
+    let existing = vec!["old".to_string()];
+    let labels = namespace_name_labels("default");
+    let subject = Subject {
+        workload: &workload,
+        namespace: "default",
+        namespace_labels: &labels,
+        scope: Scope::NewEphemeralContainers {
+            existing: &existing,
+        },
+    };
+    let v = evaluate(&PolicySet::builtin_default(), &subject, now());
+    let got: Vec<(RuleId, &str)> = v
+        .violations
+        .iter()
+        .map(|v| (v.rule, v.path.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [(
+            RuleId::RootUid,
+            "spec.ephemeralContainers[1].securityContext.runAsUser"
+        )]
+    );
+}
+
+const TWO_POLICIES: &str = r#"
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: b-warn}
+spec:
+  action: Warn
+  nonRootUser: 10001
+---
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: a-audit}
+spec:
+  action: Audit
+  rules: {exec-probe: Deny, shell-command: Ignore}
+  nonRootUser: 20002
+  mutation: {fsGroup: Override, dropAllCapabilities: true}
+"#;
+
+#[test]
+fn the_strictest_action_of_all_matching_policies_wins() {
+    let set = policies(TWO_POLICIES);
+    let d = deployment(
+        json!([{"name": "app", "image": "a", "command": ["sh", "-c", "x"],
+        "readinessProbe": {"exec": {"command": ["true"]}}}]),
+    );
+    let v = judge(&set, &d);
+    let got: Vec<(RuleId, Action, &str)> = v
+        .violations
+        .iter()
+        .map(|v| (v.rule, v.action, v.policy.as_str()))
+        .collect();
+    // exec-probe: Deny (a-audit's override) beats Warn; shell-command: a-audit ignores it, b-warn warns.
+    assert_eq!(
+        got,
+        [
+            (RuleId::ExecProbe, Action::Deny, "a-audit"),
+            (RuleId::ShellCommand, Action::Warn, "b-warn")
+        ]
+    );
+    assert_eq!(v.matched, ["a-audit", "b-warn"]);
+}
+
+#[test]
+fn mutation_settings_merge_deterministically() {
+    let set = policies(TWO_POLICIES);
+    let m = judge(&set, &deployment(json!([]))).mutation.unwrap();
+    assert_eq!(m.uid, 20002, "the UID of the policy whose name sorts first");
+    assert_eq!(m.fs_group, distroless_guard::api::FsGroupMode::Override);
+    assert!(m.drop_all_capabilities && m.run_as_non_root);
+}
+
+#[test]
+fn selectors_and_excluded_namespaces_decide_which_policies_match() {
+    let set = policies(
+        r#"
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: enforce}
+spec:
+  match:
+    namespaceSelector: {matchLabels: {enforce: "true"}}
+    objectSelector: {matchExpressions: [{key: legacy, operator: DoesNotExist}]}
+    excludeNamespaces: [kube-system]
+"#,
+    );
+    let bad = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "a", "image": "a", "command": ["sh"]}]}});
+    let mut labelled = namespace_name_labels("shop");
+    labelled.insert("enforce".into(), "true".into());
+    assert!(!judge_in(&set, &bad, "shop", &labelled).allowed());
+    assert!(
+        judge_in(&set, &bad, "shop", &namespace_name_labels("shop"))
+            .violations
+            .is_empty()
+    );
+    let mut system = namespace_name_labels("kube-system");
+    system.insert("enforce".into(), "true".into());
+    assert!(
+        judge_in(&set, &bad, "kube-system", &system)
+            .violations
+            .is_empty()
+    );
+    let mut legacy = bad.clone();
+    legacy["metadata"]["labels"] = json!({"legacy": "yes"});
+    assert!(
+        judge_in(&set, &legacy, "shop", &labelled)
+            .violations
+            .is_empty()
+    );
+}
+
+#[test]
+fn the_builtin_default_leaves_system_namespaces_alone() {
+    let bad = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"securityContext": {"runAsUser": 0}, "containers": []}});
+    let set = PolicySet::builtin_default();
+    for ns in ["kube-system", "kube-node-lease", "kube-public"] {
+        assert!(
+            judge_in(&set, &bad, ns, &namespace_name_labels(ns))
+                .violations
+                .is_empty(),
+            "{ns}"
+        );
+    }
+    assert!(!judge_in(&set, &bad, "apps", &namespace_name_labels("apps")).allowed());
+}
+
+fn exemption_policy(expires: &str) -> PolicySet {
+    policies(&format!(
+        r#"
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {{name: p}}
+spec:
+  exemptions:
+  - reason: vendor image, TICKET-123
+    namespaces: [legacy]
+    images: ["registry.example.com/vendor/*"]
+    rules: [exec-probe]
+    expires: "{expires}"
+"#
+    ))
+}
+
+fn vendor_pod(image: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "v", "namespace": "legacy"}, "spec": {"containers": [
+        {"name": "v", "image": image, "readinessProbe": {"exec": {"command": ["check"]}}, "command": ["sh", "-c", "run"]}]}})
+}
+
+#[test]
+fn an_exemption_covers_only_its_rules_namespaces_and_images() {
+    let set = exemption_policy("2027-03-31");
+    let ns = namespace_name_labels("legacy");
+    let v = judge_in(
+        &set,
+        &vendor_pod("registry.example.com/vendor/db:7"),
+        "legacy",
+        &ns,
+    );
+    assert_eq!(
+        rules(&v),
+        [(RuleId::ShellCommand, Action::Deny)],
+        "exec-probe exempted, shell-command not"
+    );
+    let v = judge_in(
+        &set,
+        &vendor_pod("registry.example.com/ours/db:7"),
+        "legacy",
+        &ns,
+    );
+    assert_eq!(rules(&v).len(), 2, "another image is not exempt");
+    let other = namespace_name_labels("prod");
+    assert_eq!(
+        rules(&judge_in(
+            &set,
+            &vendor_pod("registry.example.com/vendor/db:7"),
+            "prod",
+            &other
+        ))
+        .len(),
+        2
+    );
+}
+
+#[test]
+fn an_exemption_applies_through_its_expiry_day_and_not_after() {
+    let ns = namespace_name_labels("legacy");
+    let pod = vendor_pod("registry.example.com/vendor/db:7");
+    let on_the_day = judge_in(&exemption_policy("2026-11-22"), &pod, "legacy", &ns);
+    assert_eq!(rules(&on_the_day).len(), 1);
+    let expired = judge_in(&exemption_policy("2026-11-21"), &pod, "legacy", &ns);
+    assert_eq!(rules(&expired).len(), 2);
+}
+
+#[test]
+fn invalid_policies_are_rejected_with_the_reason() {
+    let bad_date = DistrolessPolicy::new(
+        "x",
+        serde_json::from_value(json!({
+        "exemptions": [{"reason": "r", "expires": "2027-02-30"}]}))
+        .unwrap(),
+    );
+    let err = PolicySet::new(&[bad_date]).unwrap_err().to_string();
+    assert!(err.contains("not a date"), "{err}");
+    let empty_reason = DistrolessPolicy::new(
+        "y",
+        serde_json::from_value(json!({"exemptions": [{"reason": " "}]})).unwrap(),
+    );
+    assert!(
+        PolicySet::new(&[empty_reason])
+            .unwrap_err()
+            .to_string()
+            .contains("empty reason")
+    );
+    let unknown_rule = serde_json::from_value::<distroless_guard::api::DistrolessPolicySpec>(
+        json!({"rules": {"no-such-rule": "Deny"}}),
+    );
+    assert!(
+        unknown_rule
+            .unwrap_err()
+            .to_string()
+            .contains("no-such-rule")
+    );
+    let bad_selector = DistrolessPolicy::new(
+        "z",
+        serde_json::from_value(json!({
+        "match": {"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}}))
+        .unwrap(),
+    );
+    assert!(
+        PolicySet::new(&[bad_selector])
+            .unwrap_err()
+            .to_string()
+            .contains("operator")
+    );
+}

@@ -1,0 +1,5 @@
+//! Shared test helpers. Each test crate uses a part of them.
+#![allow(dead_code)]
+
+pub mod psa;
+pub mod tls;
