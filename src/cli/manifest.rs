@@ -132,16 +132,16 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
 pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
     let mut docs = Vec::new();
     for (start, body) in split_documents(text) {
-        let blank = body.lines().all(|l| {
+        // Where the object itself starts: past leading blank and comment lines.
+        let Some(skipped) = body.lines().position(|l| {
             let t = l.trim();
-            t.is_empty() || t.starts_with('#')
-        });
-        if blank {
+            !t.is_empty() && !t.starts_with('#')
+        }) else {
             continue;
-        }
+        };
         let value: Value = serde_yaml::from_str(&body).map_err(|e| ManifestError::Parse {
             path: source.to_string(),
-            line: start + e.location().map_or(0, |l| l.line().saturating_sub(1)),
+            line: start + e.location().map_or(skipped, |l| l.line().saturating_sub(1)),
             message: e.to_string(),
         })?;
         if value.is_null() {
@@ -150,7 +150,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
         if !value.is_object() {
             return Err(ManifestError::Parse {
                 path: source.to_string(),
-                line: start,
+                line: start + skipped,
                 message: "a manifest document must be a mapping with apiVersion and kind".into(),
             });
         }
@@ -163,14 +163,14 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             if let Some(Value::Array(items)) = value.get("items") {
                 docs.extend(items.iter().map(|item| Document {
                     source: source.to_string(),
-                    line: start,
+                    line: start + skipped,
                     value: item.clone(),
                 }));
             }
         } else {
             docs.push(Document {
                 source: source.to_string(),
-                line: start,
+                line: start + skipped,
                 value,
             });
         }
@@ -187,8 +187,8 @@ mod tests {
         let text = "# leading comment\napiVersion: v1\nkind: Pod\n---\napiVersion: v1\nkind: Service\n---\n# only a comment\n";
         let docs = parse("x.yaml", text).unwrap();
         assert_eq!(docs.len(), 2);
-        assert_eq!((docs[0].line, docs[0].kind()), (1, "Pod"));
-        assert_eq!((docs[1].line, docs[1].kind()), (4, "Service"));
+        assert_eq!((docs[0].line, docs[0].kind()), (2, "Pod"));
+        assert_eq!((docs[1].line, docs[1].kind()), (5, "Service"));
     }
 
     #[test]

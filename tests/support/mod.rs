@@ -3,3 +3,4 @@
 
 pub mod psa;
 pub mod tls;
+pub mod webhook;

@@ -102,8 +102,8 @@ pub fn seccomp_restricted(pod: &Value) -> bool {
 }
 
 /// The control a PSA fixture file exercises, from its name.
-pub fn control_for(file_name: &str) -> Option<fn(&Value) -> bool> {
-    let control: fn(&Value) -> bool = match file_name {
+pub fn control_for(file_name: &str) -> Option<Control> {
+    let control: Control = match file_name {
         n if n.starts_with("runasnonroot") => run_as_non_root,
         n if n.starts_with("runasuser") => run_as_user,
         n if n.starts_with("allowprivilegeescalation") => allow_privilege_escalation,
@@ -114,8 +114,11 @@ pub fn control_for(file_name: &str) -> Option<fn(&Value) -> bool> {
     Some(control)
 }
 
+/// A PSA control: does the pod pass it?
+pub type Control = fn(&Value) -> bool;
+
 /// Every control above.
-pub const CONTROLS: [(&str, fn(&Value) -> bool); 5] = [
+pub const CONTROLS: [(&str, Control); 5] = [
     ("runAsNonRoot", run_as_non_root),
     ("runAsUser", run_as_user),
     ("allowPrivilegeEscalation", allow_privilege_escalation),

@@ -1,0 +1,51 @@
+//! Starts the real webhook server in-process over HTTPS on 127.0.0.1.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use distroless_guard::policy::PolicySet;
+use distroless_guard::webhook::{self, Admission, NameOnly, RunningWebhook, ServeOptions};
+
+use super::tls::{HttpsConn, TestCa};
+
+pub struct TestWebhook {
+    pub server: RunningWebhook,
+    pub ca: TestCa,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestWebhook {
+    pub async fn start(policies: PolicySet) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("distroless-guard test CA");
+        let (cert_path, key_path) = ca.serving_cert(1).write(dir.path());
+        let options = ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_cert: cert_path.clone(),
+            tls_key: key_path.clone(),
+            tls_reload: Duration::from_millis(100),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let server = webhook::start(
+            options,
+            Admission::new(policies, std::sync::Arc::new(NameOnly)),
+        )
+        .await
+        .unwrap();
+        TestWebhook {
+            server,
+            ca,
+            cert_path,
+            key_path,
+            _dir: dir,
+        }
+    }
+
+    pub async fn connect(&self) -> HttpsConn {
+        HttpsConn::connect(self.server.local_addr, self.ca.client_config())
+            .await
+            .unwrap()
+    }
+}
