@@ -1,1 +1,173 @@
-fn main() {}
+//! Admission over HTTPS on 127.0.0.1: the real webhook against a minimal
+//! baseline server on the same stack (rustls + hyper + axum) that only parses
+//! the AdmissionReview and answers allowed. 64 keep-alive connections.
+//!
+//! Last line: `RESULT admission_http p50_us=.. p99_us=.. rps=.. baseline_p50_us=.. baseline_p99_us=.. baseline_rps=..`
+
+#[path = "../tests/support/tls.rs"]
+#[allow(dead_code)]
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+use distroless_guard::policy::PolicySet;
+use distroless_guard::webhook::review::AdmissionResponse;
+use distroless_guard::webhook::{self, Admission, NameOnly, ServeOptions};
+use serde_json::Value;
+use tls::{HttpsConn, TestCa};
+
+const CONNECTIONS: usize = 64;
+const WARMUP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+const ROUNDS: usize = 2;
+
+struct Stats {
+    latencies_us: Vec<u32>,
+    requests: usize,
+    elapsed: Duration,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Stats) {
+        self.latencies_us.extend(other.latencies_us);
+        self.requests += other.requests;
+        self.elapsed += other.elapsed;
+    }
+
+    fn percentile(&mut self, p: f64) -> u32 {
+        self.latencies_us.sort_unstable();
+        let idx = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us.get(idx).copied().unwrap_or(0)
+    }
+
+    fn rps(&self) -> u64 {
+        (self.requests as f64 / self.elapsed.as_secs_f64()) as u64
+    }
+}
+
+/// Runs `CONNECTIONS` keep-alive connections posting `body` for `WARMUP + MEASURE`.
+async fn load(addr: SocketAddr, ca: &TestCa, body: Bytes, expect: &'static str) -> Stats {
+    let config = ca.client_config();
+    let start = Instant::now();
+    let measure_from = start + WARMUP;
+    let stop = measure_from + MEASURE;
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (config, body) = (config.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = HttpsConn::connect(addr, config).await.expect("connect");
+            let mut latencies = Vec::new();
+            loop {
+                let sent = Instant::now();
+                if sent >= stop {
+                    break;
+                }
+                let (status, out) = conn.post("/validate", body.clone()).await;
+                let took = sent.elapsed();
+                assert!(
+                    status.is_success()
+                        && out.windows(expect.len()).any(|w| w == expect.as_bytes()),
+                    "unexpected answer"
+                );
+                if sent >= measure_from {
+                    latencies.push(took.as_micros() as u32);
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    for t in tasks {
+        latencies_us.extend(t.await.expect("load task"));
+    }
+    Stats {
+        requests: latencies_us.len(),
+        latencies_us,
+        elapsed: MEASURE,
+    }
+}
+
+/// What the baseline reads: the whole review is parsed and validated as
+/// JSON, the object kept as raw JSON text, as any webhook must at least do.
+#[derive(serde::Deserialize)]
+struct MinimalReview {
+    request: Option<MinimalRequest>,
+}
+
+#[derive(serde::Deserialize)]
+struct MinimalRequest {
+    uid: String,
+    #[allow(dead_code)]
+    object: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// The baseline: parse the AdmissionReview, answer allowed. Same TLS and HTTP
+/// stack and the same response type, so the difference is the policy work:
+/// reading the pod spec, evaluating every rule, recording metrics.
+fn baseline_router() -> Router {
+    Router::new().route(
+        "/validate",
+        post(|body: Bytes| async move {
+            let uid = serde_json::from_slice::<MinimalReview>(&body)
+                .ok()
+                .and_then(|r| r.request)
+                .map(|r| r.uid)
+                .unwrap_or_default();
+            axum::Json(AdmissionResponse::allow(&uid).into_review())
+        }),
+    )
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = TestCa::new("bench CA");
+        let (cert, key) = ca.serving_cert(1).write(dir.path());
+        let options = ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_cert: cert.clone(),
+            tls_key: key.clone(),
+            tls_reload: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let real = webhook::start(options, Admission::new(PolicySet::builtin_default(), Arc::new(NameOnly)))
+            .await
+            .expect("webhook");
+
+        let certs = Arc::new(webhook::tls::ReloadingCert::load(&cert, &key).expect("certs"));
+        let tls = webhook::tls::server_config(certs).expect("tls config");
+        let listener = webhook::server::bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
+        let baseline_addr = listener.local_addr().expect("addr");
+        tokio::spawn(webhook::server::serve_tls(listener, tls, baseline_router(), std::future::pending(), Duration::from_secs(1)));
+
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pod-compliant.json");
+        let review: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("review")).expect("json");
+        let body = Bytes::from(serde_json::to_vec(&review).expect("encode"));
+        println!("review body: {} bytes, {CONNECTIONS} connections, {ROUNDS} rounds of {}s (+{}s warm-up) each", body.len(), MEASURE.as_secs(), WARMUP.as_secs());
+
+        let mut ours = Stats { latencies_us: Vec::new(), requests: 0, elapsed: Duration::ZERO };
+        let mut base = Stats { latencies_us: Vec::new(), requests: 0, elapsed: Duration::ZERO };
+        for round in 1..=ROUNDS {
+            let mut r = load(real.local_addr, &ca, body.clone(), "\"allowed\":true").await;
+            println!("round {round} webhook:  p50={}us p99={}us rps={}", r.percentile(0.5), r.percentile(0.99), r.rps());
+            ours.merge(r);
+            let mut b = load(baseline_addr, &ca, body.clone(), "\"allowed\":true").await;
+            println!("round {round} baseline: p50={}us p99={}us rps={}", b.percentile(0.5), b.percentile(0.99), b.rps());
+            base.merge(b);
+        }
+        let (p50, p99, rps) = (ours.percentile(0.5), ours.percentile(0.99), ours.rps());
+        let (bp50, bp99, brps) = (base.percentile(0.5), base.percentile(0.99), base.rps());
+        println!("rps ratio {:.2} (goal >= 0.80), p99 ratio {:.2} (goal <= 1.50)", rps as f64 / brps as f64, p99 as f64 / bp99 as f64);
+        println!("RESULT admission_http p50_us={p50} p99_us={p99} rps={rps} baseline_p50_us={bp50} baseline_p99_us={bp99} baseline_rps={brps}");
+        real.shutdown().await;
+    });
+}

@@ -1,6 +1,7 @@
 //! The pure policy engine: pod specs from workloads, rules, verdicts and
 //! mutation patches. The webhook and the CLI call the same [`evaluate`].
 
+pub mod model;
 mod mutate;
 mod rules;
 pub mod selector;
@@ -20,7 +21,7 @@ pub use rules::{Finding, Scope, check_pod_spec};
 pub use set::{
     CompiledExemption, CompiledPolicy, PolicyError, PolicySet, SYSTEM_NAMESPACES, wildcard_match,
 };
-pub use workload::{ExtractError, Workload, WorkloadKind};
+pub use workload::{ExtractError, ObjectShape, Workload, WorkloadKind};
 
 use crate::api::{Action, DEFAULT_NON_ROOT_USER, RuleId};
 

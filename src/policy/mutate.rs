@@ -3,9 +3,9 @@
 //! exception is `fsGroup: Override`, which a policy must ask for). Idempotent:
 //! applying the patch and mutating again yields no operations.
 
+use super::model::{Container, PodSpec, SecurityContext};
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::{Container, PodSpec, SecurityContext};
 use serde_json::{Map, Value, json};
 
 use crate::api::{DistrolessPolicySpec, FsGroupMode, RunAsUserMode};
@@ -92,7 +92,7 @@ pub fn mutation_patch(
     m: &MutationSettings,
 ) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
-    let windows = spec.os.as_ref().is_some_and(|os| os.name == "windows");
+    let windows = spec.is_windows();
     let psc = spec.security_context.as_ref();
     let mut pod = Map::new();
 
@@ -100,12 +100,7 @@ pub fn mutation_patch(
         pod.insert("runAsNonRoot".into(), json!(true));
     }
     if !windows {
-        let containers = || {
-            spec.init_containers
-                .iter()
-                .flatten()
-                .chain(&spec.containers)
-        };
+        let containers = || spec.init_containers().iter().chain(spec.containers());
         let any_sets = |f: fn(&SecurityContext) -> Option<i64>| {
             containers().any(|c| c.security_context.as_ref().and_then(f).is_some())
         };
@@ -139,11 +134,8 @@ pub fn mutation_patch(
         return ops;
     }
     let lists: [(&str, &[Container]); 2] = [
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or_default(),
-        ),
-        ("containers", &spec.containers),
+        ("initContainers", spec.init_containers()),
+        ("containers", spec.containers()),
     ];
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {

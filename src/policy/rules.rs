@@ -1,9 +1,7 @@
 //! The pod and container rules. Each finding says what is wrong, why it breaks
 //! on a distroless image or is unsafe, and the exact change that fixes it.
 
-use k8s_openapi::api::core::v1::{
-    Container, EphemeralContainer, Lifecycle, PodSecurityContext, PodSpec, Probe, SecurityContext,
-};
+use super::model::{Container, PodSecurityContext, PodSpec};
 
 use super::shell::find_shell;
 use crate::api::RuleId;
@@ -32,54 +30,16 @@ pub enum Scope<'a> {
     NewEphemeralContainers { existing: &'a [String] },
 }
 
-/// A container of any of the three lists, seen through what the rules read.
-struct ContainerView<'a> {
+/// A container and where it stands in the pod spec.
+struct Located<'a> {
     list: &'static str,
     index: usize,
-    name: &'a str,
-    image: &'a str,
-    command: &'a [String],
-    args: &'a [String],
-    security_context: Option<&'a SecurityContext>,
-    probes: [(&'static str, Option<&'a Probe>); 3],
-    lifecycle: Option<&'a Lifecycle>,
+    container: &'a Container,
 }
 
-impl<'a> ContainerView<'a> {
-    fn of_container(list: &'static str, index: usize, c: &'a Container) -> Self {
-        ContainerView {
-            list,
-            index,
-            name: &c.name,
-            image: c.image.as_deref().unwrap_or_default(),
-            command: c.command.as_deref().unwrap_or_default(),
-            args: c.args.as_deref().unwrap_or_default(),
-            security_context: c.security_context.as_ref(),
-            probes: [
-                ("livenessProbe", c.liveness_probe.as_ref()),
-                ("readinessProbe", c.readiness_probe.as_ref()),
-                ("startupProbe", c.startup_probe.as_ref()),
-            ],
-            lifecycle: c.lifecycle.as_ref(),
-        }
-    }
-
-    fn of_ephemeral(index: usize, c: &'a EphemeralContainer) -> Self {
-        ContainerView {
-            list: "ephemeralContainers",
-            index,
-            name: &c.name,
-            image: c.image.as_deref().unwrap_or_default(),
-            command: c.command.as_deref().unwrap_or_default(),
-            args: c.args.as_deref().unwrap_or_default(),
-            security_context: c.security_context.as_ref(),
-            probes: [
-                ("livenessProbe", c.liveness_probe.as_ref()),
-                ("readinessProbe", c.readiness_probe.as_ref()),
-                ("startupProbe", c.startup_probe.as_ref()),
-            ],
-            lifecycle: c.lifecycle.as_ref(),
-        }
+impl Located<'_> {
+    fn name(&self) -> &str {
+        &self.container.name
     }
 
     fn path(&self, spec_path: &str, rest: &str) -> String {
@@ -89,32 +49,37 @@ impl<'a> ContainerView<'a> {
     fn finding(&self, rule: RuleId, path: String, message: String) -> Finding {
         Finding {
             rule,
-            container: Some(self.name.to_string()),
-            images: vec![self.image.to_string()],
+            container: Some(self.container.name.clone()),
+            images: vec![self.container.image.clone().unwrap_or_default()],
             path,
             message,
         }
     }
 }
 
-fn containers<'a>(spec: &'a PodSpec, scope: Scope<'_>) -> Vec<ContainerView<'a>> {
-    let ephemeral = spec.ephemeral_containers.iter().flatten().enumerate();
+fn located<'a>(
+    list: &'static str,
+    containers: &'a [Container],
+) -> impl Iterator<Item = Located<'a>> {
+    containers
+        .iter()
+        .enumerate()
+        .map(move |(index, container)| Located {
+            list,
+            index,
+            container,
+        })
+}
+
+fn containers<'a>(spec: &'a PodSpec, scope: Scope<'_>) -> Vec<Located<'a>> {
+    let ephemeral = located("ephemeralContainers", spec.ephemeral_containers());
     match scope {
-        Scope::Full => {
-            let init = spec.init_containers.iter().flatten().enumerate();
-            init.map(|(i, c)| ContainerView::of_container("initContainers", i, c))
-                .chain(
-                    spec.containers
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| ContainerView::of_container("containers", i, c)),
-                )
-                .chain(ephemeral.map(|(i, c)| ContainerView::of_ephemeral(i, c)))
-                .collect()
-        }
+        Scope::Full => located("initContainers", spec.init_containers())
+            .chain(located("containers", spec.containers()))
+            .chain(ephemeral)
+            .collect(),
         Scope::NewEphemeralContainers { existing } => ephemeral
-            .filter(|(_, c)| !existing.contains(&c.name))
-            .map(|(i, c)| ContainerView::of_ephemeral(i, c))
+            .filter(|c| !existing.contains(&c.container.name))
             .collect(),
     }
 }
@@ -134,13 +99,15 @@ pub fn check_pod_spec(spec: &PodSpec, spec_path: &str, scope: Scope<'_>, uid: i6
 }
 
 fn all_images(spec: &PodSpec) -> Vec<String> {
-    let init = spec.init_containers.iter().flatten().map(|c| &c.image);
-    let main = spec.containers.iter().map(|c| &c.image);
-    let eph = spec.ephemeral_containers.iter().flatten().map(|c| &c.image);
-    init.chain(main)
-        .chain(eph)
-        .map(|i| i.clone().unwrap_or_default())
-        .collect()
+    [
+        spec.init_containers(),
+        spec.containers(),
+        spec.ephemeral_containers(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|c| c.image.clone().unwrap_or_default())
+    .collect()
 }
 
 fn check_pod_security_context(spec: &PodSpec, spec_path: &str, uid: i64, out: &mut Vec<Finding>) {
@@ -174,8 +141,9 @@ fn check_pod_security_context(spec: &PodSpec, spec_path: &str, uid: i64, out: &m
     }
 }
 
-fn check_container(c: &ContainerView<'_>, spec_path: &str, uid: i64, out: &mut Vec<Finding>) {
-    if let Some(sc) = c.security_context {
+fn check_container(c: &Located<'_>, spec_path: &str, uid: i64, out: &mut Vec<Finding>) {
+    let container = c.container;
+    if let Some(sc) = &container.security_context {
         if sc.run_as_user == Some(0) {
             out.push(c.finding(
                 RuleId::RootUid,
@@ -183,7 +151,7 @@ fn check_container(c: &ContainerView<'_>, spec_path: &str, uid: i64, out: &mut V
                 format!(
                     "container {:?} runs as root (securityContext.runAsUser: 0); root in a container is root on the \
                      node's kernel if anything escapes. Fix: set securityContext.runAsUser to {uid} or remove runAsUser: 0",
-                    c.name
+                    c.name()
                 ),
             ));
         }
@@ -194,14 +162,19 @@ fn check_container(c: &ContainerView<'_>, spec_path: &str, uid: i64, out: &mut V
                 format!(
                     "container {:?} sets runAsNonRoot: false, which lets the kubelet start it even when its image runs as root. \
                      Fix: set securityContext.runAsNonRoot: true (or remove the field) and run as UID {uid}",
-                    c.name
+                    c.name()
                 ),
             ));
         }
     }
 
-    for (field, probe) in c.probes {
-        if let Some(exec) = probe.and_then(|p| p.exec.as_ref()) {
+    let probes = [
+        ("livenessProbe", &container.liveness_probe),
+        ("readinessProbe", &container.readiness_probe),
+        ("startupProbe", &container.startup_probe),
+    ];
+    for (field, probe) in probes {
+        if let Some(exec) = probe.as_ref().and_then(|p| p.exec.as_ref()) {
             let argv = exec.command.as_deref().unwrap_or_default();
             out.push(c.finding(
                 RuleId::ExecProbe,
@@ -210,14 +183,14 @@ fn check_container(c: &ContainerView<'_>, spec_path: &str, uid: i64, out: &mut V
                     "container {:?} has an exec {field} ({}); a distroless image has no shell and usually none of the \
                      tools a probe command needs, so the probe fails and the kubelet restarts or never readies the container. \
                      Fix: use httpGet, grpc or tcpSocket instead of exec",
-                    c.name,
+                    c.name(),
                     show_argv(argv)
                 ),
             ));
         }
     }
 
-    let hooks = c.lifecycle.map(|l| {
+    let hooks = container.lifecycle.as_ref().map(|l| {
         [
             ("postStart", l.post_start.as_ref()),
             ("preStop", l.pre_stop.as_ref()),
@@ -232,7 +205,7 @@ fn check_container(c: &ContainerView<'_>, spec_path: &str, uid: i64, out: &mut V
                 format!(
                     "container {:?} has an exec {hook} hook ({}); a distroless image has no shell or tools to run it, \
                      so the hook fails{}. Fix: use an httpGet or sleep {hook} handler, or do the work in the program itself{}",
-                    c.name,
+                    c.name(),
                     show_argv(argv),
                     if hook == "postStart" { " and the container is killed" } else { " and shutdown is not graceful" },
                     if hook == "preStop" { " on SIGTERM" } else { "" }
@@ -241,7 +214,9 @@ fn check_container(c: &ContainerView<'_>, spec_path: &str, uid: i64, out: &mut V
         }
     }
 
-    if let Some(shell) = find_shell(c.command, c.args) {
+    let command = container.command.as_deref().unwrap_or_default();
+    let args = container.args.as_deref().unwrap_or_default();
+    if let Some(shell) = find_shell(command, args) {
         let field = shell.field.as_str();
         let what = match &shell.inline_script {
             Some((flag, script)) => format!(
@@ -258,7 +233,7 @@ fn check_container(c: &ContainerView<'_>, spec_path: &str, uid: i64, out: &mut V
                 "container {:?} {what}; a distroless image has no shell, so the container fails to start with \
                  \"executable file not found\". Fix: run the program directly (command: [\"/path/to/app\", \"--flag\"]), \
                  use $(VAR) references for environment variables, and move pipes, && and loops into the program",
-                c.name
+                c.name()
             ),
         ));
     }

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::PodSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use super::model::{Container, ObjectMeta, PodOs, PodSecurityContext, PodSpec};
 
 /// A kind whose objects carry a pod spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,49 +115,94 @@ pub struct ExtractError {
     pub source: serde_json::Error,
 }
 
-impl Workload {
-    /// Reads a workload of a known kind from any serde source (raw JSON on the
-    /// admission path, a parsed document in the CLI).
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        kind: WorkloadKind,
-        de: D,
-    ) -> Result<Self, D::Error> {
-        let (metadata, spec) = match kind {
-            WorkloadKind::Pod => {
-                let shape = PodShape::deserialize(de)?;
-                (shape.metadata, shape.spec)
-            }
-            WorkloadKind::CronJob => {
-                let shape = CronJobShape::deserialize(de)?;
-                let spec = shape
-                    .spec
-                    .and_then(|s| s.job_template)
+/// Any of the workload kinds, read in one pass whatever the kind: a pod spec
+/// sits at `spec`, `spec.template.spec` or `spec.jobTemplate.spec.template.spec`,
+/// and those field names never clash. Fields the engine does not read are
+/// skipped without being stored.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ObjectShape {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<SpecShape>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct SpecShape {
+    // A Pod's own spec.
+    #[serde(default)]
+    security_context: Option<PodSecurityContext>,
+    #[serde(default)]
+    os: Option<PodOs>,
+    #[serde(default)]
+    init_containers: Option<Vec<Container>>,
+    #[serde(default)]
+    containers: Option<Vec<Container>>,
+    #[serde(default)]
+    ephemeral_containers: Option<Vec<Container>>,
+    // Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job.
+    #[serde(default)]
+    template: Option<TemplateShape>,
+    // CronJob.
+    #[serde(default)]
+    job_template: Option<JobTemplateShape>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+struct TemplateShape {
+    #[serde(default)]
+    spec: Option<PodSpec>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+struct JobTemplateShape {
+    #[serde(default)]
+    spec: Option<JobSpecShape>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+struct JobSpecShape {
+    #[serde(default)]
+    template: Option<TemplateShape>,
+}
+
+impl ObjectShape {
+    /// The workload this object is, read as an object of `kind`.
+    pub fn into_workload(self, kind: WorkloadKind) -> Workload {
+        let spec = self.spec.unwrap_or_default();
+        let template = |t: Option<TemplateShape>| t.and_then(|t| t.spec).unwrap_or_default();
+        let pod_spec = match kind {
+            WorkloadKind::Pod => PodSpec {
+                security_context: spec.security_context,
+                os: spec.os,
+                init_containers: spec.init_containers,
+                containers: spec.containers,
+                ephemeral_containers: spec.ephemeral_containers,
+            },
+            WorkloadKind::CronJob => template(
+                spec.job_template
                     .and_then(|j| j.spec)
-                    .and_then(|s| s.template)
-                    .and_then(|t| t.spec);
-                (shape.metadata, spec)
-            }
-            _ => {
-                let shape = TemplateShape::deserialize(de)?;
-                (
-                    shape.metadata,
-                    shape.spec.and_then(|s| s.template).and_then(|t| t.spec),
-                )
-            }
+                    .and_then(|s| s.template),
+            ),
+            _ => template(spec.template),
         };
-        Ok(Workload {
+        let meta = self.metadata;
+        Workload {
             kind,
-            name: metadata
+            name: meta
                 .name
                 .filter(|n| !n.is_empty())
-                .or(metadata.generate_name)
+                .or(meta.generate_name)
                 .unwrap_or_default(),
-            namespace: metadata.namespace.filter(|n| !n.is_empty()),
-            labels: metadata.labels.unwrap_or_default(),
-            spec: spec.unwrap_or_default(),
-        })
+            namespace: meta.namespace.filter(|n| !n.is_empty()),
+            labels: meta.labels.unwrap_or_default(),
+            spec: pod_spec,
+        }
     }
+}
 
+impl Workload {
     /// Reads a workload from a parsed object; `Ok(None)` when its kind carries no pod spec.
     pub fn from_value(object: &serde_json::Value) -> Result<Option<Self>, ExtractError> {
         let field = |name: &str| {
@@ -170,9 +215,9 @@ impl Workload {
         else {
             return Ok(None);
         };
-        Workload::deserialize(kind, object)
-            .map(Some)
-            .map_err(|source| ExtractError {
+        match ObjectShape::deserialize(object) {
+            Ok(shape) => Ok(Some(shape.into_workload(kind))),
+            Err(source) => Err(ExtractError {
                 kind,
                 name: object
                     .pointer("/metadata/name")
@@ -180,58 +225,9 @@ impl Workload {
                     .unwrap_or("<unnamed>")
                     .to_string(),
                 source,
-            })
+            }),
+        }
     }
-}
-
-#[derive(Deserialize)]
-struct PodShape {
-    #[serde(default)]
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: Option<PodSpec>,
-}
-
-#[derive(Deserialize)]
-struct TemplateShape {
-    #[serde(default)]
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: Option<TemplateHolder>,
-}
-
-#[derive(Deserialize)]
-struct TemplateHolder {
-    #[serde(default)]
-    template: Option<PodShapeOnly>,
-}
-
-#[derive(Deserialize)]
-struct PodShapeOnly {
-    #[serde(default)]
-    spec: Option<PodSpec>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CronJobShape {
-    #[serde(default)]
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: Option<CronJobSpecShape>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CronJobSpecShape {
-    #[serde(default)]
-    job_template: Option<JobTemplateShape>,
-}
-
-#[derive(Deserialize)]
-struct JobTemplateShape {
-    #[serde(default)]
-    spec: Option<TemplateHolder>,
 }
 
 #[cfg(test)]
@@ -246,7 +242,7 @@ mod tests {
         let w = Workload::from_value(&obj).unwrap().unwrap();
         assert_eq!(w.kind, WorkloadKind::CronJob);
         assert_eq!(w.namespace.as_deref(), Some("ops"));
-        assert_eq!(w.spec.containers[0].name, "job");
+        assert_eq!(w.spec.containers()[0].name, "job");
     }
 
     #[test]

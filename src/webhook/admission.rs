@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 
 use jiff::Timestamp;
-use serde_json::value::RawValue;
 
 use super::review::{AdmissionRequest, AdmissionResponse};
 use crate::api::{Action, RuleId};
@@ -71,9 +70,7 @@ impl Admission {
 
     /// The workload in a request, `None` when this webhook has nothing to say
     /// about the request (other kinds, other subresources, deletes).
-    fn workload_of(
-        req: &AdmissionRequest,
-    ) -> Result<Option<(WorkloadKind, &RawValue)>, ReviewError> {
+    fn workload_of(req: &mut AdmissionRequest) -> Result<Option<Workload>, ReviewError> {
         let Some(kind) = WorkloadKind::from_group_kind(&req.kind.group, &req.kind.kind) else {
             return Ok(None);
         };
@@ -83,18 +80,13 @@ impl Admission {
         if !relevant_sub || !matches!(req.operation.as_str(), "CREATE" | "UPDATE") {
             return Ok(None);
         }
-        match req.object.as_deref() {
-            Some(object) => Ok(Some((kind, object))),
+        match req.object.take() {
+            Some(object) => Ok(Some(object.into_workload(kind))),
             None => Err(ReviewError::MissingObject {
                 operation: req.operation.clone(),
                 kind: req.kind.kind.clone(),
             }),
         }
-    }
-
-    fn parse(kind: WorkloadKind, raw: &RawValue) -> Result<Workload, serde_json::Error> {
-        let mut de = serde_json::Deserializer::from_str(raw.get());
-        Workload::deserialize(kind, &mut de)
     }
 
     fn judge(
@@ -123,24 +115,20 @@ impl Admission {
     /// The validating webhook.
     pub fn validate(
         &self,
-        req: &AdmissionRequest,
+        req: &mut AdmissionRequest,
         now: Timestamp,
     ) -> Result<Decision, ReviewError> {
-        let Some((kind, raw)) = Self::workload_of(req)? else {
+        let Some(workload) = Self::workload_of(req)? else {
             return Ok(allowed(req));
-        };
-        let workload = match Self::parse(kind, raw) {
-            Ok(w) => w,
-            Err(e) => return Ok(unreadable(req, kind, &e)),
         };
         let old = req
             .old_object
-            .as_deref()
-            .and_then(|raw| Self::parse(kind, raw).ok());
+            .take()
+            .map(|o| o.into_workload(workload.kind));
         let ephemeral = req.sub_resource.as_deref() == Some("ephemeralcontainers");
         let existing: Vec<String> = old
             .iter()
-            .flat_map(|o| o.spec.ephemeral_containers.iter().flatten())
+            .flat_map(|o| o.spec.ephemeral_containers())
             .map(|c| c.name.clone())
             .collect();
         let scope = if ephemeral {
@@ -180,17 +168,20 @@ impl Admission {
     }
 
     /// The mutating webhook: Pods at CREATE only, so workload templates never drift from Git.
-    pub fn mutate(&self, req: &AdmissionRequest, now: Timestamp) -> Result<Decision, ReviewError> {
-        let Some((kind, raw)) = Self::workload_of(req)? else {
+    pub fn mutate(
+        &self,
+        req: &mut AdmissionRequest,
+        now: Timestamp,
+    ) -> Result<Decision, ReviewError> {
+        let Some(workload) = Self::workload_of(req)? else {
             return Ok(allowed(req));
         };
-        if kind != WorkloadKind::Pod || req.operation != "CREATE" || req.sub_resource.is_some() {
+        if workload.kind != WorkloadKind::Pod
+            || req.operation != "CREATE"
+            || req.sub_resource.is_some()
+        {
             return Ok(allowed(req));
         }
-        let workload = match Self::parse(kind, raw) {
-            Ok(w) => w,
-            Err(e) => return Ok(unreadable(req, kind, &e)),
-        };
         let verdict = self.judge(req, &workload, Scope::Full, now);
         let ops = verdict.mutation_patch(&workload);
         let response = match AdmissionResponse::allow(&req.uid).with_patch(&ops) {
@@ -218,14 +209,16 @@ fn allowed(req: &AdmissionRequest) -> Decision {
     }
 }
 
-fn unreadable(req: &AdmissionRequest, kind: WorkloadKind, e: &serde_json::Error) -> Decision {
-    let message = format!("distroless-guard cannot read this {kind}: {e}");
-    tracing::warn!(uid = %req.uid, %kind, error = %e, "unreadable object in admission request");
-    Decision {
-        response: AdmissionResponse::deny(&req.uid, 400, "BadRequest", message),
-        verdict: "error",
-        violations: Vec::new(),
-    }
+/// The answer to a review whose object cannot be read: denied with the
+/// reason, so the user sees it, and the uid echoed.
+pub fn unreadable(uid: &str, kind: &str, e: &serde_json::Error) -> AdmissionResponse {
+    tracing::warn!(%uid, %kind, error = %e, "unreadable object in admission request");
+    AdmissionResponse::deny(
+        uid,
+        400,
+        "BadRequest",
+        format!("distroless-guard cannot read this {kind}: {e}"),
+    )
 }
 
 fn object_name(req: &AdmissionRequest, workload: &Workload) -> String {

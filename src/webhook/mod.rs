@@ -122,6 +122,14 @@ fn handle_review(
     let review: AdmissionReview = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
+            // A review whose envelope is fine but whose object is not readable
+            // is answered (denied with the reason), not rejected.
+            if let Ok(header) = serde_json::from_slice::<review::ReviewHeader>(&body) {
+                let response =
+                    admission::unreadable(&header.request.uid, &header.request.kind.kind, &e);
+                state.metrics.observe(name, "error", started.elapsed());
+                return axum::Json(response.into_review()).into_response();
+            }
             return bad(
                 StatusCode::BAD_REQUEST,
                 format!("body is not an AdmissionReview: {e}"),
@@ -140,7 +148,7 @@ fn handle_review(
             ),
         );
     }
-    let Some(request) = review.request else {
+    let Some(mut request) = review.request else {
         return bad(
             StatusCode::BAD_REQUEST,
             "AdmissionReview has no request".into(),
@@ -148,8 +156,8 @@ fn handle_review(
     };
     let now = jiff::Timestamp::now();
     let decision = match endpoint {
-        Endpoint::Validate => state.admission.validate(&request, now),
-        Endpoint::Mutate => state.admission.mutate(&request, now),
+        Endpoint::Validate => state.admission.validate(&mut request, now),
+        Endpoint::Mutate => state.admission.mutate(&mut request, now),
     };
     let decision = match decision {
         Ok(d) => d,

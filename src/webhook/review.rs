@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+
+use crate::policy::ObjectShape;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -40,12 +41,26 @@ pub struct AdmissionRequest {
     #[serde(default)]
     pub namespace: Option<String>,
     pub operation: String,
+    /// The object, read straight into the shape the engine needs (one pass
+    /// over the body; everything else is skipped).
     #[serde(default)]
-    pub object: Option<Box<RawValue>>,
+    pub object: Option<ObjectShape>,
     #[serde(default)]
-    pub old_object: Option<Box<RawValue>>,
+    pub old_object: Option<ObjectShape>,
     #[serde(default)]
     pub dry_run: Option<bool>,
+}
+
+/// Just enough of a review to answer it when its object cannot be read.
+#[derive(Deserialize, Debug)]
+pub struct ReviewHeader {
+    pub request: RequestHeader,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct RequestHeader {
+    pub uid: String,
+    pub kind: GroupVersionKind,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
@@ -126,4 +141,23 @@ pub struct ReviewOut {
     pub api_version: &'static str,
     pub kind: &'static str,
     pub response: AdmissionResponse,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_of_a_review_with_an_unreadable_object_is_still_read() {
+        let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","object":{"spec":{"containers":"not a list"}}}}"#;
+        assert!(serde_json::from_str::<AdmissionReview>(body).is_err());
+        let header: ReviewHeader = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            (
+                header.request.uid.as_str(),
+                header.request.kind.kind.as_str()
+            ),
+            ("u1", "Pod")
+        );
+    }
 }

@@ -1,0 +1,154 @@
+//! The parts of a pod spec the rules and mutation read, and nothing else.
+//!
+//! Everything else in an object (env, resources, volumes, status...) is
+//! skipped while parsing, without being allocated: on the admission path this
+//! is several times faster than reading the full Kubernetes types, and a field
+//! the engine does not read can never make an object unreadable.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub generate_name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub security_context: Option<PodSecurityContext>,
+    #[serde(default)]
+    pub os: Option<PodOs>,
+    #[serde(default)]
+    pub init_containers: Option<Vec<Container>>,
+    #[serde(default)]
+    pub containers: Option<Vec<Container>>,
+    #[serde(default)]
+    pub ephemeral_containers: Option<Vec<Container>>,
+}
+
+impl PodSpec {
+    pub fn init_containers(&self) -> &[Container] {
+        self.init_containers.as_deref().unwrap_or_default()
+    }
+
+    pub fn containers(&self) -> &[Container] {
+        self.containers.as_deref().unwrap_or_default()
+    }
+
+    pub fn ephemeral_containers(&self) -> &[Container] {
+        self.ephemeral_containers.as_deref().unwrap_or_default()
+    }
+
+    /// Whether `spec.os.name` says the pod runs on Windows.
+    pub fn is_windows(&self) -> bool {
+        self.os
+            .as_ref()
+            .is_some_and(|os| os.name.as_deref() == Some("windows"))
+    }
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct PodOs {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    #[serde(default)]
+    pub run_as_user: Option<i64>,
+    #[serde(default)]
+    pub run_as_group: Option<i64>,
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    #[serde(default)]
+    pub fs_group: Option<i64>,
+    #[serde(default)]
+    pub seccomp_profile: Option<IgnoredAny>,
+}
+
+/// A container of any of the three lists (init, regular, ephemeral).
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    #[serde(default)]
+    pub security_context: Option<SecurityContext>,
+    #[serde(default)]
+    pub liveness_probe: Option<Probe>,
+    #[serde(default)]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default)]
+    pub startup_probe: Option<Probe>,
+    #[serde(default)]
+    pub lifecycle: Option<Lifecycle>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityContext {
+    #[serde(default)]
+    pub run_as_user: Option<i64>,
+    #[serde(default)]
+    pub run_as_group: Option<i64>,
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    #[serde(default)]
+    pub allow_privilege_escalation: Option<bool>,
+    #[serde(default)]
+    pub privileged: Option<bool>,
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub seccomp_profile: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub add: Option<Vec<String>>,
+    #[serde(default)]
+    pub drop: Option<Vec<String>>,
+}
+
+/// A probe or lifecycle handler; only whether it runs a command matters.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Probe {
+    #[serde(default)]
+    pub exec: Option<ExecAction>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ExecAction {
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    #[serde(default)]
+    pub post_start: Option<Probe>,
+    #[serde(default)]
+    pub pre_stop: Option<Probe>,
+}
