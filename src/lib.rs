@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod cli;
+pub mod image;
 pub mod policy;
 pub mod webhook;

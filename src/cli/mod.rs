@@ -1,6 +1,7 @@
 //! The subcommands of the `distroless-guard` binary.
 
 pub mod check;
+pub mod inspect;
 pub mod manifest;
 
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Check manifests offline with the admission engine (exit 0 allowed, 1 denied, 2 error).
     Check(CheckArgs),
+    /// Read an image from its registry: shells, package managers, user, with evidence
+    /// (exit 0 distroless, 1 not distroless, 2 error).
+    Inspect(inspect::InspectArgs),
     /// Serve the admission webhook over HTTPS, with policies from files.
     Webhook(crate::webhook::WebhookArgs),
     /// Print the CustomResourceDefinitions as YAML.
@@ -105,6 +109,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => match run_check(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Inspect(args) => match inspect::run(&args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(e) => {

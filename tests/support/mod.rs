@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod psa;
+pub mod registry;
 pub mod tls;
 pub mod webhook;

@@ -1,0 +1,78 @@
+//! Image references, normalized the way Kubernetes and Docker do.
+
+use oci_client::Reference;
+
+use super::ImageError;
+
+/// Parses an image reference: `nginx` is `docker.io/library/nginx:latest`,
+/// a first component with a dot, a colon or `localhost` is a registry host,
+/// `@sha256:...` pins a digest (a tag beside it is kept but not used).
+pub fn parse(image: &str) -> Result<Reference, ImageError> {
+    let trimmed = image.trim();
+    if trimmed.is_empty() {
+        return Err(ImageError::Reference {
+            image: image.into(),
+            reason: "empty".into(),
+        });
+    }
+    trimmed
+        .parse::<Reference>()
+        .map_err(|e| ImageError::Reference {
+            image: image.into(),
+            reason: e.to_string(),
+        })
+}
+
+/// The fully qualified form, e.g. `docker.io/library/nginx:latest`.
+pub fn normalize(image: &str) -> Result<String, ImageError> {
+    parse(image).map(|r| r.whole())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_expand_like_docker() {
+        assert_eq!(
+            normalize("nginx").unwrap(),
+            "docker.io/library/nginx:latest"
+        );
+        assert_eq!(
+            normalize("bitnami/redis:7").unwrap(),
+            "docker.io/bitnami/redis:7"
+        );
+    }
+
+    #[test]
+    fn registry_hosts_with_ports_and_localhost_are_kept() {
+        let r = parse("127.0.0.1:5000/team/app:1.2").unwrap();
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("127.0.0.1:5000", "team/app", Some("1.2"))
+        );
+        assert_eq!(parse("localhost/app").unwrap().registry(), "localhost");
+        assert_eq!(
+            parse("gcr.io/distroless/static:nonroot")
+                .unwrap()
+                .repository(),
+            "distroless/static"
+        );
+    }
+
+    #[test]
+    fn digests_pin_the_image_even_beside_a_tag() {
+        let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let r = parse(&format!("registry.example.com/app@{d}")).unwrap();
+        assert_eq!(r.digest(), Some(d));
+        let r = parse(&format!("registry.example.com/app:1.0@{d}")).unwrap();
+        assert_eq!((r.tag(), r.digest()), (Some("1.0"), Some(d)));
+    }
+
+    #[test]
+    fn nonsense_is_an_error() {
+        assert!(parse("").is_err());
+        assert!(parse("UPPER/Case").is_err());
+        assert!(parse("app@sha256:short").is_err());
+    }
+}

@@ -1,0 +1,376 @@
+//! A real OCI registry for tests: Debian's `docker-registry` (CNCF
+//! distribution) started as a plain process on a free 127.0.0.1 port, and a
+//! builder for images the tests make themselves (layer tars, config,
+//! manifest, index), pushed with oci-client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oci_client::Reference;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+pub const REGISTRY_BINARY: &str = "docker-registry";
+
+/// A running registry; stopped when dropped.
+pub struct TestRegistry {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl TestRegistry {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY_BINARY)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {REGISTRY_BINARY} ({e}); install it with: apt-get install docker-registry")
+            });
+        let registry = TestRegistry {
+            addr,
+            child,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        while http_status(addr, "/v2/") != Some(200) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "registry on {addr} did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/{name}", self.host())
+    }
+
+    /// Stops the registry now (for "registry down" tests).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How a layer is compressed.
+#[derive(Clone, Copy, Debug)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// A layer built entry by entry.
+#[derive(Default)]
+pub struct Layer {
+    builder: Option<tar::Builder<Vec<u8>>>,
+}
+
+impl Layer {
+    pub fn new() -> Self {
+        Layer {
+            builder: Some(tar::Builder::new(Vec::new())),
+        }
+    }
+
+    fn append(
+        mut self,
+        path: &str,
+        kind: tar::EntryType,
+        data: &[u8],
+        link: Option<&str>,
+        mode: u32,
+    ) -> Self {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(data.len() as u64);
+        header.set_mtime(1_700_000_000);
+        let builder = self.builder.as_mut().unwrap();
+        match link {
+            Some(target) => builder.append_link(&mut header, path, target).unwrap(),
+            None => builder.append_data(&mut header, path, data).unwrap(),
+        }
+        self
+    }
+
+    pub fn file(self, path: &str, data: &[u8]) -> Self {
+        self.append(path, tar::EntryType::Regular, data, None, 0o755)
+    }
+
+    /// A file whose name is written into the header as is, even `../..` names
+    /// a careful tar writer refuses (hostile layers have them).
+    pub fn raw_file(mut self, name: &str, data: &[u8]) -> Self {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o755);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        self.builder
+            .as_mut()
+            .unwrap()
+            .append(&header, data)
+            .unwrap();
+        self
+    }
+
+    pub fn dir(self, path: &str) -> Self {
+        self.append(path, tar::EntryType::Directory, &[], None, 0o755)
+    }
+
+    pub fn symlink(self, path: &str, target: &str) -> Self {
+        self.append(path, tar::EntryType::Symlink, &[], Some(target), 0o777)
+    }
+
+    pub fn hardlink(self, path: &str, target: &str) -> Self {
+        self.append(path, tar::EntryType::Link, &[], Some(target), 0o755)
+    }
+
+    pub fn whiteout(self, path: &str) -> Self {
+        let (dir, base) = path.rsplit_once('/').unwrap_or(("", path));
+        let name = if dir.is_empty() {
+            format!(".wh.{base}")
+        } else {
+            format!("{dir}/.wh.{base}")
+        };
+        self.file(&name, b"")
+    }
+
+    pub fn opaque(self, dir: &str) -> Self {
+        self.file(&format!("{dir}/.wh..wh..opq"), b"")
+    }
+
+    pub fn tar(mut self) -> Vec<u8> {
+        self.builder.take().unwrap().into_inner().unwrap()
+    }
+}
+
+pub fn compress(tar: &[u8], how: Compression) -> (Vec<u8>, &'static str) {
+    match how {
+        Compression::None => (tar.to_vec(), "application/vnd.oci.image.layer.v1.tar"),
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(tar).unwrap();
+            (
+                enc.finish().unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        }
+        Compression::Zstd => (
+            ruzstd::encoding::compress_to_vec(tar, ruzstd::encoding::CompressionLevel::Fastest),
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
+    }
+}
+
+pub fn digest(data: &[u8]) -> String {
+    let hash = Sha256::digest(data);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A layer ready to push: its blob and media type.
+#[derive(Clone)]
+pub struct Blob {
+    pub data: Vec<u8>,
+    pub media_type: String,
+}
+
+impl Blob {
+    pub fn layer(tar: Vec<u8>, how: Compression) -> Self {
+        let (data, media_type) = compress(&tar, how);
+        Blob {
+            data,
+            media_type: media_type.to_string(),
+        }
+    }
+
+    pub fn digest(&self) -> String {
+        digest(&self.data)
+    }
+}
+
+/// An image: layers bottom first, and the config's user.
+pub struct Image {
+    pub layers: Vec<Blob>,
+    pub user: Option<String>,
+    pub os: String,
+    pub arch: String,
+    pub annotations: Value,
+}
+
+impl Image {
+    pub fn new(layers: Vec<Blob>) -> Self {
+        Image {
+            layers,
+            user: None,
+            os: "linux".into(),
+            arch: "amd64".into(),
+            annotations: json!({}),
+        }
+    }
+
+    pub fn user(mut self, user: &str) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    pub fn platform(mut self, os: &str, arch: &str) -> Self {
+        self.os = os.into();
+        self.arch = arch.into();
+        self
+    }
+
+    pub fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.annotations[key] = json!(value);
+        self
+    }
+}
+
+fn client() -> oci_client::Client {
+    oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    })
+}
+
+async fn push_blob(client: &oci_client::Client, reference: &Reference, data: &[u8]) -> String {
+    let d = digest(data);
+    client
+        .push_blob(reference, data.to_vec(), &d)
+        .await
+        .unwrap();
+    d
+}
+
+/// Pushes an image under `reference` (e.g. `127.0.0.1:5000/app:1`); returns the manifest digest.
+pub async fn push(reference: &str, image: &Image) -> String {
+    push_sized(reference, image).await.0
+}
+
+async fn push_sized(reference: &str, image: &Image) -> (String, usize) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let reference: Reference = reference.parse().unwrap();
+    let client = client();
+    client
+        .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
+        .await;
+    let diff_ids: Vec<String> = image.layers.iter().map(|l| l.digest()).collect();
+    let mut config = json!({"architecture": image.arch, "os": image.os,
+        "config": {"Entrypoint": ["/app"], "Labels": {"org.opencontainers.image.source": "https://example.com/app"}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    if let Some(user) = &image.user {
+        config["config"]["User"] = json!(user);
+    }
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_digest = push_blob(&client, &reference, &config_bytes).await;
+    let mut layers = Vec::new();
+    for layer in &image.layers {
+        let d = push_blob(&client, &reference, &layer.data).await;
+        layers.push(json!({"mediaType": layer.media_type, "digest": d, "size": layer.data.len()}));
+    }
+    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_bytes.len()},
+        "layers": layers, "annotations": image.annotations});
+    push_manifest(
+        &client,
+        &reference,
+        &manifest,
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    .await
+}
+
+async fn push_manifest(
+    client: &oci_client::Client,
+    reference: &Reference,
+    manifest: &Value,
+    media_type: &str,
+) -> (String, usize) {
+    let bytes = serde_json::to_vec(manifest).unwrap();
+    let (d, size) = (digest(&bytes), bytes.len());
+    client
+        .push_manifest_raw(
+            reference,
+            bytes,
+            http::HeaderValue::from_str(media_type).unwrap(),
+        )
+        .await
+        .unwrap();
+    (d, size)
+}
+
+/// Pushes a multi-platform index whose entries are the given images; returns the index digest.
+pub async fn push_index(reference: &str, images: &[Image]) -> String {
+    let parsed: Reference = reference.parse().unwrap();
+    let mut entries = Vec::new();
+    for (i, image) in images.iter().enumerate() {
+        let platform_ref = format!("{}/{}:platform-{i}", parsed.registry(), parsed.repository());
+        let (d, size) = push_sized(&platform_ref, image).await;
+        entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": size,
+            "platform": {"os": image.os, "architecture": image.arch}}));
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+    let client = client();
+    client
+        .store_auth_if_needed(parsed.resolve_registry(), &RegistryAuth::Anonymous)
+        .await;
+    push_manifest(
+        &client,
+        &parsed,
+        &index,
+        "application/vnd.oci.image.index.v1+json",
+    )
+    .await
+    .0
+}
