@@ -70,8 +70,7 @@ async fn load(addr: SocketAddr, ca: &TestCa, body: Bytes, expect: &'static str) 
                 let (status, out) = conn.post("/validate", body.clone()).await;
                 let took = sent.elapsed();
                 assert!(
-                    status.is_success()
-                        && out.windows(expect.len()).any(|w| w == expect.as_bytes()),
+                    status.is_success() && out.windows(expect.len()).any(|w| w == expect.as_bytes()),
                     "unexpected answer"
                 );
                 if sent >= measure_from {

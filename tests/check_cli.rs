@@ -8,8 +8,7 @@ use serde_json::Value;
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1");
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).env("NO_COLOR", "1");
     cmd
 }
 
@@ -25,18 +24,13 @@ fn run_stdin(args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
 
 fn json_results(out: &Output) -> Vec<Value> {
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     v["results"].as_array().unwrap().clone()
 }
 
@@ -50,12 +44,7 @@ fn find<'a>(results: &'a [Value], name: &str) -> &'a Value {
 #[test]
 fn examples_give_a_denial_per_non_compliant_workload_and_exit_1() {
     let out = run(&["check", "-f", "examples/manifests", "-o", "json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let results = json_results(&out);
     assert_eq!(results.len(), 5, "Namespaces and Services are skipped");
     let web = find(&results, "web");
@@ -73,28 +62,16 @@ fn examples_give_a_denial_per_non_compliant_workload_and_exit_1() {
         .collect();
     assert_eq!(
         rules,
-        [
-            "shell-command",
-            "root-uid",
-            "exec-probe",
-            "exec-hook",
-            "shell-command"
-        ]
+        ["shell-command", "root-uid", "exec-probe", "exec-hook", "shell-command"]
     );
     let probe = &legacy["violations"][2];
     assert_eq!(probe["action"], "Deny");
     assert_eq!(probe["container"], "api");
-    assert_eq!(
-        probe["path"],
-        "spec.template.spec.containers[0].livenessProbe.exec"
-    );
+    assert_eq!(probe["path"], "spec.template.spec.containers[0].livenessProbe.exec");
     let worker = find(&results, "checkout-worker");
     assert_eq!(worker["allowed"], true);
     assert_eq!(worker["mutations"][0]["op"], "add");
-    assert_eq!(
-        worker["mutations"][0]["path"],
-        "/spec/template/spec/securityContext"
-    );
+    assert_eq!(worker["mutations"][0]["path"], "/spec/template/spec/securityContext");
 }
 
 #[test]
@@ -153,12 +130,7 @@ fn text_output_groups_by_object_and_ends_with_a_summary() {
 
 #[test]
 fn fix_writes_manifests_that_then_pass_the_rules_mutation_can_fix() {
-    let fixed = run(&[
-        "check",
-        "-f",
-        "examples/manifests/checkout-worker.yaml",
-        "--fix",
-    ]);
+    let fixed = run(&["check", "-f", "examples/manifests/checkout-worker.yaml", "--fix"]);
     assert_eq!(fixed.status.code(), Some(0));
     let yaml = String::from_utf8(fixed.stdout).unwrap();
     assert!(
@@ -249,8 +221,7 @@ fn other_kinds_are_skipped_silently() {
 fn crd_subcommand_prints_the_checked_in_crd() {
     let out = run(&["crd"]);
     let expected = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("crds/distrolessguard.dev_distrolesspolicies.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/distrolessguard.dev_distrolesspolicies.yaml"),
     )
     .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);

@@ -50,7 +50,7 @@ spec:
 }
 
 fn root_rules(docs: &mut [Document], set: &PolicySet, fix: bool) -> (Vec<RuleId>, bool) {
-    let report = check::check(docs, set, jiff::Timestamp::now(), fix).unwrap();
+    let report = check::check(docs, set, jiff::Timestamp::now(), fix, None).unwrap();
     assert_eq!(report.results.len(), 1);
     let r = &report.results[0];
     let rules = r
@@ -65,7 +65,7 @@ fn root_rules(docs: &mut [Document], set: &PolicySet, fix: bool) -> (Vec<RuleId>
 fn fixed(path: &Path, set: &PolicySet) -> (Value, Value) {
     let mut docs = load(path);
     let before = docs[0].value.clone();
-    check::check(&mut docs, set, jiff::Timestamp::now(), true).unwrap();
+    check::check(&mut docs, set, jiff::Timestamp::now(), true, None).unwrap();
     (before, docs[0].value.clone())
 }
 
@@ -81,10 +81,7 @@ fn every_restricted_runasuser_and_runasnonroot_failure_is_denied_or_fixed() {
         }
         let (rules, allowed) = root_rules(&mut load(&path), &set, false);
         if !rules.is_empty() {
-            assert!(
-                !allowed,
-                "{file}: a root rule must deny under the default policy"
-            );
+            assert!(!allowed, "{file}: a root rule must deny under the default policy");
             denied += 1;
             continue;
         }
@@ -156,10 +153,7 @@ fn hardening_mutation_fixes_every_restricted_failure_it_can() {
             continue;
         }
         let (before, after) = fixed(&path, &set);
-        assert!(
-            !control(&before),
-            "{file} should fail its control before mutation"
-        );
+        assert!(!control(&before), "{file} should fail its control before mutation");
         if explicit.contains(&file.as_str()) {
             assert!(!control(&after), "{file}: an explicit value was overridden");
         } else {

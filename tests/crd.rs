@@ -4,18 +4,14 @@ use std::path::Path;
 
 #[test]
 fn checked_in_crd_matches_the_rust_types() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("crds/distrolessguard.dev_distrolesspolicies.yaml");
-    let on_disk =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/distrolessguard.dev_distrolesspolicies.yaml");
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let generated = distroless_guard::cli::crd_yaml();
     assert!(
         on_disk == generated,
         "{} is out of date with src/api; regenerate it with:\n  cargo run -- crd > {}",
         path.display(),
-        path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
-            .unwrap()
-            .display()
+        path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display()
     );
 }
 
@@ -25,9 +21,7 @@ fn crd_is_cluster_scoped_with_short_name_and_rule_id_validation() {
     assert_eq!(crd["spec"]["scope"], "Cluster");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "dpol");
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
-    let rule = spec["rules"]["x-kubernetes-validations"][0]["rule"]
-        .as_str()
-        .unwrap();
+    let rule = spec["rules"]["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
     for id in distroless_guard::api::RuleId::ALL {
         assert!(rule.contains(&format!("'{id}'")), "CEL rule misses {id}");
     }
@@ -50,10 +44,7 @@ fn crd_is_cluster_scoped_with_short_name_and_rule_id_validation() {
             .len(),
         9
     );
-    assert_eq!(
-        spec["action"]["enum"],
-        serde_json::json!(["Audit", "Warn", "Deny"])
-    );
+    assert_eq!(spec["action"]["enum"], serde_json::json!(["Audit", "Warn", "Deny"]));
 }
 
 #[test]

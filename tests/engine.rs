@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use distroless_guard::api::{Action, DistrolessPolicy, RuleId};
-use distroless_guard::policy::{
-    PolicySet, Scope, Subject, Verdict, Workload, evaluate, namespace_name_labels,
-};
+use distroless_guard::policy::{PolicySet, Scope, Subject, Verdict, Workload, evaluate, namespace_name_labels};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -21,18 +19,14 @@ fn policies(yaml: &str) -> PolicySet {
     PolicySet::new(&docs).unwrap()
 }
 
-fn judge_in(
-    set: &PolicySet,
-    object: &Value,
-    namespace: &str,
-    ns_labels: &BTreeMap<String, String>,
-) -> Verdict {
+fn judge_in(set: &PolicySet, object: &Value, namespace: &str, ns_labels: &BTreeMap<String, String>) -> Verdict {
     let workload = Workload::from_value(object).unwrap().unwrap();
     let subject = Subject {
         workload: &workload,
         namespace,
         namespace_labels: ns_labels,
         scope: Scope::Full,
+        images: None,
     };
     evaluate(set, &subject, now())
 }
@@ -58,21 +52,14 @@ fn exec_probe_is_reported_with_its_field_path_and_the_fix() {
     let v = judge(&PolicySet::builtin_default(), &d);
     assert_eq!(rules(&v), [(RuleId::ExecProbe, Action::Deny)]);
     let violation = &v.violations[0];
-    assert_eq!(
-        violation.path,
-        "spec.template.spec.containers[0].livenessProbe.exec"
-    );
+    assert_eq!(violation.path, "spec.template.spec.containers[0].livenessProbe.exec");
     assert_eq!(violation.container.as_deref(), Some("app"));
     assert!(
         violation.message.contains("use httpGet, grpc or tcpSocket"),
         "{}",
         violation.message
     );
-    assert!(
-        violation.message.contains("no shell"),
-        "{}",
-        violation.message
-    );
+    assert!(violation.message.contains("no shell"), "{}", violation.message);
     assert!(!v.allowed());
 }
 
@@ -112,11 +99,7 @@ fn non_root_disabled_fires_only_when_explicitly_false() {
         [(RuleId::NonRootDisabled, Action::Deny)]
     );
     assert!(judge(&set, &pod(json!({}))).violations.is_empty());
-    assert!(
-        judge(&set, &pod(json!({"runAsNonRoot": true})))
-            .violations
-            .is_empty()
-    );
+    assert!(judge(&set, &pod(json!({"runAsNonRoot": true}))).violations.is_empty());
 }
 
 #[test]
@@ -126,23 +109,13 @@ fn exec_hooks_and_shell_commands_are_found_in_every_container_list() {
         "containers": [{"name": "app", "image": "a", "lifecycle": {"postStart": {"exec": {"command": ["touch", "/x"]}}}}],
         "ephemeralContainers": [{"name": "debug", "image": "d", "command": ["/bin/bash"]}]}});
     let v = judge(&PolicySet::builtin_default(), &pod);
-    let got: Vec<(RuleId, &str)> = v
-        .violations
-        .iter()
-        .map(|v| (v.rule, v.path.as_str()))
-        .collect();
+    let got: Vec<(RuleId, &str)> = v.violations.iter().map(|v| (v.rule, v.path.as_str())).collect();
     assert_eq!(
         got,
         [
             (RuleId::ShellCommand, "spec.initContainers[0].command[0]"),
-            (
-                RuleId::ExecHook,
-                "spec.containers[0].lifecycle.postStart.exec"
-            ),
-            (
-                RuleId::ShellCommand,
-                "spec.ephemeralContainers[0].command[0]"
-            ),
+            (RuleId::ExecHook, "spec.containers[0].lifecycle.postStart.exec"),
+            (RuleId::ShellCommand, "spec.ephemeralContainers[0].command[0]"),
         ]
     );
 }
@@ -173,22 +146,14 @@ fn new_ephemeral_container_scope_checks_only_containers_added_now() {
         workload: &workload,
         namespace: "default",
         namespace_labels: &labels,
-        scope: Scope::NewEphemeralContainers {
-            existing: &existing,
-        },
+        scope: Scope::NewEphemeralContainers { existing: &existing },
+        images: None,
     };
     let v = evaluate(&PolicySet::builtin_default(), &subject, now());
-    let got: Vec<(RuleId, &str)> = v
-        .violations
-        .iter()
-        .map(|v| (v.rule, v.path.as_str()))
-        .collect();
+    let got: Vec<(RuleId, &str)> = v.violations.iter().map(|v| (v.rule, v.path.as_str())).collect();
     assert_eq!(
         got,
-        [(
-            RuleId::RootUid,
-            "spec.ephemeralContainers[1].securityContext.runAsUser"
-        )]
+        [(RuleId::RootUid, "spec.ephemeralContainers[1].securityContext.runAsUser")]
     );
 }
 
@@ -213,10 +178,8 @@ spec:
 #[test]
 fn the_strictest_action_of_all_matching_policies_wins() {
     let set = policies(TWO_POLICIES);
-    let d = deployment(
-        json!([{"name": "app", "image": "a", "command": ["sh", "-c", "x"],
-        "readinessProbe": {"exec": {"command": ["true"]}}}]),
-    );
+    let d = deployment(json!([{"name": "app", "image": "a", "command": ["sh", "-c", "x"],
+        "readinessProbe": {"exec": {"command": ["true"]}}}]));
     let v = judge(&set, &d);
     let got: Vec<(RuleId, Action, &str)> = v
         .violations
@@ -269,18 +232,10 @@ spec:
     );
     let mut system = namespace_name_labels("kube-system");
     system.insert("enforce".into(), "true".into());
-    assert!(
-        judge_in(&set, &bad, "kube-system", &system)
-            .violations
-            .is_empty()
-    );
+    assert!(judge_in(&set, &bad, "kube-system", &system).violations.is_empty());
     let mut legacy = bad.clone();
     legacy["metadata"]["labels"] = json!({"legacy": "yes"});
-    assert!(
-        judge_in(&set, &legacy, "shop", &labelled)
-            .violations
-            .is_empty()
-    );
+    assert!(judge_in(&set, &legacy, "shop", &labelled).violations.is_empty());
 }
 
 #[test]
@@ -325,23 +280,13 @@ fn vendor_pod(image: &str) -> Value {
 fn an_exemption_covers_only_its_rules_namespaces_and_images() {
     let set = exemption_policy("2027-03-31");
     let ns = namespace_name_labels("legacy");
-    let v = judge_in(
-        &set,
-        &vendor_pod("registry.example.com/vendor/db:7"),
-        "legacy",
-        &ns,
-    );
+    let v = judge_in(&set, &vendor_pod("registry.example.com/vendor/db:7"), "legacy", &ns);
     assert_eq!(
         rules(&v),
         [(RuleId::ShellCommand, Action::Deny)],
         "exec-probe exempted, shell-command not"
     );
-    let v = judge_in(
-        &set,
-        &vendor_pod("registry.example.com/ours/db:7"),
-        "legacy",
-        &ns,
-    );
+    let v = judge_in(&set, &vendor_pod("registry.example.com/ours/db:7"), "legacy", &ns);
     assert_eq!(rules(&v).len(), 2, "another image is not exempt");
     let other = namespace_name_labels("prod");
     assert_eq!(
@@ -389,12 +334,7 @@ fn invalid_policies_are_rejected_with_the_reason() {
     let unknown_rule = serde_json::from_value::<distroless_guard::api::DistrolessPolicySpec>(
         json!({"rules": {"no-such-rule": "Deny"}}),
     );
-    assert!(
-        unknown_rule
-            .unwrap_err()
-            .to_string()
-            .contains("no-such-rule")
-    );
+    assert!(unknown_rule.unwrap_err().to_string().contains("no-such-rule"));
     let bad_selector = DistrolessPolicy::new(
         "z",
         serde_json::from_value(json!({

@@ -6,9 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distroless_guard::image::{
-    ImageError, ImageReport, InspectOptions, Inspector, InspectorConfig, LayerLimits,
-};
+use distroless_guard::image::{ImageError, ImageReport, InspectOptions, Inspector, InspectorConfig, LayerLimits};
 use support::registry::{Blob, Compression, Image, Layer, TestRegistry, push, push_index};
 
 const PASSWD: &[u8] = b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n";
@@ -95,11 +93,7 @@ async fn a_user_name_is_mapped_through_the_image_passwd() {
     let image = registry.image("distroless/named:1");
     let base = distroless_base();
     let base_digest = base.digest();
-    push(
-        &image,
-        &Image::new(vec![base, app_layer(b"x")]).user("nonroot:nonroot"),
-    )
-    .await;
+    push(&image, &Image::new(vec![base, app_layer(b"x")]).user("nonroot:nonroot")).await;
     let r = one(&inspector(&registry), &image).await;
     assert_eq!(r.uid, Some(65532));
     assert!(
@@ -134,11 +128,7 @@ async fn a_debian_like_merged_usr_image_has_shells_and_package_managers() {
     assert_eq!(r.package_managers, ["apt", "apt-get", "dpkg"]);
     assert_eq!(r.package_databases, ["/var/lib/dpkg/status"]);
     assert_eq!(r.uid, Some(0));
-    assert!(
-        r.evidence.iter().all(|e| e.layer == layer_digest),
-        "{:?}",
-        r.evidence
-    );
+    assert!(r.evidence.iter().all(|e| e.layer == layer_digest), "{:?}", r.evidence);
 }
 
 #[tokio::test]
@@ -178,11 +168,7 @@ async fn distroless_debug_busybox_shell_is_found() {
         .tar();
     push(
         &image,
-        &Image::new(vec![
-            distroless_base(),
-            Blob::layer(debug, Compression::Gzip),
-        ])
-        .user("nonroot"),
+        &Image::new(vec![distroless_base(), Blob::layer(debug, Compression::Gzip)]).user("nonroot"),
     )
     .await;
     let r = one(&inspector(&registry), &image).await;
@@ -206,17 +192,11 @@ async fn whiteouts_opaque_directories_and_re_added_shells_follow_layer_order() {
 
     let removed = registry.image("layers/whiteout:1");
     let whiteout = Blob::layer(
-        Layer::new()
-            .whiteout("bin/sh")
-            .whiteout("usr/bin/bash")
-            .tar(),
+        Layer::new().whiteout("bin/sh").whiteout("usr/bin/bash").tar(),
         Compression::Gzip,
     );
     push(&removed, &Image::new(vec![with_sh(), whiteout.clone()])).await;
-    assert!(
-        one(&insp, &removed).await.distroless,
-        "whiteouts remove the shells"
-    );
+    assert!(one(&insp, &removed).await.distroless, "whiteouts remove the shells");
 
     let opaque = registry.image("layers/opaque:1");
     let opq = Blob::layer(
@@ -236,10 +216,7 @@ async fn whiteouts_opaque_directories_and_re_added_shells_follow_layer_order() {
     );
 
     let readded = registry.image("layers/readded:1");
-    let again = Blob::layer(
-        Layer::new().file("bin/sh", b"ELF sh again").tar(),
-        Compression::Gzip,
-    );
+    let again = Blob::layer(Layer::new().file("bin/sh", b"ELF sh again").tar(), Compression::Gzip);
     let again_digest = again.digest();
     push(&readded, &Image::new(vec![with_sh(), whiteout, again])).await;
     let r = one(&insp, &readded).await;
@@ -261,33 +238,16 @@ async fn a_multi_arch_index_is_judged_per_platform() {
     push_index(&image, &[amd, arm]).await;
     let insp = inspector(&registry);
     let default = one(&insp, &image).await;
-    assert!(
-        default.distroless && default.platform == "linux/amd64",
-        "{default:?}"
-    );
+    assert!(default.distroless && default.platform == "linux/amd64", "{default:?}");
     let arm = insp
-        .inspect(
-            &image,
-            &InspectOptions::Platform("linux/arm64".into()),
-            None,
-        )
+        .inspect(&image, &InspectOptions::Platform("linux/arm64".into()), None)
         .await
         .unwrap();
     assert!(!arm[0].distroless && arm[0].platform == "linux/arm64");
-    let all = insp
-        .inspect(&image, &InspectOptions::AllPlatforms, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        all.iter().map(|r| r.distroless).collect::<Vec<_>>(),
-        [true, false]
-    );
+    let all = insp.inspect(&image, &InspectOptions::AllPlatforms, None).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.distroless).collect::<Vec<_>>(), [true, false]);
     let missing = insp
-        .inspect(
-            &image,
-            &InspectOptions::Platform("windows/amd64".into()),
-            None,
-        )
+        .inspect(&image, &InspectOptions::Platform("windows/amd64".into()), None)
         .await
         .unwrap_err();
     assert!(
@@ -312,11 +272,7 @@ async fn symlink_loops_terminate_and_traversal_names_are_ignored() {
     )
     .await;
     let r = one(&inspector(&registry), &image).await;
-    assert!(
-        r.shells.is_empty(),
-        "looping links lead nowhere: {:?}",
-        r.shells
-    );
+    assert!(r.shells.is_empty(), "looping links lead nowhere: {:?}", r.shells);
     assert!(r.distroless);
 }
 
@@ -325,11 +281,7 @@ async fn a_decompression_bomb_is_stopped_with_a_clear_error() {
     let registry = TestRegistry::start();
     let image = registry.image("hostile/bomb:1");
     let zeros = vec![0u8; 96 << 20];
-    push(
-        &image,
-        &Image::new(vec![Blob::layer(zeros, Compression::Gzip)]),
-    )
-    .await;
+    push(&image, &Image::new(vec![Blob::layer(zeros, Compression::Gzip)])).await;
     let limits = LayerLimits {
         bomb_floor: 8 << 20,
         ..LayerLimits::default()
@@ -352,11 +304,7 @@ async fn a_decompression_bomb_is_stopped_with_a_clear_error() {
 
     let big = registry.image("hostile/huge:1");
     let layer = Layer::new().file("blob.bin", &vec![7u8; 4 << 20]).tar();
-    push(
-        &big,
-        &Image::new(vec![Blob::layer(layer, Compression::None)]),
-    )
-    .await;
+    push(&big, &Image::new(vec![Blob::layer(layer, Compression::None)])).await;
     let limits = LayerLimits {
         max_tar_bytes: 1 << 20,
         ..LayerLimits::default()
@@ -368,14 +316,8 @@ async fn a_decompression_bomb_is_stopped_with_a_clear_error() {
             ..InspectorConfig::default()
         },
     );
-    let err = insp
-        .inspect(&big, &InspectOptions::default(), None)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("larger than 1048576 bytes"),
-        "{err}"
-    );
+    let err = insp.inspect(&big, &InspectOptions::default(), None).await.unwrap_err();
+    assert!(err.to_string().contains("larger than 1048576 bytes"), "{err}");
 }
 
 #[tokio::test]
@@ -383,11 +325,7 @@ async fn a_missing_tag_and_a_down_registry_are_named_errors() {
     let mut registry = TestRegistry::start();
     let insp = inspector(&registry);
     let err = insp
-        .inspect(
-            &registry.image("nothing/here:1"),
-            &InspectOptions::default(),
-            None,
-        )
+        .inspect(&registry.image("nothing/here:1"), &InspectOptions::default(), None)
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
@@ -395,11 +333,7 @@ async fn a_missing_tag_and_a_down_registry_are_named_errors() {
     registry.stop();
     let started = Instant::now();
     let err = insp
-        .inspect(
-            &image,
-            &InspectOptions::default(),
-            Some(Duration::from_secs(5)),
-        )
+        .inspect(&image, &InspectOptions::default(), Some(Duration::from_secs(5)))
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::Unreachable { .. }), "{err}");
@@ -436,11 +370,7 @@ async fn a_slow_registry_hits_the_deadline_and_the_inspection_warms_the_cache() 
     });
     let started = Instant::now();
     let err = insp
-        .inspect(
-            &via_proxy,
-            &InspectOptions::default(),
-            Some(Duration::from_millis(300)),
-        )
+        .inspect(&via_proxy, &InspectOptions::default(), Some(Duration::from_millis(300)))
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::Timeout { .. }), "{err}");
@@ -455,11 +385,7 @@ async fn a_slow_registry_hits_the_deadline_and_the_inspection_warms_the_cache() 
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t = Instant::now();
         if let Ok(r) = insp
-            .inspect(
-                &via_proxy,
-                &InspectOptions::default(),
-                Some(Duration::from_millis(50)),
-            )
+            .inspect(&via_proxy, &InspectOptions::default(), Some(Duration::from_millis(50)))
             .await
         {
             warmed = Some((r, t.elapsed()));
@@ -513,11 +439,7 @@ async fn concurrent_inspections_share_one_flight_and_rebuilds_reuse_base_layers(
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let (insp, image) = (shared.clone(), v1.clone());
-            tokio::spawn(async move {
-                insp.inspect(&image, &InspectOptions::default(), None)
-                    .await
-                    .unwrap()
-            })
+            tokio::spawn(async move { insp.inspect(&image, &InspectOptions::default(), None).await.unwrap() })
         })
         .collect();
     for t in tasks {
@@ -553,17 +475,12 @@ async fn inspection_stops_early_once_the_answer_cannot_change() {
     let registry = TestRegistry::start();
     let image = registry.image("early/stop:1");
     let bottom = Blob::layer(
-        Layer::new()
-            .file("data/blob.bin", &vec![1u8; 2 << 20])
-            .tar(),
+        Layer::new().file("data/blob.bin", &vec![1u8; 2 << 20]).tar(),
         Compression::None,
     );
     let bottom_size = bottom.data.len() as u64;
     let top = Blob::layer(
-        Layer::new()
-            .file("bin/sh", b"sh")
-            .file("usr/bin/apt", b"apt")
-            .tar(),
+        Layer::new().file("bin/sh", b"sh").file("usr/bin/apt", b"apt").tar(),
         Compression::Gzip,
     );
     push(&image, &Image::new(vec![bottom, top]).user("1000")).await;
@@ -571,10 +488,7 @@ async fn inspection_stops_early_once_the_answer_cannot_change() {
     let r = one(&insp, &image).await;
     assert_eq!(
         (r.shells.as_slice(), r.package_managers.as_slice()),
-        (
-            ["/bin/sh".to_string()].as_slice(),
-            ["apt".to_string()].as_slice()
-        )
+        (["/bin/sh".to_string()].as_slice(), ["apt".to_string()].as_slice())
     );
     assert!(
         insp.bytes_fetched() < bottom_size,
@@ -620,12 +534,7 @@ fn the_inspect_command_prints_json_and_exits_by_verdict() {
             .unwrap()
     };
     let out = run(&[&good, "-o", "json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in [
         "image",

@@ -5,8 +5,7 @@ mod support;
 
 use distroless_guard::api::{FsGroupMode, RuleId, RunAsUserMode};
 use distroless_guard::policy::{
-    MutationSettings, PolicySet, Scope, Subject, Workload, evaluate, mutation_patch,
-    namespace_name_labels,
+    MutationSettings, PolicySet, Scope, Subject, Workload, evaluate, mutation_patch, namespace_name_labels,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -94,12 +93,7 @@ fn privileged_containers_do_not_get_allow_privilege_escalation_false() {
         {"name": "b", "image": "b", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}});
     let out = apply(&pod, &settings_all_on(65532));
     for c in out["spec"]["containers"].as_array().unwrap() {
-        assert!(
-            c["securityContext"]
-                .get("allowPrivilegeEscalation")
-                .is_none(),
-            "{c}"
-        );
+        assert!(c["securityContext"].get("allowPrivilegeEscalation").is_none(), "{c}");
     }
 }
 
@@ -108,15 +102,8 @@ fn windows_pods_get_no_linux_only_fields() {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"os": {"name": "windows"}, "containers": [{"name": "a", "image": "a"}]}});
     let out = apply(&pod, &settings_all_on(65532));
-    assert_eq!(
-        out["spec"]["securityContext"],
-        json!({"runAsNonRoot": true})
-    );
-    assert!(
-        out["spec"]["containers"][0]
-            .get("securityContext")
-            .is_none()
-    );
+    assert_eq!(out["spec"]["securityContext"], json!({"runAsNonRoot": true}));
+    assert!(out["spec"]["containers"][0].get("securityContext").is_none());
 }
 
 #[test]
@@ -125,13 +112,7 @@ fn template_patches_point_into_the_template() {
         "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "a"}]}}}});
     let ops = serde_json::to_value(patch_for(&d, &settings_all_on(65532))).unwrap();
     for op in ops.as_array().unwrap() {
-        assert!(
-            op["path"]
-                .as_str()
-                .unwrap()
-                .starts_with("/spec/template/spec/"),
-            "{op}"
-        );
+        assert!(op["path"].as_str().unwrap().starts_with("/spec/template/spec/"), "{op}");
     }
 }
 
@@ -198,8 +179,13 @@ fn containers(prefix: &'static str, max: usize) -> impl Strategy<Value = Vec<Val
 }
 
 fn pod() -> impl Strategy<Value = Value> {
-    (security_context(true), containers("init", 2), containers("app", 3), prop::bool::weighted(0.1)).prop_map(
-        |(sc, init, main, windows)| {
+    (
+        security_context(true),
+        containers("init", 2),
+        containers("app", 3),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(|(sc, init, main, windows)| {
             let mut spec = json!({"containers": main});
             if !init.is_empty() {
                 spec["initContainers"] = Value::Array(init);
@@ -211,8 +197,7 @@ fn pod() -> impl Strategy<Value = Value> {
                 spec["os"] = json!({"name": "windows"});
             }
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "generated"}, "spec": spec})
-        },
-    )
+        })
 }
 
 fn settings() -> impl Strategy<Value = MutationSettings> {
@@ -229,17 +214,15 @@ fn settings() -> impl Strategy<Value = MutationSettings> {
         any::<bool>(),
         prop_oneof![Just(65532i64), Just(10001i64)],
     )
-        .prop_map(
-            |(non_root, user, fs, ape, seccomp, caps, uid)| MutationSettings {
-                uid,
-                run_as_non_root: non_root,
-                run_as_user: user,
-                fs_group: fs,
-                disallow_privilege_escalation: ape,
-                seccomp_runtime_default: seccomp,
-                drop_all_capabilities: caps,
-            },
-        )
+        .prop_map(|(non_root, user, fs, ape, seccomp, caps, uid)| MutationSettings {
+            uid,
+            run_as_non_root: non_root,
+            run_as_user: user,
+            fs_group: fs,
+            disallow_privilege_escalation: ape,
+            seccomp_runtime_default: seccomp,
+            drop_all_capabilities: caps,
+        })
 }
 
 fn violations(pod: &Value) -> Vec<(RuleId, String)> {
@@ -250,16 +233,13 @@ fn violations(pod: &Value) -> Vec<(RuleId, String)> {
         namespace: "default",
         namespace_labels: &labels,
         scope: Scope::Full,
+        images: None,
     };
-    evaluate(
-        &PolicySet::builtin_default(),
-        &subject,
-        jiff::Timestamp::now(),
-    )
-    .violations
-    .into_iter()
-    .map(|v| (v.rule, v.path))
-    .collect()
+    evaluate(&PolicySet::builtin_default(), &subject, jiff::Timestamp::now())
+        .violations
+        .into_iter()
+        .map(|v| (v.rule, v.path))
+        .collect()
 }
 
 proptest! {

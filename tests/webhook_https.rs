@@ -140,10 +140,7 @@ async fn warn_mode_admits_with_warnings_and_audit_mode_with_annotations() {
     assert_eq!(resp["allowed"], true);
     let warnings = resp["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1);
-    assert!(
-        warnings[0].as_str().unwrap().contains("[exec-probe]"),
-        "{warnings:?}"
-    );
+    assert!(warnings[0].as_str().unwrap().contains("[exec-probe]"), "{warnings:?}");
 
     let audit = TestWebhook::start(policy("apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {name: audit}\nspec: {action: Audit}\n")).await;
     let resp = response(
@@ -168,10 +165,7 @@ async fn an_update_may_keep_an_old_violation_but_not_add_a_new_one() {
     let mut conn = hook.connect().await;
     let resp = response(
         &conn
-            .post(
-                "/validate",
-                body(&data("deployment-update-preexisting.json")),
-            )
+            .post("/validate", body(&data("deployment-update-preexisting.json")))
             .await
             .1,
     );
@@ -185,10 +179,7 @@ async fn an_update_may_keep_an_old_violation_but_not_add_a_new_one() {
 
     let resp = response(
         &conn
-            .post(
-                "/validate",
-                body(&data("deployment-update-new-violation.json")),
-            )
+            .post("/validate", body(&data("deployment-update-new-violation.json")))
             .await
             .1,
     );
@@ -230,10 +221,7 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
     let mut no_request = good.clone();
     no_request.as_object_mut().unwrap().remove("request");
     let mut no_object = good.clone();
-    no_object["request"]
-        .as_object_mut()
-        .unwrap()
-        .remove("object");
+    no_object["request"].as_object_mut().unwrap().remove("object");
     let mut wrong_type = good.clone();
     wrong_type["request"]["object"]["spec"]["containers"] = json!("not a list");
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -247,24 +235,14 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
             StatusCode::BAD_REQUEST,
             "not an AdmissionReview",
         ),
-        (
-            "empty",
-            Vec::new(),
-            StatusCode::BAD_REQUEST,
-            "not an AdmissionReview",
-        ),
+        ("empty", Vec::new(), StatusCode::BAD_REQUEST, "not an AdmissionReview"),
         (
             "wrong apiVersion",
             body(&wrong_version),
             StatusCode::BAD_REQUEST,
             "expected apiVersion admission.k8s.io/v1",
         ),
-        (
-            "no request",
-            body(&no_request),
-            StatusCode::BAD_REQUEST,
-            "no request",
-        ),
+        ("no request", body(&no_request), StatusCode::BAD_REQUEST, "no request"),
         (
             "no object",
             body(&no_object),
@@ -293,18 +271,10 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
     for (what, bytes, want, text) in cases {
         for path in ["/validate", "/mutate"] {
             let (status, out) = hook.connect().await.post(path, bytes.clone()).await;
-            assert_eq!(
-                status,
-                want,
-                "{what} on {path}: {}",
-                String::from_utf8_lossy(&out)
-            );
-            let error: Value = serde_json::from_slice(&out)
-                .unwrap_or_else(|_| panic!("{what}: error body is not JSON"));
-            assert!(
-                error["error"].as_str().unwrap().contains(text),
-                "{what}: {error}"
-            );
+            assert_eq!(status, want, "{what} on {path}: {}", String::from_utf8_lossy(&out));
+            let error: Value =
+                serde_json::from_slice(&out).unwrap_or_else(|_| panic!("{what}: error body is not JSON"));
+            assert!(error["error"].as_str().unwrap().contains(text), "{what}: {error}");
         }
     }
     // 100,000 levels of nesting in a field nobody reads is skipped without recursion.
@@ -325,11 +295,7 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
     assert_eq!(resp["uid"], good["request"]["uid"]);
 
     let (status, _) = conn.get("/healthz").await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "the server keeps serving on an old connection"
-    );
+    assert_eq!(status, StatusCode::OK, "the server keeps serving on an old connection");
     let resp = response(&hook.connect().await.post("/validate", body(&good)).await.1);
     assert_eq!(resp["allowed"], true);
 }
@@ -339,18 +305,14 @@ async fn other_kinds_subresources_and_operations_are_allowed_untouched() {
     let hook = TestWebhook::start(PolicySet::builtin_default()).await;
     let mut conn = hook.connect().await;
     let mut review = data("deployment-exec-probe.json");
-    review["request"]["kind"] =
-        json!({"group": "apps", "version": "v1", "kind": "ControllerRevision"});
+    review["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "ControllerRevision"});
     assert_eq!(
         response(&conn.post("/validate", body(&review)).await.1)["allowed"],
         true
     );
     let mut scale = data("deployment-exec-probe.json");
     scale["request"]["subResource"] = json!("scale");
-    assert_eq!(
-        response(&conn.post("/validate", body(&scale)).await.1)["allowed"],
-        true
-    );
+    assert_eq!(response(&conn.post("/validate", body(&scale)).await.1)["allowed"], true);
     let mut delete = data("deployment-exec-probe.json");
     delete["request"]["operation"] = json!("DELETE");
     delete["request"]["object"] = Value::Null;
@@ -372,10 +334,8 @@ async fn health_readiness_and_metrics_are_served() {
     let mut conn = hook.connect().await;
     assert_eq!(conn.get("/healthz").await.0, StatusCode::OK);
     assert_eq!(conn.get("/readyz").await.0, StatusCode::OK);
-    conn.post("/validate", body(&data("deployment-exec-probe.json")))
-        .await;
-    conn.post("/validate", body(&data("pod-compliant.json")))
-        .await;
+    conn.post("/validate", body(&data("deployment-exec-probe.json"))).await;
+    conn.post("/validate", body(&data("pod-compliant.json"))).await;
     conn.post("/validate", b"junk".to_vec()).await;
     let (status, text) = conn.get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
@@ -402,11 +362,7 @@ async fn a_rotated_certificate_is_served_without_restart_or_dropping_connections
     // A half-written pair (new cert, old key) must not replace the working one.
     std::fs::write(&hook.cert_path, &rotated.cert_pem).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        hook.connect().await.peer_cert,
-        first,
-        "a mismatched pair is ignored"
-    );
+    assert_eq!(hook.connect().await.peer_cert, first, "a mismatched pair is ignored");
     std::fs::write(&hook.key_path, &rotated.key_pem).unwrap();
     let mut served = None;
     for _ in 0..50 {
@@ -419,8 +375,7 @@ async fn a_rotated_certificate_is_served_without_restart_or_dropping_connections
     }
     let served = served.expect("the rotated certificate was never served");
     use rustls::pki_types::pem::PemObject;
-    let expected =
-        rustls::pki_types::CertificateDer::from_pem_slice(rotated.cert_pem.as_bytes()).unwrap();
+    let expected = rustls::pki_types::CertificateDer::from_pem_slice(rotated.cert_pem.as_bytes()).unwrap();
     assert_eq!(served, expected);
     // The connection opened before the rotation still works.
     assert_eq!(old_conn.get("/healthz").await.0, StatusCode::OK);
@@ -433,14 +388,7 @@ async fn the_binary_serves_policies_from_files_and_exits_cleanly_on_sigterm() {
     let ca = support::tls::TestCa::new("binary test CA");
     let (cert, key) = ca.serving_cert(7).write(dir.path());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
-        .args([
-            "webhook",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--policy",
-        ])
+        .args(["webhook", "--listen", "127.0.0.1:0", "--log-format", "json", "--policy"])
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/audit.yaml"))
         .arg("--tls-cert")
         .arg(&cert)
@@ -452,10 +400,7 @@ async fn the_binary_serves_policies_from_files_and_exits_cleanly_on_sigterm() {
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
@@ -464,16 +409,9 @@ async fn the_binary_serves_policies_from_files_and_exits_cleanly_on_sigterm() {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the webhook never said it was serving");
-        let log: Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+        let log: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
         if log["message"] == "webhook serving HTTPS" {
-            addr = Some(
-                log["addr"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap(),
-            );
+            addr = Some(log["addr"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap());
         }
     }
     let mut conn = support::tls::HttpsConn::connect(addr.unwrap(), ca.client_config())
@@ -506,8 +444,7 @@ async fn the_binary_serves_policies_from_files_and_exits_cleanly_on_sigterm() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
     let rest: Vec<String> = rx.iter().collect();
     assert!(
-        rest.iter()
-            .any(|l| l.contains("termination signal received")),
+        rest.iter().any(|l| l.contains("termination signal received")),
         "{rest:?}"
     );
 }

@@ -10,7 +10,7 @@ pub const DEFAULT_NON_ROOT_USER: i64 = 65532;
 
 /// A cluster-wide policy: which workloads must be distroless and non-root,
 /// what happens when one is not, and how pods are mutated to comply.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "distrolessguard.dev",
     version = "v1alpha1",
@@ -19,11 +19,7 @@ pub const DEFAULT_NON_ROOT_USER: i64 = 65532;
     category = "distroless-guard",
     doc = "Makes distroless, non-root workloads the default: rules, actions, mutation and exemptions.",
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     derive = "PartialEq",
     derive = "Default"
 )]
@@ -57,6 +53,56 @@ pub struct DistrolessPolicySpec {
     /// Exceptions, each with a reason and an optional expiry date.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exemptions: Vec<Exemption>,
+
+    /// What `image-unverified` does when an image cannot be read from its
+    /// registry in time: Deny, Warn or Allow. A `rules` entry for
+    /// `image-unverified` takes precedence.
+    #[serde(default)]
+    pub on_error: OnError,
+
+    /// How long admission waits for image inspection, in seconds.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = 25))]
+    pub timeout_seconds: u32,
+
+    /// The platform of multi-platform images that is inspected
+    /// (`os/arch[/variant]`), or `all` to require every platform to pass.
+    #[serde(default = "default_platform")]
+    pub platform: String,
+}
+
+impl Default for DistrolessPolicySpec {
+    /// What an empty `spec: {}` means.
+    fn default() -> Self {
+        DistrolessPolicySpec {
+            action: Action::default(),
+            rules: BTreeMap::new(),
+            match_: Match::default(),
+            non_root_user: DEFAULT_NON_ROOT_USER,
+            mutation: Mutation::default(),
+            exemptions: Vec::new(),
+            on_error: OnError::default(),
+            timeout_seconds: default_timeout_seconds(),
+            platform: default_platform(),
+        }
+    }
+}
+
+fn default_timeout_seconds() -> u32 {
+    3
+}
+
+fn default_platform() -> String {
+    "linux/amd64".into()
+}
+
+/// What happens when an image cannot be inspected.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    Deny,
+    #[default]
+    Warn,
+    Allow,
 }
 
 /// A map from rule id to action. The keys are checked by the CEL rule on the
@@ -78,18 +124,7 @@ fn default_non_root_user() -> i64 {
 
 /// What happens to a workload that breaks a rule.
 #[derive(
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
+    Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord,
 )]
 pub enum Action {
     /// Admit, and record the violation in metrics and the policy status.
@@ -140,19 +175,7 @@ impl RuleAction {
 }
 
 /// The stable rule ids. Tests, docs, metrics and `check --output json` use them.
-#[derive(
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuleId {
     RootUid,
@@ -268,19 +291,7 @@ impl Default for Mutation {
     }
 }
 
-#[derive(
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RunAsUserMode {
     /// Never set runAsUser or runAsGroup.
     Never,
@@ -289,19 +300,7 @@ pub enum RunAsUserMode {
     IfUnset,
 }
 
-#[derive(
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FsGroupMode {
     /// Never set fsGroup.
     Never,

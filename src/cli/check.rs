@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use super::manifest::Document;
 use crate::api::Action;
-use crate::policy::{self, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels};
+use crate::policy::{
+    self, ImageFacts, InspectionPlan, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels,
+};
 
 /// The namespace `kubectl apply` would use for an object that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -69,13 +71,54 @@ fn namespace_labels(docs: &[Document]) -> BTreeMap<String, BTreeMap<String, Stri
         .collect()
 }
 
+/// The namespace an object is judged in, and that namespace's labels.
+fn placement(
+    workload: &Workload,
+    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+) -> (String, BTreeMap<String, String>) {
+    let namespace = workload
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let labels = namespaces
+        .get(&namespace)
+        .cloned()
+        .unwrap_or_else(|| namespace_name_labels(&namespace));
+    (namespace, labels)
+}
+
+/// What image inspection `check --inspect-images` must do first, one plan per workload.
+pub fn inspection_plans(docs: &[Document], policies: &PolicySet) -> Result<Vec<InspectionPlan>, CheckError> {
+    let namespaces = namespace_labels(docs);
+    let mut plans = Vec::new();
+    for doc in docs {
+        let workload = Workload::from_value(&doc.value).map_err(|source| CheckError {
+            location: doc.location(),
+            source,
+        })?;
+        let Some(workload) = workload else { continue };
+        let (namespace, labels) = placement(&workload, &namespaces);
+        let subject = Subject {
+            workload: &workload,
+            namespace: &namespace,
+            namespace_labels: &labels,
+            scope: Scope::Full,
+            images: None,
+        };
+        plans.extend(policy::inspection_plan(policies, &subject));
+    }
+    Ok(plans)
+}
+
 /// Evaluates every workload in `docs`; other kinds are skipped. With `fix`,
 /// the documents are mutated in place and the verdict is on the fixed object.
+/// `images` holds what image inspection found, when it ran.
 pub fn check(
     docs: &mut [Document],
     policies: &PolicySet,
     now: Timestamp,
     fix: bool,
+    images: Option<&ImageFacts>,
 ) -> Result<Report, CheckError> {
     let namespaces = namespace_labels(docs);
     let mut results = Vec::new();
@@ -90,20 +133,14 @@ pub fn check(
         let Some(mut workload) = extract(&doc.value)? else {
             continue;
         };
-        let namespace = workload
-            .namespace
-            .clone()
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        let ns_labels = namespaces
-            .get(&namespace)
-            .cloned()
-            .unwrap_or_else(|| namespace_name_labels(&namespace));
+        let (namespace, ns_labels) = placement(&workload, &namespaces);
         let judge = |w: &Workload| {
             let subject = Subject {
                 workload: w,
                 namespace: &namespace,
                 namespace_labels: &ns_labels,
                 scope: Scope::Full,
+                images,
             };
             policy::evaluate(policies, &subject, now)
         };
@@ -208,11 +245,7 @@ pub fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> 
         } else {
             paint.wrap("1;33", "!")
         };
-        writeln!(
-            out,
-            "{mark} {} {}/{}  ({})",
-            r.kind, r.namespace, r.name, r.source
-        )?;
+        writeln!(out, "{mark} {} {}/{}  ({})", r.kind, r.namespace, r.name, r.source)?;
         for v in &r.violations {
             *counts.entry(v.action).or_default() += 1;
             writeln!(
@@ -225,12 +258,7 @@ pub fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> 
             writeln!(out, "          {}", v.message)?;
         }
         for op in &r.mutations {
-            writeln!(
-                out,
-                "    {} {}",
-                paint.wrap("1;34", "MUTATE"),
-                describe_op(op)
-            )?;
+            writeln!(out, "    {} {}", paint.wrap("1;34", "MUTATE"), describe_op(op))?;
         }
     }
     let denied = report.results.iter().filter(|r| !r.allowed).count();

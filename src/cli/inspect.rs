@@ -64,9 +64,7 @@ fn write_text(report: &ImageReport) {
     };
     println!("{} ({}, {})", report.image, report.platform, report.digest);
     println!("  verdict:   {verdict}");
-    let uid = report
-        .uid
-        .map_or_else(|| "unknown".to_string(), |u| u.to_string());
+    let uid = report.uid.map_or_else(|| "unknown".to_string(), |u| u.to_string());
     let user = if report.user.is_empty() {
         "(unset: root)".to_string()
     } else {
@@ -77,11 +75,7 @@ fn write_text(report: &ImageReport) {
         if report.runs_as_root() { " (root)" } else { "" }
     );
     let list = |v: &[String]| {
-        if v.is_empty() {
-            "none".to_string()
-        } else {
-            v.join(", ")
-        }
+        if v.is_empty() { "none".to_string() } else { v.join(", ") }
     };
     println!("  shells:    {}", list(&report.shells));
     println!("  package managers: {}", list(&report.package_managers));

@@ -18,10 +18,7 @@ pub struct Document {
 
 impl Document {
     pub fn kind(&self) -> &str {
-        self.value
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
+        self.value.get("kind").and_then(Value::as_str).unwrap_or_default()
     }
 
     pub fn location(&self) -> String {
@@ -38,18 +35,11 @@ pub enum ManifestError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
-    Parse {
-        path: String,
-        line: usize,
-        message: String,
-    },
+    Parse { path: String, line: usize, message: String },
 }
 
 fn is_manifest_file(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + '_ {
@@ -88,9 +78,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
     for path in paths {
         if path.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(io_error(path))?;
+            std::io::stdin().read_to_string(&mut text).map_err(io_error(path))?;
             docs.extend(parse("-", &text)?);
             continue;
         }
@@ -184,7 +172,8 @@ mod tests {
 
     #[test]
     fn documents_are_split_and_keep_their_start_lines() {
-        let text = "# leading comment\napiVersion: v1\nkind: Pod\n---\napiVersion: v1\nkind: Service\n---\n# only a comment\n";
+        let text =
+            "# leading comment\napiVersion: v1\nkind: Pod\n---\napiVersion: v1\nkind: Service\n---\n# only a comment\n";
         let docs = parse("x.yaml", text).unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!((docs[0].line, docs[0].kind()), (2, "Pod"));

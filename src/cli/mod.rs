@@ -57,6 +57,59 @@ pub struct CheckArgs {
     /// Print the manifests with mutation applied, as YAML, instead of a report.
     #[arg(long)]
     pub fix: bool,
+    #[command(flatten)]
+    pub images: ImageArgs,
+}
+
+/// Image inspection options shared by `check` and `webhook`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ImageArgs {
+    /// Read every image from its registry and apply the image rules
+    /// (image-has-shell, image-has-package-manager, image-root-user, image-unverified).
+    #[arg(long)]
+    pub inspect_images: bool,
+    /// Registry (`host:port`) spoken to over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Docker config with registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
+    #[arg(long)]
+    pub docker_config: Option<PathBuf>,
+}
+
+impl ImageArgs {
+    /// The inspector these options ask for, `None` without `--inspect-images`.
+    pub fn inspector(&self) -> Result<Option<std::sync::Arc<crate::image::Inspector>>, String> {
+        if !self.inspect_images {
+            return Ok(None);
+        }
+        let credentials = inspect::docker_credentials(self.docker_config.as_ref())?;
+        Ok(Some(crate::image::Inspector::new(crate::image::InspectorConfig {
+            insecure_registries: self.insecure_registries.clone(),
+            credentials,
+            ..Default::default()
+        })))
+    }
+}
+
+/// Inspects what the plans name, each under its own deadline.
+fn gather_images(
+    inspector: &std::sync::Arc<crate::image::Inspector>,
+    plans: Vec<crate::policy::InspectionPlan>,
+) -> Result<crate::policy::ImageFacts, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let facts = runtime.block_on(async {
+        let mut facts = crate::policy::ImageFacts::new();
+        for plan in plans {
+            let missing: Vec<String> = plan.images.into_iter().filter(|i| !facts.contains_key(i)).collect();
+            facts.extend(inspector.gather(&missing, &plan.platform, plan.timeout).await);
+        }
+        facts
+    });
+    runtime.shutdown_background();
+    Ok(facts)
 }
 
 /// Loads DistrolessPolicy objects from files; the built-in default when none are given.
@@ -83,7 +136,14 @@ pub fn load_policies(paths: &[PathBuf]) -> Result<PolicySet, String> {
 fn run_check(args: &CheckArgs) -> Result<bool, String> {
     let policies = load_policies(&args.policies)?;
     let mut docs = manifest::load(&args.files).map_err(|e| e.to_string())?;
-    let report = check::check(&mut docs, &policies, jiff::Timestamp::now(), args.fix)
+    let facts = match args.images.inspector()? {
+        Some(inspector) => {
+            let plans = check::inspection_plans(&docs, &policies).map_err(|e| e.to_string())?;
+            Some(gather_images(&inspector, plans)?)
+        }
+        None => None,
+    };
+    let report = check::check(&mut docs, &policies, jiff::Timestamp::now(), args.fix, facts.as_ref())
         .map_err(|e| e.to_string())?;
     let mut stdout = std::io::stdout().lock();
     let written = if args.fix {
@@ -101,8 +161,7 @@ fn run_check(args: &CheckArgs) -> Result<bool, String> {
 
 /// Prints the CRDs this operator owns, as one multi-document YAML stream.
 pub fn crd_yaml() -> String {
-    serde_yaml::to_string(&DistrolessPolicy::crd())
-        .unwrap_or_else(|e| format!("# cannot render CRD: {e}\n"))
+    serde_yaml::to_string(&DistrolessPolicy::crd()).unwrap_or_else(|e| format!("# cannot render CRD: {e}\n"))
 }
 
 pub fn main() -> ExitCode {

@@ -86,8 +86,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Expiring<K, V> {
     pub fn insert(&mut self, key: K, value: V, now: Instant) {
         if self.entries.len() >= self.max_entries {
             let ttl = self.ttl;
-            self.entries
-                .retain(|_, (_, at)| now.duration_since(*at) < ttl);
+            self.entries.retain(|_, (_, at)| now.duration_since(*at) < ttl);
             if self.entries.len() >= self.max_entries {
                 self.entries.clear();
             }
@@ -107,10 +106,7 @@ mod tests {
         c.insert("b", 2, 40);
         assert_eq!(c.get(&"a"), Some(1)); // a is now the most recently used
         c.insert("c", 3, 40);
-        assert_eq!(
-            (c.get(&"a"), c.get(&"b"), c.get(&"c")),
-            (Some(1), None, Some(3))
-        );
+        assert_eq!((c.get(&"a"), c.get(&"b"), c.get(&"c")), (Some(1), None, Some(3)));
         assert_eq!(c.bytes(), 80);
         c.insert("huge", 4, 1000);
         assert_eq!(c.get(&"huge"), None);
@@ -131,10 +127,7 @@ mod tests {
         let mut c = Expiring::new(Duration::from_secs(30), 10);
         let t0 = Instant::now();
         c.insert("tag", "sha256:x", t0);
-        assert_eq!(
-            c.get(&"tag", t0 + Duration::from_secs(29)),
-            Some("sha256:x")
-        );
+        assert_eq!(c.get(&"tag", t0 + Duration::from_secs(29)), Some("sha256:x"));
         assert_eq!(c.get(&"tag", t0 + Duration::from_secs(31)), None);
     }
 }

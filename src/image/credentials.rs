@@ -41,8 +41,7 @@ fn host_of(key: &str) -> String {
 impl Credentials {
     /// Reads a docker config JSON document.
     pub fn from_docker_config(json: &[u8]) -> Result<Self, String> {
-        let config: DockerConfig =
-            serde_json::from_slice(json).map_err(|e| format!("not a docker config: {e}"))?;
+        let config: DockerConfig = serde_json::from_slice(json).map_err(|e| format!("not a docker config: {e}"))?;
         let mut by_host = BTreeMap::new();
         for (key, entry) in config.auths {
             let pair = match (entry.auth, entry.username, entry.password) {
@@ -50,8 +49,7 @@ impl Credentials {
                     let decoded = base64::engine::general_purpose::STANDARD
                         .decode(auth.trim())
                         .map_err(|e| format!("auth for {key} is not base64: {e}"))?;
-                    let text = String::from_utf8(decoded)
-                        .map_err(|_| format!("auth for {key} is not UTF-8"))?;
+                    let text = String::from_utf8(decoded).map_err(|_| format!("auth for {key} is not UTF-8"))?;
                     let (user, pass) = text
                         .split_once(':')
                         .ok_or_else(|| format!("auth for {key} is not user:password"))?;
@@ -72,9 +70,7 @@ impl Credentials {
 
     /// The username and password for a registry host.
     pub fn for_host(&self, host: &str) -> Option<(&str, &str)> {
-        self.by_host
-            .get(host)
-            .map(|(u, p)| (u.as_str(), p.as_str()))
+        self.by_host.get(host).map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,17 +90,13 @@ mod tests {
             "ghcr.io": {}}}"#;
         let c = Credentials::from_docker_config(json).unwrap();
         assert_eq!(c.for_host("docker.io"), Some(("user", "pass")));
-        assert_eq!(
-            c.for_host("registry.example.com:5000"),
-            Some(("bot", "s3cret"))
-        );
+        assert_eq!(c.for_host("registry.example.com:5000"), Some(("bot", "s3cret")));
         assert_eq!(c.for_host("ghcr.io"), None);
     }
 
     #[test]
     fn bad_auth_is_a_clear_error() {
-        let err = Credentials::from_docker_config(br#"{"auths": {"r.io": {"auth": "%%%"}}}"#)
-            .unwrap_err();
+        let err = Credentials::from_docker_config(br#"{"auths": {"r.io": {"auth": "%%%"}}}"#).unwrap_err();
         assert!(err.contains("r.io") && err.contains("base64"), "{err}");
     }
 }

@@ -194,18 +194,9 @@ impl Inspector {
         });
         Arc::new(Inspector {
             client,
-            verdicts: Mutex::new(Bounded::new(
-                config.verdict_cache_entries,
-                config.verdict_cache_bytes,
-            )),
-            platforms: Mutex::new(Bounded::new(
-                config.verdict_cache_entries,
-                config.verdict_cache_bytes,
-            )),
-            layers: Mutex::new(Bounded::new(
-                config.layer_cache_entries,
-                config.layer_cache_bytes,
-            )),
+            verdicts: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
+            platforms: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
+            layers: Mutex::new(Bounded::new(config.layer_cache_entries, config.layer_cache_bytes)),
             tags: Mutex::new(Expiring::new(config.tag_ttl, 65536)),
             inflight: Mutex::new(HashMap::new()),
             bytes_fetched: AtomicU64::new(0),
@@ -333,8 +324,7 @@ impl Inspector {
             .pull_manifest_raw(reference, auth, ACCEPTED)
             .await
             .map_err(|e| classify(image, e))?;
-        self.bytes_fetched
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.bytes_fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if bytes.len() > self.config.max_manifest_bytes {
             return Err(ImageError::Limit {
                 image: image.into(),
@@ -352,12 +342,7 @@ impl Inspector {
     }
 
     /// The verdicts already known for a resolved digest, without any fetch.
-    fn cached(
-        &self,
-        image: &str,
-        digest: &str,
-        options: &InspectOptions,
-    ) -> Option<Vec<Arc<ImageReport>>> {
+    fn cached(&self, image: &str, digest: &str, options: &InspectOptions) -> Option<Vec<Arc<ImageReport>>> {
         let platforms = Self::lock(&self.platforms).get(&(digest.to_string(), options.clone()))?;
         let mut verdicts = Self::lock(&self.verdicts);
         platforms
@@ -377,9 +362,7 @@ impl Inspector {
         if let Some(hit) = self.cached(image, &digest, options) {
             return Ok(hit);
         }
-        let reports = self
-            .inspect_digest(image, &reference, &auth, &digest, options)
-            .await?;
+        let reports = self.inspect_digest(image, &reference, &auth, &digest, options).await?;
         let digests: Vec<String> = reports.iter().map(|r| r.digest.clone()).collect();
         let weight = digests.iter().map(|d| d.len() + 24).sum::<usize>() + digest.len() + 64;
         Self::lock(&self.platforms).insert((digest, options.clone()), Arc::new(digests), weight);
@@ -435,11 +418,7 @@ impl Inspector {
             InspectOptions::AllPlatforms => entries.iter().collect(),
             InspectOptions::Platform(want) => entries
                 .iter()
-                .filter(|d| {
-                    d.platform
-                        .as_ref()
-                        .is_some_and(|p| platform_matches(&p.name(), want))
-                })
+                .filter(|d| d.platform.as_ref().is_some_and(|p| platform_matches(&p.name(), want)))
                 .take(1)
                 .collect(),
         };
@@ -466,15 +445,8 @@ impl Inspector {
             let platform_manifest = self.fetch_manifest(image, &platform_ref, &auth).await?;
             let platform = entry.platform.as_ref().map(PlatformSpec::name);
             reports.push(
-                self.inspect_manifest(
-                    image,
-                    &reference,
-                    &auth,
-                    &entry.digest,
-                    platform_manifest,
-                    platform,
-                )
-                .await?,
+                self.inspect_manifest(image, &reference, &auth, &entry.digest, platform_manifest, platform)
+                    .await?,
             );
         }
         Ok(reports)
@@ -496,9 +468,7 @@ impl Inspector {
             image: image.into(),
             reason: reason.into(),
         };
-        let config_desc = manifest
-            .config
-            .ok_or_else(|| malformed("manifest has no config"))?;
+        let config_desc = manifest.config.ok_or_else(|| malformed("manifest has no config"))?;
         let layers = manifest.layers.unwrap_or_default();
         if layers.len() > self.config.max_layers {
             return Err(ImageError::Limit {
@@ -510,10 +480,7 @@ impl Inspector {
         if total > self.config.max_image_bytes {
             return Err(ImageError::Limit {
                 image: image.into(),
-                reason: format!(
-                    "{total} bytes of layers (limit {})",
-                    self.config.max_image_bytes
-                ),
+                reason: format!("{total} bytes of layers (limit {})", self.config.max_image_bytes),
             });
         }
         let config = self.fetch_config(image, reference, &config_desc).await?;
@@ -553,9 +520,7 @@ impl Inspector {
             .chain(databases.iter().cloned())
             .collect();
         let name = user.split(':').next().unwrap_or_default();
-        if let Some((_, layer)) =
-            passwd.filter(|_| !name.is_empty() && name.parse::<u32>().is_err())
-        {
+        if let Some((_, layer)) = passwd.filter(|_| !name.is_empty() && name.parse::<u32>().is_err()) {
             evidence.push(Evidence {
                 path: "/etc/passwd".into(),
                 layer: layer.to_string(),
@@ -588,10 +553,7 @@ impl Inspector {
         if desc.size > self.config.max_config_bytes {
             return Err(ImageError::Limit {
                 image: image.into(),
-                reason: format!(
-                    "config of {} bytes (limit {})",
-                    desc.size, self.config.max_config_bytes
-                ),
+                reason: format!("config of {} bytes (limit {})", desc.size, self.config.max_config_bytes),
             });
         }
         let mut out = Vec::new();
@@ -599,8 +561,7 @@ impl Inspector {
             .pull_blob(reference, desc.digest.as_str(), &mut out)
             .await
             .map_err(|e| classify(image, e))?;
-        self.bytes_fetched
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.bytes_fetched.fetch_add(out.len() as u64, Ordering::Relaxed);
         serde_json::from_slice(&out).map_err(|e| ImageError::Malformed {
             image: image.into(),
             reason: format!("config: {e}"),
@@ -639,8 +600,7 @@ impl Inspector {
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(bytes) => {
-                    self.bytes_fetched
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    self.bytes_fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     if tx.send(bytes).await.is_err() {
                         break; // the scanner stopped (error or end of archive)
                     }
@@ -736,27 +696,18 @@ fn classify(image: &str, e: oci_client::errors::OciDistributionError) -> ImageEr
     let image = image.to_string();
     match e {
         E::ImageManifestNotFoundError(_) => ImageError::NotFound { image, reason },
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
-            ImageError::Unauthorized { image, reason }
-        }
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => ImageError::Unauthorized { image, reason },
         E::ServerError { code: 404, .. } => ImageError::NotFound { image, reason },
-        E::ServerError {
-            code: 401 | 403, ..
-        } => ImageError::Unauthorized { image, reason },
+        E::ServerError { code: 401 | 403, .. } => ImageError::Unauthorized { image, reason },
         E::RegistryError { ref envelope, .. } => {
             use oci_client::errors::OciErrorCode as C;
             let codes: Vec<&C> = envelope.errors.iter().map(|x| &x.code).collect();
-            if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    C::ManifestUnknown | C::NameUnknown | C::BlobUnknown | C::NotFound
-                )
-            }) {
-                ImageError::NotFound { image, reason }
-            } else if codes
+            if codes
                 .iter()
-                .any(|c| matches!(c, C::Unauthorized | C::Denied))
+                .any(|c| matches!(c, C::ManifestUnknown | C::NameUnknown | C::BlobUnknown | C::NotFound))
             {
+                ImageError::NotFound { image, reason }
+            } else if codes.iter().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
                 ImageError::Unauthorized { image, reason }
             } else {
                 ImageError::Malformed { image, reason }
@@ -764,5 +715,34 @@ fn classify(image: &str, e: oci_client::errors::OciDistributionError) -> ImageEr
         }
         E::RequestError(_) | E::IoError(_) => ImageError::Unreachable { image, reason },
         _ => ImageError::Malformed { image, reason },
+    }
+}
+
+impl Inspector {
+    /// Inspects every image concurrently under one deadline: what a pod's
+    /// evaluation needs. A failure or timeout becomes `ImageStatus::Failed`.
+    pub async fn gather(
+        self: &Arc<Self>,
+        images: &[String],
+        platform: &str,
+        timeout: Duration,
+    ) -> crate::policy::ImageFacts {
+        use crate::policy::ImageStatus;
+        let options = if platform == "all" {
+            InspectOptions::AllPlatforms
+        } else {
+            InspectOptions::Platform(platform.to_string())
+        };
+        let lookups = images.iter().map(|image| {
+            let options = &options;
+            async move {
+                let status = match self.inspect(image, options, Some(timeout)).await {
+                    Ok(reports) => ImageStatus::Inspected(reports),
+                    Err(e) => ImageStatus::Failed(e.to_string()),
+                };
+                (image.clone(), status)
+            }
+        });
+        futures_util::future::join_all(lookups).await.into_iter().collect()
     }
 }

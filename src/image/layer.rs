@@ -183,11 +183,7 @@ pub fn scan(blob: impl Read, limits: LayerLimits) -> Result<LayerFacts, LayerErr
     });
     let magic = {
         use std::io::BufRead;
-        counting
-            .fill_buf()?
-            .get(..4)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
+        counting.fill_buf()?.get(..4).map(<[u8]>::to_vec).unwrap_or_default()
     };
     let decompressed: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(counting))
@@ -249,17 +245,13 @@ pub fn scan(blob: impl Read, limits: LayerLimits) -> Result<LayerFacts, LayerErr
             clean_path(&link()).map(EntryKind::Hardlink)
         } else if kind.is_dir() {
             None
-        } else if (kind.is_file() || kind == tar::EntryType::Continuous) && interesting_file(&path)
-        {
+        } else if (kind.is_file() || kind == tar::EntryType::Continuous) && interesting_file(&path) {
             Some(EntryKind::File)
         } else {
             None
         };
         let Some(kept) = kept else { continue };
-        if path == "etc/passwd"
-            && kept == EntryKind::File
-            && entry.size() <= limits.max_passwd_bytes
-        {
+        if path == "etc/passwd" && kept == EntryKind::File && entry.size() <= limits.max_passwd_bytes {
             let mut text = String::new();
             if entry
                 .by_ref()

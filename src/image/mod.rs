@@ -14,14 +14,10 @@ pub use inspector::{InspectOptions, Inspector, InspectorConfig};
 pub use layer::{LayerFacts, LayerLimits};
 
 /// Programs that are shells.
-pub const SHELL_NAMES: &[&str] = &[
-    "sh", "bash", "ash", "dash", "zsh", "ksh", "mksh", "hush", "csh", "tcsh",
-];
+pub const SHELL_NAMES: &[&str] = &["sh", "bash", "ash", "dash", "zsh", "ksh", "mksh", "hush", "csh", "tcsh"];
 
 /// Programs that install packages.
-pub const PACKAGE_MANAGERS: &[&str] = &[
-    "apt", "apt-get", "dpkg", "apk", "rpm", "yum", "dnf", "microdnf",
-];
+pub const PACKAGE_MANAGERS: &[&str] = &["apt", "apt-get", "dpkg", "apk", "rpm", "yum", "dnf", "microdnf"];
 
 /// Where a finding comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -74,11 +70,7 @@ impl ImageReport {
             .iter()
             .chain(&self.package_managers)
             .chain(&self.package_databases);
-        let evidence: usize = self
-            .evidence
-            .iter()
-            .map(|e| e.path.len() + e.layer.len() + 48)
-            .sum();
+        let evidence: usize = self.evidence.iter().map(|e| e.path.len() + e.layer.len() + 48).sum();
         self.image.len()
             + self.digest.len()
             + self.user.len()

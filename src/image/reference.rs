@@ -15,12 +15,10 @@ pub fn parse(image: &str) -> Result<Reference, ImageError> {
             reason: "empty".into(),
         });
     }
-    trimmed
-        .parse::<Reference>()
-        .map_err(|e| ImageError::Reference {
-            image: image.into(),
-            reason: e.to_string(),
-        })
+    trimmed.parse::<Reference>().map_err(|e| ImageError::Reference {
+        image: image.into(),
+        reason: e.to_string(),
+    })
 }
 
 /// The fully qualified form, e.g. `docker.io/library/nginx:latest`.
@@ -34,14 +32,8 @@ mod tests {
 
     #[test]
     fn short_names_expand_like_docker() {
-        assert_eq!(
-            normalize("nginx").unwrap(),
-            "docker.io/library/nginx:latest"
-        );
-        assert_eq!(
-            normalize("bitnami/redis:7").unwrap(),
-            "docker.io/bitnami/redis:7"
-        );
+        assert_eq!(normalize("nginx").unwrap(), "docker.io/library/nginx:latest");
+        assert_eq!(normalize("bitnami/redis:7").unwrap(), "docker.io/bitnami/redis:7");
     }
 
     #[test]
@@ -53,9 +45,7 @@ mod tests {
         );
         assert_eq!(parse("localhost/app").unwrap().registry(), "localhost");
         assert_eq!(
-            parse("gcr.io/distroless/static:nonroot")
-                .unwrap()
-                .repository(),
+            parse("gcr.io/distroless/static:nonroot").unwrap().repository(),
             "distroless/static"
         );
     }

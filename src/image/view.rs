@@ -92,11 +92,7 @@ impl<'a> MergedView<'a> {
 
     /// Follows symlinks (in every component) to the entry a path names, if any.
     pub fn resolve(&self, path: &str) -> Option<(String, &'a EntryKind, &'a str)> {
-        let mut pending: Vec<String> = path
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect();
+        let mut pending: Vec<String> = path.split('/').filter(|p| !p.is_empty()).map(str::to_string).collect();
         pending.reverse();
         let mut current: Vec<String> = Vec::new();
         let mut hops = 0;
@@ -186,8 +182,8 @@ impl<'a> MergedView<'a> {
     pub fn package_databases(&self) -> Vec<Evidence> {
         let mut seen = BTreeMap::new();
         for (&path, &(kind, layer)) in &self.entries {
-            if let Some(db) = package_database(path)
-                .filter(|_| matches!(kind, EntryKind::File | EntryKind::Hardlink(_)))
+            if let Some(db) =
+                package_database(path).filter(|_| matches!(kind, EntryKind::File | EntryKind::Hardlink(_)))
             {
                 seen.entry(db).or_insert(layer);
             }

@@ -1,6 +1,7 @@
 //! The pure policy engine: pod specs from workloads, rules, verdicts and
 //! mutation patches. The webhook and the CLI call the same [`evaluate`].
 
+mod image_rules;
 pub mod model;
 mod mutate;
 mod rules;
@@ -16,11 +17,10 @@ use jiff::civil::Date;
 use json_patch::PatchOperation;
 use serde::Serialize;
 
+pub use image_rules::{ImageFacts, ImageStatus, check_images};
 pub use mutate::{MutationSettings, mutation_patch};
 pub use rules::{Finding, Scope, check_pod_spec};
-pub use set::{
-    CompiledExemption, CompiledPolicy, PolicyError, PolicySet, SYSTEM_NAMESPACES, wildcard_match,
-};
+pub use set::{CompiledExemption, CompiledPolicy, PolicyError, PolicySet, SYSTEM_NAMESPACES, wildcard_match};
 pub use workload::{ExtractError, ObjectShape, Workload, WorkloadKind};
 
 use crate::api::{Action, DEFAULT_NON_ROOT_USER, RuleId};
@@ -41,6 +41,8 @@ pub struct Subject<'a> {
     pub namespace: &'a str,
     pub namespace_labels: &'a BTreeMap<String, String>,
     pub scope: Scope<'a>,
+    /// What image inspection found; `None` when images were not inspected.
+    pub images: Option<&'a ImageFacts>,
 }
 
 /// A rule broken, with the action the policies chose for it.
@@ -85,6 +87,61 @@ impl Verdict {
     }
 }
 
+/// The policies that apply to the subject, in name order.
+pub fn matching<'p>(policies: &'p PolicySet, subject: &Subject<'_>) -> Vec<&'p CompiledPolicy> {
+    policies
+        .policies()
+        .iter()
+        .filter(|p| p.matches(subject.namespace, subject.namespace_labels, &subject.workload.labels))
+        .collect()
+}
+
+/// What to inspect before evaluating a subject: its images, the platform
+/// choice and the deadline. `None` when no matching policy checks images.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InspectionPlan {
+    pub images: Vec<String>,
+    /// `os/arch[/variant]`, or `all`.
+    pub platform: String,
+    pub timeout: std::time::Duration,
+}
+
+/// Plans image inspection: the shortest timeout and, when any policy asks
+/// for `all`, every platform; otherwise the platform of the first policy.
+pub fn inspection_plan(policies: &PolicySet, subject: &Subject<'_>) -> Option<InspectionPlan> {
+    let inspecting: Vec<&CompiledPolicy> = matching(policies, subject)
+        .into_iter()
+        .filter(|p| p.inspects_images())
+        .collect();
+    let first = inspecting.first()?;
+    let mut images: Vec<String> = rules::containers(&subject.workload.spec, subject.scope)
+        .iter()
+        .filter_map(|c| c.container.image.clone())
+        .filter(|i| !i.is_empty())
+        .collect();
+    images.sort();
+    images.dedup();
+    if images.is_empty() {
+        return None;
+    }
+    let platform = if inspecting.iter().any(|p| p.spec.platform == "all") {
+        "all".to_string()
+    } else {
+        first.spec.platform.clone()
+    };
+    let seconds = inspecting
+        .iter()
+        .map(|p| p.spec.timeout_seconds)
+        .min()
+        .unwrap_or(3)
+        .max(1);
+    Some(InspectionPlan {
+        images,
+        platform,
+        timeout: std::time::Duration::from_secs(u64::from(seconds)),
+    })
+}
+
 /// Evaluates one object against every policy in force. Several matching
 /// policies: for each finding, the strictest action wins (Deny > Warn >
 /// Audit); a policy that ignores the rule or exempts the finding has no say;
@@ -94,13 +151,7 @@ pub fn evaluate(policies: &PolicySet, subject: &Subject<'_>, now: Timestamp) -> 
     let matched: Vec<&CompiledPolicy> = policies
         .policies()
         .iter()
-        .filter(|p| {
-            p.matches(
-                subject.namespace,
-                subject.namespace_labels,
-                &subject.workload.labels,
-            )
-        })
+        .filter(|p| p.matches(subject.namespace, subject.namespace_labels, &subject.workload.labels))
         .collect();
     if matched.is_empty() {
         return Verdict::default();
@@ -119,10 +170,7 @@ pub fn evaluate(policies: &PolicySet, subject: &Subject<'_>, now: Timestamp) -> 
         .filter_map(|f| {
             let (action, policy) = matched
                 .iter()
-                .filter(|p| {
-                    p.exemption_for(f.rule, subject.namespace, &f.images, today)
-                        .is_none()
-                })
+                .filter(|p| p.exemption_for(f.rule, subject.namespace, &f.images, today).is_none())
                 .filter_map(|p| p.action_for(f.rule).map(|a| (a, p.name.as_str())))
                 .fold(None, |best: Option<(Action, &str)>, (a, name)| match best {
                     Some((b, _)) if b >= a => best,

@@ -53,9 +53,7 @@ impl PodSpec {
 
     /// Whether `spec.os.name` says the pod runs on Windows.
     pub fn is_windows(&self) -> bool {
-        self.os
-            .as_ref()
-            .is_some_and(|os| os.name.as_deref() == Some("windows"))
+        self.os.as_ref().is_some_and(|os| os.name.as_deref() == Some("windows"))
     }
 }
 

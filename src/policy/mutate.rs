@@ -48,10 +48,8 @@ impl MutationSettings {
                     run_as_non_root: a.run_as_non_root || own.run_as_non_root,
                     run_as_user: a.run_as_user.max(own.run_as_user),
                     fs_group: a.fs_group.max(own.fs_group),
-                    disallow_privilege_escalation: a.disallow_privilege_escalation
-                        || own.disallow_privilege_escalation,
-                    seccomp_runtime_default: a.seccomp_runtime_default
-                        || own.seccomp_runtime_default,
+                    disallow_privilege_escalation: a.disallow_privilege_escalation || own.disallow_privilege_escalation,
+                    seccomp_runtime_default: a.seccomp_runtime_default || own.seccomp_runtime_default,
                     drop_all_capabilities: a.drop_all_capabilities || own.drop_all_capabilities,
                 },
             })
@@ -74,10 +72,7 @@ fn add_fields(ops: &mut Vec<PatchOperation>, base: &str, exists: bool, fields: M
         return;
     }
     if !exists {
-        ops.push(add(
-            pointer(base, &["securityContext"]),
-            Value::Object(fields),
-        ));
+        ops.push(add(pointer(base, &["securityContext"]), Value::Object(fields)));
         return;
     }
     for (key, value) in fields {
@@ -86,11 +81,7 @@ fn add_fields(ops: &mut Vec<PatchOperation>, base: &str, exists: bool, fields: M
 }
 
 /// The patch that mutates the pod spec found at `spec_pointer` in its object.
-pub fn mutation_patch(
-    spec: &PodSpec,
-    spec_pointer: &str,
-    m: &MutationSettings,
-) -> Vec<PatchOperation> {
+pub fn mutation_patch(spec: &PodSpec, spec_pointer: &str, m: &MutationSettings) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
     let windows = spec.is_windows();
     let psc = spec.security_context.as_ref();
@@ -146,12 +137,7 @@ pub fn mutation_patch(
     ops
 }
 
-fn mutate_container(
-    ops: &mut Vec<PatchOperation>,
-    base: &str,
-    sc: Option<&SecurityContext>,
-    m: &MutationSettings,
-) {
+fn mutate_container(ops: &mut Vec<PatchOperation>, base: &str, sc: Option<&SecurityContext>, m: &MutationSettings) {
     let mut fields = Map::new();
     let caps = sc.and_then(|s| s.capabilities.as_ref());
     // The API server rejects allowPrivilegeEscalation: false next to
@@ -160,10 +146,7 @@ fn mutate_container(
         || caps
             .and_then(|c| c.add.as_ref())
             .is_some_and(|add| add.iter().any(|c| c == "SYS_ADMIN" || c == "CAP_SYS_ADMIN"));
-    if m.disallow_privilege_escalation
-        && !privileged
-        && sc.and_then(|s| s.allow_privilege_escalation).is_none()
-    {
+    if m.disallow_privilege_escalation && !privileged && sc.and_then(|s| s.allow_privilege_escalation).is_none() {
         fields.insert("allowPrivilegeEscalation".into(), json!(false));
     }
     if m.drop_all_capabilities {

@@ -31,22 +31,22 @@ pub enum Scope<'a> {
 }
 
 /// A container and where it stands in the pod spec.
-struct Located<'a> {
-    list: &'static str,
-    index: usize,
-    container: &'a Container,
+pub(super) struct Located<'a> {
+    pub list: &'static str,
+    pub index: usize,
+    pub container: &'a Container,
 }
 
 impl Located<'_> {
-    fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         &self.container.name
     }
 
-    fn path(&self, spec_path: &str, rest: &str) -> String {
+    pub fn path(&self, spec_path: &str, rest: &str) -> String {
         format!("{spec_path}.{}[{}].{rest}", self.list, self.index)
     }
 
-    fn finding(&self, rule: RuleId, path: String, message: String) -> Finding {
+    pub fn finding(&self, rule: RuleId, path: String, message: String) -> Finding {
         Finding {
             rule,
             container: Some(self.container.name.clone()),
@@ -57,30 +57,23 @@ impl Located<'_> {
     }
 }
 
-fn located<'a>(
-    list: &'static str,
-    containers: &'a [Container],
-) -> impl Iterator<Item = Located<'a>> {
+fn located<'a>(list: &'static str, containers: &'a [Container]) -> impl Iterator<Item = Located<'a>> {
     containers
         .iter()
         .enumerate()
-        .map(move |(index, container)| Located {
-            list,
-            index,
-            container,
-        })
+        .map(move |(index, container)| Located { list, index, container })
 }
 
-fn containers<'a>(spec: &'a PodSpec, scope: Scope<'_>) -> Vec<Located<'a>> {
+pub(super) fn containers<'a>(spec: &'a PodSpec, scope: Scope<'_>) -> Vec<Located<'a>> {
     let ephemeral = located("ephemeralContainers", spec.ephemeral_containers());
     match scope {
         Scope::Full => located("initContainers", spec.init_containers())
             .chain(located("containers", spec.containers()))
             .chain(ephemeral)
             .collect(),
-        Scope::NewEphemeralContainers { existing } => ephemeral
-            .filter(|c| !existing.contains(&c.container.name))
-            .collect(),
+        Scope::NewEphemeralContainers { existing } => {
+            ephemeral.filter(|c| !existing.contains(&c.container.name)).collect()
+        }
     }
 }
 
@@ -99,15 +92,11 @@ pub fn check_pod_spec(spec: &PodSpec, spec_path: &str, scope: Scope<'_>, uid: i6
 }
 
 fn all_images(spec: &PodSpec) -> Vec<String> {
-    [
-        spec.init_containers(),
-        spec.containers(),
-        spec.ephemeral_containers(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|c| c.image.clone().unwrap_or_default())
-    .collect()
+    [spec.init_containers(), spec.containers(), spec.ephemeral_containers()]
+        .into_iter()
+        .flatten()
+        .map(|c| c.image.clone().unwrap_or_default())
+        .collect()
 }
 
 fn check_pod_security_context(spec: &PodSpec, spec_path: &str, uid: i64, out: &mut Vec<Finding>) {
@@ -190,12 +179,10 @@ fn check_container(c: &Located<'_>, spec_path: &str, uid: i64, out: &mut Vec<Fin
         }
     }
 
-    let hooks = container.lifecycle.as_ref().map(|l| {
-        [
-            ("postStart", l.post_start.as_ref()),
-            ("preStop", l.pre_stop.as_ref()),
-        ]
-    });
+    let hooks = container
+        .lifecycle
+        .as_ref()
+        .map(|l| [("postStart", l.post_start.as_ref()), ("preStop", l.pre_stop.as_ref())]);
     for (hook, handler) in hooks.into_iter().flatten() {
         if let Some(exec) = handler.and_then(|h| h.exec.as_ref()) {
             let argv = exec.command.as_deref().unwrap_or_default();
@@ -219,11 +206,7 @@ fn check_container(c: &Located<'_>, spec_path: &str, uid: i64, out: &mut Vec<Fin
     if let Some(shell) = find_shell(command, args) {
         let field = shell.field.as_str();
         let what = match &shell.inline_script {
-            Some((flag, script)) => format!(
-                "starts a shell ({} {flag} {})",
-                shell.program,
-                quote_short(script)
-            ),
+            Some((flag, script)) => format!("starts a shell ({} {flag} {})", shell.program, quote_short(script)),
             None => format!("starts a shell ({})", shell.program),
         };
         out.push(c.finding(

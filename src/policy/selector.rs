@@ -18,10 +18,7 @@ pub fn validate(selector: &LabelSelector) -> Result<(), SelectorError> {
         let has_values = expr.values.as_ref().is_some_and(|v| !v.is_empty());
         match expr.operator.as_str() {
             "In" | "NotIn" if !has_values => {
-                return Err(SelectorError::MissingValues(
-                    expr.operator.clone(),
-                    expr.key.clone(),
-                ));
+                return Err(SelectorError::MissingValues(expr.operator.clone(), expr.key.clone()));
             }
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
             other => return Err(SelectorError::UnknownOperator(other.to_string())),
@@ -60,10 +57,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
@@ -78,10 +72,7 @@ mod tests {
     fn match_labels_and_expressions_must_all_hold() {
         let sel = LabelSelector {
             match_labels: Some(labels(&[("team", "web")])),
-            match_expressions: Some(vec![
-                expr("env", "NotIn", &["dev"]),
-                expr("tier", "Exists", &[]),
-            ]),
+            match_expressions: Some(vec![expr("env", "NotIn", &["dev"]), expr("tier", "Exists", &[])]),
         };
         assert!(matches(
             Some(&sel),
@@ -91,23 +82,14 @@ mod tests {
             Some(&sel),
             &labels(&[("team", "web"), ("env", "dev"), ("tier", "1")])
         ));
-        assert!(!matches(
-            Some(&sel),
-            &labels(&[("team", "web"), ("env", "prod")])
-        ));
-        assert!(!matches(
-            Some(&sel),
-            &labels(&[("team", "db"), ("tier", "1")])
-        ));
+        assert!(!matches(Some(&sel), &labels(&[("team", "web"), ("env", "prod")])));
+        assert!(!matches(Some(&sel), &labels(&[("team", "db"), ("tier", "1")])));
     }
 
     #[test]
     fn empty_or_missing_selector_matches_everything() {
         assert!(matches(None, &labels(&[])));
-        assert!(matches(
-            Some(&LabelSelector::default()),
-            &labels(&[("a", "b")])
-        ));
+        assert!(matches(Some(&LabelSelector::default()), &labels(&[("a", "b")])));
     }
 
     #[test]
@@ -116,17 +98,11 @@ mod tests {
             match_expressions: Some(vec![expr("a", "Equals", &["b"])]),
             ..Default::default()
         };
-        assert_eq!(
-            validate(&sel),
-            Err(SelectorError::UnknownOperator("Equals".into()))
-        );
+        assert_eq!(validate(&sel), Err(SelectorError::UnknownOperator("Equals".into())));
         let sel = LabelSelector {
             match_expressions: Some(vec![expr("a", "In", &[])]),
             ..Default::default()
         };
-        assert!(matches!(
-            validate(&sel),
-            Err(SelectorError::MissingValues(..))
-        ));
+        assert!(matches!(validate(&sel), Err(SelectorError::MissingValues(..))));
     }
 }

@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::civil::Date;
 
 use super::selector::{self, SelectorError};
-use crate::api::{
-    Action, DistrolessPolicy, DistrolessPolicySpec, Exemption, Match, Mutation, RuleId,
-};
+use crate::api::{Action, DistrolessPolicy, DistrolessPolicySpec, Exemption, Match, OnError, RuleId};
 
 /// The namespaces no built-in default ever touches.
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-node-lease", "kube-public"];
@@ -22,9 +20,7 @@ pub enum PolicyError {
     },
     #[error("policy {policy:?}: exemption {index} has an empty reason; every exemption needs one")]
     EmptyReason { policy: String, index: usize },
-    #[error(
-        "policy {policy:?}: exemption {index} expires on {value:?}, which is not a date (YYYY-MM-DD)"
-    )]
+    #[error("policy {policy:?}: exemption {index} expires on {value:?}, which is not a date (YYYY-MM-DD)")]
     BadExpiry {
         policy: String,
         index: usize,
@@ -32,6 +28,8 @@ pub enum PolicyError {
     },
     #[error("policy {policy:?}: nonRootUser must be a UID from 1 to 2147483647, not {uid}")]
     BadUid { policy: String, uid: i64 },
+    #[error("policy {policy:?}: platform must be os/arch[/variant] or all, not {value:?}")]
+    BadPlatform { policy: String, value: String },
     #[error("policy {0:?} is given twice")]
     Duplicate(String),
     #[error("a DistrolessPolicy needs metadata.name")]
@@ -53,10 +51,7 @@ impl CompiledExemption {
             && (e.rules.is_empty() || e.rules.contains(&rule))
             && (e.namespaces.is_empty() || e.namespaces.iter().any(|n| n == namespace))
             && (e.images.is_empty()
-                || (!images.is_empty()
-                    && images
-                        .iter()
-                        .all(|i| e.images.iter().any(|p| wildcard_match(p, i)))))
+                || (!images.is_empty() && images.iter().all(|i| e.images.iter().any(|p| wildcard_match(p, i)))))
     }
 }
 
@@ -80,17 +75,24 @@ impl CompiledPolicy {
     }
 
     pub fn from_spec(name: String, spec: DistrolessPolicySpec) -> Result<Self, PolicyError> {
-        for sel in [
-            &spec.match_.namespace_selector,
-            &spec.match_.object_selector,
-        ]
-        .into_iter()
-        .flatten()
+        for sel in [&spec.match_.namespace_selector, &spec.match_.object_selector]
+            .into_iter()
+            .flatten()
         {
             selector::validate(sel).map_err(|source| PolicyError::Selector {
                 policy: name.clone(),
                 source,
             })?;
+        }
+        let platform_ok = spec.platform == "all" || {
+            let parts: Vec<&str> = spec.platform.split('/').collect();
+            (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty())
+        };
+        if !platform_ok {
+            return Err(PolicyError::BadPlatform {
+                policy: name,
+                value: spec.platform.clone(),
+            });
         }
         if !(1..=i64::from(i32::MAX)).contains(&spec.non_root_user) {
             return Err(PolicyError::BadUid {
@@ -126,11 +128,7 @@ impl CompiledPolicy {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(CompiledPolicy {
-            name,
-            spec,
-            exemptions,
-        })
+        Ok(CompiledPolicy { name, spec, exemptions })
     }
 
     /// Whether the policy applies to an object with these labels in this namespace.
@@ -147,11 +145,29 @@ impl CompiledPolicy {
     }
 
     /// This policy's action for a rule, `None` when it ignores the rule.
+    /// `image-unverified` follows `onError` unless `rules` names it.
     pub fn action_for(&self, rule: RuleId) -> Option<Action> {
-        match self.spec.rules.get(&rule) {
-            Some(over) => over.action(),
-            None => Some(self.spec.action),
+        match (self.spec.rules.get(&rule), rule) {
+            (Some(over), _) => over.action(),
+            (None, RuleId::ImageUnverified) => match self.spec.on_error {
+                OnError::Deny => Some(Action::Deny),
+                OnError::Warn => Some(Action::Warn),
+                OnError::Allow => None,
+            },
+            (None, _) => Some(self.spec.action),
         }
+    }
+
+    /// Whether any image rule is checked, so images must be inspected.
+    pub fn inspects_images(&self) -> bool {
+        [
+            RuleId::ImageHasShell,
+            RuleId::ImageHasPackageManager,
+            RuleId::ImageRootUser,
+            RuleId::ImageUnverified,
+        ]
+        .into_iter()
+        .any(|r| self.action_for(r).is_some())
     }
 
     /// The first exemption covering the finding, if any.
@@ -208,23 +224,18 @@ impl PolicySet {
     pub fn builtin_default() -> Self {
         let spec = DistrolessPolicySpec {
             action: Action::Deny,
-            rules: BTreeMap::new(),
             match_: Match {
                 exclude_namespaces: SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect(),
                 ..Match::default()
             },
-            non_root_user: crate::api::DEFAULT_NON_ROOT_USER,
-            mutation: Mutation::default(),
-            exemptions: Vec::new(),
+            ..DistrolessPolicySpec::default()
         };
         let policy = CompiledPolicy {
             name: "builtin-default".into(),
             spec,
             exemptions: Vec::new(),
         };
-        PolicySet {
-            policies: vec![policy],
-        }
+        PolicySet { policies: vec![policy] }
     }
 
     pub fn policies(&self) -> &[CompiledPolicy] {

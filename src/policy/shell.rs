@@ -1,9 +1,7 @@
 //! Does a container's `command`/`args` start a shell?
 
 /// Programs that are shells. A distroless image has none of them.
-pub const SHELLS: &[&str] = &[
-    "sh", "bash", "ash", "dash", "zsh", "ksh", "mksh", "hush", "csh", "tcsh",
-];
+pub const SHELLS: &[&str] = &["sh", "bash", "ash", "dash", "zsh", "ksh", "mksh", "hush", "csh", "tcsh"];
 
 /// Programs that run the rest of their arguments as a command.
 const WRAPPERS: &[&str] = &[
@@ -64,11 +62,7 @@ pub fn find_shell(command: &[String], args: &[String]) -> Option<ShellInvocation
         .iter()
         .enumerate()
         .map(|(i, s)| (ArgvField::Command, i, s.as_str()))
-        .chain(
-            args.iter()
-                .enumerate()
-                .map(|(i, s)| (ArgvField::Args, i, s.as_str())),
-        )
+        .chain(args.iter().enumerate().map(|(i, s)| (ArgvField::Args, i, s.as_str())))
         .collect();
 
     let mut pos = 0;
@@ -105,14 +99,11 @@ pub fn find_shell(command: &[String], args: &[String]) -> Option<ShellInvocation
     };
 
     let rest = &argv[rest_from.min(argv.len())..];
-    let inline_script = rest
-        .iter()
-        .position(|&(_, _, a)| is_inline_flag(a))
-        .and_then(|i| {
-            let (_, _, flag) = rest[i];
-            rest.get(i + 1)
-                .map(|&(_, _, script)| (flag.to_string(), script.to_string()))
-        });
+    let inline_script = rest.iter().position(|&(_, _, a)| is_inline_flag(a)).and_then(|i| {
+        let (_, _, flag) = rest[i];
+        rest.get(i + 1)
+            .map(|&(_, _, script)| (flag.to_string(), script.to_string()))
+    });
 
     Some(ShellInvocation {
         field,
@@ -156,10 +147,7 @@ mod tests {
     fn command_bash_with_dash_c_in_args_is_caught() {
         let found = find_shell(&v(&["bash"]), &v(&["-c", "run.sh && sleep 1"])).unwrap();
         assert_eq!(found.field, ArgvField::Command);
-        assert_eq!(
-            found.inline_script,
-            Some(("-c".into(), "run.sh && sleep 1".into()))
-        );
+        assert_eq!(found.inline_script, Some(("-c".into(), "run.sh && sleep 1".into())));
     }
 
     #[test]

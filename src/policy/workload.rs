@@ -180,11 +180,7 @@ impl ObjectShape {
                 containers: spec.containers,
                 ephemeral_containers: spec.ephemeral_containers,
             },
-            WorkloadKind::CronJob => template(
-                spec.job_template
-                    .and_then(|j| j.spec)
-                    .and_then(|s| s.template),
-            ),
+            WorkloadKind::CronJob => template(spec.job_template.and_then(|j| j.spec).and_then(|s| s.template)),
             _ => template(spec.template),
         };
         let meta = self.metadata;
@@ -205,14 +201,8 @@ impl ObjectShape {
 impl Workload {
     /// Reads a workload from a parsed object; `Ok(None)` when its kind carries no pod spec.
     pub fn from_value(object: &serde_json::Value) -> Result<Option<Self>, ExtractError> {
-        let field = |name: &str| {
-            object
-                .get(name)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-        };
-        let Some(kind) = WorkloadKind::from_api_version_kind(field("apiVersion"), field("kind"))
-        else {
+        let field = |name: &str| object.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+        let Some(kind) = WorkloadKind::from_api_version_kind(field("apiVersion"), field("kind")) else {
             return Ok(None);
         };
         match ObjectShape::deserialize(object) {
@@ -275,9 +265,6 @@ mod tests {
     #[test]
     fn generated_names_are_used_when_the_name_is_not_chosen_yet() {
         let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-7d9f-"}, "spec": {"containers": []}});
-        assert_eq!(
-            Workload::from_value(&obj).unwrap().unwrap().name,
-            "web-7d9f-"
-        );
+        assert_eq!(Workload::from_value(&obj).unwrap().unwrap().name, "web-7d9f-");
     }
 }

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 
 use super::review::{AdmissionRequest, AdmissionResponse};
 use crate::api::{Action, RuleId};
+use crate::image::Inspector;
 use crate::policy::{self, PolicySet, Scope, Subject, Verdict, Violation, Workload, WorkloadKind};
 
 /// Where namespace labels come from (namespace selectors need them).
@@ -36,6 +37,8 @@ pub enum ReviewError {
 pub struct Admission {
     policies: RwLock<Arc<PolicySet>>,
     namespaces: Arc<dyn NamespaceLabels>,
+    /// Reads images from their registries; `None` turns the image rules off.
+    inspector: Option<Arc<Inspector>>,
 }
 
 /// What a review decided, for the response and for metrics.
@@ -51,7 +54,14 @@ impl Admission {
         Admission {
             policies: RwLock::new(Arc::new(policies)),
             namespaces,
+            inspector: None,
         }
+    }
+
+    /// Turns image inspection on.
+    pub fn with_inspector(mut self, inspector: Arc<Inspector>) -> Self {
+        self.inspector = Some(inspector);
+        self
     }
 
     pub fn policies(&self) -> Arc<PolicySet> {
@@ -75,8 +85,7 @@ impl Admission {
             return Ok(None);
         };
         let sub = req.sub_resource.as_deref().unwrap_or_default();
-        let relevant_sub =
-            sub.is_empty() || (kind == WorkloadKind::Pod && sub == "ephemeralcontainers");
+        let relevant_sub = sub.is_empty() || (kind == WorkloadKind::Pod && sub == "ephemeralcontainers");
         if !relevant_sub || !matches!(req.operation.as_str(), "CREATE" | "UPDATE") {
             return Ok(None);
         }
@@ -89,12 +98,15 @@ impl Admission {
         }
     }
 
-    fn judge(
+    /// Evaluates a workload; with `inspect`, images are read from their
+    /// registries first (under the policies' deadline) for the image rules.
+    async fn judge(
         &self,
         req: &AdmissionRequest,
         workload: &Workload,
         scope: Scope<'_>,
         now: Timestamp,
+        inspect: bool,
     ) -> Verdict {
         let namespace = req
             .namespace
@@ -103,28 +115,30 @@ impl Admission {
             .filter(|n| !n.is_empty())
             .unwrap_or("default");
         let labels = self.namespaces.labels(namespace);
-        let subject = Subject {
+        let policies = self.policies();
+        let mut subject = Subject {
             workload,
             namespace,
             namespace_labels: &labels,
             scope,
+            images: None,
         };
-        policy::evaluate(&self.policies(), &subject, now)
+        let facts;
+        if let Some(inspector) = self.inspector.as_ref().filter(|_| inspect)
+            && let Some(plan) = policy::inspection_plan(&policies, &subject)
+        {
+            facts = inspector.gather(&plan.images, &plan.platform, plan.timeout).await;
+            subject.images = Some(&facts);
+        }
+        policy::evaluate(&policies, &subject, now)
     }
 
     /// The validating webhook.
-    pub fn validate(
-        &self,
-        req: &mut AdmissionRequest,
-        now: Timestamp,
-    ) -> Result<Decision, ReviewError> {
+    pub async fn validate(&self, req: &mut AdmissionRequest, now: Timestamp) -> Result<Decision, ReviewError> {
         let Some(workload) = Self::workload_of(req)? else {
             return Ok(allowed(req));
         };
-        let old = req
-            .old_object
-            .take()
-            .map(|o| o.into_workload(workload.kind));
+        let old = req.old_object.take().map(|o| o.into_workload(workload.kind));
         let ephemeral = req.sub_resource.as_deref() == Some("ephemeralcontainers");
         let existing: Vec<String> = old
             .iter()
@@ -132,13 +146,11 @@ impl Admission {
             .map(|c| c.name.clone())
             .collect();
         let scope = if ephemeral {
-            Scope::NewEphemeralContainers {
-                existing: &existing,
-            }
+            Scope::NewEphemeralContainers { existing: &existing }
         } else {
             Scope::Full
         };
-        let mut verdict = self.judge(req, &workload, scope, now);
+        let mut verdict = self.judge(req, &workload, scope, now, true).await;
 
         // An update keeps what was already there: a violation the old object
         // had as well is a warning, so fixing one thing never needs fixing all.
@@ -148,16 +160,13 @@ impl Admission {
             .filter(|_| req.operation == "UPDATE" && !ephemeral && has_denials)
         {
             let before: HashSet<(RuleId, String)> = self
-                .judge(req, old, Scope::Full, now)
+                .judge(req, old, Scope::Full, now, true)
+                .await
                 .violations
                 .into_iter()
                 .map(|v| (v.rule, v.path))
                 .collect();
-            for v in verdict
-                .violations
-                .iter_mut()
-                .filter(|v| v.action == Action::Deny)
-            {
+            for v in verdict.violations.iter_mut().filter(|v| v.action == Action::Deny) {
                 if before.contains(&(v.rule, v.path.clone())) {
                     v.action = Action::Warn;
                     v.message = format!("already present before this update: {}", v.message);
@@ -168,21 +177,14 @@ impl Admission {
     }
 
     /// The mutating webhook: Pods at CREATE only, so workload templates never drift from Git.
-    pub fn mutate(
-        &self,
-        req: &mut AdmissionRequest,
-        now: Timestamp,
-    ) -> Result<Decision, ReviewError> {
+    pub async fn mutate(&self, req: &mut AdmissionRequest, now: Timestamp) -> Result<Decision, ReviewError> {
         let Some(workload) = Self::workload_of(req)? else {
             return Ok(allowed(req));
         };
-        if workload.kind != WorkloadKind::Pod
-            || req.operation != "CREATE"
-            || req.sub_resource.is_some()
-        {
+        if workload.kind != WorkloadKind::Pod || req.operation != "CREATE" || req.sub_resource.is_some() {
             return Ok(allowed(req));
         }
-        let verdict = self.judge(req, &workload, Scope::Full, now);
+        let verdict = self.judge(req, &workload, Scope::Full, now, false).await;
         let ops = verdict.mutation_patch(&workload);
         let response = match AdmissionResponse::allow(&req.uid).with_patch(&ops) {
             Ok(r) => r,
@@ -222,11 +224,7 @@ pub fn unreadable(uid: &str, kind: &str, e: &serde_json::Error) -> AdmissionResp
 }
 
 fn object_name(req: &AdmissionRequest, workload: &Workload) -> String {
-    let name = req
-        .name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or(&workload.name);
+    let name = req.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(&workload.name);
     match req.namespace.as_deref().or(workload.namespace.as_deref()) {
         Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
         _ => name.to_string(),
@@ -235,10 +233,7 @@ fn object_name(req: &AdmissionRequest, workload: &Workload) -> String {
 
 /// One line per violation: rule id, container, field path, and the fix.
 pub fn violation_line(v: &Violation) -> String {
-    format!(
-        "[{}] {} (at {}; policy {})",
-        v.rule, v.message, v.path, v.policy
-    )
+    format!("[{}] {} (at {}; policy {})", v.rule, v.message, v.path, v.policy)
 }
 
 fn decide(req: &AdmissionRequest, workload: &Workload, verdict: Verdict) -> Decision {

@@ -45,9 +45,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("distroless_guard");
         let reviews = Family::<ReviewLabels, Counter>::default();
         let violations = Family::<ViolationLabels, Counter>::default();
-        let latency = Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
-        );
+        let latency = Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         registry.register(
             "admission_reviews",
             "AdmissionReviews answered, by endpoint and verdict",

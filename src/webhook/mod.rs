@@ -61,6 +61,8 @@ pub struct WebhookArgs {
     pub shutdown_grace_seconds: u64,
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "DISTROLESS_GUARD_LOG_FORMAT")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub images: crate::cli::ImageArgs,
 }
 
 /// Everything the HTTP handlers share.
@@ -103,11 +105,7 @@ impl Endpoint {
     }
 }
 
-fn handle_review(
-    state: &AppState,
-    endpoint: Endpoint,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn handle_review(state: &AppState, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
     let name = endpoint.as_str();
     let bad = |status: StatusCode, message: String| {
@@ -125,15 +123,11 @@ fn handle_review(
             // A review whose envelope is fine but whose object is not readable
             // is answered (denied with the reason), not rejected.
             if let Ok(header) = serde_json::from_slice::<review::ReviewHeader>(&body) {
-                let response =
-                    admission::unreadable(&header.request.uid, &header.request.kind.kind, &e);
+                let response = admission::unreadable(&header.request.uid, &header.request.kind.kind, &e);
                 state.metrics.observe(name, "error", started.elapsed());
                 return axum::Json(response.into_review()).into_response();
             }
-            return bad(
-                StatusCode::BAD_REQUEST,
-                format!("body is not an AdmissionReview: {e}"),
-            );
+            return bad(StatusCode::BAD_REQUEST, format!("body is not an AdmissionReview: {e}"));
         }
     };
     if review.api_version != review::API_VERSION || review.kind != review::KIND {
@@ -149,24 +143,19 @@ fn handle_review(
         );
     }
     let Some(mut request) = review.request else {
-        return bad(
-            StatusCode::BAD_REQUEST,
-            "AdmissionReview has no request".into(),
-        );
+        return bad(StatusCode::BAD_REQUEST, "AdmissionReview has no request".into());
     };
     let now = jiff::Timestamp::now();
     let decision = match endpoint {
-        Endpoint::Validate => state.admission.validate(&mut request, now),
-        Endpoint::Mutate => state.admission.mutate(&mut request, now),
+        Endpoint::Validate => state.admission.validate(&mut request, now).await,
+        Endpoint::Mutate => state.admission.mutate(&mut request, now).await,
     };
     let decision = match decision {
         Ok(d) => d,
         Err(e) => return bad(StatusCode::BAD_REQUEST, e.to_string()),
     };
     for v in &decision.violations {
-        state
-            .metrics
-            .violation(name, v.rule.as_str(), v.action.as_str());
+        state.metrics.violation(name, v.rule.as_str(), v.action.as_str());
     }
     if decision.verdict != "allowed" {
         info!(
@@ -180,9 +169,7 @@ fn handle_review(
             "admission decision"
         );
     }
-    state
-        .metrics
-        .observe(name, decision.verdict, started.elapsed());
+    state.metrics.observe(name, decision.verdict, started.elapsed());
     axum::Json(decision.response.into_review()).into_response()
 }
 
@@ -193,7 +180,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/validate",
             post(
                 |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
-                    handle_review(&s, Endpoint::Validate, body)
+                    handle_review(&s, Endpoint::Validate, body).await
                 },
             ),
         )
@@ -201,7 +188,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/mutate",
             post(
                 |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
-                    handle_review(&s, Endpoint::Mutate, body)
+                    handle_review(&s, Endpoint::Mutate, body).await
                 },
             ),
         )
@@ -220,10 +207,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/metrics",
             get(|State(s): State<Arc<AppState>>| async move {
                 (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                     s.metrics.encode(),
                 )
             }),
@@ -261,13 +245,9 @@ pub struct ServeOptions {
 
 /// Starts the HTTPS webhook server; it serves until [`RunningWebhook::shutdown`].
 pub async fn start(options: ServeOptions, admission: Admission) -> Result<RunningWebhook, String> {
-    let certs = Arc::new(
-        tls::ReloadingCert::load(&options.tls_cert, &options.tls_key).map_err(|e| e.to_string())?,
-    );
+    let certs = Arc::new(tls::ReloadingCert::load(&options.tls_cert, &options.tls_key).map_err(|e| e.to_string())?);
     let tls = tls::server_config(certs.clone()).map_err(|e| e.to_string())?;
-    let listener = server::bind(options.listen)
-        .await
-        .map_err(|e| e.to_string())?;
+    let listener = server::bind(options.listen).await.map_err(|e| e.to_string())?;
     let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = AppState::new(admission);
     let app = router(state.clone());
@@ -353,10 +333,7 @@ pub fn main(args: WebhookArgs) -> ExitCode {
         }
     };
     info!(policies = policies.len(), "policies loaded");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");
@@ -371,7 +348,16 @@ pub fn main(args: WebhookArgs) -> ExitCode {
             tls_reload: Duration::from_secs(args.tls_reload_seconds.max(1)),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         };
-        let running = match start(options, Admission::new(policies, Arc::new(NameOnly))).await {
+        let mut admission = Admission::new(policies, Arc::new(NameOnly));
+        match args.images.inspector() {
+            Ok(Some(inspector)) => admission = admission.with_inspector(inspector),
+            Ok(None) => {}
+            Err(e) => {
+                error!(error = %e, "cannot set up image inspection");
+                return ExitCode::from(2);
+            }
+        }
+        let running = match start(options, admission).await {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "cannot start the webhook");

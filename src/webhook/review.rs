@@ -104,20 +104,13 @@ impl AdmissionResponse {
     pub fn deny(uid: &str, code: u16, reason: &'static str, message: String) -> Self {
         AdmissionResponse {
             allowed: false,
-            status: Some(Status {
-                code,
-                reason,
-                message,
-            }),
+            status: Some(Status { code, reason, message }),
             ..Self::allow(uid)
         }
     }
 
     /// Attaches a JSON patch (skipped when it has no operation).
-    pub fn with_patch(
-        mut self,
-        ops: &[json_patch::PatchOperation],
-    ) -> Result<Self, serde_json::Error> {
+    pub fn with_patch(mut self, ops: &[json_patch::PatchOperation]) -> Result<Self, serde_json::Error> {
         if !ops.is_empty() {
             let bytes = serde_json::to_vec(ops)?;
             self.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
@@ -153,10 +146,7 @@ mod tests {
         assert!(serde_json::from_str::<AdmissionReview>(body).is_err());
         let header: ReviewHeader = serde_json::from_str(body).unwrap();
         assert_eq!(
-            (
-                header.request.uid.as_str(),
-                header.request.kind.kind.as_str()
-            ),
+            (header.request.uid.as_str(), header.request.kind.kind.as_str()),
             ("u1", "Pod")
         );
     }

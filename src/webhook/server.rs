@@ -65,10 +65,7 @@ pub async fn serve_tls(
     }
     drop(listener);
     info!("shutting down: no new connections, waiting for open requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         warn!(
             grace_seconds = grace.as_secs(),
             "some connections were still open after the grace period"

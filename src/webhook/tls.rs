@@ -86,10 +86,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 impl ReloadingCert {
-    pub fn load(
-        cert_path: impl Into<PathBuf>,
-        key_path: impl Into<PathBuf>,
-    ) -> Result<Self, TlsError> {
+    pub fn load(cert_path: impl Into<PathBuf>, key_path: impl Into<PathBuf>) -> Result<Self, TlsError> {
         let (cert_path, key_path) = (cert_path.into(), key_path.into());
         let loaded = Self::read_pair(&cert_path, &key_path)?;
         Ok(ReloadingCert {
@@ -103,11 +100,7 @@ impl ReloadingCert {
         let cert_pem = read(cert_path)?;
         let key_pem = read(key_path)?;
         let key = Arc::new(certified_key(&cert_pem, &key_pem, cert_path, key_path)?);
-        Ok(Loaded {
-            cert_pem,
-            key_pem,
-            key,
-        })
+        Ok(Loaded { cert_pem, key_pem, key })
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -126,17 +119,8 @@ impl ReloadingCert {
         if current.cert_pem == cert_pem && current.key_pem == key_pem {
             return Ok(false);
         }
-        let key = Arc::new(certified_key(
-            &cert_pem,
-            &key_pem,
-            &self.cert_path,
-            &self.key_path,
-        )?);
-        let loaded = Arc::new(Loaded {
-            cert_pem,
-            key_pem,
-            key,
-        });
+        let key = Arc::new(certified_key(&cert_pem, &key_pem, &self.cert_path, &self.key_path)?);
+        let loaded = Arc::new(Loaded { cert_pem, key_pem, key });
         match self.current.write() {
             Ok(mut c) => *c = loaded,
             Err(poisoned) => *poisoned.into_inner() = loaded,

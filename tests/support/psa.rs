@@ -8,12 +8,7 @@ use serde_json::Value;
 fn containers(spec: &Value) -> Vec<&Value> {
     ["initContainers", "containers", "ephemeralContainers"]
         .iter()
-        .flat_map(|list| {
-            spec.get(*list)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
+        .flat_map(|list| spec.get(*list).and_then(Value::as_array).into_iter().flatten())
         .collect()
 }
 

@@ -24,11 +24,7 @@ pub struct TestRegistry {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
@@ -64,11 +60,7 @@ impl TestRegistry {
             .unwrap_or_else(|e| {
                 panic!("cannot start {REGISTRY_BINARY} ({e}); install it with: apt-get install docker-registry")
             });
-        let registry = TestRegistry {
-            addr,
-            child,
-            _dir: dir,
-        };
+        let registry = TestRegistry { addr, child, _dir: dir };
         let started = Instant::now();
         while http_status(addr, "/v2/") != Some(200) {
             assert!(
@@ -122,14 +114,7 @@ impl Layer {
         }
     }
 
-    fn append(
-        mut self,
-        path: &str,
-        kind: tar::EntryType,
-        data: &[u8],
-        link: Option<&str>,
-        mode: u32,
-    ) -> Self {
+    fn append(mut self, path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>, mode: u32) -> Self {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(kind);
         header.set_mode(mode);
@@ -156,11 +141,7 @@ impl Layer {
         header.set_mode(0o755);
         header.set_size(data.len() as u64);
         header.set_cksum();
-        self.builder
-            .as_mut()
-            .unwrap()
-            .append(&header, data)
-            .unwrap();
+        self.builder.as_mut().unwrap().append(&header, data).unwrap();
         self
     }
 
@@ -201,10 +182,7 @@ pub fn compress(tar: &[u8], how: Compression) -> (Vec<u8>, &'static str) {
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             enc.write_all(tar).unwrap();
-            (
-                enc.finish().unwrap(),
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-            )
+            (enc.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip")
         }
         Compression::Zstd => (
             ruzstd::encoding::compress_to_vec(tar, ruzstd::encoding::CompressionLevel::Fastest),
@@ -286,10 +264,7 @@ fn client() -> oci_client::Client {
 
 async fn push_blob(client: &oci_client::Client, reference: &Reference, data: &[u8]) -> String {
     let d = digest(data);
-    client
-        .push_blob(reference, data.to_vec(), &d)
-        .await
-        .unwrap();
+    client.push_blob(reference, data.to_vec(), &d).await.unwrap();
     d
 }
 
@@ -340,11 +315,7 @@ async fn push_manifest(
     let bytes = serde_json::to_vec(manifest).unwrap();
     let (d, size) = (digest(&bytes), bytes.len());
     client
-        .push_manifest_raw(
-            reference,
-            bytes,
-            http::HeaderValue::from_str(media_type).unwrap(),
-        )
+        .push_manifest_raw(reference, bytes, http::HeaderValue::from_str(media_type).unwrap())
         .await
         .unwrap();
     (d, size)
@@ -357,20 +328,18 @@ pub async fn push_index(reference: &str, images: &[Image]) -> String {
     for (i, image) in images.iter().enumerate() {
         let platform_ref = format!("{}/{}:platform-{i}", parsed.registry(), parsed.repository());
         let (d, size) = push_sized(&platform_ref, image).await;
-        entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": size,
-            "platform": {"os": image.os, "architecture": image.arch}}));
+        entries.push(
+            json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": size,
+            "platform": {"os": image.os, "architecture": image.arch}}),
+        );
     }
-    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+    let index =
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
     let client = client();
     client
         .store_auth_if_needed(parsed.resolve_registry(), &RegistryAuth::Anonymous)
         .await;
-    push_manifest(
-        &client,
-        &parsed,
-        &index,
-        "application/vnd.oci.image.index.v1+json",
-    )
-    .await
-    .0
+    push_manifest(&client, &parsed, &index, "application/vnd.oci.image.index.v1+json")
+        .await
+        .0
 }

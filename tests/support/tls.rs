@@ -32,9 +32,7 @@ impl TestCa {
     pub fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         TestCa {
@@ -45,8 +43,7 @@ impl TestCa {
     }
 
     pub fn serving_cert(&self, serial: u8) -> ServingCert {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         params.serial_number = Some(vec![serial].into());
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -87,10 +84,7 @@ pub struct HttpsConn {
 }
 
 impl HttpsConn {
-    pub async fn connect(
-        addr: SocketAddr,
-        config: Arc<rustls::ClientConfig>,
-    ) -> std::io::Result<Self> {
+    pub async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let tls = TlsConnector::from(config)

@@ -28,12 +28,9 @@ impl TestWebhook {
             tls_reload: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
         };
-        let server = webhook::start(
-            options,
-            Admission::new(policies, std::sync::Arc::new(NameOnly)),
-        )
-        .await
-        .unwrap();
+        let server = webhook::start(options, Admission::new(policies, std::sync::Arc::new(NameOnly)))
+            .await
+            .unwrap();
         TestWebhook {
             server,
             ca,
