@@ -348,3 +348,186 @@ fn invalid_policies_are_rejected_with_the_reason() {
             .contains("operator")
     );
 }
+
+// ---- image rules: what inspection found, as plain data ----
+
+use distroless_guard::image::{Evidence, ImageReport};
+use distroless_guard::policy::{ImageFacts, ImageStatus, inspection_plan};
+use std::sync::Arc;
+
+fn report(image: &str, shells: &[&str], pms: &[&str], user: &str, uid: Option<u32>) -> ImageStatus {
+    let evidence = shells
+        .iter()
+        .map(|s| Evidence {
+            path: s.to_string(),
+            layer: "sha256:1111111111111111111111".into(),
+        })
+        .chain(pms.iter().map(|p| Evidence {
+            path: format!("/usr/bin/{p}"),
+            layer: "sha256:2222".into(),
+        }))
+        .collect();
+    ImageStatus::Inspected(Arc::new(vec![Arc::new(ImageReport {
+        image: image.into(),
+        digest: "sha256:abc".into(),
+        platform: "linux/amd64".into(),
+        user: user.into(),
+        uid,
+        shells: shells.iter().map(|s| s.to_string()).collect(),
+        package_managers: pms.iter().map(|s| s.to_string()).collect(),
+        package_databases: vec![],
+        distroless: shells.is_empty() && pms.is_empty(),
+        evidence,
+        base_image: None,
+    })]))
+}
+
+fn judge_images(set: &PolicySet, object: &Value, facts: &ImageFacts) -> Verdict {
+    let workload = Workload::from_value(object).unwrap().unwrap();
+    let labels = namespace_name_labels("default");
+    let subject = Subject {
+        workload: &workload,
+        namespace: "default",
+        namespace_labels: &labels,
+        scope: Scope::Full,
+        images: Some(facts),
+    };
+    evaluate(set, &subject, now())
+}
+
+fn pod_with(image: &str, sc: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"securityContext": sc, "containers": [{"name": "app", "image": image}]}})
+}
+
+#[test]
+fn an_image_with_a_shell_and_apt_is_denied_with_evidence() {
+    let facts = ImageFacts::from([(
+        "debian:12".to_string(),
+        report("debian:12", &["/usr/bin/bash"], &["apt"], "", Some(0)),
+    )]);
+    let v = judge_images(
+        &PolicySet::builtin_default(),
+        &pod_with("debian:12", json!({"runAsUser": 65532})),
+        &facts,
+    );
+    assert_eq!(
+        rules(&v),
+        [
+            (RuleId::ImageHasShell, Action::Deny),
+            (RuleId::ImageHasPackageManager, Action::Deny)
+        ]
+    );
+    assert_eq!(v.violations[0].path, "spec.containers[0].image");
+    assert!(
+        v.violations[0]
+            .message
+            .contains("/usr/bin/bash in layer sha256:1111111111"),
+        "{}",
+        v.violations[0].message
+    );
+    assert!(v.violations[1].message.contains("apt"));
+}
+
+#[test]
+fn a_root_image_is_fine_once_the_pod_sets_a_non_root_user() {
+    let facts = ImageFacts::from([("app:1".to_string(), report("app:1", &[], &[], "", Some(0)))]);
+    let set = PolicySet::builtin_default();
+    let v = judge_images(&set, &pod_with("app:1", json!({})), &facts);
+    assert_eq!(rules(&v), [(RuleId::ImageRootUser, Action::Deny)]);
+    assert!(v.violations[0].message.contains("runAsUser to 65532"));
+    assert!(
+        judge_images(&set, &pod_with("app:1", json!({"runAsUser": 65532})), &facts)
+            .violations
+            .is_empty()
+    );
+    assert!(!judge_images(&set, &pod_with("app:1", json!({"runAsUser": 0})), &facts).allowed());
+    // Mutation fixes it: the mutated pod sets runAsUser.
+    let pod = pod_with("app:1", json!({}));
+    let w = Workload::from_value(&pod).unwrap().unwrap();
+    let mut mutated = pod.clone();
+    json_patch::patch(&mut mutated, &v.mutation_patch(&w)).unwrap();
+    assert!(judge_images(&set, &mutated, &facts).violations.is_empty(), "{mutated}");
+    let named = ImageFacts::from([("app:1".to_string(), report("app:1", &[], &[], "nonroot", Some(65532)))]);
+    assert!(
+        judge_images(&set, &pod_with("app:1", json!({})), &named)
+            .violations
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_unverified_image_follows_on_error_unless_a_rule_override_says_otherwise() {
+    let facts = ImageFacts::from([(
+        "app:1".to_string(),
+        ImageStatus::Failed("image app:1 was not inspected within 3s".into()),
+    )]);
+    let pod = pod_with("app:1", json!({"runAsUser": 1000}));
+    let with = |extra: &str| {
+        policies(&format!(
+            "apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {{name: p}}\nspec: {{{extra}}}\n"
+        ))
+    };
+    let v = judge_images(&with(""), &pod, &facts);
+    assert_eq!(
+        rules(&v),
+        [(RuleId::ImageUnverified, Action::Warn)],
+        "onError defaults to Warn"
+    );
+    assert!(v.violations[0].message.contains("not inspected within 3s"));
+    assert_eq!(
+        rules(&judge_images(&with("onError: Deny"), &pod, &facts)),
+        [(RuleId::ImageUnverified, Action::Deny)]
+    );
+    assert!(
+        judge_images(&with("onError: Allow"), &pod, &facts)
+            .violations
+            .is_empty()
+    );
+    let overridden = with("onError: Allow, rules: {image-unverified: Audit}");
+    assert_eq!(
+        rules(&judge_images(&overridden, &pod, &facts)),
+        [(RuleId::ImageUnverified, Action::Audit)]
+    );
+}
+
+#[test]
+fn inspection_is_planned_only_when_a_matching_policy_checks_images() {
+    let pod = pod_with("b:1", json!({}));
+    let mut two = pod.clone();
+    two["spec"]["initContainers"] = json!([{"name": "i", "image": "a:1"}, {"name": "j", "image": "b:1"}]);
+    let w = Workload::from_value(&two).unwrap().unwrap();
+    let labels = namespace_name_labels("default");
+    let subject = Subject {
+        workload: &w,
+        namespace: "default",
+        namespace_labels: &labels,
+        scope: Scope::Full,
+        images: None,
+    };
+    let set = policies(
+        r#"
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: a}
+spec: {timeoutSeconds: 5}
+---
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: b}
+spec: {timeoutSeconds: 2, platform: all}
+"#,
+    );
+    let plan = inspection_plan(&set, &subject).unwrap();
+    assert_eq!(plan.images, ["a:1", "b:1"]);
+    assert_eq!((plan.platform.as_str(), plan.timeout.as_secs()), ("all", 2));
+    let no_images = policies(
+        r#"
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: c}
+spec: {onError: Allow, rules: {image-has-shell: Ignore, image-has-package-manager: Ignore, image-root-user: Ignore}}
+"#,
+    );
+    assert_eq!(inspection_plan(&no_images, &subject), None);
+}

@@ -148,22 +148,17 @@ pub fn inspection_plan(policies: &PolicySet, subject: &Subject<'_>) -> Option<In
 /// among equally strict policies the first by name is named.
 pub fn evaluate(policies: &PolicySet, subject: &Subject<'_>, now: Timestamp) -> Verdict {
     let today: Date = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-    let matched: Vec<&CompiledPolicy> = policies
-        .policies()
-        .iter()
-        .filter(|p| p.matches(subject.namespace, subject.namespace_labels, &subject.workload.labels))
-        .collect();
+    let matched = matching(policies, subject);
     if matched.is_empty() {
         return Verdict::default();
     }
     let mutation = MutationSettings::merge(matched.iter().map(|p| &p.spec));
     let uid = mutation.as_ref().map_or(DEFAULT_NON_ROOT_USER, |m| m.uid);
-    let findings = check_pod_spec(
-        &subject.workload.spec,
-        subject.workload.kind.spec_path(),
-        subject.scope,
-        uid,
-    );
+    let (spec, spec_path) = (&subject.workload.spec, subject.workload.kind.spec_path());
+    let mut findings = check_pod_spec(spec, spec_path, subject.scope, uid);
+    if let Some(facts) = subject.images {
+        findings.extend(check_images(spec, spec_path, subject.scope, facts, uid));
+    }
 
     let violations = findings
         .into_iter()

@@ -18,6 +18,10 @@ pub struct TestWebhook {
 
 impl TestWebhook {
     pub async fn start(policies: PolicySet) -> Self {
+        Self::start_with(Admission::new(policies, std::sync::Arc::new(NameOnly))).await
+    }
+
+    pub async fn start_with(admission: Admission) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("distroless-guard test CA");
         let (cert_path, key_path) = ca.serving_cert(1).write(dir.path());
@@ -28,9 +32,7 @@ impl TestWebhook {
             tls_reload: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
         };
-        let server = webhook::start(options, Admission::new(policies, std::sync::Arc::new(NameOnly)))
-            .await
-            .unwrap();
+        let server = webhook::start(options, admission).await.unwrap();
         TestWebhook {
             server,
             ca,
