@@ -483,7 +483,13 @@ async fn inspection_stops_early_once_the_answer_cannot_change() {
         Layer::new().file("bin/sh", b"sh").file("usr/bin/apt", b"apt").tar(),
         Compression::Gzip,
     );
-    push(&image, &Image::new(vec![bottom, top]).user("1000")).await;
+    let small = |n: &str| Blob::layer(Layer::new().file(n, b"data").tar(), Compression::Gzip);
+    // Layers are read top-down a few at a time: the top window settles the answer.
+    push(
+        &image,
+        &Image::new(vec![bottom, small("a"), small("b"), small("c"), top]).user("1000"),
+    )
+    .await;
     let insp = inspector(&registry);
     let r = one(&insp, &image).await;
     assert_eq!(

@@ -177,6 +177,9 @@ struct RunConfig {
 
 const BASE_NAME: &str = "org.opencontainers.image.base.name";
 
+/// Layers fetched and scanned at once, top-down.
+const LAYERS_IN_PARALLEL: usize = 3;
+
 impl Inspector {
     pub fn new(config: InspectorConfig) -> Arc<Self> {
         // rustls needs a process-wide crypto provider; installing it twice is harmless.
@@ -241,6 +244,10 @@ impl Inspector {
         options: &InspectOptions,
         deadline: Option<Duration>,
     ) -> Result<Arc<Vec<Arc<ImageReport>>>, ImageError> {
+        // Fast path: a tag seen recently whose verdicts are cached needs no task at all.
+        if let Some(hit) = self.cached_by_tag(image, options) {
+            return Ok(Arc::new(hit));
+        }
         let key = (image.to_string(), options.clone());
         let flight = {
             let mut inflight = Self::lock(&self.inflight);
@@ -339,6 +346,16 @@ impl Inspector {
             image: image.into(),
             reason: format!("manifest: {e}"),
         })
+    }
+
+    /// The verdicts known for an image whose digest is known (pinned, or a tag seen within `tag_ttl`).
+    fn cached_by_tag(&self, image: &str, options: &InspectOptions) -> Option<Vec<Arc<ImageReport>>> {
+        let reference = reference::parse(image).ok()?;
+        let digest = match reference.digest() {
+            Some(d) => d.to_string(),
+            None => Self::lock(&self.tags).get(&reference.whole(), Instant::now())?,
+        };
+        self.cached(image, &digest, options)
     }
 
     /// The verdicts already known for a resolved digest, without any fetch.
@@ -496,11 +513,17 @@ impl Inspector {
             .and_then(|a| a.get(BASE_NAME).cloned())
             .or_else(|| run.labels.as_ref().and_then(|l| l.get(BASE_NAME).cloned()));
 
-        // Top layer first; stop once a shell, a package manager and the user are all proven.
+        // Top layer first, a few layers at a time; stop once a shell, a package
+        // manager and the user are all proven (lower layers cannot change that).
         let mut scanned: Vec<(String, Arc<LayerFacts>)> = Vec::new();
-        for desc in layers.iter().rev() {
-            let facts = self.layer_facts(image, reference, auth, desc).await?;
-            scanned.insert(0, (desc.digest.clone(), facts));
+        let top_down: Vec<&Descriptor> = layers.iter().rev().collect();
+        for window in top_down.chunks(LAYERS_IN_PARALLEL) {
+            let fetched =
+                futures_util::future::join_all(window.iter().map(|d| self.layer_facts(image, reference, auth, d)))
+                    .await;
+            for (desc, facts) in window.iter().zip(fetched) {
+                scanned.insert(0, (desc.digest.clone(), facts?));
+            }
             let view = MergedView::merge(&scanned);
             let settled_user = user_uid(&user, view.passwd().map(|(t, _)| t)).is_some();
             if settled_user && !view.shells().is_empty() && !view.package_managers().0.is_empty() {
