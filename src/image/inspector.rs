@@ -121,7 +121,7 @@ struct Descriptor {
     platform: Option<PlatformSpec>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct PlatformSpec {
     #[serde(default)]
     os: String,
@@ -157,12 +157,9 @@ struct ManifestDoc {
 
 #[derive(Deserialize, Default)]
 struct ConfigDoc {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
+    /// `os`, `architecture` and `variant`, as in an index entry.
+    #[serde(flatten)]
+    platform: PlatformSpec,
     #[serde(default)]
     config: Option<RunConfig>,
 }
@@ -503,10 +500,7 @@ impl Inspector {
         let config = self.fetch_config(image, reference, &config_desc).await?;
         let run = config.config.unwrap_or_default();
         let user = run.user.unwrap_or_default();
-        let platform = platform.unwrap_or_else(|| match &config.variant {
-            Some(v) if !v.is_empty() => format!("{}/{}/{v}", config.os, config.architecture),
-            _ => format!("{}/{}", config.os, config.architecture),
-        });
+        let platform = platform.unwrap_or_else(|| config.platform.name());
         let base_image = manifest
             .annotations
             .as_ref()
