@@ -1,6 +1,7 @@
 //! Shared test helpers. Each test crate uses a part of them.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod psa;
 pub mod registry;
 pub mod tls;
