@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod image;
 pub mod policy;
 pub mod webhook;

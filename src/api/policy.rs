@@ -10,6 +10,8 @@ pub const DEFAULT_NON_ROOT_USER: i64 = 65532;
 
 /// A cluster-wide policy: which workloads must be distroless and non-root,
 /// what happens when one is not, and how pods are mutated to comply.
+// kube's printcolumn(...) attributes repeat the same keys by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "distrolessguard.dev",
@@ -20,6 +22,9 @@ pub const DEFAULT_NON_ROOT_USER: i64 = 65532;
     doc = "Makes distroless, non-root workloads the default: rules, actions, mutation and exemptions.",
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    status = "DistrolessPolicyStatus",
+    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.audit.matched"),
+    printcolumn(name = "Violating", type_ = "integer", json_path = ".status.audit.violating"),
     derive = "PartialEq",
     derive = "Default"
 )]
@@ -333,4 +338,61 @@ pub struct Exemption {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"))]
     pub expires: Option<String>,
+}
+
+/// What the audit controller last found, and whether the policy is in force.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DistrolessPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: True when the policy is valid and in force; False with a reason otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSummary>,
+}
+
+/// A status condition (the shape of `metav1.Condition`).
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub last_transition_time: String,
+}
+
+/// Workloads the policy matches now, and how they fare.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSummary {
+    /// Workloads matched (a Pod owned by a workload controller counts through its controller).
+    pub matched: u32,
+    pub compliant: u32,
+    pub violating: u32,
+    /// Rule id -> number of workloads that break it.
+    #[serde(default)]
+    pub by_rule: BTreeMap<String, u32>,
+    /// When the summary was computed (RFC 3339).
+    pub last_evaluated: String,
+    /// The first violating workloads, by kind, namespace and name.
+    #[serde(default)]
+    pub top_violations: Vec<WorkloadViolations>,
+}
+
+/// One violating workload in the status.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WorkloadViolations {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub rules: Vec<String>,
 }

@@ -246,10 +246,20 @@ pub struct ServeOptions {
 /// Starts the HTTPS webhook server; it serves until [`RunningWebhook::shutdown`].
 pub async fn start(options: ServeOptions, admission: Admission) -> Result<RunningWebhook, String> {
     let certs = Arc::new(tls::ReloadingCert::load(&options.tls_cert, &options.tls_key).map_err(|e| e.to_string())?);
+    start_with_certs(options.listen, certs, options.tls_reload, options.shutdown_grace, AppState::new(admission)).await
+}
+
+/// Starts the HTTPS webhook server with a certificate source that may change.
+pub async fn start_with_certs(
+    listen: SocketAddr,
+    certs: Arc<tls::ReloadingCert>,
+    tls_reload: Duration,
+    shutdown_grace: Duration,
+    state: Arc<AppState>,
+) -> Result<RunningWebhook, String> {
     let tls = tls::server_config(certs.clone()).map_err(|e| e.to_string())?;
-    let listener = server::bind(options.listen).await.map_err(|e| e.to_string())?;
+    let listener = server::bind(listen).await.map_err(|e| e.to_string())?;
     let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let state = AppState::new(admission);
     let app = router(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(server::serve_tls(
@@ -259,10 +269,10 @@ pub async fn start(options: ServeOptions, admission: Admission) -> Result<Runnin
         async {
             let _ = rx.await;
         },
-        options.shutdown_grace,
+        shutdown_grace,
     ));
     let reloader = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(options.tls_reload);
+        let mut tick = tokio::time::interval(tls_reload);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -275,7 +285,6 @@ pub async fn start(options: ServeOptions, admission: Admission) -> Result<Runnin
             }
         }
     });
-    state.set_ready(true);
     info!(addr = %local_addr, "webhook serving HTTPS");
     Ok(RunningWebhook {
         local_addr,
@@ -358,6 +367,13 @@ pub fn main(args: WebhookArgs) -> ExitCode {
             }
         }
         let running = match start(options, admission).await {
+            Ok(r) => {
+                r.state.set_ready(true);
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        };
+        let running = match running {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "cannot start the webhook");

@@ -62,12 +62,15 @@ struct Loaded {
     key: Arc<CertifiedKey>,
 }
 
-/// Serves the certificate last read from two PEM files.
+/// Serves the certificate last read from two PEM files, or last set from PEM
+/// bytes (a Secret).
 pub struct ReloadingCert {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: RwLock<Arc<Loaded>>,
 }
+
+const IN_MEMORY: &str = "<in memory>";
 
 impl fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,6 +99,29 @@ impl ReloadingCert {
         })
     }
 
+    /// A certificate given as PEM bytes; change it with [`ReloadingCert::set_pem`].
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let path = PathBuf::from(IN_MEMORY);
+        let key = Arc::new(certified_key(cert_pem, key_pem, &path, &path)?);
+        let loaded = Loaded { cert_pem: cert_pem.to_vec(), key_pem: key_pem.to_vec(), key };
+        Ok(ReloadingCert { cert_path: path.clone(), key_path: path, current: RwLock::new(Arc::new(loaded)) })
+    }
+
+    /// Serves a new certificate from the next handshake on, when it differs and is valid.
+    pub fn set_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<bool, TlsError> {
+        let current = self.current();
+        if current.cert_pem == cert_pem && current.key_pem == key_pem {
+            return Ok(false);
+        }
+        let key = Arc::new(certified_key(cert_pem, key_pem, &self.cert_path, &self.key_path)?);
+        let loaded = Arc::new(Loaded { cert_pem: cert_pem.to_vec(), key_pem: key_pem.to_vec(), key });
+        match self.current.write() {
+            Ok(mut c) => *c = loaded,
+            Err(poisoned) => *poisoned.into_inner() = loaded,
+        }
+        Ok(true)
+    }
+
     fn read_pair(cert_path: &Path, key_path: &Path) -> Result<Loaded, TlsError> {
         let cert_pem = read(cert_path)?;
         let key_pem = read(key_path)?;
@@ -114,18 +140,11 @@ impl ReloadingCert {
     /// valid pair. Returns whether it swapped. A half-written pair is an error
     /// and the old certificate stays in use.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let (cert_pem, key_pem) = (read(&self.cert_path)?, read(&self.key_path)?);
-        let current = self.current();
-        if current.cert_pem == cert_pem && current.key_pem == key_pem {
+        if self.cert_path.as_os_str() == IN_MEMORY {
             return Ok(false);
         }
-        let key = Arc::new(certified_key(&cert_pem, &key_pem, &self.cert_path, &self.key_path)?);
-        let loaded = Arc::new(Loaded { cert_pem, key_pem, key });
-        match self.current.write() {
-            Ok(mut c) => *c = loaded,
-            Err(poisoned) => *poisoned.into_inner() = loaded,
-        }
-        Ok(true)
+        let (cert_pem, key_pem) = (read(&self.cert_path)?, read(&self.key_path)?);
+        self.set_pem(&cert_pem, &key_pem)
     }
 }
 

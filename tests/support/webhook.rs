@@ -33,6 +33,7 @@ impl TestWebhook {
             shutdown_grace: Duration::from_secs(5),
         };
         let server = webhook::start(options, admission).await.unwrap();
+        server.state.set_ready(true);
         TestWebhook {
             server,
             ca,

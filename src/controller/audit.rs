@@ -1,0 +1,120 @@
+//! The audit summary of one policy over the workloads that exist: a pure
+//! function of (policy, workloads, namespace labels, now), evaluated with the
+//! same engine as admission.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use jiff::Timestamp;
+
+use crate::api::{AuditSummary, WorkloadViolations};
+use crate::policy::{self, CompiledPolicy, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels};
+
+/// How many violating workloads the status lists.
+pub const TOP_VIOLATIONS: usize = 20;
+
+/// A workload as the audit sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditObject {
+    pub uid: String,
+    pub workload: Workload,
+    /// Owned by a workload controller (a Deployment's ReplicaSet, a ReplicaSet's
+    /// Pod...): counted through its owner, not on its own.
+    pub controlled: bool,
+}
+
+impl AuditObject {
+    pub fn namespace(&self) -> &str {
+        self.workload.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// One violating workload, with the violations (for events).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Violating<'a> {
+    pub object: &'a AuditObject,
+    pub violations: Vec<Violation>,
+}
+
+/// The summary for one policy, and the violating workloads.
+pub fn summarize<'a>(
+    policy: &CompiledPolicy,
+    objects: impl IntoIterator<Item = &'a AuditObject>,
+    namespaces: &HashMap<String, BTreeMap<String, String>>,
+    now: Timestamp,
+) -> (AuditSummary, Vec<Violating<'a>>) {
+    let single = PolicySet::from_compiled(vec![policy.clone()]).unwrap_or_default();
+    let mut summary = AuditSummary { last_evaluated: now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(), ..Default::default() };
+    let mut violating = Vec::new();
+    for object in objects.into_iter().filter(|o| !o.controlled) {
+        let namespace = object.namespace();
+        let fallback;
+        let labels = match namespaces.get(namespace) {
+            Some(l) => l,
+            None => {
+                fallback = namespace_name_labels(namespace);
+                &fallback
+            }
+        };
+        let subject =
+            Subject { workload: &object.workload, namespace, namespace_labels: labels, scope: Scope::Full, images: None };
+        let verdict = policy::evaluate(&single, &subject, now);
+        if verdict.matched.is_empty() {
+            continue;
+        }
+        summary.matched += 1;
+        if verdict.violations.is_empty() {
+            summary.compliant += 1;
+            continue;
+        }
+        summary.violating += 1;
+        let rules: BTreeSet<String> = verdict.violations.iter().map(|v| v.rule.to_string()).collect();
+        for r in &rules {
+            *summary.by_rule.entry(r.clone()).or_default() += 1;
+        }
+        summary.top_violations.push(WorkloadViolations {
+            kind: object.workload.kind.to_string(),
+            namespace: namespace.to_string(),
+            name: object.workload.name.clone(),
+            rules: rules.into_iter().collect(),
+        });
+        violating.push(Violating { object, violations: verdict.violations });
+    }
+    summary.top_violations.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    summary.top_violations.truncate(TOP_VIOLATIONS);
+    (summary, violating)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::DistrolessPolicy;
+    use serde_json::json;
+
+    fn object(kind: &str, api: &str, name: &str, ns: &str, spec: serde_json::Value, controlled: bool) -> AuditObject {
+        let value = json!({"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        AuditObject { uid: name.into(), workload: Workload::from_value(&value).unwrap().unwrap(), controlled }
+    }
+
+    #[test]
+    fn pods_owned_by_a_controller_count_once_through_it() {
+        let policy: DistrolessPolicy = serde_yaml::from_str(
+            "apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {name: audit}\nspec: {action: Audit, match: {excludeNamespaces: [kube-system]}}\n",
+        )
+        .unwrap();
+        let policy = CompiledPolicy::compile(&policy).unwrap();
+        let bad = json!({"template": {"spec": {"containers": [{"name": "c", "image": "i", "command": ["sh", "-c", "x"]}]}}});
+        let good = json!({"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}});
+        let objects = vec![
+            object("Deployment", "apps/v1", "web", "shop", bad.clone(), false),
+            object("Pod", "v1", "web-abc", "shop", json!({"containers": [{"name": "c", "image": "i", "command": ["sh"]}]}), true),
+            object("StatefulSet", "apps/v1", "db", "shop", good, false),
+            object("Deployment", "apps/v1", "dns", "kube-system", bad, false),
+        ];
+        let (summary, violating) = summarize(&policy, &objects, &HashMap::new(), Timestamp::UNIX_EPOCH);
+        assert_eq!((summary.matched, summary.compliant, summary.violating), (2, 1, 1));
+        assert_eq!(summary.by_rule, BTreeMap::from([("shell-command".to_string(), 1)]));
+        assert_eq!(summary.top_violations[0].name, "web");
+        assert_eq!(violating[0].violations[0].action, crate::api::Action::Audit);
+        assert_eq!(summary.last_evaluated, "1970-01-01T00:00:00Z");
+    }
+}

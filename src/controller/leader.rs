@@ -1,0 +1,120 @@
+//! Leader election with a `coordination.k8s.io/v1` Lease. Every replica
+//! serves the webhook; only the holder of the lease writes (statuses, events,
+//! certificates). Losing the lease, or failing to renew it in time, turns
+//! writing off at once.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// How a replica competes for the lease.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's identity (the pod name in-cluster).
+    pub identity: String,
+    /// How long a lease lasts without renewal.
+    pub duration: Duration,
+    /// How often the holder renews and others try to take over.
+    pub retry: Duration,
+}
+
+impl LeaseConfig {
+    pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
+        LeaseConfig {
+            namespace: namespace.into(),
+            name: name.into(),
+            identity: identity.into(),
+            duration: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+fn micro(t: Timestamp) -> MicroTime {
+    MicroTime(t)
+}
+
+/// Tries once to hold the lease; `Ok(true)` when this replica holds it now.
+pub async fn try_hold(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) -> Result<bool, kube::Error> {
+    let fresh = |transitions: i32| LeaseSpec {
+        holder_identity: Some(config.identity.clone()),
+        lease_duration_seconds: Some(config.duration.as_secs() as i32),
+        acquire_time: Some(micro(now)),
+        renew_time: Some(micro(now)),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    };
+    let existing = match api.get_opt(&config.name).await? {
+        Some(l) => l,
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(config.name.clone()), ..ObjectMeta::default() },
+                spec: Some(fresh(0)),
+            };
+            return match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+    };
+    let spec = existing.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+    let renewed = spec.renew_time.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH);
+    let expired = now.duration_since(renewed).unsigned_abs() > duration && now > renewed;
+    let mut next = existing.clone();
+    if holder == config.identity {
+        next.spec = Some(LeaseSpec { renew_time: Some(micro(now)), ..spec });
+    } else if holder.is_empty() || expired {
+        next.spec = Some(fresh(spec.lease_transitions.unwrap_or(0) + 1));
+    } else {
+        return Ok(false);
+    }
+    match api.replace(&config.name, &PostParams::default(), &next).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Competes for the lease in the background; the receiver says whether this
+/// replica leads now.
+pub fn spawn(client: kube::Client, config: LeaseConfig) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(false);
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let task = tokio::spawn(async move {
+        let mut last_renewal: Option<tokio::time::Instant> = None;
+        // Stop leading well before others may take over.
+        let margin = config.duration.mul_f32(2.0 / 3.0);
+        loop {
+            let leading = match try_hold(&api, &config, Timestamp::now()).await {
+                Ok(true) => {
+                    last_renewal = Some(tokio::time::Instant::now());
+                    true
+                }
+                Ok(false) => false,
+                Err(e) => {
+                    warn!(error = %e, lease = %config.name, "cannot reach the lease");
+                    last_renewal.is_some_and(|t| t.elapsed() < margin)
+                }
+            };
+            if *tx.borrow() != leading {
+                info!(identity = %config.identity, leading, "leadership changed");
+                let _ = tx.send(leading);
+            }
+            if !leading {
+                last_renewal = None;
+            }
+            tokio::time::sleep(config.retry).await;
+        }
+    });
+    (rx, task)
+}
