@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod inspect;
+pub mod run;
 pub mod manifest;
 
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Serve the admission webhook over HTTPS, with policies from files.
     Webhook(crate::webhook::WebhookArgs),
+    /// Run in a cluster: the webhook on every replica, the audit controller and
+    /// certificates on the leader.
+    Run(run::RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
 }
@@ -184,6 +188,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Webhook(args) => crate::webhook::main(args),
+        Command::Run(args) => run::main(args),
         Command::Crd => {
             print!("{}", crd_yaml());
             ExitCode::SUCCESS

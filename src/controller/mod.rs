@@ -82,7 +82,7 @@ impl NamespaceLabels for ClusterView {
     }
 }
 
-fn api_resource(kind: WorkloadKind) -> ApiResource {
+pub fn api_resource(kind: WorkloadKind) -> ApiResource {
     match kind {
         WorkloadKind::Pod => ApiResource::erase::<Pod>(&()),
         WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
@@ -292,7 +292,8 @@ pub struct Auditor {
     pub recorder: Recorder,
     /// How long to wait for more changes before evaluating.
     pub debounce: Duration,
-    pub metrics: Arc<crate::webhook::Metrics>,
+    /// Called after every pass with whether every write succeeded (metrics).
+    pub on_pass: Option<Box<dyn Fn(bool) + Send + Sync>>,
 }
 
 impl Auditor {
@@ -304,7 +305,7 @@ impl Auditor {
             view,
             leader,
             debounce: Duration::from_millis(100),
-            metrics: Arc::new(crate::webhook::Metrics::default()),
+            on_pass: None,
         }
     }
 
@@ -333,16 +334,22 @@ impl Auditor {
             if !*self.leader.borrow() || !self.view.synced() {
                 continue;
             }
-            next_expiry = self.evaluate(&mut written, &mut emitted).await;
+            let (expiry, ok) = self.evaluate(&mut written, &mut emitted).await;
+            next_expiry = expiry;
+            if let Some(f) = &self.on_pass {
+                f(ok);
+            }
         }
     }
 
-    /// One pass over every policy; returns when the next exemption expires.
+    /// One pass over every policy; returns when the next exemption expires,
+    /// and whether every write succeeded.
     pub async fn evaluate(
         &self,
         written: &mut HashMap<String, DistrolessPolicyStatus>,
         emitted: &mut HashSet<(String, String, u64)>,
-    ) -> Option<Timestamp> {
+    ) -> (Option<Timestamp>, bool) {
+        let mut ok = true;
         let now = Timestamp::now();
         let policies = self.view.policies();
         let (set, invalid) = compile_all(&policies);
@@ -411,7 +418,7 @@ impl Auditor {
                 continue;
             }
             if !*self.leader.borrow() {
-                return next_expiry;
+                return (next_expiry, ok);
             }
             let patch = json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessPolicy", "status": status});
             match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
@@ -419,11 +426,14 @@ impl Auditor {
                     debug!(policy = %name, "status written");
                     written.insert(name.clone(), status);
                 }
-                Err(e) => warn!(policy = %name, error = %e, "cannot write the policy status"),
+                Err(e) => {
+                    ok = false;
+                    warn!(policy = %name, error = %e, "cannot write the policy status");
+                }
             }
         }
         written.retain(|name, _| policies.contains_key(name));
-        next_expiry
+        (next_expiry, ok)
     }
 
     /// One Event per violating workload and set of violations (not per pass).

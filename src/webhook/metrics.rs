@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -27,8 +28,18 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
-/// Admission metrics, registered once and shared by every request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// ok or error.
+    pub result: String,
+}
+
+/// Admission and controller metrics, registered once and shared.
 pub struct Metrics {
+    /// 1 while this replica holds the leader lease.
+    pub leader: Gauge,
+    /// Audit passes (reconciles) by result.
+    pub audit_passes: Family<ResultLabels, Counter>,
     pub reviews: Family<ReviewLabels, Counter>,
     pub violations: Family<ViolationLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
@@ -61,12 +72,11 @@ impl Default for Metrics {
             "Time to answer an AdmissionReview, from body received to response built",
             latency.clone(),
         );
-        Metrics {
-            reviews,
-            violations,
-            latency,
-            registry,
-        }
+        let leader = Gauge::default();
+        let audit_passes = Family::<ResultLabels, Counter>::default();
+        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        registry.register("audit_passes", "Audit passes over every policy, by result", audit_passes.clone());
+        Metrics { leader, audit_passes, reviews, violations, latency, registry }
     }
 }
 
@@ -93,6 +103,24 @@ impl Metrics {
                 action: action.into(),
             })
             .inc();
+    }
+
+    pub fn audit_pass(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.audit_passes.get_or_create(&ResultLabels { result: result.into() }).inc();
+    }
+
+    /// Keeps the leader gauge in step with leader election.
+    pub fn track_leader(&self, mut leading: tokio::sync::watch::Receiver<bool>) {
+        let gauge = self.leader.clone();
+        tokio::spawn(async move {
+            loop {
+                gauge.set(i64::from(*leading.borrow_and_update()));
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// The Prometheus text exposition of every metric.

@@ -84,6 +84,10 @@ impl AppState {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
 }
 
 fn json_error(status: StatusCode, message: String) -> Response {
@@ -308,7 +312,8 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-async fn terminated() {
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn terminated() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
