@@ -2,8 +2,8 @@
 
 pub mod check;
 pub mod inspect;
-pub mod run;
 pub mod manifest;
+pub mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

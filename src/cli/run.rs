@@ -71,7 +71,11 @@ pub struct RunArgs {
 
 /// Everything `run` needs to know is missing before it starts.
 async fn preflight(client: &kube::Client) -> Result<(), String> {
-    if client.list_api_group_resources("distrolessguard.dev/v1alpha1").await.is_err() {
+    if client
+        .list_api_group_resources("distrolessguard.dev/v1alpha1")
+        .await
+        .is_err()
+    {
         return Err("the DistrolessPolicy CRD is not installed; install it with: \
                     distroless-guard crd | kubectl apply -f -   (or kubectl apply -f crds/)"
             .into());
@@ -80,13 +84,19 @@ async fn preflight(client: &kube::Client) -> Result<(), String> {
         .iter()
         .map(|k| (controller::api_resource(*k), "list/watch"))
         .collect();
-    resources.push((ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()), "list/watch"));
+    resources.push((
+        ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()),
+        "list/watch",
+    ));
     for (ar, verbs) in resources {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         match api.list_metadata(&ListParams::default().limit(1)).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 403 => {
-                return Err(format!("no RBAC permission to {verbs} {} ({}): {}", ar.plural, ar.api_version, e.message));
+                return Err(format!(
+                    "no RBAC permission to {verbs} {} ({}): {}",
+                    ar.plural, ar.api_version, e.message
+                ));
             }
             Err(e) => return Err(format!("cannot list {}: {e}", ar.plural)),
         }
@@ -97,18 +107,50 @@ async fn preflight(client: &kube::Client) -> Result<(), String> {
 async fn client_for(args: &RunArgs) -> Result<kube::Client, String> {
     let config = match &args.kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
                 .await
                 .map_err(|e| format!("{}: {e}", path.display()))?
         }
-        None => kube::Config::infer().await.map_err(|e| format!("no cluster configuration: {e}"))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no cluster configuration: {e}"))?,
     };
     kube::Client::try_from(config).map_err(|e| format!("cannot make a client: {e}"))
 }
 
+/// A running operator (its tasks live on the current runtime).
+pub struct Running {
+    pub webhook_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub view: Arc<ClusterView>,
+    pub leading: tokio::sync::watch::Receiver<bool>,
+    webhook: webhook::RunningWebhook,
+    health_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops serving: readiness off, open requests finish, listeners close.
+    pub async fn shutdown(self) {
+        self.state.set_ready(false);
+        self.webhook.shutdown().await;
+        self.health_task.abort();
+    }
+}
+
 /// Runs the operator until SIGTERM.
 pub async fn serve(args: RunArgs) -> Result<(), String> {
+    let running = start(args).await?;
+    webhook::terminated().await;
+    info!("termination signal received");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Starts everything: watches, leader election, certificates, webhook, audit, health.
+pub async fn start(args: RunArgs) -> Result<Running, String> {
     let client = client_for(&args).await?;
     preflight(&client).await?;
     let identity = args
@@ -135,13 +177,12 @@ pub async fn serve(args: RunArgs) -> Result<(), String> {
         ..LeaseConfig::new(&args.namespace, &args.lease_name, &identity)
     };
     let (leading, _lease_task) = leader::spawn(client.clone(), lease);
+    let leading_out = leading.clone();
     state.metrics.track_leader(leading.clone());
 
     let check = Duration::from_secs(args.cert_check_seconds.max(1));
     let certs = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            Arc::new(webhook::tls::ReloadingCert::load(cert, key).map_err(|e| e.to_string())?)
-        }
+        (Some(cert), Some(key)) => Arc::new(webhook::tls::ReloadingCert::load(cert, key).map_err(|e| e.to_string())?),
         _ => {
             let config = CertConfig {
                 namespace: args.namespace.clone(),
@@ -180,7 +221,11 @@ pub async fn serve(args: RunArgs) -> Result<(), String> {
             get({
                 let s = state.clone();
                 move || async move {
-                    if s.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+                    if s.is_ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
                 }
             }),
         )
@@ -189,22 +234,30 @@ pub async fn serve(args: RunArgs) -> Result<(), String> {
             get({
                 let s = state.clone();
                 move || async move {
-                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.encode())
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        s.metrics.encode(),
+                    )
                 }
             }),
         );
-    let listener = webhook::server::bind(args.metrics_listen).await.map_err(|e| e.to_string())?;
-    info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "health and metrics serving HTTP");
+    let listener = webhook::server::bind(args.metrics_listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    let health_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(addr = %health_addr, "health and metrics serving HTTP");
     let health_task = tokio::spawn(async move {
         let _ = axum::serve(listener, health).await;
     });
-
-    webhook::terminated().await;
-    info!("termination signal received");
-    state.set_ready(false);
-    running.shutdown().await;
-    health_task.abort();
-    Ok(())
+    Ok(Running {
+        webhook_addr: running.local_addr,
+        health_addr,
+        state,
+        view,
+        leading: leading_out,
+        webhook: running,
+        health_task,
+    })
 }
 
 /// `distroless-guard run`.

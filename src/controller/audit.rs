@@ -43,7 +43,10 @@ pub fn summarize<'a>(
     now: Timestamp,
 ) -> (AuditSummary, Vec<Violating<'a>>) {
     let single = PolicySet::from_compiled(vec![policy.clone()]).unwrap_or_default();
-    let mut summary = AuditSummary { last_evaluated: now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(), ..Default::default() };
+    let mut summary = AuditSummary {
+        last_evaluated: now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        ..Default::default()
+    };
     let mut violating = Vec::new();
     for object in objects.into_iter().filter(|o| !o.controlled) {
         let namespace = object.namespace();
@@ -55,8 +58,13 @@ pub fn summarize<'a>(
                 &fallback
             }
         };
-        let subject =
-            Subject { workload: &object.workload, namespace, namespace_labels: labels, scope: Scope::Full, images: None };
+        let subject = Subject {
+            workload: &object.workload,
+            namespace,
+            namespace_labels: labels,
+            scope: Scope::Full,
+            images: None,
+        };
         let verdict = policy::evaluate(&single, &subject, now);
         if verdict.matched.is_empty() {
             continue;
@@ -77,9 +85,14 @@ pub fn summarize<'a>(
             name: object.workload.name.clone(),
             rules: rules.into_iter().collect(),
         });
-        violating.push(Violating { object, violations: verdict.violations });
+        violating.push(Violating {
+            object,
+            violations: verdict.violations,
+        });
     }
-    summary.top_violations.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    summary
+        .top_violations
+        .sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
     summary.top_violations.truncate(TOP_VIOLATIONS);
     (summary, violating)
 }
@@ -92,7 +105,11 @@ mod tests {
 
     fn object(kind: &str, api: &str, name: &str, ns: &str, spec: serde_json::Value, controlled: bool) -> AuditObject {
         let value = json!({"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}, "spec": spec});
-        AuditObject { uid: name.into(), workload: Workload::from_value(&value).unwrap().unwrap(), controlled }
+        AuditObject {
+            uid: name.into(),
+            workload: Workload::from_value(&value).unwrap().unwrap(),
+            controlled,
+        }
     }
 
     #[test]
@@ -102,11 +119,19 @@ mod tests {
         )
         .unwrap();
         let policy = CompiledPolicy::compile(&policy).unwrap();
-        let bad = json!({"template": {"spec": {"containers": [{"name": "c", "image": "i", "command": ["sh", "-c", "x"]}]}}});
+        let bad =
+            json!({"template": {"spec": {"containers": [{"name": "c", "image": "i", "command": ["sh", "-c", "x"]}]}}});
         let good = json!({"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}});
         let objects = vec![
             object("Deployment", "apps/v1", "web", "shop", bad.clone(), false),
-            object("Pod", "v1", "web-abc", "shop", json!({"containers": [{"name": "c", "image": "i", "command": ["sh"]}]}), true),
+            object(
+                "Pod",
+                "v1",
+                "web-abc",
+                "shop",
+                json!({"containers": [{"name": "c", "image": "i", "command": ["sh"]}]}),
+                true,
+            ),
             object("StatefulSet", "apps/v1", "db", "shop", good, false),
             object("Deployment", "apps/v1", "dns", "kube-system", bad, false),
         ];

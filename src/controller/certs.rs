@@ -43,7 +43,12 @@ pub struct CertConfig {
 impl CertConfig {
     pub fn dns_names(&self) -> Vec<String> {
         let (s, n) = (&self.service, &self.namespace);
-        vec![s.clone(), format!("{s}.{n}"), format!("{s}.{n}.svc"), format!("{s}.{n}.svc.cluster.local")]
+        vec![
+            s.clone(),
+            format!("{s}.{n}"),
+            format!("{s}.{n}.svc"),
+            format!("{s}.{n}.svc.cluster.local"),
+        ]
     }
 }
 
@@ -68,7 +73,9 @@ struct Pair {
 fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "distroless-guard webhook CA");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "distroless-guard webhook CA");
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = time_now() - time::Duration::hours(1);
     params.not_after = time_now() + time::Duration::days(3650);
@@ -79,7 +86,10 @@ fn new_ca() -> Result<(Pair, Issuer<'static, KeyPair>), rcgen::Error> {
     let params = ca_params()?;
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
-    let pair = Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+    let pair = Pair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    };
     Ok((pair, Issuer::new(params, key)))
 }
 
@@ -89,12 +99,18 @@ fn time_now() -> time::OffsetDateTime {
 
 fn serving(config: &CertConfig, ca: &Issuer<'static, KeyPair>) -> Result<Pair, rcgen::Error> {
     let mut params = CertificateParams::new(config.dns_names())?;
-    params.distinguished_name.push(DnType::CommonName, format!("{}.{}.svc", config.service, config.namespace));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("{}.{}.svc", config.service, config.namespace),
+    );
     params.not_before = time_now() - time::Duration::minutes(5);
     params.not_after = time_now() + time::Duration::seconds(config.validity.as_secs() as i64);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, ca)?;
-    Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Pair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 fn data(secret: &Secret, key: &str) -> Option<Vec<u8>> {
@@ -103,7 +119,9 @@ fn data(secret: &Secret, key: &str) -> Option<Vec<u8>> {
 
 /// Whether the Secret's serving certificate must be (re)issued.
 fn needs_rotation(secret: &Secret, config: &CertConfig, now: Timestamp) -> bool {
-    let complete = ["ca.crt", "ca.key", "tls.crt", "tls.key"].iter().all(|k| data(secret, k).is_some_and(|d| !d.is_empty()));
+    let complete = ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+        .iter()
+        .all(|k| data(secret, k).is_some_and(|d| !d.is_empty()));
     let not_after = secret
         .metadata
         .annotations
@@ -120,15 +138,24 @@ pub async fn reconcile(client: &kube::Client, config: &CertConfig) -> Result<Sec
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let api_err = |what: &str| {
         let what = what.to_string();
-        move |source| CertError::Api { what: what.clone(), source }
+        move |source| CertError::Api {
+            what: what.clone(),
+            source,
+        }
     };
     let now = Timestamp::now();
-    let existing = secrets.get_opt(&config.secret).await.map_err(api_err("the certificate Secret"))?;
+    let existing = secrets
+        .get_opt(&config.secret)
+        .await
+        .map_err(api_err("the certificate Secret"))?;
     let secret = match existing {
         Some(s) if !needs_rotation(&s, config, now) => s,
         existing => {
             // Keep the CA while it can be read back; a new CA is made only when there is none.
-            let (ca_pair, issuer) = match existing.as_ref().and_then(|s| Some((data(s, "ca.crt")?, data(s, "ca.key")?))) {
+            let (ca_pair, issuer) = match existing
+                .as_ref()
+                .and_then(|s| Some((data(s, "ca.crt")?, data(s, "ca.key")?)))
+            {
                 Some((cert, key)) => {
                     let key_pem = String::from_utf8_lossy(&key).into_owned();
                     let cert_pem = String::from_utf8_lossy(&cert).into_owned();
@@ -142,7 +169,12 @@ pub async fn reconcile(client: &kube::Client, config: &CertConfig) -> Result<Sec
             let leaf = serving(config, &issuer)?;
             let not_after = now + (config.validity.as_secs() as i64).seconds();
             let mut data = BTreeMap::new();
-            for (k, v) in [("ca.crt", &ca_pair.cert_pem), ("ca.key", &ca_pair.key_pem), ("tls.crt", &leaf.cert_pem), ("tls.key", &leaf.key_pem)] {
+            for (k, v) in [
+                ("ca.crt", &ca_pair.cert_pem),
+                ("ca.key", &ca_pair.key_pem),
+                ("tls.crt", &leaf.cert_pem),
+                ("tls.key", &leaf.key_pem),
+            ] {
                 data.insert(k.to_string(), ByteString(v.as_bytes().to_vec()));
             }
             let mut secret = existing.unwrap_or_default();
@@ -150,8 +182,14 @@ pub async fn reconcile(client: &kube::Client, config: &CertConfig) -> Result<Sec
                 name: Some(config.secret.clone()),
                 namespace: Some(config.namespace.clone()),
                 resource_version: secret.metadata.resource_version.clone(),
-                labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into())])),
-                annotations: Some(BTreeMap::from([(NOT_AFTER.into(), not_after.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())])),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".into(),
+                    FIELD_MANAGER.into(),
+                )])),
+                annotations: Some(BTreeMap::from([(
+                    NOT_AFTER.into(),
+                    not_after.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                )])),
                 ..ObjectMeta::default()
             };
             secret.type_ = Some("kubernetes.io/tls".into());
@@ -177,10 +215,19 @@ async fn patch_ca_bundles(client: &kube::Client, config: &CertConfig, ca: &[u8])
     let bundle = base64::engine::general_purpose::STANDARD.encode(ca);
     if let Some(name) = &config.validating_webhook {
         let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-        if let Some(vwc) = api.get_opt(name).await.map_err(|source| CertError::Api { what: format!("ValidatingWebhookConfiguration {name}"), source })? {
+        if let Some(vwc) = api.get_opt(name).await.map_err(|source| CertError::Api {
+            what: format!("ValidatingWebhookConfiguration {name}"),
+            source,
+        })? {
             let webhooks = vwc.webhooks.unwrap_or_default();
-            if webhooks.iter().any(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]) != Some(ca)) {
-                let patched: Vec<_> = webhooks.iter().map(|w| json!({"name": w.name, "clientConfig": {"caBundle": bundle}})).collect();
+            if webhooks
+                .iter()
+                .any(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]) != Some(ca))
+            {
+                let patched: Vec<_> = webhooks
+                    .iter()
+                    .map(|w| json!({"name": w.name, "clientConfig": {"caBundle": bundle}}))
+                    .collect();
                 let patch = json!({"webhooks": webhooks.iter().zip(patched).map(|(w, p)| {
                     let mut full = serde_json::to_value(w).unwrap_or_default();
                     json_patch::merge(&mut full, &p);
@@ -188,16 +235,25 @@ async fn patch_ca_bundles(client: &kube::Client, config: &CertConfig, ca: &[u8])
                 }).collect::<Vec<_>>()});
                 api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
-                    .map_err(|source| CertError::Api { what: format!("ValidatingWebhookConfiguration {name}"), source })?;
+                    .map_err(|source| CertError::Api {
+                        what: format!("ValidatingWebhookConfiguration {name}"),
+                        source,
+                    })?;
                 info!(%name, "caBundle written");
             }
         }
     }
     if let Some(name) = &config.mutating_webhook {
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-        if let Some(mwc) = api.get_opt(name).await.map_err(|source| CertError::Api { what: format!("MutatingWebhookConfiguration {name}"), source })? {
+        if let Some(mwc) = api.get_opt(name).await.map_err(|source| CertError::Api {
+            what: format!("MutatingWebhookConfiguration {name}"),
+            source,
+        })? {
             let webhooks = mwc.webhooks.unwrap_or_default();
-            if webhooks.iter().any(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]) != Some(ca)) {
+            if webhooks
+                .iter()
+                .any(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]) != Some(ca))
+            {
                 let patch = json!({"webhooks": webhooks.iter().map(|w| {
                     let mut full = serde_json::to_value(w).unwrap_or_default();
                     json_patch::merge(&mut full, &json!({"clientConfig": {"caBundle": bundle}}));
@@ -205,7 +261,10 @@ async fn patch_ca_bundles(client: &kube::Client, config: &CertConfig, ca: &[u8])
                 }).collect::<Vec<_>>()});
                 api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
-                    .map_err(|source| CertError::Api { what: format!("MutatingWebhookConfiguration {name}"), source })?;
+                    .map_err(|source| CertError::Api {
+                        what: format!("MutatingWebhookConfiguration {name}"),
+                        source,
+                    })?;
                 info!(%name, "caBundle written");
             }
         }
@@ -223,27 +282,26 @@ pub async fn run(
 ) -> Result<Arc<ReloadingCert>, String> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let first = loop {
-        if *leader.borrow() {
-            if let Err(e) = reconcile(&client, &config).await {
-                warn!(error = %e, "cannot set up the webhook certificate yet");
-            }
+        if *leader.borrow()
+            && let Err(e) = reconcile(&client, &config).await
+        {
+            warn!(error = %e, "cannot set up the webhook certificate yet");
         }
-        if let Ok(Some(s)) = secrets.get_opt(&config.secret).await {
-            if let (Some(c), Some(k)) = (data(&s, "tls.crt"), data(&s, "tls.key")) {
-                if let Ok(certs) = ReloadingCert::from_pem(&c, &k) {
-                    break Arc::new(certs);
-                }
-            }
+        if let Ok(Some(s)) = secrets.get_opt(&config.secret).await
+            && let (Some(c), Some(k)) = (data(&s, "tls.crt"), data(&s, "tls.key"))
+            && let Ok(certs) = ReloadingCert::from_pem(&c, &k)
+        {
+            break Arc::new(certs);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let certs = first.clone();
     tokio::spawn(async move {
         loop {
-            if *leader.borrow() {
-                if let Err(e) = reconcile(&client, &config).await {
-                    warn!(error = %e, "certificate reconcile failed");
-                }
+            if *leader.borrow()
+                && let Err(e) = reconcile(&client, &config).await
+            {
+                warn!(error = %e, "certificate reconcile failed");
             }
             match secrets.get_opt(&config.secret).await {
                 Ok(Some(s)) => {

@@ -55,7 +55,10 @@ pub async fn try_hold(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) ->
         Some(l) => l,
         None => {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(config.name.clone()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(config.name.clone()),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(fresh(0)),
             };
             return match api.create(&PostParams::default(), &lease).await {
@@ -72,7 +75,10 @@ pub async fn try_hold(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) ->
     let expired = now.duration_since(renewed).unsigned_abs() > duration && now > renewed;
     let mut next = existing.clone();
     if holder == config.identity {
-        next.spec = Some(LeaseSpec { renew_time: Some(micro(now)), ..spec });
+        next.spec = Some(LeaseSpec {
+            renew_time: Some(micro(now)),
+            ..spec
+        });
     } else if holder.is_empty() || expired {
         next.spec = Some(fresh(spec.lease_transitions.unwrap_or(0) + 1));
     } else {

@@ -98,7 +98,10 @@ pub fn api_resource(kind: WorkloadKind) -> ApiResource {
 /// The audit's view of a watched object; `None` when it cannot be read (logged, skipped).
 fn audit_object(kind: WorkloadKind, obj: &DynamicObject) -> Option<AuditObject> {
     let controlled = obj.owner_references().iter().any(|o| {
-        o.controller == Some(true) && WorkloadKind::ALL.iter().any(|k| k.as_str() == o.kind && k.group() == group_of(&o.api_version))
+        o.controller == Some(true)
+            && WorkloadKind::ALL
+                .iter()
+                .any(|k| k.as_str() == o.kind && k.group() == group_of(&o.api_version))
     });
     let value = serde_json::to_value(obj).ok()?;
     match serde::Deserialize::deserialize(&value) {
@@ -106,7 +109,11 @@ fn audit_object(kind: WorkloadKind, obj: &DynamicObject) -> Option<AuditObject> 
             let shape: ObjectShape = shape;
             let mut workload = shape.into_workload(kind);
             workload.namespace = obj.namespace();
-            Some(AuditObject { uid: obj.uid().unwrap_or_default(), workload, controlled })
+            Some(AuditObject {
+                uid: obj.uid().unwrap_or_default(),
+                workload,
+                controlled,
+            })
         }
         Err(e) => {
             warn!(%kind, name = %obj.name_any(), error = %e, "skipping an object the engine cannot read");
@@ -120,7 +127,11 @@ fn group_of(api_version: &str) -> &str {
 }
 
 /// Starts every watch; they run until the process ends, re-watching on errors.
-pub fn start_watches(client: kube::Client, view: Arc<ClusterView>, policy_sink: impl Fn(PolicySet) + Send + Sync + 'static) {
+pub fn start_watches(
+    client: kube::Client,
+    view: Arc<ClusterView>,
+    policy_sink: impl Fn(PolicySet) + Send + Sync + 'static,
+) {
     for kind in WorkloadKind::ALL {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource(kind));
         let view = view.clone();
@@ -298,7 +309,10 @@ pub struct Auditor {
 
 impl Auditor {
     pub fn new(client: kube::Client, view: Arc<ClusterView>, leader: watch::Receiver<bool>, identity: &str) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.into()) };
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.into()),
+        };
         Auditor {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -371,7 +385,11 @@ impl Auditor {
                     self.emit_events(name, &violating, emitted).await;
                     if let Some(day) = compiled.next_expiry(today) {
                         // The day after the last day, at midnight UTC.
-                        let at = day.tomorrow().ok().and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok()).map(|z| z.timestamp());
+                        let at = day
+                            .tomorrow()
+                            .ok()
+                            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+                            .map(|z| z.timestamp());
                         next_expiry = match (next_expiry, at) {
                             (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
                             (a, b) => a.or(b),
@@ -379,7 +397,10 @@ impl Auditor {
                     }
                     let (reason, message) = match conflict_with(compiled, &set) {
                         Some(m) => ("Conflict", m),
-                        None => ("InForce", "the policy is valid and applied by admission and audit".to_string()),
+                        None => (
+                            "InForce",
+                            "the policy is valid and applied by admission and audit".to_string(),
+                        ),
                     };
                     (("True", reason, message), Some(summary))
                 }
@@ -420,8 +441,12 @@ impl Auditor {
             if !*self.leader.borrow() {
                 return (next_expiry, ok);
             }
-            let patch = json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessPolicy", "status": status});
-            match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+            let patch =
+                json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessPolicy", "status": status});
+            match api
+                .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+                .await
+            {
                 Ok(_) => {
                     debug!(policy = %name, "status written");
                     written.insert(name.clone(), status);
@@ -437,9 +462,18 @@ impl Auditor {
     }
 
     /// One Event per violating workload and set of violations (not per pass).
-    async fn emit_events(&self, policy: &str, violating: &[audit::Violating<'_>], emitted: &mut HashSet<(String, String, u64)>) {
+    async fn emit_events(
+        &self,
+        policy: &str,
+        violating: &[audit::Violating<'_>],
+        emitted: &mut HashSet<(String, String, u64)>,
+    ) {
         for v in violating {
-            let note: Vec<String> = v.violations.iter().map(crate::webhook::admission::violation_line).collect();
+            let note: Vec<String> = v
+                .violations
+                .iter()
+                .map(crate::webhook::admission::violation_line)
+                .collect();
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             note.hash(&mut hasher);
             let key = (policy.to_string(), v.object.uid.clone(), hasher.finish());
@@ -448,7 +482,11 @@ impl Auditor {
             }
             let kind = v.object.workload.kind;
             let reference = ObjectReference {
-                api_version: Some(if kind.group().is_empty() { "v1".into() } else { format!("{}/v1", kind.group()) }),
+                api_version: Some(if kind.group().is_empty() {
+                    "v1".into()
+                } else {
+                    format!("{}/v1", kind.group())
+                }),
                 kind: Some(kind.to_string()),
                 name: Some(v.object.workload.name.clone()),
                 namespace: Some(v.object.namespace().to_string()),
@@ -457,7 +495,13 @@ impl Auditor {
             };
             let mut text = note.join("; ");
             if text.len() > 1000 {
-                text.truncate(text.char_indices().map(|(i, _)| i).take_while(|&i| i <= 997).last().unwrap_or(0));
+                text.truncate(
+                    text.char_indices()
+                        .map(|(i, _)| i)
+                        .take_while(|&i| i <= 997)
+                        .last()
+                        .unwrap_or(0),
+                );
                 text.push_str("...");
             }
             let event = Event {

@@ -75,8 +75,19 @@ impl Default for Metrics {
         let leader = Gauge::default();
         let audit_passes = Family::<ResultLabels, Counter>::default();
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        registry.register("audit_passes", "Audit passes over every policy, by result", audit_passes.clone());
-        Metrics { leader, audit_passes, reviews, violations, latency, registry }
+        registry.register(
+            "audit_passes",
+            "Audit passes over every policy, by result",
+            audit_passes.clone(),
+        );
+        Metrics {
+            leader,
+            audit_passes,
+            reviews,
+            violations,
+            latency,
+            registry,
+        }
     }
 }
 
@@ -107,7 +118,9 @@ impl Metrics {
 
     pub fn audit_pass(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.audit_passes.get_or_create(&ResultLabels { result: result.into() }).inc();
+        self.audit_passes
+            .get_or_create(&ResultLabels { result: result.into() })
+            .inc();
     }
 
     /// Keeps the leader gauge in step with leader election.

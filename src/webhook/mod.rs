@@ -250,7 +250,14 @@ pub struct ServeOptions {
 /// Starts the HTTPS webhook server; it serves until [`RunningWebhook::shutdown`].
 pub async fn start(options: ServeOptions, admission: Admission) -> Result<RunningWebhook, String> {
     let certs = Arc::new(tls::ReloadingCert::load(&options.tls_cert, &options.tls_key).map_err(|e| e.to_string())?);
-    start_with_certs(options.listen, certs, options.tls_reload, options.shutdown_grace, AppState::new(admission)).await
+    start_with_certs(
+        options.listen,
+        certs,
+        options.tls_reload,
+        options.shutdown_grace,
+        AppState::new(admission),
+    )
+    .await
 }
 
 /// Starts the HTTPS webhook server with a certificate source that may change.

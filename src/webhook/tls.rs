@@ -103,8 +103,16 @@ impl ReloadingCert {
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
         let path = PathBuf::from(IN_MEMORY);
         let key = Arc::new(certified_key(cert_pem, key_pem, &path, &path)?);
-        let loaded = Loaded { cert_pem: cert_pem.to_vec(), key_pem: key_pem.to_vec(), key };
-        Ok(ReloadingCert { cert_path: path.clone(), key_path: path, current: RwLock::new(Arc::new(loaded)) })
+        let loaded = Loaded {
+            cert_pem: cert_pem.to_vec(),
+            key_pem: key_pem.to_vec(),
+            key,
+        };
+        Ok(ReloadingCert {
+            cert_path: path.clone(),
+            key_path: path,
+            current: RwLock::new(Arc::new(loaded)),
+        })
     }
 
     /// Serves a new certificate from the next handshake on, when it differs and is valid.
@@ -114,7 +122,11 @@ impl ReloadingCert {
             return Ok(false);
         }
         let key = Arc::new(certified_key(cert_pem, key_pem, &self.cert_path, &self.key_path)?);
-        let loaded = Arc::new(Loaded { cert_pem: cert_pem.to_vec(), key_pem: key_pem.to_vec(), key });
+        let loaded = Arc::new(Loaded {
+            cert_pem: cert_pem.to_vec(),
+            key_pem: key_pem.to_vec(),
+            key,
+        });
         match self.current.write() {
             Ok(mut c) => *c = loaded,
             Err(poisoned) => *poisoned.into_inner() = loaded,
