@@ -240,6 +240,27 @@ async fn an_audit_policy_status_follows_workloads_and_events_are_emitted_once() 
         .unwrap()
         .to_string();
     assert!(note.contains("[shell-command]") && note.contains("Fix:"), "{note}");
+    // A dropped watch is recovered without losing updates.
+    server.drop_watches();
+    create(&server, "/apis/batch/v1/namespaces/shop/cronjobs", json!({"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "nightly", "namespace": "shop", "uid": "nightly"}, "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": {"spec": {
+        "containers": [{"name": "c", "image": "i", "command": ["bash", "-lc", "x"]}]}}}}}})).await;
+    wait_for("the CronJob after a dropped watch", Duration::from_secs(10), || {
+        audit_of(&server, "audit").filter(|a| a["matched"] == 2 && a["violating"] == 2)
+    })
+    .await;
+
+    // Health, readiness and metrics, over plain HTTP.
+    let get = |path: &'static str| {
+        let addr = running.health_addr;
+        async move { Raw { addr }.send("GET", path, None).await }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+    let (_, metrics) = get("/metrics").await;
+    assert!(metrics.contains("distroless_guard_leader 1"), "{metrics}");
+    assert!(metrics.contains("distroless_guard_audit_passes_total{result=\"ok\"}"), "{metrics}");
+
     // No hot loop: the status is written only when it changes.
     let writes = server.count_requests("PATCH", "/distrolesspolicies/audit/status");
     tokio::time::sleep(Duration::from_millis(800)).await;
