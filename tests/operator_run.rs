@@ -259,7 +259,10 @@ async fn an_audit_policy_status_follows_workloads_and_events_are_emitted_once() 
     assert_eq!(get("/readyz").await.0, 200);
     let (_, metrics) = get("/metrics").await;
     assert!(metrics.contains("distroless_guard_leader 1"), "{metrics}");
-    assert!(metrics.contains("distroless_guard_audit_passes_total{result=\"ok\"}"), "{metrics}");
+    assert!(
+        metrics.contains("distroless_guard_audit_passes_total{result=\"ok\"}"),
+        "{metrics}"
+    );
 
     // No hot loop: the status is written only when it changes.
     let writes = server.count_requests("PATCH", "/distrolesspolicies/audit/status");

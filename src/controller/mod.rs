@@ -367,10 +367,26 @@ impl Auditor {
         let now = Timestamp::now();
         let policies = self.view.policies();
         let (set, invalid) = compile_all(&policies);
-        let workloads: Vec<AuditObject> = lock(&self.view.workloads).values().cloned().collect();
-        let namespaces = match self.view.namespaces.read() {
-            Ok(n) => n.clone(),
-            Err(p) => p.into_inner().clone(),
+        // Summaries are computed under the lock (nothing is copied but what is
+        // new to report); writes happen after it is released.
+        let mut results: HashMap<String, (AuditSummary, Vec<PendingEvent>)> = {
+            let workloads = lock(&self.view.workloads);
+            let namespaces = match self.view.namespaces.read() {
+                Ok(n) => n,
+                Err(p) => p.into_inner(),
+            };
+            set.policies()
+                .iter()
+                .map(|compiled| {
+                    let (mut summary, violating) = audit::summarize(compiled, workloads.values(), &namespaces, now);
+                    full_by_rule(&mut summary);
+                    let pending = violating
+                        .iter()
+                        .filter_map(|v| PendingEvent::new(&compiled.name, v, emitted))
+                        .collect();
+                    (compiled.name.clone(), (summary, pending))
+                })
+                .collect()
         };
         let api: Api<DistrolessPolicy> = Api::all(self.client.clone());
         let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
@@ -380,9 +396,8 @@ impl Auditor {
             let previous = written.get(name).or(policy.status.as_ref());
             let (condition, audit) = match (set.get(name), invalid.get(name)) {
                 (Some(compiled), _) => {
-                    let (mut summary, violating) = audit::summarize(compiled, &workloads, &namespaces, now);
-                    full_by_rule(&mut summary);
-                    self.emit_events(name, &violating, emitted).await;
+                    let (summary, pending) = results.remove(name).unwrap_or_default();
+                    self.emit_events(name, pending, emitted).await;
                     if let Some(day) = compiled.next_expiry(today) {
                         // The day after the last day, at midnight UTC.
                         let at = day
@@ -465,59 +480,76 @@ impl Auditor {
     async fn emit_events(
         &self,
         policy: &str,
-        violating: &[audit::Violating<'_>],
+        pending: Vec<PendingEvent>,
         emitted: &mut HashSet<(String, String, u64)>,
     ) {
-        for v in violating {
-            let note: Vec<String> = v
-                .violations
-                .iter()
-                .map(crate::webhook::admission::violation_line)
-                .collect();
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            note.hash(&mut hasher);
-            let key = (policy.to_string(), v.object.uid.clone(), hasher.finish());
-            if emitted.contains(&key) || !*self.leader.borrow() {
-                continue;
-            }
-            let kind = v.object.workload.kind;
-            let reference = ObjectReference {
-                api_version: Some(if kind.group().is_empty() {
-                    "v1".into()
-                } else {
-                    format!("{}/v1", kind.group())
-                }),
-                kind: Some(kind.to_string()),
-                name: Some(v.object.workload.name.clone()),
-                namespace: Some(v.object.namespace().to_string()),
-                uid: Some(v.object.uid.clone()),
-                ..ObjectReference::default()
-            };
-            let mut text = note.join("; ");
-            if text.len() > 1000 {
-                text.truncate(
-                    text.char_indices()
-                        .map(|(i, _)| i)
-                        .take_while(|&i| i <= 997)
-                        .last()
-                        .unwrap_or(0),
-                );
-                text.push_str("...");
+        for e in pending {
+            if !*self.leader.borrow() {
+                return;
             }
             let event = Event {
                 type_: EventType::Warning,
                 reason: "DistrolessViolation".into(),
-                note: Some(format!("policy {policy}: {text}")),
+                note: Some(format!("policy {policy}: {}", e.note)),
                 action: "Audit".into(),
                 secondary: None,
             };
-            match self.recorder.publish(&event, &reference).await {
+            match self.recorder.publish(&event, &e.reference).await {
                 Ok(()) => {
-                    emitted.insert(key);
-                    info!(policy, kind = %kind, name = %v.object.workload.name, "violation event recorded");
+                    info!(policy, kind = ?e.reference.kind, name = ?e.reference.name, "violation event recorded");
+                    emitted.insert(e.key);
                 }
-                Err(e) => warn!(error = %e, "cannot record an event"),
+                Err(err) => warn!(error = %err, "cannot record an event"),
             }
         }
+    }
+}
+
+/// An Event not yet recorded: the violations of one workload under one policy.
+struct PendingEvent {
+    key: (String, String, u64),
+    reference: ObjectReference,
+    note: String,
+}
+
+impl PendingEvent {
+    /// `None` when this very set of violations was already recorded.
+    fn new(policy: &str, v: &audit::Violating<'_>, emitted: &HashSet<(String, String, u64)>) -> Option<Self> {
+        let lines: Vec<String> = v
+            .violations
+            .iter()
+            .map(crate::webhook::admission::violation_line)
+            .collect();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        lines.hash(&mut hasher);
+        let key = (policy.to_string(), v.object.uid.clone(), hasher.finish());
+        if emitted.contains(&key) {
+            return None;
+        }
+        let kind = v.object.workload.kind;
+        let reference = ObjectReference {
+            api_version: Some(if kind.group().is_empty() {
+                "v1".into()
+            } else {
+                format!("{}/v1", kind.group())
+            }),
+            kind: Some(kind.to_string()),
+            name: Some(v.object.workload.name.clone()),
+            namespace: Some(v.object.namespace().to_string()),
+            uid: Some(v.object.uid.clone()),
+            ..ObjectReference::default()
+        };
+        let mut note = lines.join("; ");
+        if note.len() > 1000 {
+            let cut = note
+                .char_indices()
+                .map(|(i, _)| i)
+                .take_while(|&i| i <= 997)
+                .last()
+                .unwrap_or(0);
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        Some(PendingEvent { key, reference, note })
     }
 }
