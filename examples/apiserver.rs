@@ -25,6 +25,10 @@ struct Args {
     /// CRD manifests to install at start.
     #[arg(long, default_value = "crds")]
     crds: PathBuf,
+    /// `NAMESPACE/NAME=HOST:PORT`: where a webhook Service is reachable (the
+    /// double has no cluster DNS); Pod creates are sent to routed webhooks.
+    #[arg(long = "route-service")]
+    routes: Vec<String>,
 }
 
 #[tokio::main]
@@ -39,6 +43,15 @@ async fn main() -> Result<(), String> {
                 .install_crd(doc.value)
                 .map_err(|e| format!("{}: {e}", doc.source))?;
         }
+    }
+    for route in &args.routes {
+        let parsed = route
+            .split_once('=')
+            .and_then(|(svc, addr)| Some((svc.split_once('/')?, addr.parse::<std::net::SocketAddr>().ok()?)));
+        let Some(((ns, name), addr)) = parsed else {
+            return Err(format!("--route-service {route:?}: expected NAMESPACE/NAME=HOST:PORT"));
+        };
+        server.route_service(ns, name, addr);
     }
     if let Some(path) = &args.kubeconfig_out {
         std::fs::write(path, server.kubeconfig()).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -118,3 +118,172 @@ fn kubectl_sees_the_audit_status_written_by_the_operator_process() {
     assert_eq!(audit["byRule"]["shell-command"], 2);
     assert_eq!(status["conditions"][0]["status"], "True");
 }
+
+const WEBHOOKS: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: distroless-guard}
+webhooks:
+- name: validate.distrolessguard.dev
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]
+  clientConfig: {service: {namespace: distroless-guard, name: distroless-guard-webhook, path: /validate}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: distroless-guard}
+webhooks:
+- name: mutate.distrolessguard.dev
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]
+  clientConfig: {service: {namespace: distroless-guard, name: distroless-guard-webhook, path: /mutate}}
+---
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: strict}
+spec:
+  action: Deny
+  match: {namespaceSelector: {matchLabels: {distroless-guard.dev/enforce: "true"}}}
+---
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: lenient}
+spec:
+  action: Warn
+  match: {namespaceSelector: {matchLabels: {mode: warn}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: trial, labels: {mode: warn}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: strict, labels: {distroless-guard.dev/enforce: "true"}}
+"#;
+
+const ROOT_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: root-pod}\nspec:\n  containers:\n  - {name: app, image: registry.example.com/app:1, securityContext: {runAsUser: 0}}\n";
+
+#[test]
+fn kubectl_users_see_denials_warnings_and_mutation_from_the_operator_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let webhook_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let webhook_addr = format!("127.0.0.1:{webhook_port}");
+    let _apiserver = Killed(
+        Command::new(apiserver_example())
+            .args(["--port", "0", "--kubeconfig-out"])
+            .arg(&kubeconfig)
+            .arg("--route-service")
+            .arg(format!("distroless-guard/distroless-guard-webhook={webhook_addr}"))
+            .arg("--crds")
+            .arg(root().join("crds"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !kubeconfig.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the API server double did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let setup = dir.path().join("setup.yaml");
+    std::fs::write(&setup, WEBHOOKS).unwrap();
+    let out = kubectl(
+        &kubeconfig,
+        &["create", "--validate=false", "-f", setup.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _operator = Killed(
+        Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
+            .args(["run", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args([
+                "--identity",
+                "e2e",
+                "--listen",
+                &webhook_addr,
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pod = dir.path().join("root-pod.yaml");
+    std::fs::write(&pod, ROOT_POD).unwrap();
+
+    // Denied, with the rule id and the fix in kubectl's error (once the operator is ready).
+    let started = Instant::now();
+    let denied = loop {
+        let out = kubectl(
+            &kubeconfig,
+            &[
+                "create",
+                "--validate=false",
+                "-n",
+                "strict",
+                "-f",
+                pod.to_str().unwrap(),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if stderr.contains("denied the request") {
+            break stderr;
+        }
+        if out.status.success() {
+            kubectl(&kubeconfig, &["delete", "-n", "strict", "pod", "root-pod"]);
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never denied: {stderr}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(denied.contains("Error from server (Forbidden)"), "{denied}");
+    assert!(
+        denied.contains("[root-uid]") && denied.contains("set securityContext.runAsUser to 65532"),
+        "{denied}"
+    );
+
+    // Warn mode: admitted, and kubectl prints the warning.
+    let out = kubectl(
+        &kubeconfig,
+        &["create", "--validate=false", "-n", "trial", "-f", pod.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Warning: distroless-guard:") && stderr.contains("[root-uid]"),
+        "{stderr}"
+    );
+
+    // A bare pod is mutated: the non-root user shows in `kubectl get -o yaml`.
+    let bare = dir.path().join("bare.yaml");
+    std::fs::write(&bare, "apiVersion: v1\nkind: Pod\nmetadata: {name: bare}\nspec:\n  containers:\n  - {name: app, image: registry.example.com/app:1}\n").unwrap();
+    let out = kubectl(
+        &kubeconfig,
+        &[
+            "create",
+            "--validate=false",
+            "-n",
+            "strict",
+            "-f",
+            bare.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(&kubeconfig, &["get", "-n", "strict", "pod", "bare", "-o", "yaml"]);
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        yaml.contains("runAsUser: 65532") && yaml.contains("fsGroup: 65532") && yaml.contains("runAsNonRoot: true"),
+        "{yaml}"
+    );
+}

@@ -439,3 +439,80 @@ fn leadership_moves_when_the_leader_stops_renewing() {
     stop_b.send(()).unwrap();
     thread_b.join().unwrap();
 }
+
+#[tokio::test]
+async fn pod_creates_go_through_the_operators_webhooks_as_the_api_server_would_send_them() {
+    let server = ApiServer::start().await;
+    server.install_crd(crd()).unwrap();
+    for (kind, plural, path) in [
+        (
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            "/validate",
+        ),
+        (
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+            "/mutate",
+        ),
+    ] {
+        create(&server, &format!("/apis/admissionregistration.k8s.io/v1/{plural}"), json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": "distroless-guard"},
+            "webhooks": [{"name": format!("{}.distrolessguard.dev", &path[1..]), "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+                "clientConfig": {"service": {"namespace": "distroless-guard", "name": "distroless-guard-webhook", "path": path}}}]})).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let running = run::start(args(&server, dir.path(), "a")).await.unwrap();
+    server.route_service("distroless-guard", "distroless-guard-webhook", running.webhook_addr);
+    let deny: Value = serde_yaml::from_str("apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {name: deny}\nspec: {action: Deny, match: {excludeNamespaces: [kube-system]}}\n").unwrap();
+    create(&server, "/apis/distrolessguard.dev/v1alpha1/distrolesspolicies", deny).await;
+    // Wait until the caBundle is written and the policy is loaded: a root pod is then denied.
+    let root_pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "i", "securityContext": {"runAsUser": 0}}]}});
+    let started = Instant::now();
+    let (code, text) = loop {
+        let (code, text) = reqwest_like(&server)
+            .send("POST", "/api/v1/namespaces/shop/pods", Some(root_pod.clone()))
+            .await;
+        if code == 403 {
+            break (code, text);
+        }
+        if code < 300 {
+            reqwest_like(&server)
+                .send("DELETE", "/api/v1/namespaces/shop/pods/root", None)
+                .await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never denied: {code} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, 403);
+    let message = serde_json::from_str::<Value>(&text).unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("admission webhook \"validate.distrolessguard.dev\" denied the request: Pod shop/root"),
+        "{message}"
+    );
+    assert!(
+        message.contains("[root-uid]") && message.contains("runAsUser to 65532"),
+        "{message}"
+    );
+
+    // A bare pod is admitted and mutated to the non-root user.
+    let (code, text) = reqwest_like(&server)
+        .send("POST", "/api/v1/namespaces/shop/pods", Some(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "bare", "namespace": "shop"}, "spec": {"containers": [{"name": "app", "image": "i"}]}})))
+        .await;
+    assert_eq!(code, 201, "{text}");
+    let pod = server.get("", "pods", "shop", "bare").unwrap();
+    assert_eq!(
+        pod["spec"]["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532})
+    );
+    running.shutdown().await;
+}

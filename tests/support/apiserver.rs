@@ -132,6 +132,8 @@ pub struct Inner {
     faults: Mutex<Faults>,
     /// Every request seen, as `METHOD path?query` (for tests that count writes).
     pub requests: Mutex<Vec<String>>,
+    /// Where webhook Services are reachable: (namespace, name) -> address.
+    services: Mutex<BTreeMap<(String, String), SocketAddr>>,
 }
 
 /// A running in-memory API server (test double) on 127.0.0.1.
@@ -200,6 +202,7 @@ impl ApiServer {
             changes,
             faults: Mutex::new(Faults::default()),
             requests: Mutex::new(Vec::new()),
+            services: Mutex::new(BTreeMap::new()),
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
@@ -258,6 +261,13 @@ impl ApiServer {
     /// The next `count` requests whose path contains `fragment` fail with `code`.
     pub fn fail_requests(&self, fragment: &str, code: u16, count: usize) {
         lock(&self.inner.faults).fail.push((fragment.to_string(), code, count));
+    }
+
+    /// Makes the Service `namespace/name` reachable at `addr` for webhook calls
+    /// (the double has no cluster DNS). Pod creates are then sent to the
+    /// registered admission webhooks whose Service is routed.
+    pub fn route_service(&self, namespace: &str, name: &str, addr: SocketAddr) {
+        lock(&self.inner.services).insert((namespace.to_string(), name.to_string()), addr);
     }
 
     /// Ends every open watch stream (clients must re-watch).
@@ -696,6 +706,18 @@ async fn handle(
         (Method::GET, false) => list(&inner, &t, &query),
         (Method::GET, true) => get(&inner, &t),
         (Method::POST, false) => match parse_body(&body, &content_type) {
+            Ok(obj) if t.rt.group.is_empty() && t.rt.plural == "pods" => match admit(&inner, &t, obj).await {
+                Ok((obj, warnings)) => {
+                    let mut response = create(&inner, &t, obj);
+                    for w in warnings {
+                        if let Ok(v) = header::HeaderValue::from_str(&format!("299 - {:?}", w)) {
+                            response.headers_mut().append(header::WARNING, v);
+                        }
+                    }
+                    response
+                }
+                Err(r) => r,
+            },
             Ok(obj) => create(&inner, &t, obj),
             Err(r) => r,
         },
@@ -1185,4 +1207,182 @@ fn delete(inner: &Inner, t: &Target) -> Response {
             format!("{}.{} {name:?} not found", t.rt.plural, t.rt.group),
         ),
     }
+}
+
+/// The webhooks of one kind of configuration that a Pod create goes to:
+/// (configuration name, webhook name, service namespace, service name, path, CA bundle PEM).
+fn webhooks_for(store: &Store, plural: &str) -> Vec<(String, String, String, String, String, Vec<u8>)> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for ((g, p, _, _), config) in &store.objects {
+        if g != "admissionregistration.k8s.io" || p != plural {
+            continue;
+        }
+        for w in config.get("webhooks").and_then(Value::as_array).into_iter().flatten() {
+            let covers_pods = w.get("rules").and_then(Value::as_array).is_none_or(|rules| {
+                rules.iter().any(|r| {
+                    r.get("resources")
+                        .and_then(Value::as_array)
+                        .is_some_and(|res| res.iter().any(|x| x == "pods" || x == "*"))
+                })
+            });
+            let svc = w.pointer("/clientConfig/service");
+            let (Some(ns), Some(name)) = (
+                svc.and_then(|s| s.get("namespace")).and_then(Value::as_str),
+                svc.and_then(|s| s.get("name")).and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            if !covers_pods {
+                continue;
+            }
+            let path = svc
+                .and_then(|s| s.get("path"))
+                .and_then(Value::as_str)
+                .unwrap_or("/")
+                .to_string();
+            let ca = w
+                .pointer("/clientConfig/caBundle")
+                .and_then(Value::as_str)
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .unwrap_or_default();
+            out.push((
+                name_of(config),
+                w.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                ns.to_string(),
+                name.to_string(),
+                path,
+                ca,
+            ));
+        }
+    }
+    out
+}
+
+/// Sends an AdmissionReview to a webhook over HTTPS, trusting only its caBundle
+/// and checking the certificate names `<service>.<namespace>.svc`.
+async fn call_webhook(addr: SocketAddr, host: &str, path: &str, ca: &[u8], review: &Value) -> Result<Value, String> {
+    use http_body_util::BodyExt;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca).flatten() {
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let body = serde_json::to_vec(review).map_err(|e| e.to_string())?;
+    let req = hyper::Request::post(path)
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let code = resp.status();
+    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    if !code.is_success() {
+        return Err(format!("HTTP {code}: {}", String::from_utf8_lossy(&bytes)));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// The admission chain for a Pod create: mutating webhooks, then validating
+/// ones (failurePolicy Fail). Returns the admitted object and the warnings,
+/// or the API server's denial.
+async fn admit(inner: &Inner, t: &Target, mut obj: Value) -> Result<(Value, Vec<String>), Response> {
+    use base64::Engine;
+    let (mutating, validating) = {
+        let store = lock(&inner.store);
+        (
+            webhooks_for(&store, "mutatingwebhookconfigurations"),
+            webhooks_for(&store, "validatingwebhookconfigurations"),
+        )
+    };
+    let mut warnings = Vec::new();
+    for (phase, hooks) in [("mutating", mutating), ("validating", validating)] {
+        for (_config, hook, ns, svc, path, ca) in hooks {
+            let Some(addr) = lock(&inner.services).get(&(ns.clone(), svc.clone())).copied() else {
+                continue;
+            };
+            let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+                "uid": format!("{}-{}", hook, name_of(&obj)),
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": name_of(&obj), "namespace": t.namespace, "operation": "CREATE",
+                "userInfo": {"username": "kubectl-user"}, "object": obj, "oldObject": null, "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}}});
+            let host = format!("{svc}.{ns}.svc");
+            let answer = match call_webhook(addr, &host, &path, &ca, &review).await {
+                Ok(a) => a,
+                Err(e) => {
+                    return Err(status(
+                        500,
+                        "InternalError",
+                        format!("Internal error occurred: failed calling webhook {hook:?}: {e}"),
+                    ));
+                }
+            };
+            let response = &answer["response"];
+            warnings.extend(
+                response["warnings"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|w| w.as_str().map(str::to_string)),
+            );
+            if response["allowed"] != json!(true) {
+                let message = response
+                    .pointer("/status/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let code = response.pointer("/status/code").and_then(Value::as_u64).unwrap_or(403) as u16;
+                return Err(status(
+                    code,
+                    "Forbidden",
+                    format!("admission webhook {hook:?} denied the request: {message}"),
+                ));
+            }
+            if phase == "mutating" {
+                if let Some(patch) = response["patch"].as_str() {
+                    let ops = base64::engine::general_purpose::STANDARD
+                        .decode(patch)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<json_patch::Patch>(&b).ok());
+                    match ops {
+                        Some(ops) => {
+                            if let Err(e) = json_patch::patch(&mut obj, &ops) {
+                                return Err(status(
+                                    500,
+                                    "InternalError",
+                                    format!("webhook {hook:?} returned a patch that does not apply: {e}"),
+                                ));
+                            }
+                        }
+                        None => {
+                            return Err(status(
+                                500,
+                                "InternalError",
+                                format!("webhook {hook:?} returned an unreadable patch"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((obj, warnings))
 }
