@@ -1356,29 +1356,29 @@ async fn admit(inner: &Inner, t: &Target, mut obj: Value) -> Result<(Value, Vec<
                     format!("admission webhook {hook:?} denied the request: {message}"),
                 ));
             }
-            if phase == "mutating" {
-                if let Some(patch) = response["patch"].as_str() {
-                    let ops = base64::engine::general_purpose::STANDARD
-                        .decode(patch)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<json_patch::Patch>(&b).ok());
-                    match ops {
-                        Some(ops) => {
-                            if let Err(e) = json_patch::patch(&mut obj, &ops) {
-                                return Err(status(
-                                    500,
-                                    "InternalError",
-                                    format!("webhook {hook:?} returned a patch that does not apply: {e}"),
-                                ));
-                            }
-                        }
-                        None => {
+            if phase == "mutating"
+                && let Some(patch) = response["patch"].as_str()
+            {
+                let ops = base64::engine::general_purpose::STANDARD
+                    .decode(patch)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<json_patch::Patch>(&b).ok());
+                match ops {
+                    Some(ops) => {
+                        if let Err(e) = json_patch::patch(&mut obj, &ops) {
                             return Err(status(
                                 500,
                                 "InternalError",
-                                format!("webhook {hook:?} returned an unreadable patch"),
+                                format!("webhook {hook:?} returned a patch that does not apply: {e}"),
                             ));
                         }
+                    }
+                    None => {
+                        return Err(status(
+                            500,
+                            "InternalError",
+                            format!("webhook {hook:?} returned an unreadable patch"),
+                        ));
                     }
                 }
             }
