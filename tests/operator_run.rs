@@ -260,6 +260,10 @@ async fn an_audit_policy_status_follows_workloads_and_events_are_emitted_once() 
     let (_, metrics) = get("/metrics").await;
     assert!(metrics.contains("distroless_guard_leader 1"), "{metrics}");
     assert!(
+        metrics.contains("distroless_guard_audit_workloads{policy=\"audit\",state=\"violating\"} 2"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("distroless_guard_audit_passes_total{result=\"ok\"}"),
         "{metrics}"
     );
@@ -514,5 +518,70 @@ async fn pod_creates_go_through_the_operators_webhooks_as_the_api_server_would_s
         pod["spec"]["securityContext"],
         json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532})
     );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_rbac_for_a_watched_resource_is_named_at_startup() {
+    let server = ApiServer::start().await;
+    server.install_crd(crd()).unwrap();
+    server.fail_requests("/apis/batch/v1/cronjobs", 403, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let err = run::start(args(&server, dir.path(), "a"))
+        .await
+        .err()
+        .expect("run must refuse to start");
+    assert!(
+        err.contains("no RBAC permission to list/watch cronjobs (batch/v1)"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops_writing_at_once() {
+    let server = ApiServer::start().await;
+    server.install_crd(crd()).unwrap();
+    webhook_configs(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = run::start(args(&server, dir.path(), "a")).await.unwrap();
+    let mut leading = running.leading.clone();
+    tokio::time::timeout(Duration::from_secs(10), leading.wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    // Someone else takes the lease (as after a partition): a must notice and stop.
+    let far_future = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600))
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let (code, text) = reqwest_like(&server)
+        .send(
+            "PATCH",
+            "/apis/coordination.k8s.io/v1/namespaces/distroless-guard/leases/distroless-guard-leader",
+            Some(
+                json!({"spec": {"holderIdentity": "intruder", "renewTime": far_future, "leaseDurationSeconds": 3600}}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 200, "{text}");
+    tokio::time::timeout(Duration::from_secs(10), leading.wait_for(|l| !*l))
+        .await
+        .unwrap()
+        .unwrap();
+    let writes = server.count_requests("PATCH", "/status");
+    let policy: Value = serde_yaml::from_str(AUDIT_POLICY).unwrap();
+    create(&server, "/apis/distrolessguard.dev/v1alpha1/distrolesspolicies", policy).await;
+    create(
+        &server,
+        "/apis/apps/v1/namespaces/shop/deployments",
+        deployment("web", Some(&["sh"])),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        server.count_requests("PATCH", "/status"),
+        writes,
+        "a replica that does not lead writes nothing"
+    );
+    assert!(audit_of(&server, "audit").is_none());
     running.shutdown().await;
 }

@@ -65,6 +65,9 @@ pub struct RunArgs {
     pub lease_seconds: u64,
     #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "DISTROLESS_GUARD_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Log filter: `error`, `warn`, `info`, `debug`, or per module (`distroless_guard=debug`).
+    #[arg(long, env = "DISTROLESS_GUARD_LOG_LEVEL")]
+    pub log_level: Option<String>,
     #[command(flatten)]
     pub images: super::ImageArgs,
 }
@@ -202,6 +205,10 @@ pub async fn start(args: RunArgs) -> Result<Running, String> {
     let mut auditor = Auditor::new(client.clone(), view.clone(), leading, &identity);
     let audit_metrics = state.clone();
     auditor.on_pass = Some(Box::new(move |ok| audit_metrics.metrics.audit_pass(ok)));
+    let gauges = state.clone();
+    auditor.on_summary = Some(Box::new(move |policy, summary| {
+        gauges.metrics.audit_summary(policy, summary)
+    }));
     tokio::spawn(auditor.run());
 
     let ready_state = state.clone();
@@ -262,7 +269,7 @@ pub async fn start(args: RunArgs) -> Result<Running, String> {
 
 /// `distroless-guard run`.
 pub fn main(args: RunArgs) -> ExitCode {
-    webhook::init_logging(args.log_format);
+    webhook::init_logging_at(args.log_format, args.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -305,6 +305,8 @@ pub struct Auditor {
     pub debounce: Duration,
     /// Called after every pass with whether every write succeeded (metrics).
     pub on_pass: Option<Box<dyn Fn(bool) + Send + Sync>>,
+    /// Called with each policy's summary (metrics gauges).
+    pub on_summary: Option<Box<dyn Fn(&str, &AuditSummary) + Send + Sync>>,
 }
 
 impl Auditor {
@@ -320,6 +322,7 @@ impl Auditor {
             leader,
             debounce: Duration::from_millis(100),
             on_pass: None,
+            on_summary: None,
         }
     }
 
@@ -397,6 +400,9 @@ impl Auditor {
             let (condition, audit) = match (set.get(name), invalid.get(name)) {
                 (Some(compiled), _) => {
                     let (summary, pending) = results.remove(name).unwrap_or_default();
+                    if let Some(f) = &self.on_summary {
+                        f(name, &summary);
+                    }
                     self.emit_events(name, pending, emitted).await;
                     if let Some(day) = compiled.next_expiry(today) {
                         // The day after the last day, at midnight UTC.

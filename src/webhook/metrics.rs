@@ -34,8 +34,17 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    pub policy: String,
+    /// matched, compliant or violating.
+    pub state: String,
+}
+
 /// Admission and controller metrics, registered once and shared.
 pub struct Metrics {
+    /// Workloads per policy and state, from the last audit.
+    pub audit_workloads: Family<AuditLabels, Gauge>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
     /// Audit passes (reconciles) by result.
@@ -80,7 +89,14 @@ impl Default for Metrics {
             "Audit passes over every policy, by result",
             audit_passes.clone(),
         );
+        let audit_workloads = Family::<AuditLabels, Gauge>::default();
+        registry.register(
+            "audit_workloads",
+            "Workloads a policy matches, by policy and state (matched, compliant, violating)",
+            audit_workloads.clone(),
+        );
         Metrics {
+            audit_workloads,
             leader,
             audit_passes,
             reviews,
@@ -114,6 +130,21 @@ impl Metrics {
                 action: action.into(),
             })
             .inc();
+    }
+
+    pub fn audit_summary(&self, policy: &str, summary: &crate::api::AuditSummary) {
+        for (state, n) in [
+            ("matched", summary.matched),
+            ("compliant", summary.compliant),
+            ("violating", summary.violating),
+        ] {
+            self.audit_workloads
+                .get_or_create(&AuditLabels {
+                    policy: policy.into(),
+                    state: state.into(),
+                })
+                .set(i64::from(n));
+        }
     }
 
     pub fn audit_pass(&self, ok: bool) {

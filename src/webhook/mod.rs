@@ -308,8 +308,19 @@ pub async fn start_with_certs(
 
 /// Logs as JSON (in-cluster) or readable text, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    init_logging_at(format, None);
+}
+
+/// Logs at `level` (a `RUST_LOG`-style filter such as `info` or
+/// `distroless_guard=debug`); `RUST_LOG` wins when `level` is `None`.
+pub fn init_logging_at(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(l) => {
+            tracing_subscriber::EnvFilter::try_new(l).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        }
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
