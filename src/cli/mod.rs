@@ -36,7 +36,7 @@ pub enum Command {
     Webhook(crate::webhook::WebhookArgs),
     /// Run in a cluster: the webhook on every replica, the audit controller and
     /// certificates on the leader.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
 }
@@ -188,7 +188,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Webhook(args) => crate::webhook::main(args),
-        Command::Run(args) => run::main(args),
+        Command::Run(args) => run::main(*args),
         Command::Crd => {
             print!("{}", crd_yaml());
             ExitCode::SUCCESS

@@ -295,6 +295,12 @@ fn full_by_rule(summary: &mut AuditSummary) {
     }
 }
 
+/// Told after each audit pass whether every write succeeded.
+pub type PassHook = Box<dyn Fn(bool) + Send + Sync>;
+
+/// Told each policy's summary.
+pub type SummaryHook = Box<dyn Fn(&str, &AuditSummary) + Send + Sync>;
+
 /// The audit loop's context.
 pub struct Auditor {
     pub client: kube::Client,
@@ -304,9 +310,9 @@ pub struct Auditor {
     /// How long to wait for more changes before evaluating.
     pub debounce: Duration,
     /// Called after every pass with whether every write succeeded (metrics).
-    pub on_pass: Option<Box<dyn Fn(bool) + Send + Sync>>,
+    pub on_pass: Option<PassHook>,
     /// Called with each policy's summary (metrics gauges).
-    pub on_summary: Option<Box<dyn Fn(&str, &AuditSummary) + Send + Sync>>,
+    pub on_summary: Option<SummaryHook>,
 }
 
 impl Auditor {
