@@ -41,20 +41,19 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
         .expect("kubectl is installed")
 }
 
-#[test]
-fn kubectl_sees_the_audit_status_written_by_the_operator_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let _apiserver = Killed(
-        Command::new(apiserver_example())
-            .args(["--port", "0", "--kubeconfig-out"])
-            .arg(&kubeconfig)
-            .arg("--crds")
-            .arg(root().join("crds"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+/// Starts the API server double as a process (with the repository's CRDs and
+/// optional Service routes); returns it and the kubeconfig it wrote.
+fn start_double(dir: &Path, routes: &[String]) -> (Killed, PathBuf) {
+    let kubeconfig = dir.join("kubeconfig");
+    let child = Command::new(apiserver_example())
+        .args(["--port", "0", "--kubeconfig-out"])
+        .arg(&kubeconfig)
+        .args(routes.iter().flat_map(|r| ["--route-service".to_string(), r.clone()]))
+        .arg("--crds")
+        .arg(root().join("crds"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     while !kubeconfig.exists() {
         assert!(
@@ -63,6 +62,13 @@ fn kubectl_sees_the_audit_status_written_by_the_operator_process() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (Killed(child), kubeconfig)
+}
+
+#[test]
+fn kubectl_sees_the_audit_status_written_by_the_operator_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_apiserver, kubeconfig) = start_double(dir.path(), &[]);
     let _operator = Killed(
         Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
             .args(["run", "--kubeconfig"])
@@ -169,33 +175,14 @@ const ROOT_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: root-pod}\ns
 #[test]
 fn kubectl_users_see_denials_warnings_and_mutation_from_the_operator_process() {
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
     let webhook_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let webhook_addr = format!("127.0.0.1:{webhook_port}");
-    let _apiserver = Killed(
-        Command::new(apiserver_example())
-            .args(["--port", "0", "--kubeconfig-out"])
-            .arg(&kubeconfig)
-            .arg("--route-service")
-            .arg(format!("distroless-guard/distroless-guard-webhook={webhook_addr}"))
-            .arg("--crds")
-            .arg(root().join("crds"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    while !kubeconfig.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the API server double did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let route = format!("distroless-guard/distroless-guard-webhook={webhook_addr}");
+    let (_apiserver, kubeconfig) = start_double(dir.path(), &[route]);
     let setup = dir.path().join("setup.yaml");
     std::fs::write(&setup, WEBHOOKS).unwrap();
     let out = kubectl(

@@ -121,14 +121,23 @@ fn audit_of(server: &ApiServer, policy: &str) -> Option<Value> {
 const AUDIT_POLICY: &str = "apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {name: audit}\nspec: {action: Audit, match: {excludeNamespaces: [kube-system]}}\n";
 
 async fn webhook_configs(server: &ApiServer) {
-    for (kind, plural) in [
-        ("ValidatingWebhookConfiguration", "validatingwebhookconfigurations"),
-        ("MutatingWebhookConfiguration", "mutatingwebhookconfigurations"),
+    for (kind, plural, path) in [
+        (
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            "/validate",
+        ),
+        (
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+            "/mutate",
+        ),
     ] {
         create(server, &format!("/apis/admissionregistration.k8s.io/v1/{plural}"), json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": "distroless-guard"},
-            "webhooks": [{"name": "pods.distrolessguard.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-                "clientConfig": {"service": {"namespace": "distroless-guard", "name": "distroless-guard-webhook", "path": "/validate"}}}]})).await;
+            "webhooks": [{"name": format!("{}.distrolessguard.dev", &path[1..]), "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+                "clientConfig": {"service": {"namespace": "distroless-guard", "name": "distroless-guard-webhook", "path": path}}}]})).await;
     }
 }
 
@@ -448,24 +457,7 @@ fn leadership_moves_when_the_leader_stops_renewing() {
 async fn pod_creates_go_through_the_operators_webhooks_as_the_api_server_would_send_them() {
     let server = ApiServer::start().await;
     server.install_crd(crd()).unwrap();
-    for (kind, plural, path) in [
-        (
-            "ValidatingWebhookConfiguration",
-            "validatingwebhookconfigurations",
-            "/validate",
-        ),
-        (
-            "MutatingWebhookConfiguration",
-            "mutatingwebhookconfigurations",
-            "/mutate",
-        ),
-    ] {
-        create(&server, &format!("/apis/admissionregistration.k8s.io/v1/{plural}"), json!({
-            "apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": "distroless-guard"},
-            "webhooks": [{"name": format!("{}.distrolessguard.dev", &path[1..]), "admissionReviewVersions": ["v1"], "sideEffects": "None",
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-                "clientConfig": {"service": {"namespace": "distroless-guard", "name": "distroless-guard-webhook", "path": path}}}]})).await;
-    }
+    webhook_configs(&server).await;
     let dir = tempfile::tempdir().unwrap();
     let running = run::start(args(&server, dir.path(), "a")).await.unwrap();
     server.route_service("distroless-guard", "distroless-guard-webhook", running.webhook_addr);
