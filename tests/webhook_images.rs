@@ -178,3 +178,112 @@ fn check_inspect_images_applies_the_image_rules_offline() {
     assert_eq!(results[0]["violations"][0]["rule"], "image-has-shell");
     assert_eq!(results[1]["allowed"], true);
 }
+
+/// A registry front that demands HTTP Basic credentials (bot:s3cret) on the
+/// first request of every connection, then forwards to the real registry.
+async fn basic_auth_front(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expected = "authorization: basic Ym90OnMzY3JldA=="; // base64("bot:s3cret")
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match inbound.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let has_credentials = String::from_utf8_lossy(&head).lines().any(|l| {
+                    l.to_lowercase().starts_with("authorization:")
+                        && l.ends_with(&expected["authorization: basic ".len()..])
+                });
+                if !has_credentials {
+                    let _ = inbound
+                        .write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                    if outbound.write_all(&head).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_private_image_is_read_with_the_pods_image_pull_secret() {
+    use distroless_guard::controller::pull_secrets::SecretPullSecrets;
+    let registry = TestRegistry::start();
+    let (shell, _) = images(&registry).await;
+    let front = basic_auth_front(registry.addr).await;
+    let private = shell.replacen(&registry.host(), &front.to_string(), 1);
+
+    // The Secret lives in the (double) API server, as in a cluster.
+    let api = support::apiserver::ApiServer::start().await;
+    let auth = base64_encode(b"bot:s3cret");
+    let config = format!(r#"{{"auths": {{"{front}": {{"auth": "{auth}"}}}}}}"#);
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred", "namespace": "shop"},
+        "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": base64_encode(config.as_bytes())}});
+    let secrets: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        api.client(),
+        "shop",
+        &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+    );
+    secrets
+        .create(&Default::default(), &serde_json::from_value(secret).unwrap())
+        .await
+        .unwrap();
+
+    let inspector = Inspector::new(InspectorConfig {
+        insecure_registries: vec![front.to_string()],
+        ..Default::default()
+    });
+    let admission = Admission::new(PolicySet::builtin_default(), Arc::new(NameOnly))
+        .with_inspector(inspector)
+        .with_pull_secrets(Arc::new(SecretPullSecrets::new(api.client())));
+    let hook = TestWebhook::start_with(admission).await;
+    let mut conn = hook.connect().await;
+
+    let mut with_secret: Value = serde_json::from_slice(&pod_review(&private)).unwrap();
+    with_secret["request"]["object"]["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    let resp = response(
+        &conn
+            .post("/validate", serde_json::to_vec(&with_secret).unwrap())
+            .await
+            .1,
+    );
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[image-has-shell]"),
+        "{resp}"
+    );
+
+    // Without the secret the registry refuses: image-unverified (Warn by default).
+    let resp = response(
+        &conn
+            .post("/validate", pod_review(&format!("{front}/shop/web:other")))
+            .await
+            .1,
+    );
+    let warning = resp["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("[image-unverified]") && warning.contains("refused access"),
+        "{resp}"
+    );
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}

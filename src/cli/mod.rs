@@ -108,7 +108,7 @@ fn gather_images(
         let mut facts = crate::policy::ImageFacts::new();
         for plan in plans {
             let missing: Vec<String> = plan.images.into_iter().filter(|i| !facts.contains_key(i)).collect();
-            facts.extend(inspector.gather(&missing, &plan.platform, plan.timeout).await);
+            facts.extend(inspector.gather(&missing, &plan.platform, plan.timeout, None).await);
         }
         facts
     });

@@ -165,7 +165,8 @@ pub async fn start(args: RunArgs) -> Result<Running, String> {
     let view = Arc::new(ClusterView::default());
     let mut admission = Admission::new(crate::policy::PolicySet::default(), view.clone());
     if let Some(inspector) = args.images.inspector()? {
-        admission = admission.with_inspector(inspector);
+        let secrets = Arc::new(controller::pull_secrets::SecretPullSecrets::new(client.clone()));
+        admission = admission.with_inspector(inspector).with_pull_secrets(secrets);
     }
     let state = AppState::new(admission);
     let sink_state = state.clone();

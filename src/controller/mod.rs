@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod certs;
 pub mod leader;
+pub mod pull_secrets;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};

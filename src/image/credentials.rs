@@ -76,6 +76,14 @@ impl Credentials {
     pub fn is_empty(&self) -> bool {
         self.by_host.is_empty()
     }
+
+    /// A stable fingerprint of these credentials (never printed).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.by_host.hash(&mut h);
+        h.finish()
+    }
 }
 
 #[cfg(test)]

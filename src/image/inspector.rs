@@ -97,15 +97,25 @@ type PlatformCache = Bounded<(String, InspectOptions), Arc<Vec<String>>>;
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<Vec<Arc<ImageReport>>>, ImageError>>>;
 
+/// A registry client and the credentials it speaks with.
+#[derive(Clone)]
+struct Session {
+    client: Client,
+    auth: RegistryAuth,
+}
+
 pub struct Inspector {
     client: Client,
+    /// Clients for extra credentials (a pod's imagePullSecrets), by fingerprint:
+    /// oci-client keeps one login per registry and client.
+    credentialed: Mutex<HashMap<u64, Client>>,
     config: InspectorConfig,
     verdicts: Mutex<Bounded<String, Arc<ImageReport>>>,
     /// (manifest or index digest, platform choice) -> the platform manifest digests judged.
     platforms: Mutex<PlatformCache>,
     layers: Mutex<Bounded<String, Arc<LayerFacts>>>,
     tags: Mutex<Expiring<String, String>>,
-    inflight: Mutex<HashMap<(String, InspectOptions), Flight>>,
+    inflight: Mutex<HashMap<(String, InspectOptions, u64), Flight>>,
     bytes_fetched: AtomicU64,
 }
 
@@ -181,19 +191,10 @@ impl Inspector {
     pub fn new(config: InspectorConfig) -> Arc<Self> {
         // rustls needs a process-wide crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let protocol = if config.insecure_registries.is_empty() {
-            ClientProtocol::Https
-        } else {
-            ClientProtocol::HttpsExcept(config.insecure_registries.clone())
-        };
-        let client = Client::new(ClientConfig {
-            protocol,
-            read_timeout: Some(config.request_timeout),
-            connect_timeout: Some(config.request_timeout),
-            ..ClientConfig::default()
-        });
+        let client = Self::new_client(&config);
         Arc::new(Inspector {
             client,
+            credentialed: Mutex::new(HashMap::new()),
             verdicts: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
             platforms: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
             layers: Mutex::new(Bounded::new(config.layer_cache_entries, config.layer_cache_bytes)),
@@ -223,13 +224,45 @@ impl Inspector {
         }
     }
 
-    fn auth_for(&self, reference: &Reference) -> RegistryAuth {
-        let creds = &self.config.credentials;
-        creds
-            .for_host(reference.registry())
-            .or_else(|| creds.for_host(reference.resolve_registry()))
-            .map(|(u, p)| RegistryAuth::Basic(u.to_string(), p.to_string()))
-            .unwrap_or(RegistryAuth::Anonymous)
+    fn new_client(config: &InspectorConfig) -> Client {
+        let protocol = if config.insecure_registries.is_empty() {
+            ClientProtocol::Https
+        } else {
+            ClientProtocol::HttpsExcept(config.insecure_registries.clone())
+        };
+        Client::new(ClientConfig {
+            protocol,
+            read_timeout: Some(config.request_timeout),
+            connect_timeout: Some(config.request_timeout),
+            ..ClientConfig::default()
+        })
+    }
+
+    /// The client and credentials for a reference: `extra` (a pod's pull
+    /// secrets) first, then the inspector's own, else anonymous.
+    fn session_for(&self, reference: &Reference, extra: Option<&Credentials>) -> Session {
+        let lookup = |creds: &Credentials| {
+            creds
+                .for_host(reference.registry())
+                .or_else(|| creds.for_host(reference.resolve_registry()))
+                .map(|(u, p)| RegistryAuth::Basic(u.to_string(), p.to_string()))
+        };
+        if let Some((extra, auth)) = extra.and_then(|e| lookup(e).map(|a| (e, a))) {
+            let mut clients = Self::lock(&self.credentialed);
+            if clients.len() > 256 {
+                clients.clear();
+            }
+            let client = clients
+                .entry(extra.fingerprint())
+                .or_insert_with(|| Self::new_client(&self.config))
+                .clone();
+            return Session { client, auth };
+        }
+        let auth = lookup(&self.config.credentials).unwrap_or(RegistryAuth::Anonymous);
+        Session {
+            client: self.client.clone(),
+            auth,
+        }
     }
 
     /// Inspects an image, sharing the work with any concurrent inspection of
@@ -241,11 +274,26 @@ impl Inspector {
         options: &InspectOptions,
         deadline: Option<Duration>,
     ) -> Result<Arc<Vec<Arc<ImageReport>>>, ImageError> {
+        self.inspect_as(image, options, deadline, None).await
+    }
+
+    /// [`Inspector::inspect`] with extra credentials (a pod's imagePullSecrets).
+    pub async fn inspect_as(
+        self: &Arc<Self>,
+        image: &str,
+        options: &InspectOptions,
+        deadline: Option<Duration>,
+        extra: Option<Arc<Credentials>>,
+    ) -> Result<Arc<Vec<Arc<ImageReport>>>, ImageError> {
         // Fast path: a tag seen recently whose verdicts are cached needs no task at all.
         if let Some(hit) = self.cached_by_tag(image, options) {
             return Ok(Arc::new(hit));
         }
-        let key = (image.to_string(), options.clone());
+        let key = (
+            image.to_string(),
+            options.clone(),
+            extra.as_ref().map_or(0, |c| c.fingerprint()),
+        );
         let flight = {
             let mut inflight = Self::lock(&self.inflight);
             match inflight.get(&key) {
@@ -255,7 +303,10 @@ impl Inspector {
                     let (image_owned, opts) = (image.to_string(), options.clone());
                     let key_done = key.clone();
                     let task = tokio::spawn(async move {
-                        let result = this.inspect_uncached_flight(&image_owned, &opts).await;
+                        let result = this
+                            .inspect_fetching(&image_owned, &opts, extra.as_deref())
+                            .await
+                            .map(Arc::new);
                         Self::lock(&this.inflight).remove(&key_done);
                         result
                     });
@@ -286,20 +337,12 @@ impl Inspector {
         }
     }
 
-    async fn inspect_uncached_flight(
-        &self,
-        image: &str,
-        options: &InspectOptions,
-    ) -> Result<Arc<Vec<Arc<ImageReport>>>, ImageError> {
-        self.inspect_fetching(image, options).await.map(Arc::new)
-    }
-
     /// Resolves a tag to its manifest digest (cached for `tag_ttl`).
     async fn resolve_digest(
         &self,
         image: &str,
         reference: &Reference,
-        auth: &RegistryAuth,
+        session: &Session,
     ) -> Result<String, ImageError> {
         if let Some(d) = reference.digest() {
             return Ok(d.to_string());
@@ -308,9 +351,9 @@ impl Inspector {
         if let Some(d) = Self::lock(&self.tags).get(&key, Instant::now()) {
             return Ok(d);
         }
-        let digest = self
+        let digest = session
             .client
-            .fetch_manifest_digest(reference, auth)
+            .fetch_manifest_digest(reference, &session.auth)
             .await
             .map_err(|e| classify(image, e))?;
         Self::lock(&self.tags).insert(key, digest.clone(), Instant::now());
@@ -321,11 +364,11 @@ impl Inspector {
         &self,
         image: &str,
         reference: &Reference,
-        auth: &RegistryAuth,
+        session: &Session,
     ) -> Result<ManifestDoc, ImageError> {
-        let (bytes, _) = self
+        let (bytes, _) = session
             .client
-            .pull_manifest_raw(reference, auth, ACCEPTED)
+            .pull_manifest_raw(reference, &session.auth, ACCEPTED)
             .await
             .map_err(|e| classify(image, e))?;
         self.bytes_fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -369,14 +412,17 @@ impl Inspector {
         &self,
         image: &str,
         options: &InspectOptions,
+        extra: Option<&Credentials>,
     ) -> Result<Vec<Arc<ImageReport>>, ImageError> {
         let reference = reference::parse(image)?;
-        let auth = self.auth_for(&reference);
-        let digest = self.resolve_digest(image, &reference, &auth).await?;
+        let session = self.session_for(&reference, extra);
+        let digest = self.resolve_digest(image, &reference, &session).await?;
         if let Some(hit) = self.cached(image, &digest, options) {
             return Ok(hit);
         }
-        let reports = self.inspect_digest(image, &reference, &auth, &digest, options).await?;
+        let reports = self
+            .inspect_digest(image, &reference, &session, &digest, options)
+            .await?;
         let digests: Vec<String> = reports.iter().map(|r| r.digest.clone()).collect();
         let weight = digests.iter().map(|d| d.len() + 24).sum::<usize>() + digest.len() + 64;
         Self::lock(&self.platforms).insert((digest, options.clone()), Arc::new(digests), weight);
@@ -387,13 +433,13 @@ impl Inspector {
         &self,
         image: &str,
         reference: &Reference,
-        auth: &RegistryAuth,
+        session: &Session,
         digest: &str,
         options: &InspectOptions,
     ) -> Result<Vec<Arc<ImageReport>>, ImageError> {
-        let (reference, auth, digest) = (reference.clone(), auth.clone(), digest.to_string());
+        let (reference, session, digest) = (reference.clone(), session.clone(), digest.to_string());
         let pinned = reference.clone_with_digest(digest.clone());
-        let manifest = self.fetch_manifest(image, &pinned, &auth).await?;
+        let manifest = self.fetch_manifest(image, &pinned, &session).await?;
 
         let is_index = manifest.manifests.is_some()
             || matches!(
@@ -402,7 +448,7 @@ impl Inspector {
             );
         if !is_index {
             let report = self
-                .inspect_manifest(image, &reference, &auth, &digest, manifest, None)
+                .inspect_manifest(image, &reference, &session, &digest, manifest, None)
                 .await?;
             if let InspectOptions::Platform(want) = options
                 && !platform_matches(&report.platform, want)
@@ -456,10 +502,10 @@ impl Inspector {
                 continue;
             }
             let platform_ref = reference.clone_with_digest(entry.digest.clone());
-            let platform_manifest = self.fetch_manifest(image, &platform_ref, &auth).await?;
+            let platform_manifest = self.fetch_manifest(image, &platform_ref, &session).await?;
             let platform = entry.platform.as_ref().map(PlatformSpec::name);
             reports.push(
-                self.inspect_manifest(image, &reference, &auth, &entry.digest, platform_manifest, platform)
+                self.inspect_manifest(image, &reference, &session, &entry.digest, platform_manifest, platform)
                     .await?,
             );
         }
@@ -470,7 +516,7 @@ impl Inspector {
         &self,
         image: &str,
         reference: &Reference,
-        auth: &RegistryAuth,
+        session: &Session,
         digest: &str,
         manifest: ManifestDoc,
         platform: Option<String>,
@@ -497,7 +543,7 @@ impl Inspector {
                 reason: format!("{total} bytes of layers (limit {})", self.config.max_image_bytes),
             });
         }
-        let config = self.fetch_config(image, reference, &config_desc).await?;
+        let config = self.fetch_config(image, reference, session, &config_desc).await?;
         let run = config.config.unwrap_or_default();
         let user = run.user.unwrap_or_default();
         let platform = platform.unwrap_or_else(|| config.platform.name());
@@ -513,7 +559,7 @@ impl Inspector {
         let top_down: Vec<&Descriptor> = layers.iter().rev().collect();
         for window in top_down.chunks(LAYERS_IN_PARALLEL) {
             let fetched =
-                futures_util::future::join_all(window.iter().map(|d| self.layer_facts(image, reference, auth, d)))
+                futures_util::future::join_all(window.iter().map(|d| self.layer_facts(image, reference, session, d)))
                     .await;
             for (desc, facts) in window.iter().zip(fetched) {
                 scanned.insert(0, (desc.digest.clone(), facts?));
@@ -565,6 +611,7 @@ impl Inspector {
         &self,
         image: &str,
         reference: &Reference,
+        session: &Session,
         desc: &Descriptor,
     ) -> Result<ConfigDoc, ImageError> {
         if desc.size > self.config.max_config_bytes {
@@ -574,7 +621,8 @@ impl Inspector {
             });
         }
         let mut out = Vec::new();
-        self.client
+        session
+            .client
             .pull_blob(reference, desc.digest.as_str(), &mut out)
             .await
             .map_err(|e| classify(image, e))?;
@@ -590,15 +638,13 @@ impl Inspector {
         &self,
         image: &str,
         reference: &Reference,
-        auth: &RegistryAuth,
+        session: &Session,
         desc: &Descriptor,
     ) -> Result<Arc<LayerFacts>, ImageError> {
         if let Some(hit) = Self::lock(&self.layers).get(&desc.digest) {
             return Ok(hit);
         }
-        // Authentication is stored per registry by the manifest request before.
-        let _ = auth;
-        let sized = self
+        let sized = session
             .client
             .pull_blob_stream(reference, desc.digest.as_str())
             .await
@@ -743,6 +789,7 @@ impl Inspector {
         images: &[String],
         platform: &str,
         timeout: Duration,
+        extra: Option<Arc<Credentials>>,
     ) -> crate::policy::ImageFacts {
         use crate::policy::ImageStatus;
         let options = if platform == "all" {
@@ -751,9 +798,9 @@ impl Inspector {
             InspectOptions::Platform(platform.to_string())
         };
         let lookups = images.iter().map(|image| {
-            let options = &options;
+            let (options, extra) = (&options, extra.clone());
             async move {
-                let status = match self.inspect(image, options, Some(timeout)).await {
+                let status = match self.inspect_as(image, options, Some(timeout), extra).await {
                     Ok(reports) => ImageStatus::Inspected(reports),
                     Err(e) => ImageStatus::Failed(e.to_string()),
                 };

@@ -36,9 +36,29 @@ pub struct PodSpec {
     pub containers: Option<Vec<Container>>,
     #[serde(default)]
     pub ephemeral_containers: Option<Vec<Container>>,
+    /// Secrets with registry credentials for the pod's images.
+    #[serde(default)]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct LocalObjectReference {
+    #[serde(default)]
+    pub name: String,
 }
 
 impl PodSpec {
+    /// Names of the pod's imagePullSecrets.
+    pub fn pull_secret_names(&self) -> Vec<String> {
+        self.image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
     pub fn init_containers(&self) -> &[Container] {
         self.init_containers.as_deref().unwrap_or_default()
     }

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::model::{Container, ObjectMeta, PodOs, PodSecurityContext, PodSpec};
+use super::model::{Container, LocalObjectReference, ObjectMeta, PodOs, PodSecurityContext, PodSpec};
 
 /// A kind whose objects carry a pod spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -141,6 +141,8 @@ struct SpecShape {
     containers: Option<Vec<Container>>,
     #[serde(default)]
     ephemeral_containers: Option<Vec<Container>>,
+    #[serde(default)]
+    image_pull_secrets: Option<Vec<LocalObjectReference>>,
     // Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job.
     #[serde(default)]
     template: Option<TemplateShape>,
@@ -179,6 +181,7 @@ impl ObjectShape {
                 init_containers: spec.init_containers,
                 containers: spec.containers,
                 ephemeral_containers: spec.ephemeral_containers,
+                image_pull_secrets: spec.image_pull_secrets,
             },
             WorkloadKind::CronJob => template(spec.job_template.and_then(|j| j.spec).and_then(|s| s.template)),
             _ => template(spec.template),

@@ -16,6 +16,15 @@ pub trait NamespaceLabels: Send + Sync {
     fn labels(&self, namespace: &str) -> BTreeMap<String, String>;
 }
 
+/// Registry credentials from a pod's imagePullSecrets.
+pub trait PullSecrets: Send + Sync {
+    fn credentials<'a>(
+        &'a self,
+        namespace: &'a str,
+        names: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Option<crate::image::credentials::Credentials>>;
+}
+
 /// Knows only a namespace's name, as the label `kubernetes.io/metadata.name`.
 /// Used by the standalone webhook, which has no API server to ask.
 pub struct NameOnly;
@@ -39,6 +48,8 @@ pub struct Admission {
     namespaces: Arc<dyn NamespaceLabels>,
     /// Reads images from their registries; `None` turns the image rules off.
     inspector: Option<Arc<Inspector>>,
+    /// Resolves imagePullSecrets (in a cluster).
+    pull_secrets: Option<Arc<dyn PullSecrets>>,
 }
 
 /// What a review decided, for the response and for metrics.
@@ -55,7 +66,14 @@ impl Admission {
             policies: RwLock::new(Arc::new(policies)),
             namespaces,
             inspector: None,
+            pull_secrets: None,
         }
+    }
+
+    /// Uses the pods' imagePullSecrets when reading their images.
+    pub fn with_pull_secrets(mut self, source: Arc<dyn PullSecrets>) -> Self {
+        self.pull_secrets = Some(source);
+        self
     }
 
     /// Turns image inspection on.
@@ -127,7 +145,14 @@ impl Admission {
         if let Some(inspector) = self.inspector.as_ref().filter(|_| inspect)
             && let Some(plan) = policy::inspection_plan(&policies, &subject)
         {
-            facts = inspector.gather(&plan.images, &plan.platform, plan.timeout).await;
+            let names = workload.spec.pull_secret_names();
+            let extra = match (&self.pull_secrets, names.is_empty()) {
+                (Some(source), false) => source.credentials(namespace, &names).await.map(Arc::new),
+                _ => None,
+            };
+            facts = inspector
+                .gather(&plan.images, &plan.platform, plan.timeout, extra)
+                .await;
             subject.images = Some(&facts);
         }
         policy::evaluate(&policies, &subject, now)
