@@ -207,10 +207,10 @@ async fn basic_auth_front(upstream: std::net::SocketAddr) -> std::net::SocketAdd
                         .await;
                     return;
                 }
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                    if outbound.write_all(&head).await.is_ok() {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
+                    && outbound.write_all(&head).await.is_ok()
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
             });
         }
