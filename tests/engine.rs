@@ -378,6 +378,8 @@ fn report(image: &str, shells: &[&str], pms: &[&str], user: &str, uid: Option<u3
         package_databases: vec![],
         distroless: shells.is_empty() && pms.is_empty(),
         evidence,
+        entrypoint: vec![],
+        cmd: vec![],
         base_image: None,
     })]))
 }

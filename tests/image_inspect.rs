@@ -85,6 +85,7 @@ async fn a_distroless_static_nonroot_image_is_distroless_with_a_numeric_user() {
     assert_eq!(r.package_databases, ["/var/lib/dpkg/status.d"]);
     assert_eq!(r.platform, "linux/amd64");
     assert!(r.digest.starts_with("sha256:"));
+    assert_eq!(r.entrypoint, ["/app"], "the config's Entrypoint is read");
 }
 
 #[tokio::test]

@@ -180,6 +180,10 @@ struct RunConfig {
     user: Option<String>,
     #[serde(default, rename = "Labels")]
     labels: Option<HashMap<String, String>>,
+    #[serde(default, rename = "Entrypoint")]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default, rename = "Cmd")]
+    cmd: Option<Vec<String>>,
 }
 
 const BASE_NAME: &str = "org.opencontainers.image.base.name";
@@ -600,6 +604,8 @@ impl Inspector {
             package_managers,
             package_databases: databases.into_iter().map(|e| e.path).collect(),
             evidence,
+            entrypoint: run.entrypoint.clone().unwrap_or_default(),
+            cmd: run.cmd.clone().unwrap_or_default(),
             base_image,
         });
         let weight = report.weight();

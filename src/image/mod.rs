@@ -52,6 +52,11 @@ pub struct ImageReport {
     pub distroless: bool,
     /// Path and layer of every finding, and of `/etc/passwd` when a name was mapped.
     pub evidence: Vec<Evidence>,
+    /// The image's `Entrypoint` and `Cmd` (what runs when a pod sets no `command`/`args`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
     /// `org.opencontainers.image.base.name`, when the image says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_image: Option<String>,
