@@ -141,6 +141,16 @@ async fn webhook_configs(server: &ApiServer) {
     }
 }
 
+/// The double with the CRD and webhook configurations, and one operator ("a") running against it.
+async fn operator() -> (ApiServer, run::Running, tempfile::TempDir) {
+    let server = ApiServer::start().await;
+    server.install_crd(crd()).unwrap();
+    webhook_configs(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = run::start(args(&server, dir.path(), "a")).await.unwrap();
+    (server, running, dir)
+}
+
 #[tokio::test]
 async fn a_missing_crd_is_a_clear_error_that_says_how_to_install_it() {
     let server = ApiServer::start().await;
@@ -157,11 +167,7 @@ async fn a_missing_crd_is_a_clear_error_that_says_how_to_install_it() {
 
 #[tokio::test]
 async fn an_audit_policy_status_follows_workloads_and_events_are_emitted_once() {
-    let server = ApiServer::start().await;
-    server.install_crd(crd()).unwrap();
-    webhook_configs(&server).await;
-    let dir = tempfile::tempdir().unwrap();
-    let running = run::start(args(&server, dir.path(), "a")).await.unwrap();
+    let (server, running, _dir) = operator().await;
     let policy: Value = serde_yaml::from_str(AUDIT_POLICY).unwrap();
     create(&server, "/apis/distrolessguard.dev/v1alpha1/distrolesspolicies", policy).await;
     create(
@@ -289,11 +295,7 @@ async fn an_audit_policy_status_follows_workloads_and_events_are_emitted_once() 
 
 #[tokio::test]
 async fn certificates_are_created_the_ca_bundle_patched_and_a_forced_rotation_served() {
-    let server = ApiServer::start().await;
-    server.install_crd(crd()).unwrap();
-    webhook_configs(&server).await;
-    let dir = tempfile::tempdir().unwrap();
-    let running = run::start(args(&server, dir.path(), "a")).await.unwrap();
+    let (server, running, _dir) = operator().await;
     let secret = server
         .get("", "secrets", "distroless-guard", "distroless-guard-webhook-tls")
         .expect("the Secret is created");
@@ -455,11 +457,7 @@ fn leadership_moves_when_the_leader_stops_renewing() {
 
 #[tokio::test]
 async fn pod_creates_go_through_the_operators_webhooks_as_the_api_server_would_send_them() {
-    let server = ApiServer::start().await;
-    server.install_crd(crd()).unwrap();
-    webhook_configs(&server).await;
-    let dir = tempfile::tempdir().unwrap();
-    let running = run::start(args(&server, dir.path(), "a")).await.unwrap();
+    let (server, running, _dir) = operator().await;
     server.route_service("distroless-guard", "distroless-guard-webhook", running.webhook_addr);
     let deny: Value = serde_yaml::from_str("apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {name: deny}\nspec: {action: Deny, match: {excludeNamespaces: [kube-system]}}\n").unwrap();
     create(&server, "/apis/distrolessguard.dev/v1alpha1/distrolesspolicies", deny).await;
@@ -531,11 +529,7 @@ async fn missing_rbac_for_a_watched_resource_is_named_at_startup() {
 
 #[tokio::test]
 async fn a_leader_that_loses_its_lease_stops_writing_at_once() {
-    let server = ApiServer::start().await;
-    server.install_crd(crd()).unwrap();
-    webhook_configs(&server).await;
-    let dir = tempfile::tempdir().unwrap();
-    let running = run::start(args(&server, dir.path(), "a")).await.unwrap();
+    let (server, running, _dir) = operator().await;
     let mut leading = running.leading.clone();
     tokio::time::timeout(Duration::from_secs(10), leading.wait_for(|l| *l))
         .await
