@@ -114,14 +114,7 @@ async fn a_compliant_pod_is_allowed_and_mutated_to_the_non_root_user() {
 #[tokio::test]
 async fn workload_templates_are_never_mutated() {
     let hook = TestWebhook::start(PolicySet::builtin_default()).await;
-    let resp = response(
-        &hook
-            .connect()
-            .await
-            .post("/mutate", body(&data("deployment-exec-probe.json")))
-            .await
-            .1,
-    );
+    let resp = hook.review("/mutate", body(&data("deployment-exec-probe.json"))).await;
     assert_eq!(resp["allowed"], true);
     assert!(resp.get("patch").is_none());
 }
@@ -129,28 +122,18 @@ async fn workload_templates_are_never_mutated() {
 #[tokio::test]
 async fn warn_mode_admits_with_warnings_and_audit_mode_with_annotations() {
     let warn = TestWebhook::start(policy("apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {name: warn}\nspec: {action: Warn}\n")).await;
-    let resp = response(
-        &warn
-            .connect()
-            .await
-            .post("/validate", body(&data("deployment-exec-probe.json")))
-            .await
-            .1,
-    );
+    let resp = warn
+        .review("/validate", body(&data("deployment-exec-probe.json")))
+        .await;
     assert_eq!(resp["allowed"], true);
     let warnings = resp["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].as_str().unwrap().contains("[exec-probe]"), "{warnings:?}");
 
     let audit = TestWebhook::start(policy("apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {name: audit}\nspec: {action: Audit}\n")).await;
-    let resp = response(
-        &audit
-            .connect()
-            .await
-            .post("/validate", body(&data("deployment-exec-probe.json")))
-            .await
-            .1,
-    );
+    let resp = audit
+        .review("/validate", body(&data("deployment-exec-probe.json")))
+        .await;
     assert_eq!(resp["allowed"], true);
     assert!(resp.get("warnings").is_none());
     assert_eq!(
@@ -194,14 +177,9 @@ async fn an_update_may_keep_an_old_violation_but_not_add_a_new_one() {
 #[tokio::test]
 async fn an_ephemeral_debug_container_running_as_root_is_denied() {
     let hook = TestWebhook::start(PolicySet::builtin_default()).await;
-    let resp = response(
-        &hook
-            .connect()
-            .await
-            .post("/validate", body(&data("pod-ephemeral-root-debugger.json")))
-            .await
-            .1,
-    );
+    let resp = hook
+        .review("/validate", body(&data("pod-ephemeral-root-debugger.json")))
+        .await;
     assert_eq!(resp["allowed"], false);
     let message = resp["status"]["message"].as_str().unwrap();
     assert!(
@@ -296,7 +274,7 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
 
     let (status, _) = conn.get("/healthz").await;
     assert_eq!(status, StatusCode::OK, "the server keeps serving on an old connection");
-    let resp = response(&hook.connect().await.post("/validate", body(&good)).await.1);
+    let resp = hook.review("/validate", body(&good)).await;
     assert_eq!(resp["allowed"], true);
 }
 

@@ -112,7 +112,7 @@ async fn an_image_that_cannot_be_read_in_time_follows_on_error() {
     ))
     .await;
     let started = Instant::now();
-    let resp = response(&warn.connect().await.post("/validate", pod_review(&image)).await.1);
+    let resp = warn.review("/validate", pod_review(&image)).await;
     let took = started.elapsed();
     assert_eq!(resp["allowed"], true, "{resp}");
     let warning = resp["warnings"][0].as_str().unwrap();
@@ -130,7 +130,7 @@ async fn an_image_that_cannot_be_read_in_time_follows_on_error() {
         &hole.to_string(),
     ))
     .await;
-    let resp = response(&deny.connect().await.post("/validate", pod_review(&image)).await.1);
+    let resp = deny.review("/validate", pod_review(&image)).await;
     assert_eq!(resp["allowed"], false);
     assert!(
         resp["status"]["message"]

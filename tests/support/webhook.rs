@@ -43,6 +43,14 @@ impl TestWebhook {
         }
     }
 
+    /// Posts a body on a new connection and returns the AdmissionReview's `response`.
+    pub async fn review(&self, path: &str, body: Vec<u8>) -> serde_json::Value {
+        let (_, bytes) = self.connect().await.post(path, body).await;
+        let review: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(review["kind"], "AdmissionReview", "{review}");
+        review["response"].clone()
+    }
+
     pub async fn connect(&self) -> HttpsConn {
         HttpsConn::connect(self.server.local_addr, self.ca.client_config())
             .await
