@@ -289,6 +289,14 @@ fn conflict_with(policy: &CompiledPolicy, set: &PolicySet) -> Option<String> {
         })
 }
 
+/// When the next exemption of a policy stops applying: midnight UTC after its
+/// last day. The audit wakes then, so an expired exemption stops on time.
+pub fn expiry_instant(policy: &CompiledPolicy, today: jiff::civil::Date) -> Option<Timestamp> {
+    let last_day = policy.next_expiry(today)?;
+    let day_after = last_day.tomorrow().ok()?;
+    day_after.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp())
+}
+
 /// The full rule map, so a rule that stops being broken is written as 0.
 fn full_by_rule(summary: &mut AuditSummary) {
     for r in RuleId::ALL {
@@ -411,18 +419,10 @@ impl Auditor {
                         f(name, &summary);
                     }
                     self.emit_events(name, pending, emitted).await;
-                    if let Some(day) = compiled.next_expiry(today) {
-                        // The day after the last day, at midnight UTC.
-                        let at = day
-                            .tomorrow()
-                            .ok()
-                            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
-                            .map(|z| z.timestamp());
-                        next_expiry = match (next_expiry, at) {
-                            (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
-                            (a, b) => a.or(b),
-                        };
-                    }
+                    next_expiry = match (next_expiry, expiry_instant(compiled, today)) {
+                        (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                        (a, b) => a.or(b),
+                    };
                     let (reason, message) = match conflict_with(compiled, &set) {
                         Some(m) => ("Conflict", m),
                         None => (
@@ -564,5 +564,33 @@ impl PendingEvent {
             note.push_str("...");
         }
         Some(PendingEvent { key, reference, note })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_wakes_at_midnight_after_the_last_exempt_day() {
+        let policy: DistrolessPolicy = serde_yaml::from_str(
+            "apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {name: p}\nspec:\n  exemptions:\n  - {reason: a, expires: '2027-03-31'}\n  - {reason: b, expires: '2026-12-01'}\n  - {reason: c}\n",
+        )
+        .unwrap();
+        let compiled = CompiledPolicy::compile(&policy).unwrap();
+        let today: jiff::civil::Date = "2026-11-22".parse().unwrap();
+        let at = expiry_instant(&compiled, today).unwrap();
+        assert_eq!(
+            at,
+            "2026-12-02T00:00:00Z".parse::<Timestamp>().unwrap(),
+            "the earliest expiry first"
+        );
+        let later: jiff::civil::Date = "2026-12-02".parse().unwrap();
+        assert_eq!(
+            expiry_instant(&compiled, later).unwrap(),
+            "2027-04-01T00:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        let after_all: jiff::civil::Date = "2027-04-01".parse().unwrap();
+        assert_eq!(expiry_instant(&compiled, after_all), None);
     }
 }
