@@ -12,7 +12,7 @@ use jiff::{Timestamp, ToSpan};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::json;
 use tokio::sync::watch;
@@ -211,64 +211,71 @@ pub async fn reconcile(client: &kube::Client, config: &CertConfig) -> Result<Sec
 }
 
 async fn patch_ca_bundles(client: &kube::Client, config: &CertConfig, ca: &[u8]) -> Result<(), CertError> {
+    let configs = [
+        (
+            ApiResource::erase::<ValidatingWebhookConfiguration>(&()),
+            &config.validating_webhook,
+        ),
+        (
+            ApiResource::erase::<MutatingWebhookConfiguration>(&()),
+            &config.mutating_webhook,
+        ),
+    ];
+    for (resource, name) in configs {
+        if let Some(name) = name {
+            patch_ca_bundle(client, &resource, name, ca).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `ca` into every webhook's `clientConfig.caBundle` of one webhook
+/// configuration (validating or mutating: the field is the same), when it differs.
+async fn patch_ca_bundle(
+    client: &kube::Client,
+    resource: &ApiResource,
+    name: &str,
+    ca: &[u8],
+) -> Result<(), CertError> {
     use base64::Engine;
     let bundle = base64::engine::general_purpose::STANDARD.encode(ca);
-    if let Some(name) = &config.validating_webhook {
-        let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-        if let Some(vwc) = api.get_opt(name).await.map_err(|source| CertError::Api {
-            what: format!("ValidatingWebhookConfiguration {name}"),
-            source,
-        })? {
-            let webhooks = vwc.webhooks.unwrap_or_default();
-            if webhooks
-                .iter()
-                .any(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]) != Some(ca))
-            {
-                let patched: Vec<_> = webhooks
-                    .iter()
-                    .map(|w| json!({"name": w.name, "clientConfig": {"caBundle": bundle}}))
-                    .collect();
-                let patch = json!({"webhooks": webhooks.iter().zip(patched).map(|(w, p)| {
-                    let mut full = serde_json::to_value(w).unwrap_or_default();
-                    json_patch::merge(&mut full, &p);
-                    full
-                }).collect::<Vec<_>>()});
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(|source| CertError::Api {
-                        what: format!("ValidatingWebhookConfiguration {name}"),
-                        source,
-                    })?;
-                info!(%name, "caBundle written");
-            }
-        }
+    let what = || format!("{} {name}", resource.kind);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
+    let Some(current) = api
+        .get_opt(name)
+        .await
+        .map_err(|source| CertError::Api { what: what(), source })?
+    else {
+        return Ok(());
+    };
+    let webhooks = current
+        .data
+        .get("webhooks")
+        .and_then(|w| w.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let up_to_date = webhooks
+        .iter()
+        .all(|w| w.pointer("/clientConfig/caBundle").and_then(|b| b.as_str()) == Some(&bundle));
+    if up_to_date {
+        return Ok(());
     }
-    if let Some(name) = &config.mutating_webhook {
-        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-        if let Some(mwc) = api.get_opt(name).await.map_err(|source| CertError::Api {
-            what: format!("MutatingWebhookConfiguration {name}"),
-            source,
-        })? {
-            let webhooks = mwc.webhooks.unwrap_or_default();
-            if webhooks
-                .iter()
-                .any(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]) != Some(ca))
-            {
-                let patch = json!({"webhooks": webhooks.iter().map(|w| {
-                    let mut full = serde_json::to_value(w).unwrap_or_default();
-                    json_patch::merge(&mut full, &json!({"clientConfig": {"caBundle": bundle}}));
-                    full
-                }).collect::<Vec<_>>()});
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(|source| CertError::Api {
-                        what: format!("MutatingWebhookConfiguration {name}"),
-                        source,
-                    })?;
-                info!(%name, "caBundle written");
-            }
-        }
-    }
+    // A merge patch replaces lists whole: send every webhook, each with the new bundle.
+    let patched: Vec<_> = webhooks
+        .into_iter()
+        .map(|mut w| {
+            json_patch::merge(&mut w, &json!({"clientConfig": {"caBundle": bundle}}));
+            w
+        })
+        .collect();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"webhooks": patched})),
+    )
+    .await
+    .map_err(|source| CertError::Api { what: what(), source })?;
+    info!(kind = %resource.kind, %name, "caBundle written");
     Ok(())
 }
 
@@ -280,16 +287,10 @@ pub async fn run(
     config: CertConfig,
     leader: watch::Receiver<bool>,
 ) -> Result<Arc<ReloadingCert>, String> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let first = loop {
-        if *leader.borrow()
-            && let Err(e) = reconcile(&client, &config).await
-        {
-            warn!(error = %e, "cannot set up the webhook certificate yet");
-        }
-        if let Ok(Some(s)) = secrets.get_opt(&config.secret).await
-            && let (Some(c), Some(k)) = (data(&s, "tls.crt"), data(&s, "tls.key"))
-            && let Ok(certs) = ReloadingCert::from_pem(&c, &k)
+        if let Some(certs) = step(&client, &config, &leader)
+            .await
+            .and_then(|(c, k)| ReloadingCert::from_pem(&c, &k).ok())
         {
             break Arc::new(certs);
         }
@@ -298,26 +299,37 @@ pub async fn run(
     let certs = first.clone();
     tokio::spawn(async move {
         loop {
-            if *leader.borrow()
-                && let Err(e) = reconcile(&client, &config).await
-            {
-                warn!(error = %e, "certificate reconcile failed");
-            }
-            match secrets.get_opt(&config.secret).await {
-                Ok(Some(s)) => {
-                    if let (Some(c), Some(k)) = (data(&s, "tls.crt"), data(&s, "tls.key")) {
-                        match certs.set_pem(&c, &k) {
-                            Ok(true) => info!("webhook certificate reloaded from the Secret"),
-                            Ok(false) => {}
-                            Err(e) => warn!(error = %e, "the certificate Secret holds an unusable pair"),
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "cannot read the certificate Secret"),
-            }
             tokio::time::sleep(config.interval).await;
+            if let Some((c, k)) = step(&client, &config, &leader).await {
+                match certs.set_pem(&c, &k) {
+                    Ok(true) => info!("webhook certificate reloaded from the Secret"),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "the certificate Secret holds an unusable pair"),
+                }
+            }
         }
     });
     Ok(first)
+}
+
+/// One round: the leader reconciles; every replica reads the serving pair.
+async fn step(
+    client: &kube::Client,
+    config: &CertConfig,
+    leader: &watch::Receiver<bool>,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    if *leader.borrow()
+        && let Err(e) = reconcile(client, config).await
+    {
+        warn!(error = %e, "certificate reconcile failed");
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    match secrets.get_opt(&config.secret).await {
+        Ok(Some(s)) => Some((data(&s, "tls.crt")?, data(&s, "tls.key")?)),
+        Ok(None) => None,
+        Err(e) => {
+            warn!(error = %e, "cannot read the certificate Secret");
+            None
+        }
+    }
 }
