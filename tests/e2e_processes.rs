@@ -65,29 +65,31 @@ fn start_double(dir: &Path, routes: &[String]) -> (Killed, PathBuf) {
     (Killed(child), kubeconfig)
 }
 
+/// Starts the `distroless-guard run` binary against the double, serving the webhook on `listen`.
+fn start_operator(kubeconfig: &Path, listen: &str) -> Killed {
+    let child = Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
+        .args(["run", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args([
+            "--identity",
+            "e2e",
+            "--listen",
+            listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Killed(child)
+}
+
 #[test]
 fn kubectl_sees_the_audit_status_written_by_the_operator_process() {
     let dir = tempfile::tempdir().unwrap();
     let (_apiserver, kubeconfig) = start_double(dir.path(), &[]);
-    let _operator = Killed(
-        Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
-            .args(["run", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args([
-                "--identity",
-                "e2e",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _operator = start_operator(&kubeconfig, "127.0.0.1:0");
     let policy = root().join("examples/policies/audit.yaml");
     let out = kubectl(
         &kubeconfig,
@@ -190,23 +192,7 @@ fn kubectl_users_see_denials_warnings_and_mutation_from_the_operator_process() {
         &["create", "--validate=false", "-f", setup.to_str().unwrap()],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let _operator = Killed(
-        Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
-            .args(["run", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args([
-                "--identity",
-                "e2e",
-                "--listen",
-                &webhook_addr,
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _operator = start_operator(&kubeconfig, &webhook_addr);
     let pod = dir.path().join("root-pod.yaml");
     std::fs::write(&pod, ROOT_POD).unwrap();
 

@@ -22,6 +22,16 @@ fn inspector_with(registry: &TestRegistry, config: InspectorConfig) -> Arc<Inspe
     })
 }
 
+fn limited(registry: &TestRegistry, limits: LayerLimits) -> Arc<Inspector> {
+    inspector_with(
+        registry,
+        InspectorConfig {
+            layer_limits: limits,
+            ..InspectorConfig::default()
+        },
+    )
+}
+
 async fn one(inspector: &Arc<Inspector>, image: &str) -> ImageReport {
     let reports = inspector
         .inspect(image, &InspectOptions::default(), None)
@@ -283,15 +293,11 @@ async fn a_decompression_bomb_is_stopped_with_a_clear_error() {
     let image = registry.image("hostile/bomb:1");
     let zeros = vec![0u8; 96 << 20];
     push(&image, &Image::new(vec![Blob::layer(zeros, Compression::Gzip)])).await;
-    let limits = LayerLimits {
-        bomb_floor: 8 << 20,
-        ..LayerLimits::default()
-    };
-    let insp = inspector_with(
+    let insp = limited(
         &registry,
-        InspectorConfig {
-            layer_limits: limits,
-            ..InspectorConfig::default()
+        LayerLimits {
+            bomb_floor: 8 << 20,
+            ..LayerLimits::default()
         },
     );
     let err = insp
@@ -306,15 +312,11 @@ async fn a_decompression_bomb_is_stopped_with_a_clear_error() {
     let big = registry.image("hostile/huge:1");
     let layer = Layer::new().file("blob.bin", &vec![7u8; 4 << 20]).tar();
     push(&big, &Image::new(vec![Blob::layer(layer, Compression::None)])).await;
-    let limits = LayerLimits {
-        max_tar_bytes: 1 << 20,
-        ..LayerLimits::default()
-    };
-    let insp = inspector_with(
+    let insp = limited(
         &registry,
-        InspectorConfig {
-            layer_limits: limits,
-            ..InspectorConfig::default()
+        LayerLimits {
+            max_tar_bytes: 1 << 20,
+            ..LayerLimits::default()
         },
     );
     let err = insp.inspect(&big, &InspectOptions::default(), None).await.unwrap_err();
