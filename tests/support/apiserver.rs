@@ -64,6 +64,47 @@ const BUILTIN: &[(&str, &str, &str, &str, bool, bool)] = &[
     ("coordination.k8s.io", "v1", "leases", "Lease", true, false),
     ("events.k8s.io", "v1", "events", "Event", true, false),
     (
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        true,
+        true,
+    ),
+    (
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        true,
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "ClusterRole",
+        false,
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
+        false,
+    ),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role", true, false),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "RoleBinding",
+        true,
+        false,
+    ),
+    (
         "admissionregistration.k8s.io",
         "v1",
         "validatingwebhookconfigurations",
@@ -132,8 +173,19 @@ pub struct Inner {
     faults: Mutex<Faults>,
     /// Every request seen, as `METHOD path?query` (for tests that count writes).
     pub requests: Mutex<Vec<String>>,
+    /// Every request seen with the client's User-Agent (kubectl sends one; kube-rs does not).
+    pub calls: Mutex<Vec<Call>>,
     /// Where webhook Services are reachable: (namespace, name) -> address.
     services: Mutex<BTreeMap<(String, String), SocketAddr>>,
+}
+
+/// One request as the double saw it.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub agent: String,
+    pub method: String,
+    pub path: String,
+    pub query: BTreeMap<String, String>,
 }
 
 /// A running in-memory API server (test double) on 127.0.0.1.
@@ -202,6 +254,7 @@ impl ApiServer {
             changes,
             faults: Mutex::new(Faults::default()),
             requests: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
             services: Mutex::new(BTreeMap::new()),
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
@@ -298,6 +351,11 @@ impl ApiServer {
             .filter(|((g, p, _, _), _)| g == group && p == plural)
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// Every request seen so far, with its User-Agent.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.inner.calls).clone()
     }
 
     /// Requests seen so far that match a method and a path fragment.
@@ -655,6 +713,16 @@ async fn handle(
     let path = uri.path().to_string();
     let query = parse_query(uri.query().unwrap_or_default());
     lock(&inner.requests).push(format!("{method} {}", uri));
+    lock(&inner.calls).push(Call {
+        agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+    });
     let (fail, delay) = {
         let mut faults = lock(&inner.faults);
         let mut fail = None;

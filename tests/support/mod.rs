@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod chart;
 pub mod psa;
 pub mod registry;
 pub mod tls;
