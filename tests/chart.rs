@@ -428,7 +428,26 @@ fn rbac_has_no_wildcards_and_grants_only_what_the_settings_need() {
             !cert_manager,
             "{name}"
         );
-        assert_eq!(grants(&local, "secrets", "create"), !cert_manager, "{name}");
+        assert_eq!(grants(&local, "secrets", "update"), !cert_manager, "{name}");
+        // The Lease and the certificate Secret belong to the release, so the
+        // operator needs no `create` and `helm uninstall` leaves nothing behind.
+        assert!(
+            !grants(&local, "leases", "create") && !grants(&local, "secrets", "create"),
+            "{name}"
+        );
+        let lease = r.one("Lease");
+        assert!(
+            lease.get("spec").is_none(),
+            "{name}: the operator owns the Lease's spec"
+        );
+        let secrets = r.all("Secret");
+        assert_eq!(secrets.len(), usize::from(!cert_manager), "{name}");
+        for secret in secrets {
+            assert!(
+                secret.get("data").is_none() && secret["type"] == "Opaque",
+                "{name}: the operator owns the data"
+            );
+        }
         for binding in ["ClusterRoleBinding", "RoleBinding"] {
             let subject = &r.one(binding)["subjects"][0];
             assert_eq!(subject["kind"], "ServiceAccount");

@@ -458,6 +458,21 @@ async fn the_rendered_chart_installs_and_the_operator_works_with_exactly_its_rba
         ])
         .await;
     assert!(not_after.as_str() > "2026", "{not_after}");
+    let kept = kubectl
+        .ok(&[
+            "get",
+            "secret",
+            "-n",
+            NAMESPACE,
+            "distroless-guard-webhook-tls",
+            "-o",
+            "jsonpath={.type} {.metadata.labels.app\\.kubernetes\\.io/managed-by}",
+        ])
+        .await;
+    assert_eq!(
+        kept, "Opaque Helm",
+        "the chart's Secret keeps its type and Helm's labels"
+    );
     let bundle = kubectl
         .ok(&[
             "get",

@@ -177,22 +177,27 @@ pub async fn reconcile(client: &kube::Client, config: &CertConfig) -> Result<Sec
             ] {
                 data.insert(k.to_string(), ByteString(v.as_bytes().to_vec()));
             }
-            let mut secret = existing.unwrap_or_default();
-            secret.metadata = ObjectMeta {
-                name: Some(config.secret.clone()),
-                namespace: Some(config.namespace.clone()),
-                resource_version: secret.metadata.resource_version.clone(),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".into(),
-                    FIELD_MANAGER.into(),
-                )])),
-                annotations: Some(BTreeMap::from([(
-                    NOT_AFTER.into(),
-                    not_after.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                )])),
-                ..ObjectMeta::default()
-            };
-            secret.type_ = Some("kubernetes.io/tls".into());
+            // An existing Secret (for example the one the Helm chart creates, so
+            // that uninstalling removes it) keeps its type, labels and other
+            // annotations; only the data and the expiry annotation are ours.
+            let mut secret = existing.unwrap_or_else(|| Secret {
+                metadata: ObjectMeta {
+                    name: Some(config.secret.clone()),
+                    namespace: Some(config.namespace.clone()),
+                    labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/managed-by".into(),
+                        FIELD_MANAGER.into(),
+                    )])),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("kubernetes.io/tls".into()),
+                ..Secret::default()
+            });
+            secret
+                .metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(NOT_AFTER.into(), not_after.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
             secret.data = Some(data);
             let written = if secret.metadata.resource_version.is_some() {
                 secrets.replace(&config.secret, &PostParams::default(), &secret).await
