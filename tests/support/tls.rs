@@ -43,7 +43,12 @@ impl TestCa {
     }
 
     pub fn serving_cert(&self, serial: u8) -> ServingCert {
-        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        self.serving_cert_for(&["localhost", "127.0.0.1"], serial)
+    }
+
+    /// A serving certificate for the given DNS names (and IP addresses).
+    pub fn serving_cert_for(&self, names: &[&str], serial: u8) -> ServingCert {
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.serial_number = Some(vec![serial].into());
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
