@@ -74,22 +74,33 @@ fn value_sets() -> Vec<(&'static str, Case)> {
     ]
 }
 
-fn render_all() -> Vec<(&'static str, &'static str, Rendered)> {
+/// One value set, rendered.
+struct Set {
+    name: &'static str,
+    namespace: &'static str,
+    values: Value,
+    r: Rendered,
+}
+
+fn render_all() -> Vec<Set> {
     let sets = value_sets();
-    let answer = render(
-        &sets
-            .iter()
-            .map(|(_, c)| Case {
-                values: c.values.clone(),
-                ..*c
-            })
-            .collect::<Vec<_>>(),
-    );
+    let cases: Vec<Case> = sets
+        .iter()
+        .map(|(_, c)| Case {
+            values: c.values.clone(),
+            ..*c
+        })
+        .collect();
     sets.into_iter()
-        .zip(answer.cases)
-        .map(|((name, case), rendered)| {
-            assert_eq!(rendered.error, None, "value set {name:?} did not render");
-            (name, case.namespace, rendered)
+        .zip(render(&cases).cases)
+        .map(|((name, case), r)| {
+            assert_eq!(r.error, None, "value set {name:?} did not render");
+            Set {
+                name,
+                namespace: case.namespace,
+                values: case.values,
+                r,
+            }
         })
         .collect()
 }
@@ -144,7 +155,7 @@ fn the_chart_lints_clean_matches_the_crate_version_and_ships_the_generated_crds(
 
 #[test]
 fn every_value_set_renders_objects_valid_against_the_kubernetes_schemas() {
-    for (name, namespace, r) in render_all() {
+    for Set { name, namespace, r, .. } in render_all() {
         for (template, object, outcome) in &r.objects {
             let kind = object["kind"].as_str().unwrap();
             if THIRD_PARTY_KINDS.contains(&kind) {
@@ -239,11 +250,16 @@ fn webhooks(config: &Value) -> &Vec<Value> {
 
 #[test]
 fn the_webhooks_never_intercept_the_control_plane_or_the_release_namespace() {
-    for (name, namespace, r) in render_all() {
+    for Set {
+        name,
+        namespace,
+        values,
+        r,
+    } in render_all()
+    {
         let mut configs = r.all("ValidatingWebhookConfiguration");
         assert_eq!(configs.len(), 1, "{name}");
         configs.extend(r.all("MutatingWebhookConfiguration"));
-        let values = &value_sets().into_iter().find(|(n, _)| *n == name).unwrap().1.values;
         let extra = strings(&values["webhook"]["excludeNamespaces"]);
         for config in configs {
             for w in webhooks(config) {
@@ -277,8 +293,13 @@ fn the_webhooks_never_intercept_the_control_plane_or_the_release_namespace() {
 
 #[test]
 fn webhook_settings_come_from_values_and_cover_every_kind_the_engine_handles() {
-    for (name, namespace, r) in render_all() {
-        let values = &value_sets().into_iter().find(|(n, _)| *n == name).unwrap().1.values;
+    for Set {
+        name,
+        namespace,
+        values,
+        r,
+    } in render_all()
+    {
         let service = r
             .all("Service")
             .into_iter()
@@ -379,8 +400,13 @@ fn rules_of(r: &Rendered, kind: &str) -> Vec<Value> {
 
 #[test]
 fn rbac_has_no_wildcards_and_grants_only_what_the_settings_need() {
-    for (name, namespace, r) in render_all() {
-        let values = &value_sets().into_iter().find(|(n, _)| *n == name).unwrap().1.values;
+    for Set {
+        name,
+        namespace,
+        values,
+        r,
+    } in render_all()
+    {
         let cluster = rules_of(&r, "ClusterRole");
         let local = rules_of(&r, "Role");
         for rule in cluster.iter().chain(&local) {
@@ -464,7 +490,7 @@ fn rbac_has_no_wildcards_and_grants_only_what_the_settings_need() {
 fn the_operators_own_pod_passes_its_own_default_policy() {
     let bin = env!("CARGO_BIN_EXE_distroless-guard");
     let dir = tempfile::tempdir().unwrap();
-    for (name, _, r) in render_all() {
+    for Set { name, r, .. } in render_all() {
         let pod = &r.one("Deployment")["spec"]["template"]["spec"];
         let c = container(&r);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
@@ -518,8 +544,7 @@ fn the_operators_own_pod_passes_its_own_default_policy() {
 
 #[test]
 fn replicas_disruption_budget_and_spreading_keep_the_webhook_available() {
-    for (name, _, r) in render_all() {
-        let values = &value_sets().into_iter().find(|(n, _)| *n == name).unwrap().1.values;
+    for Set { name, values, r, .. } in render_all() {
         let replicas = values.get("replicaCount").cloned().unwrap_or(json!(2));
         let deployment = r.one("Deployment");
         assert_eq!(deployment["spec"]["replicas"], replicas, "{name}");
@@ -571,8 +596,13 @@ fn replicas_disruption_budget_and_spreading_keep_the_webhook_available() {
 
 #[test]
 fn operator_flags_match_the_names_the_chart_gives_its_objects() {
-    for (name, namespace, r) in render_all() {
-        let values = &value_sets().into_iter().find(|(n, _)| *n == name).unwrap().1.values;
+    for Set {
+        name,
+        namespace,
+        values,
+        r,
+    } in render_all()
+    {
         let args = args(&r);
         assert_eq!(args[0], "run");
         let flag = |f: &str| {
@@ -678,8 +708,13 @@ fn operator_flags_match_the_names_the_chart_gives_its_objects() {
 
 #[test]
 fn optional_objects_appear_only_when_asked_for() {
-    for (name, namespace, r) in render_all() {
-        let values = &value_sets().into_iter().find(|(n, _)| *n == name).unwrap().1.values;
+    for Set {
+        name,
+        namespace,
+        values,
+        r,
+    } in render_all()
+    {
         let kinds = r.kinds();
         let has = |k: &str| kinds.iter().any(|x| x == k);
         assert_eq!(
