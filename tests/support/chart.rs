@@ -22,12 +22,13 @@ pub fn chart_dir() -> PathBuf {
 }
 
 fn has_packages(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-c", "import helm_python, kubernetes_validate, jsonschema, yaml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    python.with_file_name("shellcheck").exists()
+        && Command::new(python)
+            .args(["-c", "import helm_python, kubernetes_validate, jsonschema, yaml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 fn run(cmd: &mut Command) {
@@ -183,6 +184,11 @@ pub fn render_chart(chart: &Path, cases: &[Case]) -> Answer {
         metadata: answer["metadata"].clone(),
         cases,
     }
+}
+
+/// The `shellcheck` binary installed beside the Python interpreter.
+pub fn shellcheck() -> PathBuf {
+    python().with_file_name("shellcheck")
 }
 
 /// Renders the repository's chart for each case.

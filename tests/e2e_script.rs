@@ -1,0 +1,108 @@
+//! The kind end-to-end script cannot run here (no Docker engine); what can be
+//! checked without a cluster is checked: shellcheck over the scripts, the
+//! workflows that run them, the object names the script relies on against the
+//! chart as rendered by the real Helm engine, and that it checks each thing a
+//! user sees.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::json;
+use support::chart::{render_one, root, shellcheck};
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn the_scripts_pass_shellcheck() {
+    for script in ["e2e/run.sh", ".ci/run"] {
+        let out = Command::new(shellcheck())
+            .arg("--severity=style")
+            .arg(root().join(script))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "shellcheck {script}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn the_workflows_run_the_scripts() {
+    let e2e = read(".github/workflows/e2e.yml");
+    assert!(e2e.contains("run: bash e2e/run.sh"), "{e2e}");
+    assert!(e2e.contains("kind") && e2e.contains("setup-helm"));
+    let ci = read(".github/workflows/ci.yml");
+    assert!(ci.contains("run: bash .ci/run"), "{ci}");
+    assert!(ci.contains("cargo clippy --all-targets -- -D warnings") && ci.contains("cargo fmt --check"));
+}
+
+#[test]
+fn the_script_uses_the_names_the_chart_gives_its_objects() {
+    let script = read("e2e/run.sh");
+    assert!(script.contains("helm install distroless-guard charts/distroless-guard -n \"$NS\""));
+    assert!(script.contains("NS=distroless-guard"));
+    let rendered = render_one(json!({}));
+    for (kind, used_as) in [
+        ("Deployment", "deployment/distroless-guard"),
+        ("Secret", "distroless-guard-webhook-tls"),
+        ("ValidatingWebhookConfiguration", "validatingwebhookconfiguration"),
+        ("MutatingWebhookConfiguration", "mutatingwebhookconfiguration"),
+    ] {
+        assert!(script.contains(used_as), "the script never uses {used_as}");
+        assert!(!rendered.all(kind).is_empty(), "the chart renders no {kind}");
+    }
+    assert_eq!(
+        rendered.one("Secret")["metadata"]["name"],
+        "distroless-guard-webhook-tls"
+    );
+    assert_eq!(rendered.one("Deployment")["metadata"]["name"], "distroless-guard");
+    let metrics = rendered
+        .all("Service")
+        .into_iter()
+        .find(|s| s["spec"]["ports"][0]["name"] == "metrics")
+        .unwrap();
+    let proxy = format!(
+        "{}:{}/proxy/metrics",
+        metrics["metadata"]["name"].as_str().unwrap(),
+        metrics["spec"]["ports"][0]["port"]
+    );
+    assert!(script.contains(&proxy), "the script scrapes {proxy}");
+    for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"] {
+        assert_eq!(rendered.one(kind)["metadata"]["name"], "distroless-guard");
+    }
+}
+
+#[test]
+fn the_script_checks_what_users_see() {
+    let script = read("e2e/run.sh");
+    for (check, evidence) in [
+        ("a root pod is denied with the rule id", "\"[root-uid]\" root_pod"),
+        ("an exec-probe Deployment is denied at apply time", "\"[exec-probe]\""),
+        ("a bare pod is mutated", "fsGroup: 65532"),
+        ("warn mode prints Warning:", "'^Warning: .*\\[exec-probe\\]'"),
+        (
+            "the Audit policy counts violating workloads",
+            "{.status.audit.violating}",
+        ),
+        (
+            "kube-system is never intercepted",
+            "root_pod kube-system --dry-run=server",
+        ),
+        ("the caBundle is written", "clientConfig.caBundle"),
+        ("uninstall leaves nothing behind", "helm uninstall distroless-guard"),
+        (
+            "the image is built from the Dockerfile and loaded",
+            "kind load docker-image",
+        ),
+    ] {
+        assert!(
+            script.contains(evidence),
+            "e2e/run.sh does not check that {check} ({evidence})"
+        );
+    }
+}
