@@ -12,7 +12,7 @@ use std::process::Command;
 use distroless_guard::controller::api_resource;
 use distroless_guard::policy::{SYSTEM_NAMESPACES, WorkloadKind};
 use serde_json::{Value, json};
-use support::chart::{Case, Rendered, chart_dir, render, render_chart, render_one, root};
+use support::chart::{Case, Rendered, chart_dir, render, render_chart, render_one, root, strings};
 
 /// Kinds with no schema in kubernetes-validate (they belong to cert-manager
 /// and the Prometheus Operator); the tests below check their fields by hand.
@@ -103,12 +103,6 @@ fn render_all() -> Vec<Set> {
             }
         })
         .collect()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 fn container(r: &Rendered) -> &Value {

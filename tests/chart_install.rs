@@ -16,24 +16,16 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::apiserver::{ApiServer, Call};
-use support::chart::{Rendered, chart_dir, render_one};
+use support::chart::{Rendered, chart_dir, render_one, strings};
+use support::process::{Killed, free_port};
 use support::tls::TestCa;
 
 const NAMESPACE: &str = "distroless-guard";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Kubectl(PathBuf);
 
@@ -94,14 +86,6 @@ impl Kubectl {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts the real binary with the Deployment's args; the pod's listen
@@ -196,12 +180,6 @@ fn resource_request(call: &Call) -> Option<Request> {
         namespace,
         name,
     })
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 /// Whether a PolicyRule allows a request, as Kubernetes RBAC decides it.

@@ -69,6 +69,13 @@ pub fn python() -> &'static Path {
     })
 }
 
+/// The strings of a JSON array (empty when it is not one).
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// One rendering: values, release name and namespace.
 pub struct Case {
     pub values: Value,

@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod chart;
+pub mod process;
 pub mod psa;
 pub mod registry;
 pub mod tls;
