@@ -1,0 +1,376 @@
+//! The control-plane binaries: built once from Go modules into a cache outside
+//! the clone, keyed by versions and recipe, and found again by the tests.
+//!
+//! The recipe is the four wrapper modules under `go/` (their `go.mod` and
+//! `go.sum` pin every module) plus the build flags below. The cache key is a
+//! hash of all of that and of `go version`, so a change to any of them builds
+//! into a new directory and an old cache is never half-reused.
+//!
+//! `DISTROLESS_GUARD_TEST_BINS=DIR` points at binaries a user already has
+//! (release tarballs, setup-envtest plus the others); nothing is built then.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+/// Pinned versions (the wrapper modules hold the same).
+pub const KUBERNETES: &str = "v1.37.2";
+pub const ETCD: &str = "v3.6.16";
+pub const KWOK: &str = "v0.8.0";
+pub const HELM: &str = "v4.3.1";
+
+/// Bumped whenever the build steps change in a way the files below do not show.
+const RECIPE_REVISION: &str = "1";
+
+/// The environment variable naming a directory of ready binaries.
+pub const BINS_ENV: &str = "DISTROLESS_GUARD_TEST_BINS";
+
+/// Every file the harness needs in the binaries directory.
+pub const FILES: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "helm",
+    STAGE_CRD,
+];
+
+/// kwok's Stage CRD, copied from the kwok module at build time.
+pub const STAGE_CRD: &str = "kwok.x-k8s.io_stages.yaml";
+
+struct Module {
+    dir: &'static str,
+    go_mod: &'static str,
+    go_sum: &'static str,
+    packages: &'static [&'static str],
+}
+
+const MODULES: &[Module] = &[
+    Module {
+        dir: "k8s",
+        go_mod: include_str!("../go/k8s/go.mod"),
+        go_sum: include_str!("../go/k8s/go.sum"),
+        packages: &[
+            "k8s.io/kubernetes/cmd/kube-apiserver",
+            "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "k8s.io/kubernetes/cmd/kube-scheduler",
+            "k8s.io/kubernetes/cmd/kubectl",
+        ],
+    },
+    Module {
+        dir: "etcd",
+        go_mod: include_str!("../go/etcd/go.mod"),
+        go_sum: include_str!("../go/etcd/go.sum"),
+        packages: &["go.etcd.io/etcd/server/v3"],
+    },
+    Module {
+        dir: "kwok",
+        go_mod: include_str!("../go/kwok/go.mod"),
+        go_sum: include_str!("../go/kwok/go.sum"),
+        packages: &["sigs.k8s.io/kwok/cmd/kwok"],
+    },
+    Module {
+        dir: "helm",
+        go_mod: include_str!("../go/helm/go.mod"),
+        go_sum: include_str!("../go/helm/go.sum"),
+        packages: &["helm.sh/helm/v4/cmd/helm"],
+    },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BinsError {
+    #[error(
+        "the control-plane binaries are not built ({missing} missing in {dir}); build them once with \
+         `cargo xtask bins` (about 40 minutes on 2 cores the first time, cached afterwards), \
+         or point {BINS_ENV} at a directory holding {files}"
+    )]
+    NotBuilt {
+        dir: PathBuf,
+        missing: String,
+        files: String,
+    },
+    #[error("{BINS_ENV}={dir}: {missing} missing there; the directory must hold {files}")]
+    Incomplete {
+        dir: PathBuf,
+        missing: String,
+        files: String,
+    },
+    #[error("cannot run `go` ({0}); Go 1.26 is needed to build the control-plane binaries")]
+    NoGo(String),
+    #[error("{step} failed: {detail}")]
+    Build { step: String, detail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A directory holding every file in [`FILES`].
+#[derive(Clone, Debug)]
+pub struct Bins {
+    dir: PathBuf,
+}
+
+impl Bins {
+    /// The binaries from `DISTROLESS_GUARD_TEST_BINS`, or the cache entry for this recipe.
+    pub fn locate() -> Result<Bins, BinsError> {
+        if let Some(dir) = std::env::var_os(BINS_ENV) {
+            let dir = PathBuf::from(dir);
+            return match missing_in(&dir) {
+                None => Ok(Bins { dir }),
+                Some(missing) => Err(BinsError::Incomplete {
+                    dir,
+                    missing,
+                    files: FILES.join(", "),
+                }),
+            };
+        }
+        let dir = cache_dir()?;
+        match missing_in(&dir) {
+            None => Ok(Bins { dir }),
+            Some(missing) => Err(BinsError::NotBuilt {
+                dir,
+                missing,
+                files: FILES.join(", "),
+            }),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of one of [`FILES`].
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+fn missing_in(dir: &Path) -> Option<String> {
+    let missing: Vec<&str> = FILES.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// Where cache entries live: `$DISTROLESS_GUARD_CACHE`, else
+/// `$XDG_CACHE_HOME/distroless-guard`, else `~/.cache/distroless-guard`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DISTROLESS_GUARD_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("distroless-guard")
+}
+
+/// The cache entry for this recipe and this Go.
+pub fn cache_dir() -> Result<PathBuf, BinsError> {
+    Ok(cache_root().join("control-plane").join(key(&go_version()?)))
+}
+
+fn go_version() -> Result<String, BinsError> {
+    let out = go()
+        .arg("version")
+        .output()
+        .map_err(|e| BinsError::NoGo(e.to_string()))?;
+    if !out.status.success() {
+        return Err(BinsError::NoGo(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Versions, a short hash of the recipe and Go: `k8s-v1.37.2_etcd-v3.6.16_..._<hash>`.
+pub fn key(go_version: &str) -> String {
+    let mut h = Sha256::new();
+    for m in MODULES {
+        h.update(m.dir);
+        h.update(m.go_mod);
+        h.update(m.go_sum);
+        for p in m.packages {
+            h.update(p);
+        }
+        h.update(ldflags(m.dir));
+    }
+    h.update(RECIPE_REVISION);
+    h.update(go_version);
+    h.update(TAGS);
+    let hash = hex::encode(h.finalize());
+    format!("k8s-{KUBERNETES}_etcd-{ETCD}_kwok-{KWOK}_helm-{HELM}_{}", &hash[..12])
+}
+
+const TAGS: &str = "notest,grpcnotrace";
+
+fn ldflags(module: &str) -> String {
+    let mut f = String::from("-s -w");
+    match module {
+        "k8s" => {
+            let minor = KUBERNETES.split('.').nth(1).unwrap_or_default();
+            for p in ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"] {
+                f += &format!(
+                    " -X {p}.gitVersion={KUBERNETES} -X {p}.gitMajor=1 -X {p}.gitMinor={minor} \
+                     -X {p}.gitTreeState=clean -X {p}.buildDate=1970-01-01T00:00:00Z"
+                );
+            }
+        }
+        "etcd" => f += &format!(" -X go.etcd.io/etcd/api/v3/version.GitSHA={ETCD}"),
+        "helm" => f += &format!(" -X helm.sh/helm/v4/internal/version.version={HELM}"),
+        _ => {}
+    }
+    f
+}
+
+fn go() -> Command {
+    let mut cmd = Command::new("go");
+    // The Go that is installed, not one a go.mod line would download.
+    cmd.env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .env("GOFLAGS", "-mod=readonly -modcacherw -buildvcs=false");
+    cmd
+}
+
+/// What `build` reports: where the binaries are and how long it took.
+pub struct Built {
+    pub bins: Bins,
+    pub seconds: f64,
+    pub cached: bool,
+}
+
+/// Builds every binary into the cache entry unless it is already complete.
+/// Builds into `<entry>.tmp` and renames, so an interrupted build is never found.
+pub fn build(source: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BinsError> {
+    let started = Instant::now();
+    if std::env::var_os(BINS_ENV).is_some() {
+        return Ok(Built {
+            bins: Bins::locate()?,
+            seconds: 0.0,
+            cached: true,
+        });
+    }
+    let dir = cache_dir()?;
+    if missing_in(&dir).is_none() {
+        return Ok(Built {
+            bins: Bins { dir },
+            seconds: 0.0,
+            cached: true,
+        });
+    }
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    for m in MODULES {
+        let step = format!("go build of {}", m.packages.join(" "));
+        log(&format!("building {} (go build -p {jobs})", m.packages.join(", ")));
+        let t = Instant::now();
+        let mut cmd = go();
+        cmd.current_dir(source.join(m.dir))
+            .arg("build")
+            .arg(format!("-p={jobs}"))
+            .arg("-trimpath")
+            .arg(format!("-tags={TAGS}"))
+            .arg(format!("-ldflags={}", ldflags(m.dir)))
+            .arg("-o")
+            .arg(format!("{}/", tmp.display()))
+            .args(m.packages);
+        run(&mut cmd, &step)?;
+        log(&format!("  done in {:.0} s", t.elapsed().as_secs_f64()));
+    }
+    // go build names etcd's main package (go.etcd.io/etcd/server/v3) after "server".
+    for name in ["server", "v3"] {
+        if tmp.join(name).is_file() {
+            std::fs::rename(tmp.join(name), tmp.join("etcd"))?;
+        }
+    }
+    let kwok_dir = module_dir(source, "kwok", &format!("sigs.k8s.io/kwok@{KWOK}"))?;
+    std::fs::copy(
+        kwok_dir.join("kustomize/crd/bases").join(STAGE_CRD),
+        tmp.join(STAGE_CRD),
+    )?;
+    if let Some(missing) = missing_in(&tmp) {
+        return Err(BinsError::Build {
+            step: "the build".into(),
+            detail: format!("{missing} not produced in {}", tmp.display()),
+        });
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&tmp, &dir)?;
+    Ok(Built {
+        bins: Bins { dir },
+        seconds: started.elapsed().as_secs_f64(),
+        cached: false,
+    })
+}
+
+/// The directory of a downloaded module, as `go mod download -json` reports it.
+fn module_dir(source: &Path, module: &str, at: &str) -> Result<PathBuf, BinsError> {
+    let mut cmd = go();
+    cmd.current_dir(source.join(module))
+        .args(["mod", "download", "-json", at]);
+    let out = run(&mut cmd, &format!("go mod download {at}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| BinsError::Build {
+        step: format!("go mod download {at}"),
+        detail: e.to_string(),
+    })?;
+    v["Dir"].as_str().map(PathBuf::from).ok_or_else(|| BinsError::Build {
+        step: format!("go mod download {at}"),
+        detail: format!("no Dir in {v}"),
+    })
+}
+
+fn run(cmd: &mut Command, step: &str) -> Result<Vec<u8>, BinsError> {
+    let out = cmd.output().map_err(|e| BinsError::NoGo(e.to_string()))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+        return Err(BinsError::Build {
+            step: step.to_string(),
+            detail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_names_the_versions_and_changes_with_go() {
+        let a = key("go version go1.26.8 linux/amd64");
+        let b = key("go version go1.26.9 linux/amd64");
+        assert!(
+            a.starts_with("k8s-v1.37.2_etcd-v3.6.16_kwok-v0.8.0_helm-v4.3.1_"),
+            "{a}"
+        );
+        assert_ne!(a, b);
+        assert_eq!(a, key("go version go1.26.8 linux/amd64"));
+    }
+
+    #[test]
+    fn the_kubernetes_binaries_are_stamped_with_their_version() {
+        let f = ldflags("k8s");
+        assert!(f.contains("k8s.io/component-base/version.gitVersion=v1.37.2"), "{f}");
+        assert!(f.contains("k8s.io/client-go/pkg/version.gitMinor=37"), "{f}");
+    }
+
+    #[test]
+    fn the_wrapper_modules_pin_the_versions_named_here() {
+        let find = |dir: &str, needle: &str| {
+            MODULES
+                .iter()
+                .find(|m| m.dir == dir)
+                .is_some_and(|m| m.go_mod.contains(needle))
+        };
+        assert!(find("k8s", &format!("k8s.io/kubernetes {KUBERNETES}")));
+        assert!(find("etcd", &format!("go.etcd.io/etcd/server/v3 {ETCD}")));
+        assert!(find("kwok", &format!("sigs.k8s.io/kwok {KWOK}")));
+        assert!(find("helm", &format!("helm.sh/helm/v4 {HELM}")));
+    }
+}

@@ -1,0 +1,774 @@
+//! Starting and stopping the control plane: etcd, kube-apiserver (RBAC,
+//! client-certificate admin, service-account tokens, the default admission
+//! chain with ServiceAccount and PodSecurity, an audit log, the egress
+//! selector), kube-controller-manager, kube-scheduler, and kwok with fake
+//! Nodes.
+
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+use crate::bins::Bins;
+use crate::egress::Egress;
+use crate::pki::{self, Ca, Credentials};
+use crate::process::{self, Process};
+use crate::stages;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bins(#[from] crate::bins::BinsError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("certificates: {0}")]
+    Pki(String),
+    #[error("{component} exited during start-up ({status}); its log ends with:\n{tail}")]
+    Exited {
+        component: String,
+        status: String,
+        tail: String,
+    },
+    #[error("{what} did not happen within {seconds} s; logs under {dir}:\n{tails}")]
+    Timeout {
+        what: String,
+        seconds: u64,
+        dir: String,
+        tails: String,
+    },
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Kube { what, source }
+}
+
+/// How to start a control plane.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Work directory (certificates, kubeconfigs, logs, etcd data); a fresh one under
+    /// /dev/shm (or the temp dir) when `None`, removed at exit.
+    pub dir: Option<PathBuf>,
+    /// Fake kwok Nodes to create.
+    pub nodes: usize,
+    /// Lift the client rate limits of the controller-manager and scheduler and the
+    /// API server's in-flight limits (benchmarks with thousands of pods).
+    pub unlimited: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dir: None,
+            nodes: 2,
+            unlimited: false,
+        }
+    }
+}
+
+/// The pod network kwok hands out IPs from, and the node addresses.
+pub const POD_CIDR: &str = "10.244.0.0/16";
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+const NODE_IP: &str = "10.240.0.1";
+
+/// A running control plane. Dropping it stops every component.
+pub struct ControlPlane {
+    dir: PathBuf,
+    bins: Bins,
+    server: String,
+    ca: Ca,
+    admin: PathBuf,
+    procs: Mutex<Vec<Process>>,
+    extra_logs: Mutex<Vec<(String, PathBuf)>>,
+    egress: Egress,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    nodes: Vec<String>,
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn work_dir(opts: &Options) -> std::io::Result<(PathBuf, bool)> {
+    if let Some(dir) = &opts.dir {
+        std::fs::create_dir_all(dir)?;
+        return Ok((std::fs::canonicalize(dir)?, false));
+    }
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    remove_stale(&base);
+    let dir = base.join(format!(
+        "dg-cluster-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_millisecond()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
+    Ok((dir, true))
+}
+
+/// Work directories left by runs that were killed (their owner is gone).
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with("dg-cluster-") {
+            continue;
+        }
+        let owner = std::fs::read_to_string(path.join("owner.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        // SAFETY: signal 0 only probes whether the pid exists.
+        let alive = owner.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if !alive {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Starts everything and waits until pods can be scheduled and run. Blocks;
+    /// safe to call from inside an async runtime (the work runs on a thread of its own).
+    pub fn start(opts: Options) -> Result<ControlPlane, Error> {
+        std::thread::spawn(move || Self::start_blocking(opts))
+            .join()
+            .unwrap_or_else(|_| Err(Error::Pki("the start-up thread panicked".into())))
+    }
+
+    fn start_blocking(opts: Options) -> Result<ControlPlane, Error> {
+        let started = Instant::now();
+        let bins = Bins::locate()?;
+        let (dir, owned) = work_dir(&opts)?;
+        if owned {
+            process::remove_at_exit(&dir);
+        }
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let pki_dir = dir.join("pki");
+        std::fs::create_dir_all(&pki_dir)?;
+        let pki_err = |e: rcgen::Error| Error::Pki(e.to_string());
+
+        let api_port = free_port();
+        let server = format!("https://127.0.0.1:{api_port}");
+        let ca = Ca::new("distroless-guard test cluster CA").map_err(pki_err)?;
+        std::fs::write(pki_dir.join("ca.crt"), &ca.cert)?;
+        let loopback = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))];
+        ca.serving(
+            "kube-apiserver",
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+            &loopback,
+        )
+        .map_err(pki_err)?
+        .write(&pki_dir, "apiserver")?;
+        pki::service_account_key(&pki_dir).map_err(|e| Error::Pki(e.to_string()))?;
+        let kubeconfig = |name: &str, user: &str, groups: &[&str]| -> Result<PathBuf, Error> {
+            let pair = ca.client(user, groups).map_err(pki_err)?;
+            let path = dir.join(format!("{name}.kubeconfig"));
+            pki::write_kubeconfig(
+                &path,
+                &pki::kubeconfig(name, &server, &ca.cert, Credentials::Cert(&pair)),
+            )?;
+            Ok(path)
+        };
+        let admin = kubeconfig("admin", "system:admin", &["system:masters"])?;
+        let kcm_config = kubeconfig("controller-manager", "system:kube-controller-manager", &[])?;
+        let scheduler_config = kubeconfig("scheduler", "system:kube-scheduler", &[])?;
+        let kwok_config = kubeconfig("kwok", "kwok", &["system:masters"])?;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("testcluster")
+            .enable_all()
+            .build()?;
+        // Unix socket paths are limited to 108 bytes.
+        let mut socket = dir.join("egress.sock");
+        if socket.as_os_str().len() > 100 {
+            socket = std::env::temp_dir().join(format!("dg-egress-{}.sock", std::process::id()));
+        }
+        let egress = {
+            let _guard = runtime.enter();
+            Egress::start(&socket)?
+        };
+        std::fs::write(dir.join(".distroless-guard-cluster"), "")?;
+
+        let cp = ControlPlane {
+            dir: dir.clone(),
+            bins,
+            server: server.clone(),
+            ca,
+            admin,
+            procs: Mutex::new(Vec::new()),
+            extra_logs: Mutex::new(Vec::new()),
+            egress,
+            runtime: Mutex::new(Some(runtime)),
+            nodes: (0..opts.nodes.max(1)).map(|i| format!("kwok-node-{i}")).collect(),
+        };
+
+        // etcd
+        let (etcd_port, peer_port) = (free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut cmd = Command::new(cp.bins.path("etcd"));
+        cmd.args([
+            "--name=default".to_string(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=default={peer_url}"),
+            "--unsafe-no-fsync=true".into(),
+            "--quota-backend-bytes=8589934592".into(),
+            "--log-level=warn".into(),
+        ]);
+        cp.spawn("etcd", cmd)?;
+        cp.wait("etcd to be healthy", Duration::from_secs(30), || {
+            http_get(("127.0.0.1", etcd_port), "/health").is_some_and(|b| b.contains("\"health\":\"true\""))
+        })?;
+
+        // kube-apiserver
+        let egress_config = dir.join("egress.yaml");
+        std::fs::write(
+            &egress_config,
+            serde_yaml::to_string(&json!({
+                "apiVersion": "apiserver.k8s.io/v1beta1",
+                "kind": "EgressSelectorConfiguration",
+                "egressSelections": [{
+                    "name": "cluster",
+                    "connection": {"proxyProtocol": "HTTPConnect", "transport": {"uds": {"udsName": socket}}},
+                }],
+            }))
+            .unwrap_or_default(),
+        )?;
+        let audit_policy = dir.join("audit-policy.yaml");
+        std::fs::write(&audit_policy, AUDIT_POLICY)?;
+        let p = |f: &str| pki_dir.join(f).display().to_string();
+        let mut cmd = Command::new(cp.bins.path("kube-apiserver"));
+        cmd.args([
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            "--advertise-address=127.0.0.1".into(),
+            "--endpoint-reconciler-type=none".into(),
+            format!("--cert-dir={}", dir.join("apiserver").display()),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--authorization-mode=RBAC".into(),
+            "--allow-privileged=true".into(),
+            format!("--egress-selector-config-file={}", egress_config.display()),
+            "--enable-aggregator-routing=true".into(),
+            format!("--audit-policy-file={}", audit_policy.display()),
+            format!("--audit-log-path={}", dir.join("audit.log").display()),
+            "--audit-log-format=json".into(),
+            "--audit-log-mode=blocking".into(),
+            "--profiling=false".into(),
+        ]);
+        if opts.unlimited {
+            cmd.args([
+                "--max-requests-inflight=0",
+                "--max-mutating-requests-inflight=0",
+                "--enable-priority-and-fairness=false",
+            ]);
+        }
+        cp.spawn("kube-apiserver", cmd)?;
+        cp.wait("kube-apiserver to be ready", Duration::from_secs(90), || {
+            cp.block_on(async {
+                let client = cp.client().await.ok()?;
+                let req = http::Request::get("/readyz").body(Vec::new()).ok()?;
+                let ok = client.request_text(req).await.ok()? == "ok";
+                let ns: Api<Namespace> = Api::all(client);
+                (ok && ns.get_opt("default").await.ok()?.is_some()).then_some(())
+            })
+            .is_some()
+        })?;
+
+        // kube-controller-manager and kube-scheduler
+        let kcm_port = free_port();
+        let mut cmd = Command::new(cp.bins.path("kube-controller-manager"));
+        let kc = kcm_config.display().to_string();
+        cmd.args([
+            format!("--kubeconfig={kc}"),
+            format!("--authentication-kubeconfig={kc}"),
+            format!("--authorization-kubeconfig={kc}"),
+            "--use-service-account-credentials=true".into(),
+            format!("--service-account-private-key-file={}", p("sa.key")),
+            format!("--root-ca-file={}", p("ca.crt")),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={kcm_port}"),
+            format!("--cert-dir={}", dir.join("kcm").display()),
+        ]);
+        if opts.unlimited {
+            cmd.args([
+                "--kube-api-qps=5000",
+                "--kube-api-burst=10000",
+                "--concurrent-replicaset-syncs=20",
+            ]);
+        }
+        cp.spawn("kube-controller-manager", cmd)?;
+
+        let sched_port = free_port();
+        let sched_yaml = dir.join("scheduler.yaml");
+        let (qps, burst) = if opts.unlimited { (5000, 10000) } else { (50, 100) };
+        std::fs::write(
+            &sched_yaml,
+            format!(
+                "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n\
+                 clientConnection:\n  kubeconfig: {}\n  qps: {qps}\n  burst: {burst}\nleaderElection:\n  leaderElect: false\n",
+                scheduler_config.display()
+            ),
+        )?;
+        let mut cmd = Command::new(cp.bins.path("kube-scheduler"));
+        let sc = scheduler_config.display().to_string();
+        cmd.args([
+            format!("--config={}", sched_yaml.display()),
+            format!("--authentication-kubeconfig={sc}"),
+            format!("--authorization-kubeconfig={sc}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={sched_port}"),
+        ]);
+        cp.spawn("kube-scheduler", cmd)?;
+
+        // kwok: its Stage CRD, our stages, then the controller.
+        cp.install_stages()?;
+        let kwok_port = free_port();
+        let mut cmd = Command::new(cp.bins.path("kwok"));
+        cmd.args([
+            format!("--kubeconfig={}", kwok_config.display()),
+            "--manage-all-nodes=true".into(),
+            "--enable-crds=Stage".into(),
+            format!("--cidr={POD_CIDR}"),
+            format!("--node-ip={NODE_IP}"),
+            "--node-lease-duration-seconds=40".into(),
+            format!("--server-address=127.0.0.1:{kwok_port}"),
+        ]);
+        if std::env::var_os("DISTROLESS_GUARD_KWOK_DEBUG").is_some() {
+            cmd.arg("--v=DEBUG");
+        }
+        cp.spawn("kwok", cmd)?;
+        cp.create_nodes()?;
+        cp.wait(
+            "the controller-manager to create the default ServiceAccount",
+            Duration::from_secs(60),
+            || {
+                cp.block_on(async {
+                    let sa: Api<ServiceAccount> = Api::namespaced(cp.client().await.ok()?, "default");
+                    sa.get_opt("default").await.ok()?
+                })
+                .is_some()
+            },
+        )?;
+        std::fs::write(
+            dir.join("started.txt"),
+            format!("{:.1}\n", started.elapsed().as_secs_f64()),
+        )?;
+        Ok(cp)
+    }
+
+    fn spawn(&self, name: &str, cmd: Command) -> Result<(), Error> {
+        let log = self.dir.join("logs").join(format!("{name}.log"));
+        let p = Process::spawn(name, cmd, &log)?;
+        lock(&self.procs).push(p);
+        Ok(())
+    }
+
+    /// Polls `done` every 100 ms; fails at once when a component exits.
+    fn wait(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<(), Error> {
+        let started = Instant::now();
+        loop {
+            if done() {
+                return Ok(());
+            }
+            for p in lock(&self.procs).iter_mut() {
+                if let Some(status) = p.exited() {
+                    return Err(Error::Exited {
+                        component: p.name().to_string(),
+                        status: status.to_string(),
+                        tail: process::tail(p.log(), 30).join("\n"),
+                    });
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(Error::Timeout {
+                    what: what.to_string(),
+                    seconds: timeout.as_secs(),
+                    dir: self.dir.display().to_string(),
+                    tails: self.log_tails(15),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `f` on the control plane's runtime (start-up only; never from async code).
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        let handle = lock(&self.runtime).as_ref().map(|rt| rt.handle().clone());
+        match handle {
+            Some(h) => h.block_on(f),
+            None => panic!("the control plane's runtime is gone"),
+        }
+    }
+
+    fn install_stages(&self) -> Result<(), Error> {
+        let text = std::fs::read_to_string(self.bins.path(crate::bins::STAGE_CRD))?;
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).map_err(|e| Error::Pki(format!("{}: {e}", crate::bins::STAGE_CRD)))?;
+        self.block_on(async {
+            let client = self.client().await.map_err(kube_err("admin client"))?;
+            let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .map_err(kube_err("creating kwok's Stage CRD"))?;
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let started = Instant::now();
+            loop {
+                let established = crds.get(&name).await.ok().is_some_and(|c| {
+                    c.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+                if established {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    return Err(Error::Timeout {
+                        what: "the Stage CRD to be established".into(),
+                        seconds: 30,
+                        dir: self.dir.display().to_string(),
+                        tails: String::new(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for s in stages::defaults() {
+                self.create_stage_with(&client, &s).await?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn create_stage_with(&self, client: &kube::Client, stage: &Value) -> Result<(), Error> {
+        let obj: DynamicObject =
+            serde_json::from_value(stage.clone()).map_err(|e| Error::Pki(format!("stage: {e}")))?;
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        stage_api(client.clone())
+            .create(&PostParams::default(), &obj)
+            .await
+            .map_err(kube_err(format!("creating Stage {name}")))?;
+        Ok(())
+    }
+
+    fn create_nodes(&self) -> Result<(), Error> {
+        self.block_on(async {
+            let client = self.client().await.map_err(kube_err("admin client"))?;
+            let nodes: Api<Node> = Api::all(client);
+            for name in &self.nodes {
+                let node: Node = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {
+                        "name": name,
+                        "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                        "labels": {
+                            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                            "kubernetes.io/arch": "amd64", "type": "kwok",
+                        },
+                    },
+                }))
+                .map_err(|e| Error::Pki(e.to_string()))?;
+                nodes
+                    .create(&PostParams::default(), &node)
+                    .await
+                    .map_err(kube_err(format!("creating Node {name}")))?;
+            }
+            Ok::<_, Error>(())
+        })?;
+        self.wait(
+            "the kwok Nodes to be Ready and untainted",
+            Duration::from_secs(60),
+            || {
+                self.block_on(async {
+                    let nodes: Api<Node> = Api::all(self.client().await.ok()?);
+                    let list = nodes.list(&Default::default()).await.ok()?;
+                    let ready = list.items.iter().filter(|n| {
+                        let ready = n
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                        let tainted = n
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.taints.as_ref())
+                            .is_some_and(|t| !t.is_empty());
+                        ready && !tainted
+                    });
+                    (ready.count() == self.nodes.len()).then_some(())
+                })
+                .is_some()
+            },
+        )
+    }
+
+    /// The work directory (logs, kubeconfigs, certificates).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn bins(&self) -> &Bins {
+        &self.bins
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The cluster CA (PEM): trusted by clients, signs client certificates.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.cert
+    }
+
+    /// Kubeconfig of `system:admin` (group `system:masters`).
+    pub fn admin_kubeconfig(&self) -> &Path {
+        &self.admin
+    }
+
+    /// The fake Nodes' names.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The cluster network (routes from pod IPs to local processes).
+    pub fn egress(&self) -> &Egress {
+        &self.egress
+    }
+
+    /// An admin client on the caller's runtime.
+    pub async fn client(&self) -> kube::Result<kube::Client> {
+        client_from(&self.admin).await
+    }
+
+    /// A kubeconfig for a user authenticated by a client certificate (CN=user, O=groups).
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> std::io::Result<PathBuf> {
+        let pair = self
+            .ca
+            .client(user, groups)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = self.dir.join(format!("user-{safe}.kubeconfig"));
+        pki::write_kubeconfig(
+            &path,
+            &pki::kubeconfig(&safe, &self.server, &self.ca.cert, Credentials::Cert(&pair)),
+        )?;
+        Ok(path)
+    }
+
+    /// A kubeconfig holding a token of ServiceAccount `namespace/name` (TokenRequest),
+    /// as a pod of that ServiceAccount would have it.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf, Error> {
+        let client = self.client().await.map_err(kube_err("admin client"))?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client, namespace);
+        let request = serde_json::from_value(json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 86400},
+        }))
+        .map_err(|e| Error::Pki(e.to_string()))?;
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .map_err(kube_err(format!("TokenRequest for ServiceAccount {namespace}/{name}")))?
+            .status
+            .and_then(|s| s.token)
+            .unwrap_or_default();
+        let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+        pki::write_kubeconfig(
+            &path,
+            &pki::kubeconfig(name, &self.server, &self.ca.cert, Credentials::Token(&token)),
+        )?;
+        Ok(path)
+    }
+
+    /// `kubectl --kubeconfig <admin>` (the kubectl built with the control plane).
+    pub fn kubectl(&self) -> Command {
+        self.kubectl_as(&self.admin)
+    }
+
+    /// `kubectl` with another kubeconfig.
+    pub fn kubectl_as(&self, kubeconfig: &Path) -> Command {
+        let mut cmd = Command::new(self.bins.path("kubectl"));
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()));
+        cmd
+    }
+
+    /// `helm --kubeconfig <admin>`, with its caches and config kept in the work directory.
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(self.bins.path("helm"));
+        let home = self.dir.join("helm");
+        cmd.env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .arg(format!("--kubeconfig={}", self.admin.display()));
+        cmd
+    }
+
+    /// Creates a kwok Stage (a failure to inject, see [`stages::Failure`]).
+    pub async fn create_stage(&self, stage: &Value) -> Result<(), Error> {
+        let client = self.client().await.map_err(kube_err("admin client"))?;
+        self.create_stage_with(&client, stage).await
+    }
+
+    /// Deletes a kwok Stage by name (the pods it held recover through the defaults).
+    pub async fn delete_stage(&self, name: &str) -> Result<(), Error> {
+        let client = self.client().await.map_err(kube_err("admin client"))?;
+        stage_api(client)
+            .delete(name, &Default::default())
+            .await
+            .map_err(kube_err(format!("deleting Stage {name}")))?;
+        Ok(())
+    }
+
+    /// The API server's audit log (Metadata level for every identity but the
+    /// control plane's own and admins), one JSON event per entry.
+    pub fn audit_events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Also print this log's tail when a test fails (an operator process, say).
+    pub fn watch_log(&self, name: &str, path: &Path) {
+        lock(&self.extra_logs).push((name.to_string(), path.to_path_buf()));
+    }
+
+    pub fn unwatch_log(&self, path: &Path) {
+        lock(&self.extra_logs).retain(|(_, p)| p != path);
+    }
+
+    /// The last `n` lines of every component's log and of the watched logs.
+    pub fn log_tails(&self, n: usize) -> String {
+        let mut logs: Vec<(String, PathBuf)> = lock(&self.procs)
+            .iter()
+            .map(|p| (p.name().to_string(), p.log().to_path_buf()))
+            .collect();
+        logs.extend(lock(&self.extra_logs).iter().cloned());
+        let mut out = String::new();
+        for (name, path) in logs {
+            out += &format!("----- {name} ({}), last {n} lines -----\n", path.display());
+            for line in process::tail(&path, n) {
+                out += &line;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Stops every component, newest first (kwok before the API server before etcd).
+    pub fn stop(&self) {
+        let procs = std::mem::take(&mut *lock(&self.procs));
+        for p in procs.into_iter().rev() {
+            p.stop(Duration::from_secs(10));
+        }
+        if let Some(rt) = lock(&self.runtime).take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Runs `task` on the control plane's own runtime (it outlives any test's runtime).
+    pub fn spawn_task<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(rt) = lock(&self.runtime).as_ref() {
+            rt.spawn(task);
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn stage_api(client: kube::Client) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", "Stage"), "stages");
+    Api::all_with(client, &ar)
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> kube::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(kube::Error::InferKubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(kube::Error::InferKubeconfig)?;
+    kube::Client::try_from(config)
+}
+
+/// A plain-HTTP GET (etcd's health endpoint), `None` on any failure.
+fn http_get(addr: (&str, u16), path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.1 200").then_some(out)
+}
+
+/// Requests of the control plane itself and of admins are not logged; the
+/// rest (service accounts of operators, test users) at Metadata level.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  userGroups: [\"system:masters\", \"system:nodes\", \"system:serviceaccounts:kube-system\"]
+- level: None
+  users: [\"system:kube-controller-manager\", \"system:kube-scheduler\", \"system:apiserver\", \"kwok\"]
+- level: Metadata
+";

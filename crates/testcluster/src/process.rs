@@ -1,0 +1,295 @@
+//! Child processes that never outlive the test process.
+//!
+//! Every child is spawned by one long-lived supervisor thread, in its own
+//! process group, with `PR_SET_PDEATHSIG=SIGKILL`: the kernel kills it when
+//! that thread dies, which happens only when the whole process goes (normal
+//! exit, panic abort, SIGKILL). On a normal exit an `atexit` hook first asks
+//! every group to stop (SIGTERM, then SIGKILL after a grace period) and
+//! removes the work directories, since Rust never drops statics.
+//! (PDEATHSIG follows the spawning *thread*, and libtest runs each test on a
+//! thread of its own: spawning from a test thread would kill the control plane
+//! when that test ends.)
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+struct Request {
+    command: Command,
+    reply: mpsc::Sender<std::io::Result<Child>>,
+}
+
+fn supervisor() -> &'static Mutex<mpsc::Sender<Request>> {
+    static SUPERVISOR: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    SUPERVISOR.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("testcluster-supervisor".into())
+            .spawn(move || {
+                for mut req in rx {
+                    let _ = req.reply.send(req.command.spawn());
+                }
+                // The channel never closes (the sender lives in a static), so
+                // this thread lives as long as the process.
+            })
+            .expect("cannot start the process supervisor thread");
+        register_atexit();
+        Mutex::new(tx)
+    })
+}
+
+/// Live process groups and work directories, for the exit hook.
+struct Registry {
+    groups: Vec<(i32, String)>,
+    dirs: Vec<PathBuf>,
+}
+
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Mutex::new(Registry {
+            groups: Vec::new(),
+            dirs: Vec::new(),
+        })
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes `dir` at exit (unless `DISTROLESS_GUARD_KEEP_CLUSTER=1`).
+pub fn remove_at_exit(dir: &Path) {
+    supervisor();
+    lock(registry()).dirs.push(dir.to_path_buf());
+}
+
+/// Keep work directories after the run (for reading logs).
+pub fn keep() -> bool {
+    std::env::var_os("DISTROLESS_GUARD_KEEP_CLUSTER").is_some_and(|v| v == "1")
+}
+
+fn register_atexit() {
+    extern "C" fn on_exit() {
+        let (groups, dirs) = {
+            let mut r = lock(registry());
+            (std::mem::take(&mut r.groups), std::mem::take(&mut r.dirs))
+        };
+        stop_groups(&groups, Duration::from_secs(10));
+        if !keep() {
+            for d in dirs {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    // SAFETY: registering a plain extern "C" function with libc's atexit.
+    unsafe {
+        libc::atexit(on_exit);
+    }
+}
+
+/// SIGTERM to each group, wait up to `grace` for the leaders to exit, then SIGKILL.
+fn stop_groups(groups: &[(i32, String)], grace: Duration) {
+    for (pid, _) in groups {
+        // SAFETY: signalling a process group we created.
+        unsafe {
+            libc::kill(-pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    let mut left: Vec<i32> = groups.iter().map(|(p, _)| *p).collect();
+    while !left.is_empty() && Instant::now() < deadline {
+        left.retain(|pid| {
+            let mut status = 0;
+            // SAFETY: reaping our own child without blocking.
+            let r = unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) };
+            r == 0
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in left {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+    }
+}
+
+/// A running child: its own process group, output in a log file.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Spawns `command` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> std::io::Result<Process> {
+        let out = File::options().create(true).append(true).open(log)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                let parent = libc::getppid();
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died between fork and prctl: do not start orphaned.
+                if parent == 1 {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let (reply, rx) = mpsc::channel();
+        lock(supervisor())
+            .send(Request { command, reply })
+            .map_err(|_| std::io::Error::other("the process supervisor is gone"))?;
+        let child = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the process supervisor is gone"))??;
+        lock(registry()).groups.push((child.id() as i32, name.to_string()));
+        Ok(Process {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM to the group, SIGKILL after `grace`; reaped either way.
+    pub fn stop(mut self, grace: Duration) {
+        self.stop_inner(grace);
+    }
+
+    /// SIGKILL to the group at once (a crash, as a test wants it).
+    pub fn kill(mut self) {
+        self.stop_inner(Duration::ZERO);
+    }
+
+    fn stop_inner(&mut self, grace: Duration) {
+        let pid = self.child.id() as i32;
+        lock(registry()).groups.retain(|(p, _)| *p != pid);
+        if self.child.try_wait().ok().flatten().is_some() {
+            // SAFETY: the leader is gone; clear any of its children.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            return;
+        }
+        if grace.is_zero() {
+            // SAFETY: our own group.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+            return;
+        }
+        stop_groups(&[(pid, self.name.clone())], grace);
+        let _ = self.child.try_wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if lock(registry())
+            .groups
+            .iter()
+            .any(|(p, _)| *p == self.child.id() as i32)
+        {
+            self.stop_inner(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The last `n` lines of a log file (empty when it cannot be read).
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    // Read at most the last 256 KiB: enough for n lines of any component.
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
+    let mut lines = VecDeque::with_capacity(n + 1);
+    for line in BufReader::new(f).lines().map_while(Result::ok) {
+        lines.push_back(line);
+        if lines.len() > n {
+            lines.pop_front();
+        }
+    }
+    lines.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_process_is_gone_with_its_children() {
+        let dir = tempfile_dir();
+        let log = dir.join("sleep.log");
+        let mut cmd = Command::new("sh");
+        // The shell starts a grandchild in the same group, then waits.
+        cmd.args(["-c", "sleep 300 & echo started; wait"]);
+        let p = Process::spawn("sleeper", cmd, &log).unwrap();
+        let pid = p.pid() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tail(&log, 1) != ["started"] {
+            assert!(Instant::now() < deadline, "the child never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p.stop(Duration::from_secs(2));
+        // SAFETY: probing whether any process of the group remains.
+        let alive = unsafe { libc::kill(-pid, 0) } == 0;
+        assert!(!alive, "the process group outlived stop()");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let dir = tempfile_dir();
+        let path = dir.join("log");
+        std::fs::write(&path, (1..=10).map(|i| format!("{i}\n")).collect::<String>()).unwrap();
+        assert_eq!(tail(&path, 3), ["8", "9", "10"]);
+        assert!(tail(&dir.join("missing"), 3).is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "testcluster-unit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,9 @@
+//! Tests on a real Kubernetes control plane (crates/testcluster): etcd,
+//! kube-apiserver with RBAC and Pod Security Admission, kube-controller-manager,
+//! kube-scheduler, kwok as the kubelet, the real kubectl and Helm CLIs.
+//! One control plane serves the whole binary; tests isolate themselves by
+//! namespace and release. Build the binaries once with `cargo xtask bins`.
+
+mod support;
+
+mod control_plane;

@@ -1,0 +1,349 @@
+//! Helpers for the tests on the real control plane: kubectl and Helm as a user
+//! runs them, namespaces, and Helm releases of the chart with the operator's
+//! pods played by local processes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use testcluster::ControlPlane;
+use testcluster::operator::{self, OperatorPod};
+
+pub fn cp() -> &'static ControlPlane {
+    testcluster::shared()
+}
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn chart_dir() -> PathBuf {
+    root().join("charts/distroless-guard")
+}
+
+/// Runs a command off the async runtime and returns its output.
+pub async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || {
+        cmd.stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs a command with `input` on its standard input.
+pub async fn output_with_input(mut cmd: Command, input: String) -> Output {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kubectl <args>` as the cluster admin.
+pub async fn kubectl(args: &[&str]) -> Output {
+    let mut cmd = cp().kubectl();
+    cmd.args(args);
+    output(cmd).await
+}
+
+/// `kubectl <args>` that must succeed; its stdout.
+pub async fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "kubectl {args:?} failed: {stderr}");
+    stdout
+}
+
+/// `kubectl apply -f -` (or other args) with a manifest on stdin.
+pub async fn kubectl_stdin(args: &[&str], manifest: &str) -> Output {
+    let mut cmd = cp().kubectl();
+    cmd.args(args);
+    output_with_input(cmd, manifest.to_string()).await
+}
+
+/// An admin client on this test's runtime.
+pub async fn client() -> kube::Client {
+    cp().client().await.expect("admin client")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, at most `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `kubectl get` of one object as JSON, `None` when it does not exist.
+pub async fn get_json(args: &[&str]) -> Option<Value> {
+    let mut full = vec!["get"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    let out = kubectl(&full).await;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Creates a namespace `<prefix>-<n>` with these labels; returns its name.
+pub async fn namespace(prefix: &str, labels: &[(&str, &str)]) -> String {
+    let name = testcluster::unique(prefix);
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+    let out = kubectl_stdin(&["create", "-f", "-"], &ns.to_string()).await;
+    assert!(out.status.success(), "creating namespace {name}: {}", text(&out).1);
+    // The controller-manager creates the default ServiceAccount the pods need.
+    wait_for("the default ServiceAccount", Duration::from_secs(30), || async {
+        kubectl(&["get", "sa", "default", "-n", &name])
+            .await
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    name
+}
+
+pub fn policy_api(client: kube::Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("distrolessguard.dev", "v1alpha1", "DistrolessPolicy");
+    Api::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, "distrolesspolicies"))
+}
+
+/// A DistrolessPolicy that applies only in `namespace`, with `spec` merged in.
+pub fn policy(name: &str, namespace: &str, spec: Value) -> Value {
+    let mut p = json!({
+        "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessPolicy",
+        "metadata": {"name": name},
+        "spec": {"match": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}},
+    });
+    if let (Some(base), Some(extra)) = (p["spec"].as_object_mut(), spec.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    p
+}
+
+pub async fn create_policy(p: &Value) {
+    let obj: DynamicObject = serde_json::from_value(p.clone()).unwrap();
+    policy_api(client().await)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("creating policy {}: {e}", p["metadata"]["name"]));
+}
+
+pub async fn delete_policy(name: &str) {
+    let _ = policy_api(client().await).delete(name, &Default::default()).await;
+}
+
+/// Only one release of the operator runs at a time: every leader writes the
+/// status of every DistrolessPolicy, as it would in a cluster with one install.
+static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The label that sends a namespace to one release's webhooks.
+pub const RELEASE_LABEL: &str = "distrolessguard.dev/test-release";
+
+/// A Helm release of the chart with its operator pods running as local processes.
+pub struct Release {
+    pub name: String,
+    pub namespace: String,
+    pub operators: Vec<OperatorPod>,
+    pub helm_args: Vec<String>,
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Values every test release uses: text logs, fast certificate checks, a short
+/// lease, and webhooks that see only namespaces labelled for this release.
+fn test_values(release: &str) -> Vec<String> {
+    vec![
+        "--set".into(),
+        "logging.format=text".into(),
+        "--set".into(),
+        "webhook.certCheckSeconds=1".into(),
+        "--set".into(),
+        "leaderElection.leaseSeconds=4".into(),
+        "--set-json".into(),
+        format!(
+            "webhook.namespaceSelector={}",
+            json!({"matchLabels": {RELEASE_LABEL: release}})
+        ),
+    ]
+}
+
+impl Release {
+    /// `helm install` with the test values plus `extra`, then the operator processes.
+    pub async fn install(prefix: &str, extra: &[&str]) -> Release {
+        let exclusive = OPERATOR.lock().await;
+        let name = testcluster::unique(prefix);
+        let mut args = test_values(&name);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let selector: BTreeMap<String, String> = [
+            ("app.kubernetes.io/name".to_string(), "distroless-guard".to_string()),
+            ("app.kubernetes.io/instance".to_string(), name.clone()),
+        ]
+        .into();
+        cp().create_stage(&operator::probe_gate(&format!("probe-{name}"), &selector))
+            .await
+            .unwrap();
+        let mut helm = cp().helm();
+        helm.args(["install", &name])
+            .arg(chart_dir())
+            .args(["-n", &name, "--create-namespace"])
+            .args(&args);
+        let out = output(helm).await;
+        assert!(out.status.success(), "helm install {name}: {}", text(&out).1);
+        let mut release = Release {
+            namespace: name.clone(),
+            name,
+            operators: Vec::new(),
+            helm_args: args,
+            _exclusive: exclusive,
+        };
+        release.start_operators().await;
+        release
+    }
+
+    /// Starts a process for every pod of the release's Deployment that has none.
+    pub async fn start_operators(&mut self) {
+        let ops = operator::start(
+            cp(),
+            operator::Launch {
+                binary: Path::new(env!("CARGO_BIN_EXE_distroless-guard")),
+                namespace: &self.namespace,
+                deployment: &self.name,
+                extra_args: Vec::new(),
+                env: vec![("RUST_LOG".into(), "distroless_guard=debug,info".into())],
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("starting the operator of {}: {e}", self.name));
+        let running: Vec<String> = self.operators.iter().map(|o| o.pod.clone()).collect();
+        for op in ops {
+            if running.contains(&op.pod) {
+                continue;
+            }
+            self.operators.push(op);
+        }
+    }
+
+    /// A namespace this release's webhooks see.
+    pub async fn namespace(&self, prefix: &str, extra_labels: &[(&str, &str)]) -> String {
+        let mut labels = vec![(RELEASE_LABEL, self.name.as_str())];
+        labels.extend_from_slice(extra_labels);
+        namespace(prefix, &labels).await
+    }
+
+    /// The webhook configurations' caBundle, once both carry the same one.
+    pub async fn ca_bundle(&self) -> String {
+        let name = self.name.clone();
+        wait_for(
+            "the caBundle in both webhook configurations",
+            Duration::from_secs(60),
+            || {
+                let name = name.clone();
+                async move {
+                    let v = get_json(&["validatingwebhookconfiguration", &name]).await?;
+                    let m = get_json(&["mutatingwebhookconfiguration", &name]).await?;
+                    let vb = v.pointer("/webhooks/0/clientConfig/caBundle")?.as_str()?.to_string();
+                    let mb = m.pointer("/webhooks/0/clientConfig/caBundle")?.as_str()?.to_string();
+                    (vb == mb && !vb.is_empty()).then_some(vb)
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until pods in `namespace` are admitted through this release's webhooks:
+    /// a dry-run of a root pod is denied.
+    pub async fn wait_serving(&self, namespace: &str) {
+        let probe = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "namespace": namespace},
+            "spec": {"containers": [{"name": "c", "image": "probe:1", "securityContext": {"runAsUser": 0}}]}});
+        wait_for("the webhook to deny a root pod", Duration::from_secs(60), || {
+            let probe = probe.to_string();
+            async move {
+                let out = kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &probe).await;
+                let (_, err) = text(&out);
+                (!out.status.success() && err.contains("[root-uid]")).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Every request the release's ServiceAccount made, from the API server's audit log.
+    pub fn audit_events(&self) -> Vec<Value> {
+        let user = format!("system:serviceaccount:{}:{}", self.namespace, self.name);
+        cp().audit_events()
+            .into_iter()
+            .filter(|e| e.pointer("/user/username").and_then(Value::as_str) == Some(user.as_str()))
+            .collect()
+    }
+
+    /// `helm uninstall` and the processes stopped.
+    pub async fn uninstall(mut self) -> Output {
+        self.stop_operators();
+        let mut helm = cp().helm();
+        helm.args([
+            "uninstall",
+            &self.name,
+            "-n",
+            &self.namespace,
+            "--wait",
+            "--timeout",
+            "60s",
+        ]);
+        output(helm).await
+    }
+
+    pub fn stop_operators(&mut self) {
+        for op in self.operators.drain(..) {
+            op.stop();
+        }
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.stop_operators();
+        // A release a failed test left behind must not keep its webhooks.
+        let mut helm = cp().helm();
+        helm.args(["uninstall", &self.name, "-n", &self.namespace, "--ignore-not-found"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _ = helm.status();
+    }
+}

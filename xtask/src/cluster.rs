@@ -1,0 +1,245 @@
+//! `cargo xtask cluster up|down`: a real control plane for people, the same one
+//! the tests use, with the Helm chart installed on request and the operator
+//! running as local processes standing in for the chart's pods.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use testcluster::{ControlPlane, Options, operator};
+
+#[derive(Subcommand)]
+pub enum Action {
+    /// Start a control plane in DIR and stay in the foreground until Ctrl-C (or `cluster down`).
+    Up {
+        /// Work directory: kubeconfig, certificates, logs, etcd data.
+        #[arg(long)]
+        dir: PathBuf,
+        /// `helm install` charts/distroless-guard and run the operator for its pods.
+        #[arg(long)]
+        install_chart: bool,
+        /// Extra `helm install` arguments, e.g. `--set defaultPolicy.enabled=true`.
+        #[arg(long = "helm-arg", allow_hyphen_values = true)]
+        helm_args: Vec<String>,
+        /// Fake kwok Nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+    },
+    /// Stop the control plane a `cluster up --dir DIR` started.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+const MARKER: &str = ".distroless-guard-cluster";
+const RELEASE: &str = "distroless-guard";
+const NAMESPACE: &str = "distroless-guard";
+
+pub fn run(action: Action) -> Result<(), String> {
+    match action {
+        Action::Up {
+            dir,
+            install_chart,
+            helm_args,
+            nodes,
+        } => up(&dir, install_chart, &helm_args, nodes),
+        Action::Down { dir } => down(&dir),
+    }
+}
+
+fn pid_of(dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(dir.join("cluster.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only probes whether the pid exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// DIR must be new, empty, or one of ours that is not running.
+fn prepare(dir: &Path) -> Result<(), String> {
+    if let Some(pid) = pid_of(dir).filter(|p| alive(*p)) {
+        return Err(format!(
+            "a cluster is already running in {} (pid {pid}); stop it with: cargo xtask cluster down --dir {}",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty && !dir.join(MARKER).exists() {
+            return Err(format!(
+                "{} is not empty and was not made by `cluster up`; give a new or empty directory",
+                dir.display()
+            ));
+        }
+        if !empty {
+            std::fs::remove_dir_all(dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::write(dir.join(MARKER), "").map_err(|e| e.to_string())
+}
+
+fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize) -> Result<(), String> {
+    prepare(dir)?;
+    let bins = crate::bins(false)?;
+    let binary = if install_chart { Some(build_operator()?) } else { None };
+    let started = Instant::now();
+    eprintln!("starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok ...");
+    let cp = ControlPlane::start(Options {
+        dir: Some(dir.to_path_buf()),
+        nodes,
+        unlimited: false,
+    })
+    .map_err(|e| e.to_string())?;
+    let cp: &'static ControlPlane = Box::leak(Box::new(cp));
+    let kubeconfig = cp.dir().join("kubeconfig");
+    std::fs::copy(cp.admin_kubeconfig(), &kubeconfig).map_err(|e| e.to_string())?;
+    std::fs::write(cp.dir().join("cluster.pid"), std::process::id().to_string()).map_err(|e| e.to_string())?;
+    eprintln!("control plane up in {:.1} s", started.elapsed().as_secs_f64());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let operators = match &binary {
+        Some(binary) => Some(runtime.block_on(install(cp, binary, helm_args))?),
+        None => None,
+    };
+
+    let kubectl = bins.path("kubectl");
+    println!();
+    println!(
+        "The cluster is up (Kubernetes {}, kwok nodes: {}).",
+        testcluster::bins::KUBERNETES,
+        cp.nodes().join(", ")
+    );
+    println!("Use it with:");
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!(
+        "  kubectl get nodes        # any kubectl; this one matches the server: {}",
+        kubectl.display()
+    );
+    if let Some(ops) = &operators {
+        println!();
+        println!("distroless-guard is installed in namespace {NAMESPACE} (Helm release {RELEASE});");
+        for o in ops {
+            println!(
+                "  pod {} ({}) is played by a local process, log: {}",
+                o.pod,
+                o.pod_ip,
+                o.log.display()
+            );
+        }
+        println!("Try:");
+        println!(
+            "  kubectl apply -f {}",
+            crate::root().join("examples/policies/enforce.yaml").display()
+        );
+        println!(
+            "  kubectl run root --image=nginx --overrides='{{\"spec\":{{\"securityContext\":{{\"runAsUser\":0}}}}}}'   # denied"
+        );
+    }
+    println!();
+    println!(
+        "Logs: {}/logs. Stop with Ctrl-C, or: cargo xtask cluster down --dir {}",
+        cp.dir().display(),
+        dir.display()
+    );
+
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    });
+    eprintln!("stopping ...");
+    drop(operators);
+    cp.stop();
+    let _ = std::fs::remove_file(dir.join("cluster.pid"));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// `cargo build --release --bin distroless-guard`, returning the binary's path.
+fn build_operator() -> Result<PathBuf, String> {
+    eprintln!("building the operator (cargo build --release --bin distroless-guard) ...");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(crate::root())
+        .args(["build", "--release", "--quiet", "--bin", "distroless-guard"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build of the operator failed".into());
+    }
+    Ok(crate::root().join("target/release/distroless-guard"))
+}
+
+async fn install(
+    cp: &'static ControlPlane,
+    binary: &Path,
+    helm_args: &[String],
+) -> Result<Vec<operator::OperatorPod>, String> {
+    let selector: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name".to_string(), "distroless-guard".to_string()),
+        ("app.kubernetes.io/instance".to_string(), RELEASE.to_string()),
+    ]
+    .into();
+    cp.create_stage(&operator::probe_gate(&format!("probe-{RELEASE}"), &selector))
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("helm install {RELEASE} charts/distroless-guard -n {NAMESPACE} --create-namespace ...");
+    let out = cp
+        .helm()
+        .args(["install", RELEASE])
+        .arg(crate::root().join("charts/distroless-guard"))
+        .args(["-n", NAMESPACE, "--create-namespace"])
+        .args(helm_args)
+        .output()
+        .map_err(|e| format!("cannot run helm: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("helm install failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let ops = operator::start(
+        cp,
+        operator::Launch {
+            binary,
+            namespace: NAMESPACE,
+            deployment: RELEASE,
+            extra_args: vec!["--log-format=text".into()],
+            env: Vec::new(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(ops)
+}
+
+fn down(dir: &Path) -> Result<(), String> {
+    let Some(pid) = pid_of(dir).filter(|p| alive(*p)) else {
+        return Err(format!("no cluster is running in {}", dir.display()));
+    };
+    // SAFETY: asking our own `cluster up` process to stop.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let started = Instant::now();
+    while alive(pid) {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(format!("pid {pid} did not stop within 60 s"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("stopped the cluster in {}", dir.display());
+    Ok(())
+}

