@@ -55,8 +55,10 @@ pub struct DistrolessPolicySpec {
     #[serde(default)]
     pub mutation: Mutation,
 
-    /// Exceptions, each with a reason and an optional expiry date.
+    /// Exceptions, each with a reason and an optional expiry date. Bounded so
+    /// that the API server can bound the cost of the CEL rules on each one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
     pub exemptions: Vec<Exemption>,
 
     /// What `image-unverified` does when an image cannot be read from its
@@ -326,6 +328,7 @@ pub struct Exemption {
     pub reason: String,
     /// Namespaces the exemption covers; empty means every namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub namespaces: Vec<String>,
     /// Image patterns (`*` matches any run of characters); empty means every image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

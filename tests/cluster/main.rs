@@ -6,4 +6,5 @@
 
 mod support;
 
+mod chart_install;
 mod control_plane;

@@ -208,6 +208,11 @@ fn test_values(release: &str) -> Vec<String> {
 impl Release {
     /// `helm install` with the test values plus `extra`, then the operator processes.
     pub async fn install(prefix: &str, extra: &[&str]) -> Release {
+        Self::install_chart(prefix, &chart_dir(), extra).await
+    }
+
+    /// As `install`, from another copy of the chart.
+    pub async fn install_chart(prefix: &str, chart: &Path, extra: &[&str]) -> Release {
         let exclusive = OPERATOR.lock().await;
         let name = testcluster::unique(prefix);
         let mut args = test_values(&name);
@@ -222,7 +227,7 @@ impl Release {
             .unwrap();
         let mut helm = cp().helm();
         helm.args(["install", &name])
-            .arg(chart_dir())
+            .arg(chart)
             .args(["-n", &name, "--create-namespace"])
             .args(&args);
         let out = output(helm).await;
@@ -289,7 +294,7 @@ impl Release {
     }
 
     /// Waits until pods in `namespace` are admitted through this release's webhooks:
-    /// a dry-run of a root pod is denied.
+    /// a dry-run of a root pod is denied (a Deny policy must cover the namespace).
     pub async fn wait_serving(&self, namespace: &str) {
         let probe = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "namespace": namespace},
             "spec": {"containers": [{"name": "c", "image": "probe:1", "securityContext": {"runAsUser": 0}}]}});

@@ -1,0 +1,274 @@
+//! The chart as an admin installs it: the real Helm v4 CLI, the operator
+//! running with a token of the chart's ServiceAccount (so the chart's real
+//! RBAC authorizes every call), the webhooks reached through their Service.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// Every object of a release, across namespaces, by its instance label.
+async fn objects_of(release: &str) -> Vec<String> {
+    let kinds = "deployments,services,serviceaccounts,secrets,leases,roles,rolebindings,clusterroles,\
+                 clusterrolebindings,validatingwebhookconfigurations,mutatingwebhookconfigurations,\
+                 poddisruptionbudgets,networkpolicies,configmaps,pods,replicasets,endpointslices";
+    let out = kubectl_ok(&[
+        "get",
+        kinds,
+        "-A",
+        "-l",
+        &format!("app.kubernetes.io/instance={release}"),
+        "-o",
+        "name",
+    ])
+    .await;
+    out.lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn helm_install_serves_through_the_service_upgrade_keeps_the_ca_and_uninstall_leaves_only_the_crd() {
+    let mut release = Release::install("distroless-guard-life", &[]).await;
+    let bundle = release.ca_bundle().await;
+    let ns = release.namespace("life", &[]).await;
+    let deny = testcluster::unique("life-deny");
+    create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;
+    release.wait_serving(&ns).await;
+
+    // The API server reached the webhook at an operator pod's IP and port, as a
+    // Service's EndpointSlice names it, through the cluster network.
+    let pod_ips: BTreeSet<String> = release.operators.iter().map(|o| o.pod_ip.clone()).collect();
+    let connects = cp().egress().connects();
+    assert!(
+        connects
+            .iter()
+            .any(|c| c.routed_to.is_some() && pod_ips.iter().any(|ip| c.target == format!("{ip}:8443"))),
+        "no webhook call reached an operator pod: {connects:?} (pods {pod_ips:?})"
+    );
+    let slices = get_json(&[
+        "endpointslices",
+        "-n",
+        &release.namespace,
+        "-l",
+        &format!("kubernetes.io/service-name={}-webhook", release.name),
+    ])
+    .await
+    .unwrap();
+    let ready: BTreeSet<String> = slices["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["conditions"]["ready"] == true)
+        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ready, pod_ips, "both operator pods are ready endpoints of the webhook Service");
+
+    // helm upgrade (server-side apply) keeps what the operator wrote: the
+    // caBundle (the chart looks it up) and the Secret's certificates. The
+    // operators are stopped first so nothing could write them back.
+    release.stop_operators();
+    let secret_before = get_json(&["secret", &format!("{}-webhook-tls", release.name), "-n", &release.namespace])
+        .await
+        .unwrap();
+    let mut helm = cp().helm();
+    helm.args(["upgrade", &release.name])
+        .arg(chart_dir())
+        .args(["-n", &release.namespace])
+        .args(&release.helm_args)
+        .args(["--set", "podAnnotations.upgraded=yes"]);
+    let out = output(helm).await;
+    assert!(out.status.success(), "helm upgrade: {}", text(&out).1);
+    for kind in ["validatingwebhookconfiguration", "mutatingwebhookconfiguration"] {
+        let cfg = get_json(&[kind, &release.name]).await.unwrap();
+        assert_eq!(
+            cfg.pointer("/webhooks/0/clientConfig/caBundle").and_then(Value::as_str),
+            Some(bundle.as_str()),
+            "{kind} lost its caBundle in the upgrade"
+        );
+    }
+    let secret_after = get_json(&["secret", &format!("{}-webhook-tls", release.name), "-n", &release.namespace])
+        .await
+        .unwrap();
+    assert_eq!(secret_after["data"], secret_before["data"], "the upgrade kept the certificates");
+    assert!(secret_after["data"]["ca.crt"].is_string());
+
+    // Uninstall: nothing of the release is left; the CRD stays (Helm never deletes CRDs,
+    // as the chart's README says).
+    let name = release.name.clone();
+    let out = release.uninstall().await;
+    assert!(out.status.success(), "helm uninstall: {}", text(&out).1);
+    let left = wait_for("the release's objects to go", Duration::from_secs(60), || {
+        let name = name.clone();
+        async move {
+            let left = objects_of(&name).await;
+            left.is_empty().then_some(left)
+        }
+    })
+    .await;
+    assert!(left.is_empty());
+    assert!(get_json(&["crd", "distrolesspolicies.distrolessguard.dev"]).await.is_some());
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).unwrap();
+    assert!(readme.contains("kubectl delete crd distrolesspolicies.distrolessguard.dev"));
+    delete_policy(&deny).await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// (verb, apiGroup, resource[/subresource]) of an audit event.
+fn call(e: &Value) -> (String, String, String) {
+    let r = &e["objectRef"];
+    let mut resource = r["resource"].as_str().unwrap_or_default().to_string();
+    if let Some(sub) = r["subresource"].as_str() {
+        resource = format!("{resource}/{sub}");
+    }
+    (
+        e["verb"].as_str().unwrap_or_default().to_string(),
+        r["apiGroup"].as_str().unwrap_or_default().to_string(),
+        resource,
+    )
+}
+
+/// The (verb, group, resource) triples a Role or ClusterRole grants.
+fn granted(role: &Value) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        for verb in rule["verbs"].as_array().into_iter().flatten() {
+            for group in rule["apiGroups"].as_array().into_iter().flatten() {
+                for res in rule["resources"].as_array().into_iter().flatten() {
+                    out.insert((
+                        verb.as_str().unwrap().to_string(),
+                        group.as_str().unwrap().to_string(),
+                        res.as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Drives the operator through every call it makes: policy status, Events,
+/// certificates, leases, caBundle.
+async fn exercise(release: &Release) {
+    let ns = release.namespace("rbac", &[]).await;
+    let name = testcluster::unique("rbac-audit");
+    create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shell", "namespace": ns},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "shell"}}, "template": {"metadata": {"labels": {"app": "shell"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.test/shell:1", "command": ["sh", "-c", "run"]}]}}}});
+    let out = kubectl_stdin(&["create", "-f", "-"], &deployment.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    wait_for("the audit to count the Deployment", Duration::from_secs(60), || async {
+        let p = get_json(&["distrolesspolicy", &name]).await?;
+        (p.pointer("/status/audit/violating")? == 1).then_some(())
+    })
+    .await;
+    wait_for("a DistrolessViolation Event", Duration::from_secs(30), || async {
+        let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
+        ev["items"].as_array()?.iter().any(|e| e["reason"] == "DistrolessViolation").then_some(())
+    })
+    .await;
+    // Another set of violations on the same workload: the Event becomes a series.
+    kubectl_ok(&[
+        "patch", "deployment", "shell", "-n", &ns, "--type=json",
+        "-p", r#"[{"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": ["bash", "-c", "run"]}]"#,
+    ])
+    .await;
+    wait_for("the Event's series", Duration::from_secs(30), || async {
+        let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
+        ev["items"].as_array()?.iter().any(|e| e["series"]["count"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    // A forced certificate rotation: Secret update, caBundle patch.
+    kubectl_ok(&[
+        "annotate",
+        "secret",
+        &format!("{}-webhook-tls", release.name),
+        "-n",
+        &release.namespace,
+        "--overwrite",
+        "distrolessguard.dev/not-after=2000-01-01T00:00:00Z",
+    ])
+    .await;
+    wait_for("the rotated certificate", Duration::from_secs(30), || async {
+        let s = get_json(&["secret", &format!("{}-webhook-tls", release.name), "-n", &release.namespace]).await?;
+        (s.pointer("/metadata/annotations/distrolessguard.dev~1not-after")? != "2000-01-01T00:00:00Z").then_some(())
+    })
+    .await;
+    delete_policy(&name).await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn every_call_the_operator_makes_is_allowed_by_the_charts_rbac_and_every_rule_is_used() {
+    let release = Release::install("distroless-guard-rbac", &[]).await;
+    release.ca_bundle().await;
+    exercise(&release).await;
+    let events = release.audit_events();
+    assert!(!events.is_empty(), "the audit log has no request of the operator's ServiceAccount");
+    let denied: Vec<&Value> = events.iter().filter(|e| e.pointer("/responseStatus/code") == Some(&json!(403))).collect();
+    assert!(denied.is_empty(), "the chart's RBAC denied the operator: {denied:#?}");
+
+    // Every rule of the chart's roles was needed by some call.
+    let made: BTreeSet<(String, String, String)> = events.iter().map(call).collect();
+    for kind in ["clusterrole", "role"] {
+        let mut args = vec![kind, release.name.as_str()];
+        if kind == "role" {
+            args.extend(["-n", release.namespace.as_str()]);
+        }
+        let role = get_json(&args).await.unwrap();
+        for rule in granted(&role) {
+            assert!(made.contains(&rule), "{kind} grants {rule:?} but the operator never used it; made: {made:#?}");
+        }
+    }
+    let out = release.uninstall().await;
+    assert!(out.status.success());
+}
+
+#[tokio::test]
+async fn removing_one_verb_from_the_charts_rbac_is_caught() {
+    // The same chart with `patch` on distrolesspolicies/status taken away.
+    let copy = std::env::temp_dir().join(testcluster::unique(&format!("chart-{}", std::process::id())));
+    copy_dir(&chart_dir(), &copy);
+    let rbac = copy.join("templates/rbac.yaml");
+    let text_before = std::fs::read_to_string(&rbac).unwrap();
+    let broken = text_before.replace(
+        "resources: [\"distrolesspolicies/status\"]\n    verbs: [\"patch\"]",
+        "resources: [\"distrolesspolicies/status\"]\n    verbs: [\"get\"]",
+    );
+    assert_ne!(broken, text_before, "the rule to break was not found");
+    std::fs::write(&rbac, broken).unwrap();
+
+    let release = Release::install_chart("distroless-guard-norbac", &copy, &[]).await;
+    release.ca_bundle().await;
+    let ns = release.namespace("norbac", &[]).await;
+    let name = testcluster::unique("norbac-audit");
+    create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
+    let denied = wait_for("a 403 for the status patch in the audit log", Duration::from_secs(60), || async {
+        release
+            .audit_events()
+            .into_iter()
+            .find(|e| e.pointer("/responseStatus/code") == Some(&json!(403)))
+    })
+    .await;
+    assert_eq!(call(&denied), ("patch".into(), "distrolessguard.dev".into(), "distrolesspolicies/status".into()));
+    delete_policy(&name).await;
+    let _ = release.uninstall().await;
+    let _ = std::fs::remove_dir_all(copy);
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
