@@ -209,6 +209,15 @@ impl RuleId {
         RuleId::ImageUnverified,
     ];
 
+    /// Whether the rule reads the image in its registry (its result can change
+    /// while the pod spec stays the same), rather than the pod spec alone.
+    pub fn reads_the_image(self) -> bool {
+        matches!(
+            self,
+            RuleId::ImageHasShell | RuleId::ImageHasPackageManager | RuleId::ImageRootUser | RuleId::ImageUnverified
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RuleId::RootUid => "root-uid",

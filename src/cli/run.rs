@@ -163,7 +163,7 @@ pub async fn start(args: RunArgs) -> Result<Running, String> {
         .unwrap_or_else(|| format!("distroless-guard-{}", std::process::id()));
 
     let view = Arc::new(ClusterView::default());
-    let mut admission = Admission::new(crate::policy::PolicySet::default(), view.clone());
+    let mut admission = Admission::new(crate::policy::PolicySet::default(), view.clone()).with_owners(view.clone());
     if let Some(inspector) = args.images.inspector()? {
         let secrets = Arc::new(controller::pull_secrets::SecretPullSecrets::new(client.clone()));
         admission = admission.with_inspector(inspector).with_pull_secrets(secrets);

@@ -83,6 +83,31 @@ impl NamespaceLabels for ClusterView {
     }
 }
 
+impl crate::webhook::Owners for ClusterView {
+    fn owner<'a>(
+        &'a self,
+        namespace: &'a str,
+        owner: &'a crate::policy::Owner,
+    ) -> futures_util::future::BoxFuture<'a, Option<crate::policy::Workload>> {
+        Box::pin(async move {
+            let key = (owner.kind, namespace.to_string(), owner.name.clone());
+            // A controller creates children right after its owner appears; give
+            // the watch a moment to deliver it.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                if let Some(o) = lock(&self.workloads).get(&key).filter(|o| o.uid == owner.uid) {
+                    return Some(o.workload.clone());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    debug!(kind = %owner.kind, %namespace, name = %owner.name, "owner not in the view");
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+}
+
 pub fn api_resource(kind: WorkloadKind) -> ApiResource {
     match kind {
         WorkloadKind::Pod => ApiResource::erase::<Pod>(&()),

@@ -21,6 +21,24 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub owner_references: Option<Vec<OwnerReference>>,
+}
+
+/// An entry of `metadata.ownerReferences`.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
+    pub controller: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]

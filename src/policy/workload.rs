@@ -103,7 +103,18 @@ pub struct Workload {
     pub namespace: Option<String>,
     /// The object's own labels (what a webhook `objectSelector` sees).
     pub labels: BTreeMap<String, String>,
+    /// The controlling owner, when it is a workload (a ReplicaSet's Deployment,
+    /// a Pod's ReplicaSet, a Job's CronJob).
+    pub owner: Option<Owner>,
     pub spec: PodSpec,
+}
+
+/// The workload that controls another (`ownerReferences` with `controller: true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub uid: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +198,14 @@ impl ObjectShape {
             _ => template(spec.template),
         };
         let meta = self.metadata;
+        let owner = meta.owner_references.iter().flatten().find_map(|o| {
+            let kind = WorkloadKind::from_api_version_kind(&o.api_version, &o.kind)?;
+            (o.controller == Some(true)).then(|| Owner {
+                kind,
+                name: o.name.clone(),
+                uid: o.uid.clone(),
+            })
+        });
         Workload {
             kind,
             name: meta
@@ -196,6 +215,7 @@ impl ObjectShape {
                 .unwrap_or_default(),
             namespace: meta.namespace.filter(|n| !n.is_empty()),
             labels: meta.labels.unwrap_or_default(),
+            owner,
             spec: pod_spec,
         }
     }
@@ -263,6 +283,29 @@ mod tests {
         let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": "nope"}});
         let err = Workload::from_value(&obj).unwrap_err().to_string();
         assert!(err.contains("Pod p"), "{err}");
+    }
+
+    #[test]
+    fn the_controlling_owner_is_kept_when_it_is_a_workload() {
+        let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "1"},
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f", "uid": "u2", "controller": true}]}});
+        let w = Workload::from_value(&obj).unwrap().unwrap();
+        assert_eq!(
+            w.owner,
+            Some(Owner {
+                kind: WorkloadKind::ReplicaSet,
+                name: "web-7d9f".into(),
+                uid: "u2".into()
+            })
+        );
+        let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f", "uid": "u2"}]}});
+        assert_eq!(
+            Workload::from_value(&obj).unwrap().unwrap().owner,
+            None,
+            "not the controller"
+        );
     }
 
     #[test]

@@ -25,6 +25,34 @@ pub trait PullSecrets: Send + Sync {
     ) -> futures_util::future::BoxFuture<'a, Option<crate::image::credentials::Credentials>>;
 }
 
+/// The workloads in the cluster, by kind, namespace and name: what a
+/// controller's new object inherits from (see [`CONTROLLER_IDENTITIES`]).
+pub trait Owners: Send + Sync {
+    /// The owner when it exists with this uid; may wait briefly for a watch
+    /// that has not seen a just-created owner yet.
+    fn owner<'a>(
+        &'a self,
+        namespace: &'a str,
+        owner: &'a policy::Owner,
+    ) -> futures_util::future::BoxFuture<'a, Option<Workload>>;
+}
+
+/// The identities of the controller-manager's workload controllers (with
+/// `--use-service-account-credentials`, and the controller-manager itself
+/// without it). Only their CREATEs inherit from the owner: a user could write
+/// any `ownerReferences`, but cannot make requests as these identities
+/// without impersonation rights.
+pub const CONTROLLER_IDENTITIES: &[&str] = &[
+    "system:kube-controller-manager",
+    "system:serviceaccount:kube-system:deployment-controller",
+    "system:serviceaccount:kube-system:replicaset-controller",
+    "system:serviceaccount:kube-system:statefulset-controller",
+    "system:serviceaccount:kube-system:daemon-set-controller",
+    "system:serviceaccount:kube-system:replication-controller",
+    "system:serviceaccount:kube-system:job-controller",
+    "system:serviceaccount:kube-system:cronjob-controller",
+];
+
 /// Knows only a namespace's name, as the label `kubernetes.io/metadata.name`.
 /// Used by the standalone webhook, which has no API server to ask.
 pub struct NameOnly;
@@ -50,6 +78,8 @@ pub struct Admission {
     inspector: Option<Arc<Inspector>>,
     /// Resolves imagePullSecrets (in a cluster).
     pull_secrets: Option<Arc<dyn PullSecrets>>,
+    /// The workloads controllers create objects for (in a cluster).
+    owners: Option<Arc<dyn Owners>>,
 }
 
 /// What a review decided, for the response and for metrics.
@@ -67,7 +97,14 @@ impl Admission {
             namespaces,
             inspector: None,
             pull_secrets: None,
+            owners: None,
         }
+    }
+
+    /// Lets the controller-manager's creates inherit what their owner was admitted with.
+    pub fn with_owners(mut self, owners: Arc<dyn Owners>) -> Self {
+        self.owners = Some(owners);
+        self
     }
 
     /// Uses the pods' imagePullSecrets when reading their images.
@@ -198,6 +235,42 @@ impl Admission {
                 }
             }
         }
+        // What a workload controller creates for its owner (a Deployment's
+        // ReplicaSet, a ReplicaSet's Pod) carries the owner's pod template: a
+        // violation of the pod spec that the owner has as well was admitted with
+        // the owner (before the policy, or as an update of a legacy workload),
+        // so it is a warning. Image rules are judged afresh: an image can change
+        // under the same tag.
+        let has_denials = verdict.violations.iter().any(|v| v.action == Action::Deny);
+        if req.operation == "CREATE"
+            && has_denials
+            && CONTROLLER_IDENTITIES.contains(&req.user_info.username.as_str())
+            && let (Some(owners), Some(owner)) = (&self.owners, &workload.owner)
+        {
+            let namespace = req.namespace.clone().or(workload.namespace.clone()).unwrap_or_default();
+            if let Some(parent) = owners.owner(&namespace, owner).await {
+                let inherited: HashSet<(RuleId, String)> = self
+                    .judge(req, &parent, Scope::Full, now, false)
+                    .await
+                    .violations
+                    .into_iter()
+                    .filter(|v| !v.rule.reads_the_image())
+                    .filter_map(|v| Some((v.rule, template_path(parent.kind, &v.path)?.to_string())))
+                    .collect();
+                for v in verdict.violations.iter_mut().filter(|v| v.action == Action::Deny) {
+                    let Some(path) = template_path(workload.kind, &v.path) else {
+                        continue;
+                    };
+                    if !v.rule.reads_the_image() && inherited.contains(&(v.rule, path.to_string())) {
+                        v.action = Action::Warn;
+                        v.message = format!(
+                            "inherited from {} {} (admitted with it): {}",
+                            owner.kind, owner.name, v.message
+                        );
+                    }
+                }
+            }
+        }
         Ok(decide(req, &workload, verdict))
     }
 
@@ -226,6 +299,12 @@ impl Admission {
             violations: Vec::new(),
         })
     }
+}
+
+/// A violation's field path relative to the pod spec (`containers[0].command`),
+/// whatever kind carries the spec.
+fn template_path(kind: WorkloadKind, path: &str) -> Option<&str> {
+    path.strip_prefix(kind.spec_path())?.strip_prefix('.')
 }
 
 fn allowed(req: &AdmissionRequest) -> Decision {
@@ -301,5 +380,120 @@ fn decide(req: &AdmissionRequest, workload: &Workload, verdict: Verdict) -> Deci
         response,
         verdict: label,
         violations: verdict.violations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// One owner, as the cluster view would hold it.
+    struct OneOwner(Workload, String);
+
+    impl Owners for OneOwner {
+        fn owner<'a>(
+            &'a self,
+            _namespace: &'a str,
+            owner: &'a policy::Owner,
+        ) -> futures_util::future::BoxFuture<'a, Option<Workload>> {
+            let found = (owner.name == self.0.name && owner.uid == self.1).then(|| self.0.clone());
+            Box::pin(async move { found })
+        }
+    }
+
+    fn admission() -> Admission {
+        let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web-1", "namespace": "shop"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:1", "securityContext": {"runAsUser": 0}}]}}}});
+        let owner = Workload::from_value(&rs).unwrap().unwrap();
+        Admission::new(PolicySet::builtin_default(), Arc::new(NameOnly))
+            .with_owners(Arc::new(OneOwner(owner, "u1".into())))
+    }
+
+    fn pod_create(user: &str, owner_uid: &str, security: serde_json::Value) -> AdmissionRequest {
+        serde_json::from_value(json!({
+            "uid": "r1", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE",
+            "namespace": "shop", "userInfo": {"username": user},
+            "object": {"metadata": {"name": "web-1-abcde", "namespace": "shop", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": owner_uid, "controller": true}]},
+                "spec": {"containers": [{"name": "app", "image": "app:1", "securityContext": security}]}},
+        }))
+        .unwrap()
+    }
+
+    async fn verdict(req: AdmissionRequest) -> Decision {
+        let mut req = req;
+        admission().validate(&mut req, Timestamp::now()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_controller_managers_pods_inherit_what_their_replica_set_was_admitted_with() {
+        let d = verdict(pod_create(
+            "system:serviceaccount:kube-system:replicaset-controller",
+            "u1",
+            json!({"runAsUser": 0}),
+        ))
+        .await;
+        assert!(d.response.allowed, "{:?}", d.response.status);
+        assert!(
+            d.response.warnings[0].contains("inherited from ReplicaSet web-1"),
+            "{:?}",
+            d.response.warnings
+        );
+    }
+
+    #[tokio::test]
+    async fn anyone_else_writing_the_same_owner_reference_is_denied() {
+        let d = verdict(pod_create("alice", "u1", json!({"runAsUser": 0}))).await;
+        assert!(!d.response.allowed);
+        let d = verdict(pod_create(
+            "system:serviceaccount:shop:default",
+            "u1",
+            json!({"runAsUser": 0}),
+        ))
+        .await;
+        assert!(!d.response.allowed);
+    }
+
+    #[tokio::test]
+    async fn only_what_the_owner_has_is_inherited() {
+        // Another uid: not the owner the view holds (a deleted and recreated namesake).
+        let d = verdict(pod_create(
+            "system:serviceaccount:kube-system:replicaset-controller",
+            "u2",
+            json!({"runAsUser": 0}),
+        ))
+        .await;
+        assert!(!d.response.allowed);
+        // A violation the owner does not have.
+        let d = verdict(pod_create(
+            "system:serviceaccount:kube-system:replicaset-controller",
+            "u1",
+            json!({"runAsUser": 0, "runAsNonRoot": false}),
+        ))
+        .await;
+        assert!(!d.response.allowed);
+        let message = &d.response.status.as_ref().unwrap().message;
+        assert!(
+            message.contains("[non-root-disabled]") && !message.contains("[root-uid]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn image_rules_are_never_inherited_and_paths_are_read_relative_to_the_pod_spec() {
+        assert!(RuleId::ImageHasShell.reads_the_image() && !RuleId::RootUid.reads_the_image());
+        assert_eq!(
+            template_path(
+                WorkloadKind::CronJob,
+                "spec.jobTemplate.spec.template.spec.containers[0].command"
+            ),
+            Some("containers[0].command")
+        );
+        assert_eq!(
+            template_path(WorkloadKind::Pod, "spec.containers[1]"),
+            Some("containers[1]")
+        );
+        assert_eq!(template_path(WorkloadKind::Deployment, "spec.containers[1]"), None);
     }
 }

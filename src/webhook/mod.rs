@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-pub use admission::{Admission, NameOnly, NamespaceLabels};
+pub use admission::{Admission, NameOnly, NamespaceLabels, Owners};
 pub use metrics::Metrics;
 use review::AdmissionReview;
 

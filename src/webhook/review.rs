@@ -49,6 +49,17 @@ pub struct AdmissionRequest {
     pub old_object: Option<ObjectShape>,
     #[serde(default)]
     pub dry_run: Option<bool>,
+    /// Who makes the request, as the API server authenticated it.
+    #[serde(default)]
+    pub user_info: UserInfo,
+}
+
+#[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// Just enough of a review to answer it when its object cannot be read.

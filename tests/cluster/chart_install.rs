@@ -64,15 +64,23 @@ async fn helm_install_serves_through_the_service_upgrade_keeps_the_ca_and_uninst
         .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
         .filter_map(|a| a.as_str().map(str::to_string))
         .collect();
-    assert_eq!(ready, pod_ips, "both operator pods are ready endpoints of the webhook Service");
+    assert_eq!(
+        ready, pod_ips,
+        "both operator pods are ready endpoints of the webhook Service"
+    );
 
     // helm upgrade (server-side apply) keeps what the operator wrote: the
     // caBundle (the chart looks it up) and the Secret's certificates. The
     // operators are stopped first so nothing could write them back.
     release.stop_operators();
-    let secret_before = get_json(&["secret", &format!("{}-webhook-tls", release.name), "-n", &release.namespace])
-        .await
-        .unwrap();
+    let secret_before = get_json(&[
+        "secret",
+        &format!("{}-webhook-tls", release.name),
+        "-n",
+        &release.namespace,
+    ])
+    .await
+    .unwrap();
     let mut helm = cp().helm();
     helm.args(["upgrade", &release.name])
         .arg(chart_dir())
@@ -89,10 +97,18 @@ async fn helm_install_serves_through_the_service_upgrade_keeps_the_ca_and_uninst
             "{kind} lost its caBundle in the upgrade"
         );
     }
-    let secret_after = get_json(&["secret", &format!("{}-webhook-tls", release.name), "-n", &release.namespace])
-        .await
-        .unwrap();
-    assert_eq!(secret_after["data"], secret_before["data"], "the upgrade kept the certificates");
+    let secret_after = get_json(&[
+        "secret",
+        &format!("{}-webhook-tls", release.name),
+        "-n",
+        &release.namespace,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        secret_after["data"], secret_before["data"],
+        "the upgrade kept the certificates"
+    );
     assert!(secret_after["data"]["ca.crt"].is_string());
 
     // Uninstall: nothing of the release is left; the CRD stays (Helm never deletes CRDs,
@@ -109,7 +125,11 @@ async fn helm_install_serves_through_the_service_upgrade_keeps_the_ca_and_uninst
     })
     .await;
     assert!(left.is_empty());
-    assert!(get_json(&["crd", "distrolesspolicies.distrolessguard.dev"]).await.is_some());
+    assert!(
+        get_json(&["crd", "distrolesspolicies.distrolessguard.dev"])
+            .await
+            .is_some()
+    );
     let readme = std::fs::read_to_string(chart_dir().join("README.md")).unwrap();
     assert!(readme.contains("kubectl delete crd distrolesspolicies.distrolessguard.dev"));
     delete_policy(&deny).await;
@@ -167,18 +187,32 @@ async fn exercise(release: &Release) {
     .await;
     wait_for("a DistrolessViolation Event", Duration::from_secs(30), || async {
         let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
-        ev["items"].as_array()?.iter().any(|e| e["reason"] == "DistrolessViolation").then_some(())
+        ev["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["reason"] == "DistrolessViolation")
+            .then_some(())
     })
     .await;
     // Another set of violations on the same workload: the Event becomes a series.
     kubectl_ok(&[
-        "patch", "deployment", "shell", "-n", &ns, "--type=json",
-        "-p", r#"[{"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": ["bash", "-c", "run"]}]"#,
+        "patch",
+        "deployment",
+        "shell",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": ["bash", "-c", "run"]}]"#,
     ])
     .await;
     wait_for("the Event's series", Duration::from_secs(30), || async {
         let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
-        ev["items"].as_array()?.iter().any(|e| e["series"]["count"].as_u64() >= Some(2)).then_some(())
+        ev["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["series"]["count"].as_u64() >= Some(2))
+            .then_some(())
     })
     .await;
     // A forced certificate rotation: Secret update, caBundle patch.
@@ -193,7 +227,13 @@ async fn exercise(release: &Release) {
     ])
     .await;
     wait_for("the rotated certificate", Duration::from_secs(30), || async {
-        let s = get_json(&["secret", &format!("{}-webhook-tls", release.name), "-n", &release.namespace]).await?;
+        let s = get_json(&[
+            "secret",
+            &format!("{}-webhook-tls", release.name),
+            "-n",
+            &release.namespace,
+        ])
+        .await?;
         (s.pointer("/metadata/annotations/distrolessguard.dev~1not-after")? != "2000-01-01T00:00:00Z").then_some(())
     })
     .await;
@@ -207,8 +247,14 @@ async fn every_call_the_operator_makes_is_allowed_by_the_charts_rbac_and_every_r
     release.ca_bundle().await;
     exercise(&release).await;
     let events = release.audit_events();
-    assert!(!events.is_empty(), "the audit log has no request of the operator's ServiceAccount");
-    let denied: Vec<&Value> = events.iter().filter(|e| e.pointer("/responseStatus/code") == Some(&json!(403))).collect();
+    assert!(
+        !events.is_empty(),
+        "the audit log has no request of the operator's ServiceAccount"
+    );
+    let denied: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.pointer("/responseStatus/code") == Some(&json!(403)))
+        .collect();
     assert!(denied.is_empty(), "the chart's RBAC denied the operator: {denied:#?}");
 
     // Every rule of the chart's roles was needed by some call.
@@ -220,7 +266,10 @@ async fn every_call_the_operator_makes_is_allowed_by_the_charts_rbac_and_every_r
         }
         let role = get_json(&args).await.unwrap();
         for rule in granted(&role) {
-            assert!(made.contains(&rule), "{kind} grants {rule:?} but the operator never used it; made: {made:#?}");
+            assert!(
+                made.contains(&rule),
+                "{kind} grants {rule:?} but the operator never used it; made: {made:#?}"
+            );
         }
     }
     let out = release.uninstall().await;
@@ -246,14 +295,25 @@ async fn removing_one_verb_from_the_charts_rbac_is_caught() {
     let ns = release.namespace("norbac", &[]).await;
     let name = testcluster::unique("norbac-audit");
     create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
-    let denied = wait_for("a 403 for the status patch in the audit log", Duration::from_secs(60), || async {
-        release
-            .audit_events()
-            .into_iter()
-            .find(|e| e.pointer("/responseStatus/code") == Some(&json!(403)))
-    })
+    let denied = wait_for(
+        "a 403 for the status patch in the audit log",
+        Duration::from_secs(60),
+        || async {
+            release
+                .audit_events()
+                .into_iter()
+                .find(|e| e.pointer("/responseStatus/code") == Some(&json!(403)))
+        },
+    )
     .await;
-    assert_eq!(call(&denied), ("patch".into(), "distrolessguard.dev".into(), "distrolesspolicies/status".into()));
+    assert_eq!(
+        call(&denied),
+        (
+            "patch".into(),
+            "distrolessguard.dev".into(),
+            "distrolesspolicies/status".into()
+        )
+    );
     delete_policy(&name).await;
     let _ = release.uninstall().await;
     let _ = std::fs::remove_dir_all(copy);

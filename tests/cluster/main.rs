@@ -6,5 +6,6 @@
 
 mod support;
 
+mod admission;
 mod chart_install;
 mod control_plane;

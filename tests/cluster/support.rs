@@ -240,7 +240,28 @@ impl Release {
             _exclusive: exclusive,
         };
         release.start_operators().await;
+        release.ca_bundle().await;
+        release.wait_endpoints(release.operators.len()).await;
         release
+    }
+
+    /// Waits until the webhook Service has this many ready endpoints.
+    pub async fn wait_endpoints(&self, count: usize) {
+        let service = format!("kubernetes.io/service-name={}-webhook", self.name);
+        wait_for("the webhook Service's ready endpoints", Duration::from_secs(60), || {
+            let service = service.clone();
+            async move {
+                let slices = get_json(&["endpointslices", "-n", &self.namespace, "-l", &service]).await?;
+                let ready = slices["items"]
+                    .as_array()?
+                    .iter()
+                    .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+                    .filter(|e| e["conditions"]["ready"] == true)
+                    .count();
+                (ready == count).then_some(())
+            }
+        })
+        .await;
     }
 
     /// Starts a process for every pod of the release's Deployment that has none.
