@@ -78,6 +78,9 @@ pub struct ImageArgs {
     /// Docker config with registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
     #[arg(long)]
     pub docker_config: Option<PathBuf>,
+    /// How long a tag's digest is trusted before the registry is asked again, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub image_tag_ttl_seconds: u64,
 }
 
 impl ImageArgs {
@@ -90,6 +93,7 @@ impl ImageArgs {
         Ok(Some(crate::image::Inspector::new(crate::image::InspectorConfig {
             insecure_registries: self.insecure_registries.clone(),
             credentials,
+            tag_ttl: std::time::Duration::from_secs(self.image_tag_ttl_seconds),
             ..Default::default()
         })))
     }

@@ -9,3 +9,4 @@ mod support;
 mod admission;
 mod chart_install;
 mod control_plane;
+mod operator;

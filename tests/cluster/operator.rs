@@ -1,0 +1,226 @@
+//! The operator's controllers against the real API server: the audit status
+//! (server-side apply, counted through the real Deployment and ReplicaSet
+//! controllers), leader election on the real Lease, and certificate rotation
+//! through the real Secret and both webhook configurations.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+async fn audit(policy: &str) -> Option<Value> {
+    get_json(&["distrolesspolicy", policy]).await?.pointer("/status/audit").cloned()
+}
+
+#[tokio::test]
+async fn the_audit_counts_workloads_through_their_controllers_and_writes_status_with_server_side_apply() {
+    let release = Release::install("distroless-guard-audit", &[]).await;
+    let ns = release.namespace("audit", &[]).await;
+    let name = testcluster::unique("audit");
+    create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
+
+    let manifest = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - {{name: web, image: registry.test/web:1, command: [sh, -c, "exec web"]}}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: nightly, namespace: {ns}}}
+spec:
+  schedule: "@daily"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - {{name: job, image: registry.test/job:1, securityContext: {{runAsUser: 0}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fine, namespace: {ns}}}
+spec:
+  containers:
+  - {{name: app, image: registry.test/app:1}}
+"#
+    );
+    let out = kubectl_stdin(&["apply", "-f", "-"], &manifest).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    // The Deployment's ReplicaSet and its three Pods run on kwok nodes ...
+    wait_for("3 ready pods", Duration::from_secs(60), || async {
+        let d = get_json(&["deployment", "web", "-n", &ns]).await?;
+        (d["status"]["readyReplicas"] == 3).then_some(())
+    })
+    .await;
+    // ... and count once, through the Deployment.
+    let a = wait_for("the audit of 3 workloads", Duration::from_secs(60), || async {
+        audit(&name).await.filter(|a| a["matched"] == 3 && a["violating"] == 2)
+    })
+    .await;
+    assert_eq!(a["compliant"], 1, "{a}");
+    assert_eq!(a["byRule"]["shell-command"], 1, "{a}");
+    assert_eq!(a["byRule"]["root-uid"], 1, "{a}");
+    let top: Vec<&Value> = a["topViolations"].as_array().unwrap().iter().collect();
+    assert!(
+        top.iter().any(|t| t["kind"] == "Deployment" && t["name"] == "web"),
+        "{top:?}"
+    );
+    assert!(!top.iter().any(|t| t["kind"] == "ReplicaSet" || t["kind"] == "Pod"), "{top:?}");
+
+    // Written with server-side apply under our field manager, on the status subresource.
+    let full = kubectl_ok(&["get", "distrolesspolicy", &name, "--show-managed-fields", "-o", "json"]).await;
+    let full: Value = serde_json::from_str(&full).unwrap();
+    let ours: Vec<&Value> = full["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["manager"] == "distroless-guard")
+        .collect();
+    assert!(
+        ours.iter().any(|m| m["operation"] == "Apply" && m["subresource"] == "status"),
+        "{:#}",
+        full["metadata"]["managedFields"]
+    );
+    let status = &full["status"];
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["conditions"][0]["type"], "Ready");
+    assert_eq!(status["conditions"][0]["status"], "True");
+
+    // A fix rolls out through the real controllers: the count follows.
+    kubectl_ok(&[
+        "patch", "deployment", "web", "-n", &ns, "--type=json",
+        "-p", r#"[{"op": "remove", "path": "/spec/template/spec/containers/0/command"}]"#,
+    ])
+    .await;
+    wait_for("the fixed Deployment to count as compliant", Duration::from_secs(60), || async {
+        audit(&name).await.filter(|a| a["violating"] == 1 && a["compliant"] == 2)
+    })
+    .await;
+    // And deleting a workload removes it.
+    kubectl_ok(&["delete", "cronjob", "nightly", "-n", &ns]).await;
+    let a = wait_for("the CronJob to go", Duration::from_secs(60), || async {
+        audit(&name).await.filter(|a| a["matched"] == 2)
+    })
+    .await;
+    assert_eq!(a["byRule"]["root-uid"], 0, "{a}");
+
+    delete_policy(&name).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+async fn holder(release: &Release) -> Option<String> {
+    let lease = get_json(&["lease", &format!("{}-leader", release.name), "-n", &release.namespace]).await?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+#[tokio::test]
+async fn when_the_leader_dies_the_other_replica_takes_the_real_lease_and_status_writes_go_on() {
+    let mut release = Release::install("distroless-guard-ha", &[]).await;
+    assert_eq!(release.operators.len(), 2);
+    let first = wait_for("a lease holder", Duration::from_secs(30), || holder(&release)).await;
+    let leader = release
+        .operators
+        .iter()
+        .position(|o| o.pod == first)
+        .expect("the holder is one of the operator pods");
+    let survivor = release.operators[1 - leader].pod.clone();
+    // A crash, not a shutdown: the lease is not released.
+    let killed = Instant::now();
+    release.operators.remove(leader).kill();
+    let second = wait_for("the survivor to take the lease", Duration::from_secs(30), || async {
+        holder(&release).await.filter(|h| *h != first)
+    })
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(second, survivor);
+    // The lease is 4 s (test values) and a follower retries every second.
+    assert!(took < Duration::from_secs(7), "the takeover took {took:?}");
+
+    // The new leader writes: a policy created now gets a status.
+    let ns = release.namespace("ha", &[]).await;
+    let name = testcluster::unique("ha");
+    create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
+    wait_for("a status from the new leader", Duration::from_secs(30), || async { audit(&name).await }).await;
+    assert_eq!(holder(&release).await.as_deref(), Some(survivor.as_str()));
+    delete_policy(&name).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// The certificate a webhook process presents for the Service name, DER.
+async fn served(addr: std::net::SocketAddr, server_name: &str, ca_pem: &[u8]) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem).ok()?).ok()?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.ok()?;
+    Some(tls.get_ref().1.peer_certificates()?[0].to_vec())
+}
+
+#[tokio::test]
+async fn a_forced_rotation_goes_through_the_secret_both_configurations_and_every_replica() {
+    let release = Release::install("distroless-guard-rot", &[]).await;
+    let secret_name = format!("{}-webhook-tls", release.name);
+    let secret = || async {
+        let s = get_json(&["secret", &secret_name, "-n", &release.namespace]).await?;
+        let b64 = |k: &str| s["data"][k].as_str().map(str::to_string);
+        Some((b64("ca.crt")?, b64("tls.crt")?))
+    };
+    let (ca, leaf) = wait_for("the certificate Secret", Duration::from_secs(30), secret).await;
+    assert_eq!(release.ca_bundle().await, ca, "the webhook configurations trust the Secret's CA");
+    let ca_pem = base64::engine::general_purpose::STANDARD.decode(&ca).unwrap();
+    let sni = format!("{}-webhook.{}.svc", release.name, release.namespace);
+    for op in &release.operators {
+        assert!(served(op.webhook, &sni, &ca_pem).await.is_some(), "{} serves a certificate for {sni}", op.pod);
+    }
+    kubectl_ok(&[
+        "annotate", "secret", &secret_name, "-n", &release.namespace, "--overwrite",
+        "distrolessguard.dev/not-after=2000-01-01T00:00:00Z",
+    ])
+    .await;
+    let (ca2, leaf2) = wait_for("a new serving certificate", Duration::from_secs(30), || async {
+        secret().await.filter(|(_, l)| *l != leaf)
+    })
+    .await;
+    assert_eq!(ca2, ca, "rotation keeps the CA, so the caBundle stays valid");
+    assert_eq!(release.ca_bundle().await, ca);
+    let new_der = {
+        use rustls::pki_types::pem::PemObject;
+        let pem = base64::engine::general_purpose::STANDARD.decode(&leaf2).unwrap();
+        rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap().to_vec()
+    };
+    for op in &release.operators {
+        wait_for("every replica to serve the rotated certificate", Duration::from_secs(30), || {
+            let (sni, ca_pem, new_der) = (sni.clone(), ca_pem.clone(), new_der.clone());
+            async move { (served(op.webhook, &sni, &ca_pem).await? == new_der).then_some(()) }
+        })
+        .await;
+    }
+    // And the API server still reaches the webhook: a root pod is denied.
+    let ns = release.namespace("rot", &[]).await;
+    let deny = testcluster::unique("rot-deny");
+    create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;
+    release.wait_serving(&ns).await;
+    delete_policy(&deny).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
