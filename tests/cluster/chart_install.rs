@@ -290,7 +290,7 @@ async fn removing_one_verb_from_the_charts_rbac_is_caught() {
     assert_ne!(broken, text_before, "the rule to break was not found");
     std::fs::write(&rbac, broken).unwrap();
 
-    let release = Release::install_chart("distroless-guard-norbac", &copy, &[]).await;
+    let release = Release::install_chart("distroless-guard-norbac", &copy, &[], None).await;
     release.ca_bundle().await;
     let ns = release.namespace("norbac", &[]).await;
     let name = testcluster::unique("norbac-audit");

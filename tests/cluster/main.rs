@@ -4,9 +4,13 @@
 //! One control plane serves the whole binary; tests isolate themselves by
 //! namespace and release. Build the binaries once with `cargo xtask bins`.
 
+#[path = "../support/registry.rs"]
+mod registry;
 mod support;
 
 mod admission;
 mod chart_install;
 mod control_plane;
+mod crd;
+mod images;
 mod operator;

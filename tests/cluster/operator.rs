@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 async fn audit(policy: &str) -> Option<Value> {
-    get_json(&["distrolesspolicy", policy]).await?.pointer("/status/audit").cloned()
+    get_json(&["distrolesspolicy", policy])
+        .await?
+        .pointer("/status/audit")
+        .cloned()
 }
 
 #[tokio::test]
@@ -77,7 +80,10 @@ spec:
         top.iter().any(|t| t["kind"] == "Deployment" && t["name"] == "web"),
         "{top:?}"
     );
-    assert!(!top.iter().any(|t| t["kind"] == "ReplicaSet" || t["kind"] == "Pod"), "{top:?}");
+    assert!(
+        !top.iter().any(|t| t["kind"] == "ReplicaSet" || t["kind"] == "Pod"),
+        "{top:?}"
+    );
 
     // Written with server-side apply under our field manager, on the status subresource.
     let full = kubectl_ok(&["get", "distrolesspolicy", &name, "--show-managed-fields", "-o", "json"]).await;
@@ -89,7 +95,8 @@ spec:
         .filter(|m| m["manager"] == "distroless-guard")
         .collect();
     assert!(
-        ours.iter().any(|m| m["operation"] == "Apply" && m["subresource"] == "status"),
+        ours.iter()
+            .any(|m| m["operation"] == "Apply" && m["subresource"] == "status"),
         "{:#}",
         full["metadata"]["managedFields"]
     );
@@ -100,13 +107,25 @@ spec:
 
     // A fix rolls out through the real controllers: the count follows.
     kubectl_ok(&[
-        "patch", "deployment", "web", "-n", &ns, "--type=json",
-        "-p", r#"[{"op": "remove", "path": "/spec/template/spec/containers/0/command"}]"#,
+        "patch",
+        "deployment",
+        "web",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/template/spec/containers/0/command"}]"#,
     ])
     .await;
-    wait_for("the fixed Deployment to count as compliant", Duration::from_secs(60), || async {
-        audit(&name).await.filter(|a| a["violating"] == 1 && a["compliant"] == 2)
-    })
+    wait_for(
+        "the fixed Deployment to count as compliant",
+        Duration::from_secs(60),
+        || async {
+            audit(&name)
+                .await
+                .filter(|a| a["violating"] == 1 && a["compliant"] == 2)
+        },
+    )
     .await;
     // And deleting a workload removes it.
     kubectl_ok(&["delete", "cronjob", "nightly", "-n", &ns]).await;
@@ -153,7 +172,10 @@ async fn when_the_leader_dies_the_other_replica_takes_the_real_lease_and_status_
     let ns = release.namespace("ha", &[]).await;
     let name = testcluster::unique("ha");
     create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
-    wait_for("a status from the new leader", Duration::from_secs(30), || async { audit(&name).await }).await;
+    wait_for("a status from the new leader", Duration::from_secs(30), || async {
+        audit(&name).await
+    })
+    .await;
     assert_eq!(holder(&release).await.as_deref(), Some(survivor.as_str()));
     delete_policy(&name).await;
     let _ = release.uninstall().await;
@@ -164,7 +186,9 @@ async fn when_the_leader_dies_the_other_replica_takes_the_real_lease_and_status_
 async fn served(addr: std::net::SocketAddr, server_name: &str, ca_pem: &[u8]) -> Option<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem).ok()?).ok()?;
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem).ok()?)
+        .ok()?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .ok()?
@@ -172,7 +196,10 @@ async fn served(addr: std::net::SocketAddr, server_name: &str, ca_pem: &[u8]) ->
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).ok()?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()?;
     Some(tls.get_ref().1.peer_certificates()?[0].to_vec())
 }
 
@@ -186,14 +213,27 @@ async fn a_forced_rotation_goes_through_the_secret_both_configurations_and_every
         Some((b64("ca.crt")?, b64("tls.crt")?))
     };
     let (ca, leaf) = wait_for("the certificate Secret", Duration::from_secs(30), secret).await;
-    assert_eq!(release.ca_bundle().await, ca, "the webhook configurations trust the Secret's CA");
+    assert_eq!(
+        release.ca_bundle().await,
+        ca,
+        "the webhook configurations trust the Secret's CA"
+    );
     let ca_pem = base64::engine::general_purpose::STANDARD.decode(&ca).unwrap();
     let sni = format!("{}-webhook.{}.svc", release.name, release.namespace);
     for op in &release.operators {
-        assert!(served(op.webhook, &sni, &ca_pem).await.is_some(), "{} serves a certificate for {sni}", op.pod);
+        assert!(
+            served(op.webhook, &sni, &ca_pem).await.is_some(),
+            "{} serves a certificate for {sni}",
+            op.pod
+        );
     }
     kubectl_ok(&[
-        "annotate", "secret", &secret_name, "-n", &release.namespace, "--overwrite",
+        "annotate",
+        "secret",
+        &secret_name,
+        "-n",
+        &release.namespace,
+        "--overwrite",
         "distrolessguard.dev/not-after=2000-01-01T00:00:00Z",
     ])
     .await;
@@ -206,13 +246,19 @@ async fn a_forced_rotation_goes_through_the_secret_both_configurations_and_every
     let new_der = {
         use rustls::pki_types::pem::PemObject;
         let pem = base64::engine::general_purpose::STANDARD.decode(&leaf2).unwrap();
-        rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap().to_vec()
+        rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+            .unwrap()
+            .to_vec()
     };
     for op in &release.operators {
-        wait_for("every replica to serve the rotated certificate", Duration::from_secs(30), || {
-            let (sni, ca_pem, new_der) = (sni.clone(), ca_pem.clone(), new_der.clone());
-            async move { (served(op.webhook, &sni, &ca_pem).await? == new_der).then_some(()) }
-        })
+        wait_for(
+            "every replica to serve the rotated certificate",
+            Duration::from_secs(30),
+            || {
+                let (sni, ca_pem, new_der) = (sni.clone(), ca_pem.clone(), new_der.clone());
+                async move { (served(op.webhook, &sni, &ca_pem).await? == new_der).then_some(()) }
+            },
+        )
         .await;
     }
     // And the API server still reaches the webhook: a root pod is denied.
@@ -221,6 +267,66 @@ async fn a_forced_rotation_goes_through_the_secret_both_configurations_and_every
     create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;
     release.wait_serving(&ns).await;
     delete_policy(&deny).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn a_flapping_api_server_loses_no_update_and_admission_goes_on() {
+    let api: std::net::SocketAddr = cp().server().trim_start_matches("https://").parse().unwrap();
+    let proxy = testcluster::faults::FaultProxy::start(api).await.unwrap();
+    let release = Release::install_chart("distroless-guard-flap", &chart_dir(), &[], Some(proxy.addr())).await;
+    let ns = release.namespace("flap", &[]).await;
+    let name = testcluster::unique("flap");
+    create_policy(&policy(
+        &name,
+        &ns,
+        json!({"action": "Deny", "rules": {"shell-command": "Audit"}}),
+    ))
+    .await;
+    release.wait_serving(&ns).await;
+    wait_for("a first status", Duration::from_secs(30), || async {
+        audit(&name).await.filter(|a| a["matched"] == 0)
+    })
+    .await;
+
+    // Every watch is cut mid-stream, then the API server refuses the operator for a while.
+    proxy.cut_connections();
+    proxy.refuse(true);
+    // Admission goes on from what the operator knows.
+    let out = kubectl(&[
+        "run",
+        "root",
+        "-n",
+        &ns,
+        "--image=registry.test/app:1",
+        "--restart=Never",
+        "--overrides",
+        r#"{"spec":{"securityContext":{"runAsUser":0}}}"#,
+    ])
+    .await;
+    assert!(
+        !out.status.success() && text(&out).1.contains("[root-uid]"),
+        "{}",
+        text(&out).1
+    );
+    // The cluster changes while the operator cannot see it.
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "shell", "namespace": ns},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "registry.test/job:1", "command": ["bash", "-c", "x"]}]}}}});
+    let out = kubectl_stdin(&["create", "-f", "-"], &job.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = proxy.accepted();
+    proxy.refuse(false);
+    // After the outage the operator catches up without a restart.
+    wait_for("the status after the outage", Duration::from_secs(60), || async {
+        audit(&name)
+            .await
+            .filter(|a| a["matched"] == 1 && a["byRule"]["shell-command"] == 1)
+    })
+    .await;
+    assert!(proxy.accepted() > refused, "the operator reconnected through the proxy");
+    delete_policy(&name).await;
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }

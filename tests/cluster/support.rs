@@ -184,6 +184,7 @@ pub struct Release {
     pub namespace: String,
     pub operators: Vec<OperatorPod>,
     pub helm_args: Vec<String>,
+    api_server: Option<std::net::SocketAddr>,
     _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -208,11 +209,17 @@ fn test_values(release: &str) -> Vec<String> {
 impl Release {
     /// `helm install` with the test values plus `extra`, then the operator processes.
     pub async fn install(prefix: &str, extra: &[&str]) -> Release {
-        Self::install_chart(prefix, &chart_dir(), extra).await
+        Self::install_chart(prefix, &chart_dir(), extra, None).await
     }
 
-    /// As `install`, from another copy of the chart.
-    pub async fn install_chart(prefix: &str, chart: &Path, extra: &[&str]) -> Release {
+    /// As `install`, from another copy of the chart, optionally with the
+    /// operator reaching the API server through a fault proxy.
+    pub async fn install_chart(
+        prefix: &str,
+        chart: &Path,
+        extra: &[&str],
+        api_server: Option<std::net::SocketAddr>,
+    ) -> Release {
         let exclusive = OPERATOR.lock().await;
         let name = testcluster::unique(prefix);
         let mut args = test_values(&name);
@@ -237,6 +244,7 @@ impl Release {
             name,
             operators: Vec::new(),
             helm_args: args,
+            api_server,
             _exclusive: exclusive,
         };
         release.start_operators().await;
@@ -272,8 +280,10 @@ impl Release {
                 binary: Path::new(env!("CARGO_BIN_EXE_distroless-guard")),
                 namespace: &self.namespace,
                 deployment: &self.name,
-                extra_args: Vec::new(),
+                // Tags re-pushed by a test are read again a second later.
+                extra_args: vec!["--image-tag-ttl-seconds=1".into()],
                 env: vec![("RUST_LOG".into(), "distroless_guard=debug,info".into())],
+                api_server: self.api_server,
             },
         )
         .await

@@ -218,6 +218,7 @@ async fn install(
             deployment: RELEASE,
             extra_args: vec!["--log-format=text".into()],
             env: Vec::new(),
+            api_server: None,
         },
     )
     .await

@@ -73,6 +73,8 @@ pub struct Launch<'a> {
     pub extra_args: Vec<String>,
     /// Extra environment (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// Reach the API server through this address instead (a [`crate::faults::FaultProxy`]).
+    pub api_server: Option<SocketAddr>,
 }
 
 impl OperatorPod {
@@ -228,7 +230,12 @@ async fn start_pod(
     }
 
     let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
-    let kubeconfig = cp.service_account_kubeconfig(launch.namespace, &sa).await?;
+    let mut kubeconfig = cp.service_account_kubeconfig(launch.namespace, &sa).await?;
+    if let Some(proxy) = launch.api_server {
+        let text = std::fs::read_to_string(&kubeconfig)?;
+        kubeconfig = dir.join("through-proxy.kubeconfig");
+        crate::pki::write_kubeconfig(&kubeconfig, &crate::faults::through(&text, proxy))?;
+    }
 
     // Ports: every container port gets a local one; --listen flags follow.
     let ports: Vec<(i32, u16)> = container

@@ -1,0 +1,72 @@
+//! The CRD as the real API server sees it: its schema and CEL rules compile,
+//! and invalid policies are refused with the field named, as kubectl shows it.
+
+use serde_json::json;
+
+use crate::support::*;
+
+async fn install_crd() {
+    let crd = root().join("crds/distrolessguard.dev_distrolesspolicies.yaml");
+    let out = kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        crd.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success(), "the API server refused the CRD: {}", text(&out).1);
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/distrolesspolicies.distrolessguard.dev",
+        "--timeout=30s",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn the_api_server_accepts_the_crd_and_refuses_invalid_policies_naming_the_field() {
+    install_crd().await;
+    let valid = json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessPolicy",
+        "metadata": {"name": testcluster::unique("crd-valid")},
+        "spec": {"action": "Warn", "rules": {"exec-probe": "Deny"},
+                 "exemptions": [{"reason": "vendor image, TICKET-1", "images": ["registry.example.com/vendor/*"], "expires": "2099-01-31"}]}});
+    let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &valid.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    let cases = [
+        (
+            json!({"rules": {"no-such-rule": "Deny"}}),
+            vec!["spec.rules", "unknown rule id"],
+        ),
+        (
+            json!({"exemptions": [{"reason": "   ", "namespaces": ["legacy"]}]}),
+            vec!["spec.exemptions[0].reason", "an exemption needs a non-empty reason"],
+        ),
+        (
+            json!({"exemptions": [{"namespaces": ["legacy"]}]}),
+            vec!["spec.exemptions[0].reason", "Required value"],
+        ),
+        (
+            json!({"action": "Block"}),
+            vec!["spec.action", "Unsupported value: \"Block\""],
+        ),
+        (json!({"nonRootUser": 0}), vec!["spec.nonRootUser"]),
+        (
+            json!({"exemptions": [{"reason": "x", "expires": "next week"}]}),
+            vec!["spec.exemptions[0].expires"],
+        ),
+    ];
+    for (spec, expected) in cases {
+        let p = json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessPolicy",
+            "metadata": {"name": testcluster::unique("crd-invalid")}, "spec": spec});
+        let out = kubectl_stdin(&["apply", "-f", "-"], &p.to_string()).await;
+        let (_, err) = text(&out);
+        assert!(!out.status.success(), "the API server accepted {spec}");
+        assert!(err.contains("is invalid"), "{err}");
+        for e in expected {
+            assert!(err.contains(e), "{spec}: expected {e:?} in: {err}");
+        }
+    }
+}

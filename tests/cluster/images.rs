@@ -1,0 +1,102 @@
+//! Image rules in a cluster, against a real registry on 127.0.0.1: an image
+//! that changes under its tag is judged afresh for every new pod, so the
+//! ReplicaSet's `FailedCreate` Event carries our denial.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
+use crate::support::*;
+
+async fn push_distroless(reference: &str) {
+    let app = Layer::new()
+        .file("app", b"ELF")
+        .file("etc/passwd", b"nonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n")
+        .tar();
+    push(
+        reference,
+        &Image::new(vec![Blob::layer(app, Compression::Gzip)]).user("65532"),
+    )
+    .await;
+}
+
+async fn push_with_shell(reference: &str) {
+    let debian = Layer::new()
+        .symlink("bin", "usr/bin")
+        .file("usr/bin/dash", b"ELF")
+        .symlink("usr/bin/sh", "dash")
+        .tar();
+    push(
+        reference,
+        &Image::new(vec![Blob::layer(debian, Compression::Gzip)]).user("65532"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pods_of_a_tag_repushed_with_a_shell_are_denied_and_the_replica_set_says_why() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let release = Release::install(
+        "distroless-guard-img",
+        &[
+            "--set",
+            "imageInspection.enabled=true",
+            "--set",
+            &format!("imageInspection.insecureRegistries={{{host}}}"),
+        ],
+    )
+    .await;
+    let ns = release.namespace("img", &[]).await;
+    let deny = testcluster::unique("img-deny");
+    create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;
+    release.wait_serving(&ns).await;
+
+    let image = registry.image(&format!("{ns}/web:1"));
+    push_distroless(&image).await;
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": image}]}}}});
+    let out = kubectl_stdin(&["apply", "-f", "-"], &deployment.to_string()).await;
+    assert!(out.status.success(), "a distroless image was refused: {}", text(&out).1);
+    wait_for("the distroless pod", Duration::from_secs(60), || async {
+        let d = get_json(&["deployment", "web", "-n", &ns]).await?;
+        (d["status"]["readyReplicas"] == 1).then_some(())
+    })
+    .await;
+
+    // The same tag now holds an image with a shell; the tag cache is short in tests.
+    push_with_shell(&image).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = kubectl(&["scale", "deployment/web", "-n", &ns, "--replicas=2"]).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    let event = wait_for(
+        "the ReplicaSet's FailedCreate Event",
+        Duration::from_secs(60),
+        || async {
+            let events = get_json(&["events", "-n", &ns, "--field-selector", "reason=FailedCreate"]).await?;
+            events["items"]
+                .as_array()?
+                .iter()
+                .find(|e| e["involvedObject"]["kind"] == "ReplicaSet")
+                .cloned()
+        },
+    )
+    .await;
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.contains("admission webhook \"validate.distrolessguard.dev\" denied the request")
+            && message.contains("[image-has-shell]")
+            && message.contains("/usr/bin/dash"),
+        "{message}"
+    );
+    let d = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(d["status"]["readyReplicas"], 1, "the second pod was never created");
+
+    delete_policy(&deny).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
