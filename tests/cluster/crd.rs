@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::support::*;
 
-async fn install_crd() {
+pub async fn install_crd() {
     let crd = root().join("crds/distrolessguard.dev_distrolesspolicies.yaml");
     let out = kubectl(&[
         "apply",

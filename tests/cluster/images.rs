@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
+use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, basic_auth_front, push};
 use crate::support::*;
 
 async fn push_distroless(reference: &str) {
@@ -95,6 +95,71 @@ async fn pods_of_a_tag_repushed_with_a_shell_are_denied_and_the_replica_set_says
     );
     let d = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
     assert_eq!(d["status"]["readyReplicas"], 1, "the second pod was never created");
+
+    delete_policy(&deny).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn a_private_image_is_read_with_the_pods_image_pull_secret_under_the_charts_rbac() {
+    let registry = TestRegistry::start();
+    let front = basic_auth_front(registry.addr).await;
+    let release = Release::install(
+        "distroless-guard-pull",
+        &[
+            "--set",
+            "imageInspection.enabled=true",
+            "--set",
+            &format!("imageInspection.insecureRegistries={{{front}}}"),
+        ],
+    )
+    .await;
+    let ns = release.namespace("pull", &[]).await;
+    let deny = testcluster::unique("pull-deny");
+    create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;
+    release.wait_serving(&ns).await;
+    push_with_shell(&registry.image(&format!("{ns}/web:1"))).await;
+    let private = format!("{front}/{ns}/web:1");
+
+    // The pull secret, as a developer would create it.
+    let out = kubectl(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "-n",
+        &ns,
+        &format!("--docker-server={front}"),
+        "--docker-username=bot",
+        "--docker-password=s3cret",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let pod = |name: &str, secret: bool| {
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+            "spec": {"containers": [{"name": "web", "image": private}]}});
+        if secret {
+            p["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+        }
+        p.to_string()
+    };
+    // With the secret, the operator reads the image and finds the shell.
+    let out = kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &pod("with", true)).await;
+    let (_, err) = text(&out);
+    assert!(!out.status.success() && err.contains("[image-has-shell]"), "{err}");
+    // Without it the registry refuses: image-unverified, a warning by default.
+    let out = kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &pod("without", false)).await;
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Warning:") && err.contains("[image-unverified]"), "{err}");
+    assert!(
+        !release
+            .audit_events()
+            .iter()
+            .any(|e| e.pointer("/responseStatus/code") == Some(&json!(403))),
+        "the chart's RBAC refused the secret read"
+    );
 
     delete_policy(&deny).await;
     let _ = release.uninstall().await;

@@ -5,6 +5,7 @@
 //! namespace and release. Build the binaries once with `cargo xtask bins`.
 
 #[path = "../support/registry.rs"]
+#[allow(dead_code)]
 mod registry;
 mod support;
 

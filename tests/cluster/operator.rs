@@ -105,6 +105,49 @@ spec:
     assert_eq!(status["conditions"][0]["type"], "Ready");
     assert_eq!(status["conditions"][0]["status"], "True");
 
+    // Health, readiness and metrics of the leader, over plain HTTP.
+    let leader = holder_of(&release).await;
+    let op = release.operators.iter().find(|o| o.pod == leader).unwrap();
+    assert_eq!(http_get(op.health, "/healthz").await.0, 200);
+    assert_eq!(http_get(op.health, "/readyz").await.0, 200);
+    let metrics = http_get(op.health, "/metrics").await.1;
+    assert!(metrics.contains("distroless_guard_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "distroless_guard_audit_workloads{{policy=\"{name}\",state=\"violating\"}} 2"
+        )),
+        "{metrics}"
+    );
+    // One Event per violating workload and set of violations, however many passes ran.
+    let events = get_json(&["events.events.k8s.io", "-n", &ns]).await.unwrap();
+    let for_web = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "DistrolessViolation" && e["regarding"]["name"] == "web")
+        .count();
+    assert_eq!(for_web, 1, "{events:#}");
+    // No hot loop: once settled, the status is not written again.
+    let status_writes = || {
+        release
+            .audit_events()
+            .iter()
+            .filter(|e| {
+                e["verb"] == "patch"
+                    && e["objectRef"]["subresource"] == "status"
+                    && e["objectRef"]["name"] == name.as_str()
+            })
+            .count()
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = status_writes();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        status_writes(),
+        writes,
+        "the status is rewritten although nothing changed"
+    );
+
     // A fix rolls out through the real controllers: the count follows.
     kubectl_ok(&[
         "patch",
@@ -138,6 +181,29 @@ spec:
     delete_policy(&name).await;
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+async fn holder_of(release: &Release) -> String {
+    wait_for("a lease holder", Duration::from_secs(30), || holder(release)).await
+}
+
+/// A plain HTTP/1.1 GET: status and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
 }
 
 async fn holder(release: &Release) -> Option<String> {
@@ -329,4 +395,112 @@ async fn a_flapping_api_server_loses_no_update_and_admission_goes_on() {
     delete_policy(&name).await;
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops_writing_at_once() {
+    let release = Release::install("distroless-guard-lost", &[]).await;
+    let first = holder_of(&release).await;
+    // Someone else takes the lease (as after a partition): neither replica may write.
+    let lease = format!("{}-leader", release.name);
+    let far = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600))
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    kubectl_ok(&[
+        "patch",
+        "lease",
+        &lease,
+        "-n",
+        &release.namespace,
+        "--type=merge",
+        "-p",
+        &json!({"spec": {"holderIdentity": "intruder", "renewTime": far, "leaseDurationSeconds": 3600}}).to_string(),
+    ])
+    .await;
+    let metrics_of = |addr| async move { http_get(addr, "/metrics").await.1 };
+    let op = release.operators.iter().find(|o| o.pod == first).unwrap();
+    wait_for("the leader to step down", Duration::from_secs(10), || async {
+        metrics_of(op.health)
+            .await
+            .contains("distroless_guard_leader 0")
+            .then_some(())
+    })
+    .await;
+    let ns = release.namespace("lost", &[]).await;
+    let name = testcluster::unique("lost");
+    create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        audit(&name).await.is_none(),
+        "a replica that does not lead wrote a status"
+    );
+    assert_eq!(holder(&release).await.as_deref(), Some("intruder"));
+    delete_policy(&name).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// `distroless-guard run` with a kubeconfig, until it exits (it must, here).
+async fn run_until_exit(kubeconfig: &std::path::Path) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+    cmd.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "text",
+        "--kubeconfig",
+    ])
+    .arg(kubeconfig);
+    let out = tokio::time::timeout(Duration::from_secs(30), output(cmd))
+        .await
+        .expect("run did not exit");
+    (out.status.success(), text(&out).1)
+}
+
+#[tokio::test]
+async fn startup_names_the_rbac_permission_it_lacks() {
+    crate::crd::install_crd().await;
+    // A user allowed to list and watch everything the operator watches but CronJobs.
+    let user = testcluster::unique("dg-partial");
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": user},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods", "replicationcontrollers", "namespaces"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["distrolessguard.dev"], "resources": ["distrolesspolicies"], "verbs": ["list", "watch"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+        "subjects": [{"kind": "User", "name": user}]});
+    for o in [role, binding] {
+        let out = kubectl_stdin(&["create", "-f", "-"], &o.to_string()).await;
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    let kubeconfig = cp().user_kubeconfig(&user, &[]).unwrap();
+    let (ok, err) = run_until_exit(&kubeconfig).await;
+    assert!(!ok);
+    assert!(
+        err.contains("no RBAC permission to list/watch cronjobs (batch/v1)"),
+        "{err}"
+    );
+    kubectl_ok(&["delete", "clusterrole,clusterrolebinding", &user]).await;
+}
+
+#[tokio::test]
+async fn startup_without_the_crd_says_how_to_install_it() {
+    // A control plane of its own (just etcd and the API server), where the CRD never was.
+    let bare = testcluster::ControlPlane::start(testcluster::Options {
+        api_server_only: true,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("a second control plane: {e}"));
+    let (ok, err) = run_until_exit(bare.admin_kubeconfig()).await;
+    assert!(!ok);
+    assert!(
+        err.contains("CRD is not installed") && err.contains("kubectl apply"),
+        "{err}"
+    );
+    bare.stop();
 }

@@ -11,7 +11,6 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use testcluster::ControlPlane;
-use testcluster::operator::{self, OperatorPod};
 
 pub fn cp() -> &'static ControlPlane {
     testcluster::shared()
@@ -178,14 +177,24 @@ static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The label that sends a namespace to one release's webhooks.
 pub const RELEASE_LABEL: &str = "distrolessguard.dev/test-release";
 
-/// A Helm release of the chart with its operator pods running as local processes.
+/// A Helm release of the chart with its operator pods running as local
+/// processes, held exclusively by one test.
 pub struct Release {
-    pub name: String,
-    pub namespace: String,
-    pub operators: Vec<OperatorPod>,
-    pub helm_args: Vec<String>,
-    api_server: Option<std::net::SocketAddr>,
+    inner: testcluster::release::Release,
     _exclusive: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Release {
+    type Target = testcluster::release::Release;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Release {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
 }
 
 /// Values every test release uses: text logs, fast certificate checks, a short
@@ -222,78 +231,26 @@ impl Release {
     ) -> Release {
         let exclusive = OPERATOR.lock().await;
         let name = testcluster::unique(prefix);
-        let mut args = test_values(&name);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let selector: BTreeMap<String, String> = [
-            ("app.kubernetes.io/name".to_string(), "distroless-guard".to_string()),
-            ("app.kubernetes.io/instance".to_string(), name.clone()),
-        ]
-        .into();
-        cp().create_stage(&operator::probe_gate(&format!("probe-{name}"), &selector))
-            .await
-            .unwrap();
-        let mut helm = cp().helm();
-        helm.args(["install", &name])
-            .arg(chart)
-            .args(["-n", &name, "--create-namespace"])
-            .args(&args);
-        let out = output(helm).await;
-        assert!(out.status.success(), "helm install {name}: {}", text(&out).1);
-        let mut release = Release {
-            namespace: name.clone(),
-            name,
-            operators: Vec::new(),
-            helm_args: args,
-            api_server,
-            _exclusive: exclusive,
-        };
-        release.start_operators().await;
-        release.ca_bundle().await;
-        release.wait_endpoints(release.operators.len()).await;
-        release
-    }
-
-    /// Waits until the webhook Service has this many ready endpoints.
-    pub async fn wait_endpoints(&self, count: usize) {
-        let service = format!("kubernetes.io/service-name={}-webhook", self.name);
-        wait_for("the webhook Service's ready endpoints", Duration::from_secs(60), || {
-            let service = service.clone();
-            async move {
-                let slices = get_json(&["endpointslices", "-n", &self.namespace, "-l", &service]).await?;
-                let ready = slices["items"]
-                    .as_array()?
-                    .iter()
-                    .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
-                    .filter(|e| e["conditions"]["ready"] == true)
-                    .count();
-                (ready == count).then_some(())
-            }
-        })
-        .await;
-    }
-
-    /// Starts a process for every pod of the release's Deployment that has none.
-    pub async fn start_operators(&mut self) {
-        let ops = operator::start(
+        let mut helm_args = test_values(&name);
+        helm_args.extend(extra.iter().map(|s| s.to_string()));
+        let inner = testcluster::release::Release::install(
             cp(),
-            operator::Launch {
+            testcluster::release::Install {
+                name: &name,
+                chart,
                 binary: Path::new(env!("CARGO_BIN_EXE_distroless-guard")),
-                namespace: &self.namespace,
-                deployment: &self.name,
+                helm_args,
                 // Tags re-pushed by a test are read again a second later.
                 extra_args: vec!["--image-tag-ttl-seconds=1".into()],
                 env: vec![("RUST_LOG".into(), "distroless_guard=debug,info".into())],
-                api_server: self.api_server,
+                api_server,
             },
         )
         .await
-        .unwrap_or_else(|e| panic!("starting the operator of {}: {e}", self.name));
-        let running: Vec<String> = self.operators.iter().map(|o| o.pod.clone()).collect();
-        for op in ops {
-            if running.contains(&op.pod) {
-                continue;
-            }
-            self.operators.push(op);
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+        Release {
+            inner,
+            _exclusive: exclusive,
         }
     }
 
@@ -304,24 +261,8 @@ impl Release {
         namespace(prefix, &labels).await
     }
 
-    /// The webhook configurations' caBundle, once both carry the same one.
     pub async fn ca_bundle(&self) -> String {
-        let name = self.name.clone();
-        wait_for(
-            "the caBundle in both webhook configurations",
-            Duration::from_secs(60),
-            || {
-                let name = name.clone();
-                async move {
-                    let v = get_json(&["validatingwebhookconfiguration", &name]).await?;
-                    let m = get_json(&["mutatingwebhookconfiguration", &name]).await?;
-                    let vb = v.pointer("/webhooks/0/clientConfig/caBundle")?.as_str()?.to_string();
-                    let mb = m.pointer("/webhooks/0/clientConfig/caBundle")?.as_str()?.to_string();
-                    (vb == mb && !vb.is_empty()).then_some(vb)
-                }
-            },
-        )
-        .await
+        self.inner.ca_bundle().await.unwrap()
     }
 
     /// Waits until pods in `namespace` are admitted through this release's webhooks:
@@ -340,46 +281,8 @@ impl Release {
         .await;
     }
 
-    /// Every request the release's ServiceAccount made, from the API server's audit log.
-    pub fn audit_events(&self) -> Vec<Value> {
-        let user = format!("system:serviceaccount:{}:{}", self.namespace, self.name);
-        cp().audit_events()
-            .into_iter()
-            .filter(|e| e.pointer("/user/username").and_then(Value::as_str) == Some(user.as_str()))
-            .collect()
-    }
-
     /// `helm uninstall` and the processes stopped.
-    pub async fn uninstall(mut self) -> Output {
-        self.stop_operators();
-        let mut helm = cp().helm();
-        helm.args([
-            "uninstall",
-            &self.name,
-            "-n",
-            &self.namespace,
-            "--wait",
-            "--timeout",
-            "60s",
-        ]);
-        output(helm).await
-    }
-
-    pub fn stop_operators(&mut self) {
-        for op in self.operators.drain(..) {
-            op.stop();
-        }
-    }
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.stop_operators();
-        // A release a failed test left behind must not keep its webhooks.
-        let mut helm = cp().helm();
-        helm.args(["uninstall", &self.name, "-n", &self.namespace, "--ignore-not-found"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let _ = helm.status();
+    pub async fn uninstall(self) -> Output {
+        self.inner.uninstall().await.unwrap()
     }
 }

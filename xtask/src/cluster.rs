@@ -2,13 +2,12 @@
 //! the tests use, with the Helm chart installed on request and the operator
 //! running as local processes standing in for the chart's pods.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use testcluster::{ControlPlane, Options, operator};
+use testcluster::{ControlPlane, Options};
 
 #[derive(Subcommand)]
 pub enum Action {
@@ -98,6 +97,7 @@ fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize) -> Re
         dir: Some(dir.to_path_buf()),
         nodes,
         unlimited: false,
+        api_server_only: false,
     })
     .map_err(|e| e.to_string())?;
     let cp: &'static ControlPlane = Box::leak(Box::new(cp));
@@ -128,10 +128,10 @@ fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize) -> Re
         "  kubectl get nodes        # any kubectl; this one matches the server: {}",
         kubectl.display()
     );
-    if let Some(ops) = &operators {
+    if let Some(release) = &operators {
         println!();
         println!("distroless-guard is installed in namespace {NAMESPACE} (Helm release {RELEASE});");
-        for o in ops {
+        for o in &release.operators {
             println!(
                 "  pod {} ({}) is played by a local process, log: {}",
                 o.pod,
@@ -163,7 +163,9 @@ fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize) -> Re
         }
     });
     eprintln!("stopping ...");
-    drop(operators);
+    if let Some(release) = operators {
+        let _ = runtime.block_on(release.uninstall());
+    }
     cp.stop();
     let _ = std::fs::remove_file(dir.join("cluster.pid"));
     runtime.shutdown_timeout(Duration::from_secs(2));
@@ -189,41 +191,26 @@ async fn install(
     cp: &'static ControlPlane,
     binary: &Path,
     helm_args: &[String],
-) -> Result<Vec<operator::OperatorPod>, String> {
-    let selector: BTreeMap<String, String> = [
-        ("app.kubernetes.io/name".to_string(), "distroless-guard".to_string()),
-        ("app.kubernetes.io/instance".to_string(), RELEASE.to_string()),
-    ]
-    .into();
-    cp.create_stage(&operator::probe_gate(&format!("probe-{RELEASE}"), &selector))
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<testcluster::release::Release, String> {
     eprintln!("helm install {RELEASE} charts/distroless-guard -n {NAMESPACE} --create-namespace ...");
-    let out = cp
-        .helm()
-        .args(["install", RELEASE])
-        .arg(crate::root().join("charts/distroless-guard"))
-        .args(["-n", NAMESPACE, "--create-namespace"])
-        .args(helm_args)
-        .output()
-        .map_err(|e| format!("cannot run helm: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("helm install failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let ops = operator::start(
+    testcluster::release::Release::install(
         cp,
-        operator::Launch {
+        testcluster::release::Install {
+            name: RELEASE,
+            chart: &crate::root().join("charts/distroless-guard"),
             binary,
-            namespace: NAMESPACE,
-            deployment: RELEASE,
-            extra_args: vec!["--log-format=text".into()],
+            helm_args: [
+                vec!["--set".to_string(), "logging.format=text".to_string()],
+                helm_args.to_vec(),
+            ]
+            .concat(),
+            extra_args: Vec::new(),
             env: Vec::new(),
             api_server: None,
         },
     )
     .await
-    .map_err(|e| e.to_string())?;
-    Ok(ops)
+    .map_err(|e| e.to_string())
 }
 
 fn down(dir: &Path) -> Result<(), String> {

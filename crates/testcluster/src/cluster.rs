@@ -67,6 +67,8 @@ pub struct Options {
     /// Lift the client rate limits of the controller-manager and scheduler and the
     /// API server's in-flight limits (benchmarks with thousands of pods).
     pub unlimited: bool,
+    /// Only etcd and the API server: no controllers, scheduler, kwok or Nodes.
+    pub api_server_only: bool,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             dir: None,
             nodes: 2,
             unlimited: false,
+            api_server_only: false,
         }
     }
 }
@@ -314,6 +317,10 @@ impl ControlPlane {
             })
             .is_some()
         })?;
+
+        if opts.api_server_only {
+            return Ok(cp);
+        }
 
         // kube-controller-manager and kube-scheduler
         let kcm_port = free_port();
@@ -712,6 +719,14 @@ impl ControlPlane {
         if let Some(rt) = lock(&self.runtime).take() {
             rt.shutdown_background();
         }
+    }
+
+    /// The process id of a component (`kube-apiserver`, `etcd`, ...).
+    pub fn pid(&self, component: &str) -> Option<u32> {
+        lock(&self.procs)
+            .iter()
+            .find(|p| p.name() == component)
+            .map(Process::pid)
     }
 
     /// Runs `task` on the control plane's own runtime (it outlives any test's runtime).

@@ -15,6 +15,7 @@ pub mod faults;
 pub mod operator;
 pub mod pki;
 pub mod process;
+pub mod release;
 pub mod stages;
 
 use std::sync::OnceLock;

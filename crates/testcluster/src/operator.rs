@@ -58,7 +58,7 @@ pub struct OperatorPod {
     /// /healthz, /readyz and /metrics (plain HTTP).
     pub health: SocketAddr,
     pub log: PathBuf,
-    process: Option<Process>,
+    process: std::sync::Mutex<Option<Process>>,
     routes: Vec<SocketAddr>,
     alive: Arc<AtomicBool>,
     cp: &'static ControlPlane,
@@ -91,7 +91,8 @@ impl OperatorPod {
     fn shutdown(&mut self, kill: bool) {
         let cp = self.cp;
         self.alive.store(false, Ordering::SeqCst);
-        if let Some(p) = self.process.take() {
+        let taken = self.process.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(p) = taken {
             if kill {
                 p.kill();
             } else {
@@ -104,9 +105,23 @@ impl OperatorPod {
         cp.unwatch_log(&self.log);
     }
 
+    /// The process id (0 once stopped).
+    pub fn pid(&self) -> u32 {
+        self.process
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Process::pid)
+            .unwrap_or(0)
+    }
+
     /// Whether the process still runs.
-    pub fn running(&mut self) -> bool {
-        self.process.as_mut().is_some_and(|p| p.exited().is_none())
+    pub fn running(&self) -> bool {
+        self.process
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .is_some_and(|p| p.exited().is_none())
     }
 
     /// The process's log so far.
@@ -117,7 +132,7 @@ impl OperatorPod {
 
 impl Drop for OperatorPod {
     fn drop(&mut self) {
-        if self.process.is_some() {
+        if self.process.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             self.shutdown(false);
         }
     }
@@ -308,7 +323,7 @@ async fn start_pod(
         webhook: webhook.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
         health,
         log,
-        process: Some(process),
+        process: std::sync::Mutex::new(Some(process)),
         routes,
         alive,
         cp,
