@@ -138,7 +138,11 @@ async fn a_private_image_is_read_with_the_pods_image_pull_secret_under_the_chart
     assert!(out.status.success(), "{}", text(&out).1);
     let pod = |name: &str, secret: bool| {
         // Another tag without the secret: a verdict already cached for the first would answer.
-        let image = if secret { private.clone() } else { format!("{front}/{ns}/web:other") };
+        let image = if secret {
+            private.clone()
+        } else {
+            format!("{front}/{ns}/web:other")
+        };
         let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
             "spec": {"containers": [{"name": "web", "image": image}]}});
         if secret {
