@@ -73,14 +73,10 @@ async fn helm_install_serves_through_the_service_upgrade_keeps_the_ca_and_uninst
     // caBundle (the chart looks it up) and the Secret's certificates. The
     // operators are stopped first so nothing could write them back.
     release.stop_operators();
-    let secret_before = get_json(&[
-        "secret",
-        &format!("{}-webhook-tls", release.name),
-        "-n",
-        &release.namespace,
-    ])
-    .await
-    .unwrap();
+    let tls_secret = format!("{}-webhook-tls", release.name);
+    let secret_before = get_json(&["secret", &tls_secret, "-n", &release.namespace])
+        .await
+        .unwrap();
     let mut helm = cp().helm();
     helm.args(["upgrade", &release.name])
         .arg(chart_dir())
@@ -97,14 +93,9 @@ async fn helm_install_serves_through_the_service_upgrade_keeps_the_ca_and_uninst
             "{kind} lost its caBundle in the upgrade"
         );
     }
-    let secret_after = get_json(&[
-        "secret",
-        &format!("{}-webhook-tls", release.name),
-        "-n",
-        &release.namespace,
-    ])
-    .await
-    .unwrap();
+    let secret_after = get_json(&["secret", &tls_secret, "-n", &release.namespace])
+        .await
+        .unwrap();
     assert_eq!(
         secret_after["data"], secret_before["data"],
         "the upgrade kept the certificates"

@@ -87,42 +87,37 @@ async fn deployments_run_on_kwok_nodes_and_readiness_gates_decide_the_endpoints(
         )
     };
     assert_eq!(ready_endpoints(ns.clone()).await, Some(0));
-    kubectl_ok(&[
-        "patch",
-        "pod",
-        "gated",
-        "-n",
-        &ns,
-        "--subresource=status",
-        "--type=strategic",
-        "-p",
-        r#"{"status":{"conditions":[{"type":"example.com/serving","status":"True"}]}}"#,
-    ])
-    .await;
+    set_gate(&ns, "gated", "True").await;
     wait_for("the gated pod in the endpoints", Duration::from_secs(30), || {
         let ns = ns.clone();
         async move { (ready_endpoints(ns).await? == 1).then_some(()) }
     })
     .await;
     // Closing the gate takes it out again.
-    kubectl_ok(&[
-        "patch",
-        "pod",
-        "gated",
-        "-n",
-        &ns,
-        "--subresource=status",
-        "--type=strategic",
-        "-p",
-        r#"{"status":{"conditions":[{"type":"example.com/serving","status":"False"}]}}"#,
-    ])
-    .await;
+    set_gate(&ns, "gated", "False").await;
     wait_for("the gated pod out of the endpoints", Duration::from_secs(30), || {
         let ns = ns.clone();
         async move { (ready_endpoints(ns).await? == 0).then_some(()) }
     })
     .await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// Writes the pod's readiness gate condition, as a controller would.
+async fn set_gate(ns: &str, pod: &str, status: &str) {
+    let patch = json!({"status": {"conditions": [{"type": "example.com/serving", "status": status}]}}).to_string();
+    kubectl_ok(&[
+        "patch",
+        "pod",
+        pod,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        &patch,
+    ])
+    .await;
 }
 
 async fn first_status(ns: &str, pod: &str) -> Option<Value> {

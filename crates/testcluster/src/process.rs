@@ -214,6 +214,11 @@ impl Process {
             return;
         }
         stop_groups(&[(pid, self.name.clone())], grace);
+        // Whatever the leader left behind in its group goes too.
+        // SAFETY: our own group.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
         let _ = self.child.try_wait();
     }
 }
@@ -267,9 +272,13 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         p.stop(Duration::from_secs(2));
-        // SAFETY: probing whether any process of the group remains.
-        let alive = unsafe { libc::kill(-pid, 0) } == 0;
-        assert!(!alive, "the process group outlived stop()");
+        // SAFETY: probing whether any process of the group remains (zombies
+        // reparented to init are reaped a moment later).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while unsafe { libc::kill(-pid, 0) } == 0 {
+            assert!(Instant::now() < deadline, "the process group outlived stop()");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -448,24 +448,27 @@ containerStatuses:
     )
 }
 
+/// Initialized, and neither the containers nor the pod ready.
+const NOT_READY_CONDITIONS: &str = r#"conditions:
+- type: Initialized
+  status: "True"
+  lastTransitionTime: {{ $now | Quote }}
+- type: ContainersReady
+  status: "False"
+  reason: ContainersNotReady
+  lastTransitionTime: {{ $now | Quote }}
+- type: Ready
+  status: "False"
+  reason: ContainersNotReady
+  lastTransitionTime: {{ $now | Quote }}"#;
+
 fn waiting(reason: &str, message: &str) -> String {
     let reason = yaml_string(reason);
     let message = yaml_string(message);
     format!(
         r#"{{{{ $now := Now }}}}
 phase: Pending
-conditions:
-- type: Initialized
-  status: "True"
-  lastTransitionTime: {{{{ $now | Quote }}}}
-- type: ContainersReady
-  status: "False"
-  reason: ContainersNotReady
-  lastTransitionTime: {{{{ $now | Quote }}}}
-- type: Ready
-  status: "False"
-  reason: ContainersNotReady
-  lastTransitionTime: {{{{ $now | Quote }}}}
+{NOT_READY_CONDITIONS}
 containerStatuses:
 {{{{ range .spec.containers }}}}
 - name: {{{{ .name | Quote }}}}
@@ -488,18 +491,7 @@ fn not_ready() -> String {
         r#"{{{{ $now := Now }}}}
 phase: Running
 startTime: {{{{ or .status.startTime $now | Quote }}}}
-conditions:
-- type: Initialized
-  status: "True"
-  lastTransitionTime: {{{{ $now | Quote }}}}
-- type: ContainersReady
-  status: "False"
-  reason: ContainersNotReady
-  lastTransitionTime: {{{{ $now | Quote }}}}
-- type: Ready
-  status: "False"
-  reason: ContainersNotReady
-  lastTransitionTime: {{{{ $now | Quote }}}}
+{NOT_READY_CONDITIONS}
 containerStatuses:
 {{{{ range .spec.containers }}}}
 - name: {{{{ .name | Quote }}}}
