@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
+use distroless_guard::admission::review::AdmissionResponse;
+use distroless_guard::admission::{Admission, NameOnly};
 use distroless_guard::policy::PolicySet;
-use distroless_guard::webhook::review::AdmissionResponse;
-use distroless_guard::webhook::{self, Admission, NameOnly, ServeOptions};
+use distroless_guard::webhook::{self, ServeOptions};
 use serde_json::Value;
 use tls::{HttpsConn, TestCa};
 

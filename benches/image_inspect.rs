@@ -14,7 +14,7 @@ mod registry;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use distroless_guard::image::{InspectOptions, Inspector, InspectorConfig};
+use distroless_guard::image::{Inspector, InspectorConfig, Platform};
 use oci_client::Reference;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -138,7 +138,7 @@ fn main() {
         insecure_registries: vec![registry.host()],
         ..Default::default()
     };
-    let options = InspectOptions::default();
+    let options = Platform::default();
     runtime.block_on(async {
         // Cold: a fresh inspector, nothing cached.
         let inspector = Inspector::new(config());

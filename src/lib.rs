@@ -1,10 +1,23 @@
 //! distroless-guard: makes distroless, non-root workloads the default in a
-//! Kubernetes cluster. One policy engine serves the admission webhook and the
-//! offline `check`, so they can never disagree.
+//! Kubernetes cluster. One policy engine serves the admission webhook, the
+//! audit controller and the offline `check`, so they can never disagree.
+//!
+//! Dependency direction (no cycles): `api` ← `policy` (reads
+//! `image::report`) ← `admission` (uses `image` to read registries) ←
+//! `webhook` (the HTTPS server) and `controller` ← `operator` (owns every
+//! task of `run`) ← `cli` (clap, output, exit codes; nothing imports it).
+//! `manifest` and `offline` serve `check`; `metrics` and `telemetry` are
+//! leaves.
 
+pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod image;
+pub mod manifest;
+pub mod metrics;
+pub mod offline;
+pub mod operator;
 pub mod policy;
+pub mod telemetry;
 pub mod webhook;

@@ -6,8 +6,8 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use distroless_guard::api::{DistrolessPolicy, RuleId};
-use distroless_guard::cli::check;
-use distroless_guard::cli::manifest::{self, Document};
+use distroless_guard::manifest::{self, Document};
+use distroless_guard::offline as check;
 use distroless_guard::policy::PolicySet;
 use serde_json::Value;
 use support::psa;

@@ -6,7 +6,7 @@ use std::path::Path;
 fn checked_in_crd_matches_the_rust_types() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/distrolessguard.dev_distrolesspolicies.yaml");
     let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let generated = distroless_guard::cli::crd_yaml();
+    let generated = distroless_guard::api::crd_yaml().unwrap();
     assert!(
         on_disk == generated,
         "{} is out of date with src/api; regenerate it with:\n  cargo run -- crd > {}",
@@ -17,7 +17,7 @@ fn checked_in_crd_matches_the_rust_types() {
 
 #[test]
 fn crd_is_cluster_scoped_with_short_name_and_rule_id_validation() {
-    let crd: serde_json::Value = serde_yaml::from_str(&distroless_guard::cli::crd_yaml()).unwrap();
+    let crd: serde_json::Value = serde_yaml::from_str(&distroless_guard::api::crd_yaml().unwrap()).unwrap();
     assert_eq!(crd["spec"]["scope"], "Cluster");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "dpol");
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
@@ -50,7 +50,7 @@ fn crd_is_cluster_scoped_with_short_name_and_rule_id_validation() {
 #[test]
 fn example_policies_are_valid_distrolesspolicies() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
-    let set = distroless_guard::cli::load_policies(&[dir]).unwrap();
+    let set = distroless_guard::manifest::load_policies(&[dir]).unwrap();
     assert!(set.get("audit").is_some() && set.get("enforce").is_some());
     let audit = set.get("audit").unwrap();
     assert_eq!(audit.spec.action, distroless_guard::api::Action::Audit);

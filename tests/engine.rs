@@ -522,7 +522,7 @@ spec: {timeoutSeconds: 2, platform: all}
     );
     let plan = inspection_plan(&set, &subject).unwrap();
     assert_eq!(plan.images, ["a:1", "b:1"]);
-    assert_eq!((plan.platform.as_str(), plan.timeout.as_secs()), ("all", 2));
+    assert_eq!((plan.platform.to_string().as_str(), plan.timeout.as_secs()), ("all", 2));
     let no_images = policies(
         r#"
 apiVersion: distrolessguard.dev/v1alpha1

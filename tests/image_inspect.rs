@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distroless_guard::image::{ImageError, ImageReport, InspectOptions, Inspector, InspectorConfig, LayerLimits};
+use distroless_guard::image::{ImageError, ImageReport, Inspector, InspectorConfig, LayerLimits, Platform};
 use support::registry::{Blob, Compression, Image, Layer, TestRegistry, push, push_index};
 
 const PASSWD: &[u8] = b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n";
@@ -33,10 +33,7 @@ fn limited(registry: &TestRegistry, limits: LayerLimits) -> Arc<Inspector> {
 }
 
 async fn one(inspector: &Arc<Inspector>, image: &str) -> ImageReport {
-    let reports = inspector
-        .inspect(image, &InspectOptions::default(), None)
-        .await
-        .unwrap();
+    let reports = inspector.inspect(image, &Platform::default(), None).await.unwrap();
     assert_eq!(reports.len(), 1);
     (*reports[0]).clone()
 }
@@ -251,14 +248,14 @@ async fn a_multi_arch_index_is_judged_per_platform() {
     let default = one(&insp, &image).await;
     assert!(default.distroless && default.platform == "linux/amd64", "{default:?}");
     let arm = insp
-        .inspect(&image, &InspectOptions::Platform("linux/arm64".into()), None)
+        .inspect(&image, &Platform::One("linux/arm64".into()), None)
         .await
         .unwrap();
     assert!(!arm[0].distroless && arm[0].platform == "linux/arm64");
-    let all = insp.inspect(&image, &InspectOptions::AllPlatforms, None).await.unwrap();
+    let all = insp.inspect(&image, &Platform::All, None).await.unwrap();
     assert_eq!(all.iter().map(|r| r.distroless).collect::<Vec<_>>(), [true, false]);
     let missing = insp
-        .inspect(&image, &InspectOptions::Platform("windows/amd64".into()), None)
+        .inspect(&image, &Platform::One("windows/amd64".into()), None)
         .await
         .unwrap_err();
     assert!(
@@ -300,10 +297,7 @@ async fn a_decompression_bomb_is_stopped_with_a_clear_error() {
             ..LayerLimits::default()
         },
     );
-    let err = insp
-        .inspect(&image, &InspectOptions::default(), None)
-        .await
-        .unwrap_err();
+    let err = insp.inspect(&image, &Platform::default(), None).await.unwrap_err();
     assert!(
         matches!(err, ImageError::Limit { .. }) && err.to_string().contains("decompression bomb"),
         "{err}"
@@ -319,7 +313,7 @@ async fn a_decompression_bomb_is_stopped_with_a_clear_error() {
             ..LayerLimits::default()
         },
     );
-    let err = insp.inspect(&big, &InspectOptions::default(), None).await.unwrap_err();
+    let err = insp.inspect(&big, &Platform::default(), None).await.unwrap_err();
     assert!(err.to_string().contains("larger than 1048576 bytes"), "{err}");
 }
 
@@ -328,7 +322,7 @@ async fn a_missing_tag_and_a_down_registry_are_named_errors() {
     let mut registry = TestRegistry::start();
     let insp = inspector(&registry);
     let err = insp
-        .inspect(&registry.image("nothing/here:1"), &InspectOptions::default(), None)
+        .inspect(&registry.image("nothing/here:1"), &Platform::default(), None)
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
@@ -336,7 +330,7 @@ async fn a_missing_tag_and_a_down_registry_are_named_errors() {
     registry.stop();
     let started = Instant::now();
     let err = insp
-        .inspect(&image, &InspectOptions::default(), Some(Duration::from_secs(5)))
+        .inspect(&image, &Platform::default(), Some(Duration::from_secs(5)))
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::Unreachable { .. }), "{err}");
@@ -373,7 +367,7 @@ async fn a_slow_registry_hits_the_deadline_and_the_inspection_warms_the_cache() 
     });
     let started = Instant::now();
     let err = insp
-        .inspect(&via_proxy, &InspectOptions::default(), Some(Duration::from_millis(300)))
+        .inspect(&via_proxy, &Platform::default(), Some(Duration::from_millis(300)))
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::Timeout { .. }), "{err}");
@@ -388,7 +382,7 @@ async fn a_slow_registry_hits_the_deadline_and_the_inspection_warms_the_cache() 
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t = Instant::now();
         if let Ok(r) = insp
-            .inspect(&via_proxy, &InspectOptions::default(), Some(Duration::from_millis(50)))
+            .inspect(&via_proxy, &Platform::default(), Some(Duration::from_millis(50)))
             .await
         {
             warmed = Some((r, t.elapsed()));
@@ -442,7 +436,7 @@ async fn concurrent_inspections_share_one_flight_and_rebuilds_reuse_base_layers(
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let (insp, image) = (shared.clone(), v1.clone());
-            tokio::spawn(async move { insp.inspect(&image, &InspectOptions::default(), None).await.unwrap() })
+            tokio::spawn(async move { insp.inspect(&image, &Platform::default(), None).await.unwrap() })
         })
         .collect();
     for t in tasks {

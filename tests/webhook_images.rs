@@ -6,10 +6,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use distroless_guard::admission::{Admission, NameOnly};
 use distroless_guard::api::DistrolessPolicy;
 use distroless_guard::image::{Inspector, InspectorConfig};
 use distroless_guard::policy::PolicySet;
-use distroless_guard::webhook::{Admission, NameOnly};
 use serde_json::{Value, json};
 use support::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
 use support::webhook::TestWebhook;

@@ -125,6 +125,14 @@ fn rules_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// Rule id -> count (a map's keys cannot carry an enum in a structural schema).
+fn by_rule_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"type": "integer", "format": "uint32", "minimum": 0}
+    })
+}
+
 fn default_non_root_user() -> i64 {
     DEFAULT_NON_ROOT_USER
 }
@@ -361,25 +369,9 @@ pub struct DistrolessPolicyStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`: True when the policy is valid and in force; False with a reason otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSummary>,
-}
-
-/// A status condition (the shape of `metav1.Condition`).
-#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// True, False or Unknown.
-    pub status: String,
-    pub reason: String,
-    #[serde(default)]
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    pub last_transition_time: String,
 }
 
 /// Workloads the policy matches now, and how they fare.
@@ -392,9 +384,11 @@ pub struct AuditSummary {
     pub violating: u32,
     /// Rule id -> number of workloads that break it.
     #[serde(default)]
-    pub by_rule: BTreeMap<String, u32>,
-    /// When the summary was computed (RFC 3339).
-    pub last_evaluated: String,
+    #[schemars(schema_with = "by_rule_schema")]
+    pub by_rule: BTreeMap<RuleId, u32>,
+    /// When the summary was computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_evaluated: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// The first violating workloads, by kind, namespace and name.
     #[serde(default)]
     pub top_violations: Vec<WorkloadViolations>,

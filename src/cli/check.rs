@@ -1,181 +1,87 @@
-//! `distroless-guard check`: the admission engine, offline, over manifests.
+//! `distroless-guard check`: the engine over manifests, offline; the report
+//! for people (text) or tools (JSON), or the manifests with `--fix` applied.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 
-use jiff::Timestamp;
+use anyhow::Context;
+use clap::Args;
 use json_patch::PatchOperation;
-use serde::Serialize;
-use serde_json::Value;
 
-use super::manifest::Document;
+use super::{ImageArgs, OutputFormat};
 use crate::api::Action;
-use crate::policy::{
-    self, ImageFacts, InspectionPlan, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels,
-};
+use crate::manifest::{self, Document};
+use crate::offline::{self, Report};
+use crate::policy::ImageFacts;
 
-/// The namespace `kubectl apply` would use for an object that names none.
-pub const DEFAULT_NAMESPACE: &str = "default";
-
-/// The verdict on one object of the input.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectResult {
-    pub api_version: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub allowed: bool,
-    pub violations: Vec<Violation>,
-    /// RFC 6902 operations that mutation (and `--fix`) applies to the object.
-    pub mutations: Vec<PatchOperation>,
-    /// `file:line` of the object.
-    pub source: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub results: Vec<ObjectResult>,
-}
-
-impl Report {
-    pub fn allowed(&self) -> bool {
-        self.results.iter().all(|r| r.allowed)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{location}: {source}")]
-pub struct CheckError {
-    location: String,
-    #[source]
-    source: policy::ExtractError,
-}
-
-/// Labels of the namespaces defined in the input, so namespace selectors see them.
-fn namespace_labels(docs: &[Document]) -> BTreeMap<String, BTreeMap<String, String>> {
-    docs.iter()
-        .filter(|d| d.kind() == "Namespace")
-        .filter_map(|d| {
-            let name = d.value.pointer("/metadata/name")?.as_str()?.to_string();
-            let mut labels = namespace_name_labels(&name);
-            if let Some(Value::Object(extra)) = d.value.pointer("/metadata/labels") {
-                labels.extend(
-                    extra
-                        .iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
-                );
-            }
-            Some((name, labels))
-        })
-        .collect()
-}
-
-/// The namespace an object is judged in, and that namespace's labels.
-fn placement(
-    workload: &Workload,
-    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
-) -> (String, BTreeMap<String, String>) {
-    let namespace = workload
-        .namespace
-        .clone()
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-    let labels = namespaces
-        .get(&namespace)
-        .cloned()
-        .unwrap_or_else(|| namespace_name_labels(&namespace));
-    (namespace, labels)
-}
-
-/// What image inspection `check --inspect-images` must do first, one plan per workload.
-pub fn inspection_plans(docs: &[Document], policies: &PolicySet) -> Result<Vec<InspectionPlan>, CheckError> {
-    let namespaces = namespace_labels(docs);
-    let mut plans = Vec::new();
-    for doc in docs {
-        let workload = Workload::from_value(&doc.value).map_err(|source| CheckError {
-            location: doc.location(),
-            source,
-        })?;
-        let Some(workload) = workload else { continue };
-        let (namespace, labels) = placement(&workload, &namespaces);
-        let subject = Subject {
-            workload: &workload,
-            namespace: &namespace,
-            namespace_labels: &labels,
-            scope: Scope::Full,
-            images: None,
-        };
-        plans.extend(policy::inspection_plan(policies, &subject));
-    }
-    Ok(plans)
-}
-
-/// Evaluates every workload in `docs`; other kinds are skipped. With `fix`,
-/// the documents are mutated in place and the verdict is on the fixed object.
-/// `images` holds what image inspection found, when it ran.
-pub fn check(
-    docs: &mut [Document],
-    policies: &PolicySet,
-    now: Timestamp,
+#[derive(Args, Debug)]
+pub(super) struct CheckArgs {
+    /// Files or directories (searched recursively for .yaml, .yml, .json); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    files: Vec<PathBuf>,
+    /// DistrolessPolicy manifests to apply; without any, the built-in default policy
+    /// (every rule denies, UID 65532) is used.
+    #[arg(long = "policy")]
+    policies: Vec<PathBuf>,
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+    /// Print the manifests with mutation applied, as YAML, instead of a report.
+    #[arg(long)]
     fix: bool,
-    images: Option<&ImageFacts>,
-) -> Result<Report, CheckError> {
-    let namespaces = namespace_labels(docs);
-    let mut results = Vec::new();
-    for doc in docs.iter_mut() {
-        let location = doc.location();
-        let extract = |value: &Value| {
-            Workload::from_value(value).map_err(|source| CheckError {
-                location: location.clone(),
-                source,
-            })
-        };
-        let Some(mut workload) = extract(&doc.value)? else {
-            continue;
-        };
-        let (namespace, ns_labels) = placement(&workload, &namespaces);
-        let judge = |w: &Workload| {
-            let subject = Subject {
-                workload: w,
-                namespace: &namespace,
-                namespace_labels: &ns_labels,
-                scope: Scope::Full,
-                images,
-            };
-            policy::evaluate(policies, &subject, now)
-        };
-        let mut verdict = judge(&workload);
-        let mutations = verdict.mutation_patch(&workload);
-        if fix && !mutations.is_empty() {
-            if let Err(e) = json_patch::patch(&mut doc.value, &mutations) {
-                // The patch was computed from this very document; failing to apply it is a bug.
-                tracing::error!(error = %e, %location, "mutation patch does not apply to its own document");
-            } else if let Some(fixed) = extract(&doc.value)? {
-                workload = fixed;
-                verdict = judge(&workload);
-            }
+    #[command(flatten)]
+    images: ImageArgs,
+}
+
+/// Inspects what the plans name, each under its own deadline.
+fn gather_images(
+    config: crate::image::InspectorConfig,
+    plans: Vec<crate::policy::InspectionPlan>,
+) -> anyhow::Result<ImageFacts> {
+    let runtime = crate::telemetry::runtime().context("cannot start the async runtime")?;
+    let facts = runtime.block_on(async {
+        let inspector = crate::image::Inspector::new(config);
+        let mut facts = ImageFacts::new();
+        for plan in plans {
+            let missing: Vec<String> = plan.images.into_iter().filter(|i| !facts.contains_key(i)).collect();
+            facts.extend(
+                crate::admission::images::gather(&inspector, &missing, &plan.platform, plan.timeout, None).await,
+            );
         }
-        results.push(ObjectResult {
-            api_version: doc
-                .value
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            kind: workload.kind.to_string(),
-            namespace,
-            name: workload.name.clone(),
-            allowed: verdict.allowed(),
-            violations: verdict.violations,
-            mutations: if fix { Vec::new() } else { mutations },
-            source: location,
-        });
+        facts
+    });
+    runtime.shutdown_background();
+    Ok(facts)
+}
+
+/// Whether everything was allowed.
+pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
+    let policies = manifest::load_policies(&args.policies)?;
+    let mut docs = manifest::load(&args.files)?;
+    let facts = match args.images.inspector_config()? {
+        Some(config) => {
+            let plans = offline::inspection_plans(&docs, &policies)?;
+            Some(gather_images(config, plans)?)
+        }
+        None => None,
+    };
+    let report = offline::check(&mut docs, &policies, jiff::Timestamp::now(), args.fix, facts.as_ref())?;
+    let mut stdout = std::io::stdout().lock();
+    if args.fix {
+        write_fixed(&mut stdout, &docs)
+    } else if args.output == OutputFormat::Json {
+        serde_json::to_writer_pretty(&mut stdout, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|()| stdout.write_all(b"\n"))
+    } else {
+        write_text(&mut stdout, &report)
     }
-    Ok(Report { results })
+    .context("cannot write output")?;
+    Ok(report.allowed())
 }
 
 /// Writes the fixed manifests as YAML documents.
-pub fn write_fixed(out: &mut impl Write, docs: &[Document]) -> std::io::Result<()> {
+fn write_fixed(out: &mut impl Write, docs: &[Document]) -> std::io::Result<()> {
     let many_sources = docs.windows(2).any(|w| w[0].source != w[1].source);
     let mut last_source = None;
     for (i, doc) in docs.iter().enumerate() {
@@ -234,7 +140,7 @@ fn describe_op(op: &PatchOperation) -> String {
 }
 
 /// Writes the report for people: one block per object, then a summary line.
-pub fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
     let paint = Paint::detect();
     let mut counts: BTreeMap<Action, usize> = BTreeMap::new();
     for r in &report.results {

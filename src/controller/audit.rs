@@ -44,7 +44,7 @@ pub fn summarize<'a>(
 ) -> (AuditSummary, Vec<Violating<'a>>) {
     let single = PolicySet::from_compiled(vec![policy.clone()]).unwrap_or_default();
     let mut summary = AuditSummary {
-        last_evaluated: now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        last_evaluated: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
         ..Default::default()
     };
     let mut violating = Vec::new();
@@ -75,15 +75,15 @@ pub fn summarize<'a>(
             continue;
         }
         summary.violating += 1;
-        let rules: BTreeSet<String> = verdict.violations.iter().map(|v| v.rule.to_string()).collect();
+        let rules: BTreeSet<crate::api::RuleId> = verdict.violations.iter().map(|v| v.rule).collect();
         for r in &rules {
-            *summary.by_rule.entry(r.clone()).or_default() += 1;
+            *summary.by_rule.entry(*r).or_default() += 1;
         }
         summary.top_violations.push(WorkloadViolations {
             kind: object.workload.kind.to_string(),
             namespace: namespace.to_string(),
             name: object.workload.name.clone(),
-            rules: rules.into_iter().collect(),
+            rules: rules.iter().map(|r| r.to_string()).collect(),
         });
         violating.push(Violating {
             object,
@@ -137,9 +137,14 @@ mod tests {
         ];
         let (summary, violating) = summarize(&policy, &objects, &HashMap::new(), Timestamp::UNIX_EPOCH);
         assert_eq!((summary.matched, summary.compliant, summary.violating), (2, 1, 1));
-        assert_eq!(summary.by_rule, BTreeMap::from([("shell-command".to_string(), 1)]));
+        assert_eq!(summary.by_rule, BTreeMap::from([(crate::api::RuleId::ShellCommand, 1)]));
         assert_eq!(summary.top_violations[0].name, "web");
         assert_eq!(violating[0].violations[0].action, crate::api::Action::Audit);
-        assert_eq!(summary.last_evaluated, "1970-01-01T00:00:00Z");
+        assert_eq!(
+            summary.last_evaluated,
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::UNIX_EPOCH
+            ))
+        );
     }
 }

@@ -5,7 +5,6 @@
 //! serving certificate from the Secret without a restart.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{Timestamp, ToSpan};
@@ -19,7 +18,6 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::FIELD_MANAGER;
-use crate::webhook::tls::ReloadingCert;
 
 /// Annotation on the Secret: when the serving certificate expires (RFC 3339).
 /// Setting it to the past forces a rotation.
@@ -284,37 +282,34 @@ async fn patch_ca_bundle(
     Ok(())
 }
 
-/// Waits for the Secret to hold a certificate and returns a source that every
-/// replica keeps in step with the Secret; the leader (per `leader`) creates,
-/// rotates and distributes it.
-pub async fn run(
+/// The serving certificate and key, PEM, as the Secret holds them.
+pub type ServingPair = (Vec<u8>, Vec<u8>);
+
+/// Waits until the Secret holds a serving pair (the leader, per `leader`,
+/// creates it meanwhile) and returns it.
+pub async fn first_pair(client: &kube::Client, config: &CertConfig, leader: &watch::Receiver<bool>) -> ServingPair {
+    loop {
+        if let Some(pair) = step(client, config, leader).await {
+            return pair;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every `config.interval`: the leader rotates and distributes; every replica
+/// hands the Secret's current pair to `serve` (which keeps what it already has).
+pub async fn keep(
     client: kube::Client,
     config: CertConfig,
     leader: watch::Receiver<bool>,
-) -> Result<Arc<ReloadingCert>, String> {
-    let first = loop {
-        if let Some(certs) = step(&client, &config, &leader)
-            .await
-            .and_then(|(c, k)| ReloadingCert::from_pem(&c, &k).ok())
-        {
-            break Arc::new(certs);
+    serve: impl Fn(&ServingPair) + Send,
+) {
+    loop {
+        tokio::time::sleep(config.interval).await;
+        if let Some(pair) = step(&client, &config, &leader).await {
+            serve(&pair);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let certs = first.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(config.interval).await;
-            if let Some((c, k)) = step(&client, &config, &leader).await {
-                match certs.set_pem(&c, &k) {
-                    Ok(true) => info!("webhook certificate reloaded from the Secret"),
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "the certificate Secret holds an unusable pair"),
-                }
-            }
-        }
-    });
-    Ok(first)
+    }
 }
 
 /// One round: the leader reconciles; every replica reads the serving pair.

@@ -91,36 +91,68 @@ pub async fn try_hold(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) ->
     }
 }
 
-/// Competes for the lease in the background; the receiver says whether this
-/// replica leads now.
-pub fn spawn(client: kube::Client, config: LeaseConfig) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = watch::channel(false);
+/// Competes for the lease until `stop`; `leading` says whether this replica
+/// leads now. On `stop` a held lease is released, so another replica takes
+/// over at once instead of after the lease duration.
+pub async fn run(
+    client: kube::Client,
+    config: LeaseConfig,
+    leading: watch::Sender<bool>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let task = tokio::spawn(async move {
-        let mut last_renewal: Option<tokio::time::Instant> = None;
-        // Stop leading well before others may take over.
-        let margin = config.duration.mul_f32(2.0 / 3.0);
-        loop {
-            let leading = match try_hold(&api, &config, Timestamp::now()).await {
-                Ok(true) => {
-                    last_renewal = Some(tokio::time::Instant::now());
-                    true
-                }
-                Ok(false) => false,
-                Err(e) => {
-                    warn!(error = %e, lease = %config.name, "cannot reach the lease");
-                    last_renewal.is_some_and(|t| t.elapsed() < margin)
-                }
-            };
-            if *tx.borrow() != leading {
-                info!(identity = %config.identity, leading, "leadership changed");
-                let _ = tx.send(leading);
+    let mut last_renewal: Option<tokio::time::Instant> = None;
+    // Stop leading well before others may take over.
+    let margin = config.duration.mul_f32(2.0 / 3.0);
+    loop {
+        let now_leading = match try_hold(&api, &config, Timestamp::now()).await {
+            Ok(true) => {
+                last_renewal = Some(tokio::time::Instant::now());
+                true
             }
-            if !leading {
-                last_renewal = None;
+            Ok(false) => false,
+            Err(e) => {
+                warn!(error = %e, lease = %config.name, "cannot reach the lease");
+                last_renewal.is_some_and(|t| t.elapsed() < margin)
             }
-            tokio::time::sleep(config.retry).await;
+        };
+        if *leading.borrow() != now_leading {
+            info!(identity = %config.identity, leading = now_leading, "leadership changed");
+            let _ = leading.send(now_leading);
         }
-    });
-    (rx, task)
+        if !now_leading {
+            last_renewal = None;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(config.retry) => {}
+        }
+    }
+    if *leading.borrow() {
+        let _ = leading.send(false);
+        match release(&api, &config).await {
+            Ok(()) => info!(identity = %config.identity, lease = %config.name, "lease released"),
+            Err(e) => warn!(error = %e, lease = %config.name, "cannot release the lease"),
+        }
+    }
+}
+
+/// Gives the lease up (no holder), if this replica still holds it.
+pub async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(&config.name).await? else {
+        return Ok(());
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.acquire_time = None;
+    spec.renew_time = None;
+    match api.replace(&config.name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(()),
+        // Someone else changed it meanwhile: it is not ours to release any more.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
 }

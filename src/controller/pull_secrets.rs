@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use tracing::warn;
 
+use crate::admission::PullSecrets;
 use crate::image::credentials::Credentials;
-use crate::webhook::admission::PullSecrets;
 
 /// How long a Secret read is reused.
 const TTL: Duration = Duration::from_secs(60);

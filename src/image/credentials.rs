@@ -22,10 +22,32 @@ struct AuthEntry {
     password: Option<String>,
 }
 
-/// Username and password per registry host.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Username and password per registry host. `Debug` names the hosts, never
+/// the secrets.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     by_host: BTreeMap<String, (String, String)>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("hosts", &self.by_host.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a docker config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("not a docker config: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("auth for {0} is not base64")]
+    NotBase64(String),
+    #[error("auth for {0} is not UTF-8")]
+    NotUtf8(String),
+    #[error("auth for {0} is not user:password")]
+    NoColon(String),
 }
 
 /// The registry host of an `auths` key: `https://index.docker.io/v1/` is `docker.io`.
@@ -40,19 +62,19 @@ fn host_of(key: &str) -> String {
 
 impl Credentials {
     /// Reads a docker config JSON document.
-    pub fn from_docker_config(json: &[u8]) -> Result<Self, String> {
-        let config: DockerConfig = serde_json::from_slice(json).map_err(|e| format!("not a docker config: {e}"))?;
+    pub fn from_docker_config(json: &[u8]) -> Result<Self, CredentialsError> {
+        let config: DockerConfig = serde_json::from_slice(json)?;
         let mut by_host = BTreeMap::new();
         for (key, entry) in config.auths {
             let pair = match (entry.auth, entry.username, entry.password) {
                 (Some(auth), _, _) => {
                     let decoded = base64::engine::general_purpose::STANDARD
                         .decode(auth.trim())
-                        .map_err(|e| format!("auth for {key} is not base64: {e}"))?;
-                    let text = String::from_utf8(decoded).map_err(|_| format!("auth for {key} is not UTF-8"))?;
+                        .map_err(|_| CredentialsError::NotBase64(key.clone()))?;
+                    let text = String::from_utf8(decoded).map_err(|_| CredentialsError::NotUtf8(key.clone()))?;
                     let (user, pass) = text
                         .split_once(':')
-                        .ok_or_else(|| format!("auth for {key} is not user:password"))?;
+                        .ok_or_else(|| CredentialsError::NoColon(key.clone()))?;
                     (user.to_string(), pass.to_string())
                 }
                 (None, Some(user), Some(pass)) => (user, pass),
@@ -105,6 +127,7 @@ mod tests {
     #[test]
     fn bad_auth_is_a_clear_error() {
         let err = Credentials::from_docker_config(br#"{"auths": {"r.io": {"auth": "%%%"}}}"#).unwrap_err();
+        let err = err.to_string();
         assert!(err.contains("r.io") && err.contains("base64"), "{err}");
     }
 }

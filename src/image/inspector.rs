@@ -22,7 +22,7 @@ use super::cache::{Bounded, Expiring};
 use super::credentials::Credentials;
 use super::layer::{self, LayerFacts, LayerLimits};
 use super::view::{MergedView, uid_in_passwd};
-use super::{Evidence, ImageError, ImageReport, reference};
+use super::{Evidence, ImageError, ImageReport, Platform, reference};
 
 const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -77,23 +77,8 @@ impl Default for InspectorConfig {
     }
 }
 
-/// Which platform of a multi-platform image is judged.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum InspectOptions {
-    /// One platform, `os/arch[/variant]`.
-    Platform(String),
-    /// Every platform of an index; each must pass.
-    AllPlatforms,
-}
-
-impl Default for InspectOptions {
-    fn default() -> Self {
-        InspectOptions::Platform("linux/amd64".into())
-    }
-}
-
 /// (manifest or index digest, platform choice) -> platform manifest digests.
-type PlatformCache = Bounded<(String, InspectOptions), Arc<Vec<String>>>;
+type PlatformCache = Bounded<(String, Platform), Arc<Vec<String>>>;
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<Vec<Arc<ImageReport>>>, ImageError>>>;
 
@@ -115,7 +100,7 @@ pub struct Inspector {
     platforms: Mutex<PlatformCache>,
     layers: Mutex<Bounded<String, Arc<LayerFacts>>>,
     tags: Mutex<Expiring<String, String>>,
-    inflight: Mutex<HashMap<(String, InspectOptions, u64), Flight>>,
+    inflight: Mutex<HashMap<(String, Platform, u64), Flight>>,
     bytes_fetched: AtomicU64,
 }
 
@@ -275,7 +260,7 @@ impl Inspector {
     pub async fn inspect(
         self: &Arc<Self>,
         image: &str,
-        options: &InspectOptions,
+        options: &Platform,
         deadline: Option<Duration>,
     ) -> Result<Arc<Vec<Arc<ImageReport>>>, ImageError> {
         self.inspect_as(image, options, deadline, None).await
@@ -285,7 +270,7 @@ impl Inspector {
     pub async fn inspect_as(
         self: &Arc<Self>,
         image: &str,
-        options: &InspectOptions,
+        options: &Platform,
         deadline: Option<Duration>,
         extra: Option<Arc<Credentials>>,
     ) -> Result<Arc<Vec<Arc<ImageReport>>>, ImageError> {
@@ -393,7 +378,7 @@ impl Inspector {
     }
 
     /// The verdicts known for an image whose digest is known (pinned, or a tag seen within `tag_ttl`).
-    fn cached_by_tag(&self, image: &str, options: &InspectOptions) -> Option<Vec<Arc<ImageReport>>> {
+    fn cached_by_tag(&self, image: &str, options: &Platform) -> Option<Vec<Arc<ImageReport>>> {
         let reference = reference::parse(image).ok()?;
         let digest = match reference.digest() {
             Some(d) => d.to_string(),
@@ -403,7 +388,7 @@ impl Inspector {
     }
 
     /// The verdicts already known for a resolved digest, without any fetch.
-    fn cached(&self, image: &str, digest: &str, options: &InspectOptions) -> Option<Vec<Arc<ImageReport>>> {
+    fn cached(&self, image: &str, digest: &str, options: &Platform) -> Option<Vec<Arc<ImageReport>>> {
         let platforms = Self::lock(&self.platforms).get(&(digest.to_string(), options.clone()))?;
         let mut verdicts = Self::lock(&self.verdicts);
         platforms
@@ -415,7 +400,7 @@ impl Inspector {
     async fn inspect_fetching(
         &self,
         image: &str,
-        options: &InspectOptions,
+        options: &Platform,
         extra: Option<&Credentials>,
     ) -> Result<Vec<Arc<ImageReport>>, ImageError> {
         let reference = reference::parse(image)?;
@@ -439,7 +424,7 @@ impl Inspector {
         reference: &Reference,
         session: &Session,
         digest: &str,
-        options: &InspectOptions,
+        options: &Platform,
     ) -> Result<Vec<Arc<ImageReport>>, ImageError> {
         let (reference, session, digest) = (reference.clone(), session.clone(), digest.to_string());
         let pinned = reference.clone_with_digest(digest.clone());
@@ -454,7 +439,7 @@ impl Inspector {
             let report = self
                 .inspect_manifest(image, &reference, &session, &digest, manifest, None)
                 .await?;
-            if let InspectOptions::Platform(want) = options
+            if let Platform::One(want) = options
                 && !platform_matches(&report.platform, want)
                 && report.platform != "/"
             {
@@ -479,8 +464,8 @@ impl Inspector {
             .collect::<Vec<_>>()
             .join(", ");
         let chosen: Vec<&Descriptor> = match options {
-            InspectOptions::AllPlatforms => entries.iter().collect(),
-            InspectOptions::Platform(want) => entries
+            Platform::All => entries.iter().collect(),
+            Platform::One(want) => entries
                 .iter()
                 .filter(|d| d.platform.as_ref().is_some_and(|p| platform_matches(&p.name(), want)))
                 .take(1)
@@ -488,8 +473,8 @@ impl Inspector {
         };
         if chosen.is_empty() {
             let platform = match options {
-                InspectOptions::Platform(p) => p.clone(),
-                InspectOptions::AllPlatforms => "any".into(),
+                Platform::One(p) => p.clone(),
+                Platform::All => "any".into(),
             };
             return Err(ImageError::NoPlatform {
                 image: image.into(),
@@ -784,35 +769,5 @@ fn classify(image: &str, e: oci_client::errors::OciDistributionError) -> ImageEr
         }
         E::RequestError(_) | E::IoError(_) => ImageError::Unreachable { image, reason },
         _ => ImageError::Malformed { image, reason },
-    }
-}
-
-impl Inspector {
-    /// Inspects every image concurrently under one deadline: what a pod's
-    /// evaluation needs. A failure or timeout becomes `ImageStatus::Failed`.
-    pub async fn gather(
-        self: &Arc<Self>,
-        images: &[String],
-        platform: &str,
-        timeout: Duration,
-        extra: Option<Arc<Credentials>>,
-    ) -> crate::policy::ImageFacts {
-        use crate::policy::ImageStatus;
-        let options = if platform == "all" {
-            InspectOptions::AllPlatforms
-        } else {
-            InspectOptions::Platform(platform.to_string())
-        };
-        let lookups = images.iter().map(|image| {
-            let (options, extra) = (&options, extra.clone());
-            async move {
-                let status = match self.inspect_as(image, options, Some(timeout), extra).await {
-                    Ok(reports) => ImageStatus::Inspected(reports),
-                    Err(e) => ImageStatus::Failed(e.to_string()),
-                };
-                (image.clone(), status)
-            }
-        });
-        futures_util::future::join_all(lookups).await.into_iter().collect()
     }
 }

@@ -58,6 +58,17 @@ pub struct Violation {
     pub policy: String,
 }
 
+/// One line for people: rule id, what is wrong and the fix, field path, policy.
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{}] {} (at {}; policy {})",
+            self.rule, self.message, self.path, self.policy
+        )
+    }
+}
+
 /// The outcome of evaluating one object against every policy in force.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
@@ -101,8 +112,7 @@ pub fn matching<'p>(policies: &'p PolicySet, subject: &Subject<'_>) -> Vec<&'p C
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InspectionPlan {
     pub images: Vec<String>,
-    /// `os/arch[/variant]`, or `all`.
-    pub platform: String,
+    pub platform: crate::image::Platform,
     pub timeout: std::time::Duration,
 }
 
@@ -124,10 +134,10 @@ pub fn inspection_plan(policies: &PolicySet, subject: &Subject<'_>) -> Option<In
     if images.is_empty() {
         return None;
     }
-    let platform = if inspecting.iter().any(|p| p.spec.platform == "all") {
-        "all".to_string()
+    let platform = if inspecting.iter().any(|p| p.platform == crate::image::Platform::All) {
+        crate::image::Platform::All
     } else {
-        first.spec.platform.clone()
+        first.platform.clone()
     };
     let seconds = inspecting
         .iter()

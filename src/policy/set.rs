@@ -61,6 +61,8 @@ pub struct CompiledPolicy {
     pub name: String,
     pub spec: DistrolessPolicySpec,
     pub exemptions: Vec<CompiledExemption>,
+    /// `spec.platform`, parsed.
+    pub platform: crate::image::Platform,
 }
 
 impl CompiledPolicy {
@@ -84,16 +86,10 @@ impl CompiledPolicy {
                 source,
             })?;
         }
-        let platform_ok = spec.platform == "all" || {
-            let parts: Vec<&str> = spec.platform.split('/').collect();
-            (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty())
-        };
-        if !platform_ok {
-            return Err(PolicyError::BadPlatform {
-                policy: name,
-                value: spec.platform.clone(),
-            });
-        }
+        let platform = spec.platform.parse().map_err(|_| PolicyError::BadPlatform {
+            policy: name.clone(),
+            value: spec.platform.clone(),
+        })?;
         if !(1..=i64::from(i32::MAX)).contains(&spec.non_root_user) {
             return Err(PolicyError::BadUid {
                 policy: name,
@@ -128,7 +124,12 @@ impl CompiledPolicy {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(CompiledPolicy { name, spec, exemptions })
+        Ok(CompiledPolicy {
+            name,
+            spec,
+            exemptions,
+            platform,
+        })
     }
 
     /// Whether the policy applies to an object with these labels in this namespace.
@@ -234,6 +235,7 @@ impl PolicySet {
             name: "builtin-default".into(),
             spec,
             exemptions: Vec::new(),
+            platform: crate::image::Platform::default(),
         };
         PolicySet { policies: vec![policy] }
     }

@@ -1,14 +1,11 @@
-//! The admission webhook: HTTPS server, AdmissionReview in and out, TLS.
+//! The admission webhook's HTTPS server: routes, TLS and its reload, health
+//! and metrics endpoints. What a review decides is [`crate::admission`]'s job.
 
-pub mod admission;
-pub mod metrics;
-pub mod review;
 pub mod server;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,55 +17,22 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use clap::{Args, ValueEnum};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-pub use admission::{Admission, NameOnly, NamespaceLabels, Owners};
-pub use metrics::Metrics;
-use review::AdmissionReview;
+use crate::admission::review::{self, AdmissionReview};
+use crate::admission::{self, Admission};
+use crate::metrics::Metrics;
 
 /// The largest AdmissionReview accepted. The API server limits an object to
 /// 3 MiB and a review carries at most the object and its old version.
 pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct WebhookArgs {
-    /// Address to serve HTTPS on.
-    #[arg(long, default_value = "0.0.0.0:8443", env = "DISTROLESS_GUARD_LISTEN")]
-    pub listen: SocketAddr,
-    /// PEM certificate chain; re-read when it changes.
-    #[arg(long, env = "DISTROLESS_GUARD_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key; re-read when it changes.
-    #[arg(long, env = "DISTROLESS_GUARD_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// DistrolessPolicy manifests; without any, the built-in default policy.
-    #[arg(long = "policy")]
-    pub policies: Vec<PathBuf>,
-    /// How often the certificate files are checked for changes, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub tls_reload_seconds: u64,
-    /// How long open requests may take to finish after SIGTERM, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub shutdown_grace_seconds: u64,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "DISTROLESS_GUARD_LOG_FORMAT")]
-    pub log_format: LogFormat,
-    #[command(flatten)]
-    pub images: crate::cli::ImageArgs,
-}
-
 /// Everything the HTTP handlers share.
 pub struct AppState {
     pub admission: Admission,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     ready: AtomicBool,
 }
 
@@ -76,7 +40,7 @@ impl AppState {
     pub fn new(admission: Admission) -> Arc<Self> {
         Arc::new(AppState {
             admission,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
             ready: AtomicBool::new(false),
         })
     }
@@ -161,19 +125,21 @@ async fn handle_review(state: &AppState, endpoint: Endpoint, body: Result<Bytes,
     for v in &decision.violations {
         state.metrics.violation(name, v.rule.as_str(), v.action.as_str());
     }
-    if decision.verdict != "allowed" {
+    if decision.outcome != admission::Outcome::Allowed {
         info!(
             endpoint = name,
             uid = %request.uid,
             kind = %request.kind.kind,
             namespace = request.namespace.as_deref().unwrap_or_default(),
             name = request.name.as_deref().unwrap_or_default(),
-            verdict = decision.verdict,
+            outcome = decision.outcome.as_str(),
             violations = decision.violations.len(),
             "admission decision"
         );
     }
-    state.metrics.observe(name, decision.verdict, started.elapsed());
+    state
+        .metrics
+        .observe(name, decision.outcome.as_str(), started.elapsed());
     axum::Json(decision.response.into_review()).into_response()
 }
 
@@ -196,11 +162,19 @@ pub fn router(state: Arc<AppState>) -> Router {
                 },
             ),
         )
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state.clone())
+        .merge(health_router(state))
+}
+
+/// `/healthz` (alive), `/readyz` (ready to review) and `/metrics` (Prometheus text).
+pub fn health_router(state: Arc<AppState>) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(|State(s): State<Arc<AppState>>| async move {
-                if s.ready.load(Ordering::Acquire) {
+                if s.is_ready() {
                     (StatusCode::OK, "ready")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready")
@@ -216,7 +190,6 @@ pub fn router(state: Arc<AppState>) -> Router {
                 )
             }),
         )
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -247,9 +220,22 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
 }
 
+/// Why the webhook server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot serve on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Starts the HTTPS webhook server; it serves until [`RunningWebhook::shutdown`].
-pub async fn start(options: ServeOptions, admission: Admission) -> Result<RunningWebhook, String> {
-    let certs = Arc::new(tls::ReloadingCert::load(&options.tls_cert, &options.tls_key).map_err(|e| e.to_string())?);
+pub async fn start(options: ServeOptions, admission: Admission) -> Result<RunningWebhook, ServeError> {
+    let certs = Arc::new(tls::ReloadingCert::load(&options.tls_cert, &options.tls_key)?);
     start_with_certs(
         options.listen,
         certs,
@@ -258,6 +244,10 @@ pub async fn start(options: ServeOptions, admission: Admission) -> Result<Runnin
         AppState::new(admission),
     )
     .await
+    .map_err(|source| ServeError::Bind {
+        addr: options.listen,
+        source,
+    })
 }
 
 /// Starts the HTTPS webhook server with a certificate source that may change.
@@ -267,10 +257,10 @@ pub async fn start_with_certs(
     tls_reload: Duration,
     shutdown_grace: Duration,
     state: Arc<AppState>,
-) -> Result<RunningWebhook, String> {
-    let tls = tls::server_config(certs.clone()).map_err(|e| e.to_string())?;
-    let listener = server::bind(listen).await.map_err(|e| e.to_string())?;
-    let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
+) -> Result<RunningWebhook, std::io::Error> {
+    let tls = tls::server_config(certs.clone()).map_err(std::io::Error::other)?;
+    let listener = server::bind(listen).await?;
+    let local_addr = listener.local_addr()?;
     let app = router(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(server::serve_tls(
@@ -303,110 +293,5 @@ pub async fn start_with_certs(
         shutdown: tx,
         server,
         reloader,
-    })
-}
-
-/// Logs as JSON (in-cluster) or readable text, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging(format: LogFormat) {
-    init_logging_at(format, None);
-}
-
-/// Logs at `level` (a `RUST_LOG`-style filter such as `info` or
-/// `distroless_guard=debug`); `RUST_LOG` wins when `level` is `None`.
-pub fn init_logging_at(format: LogFormat, level: Option<&str>) {
-    let filter = match level {
-        Some(l) => {
-            tracing_subscriber::EnvFilter::try_new(l).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        }
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn terminated() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
-/// `distroless-guard webhook`.
-pub fn main(args: WebhookArgs) -> ExitCode {
-    init_logging(args.log_format);
-    let policies = match crate::cli::load_policies(&args.policies) {
-        Ok(p) => p,
-        Err(e) => {
-            error!(error = %e, "cannot load policies");
-            return ExitCode::from(2);
-        }
-    };
-    info!(policies = policies.len(), "policies loaded");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let options = ServeOptions {
-            listen: args.listen,
-            tls_cert: args.tls_cert,
-            tls_key: args.tls_key,
-            tls_reload: Duration::from_secs(args.tls_reload_seconds.max(1)),
-            shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
-        };
-        let mut admission = Admission::new(policies, Arc::new(NameOnly));
-        match args.images.inspector() {
-            Ok(Some(inspector)) => admission = admission.with_inspector(inspector),
-            Ok(None) => {}
-            Err(e) => {
-                error!(error = %e, "cannot set up image inspection");
-                return ExitCode::from(2);
-            }
-        }
-        let running = match start(options, admission).await {
-            Ok(r) => {
-                r.state.set_ready(true);
-                Ok(r)
-            }
-            Err(e) => Err(e),
-        };
-        let running = match running {
-            Ok(r) => r,
-            Err(e) => {
-                error!(error = %e, "cannot start the webhook");
-                return ExitCode::FAILURE;
-            }
-        };
-        terminated().await;
-        info!("termination signal received");
-        running.state.set_ready(false);
-        running.shutdown().await;
-        ExitCode::SUCCESS
     })
 }

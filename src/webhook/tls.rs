@@ -4,7 +4,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
@@ -62,22 +64,25 @@ struct Loaded {
     key: Arc<CertifiedKey>,
 }
 
-/// Serves the certificate last read from two PEM files, or last set from PEM
-/// bytes (a Secret).
-pub struct ReloadingCert {
-    cert_path: PathBuf,
-    key_path: PathBuf,
-    current: RwLock<Arc<Loaded>>,
+/// Where the served certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertSource {
+    /// Two PEM files someone else keeps current (cert-manager, a mounted Secret).
+    Files { cert: PathBuf, key: PathBuf },
+    /// PEM bytes handed over by the program (the operator's own Secret).
+    Memory,
 }
 
-const IN_MEMORY: &str = "<in memory>";
+/// Serves the certificate last read from two PEM files, or last set from PEM
+/// bytes (a Secret). Handshakes read it without locking.
+pub struct ReloadingCert {
+    source: CertSource,
+    current: ArcSwap<Loaded>,
+}
 
 impl fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReloadingCert")
-            .field("cert", &self.cert_path)
-            .field("key", &self.key_path)
-            .finish()
+        f.debug_struct("ReloadingCert").field("source", &self.source).finish()
     }
 }
 
@@ -88,81 +93,74 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// How the certificate and key are named in errors.
+fn names(source: &CertSource) -> (PathBuf, PathBuf) {
+    match source {
+        CertSource::Files { cert, key } => (cert.clone(), key.clone()),
+        CertSource::Memory => (PathBuf::from("the certificate"), PathBuf::from("the key")),
+    }
+}
+
 impl ReloadingCert {
     pub fn load(cert_path: impl Into<PathBuf>, key_path: impl Into<PathBuf>) -> Result<Self, TlsError> {
-        let (cert_path, key_path) = (cert_path.into(), key_path.into());
-        let loaded = Self::read_pair(&cert_path, &key_path)?;
-        Ok(ReloadingCert {
-            cert_path,
-            key_path,
-            current: RwLock::new(Arc::new(loaded)),
-        })
+        let (cert, key) = (cert_path.into(), key_path.into());
+        let (cert_pem, key_pem) = (read(&cert)?, read(&key)?);
+        Self::with_source(CertSource::Files { cert, key }, &cert_pem, &key_pem)
     }
 
     /// A certificate given as PEM bytes; change it with [`ReloadingCert::set_pem`].
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
-        let path = PathBuf::from(IN_MEMORY);
-        let key = Arc::new(certified_key(cert_pem, key_pem, &path, &path)?);
-        let loaded = Loaded {
-            cert_pem: cert_pem.to_vec(),
-            key_pem: key_pem.to_vec(),
-            key,
-        };
+        Self::with_source(CertSource::Memory, cert_pem, key_pem)
+    }
+
+    fn with_source(source: CertSource, cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let (cert_name, key_name) = names(&source);
+        let key = Arc::new(certified_key(cert_pem, key_pem, &cert_name, &key_name)?);
         Ok(ReloadingCert {
-            cert_path: path.clone(),
-            key_path: path,
-            current: RwLock::new(Arc::new(loaded)),
+            source,
+            current: ArcSwap::from_pointee(Loaded {
+                cert_pem: cert_pem.to_vec(),
+                key_pem: key_pem.to_vec(),
+                key,
+            }),
         })
+    }
+
+    pub fn source(&self) -> &CertSource {
+        &self.source
     }
 
     /// Serves a new certificate from the next handshake on, when it differs and is valid.
     pub fn set_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<bool, TlsError> {
-        let current = self.current();
+        let current = self.current.load();
         if current.cert_pem == cert_pem && current.key_pem == key_pem {
             return Ok(false);
         }
-        let key = Arc::new(certified_key(cert_pem, key_pem, &self.cert_path, &self.key_path)?);
-        let loaded = Arc::new(Loaded {
+        let (cert_name, key_name) = names(&self.source);
+        let key = Arc::new(certified_key(cert_pem, key_pem, &cert_name, &key_name)?);
+        self.current.store(Arc::new(Loaded {
             cert_pem: cert_pem.to_vec(),
             key_pem: key_pem.to_vec(),
             key,
-        });
-        match self.current.write() {
-            Ok(mut c) => *c = loaded,
-            Err(poisoned) => *poisoned.into_inner() = loaded,
-        }
+        }));
         Ok(true)
-    }
-
-    fn read_pair(cert_path: &Path, key_path: &Path) -> Result<Loaded, TlsError> {
-        let cert_pem = read(cert_path)?;
-        let key_pem = read(key_path)?;
-        let key = Arc::new(certified_key(&cert_pem, &key_pem, cert_path, key_path)?);
-        Ok(Loaded { cert_pem, key_pem, key })
-    }
-
-    fn current(&self) -> Arc<Loaded> {
-        match self.current.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
     }
 
     /// Re-reads the files; swaps the certificate when they changed and form a
     /// valid pair. Returns whether it swapped. A half-written pair is an error
     /// and the old certificate stays in use.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        if self.cert_path.as_os_str() == IN_MEMORY {
+        let CertSource::Files { cert, key } = &self.source else {
             return Ok(false);
-        }
-        let (cert_pem, key_pem) = (read(&self.cert_path)?, read(&self.key_path)?);
+        };
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
         self.set_pem(&cert_pem, &key_pem)
     }
 }
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current().key.clone())
+        Some(self.current.load().key.clone())
     }
 }
 

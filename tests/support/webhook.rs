@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use distroless_guard::admission::{Admission, NameOnly};
 use distroless_guard::policy::PolicySet;
-use distroless_guard::webhook::{self, Admission, NameOnly, RunningWebhook, ServeOptions};
+use distroless_guard::webhook::{self, RunningWebhook, ServeOptions};
 
 use super::tls::{HttpsConn, TestCa};
 

@@ -1,4 +1,8 @@
-//! From an AdmissionRequest to an AdmissionResponse, through the policy engine.
+//! From an AdmissionRequest to an AdmissionResponse, through the policy
+//! engine. No HTTP here: the webhook server ([`crate::webhook`]) calls it.
+
+pub mod images;
+pub mod review;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -6,10 +10,10 @@ use std::sync::{Arc, RwLock};
 
 use jiff::Timestamp;
 
-use super::review::{AdmissionRequest, AdmissionResponse};
 use crate::api::{Action, RuleId};
 use crate::image::Inspector;
 use crate::policy::{self, PolicySet, Scope, Subject, Verdict, Violation, Workload, WorkloadKind};
+use review::{AdmissionRequest, AdmissionResponse};
 
 /// Where namespace labels come from (namespace selectors need them).
 pub trait NamespaceLabels: Send + Sync {
@@ -82,11 +86,29 @@ pub struct Admission {
     owners: Option<Arc<dyn Owners>>,
 }
 
+/// What a review decided, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Warned,
+    Denied,
+}
+
+impl Outcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Warned => "warned",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
 /// What a review decided, for the response and for metrics.
 pub struct Decision {
     pub response: AdmissionResponse,
-    /// allowed, denied, warned.
-    pub verdict: &'static str,
+    pub outcome: Outcome,
     pub violations: Vec<Violation>,
 }
 
@@ -187,9 +209,7 @@ impl Admission {
                 (Some(source), false) => source.credentials(namespace, &names).await.map(Arc::new),
                 _ => None,
             };
-            facts = inspector
-                .gather(&plan.images, &plan.platform, plan.timeout, extra)
-                .await;
+            facts = images::gather(inspector, &plan.images, &plan.platform, plan.timeout, extra).await;
             subject.images = Some(&facts);
         }
         policy::evaluate(&policies, &subject, now)
@@ -295,7 +315,7 @@ impl Admission {
         };
         Ok(Decision {
             response,
-            verdict: "allowed",
+            outcome: Outcome::Allowed,
             violations: Vec::new(),
         })
     }
@@ -310,7 +330,7 @@ fn template_path(kind: WorkloadKind, path: &str) -> Option<&str> {
 fn allowed(req: &AdmissionRequest) -> Decision {
     Decision {
         response: AdmissionResponse::allow(&req.uid),
-        verdict: "allowed",
+        outcome: Outcome::Allowed,
         violations: Vec::new(),
     }
 }
@@ -335,11 +355,6 @@ fn object_name(req: &AdmissionRequest, workload: &Workload) -> String {
     }
 }
 
-/// One line per violation: rule id, container, field path, and the fix.
-pub fn violation_line(v: &Violation) -> String {
-    format!("[{}] {} (at {}; policy {})", v.rule, v.message, v.path, v.policy)
-}
-
 fn decide(req: &AdmissionRequest, workload: &Workload, verdict: Verdict) -> Decision {
     let object = format!("{} {}", workload.kind, object_name(req, workload));
     let denied: Vec<&Violation> = verdict.with_action(Action::Deny).collect();
@@ -352,13 +367,13 @@ fn decide(req: &AdmissionRequest, workload: &Workload, verdict: Verdict) -> Deci
             if denied.len() == 1 { "" } else { "s" }
         );
         for v in &denied {
-            let _ = write!(message, "\n- {}", violation_line(v));
+            let _ = write!(message, "\n- {v}");
         }
         AdmissionResponse::deny(&req.uid, 403, "Forbidden", message)
     };
     response.warnings = verdict
         .with_action(Action::Warn)
-        .map(|v| format!("distroless-guard: {object}: {}", violation_line(v)))
+        .map(|v| format!("distroless-guard: {object}: {v}"))
         .collect();
     let audited: Vec<String> = verdict
         .with_action(Action::Audit)
@@ -369,16 +384,16 @@ fn decide(req: &AdmissionRequest, workload: &Workload, verdict: Verdict) -> Deci
             .audit_annotations
             .insert("audit-violations".into(), audited.join(","));
     }
-    let label = if !denied.is_empty() {
-        "denied"
+    let outcome = if !denied.is_empty() {
+        Outcome::Denied
     } else if !response.warnings.is_empty() {
-        "warned"
+        Outcome::Warned
     } else {
-        "allowed"
+        Outcome::Allowed
     };
     Decision {
         response,
-        verdict: label,
+        outcome,
         violations: verdict.violations,
     }
 }

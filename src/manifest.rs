@@ -166,6 +166,48 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
     Ok(docs)
 }
 
+/// Why policy files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{location}: not a valid DistrolessPolicy: {source}")]
+    Invalid {
+        location: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no DistrolessPolicy found in {0}")]
+    None(String),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+/// Loads DistrolessPolicy objects from files; the built-in default when none are given.
+pub fn load_policies(paths: &[PathBuf]) -> Result<crate::policy::PolicySet, PolicyFileError> {
+    if paths.is_empty() {
+        return Ok(crate::policy::PolicySet::builtin_default());
+    }
+    let docs = load(paths)?;
+    let policies = docs
+        .iter()
+        .filter(|d| d.kind() == "DistrolessPolicy")
+        .map(|d| {
+            serde_json::from_value::<crate::api::DistrolessPolicy>(d.value.clone()).map_err(|source| {
+                PolicyFileError::Invalid {
+                    location: d.location(),
+                    source,
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if policies.is_empty() {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(PolicyFileError::None(names.join(", ")));
+    }
+    Ok(crate::policy::PolicySet::new(&policies)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,20 +154,11 @@ impl Metrics {
             .inc();
     }
 
-    /// Keeps the leader gauge in step with leader election.
-    pub fn track_leader(&self, mut leading: tokio::sync::watch::Receiver<bool>) {
-        let gauge = self.leader.clone();
-        tokio::spawn(async move {
-            loop {
-                gauge.set(i64::from(*leading.borrow_and_update()));
-                if leading.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
+    /// Whether this replica leads now.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
-    /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

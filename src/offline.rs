@@ -1,0 +1,174 @@
+//! The admission engine, offline, over manifests: what `distroless-guard check`
+//! decides (its output is written by the CLI).
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use json_patch::PatchOperation;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::manifest::Document;
+use crate::policy::{
+    self, ImageFacts, InspectionPlan, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels,
+};
+
+/// The namespace `kubectl apply` would use for an object that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The verdict on one object of the input.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectResult {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub allowed: bool,
+    pub violations: Vec<Violation>,
+    /// RFC 6902 operations that mutation (and `--fix`) applies to the object.
+    pub mutations: Vec<PatchOperation>,
+    /// `file:line` of the object.
+    pub source: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub results: Vec<ObjectResult>,
+}
+
+impl Report {
+    pub fn allowed(&self) -> bool {
+        self.results.iter().all(|r| r.allowed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {source}")]
+pub struct CheckError {
+    location: String,
+    #[source]
+    source: policy::ExtractError,
+}
+
+/// Labels of the namespaces defined in the input, so namespace selectors see them.
+fn namespace_labels(docs: &[Document]) -> BTreeMap<String, BTreeMap<String, String>> {
+    docs.iter()
+        .filter(|d| d.kind() == "Namespace")
+        .filter_map(|d| {
+            let name = d.value.pointer("/metadata/name")?.as_str()?.to_string();
+            let mut labels = namespace_name_labels(&name);
+            if let Some(Value::Object(extra)) = d.value.pointer("/metadata/labels") {
+                labels.extend(
+                    extra
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
+                );
+            }
+            Some((name, labels))
+        })
+        .collect()
+}
+
+/// The namespace an object is judged in, and that namespace's labels.
+fn placement(
+    workload: &Workload,
+    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+) -> (String, BTreeMap<String, String>) {
+    let namespace = workload
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let labels = namespaces
+        .get(&namespace)
+        .cloned()
+        .unwrap_or_else(|| namespace_name_labels(&namespace));
+    (namespace, labels)
+}
+
+/// What image inspection `check --inspect-images` must do first, one plan per workload.
+pub fn inspection_plans(docs: &[Document], policies: &PolicySet) -> Result<Vec<InspectionPlan>, CheckError> {
+    let namespaces = namespace_labels(docs);
+    let mut plans = Vec::new();
+    for doc in docs {
+        let workload = Workload::from_value(&doc.value).map_err(|source| CheckError {
+            location: doc.location(),
+            source,
+        })?;
+        let Some(workload) = workload else { continue };
+        let (namespace, labels) = placement(&workload, &namespaces);
+        let subject = Subject {
+            workload: &workload,
+            namespace: &namespace,
+            namespace_labels: &labels,
+            scope: Scope::Full,
+            images: None,
+        };
+        plans.extend(policy::inspection_plan(policies, &subject));
+    }
+    Ok(plans)
+}
+
+/// Evaluates every workload in `docs`; other kinds are skipped. With `fix`,
+/// the documents are mutated in place and the verdict is on the fixed object.
+/// `images` holds what image inspection found, when it ran.
+pub fn check(
+    docs: &mut [Document],
+    policies: &PolicySet,
+    now: Timestamp,
+    fix: bool,
+    images: Option<&ImageFacts>,
+) -> Result<Report, CheckError> {
+    let namespaces = namespace_labels(docs);
+    let mut results = Vec::new();
+    for doc in docs.iter_mut() {
+        let location = doc.location();
+        let extract = |value: &Value| {
+            Workload::from_value(value).map_err(|source| CheckError {
+                location: location.clone(),
+                source,
+            })
+        };
+        let Some(mut workload) = extract(&doc.value)? else {
+            continue;
+        };
+        let (namespace, ns_labels) = placement(&workload, &namespaces);
+        let judge = |w: &Workload| {
+            let subject = Subject {
+                workload: w,
+                namespace: &namespace,
+                namespace_labels: &ns_labels,
+                scope: Scope::Full,
+                images,
+            };
+            policy::evaluate(policies, &subject, now)
+        };
+        let mut verdict = judge(&workload);
+        let mutations = verdict.mutation_patch(&workload);
+        if fix && !mutations.is_empty() {
+            if let Err(e) = json_patch::patch(&mut doc.value, &mutations) {
+                // The patch was computed from this very document; failing to apply it is a bug.
+                tracing::error!(error = %e, %location, "mutation patch does not apply to its own document");
+            } else if let Some(fixed) = extract(&doc.value)? {
+                workload = fixed;
+                verdict = judge(&workload);
+            }
+        }
+        results.push(ObjectResult {
+            api_version: doc
+                .value
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            kind: workload.kind.to_string(),
+            namespace,
+            name: workload.name.clone(),
+            allowed: verdict.allowed(),
+            violations: verdict.violations,
+            mutations: if fix { Vec::new() } else { mutations },
+            source: location,
+        });
+    }
+    Ok(Report { results })
+}

@@ -1,0 +1,300 @@
+//! The operator in a cluster (`distroless-guard run`): builds everything and
+//! owns every task it starts. Every replica serves the admission webhook; the
+//! leader (a Lease) also writes policy statuses, Events and the webhook
+//! certificates. [`Running::shutdown`] stops all of it: readiness off, the
+//! webhook drains, every task is cancelled and joined, the Lease released.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::admission::Admission;
+use crate::controller::certs::{self, CertConfig};
+use crate::controller::leader::{self, LeaseConfig};
+use crate::controller::{self, Auditor, ClusterView};
+use crate::image::InspectorConfig;
+use crate::webhook::{self, AppState};
+
+/// Everything `run` is configured with (the CLI fills it from flags).
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Kubeconfig file; `None`: in-cluster configuration (or $KUBECONFIG).
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace the operator runs in (its Lease and certificate Secret live there).
+    pub namespace: String,
+    /// This replica's identity for leader election.
+    pub identity: String,
+    /// The Service in front of the webhook (certificates name `<service>.<namespace>.svc`).
+    pub service_name: String,
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub cert_secret: String,
+    pub validating_webhook: String,
+    pub mutating_webhook: String,
+    pub certificates: CertSource,
+    /// How often certificate files or the Secret are checked.
+    pub cert_check: Duration,
+    /// Image inspection; `None` turns the image rules off.
+    pub images: Option<InspectorConfig>,
+}
+
+/// Where the webhook's serving certificate comes from.
+#[derive(Clone, Debug)]
+pub enum CertSource {
+    /// Issued and rotated by the leader, kept in the Secret `cert_secret`.
+    SelfManaged,
+    /// Files someone else keeps current (cert-manager): nothing is generated or patched.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no cluster configuration: {0}")]
+    Config(String),
+    #[error(
+        "the DistrolessPolicy CRD is not installed; install it with: \
+         distroless-guard crd | kubectl apply -f -   (or kubectl apply -f crds/)"
+    )]
+    CrdMissing,
+    #[error("no RBAC permission to {verbs} {resource} ({api_version}): {message}")]
+    Forbidden {
+        verbs: &'static str,
+        resource: String,
+        api_version: String,
+        message: String,
+    },
+    #[error("cannot list {resource}: {source}")]
+    List {
+        resource: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] webhook::tls::TlsError),
+    #[error("cannot serve on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything `run` needs that is missing is said before it starts.
+async fn preflight(client: &kube::Client) -> Result<(), StartError> {
+    if client
+        .list_api_group_resources("distrolessguard.dev/v1alpha1")
+        .await
+        .is_err()
+    {
+        return Err(StartError::CrdMissing);
+    }
+    let mut resources: Vec<ApiResource> = crate::policy::WorkloadKind::ALL
+        .iter()
+        .map(|k| controller::api_resource(*k))
+        .collect();
+    resources.push(ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()));
+    for ar in resources {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                return Err(StartError::Forbidden {
+                    verbs: "list/watch",
+                    resource: ar.plural,
+                    api_version: ar.api_version,
+                    message: e.message,
+                });
+            }
+            Err(source) => {
+                return Err(StartError::List {
+                    resource: ar.plural,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn client_for(config: &OperatorConfig) -> Result<kube::Client, StartError> {
+    let err = |e: &dyn std::fmt::Display| StartError::Config(e.to_string());
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| err(&format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(&format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|e| err(&e))?,
+    };
+    kube::Client::try_from(kube_config).map_err(|e| err(&e))
+}
+
+/// A running operator: it owns every task it started.
+pub struct Running {
+    pub webhook_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub view: Arc<ClusterView>,
+    pub leading: watch::Receiver<bool>,
+    webhook: webhook::RunningWebhook,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    lease: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops everything: readiness off, open requests finish, every task is
+    /// cancelled and joined, and a held Lease is released.
+    pub async fn shutdown(mut self) {
+        self.state.set_ready(false);
+        self.webhook.shutdown().await;
+        self.stop.cancel();
+        let _ = self.lease.await;
+        self.tasks.shutdown().await;
+    }
+}
+
+/// Runs the operator until SIGTERM.
+pub async fn serve(config: OperatorConfig) -> Result<(), StartError> {
+    let running = start(config).await?;
+    crate::telemetry::terminated().await;
+    info!("termination signal received");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Starts everything: watches, leader election, certificates, webhook, audit, health.
+pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
+    let client = client_for(&config).await?;
+    preflight(&client).await?;
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    let view = Arc::new(ClusterView::default());
+    let mut admission = Admission::new(crate::policy::PolicySet::default(), view.clone()).with_owners(view.clone());
+    if let Some(images) = config.images.clone() {
+        let secrets = Arc::new(controller::pull_secrets::SecretPullSecrets::new(client.clone()));
+        admission = admission
+            .with_inspector(crate::image::Inspector::new(images))
+            .with_pull_secrets(secrets);
+    }
+    let state = AppState::new(admission);
+    let sink_state = state.clone();
+    controller::watch::spawn(&mut tasks, client.clone(), view.clone(), move |set| {
+        info!(policies = set.len(), "policies loaded");
+        sink_state.admission.set_policies(set);
+    });
+
+    let lease_config = LeaseConfig {
+        duration: config.lease_duration.max(Duration::from_secs(2)),
+        retry: (config.lease_duration / 5).max(Duration::from_secs(1)),
+        ..LeaseConfig::new(&config.namespace, &config.lease_name, &config.identity)
+    };
+    let (leading_tx, leading) = watch::channel(false);
+    let lease = tokio::spawn(
+        leader::run(client.clone(), lease_config, leading_tx, stop.clone()).instrument(info_span!("lease")),
+    );
+    let (gauge, mut leader_changes) = (state.metrics.clone(), leading.clone());
+    tasks.spawn(async move {
+        loop {
+            gauge.set_leader(*leader_changes.borrow_and_update());
+            if leader_changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let check = config.cert_check.max(Duration::from_secs(1));
+    let certs = match &config.certificates {
+        CertSource::Files { cert, key } => Arc::new(webhook::tls::ReloadingCert::load(cert, key)?),
+        CertSource::SelfManaged => {
+            let cert_config = CertConfig {
+                namespace: config.namespace.clone(),
+                secret: config.cert_secret.clone(),
+                service: config.service_name.clone(),
+                validating_webhook: Some(config.validating_webhook.clone()),
+                mutating_webhook: Some(config.mutating_webhook.clone()),
+                validity: Duration::from_secs(90 * 24 * 3600),
+                rotate_before: Duration::from_secs(30 * 24 * 3600),
+                interval: check,
+            };
+            let (cert, key) = certs::first_pair(&client, &cert_config, &leading).await;
+            let serving = Arc::new(webhook::tls::ReloadingCert::from_pem(&cert, &key)?);
+            let reloading = serving.clone();
+            tasks.spawn(
+                certs::keep(
+                    client.clone(),
+                    cert_config,
+                    leading.clone(),
+                    move |(c, k)| match reloading.set_pem(c, k) {
+                        Ok(true) => info!("webhook certificate reloaded from the Secret"),
+                        Ok(false) => {}
+                        Err(e) => warn!(error = %e, "the certificate Secret holds an unusable pair"),
+                    },
+                )
+                .instrument(info_span!("certificates")),
+            );
+            serving
+        }
+    };
+    let webhook = webhook::start_with_certs(config.listen, certs, check, Duration::from_secs(10), state.clone())
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+    let auditor = Auditor::new(client.clone(), view.clone(), leading.clone(), &config.identity)
+        .with_metrics(state.metrics.clone());
+    tasks.spawn(auditor.run().instrument(info_span!("audit")));
+
+    let ready_state = state.clone();
+    let ready_view = view.clone();
+    tasks.spawn(async move {
+        ready_view.wait_synced().await;
+        ready_state.set_ready(true);
+        info!("caches synced; ready");
+    });
+
+    let listener = webhook::server::bind(config.metrics_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.metrics_listen,
+            source,
+        })?;
+    let health_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.metrics_listen,
+        source,
+    })?;
+    info!(addr = %health_addr, "health and metrics serving HTTP");
+    let health = webhook::health_router(state.clone());
+    let health_stop = stop.clone();
+    tasks.spawn(async move {
+        let _ = axum::serve(listener, health)
+            .with_graceful_shutdown(async move { health_stop.cancelled().await })
+            .await;
+    });
+    Ok(Running {
+        webhook_addr: webhook.local_addr,
+        health_addr,
+        state,
+        view,
+        leading,
+        webhook,
+        stop,
+        tasks,
+        lease,
+    })
+}

@@ -1,0 +1,55 @@
+//! Logs and process signals: JSON logs in a cluster, readable text on a
+//! terminal (colours only when stderr is one), and the termination signal.
+
+use std::io::IsTerminal;
+
+/// How log lines are written.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs at `level` (a `RUST_LOG`-style filter such as `info` or
+/// `distroless_guard=debug`); `RUST_LOG` wins when `level` is `None`; `info`
+/// when neither parses.
+pub fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(l) => {
+            tracing_subscriber::EnvFilter::try_new(l).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        }
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colours);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let ctrl_c = tokio::signal::ctrl_c();
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// The multi-threaded runtime every command that needs one runs on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
