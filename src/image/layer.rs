@@ -5,7 +5,7 @@
 
 use std::io::{self, Read};
 
-use super::{PACKAGE_MANAGERS, SHELL_NAMES};
+use super::catalog::{PACKAGE_MANAGERS, SHELL_NAMES, package_database};
 
 /// What a layer holds at one path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,7 +171,7 @@ fn interesting_file(path: &str) -> bool {
         || base == "busybox"
         || PACKAGE_MANAGERS.contains(&base)
         || path == "etc/passwd"
-        || super::view::package_database(path).is_some()
+        || package_database(path).is_some()
 }
 
 /// Reads a layer blob (compression detected from its first bytes).
@@ -272,4 +272,119 @@ pub fn scan(blob: impl Read, limits: LayerLimits) -> Result<LayerFacts, LayerErr
     io::copy(&mut rest, &mut io::sink()).map_err(lift)?;
     facts.tar_bytes = rest.read;
     Ok(facts)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An in-memory tar: files, symlinks, hardlinks, directories and whiteouts.
+    pub(crate) struct Tar(tar::Builder<Vec<u8>>);
+
+    impl Tar {
+        pub(crate) fn new() -> Self {
+            Tar(tar::Builder::new(Vec::new()))
+        }
+        pub(crate) fn file(mut self, path: &str, data: &[u8]) -> Self {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            h.set_cksum();
+            self.0.append_data(&mut h, path, data).unwrap();
+            self
+        }
+        pub(crate) fn link(mut self, path: &str, target: &str, kind: tar::EntryType) -> Self {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            self.0.append_link(&mut h, path, target).unwrap();
+            self
+        }
+        pub(crate) fn symlink(self, path: &str, target: &str) -> Self {
+            self.link(path, target, tar::EntryType::Symlink)
+        }
+        pub(crate) fn hardlink(self, path: &str, target: &str) -> Self {
+            self.link(path, target, tar::EntryType::Link)
+        }
+        pub(crate) fn bytes(self) -> Vec<u8> {
+            self.0.into_inner().unwrap()
+        }
+        pub(crate) fn scan(self) -> LayerFacts {
+            scan(self.bytes().as_slice(), LayerLimits::default()).unwrap()
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn only_what_the_verdict_needs_is_kept_and_whiteouts_are_read() {
+        let facts = Tar::new()
+            .file("usr/bin/bash", b"ELF")
+            .file("usr/share/doc/README", b"text")
+            .file("etc/passwd", b"nonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n")
+            .symlink("bin", "usr/bin")
+            .hardlink("usr/bin/rbash", "usr/bin/bash")
+            .file("opt/.wh.tool", b"")
+            .file("var/cache/.wh..wh..opq", b"")
+            .scan();
+        let paths: Vec<&str> = facts.entries.iter().map(|(p, _)| p.as_str()).collect();
+        assert!(paths.contains(&"usr/bin/bash") && paths.contains(&"bin") && paths.contains(&"etc/passwd"));
+        assert!(
+            !paths.contains(&"usr/share/doc/README"),
+            "irrelevant files are not kept"
+        );
+        assert!(
+            facts
+                .entries
+                .contains(&("usr/bin/rbash".into(), EntryKind::Hardlink("usr/bin/bash".into())))
+        );
+        assert_eq!(facts.whiteouts, ["opt/tool"]);
+        assert_eq!(facts.opaque_dirs, ["var/cache"]);
+        assert!(facts.passwd.as_deref().unwrap().contains("65532"));
+        assert_eq!(
+            clean_path("../etc/passwd"),
+            None,
+            "a path with .. is ignored, never followed"
+        );
+        assert_eq!(clean_path("./usr//bin/sh").as_deref(), Some("usr/bin/sh"));
+    }
+
+    #[test]
+    fn gzip_layers_are_read_and_bombs_and_garbage_are_refused() {
+        let tar = Tar::new().file("bin/sh", b"ELF").bytes();
+        let facts = scan(gzip(&tar).as_slice(), LayerLimits::default()).unwrap();
+        assert_eq!(facts.entries, vec![("bin/sh".into(), EntryKind::File)]);
+
+        // 8 MiB of zeros in one file compress to a few KiB.
+        let bomb = Tar::new().file("big", &vec![0u8; 8 << 20]).bytes();
+        let limits = LayerLimits {
+            max_ratio: 10,
+            bomb_floor: 1 << 20,
+            ..LayerLimits::default()
+        };
+        let err = scan(gzip(&bomb).as_slice(), limits).unwrap_err();
+        assert!(matches!(err, LayerError::Bomb { .. }), "{err}");
+
+        let err = scan(&b"\x1f\x8bnot really gzip"[..], LayerLimits::default()).unwrap_err();
+        assert!(matches!(err, LayerError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn a_layer_with_too_many_kept_entries_is_refused() {
+        let mut t = Tar::new();
+        for i in 0..5 {
+            t = t.file(&format!("usr/bin/sh{i}/sh"), b"ELF");
+        }
+        let limits = LayerLimits {
+            max_entries: 3,
+            ..LayerLimits::default()
+        };
+        let err = scan(t.bytes().as_slice(), limits).unwrap_err();
+        assert!(matches!(err, LayerError::TooManyEntries(3)), "{err}");
+    }
 }

@@ -3,34 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::Evidence;
+use super::catalog::{BIN_DIRS, PACKAGE_MANAGERS, SHELL_NAMES, package_database};
 use super::layer::{EntryKind, LayerFacts, clean_path};
-use super::{Evidence, PACKAGE_MANAGERS, SHELL_NAMES};
-
-/// Directories a shell or package manager is looked for in.
-pub const BIN_DIRS: &[&str] = &[
-    "bin",
-    "sbin",
-    "usr/bin",
-    "usr/sbin",
-    "usr/local/bin",
-    "usr/local/sbin",
-    "busybox",
-];
 
 /// The longest chain of symlinks followed.
 pub const MAX_SYMLINK_HOPS: usize = 40;
-
-/// Package databases, reported as information: the path to report for a tar path.
-pub fn package_database(path: &str) -> Option<&'static str> {
-    match path {
-        "var/lib/dpkg/status" => Some("/var/lib/dpkg/status"),
-        p if p.starts_with("var/lib/dpkg/status.d/") => Some("/var/lib/dpkg/status.d"),
-        "lib/apk/db/installed" => Some("/lib/apk/db/installed"),
-        p if p.starts_with("var/lib/rpm/") => Some("/var/lib/rpm"),
-        p if p.starts_with("usr/lib/sysimage/rpm/") => Some("/usr/lib/sysimage/rpm"),
-        _ => None,
-    }
-}
 
 /// Layers merged: each path's entry and the digest of the layer it comes from.
 pub struct MergedView<'a> {
@@ -210,4 +188,85 @@ pub fn uid_in_passwd(passwd: &str, name: &str) -> Option<u32> {
         fields.next()?;
         fields.next()?.trim().parse().ok()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::image::layer::tests::Tar;
+
+    fn merged(layers: Vec<Tar>) -> Vec<(String, Arc<LayerFacts>)> {
+        layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (format!("sha256:layer{i}"), Arc::new(t.scan())))
+            .collect()
+    }
+
+    fn paths(e: Vec<Evidence>) -> Vec<String> {
+        e.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn a_whiteout_in_an_upper_layer_removes_a_shell_below() {
+        let layers = merged(vec![
+            Tar::new().file("bin/sh", b"ELF").file("usr/bin/bash", b"ELF"),
+            Tar::new().file("bin/.wh.sh", b""),
+        ]);
+        let view = MergedView::merge(&layers);
+        assert_eq!(paths(view.shells()), ["/usr/bin/bash"]);
+    }
+
+    #[test]
+    fn an_opaque_directory_hides_everything_below_it() {
+        let layers = merged(vec![
+            Tar::new().file("usr/bin/dash", b"ELF").file("usr/bin/apt", b"ELF"),
+            Tar::new().file("usr/bin/.wh..wh..opq", b"").file("usr/bin/app", b"ELF"),
+        ]);
+        let view = MergedView::merge(&layers);
+        assert!(view.shells().is_empty());
+        assert!(view.package_managers().0.is_empty());
+    }
+
+    #[test]
+    fn merged_usr_symlinks_and_busybox_applets_are_followed_and_loops_stop() {
+        let layers = merged(vec![
+            Tar::new()
+                .symlink("bin", "usr/bin")
+                .file("busybox/busybox", b"ELF")
+                .symlink("usr/bin/sh", "/busybox/busybox")
+                .symlink("usr/bin/loop1", "loop2")
+                .symlink("usr/bin/loop2", "loop1"),
+        ]);
+        let view = MergedView::merge(&layers);
+        let shells = paths(view.shells());
+        assert!(shells.iter().any(|s| s == "/usr/bin/sh"), "{shells:?}");
+        assert!(view.resolve("usr/bin/loop1").is_none(), "a loop resolves to nothing");
+        assert!(view.resolve("bin/sh").is_some(), "through the merged /usr symlink");
+    }
+
+    #[test]
+    fn a_hardlink_to_a_removed_target_is_still_a_file() {
+        let layers = merged(vec![
+            Tar::new()
+                .file("usr/bin/dash", b"ELF")
+                .hardlink("usr/bin/sh", "usr/bin/dash"),
+        ]);
+        let view = MergedView::merge(&layers);
+        assert!(paths(view.shells()).contains(&"/usr/bin/sh".to_string()));
+    }
+
+    #[test]
+    fn passwd_comes_from_the_top_most_layer_that_has_it() {
+        let layers = merged(vec![
+            Tar::new().file("etc/passwd", b"app:x:1000:1000::/:/sbin/nologin\n"),
+            Tar::new().file("etc/passwd", b"app:x:65532:65532::/:/sbin/nologin\n"),
+        ]);
+        let view = MergedView::merge(&layers);
+        let (text, layer) = view.passwd().unwrap();
+        assert_eq!(uid_in_passwd(text, "app"), Some(65532));
+        assert_eq!(layer, "sha256:layer1");
+    }
 }

@@ -1,7 +1,7 @@
 //! Does a container's `command`/`args` start a shell?
 
-/// Programs that are shells. A distroless image has none of them.
-pub const SHELLS: &[&str] = &["sh", "bash", "ash", "dash", "zsh", "ksh", "mksh", "hush", "csh", "tcsh"];
+/// Programs that are shells (the list image inspection looks for too).
+pub use crate::image::catalog::SHELL_NAMES as SHELLS;
 
 /// Programs that run the rest of their arguments as a command.
 const WRAPPERS: &[&str] = &[
