@@ -9,15 +9,18 @@
 //! `manifest` and `offline` serve `check`; `metrics` and `telemetry` are
 //! leaves.
 
+// Items are crate-private unless the library's users need them.
+#![warn(unreachable_pub)]
+
 pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod image;
 pub mod manifest;
-pub mod metrics;
+mod metrics;
 pub mod offline;
 pub mod operator;
 pub mod policy;
-pub mod telemetry;
+mod telemetry;
 pub mod webhook;

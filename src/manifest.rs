@@ -127,9 +127,11 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
         }) else {
             continue;
         };
-        let value: Value = serde_yaml::from_str(&body).map_err(|e| ManifestError::Parse {
+        let value: Value = serde_saphyr::from_str(&body).map_err(|e| ManifestError::Parse {
             path: source.to_string(),
-            line: start + e.location().map_or(skipped, |l| l.line().saturating_sub(1)),
+            line: start
+                + e.location()
+                    .map_or(skipped, |l| usize::try_from(l.line()).unwrap_or(0).saturating_sub(1)),
             message: e.to_string(),
         })?;
         if value.is_null() {

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 /// How log lines are written.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -13,7 +13,7 @@ pub enum LogFormat {
 /// Logs at `level` (a `RUST_LOG`-style filter such as `info` or
 /// `distroless_guard=debug`); `RUST_LOG` wins when `level` is `None`; `info`
 /// when neither parses.
-pub fn init_logging(format: LogFormat, level: Option<&str>) {
+pub(crate) fn init_logging(format: LogFormat, level: Option<&str>) {
     let filter = match level {
         Some(l) => {
             tracing_subscriber::EnvFilter::try_new(l).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
@@ -33,7 +33,7 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
 }
 
 /// Completes on SIGTERM or Ctrl-C.
-pub async fn terminated() {
+pub(crate) async fn terminated() {
     use tokio::signal::unix::{SignalKind, signal};
     let ctrl_c = tokio::signal::ctrl_c();
     match signal(SignalKind::terminate()) {
@@ -50,6 +50,6 @@ pub async fn terminated() {
 }
 
 /// The multi-threaded runtime every command that needs one runs on.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }

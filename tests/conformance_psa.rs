@@ -36,7 +36,7 @@ fn load(path: &Path) -> Vec<Document> {
 
 /// The built-in default policy, plus every optional hardening mutation.
 fn hardening() -> PolicySet {
-    let policy: DistrolessPolicy = serde_yaml::from_str(
+    let policy: DistrolessPolicy = serde_saphyr::from_str(
         r#"
 apiVersion: distrolessguard.dev/v1alpha1
 kind: DistrolessPolicy

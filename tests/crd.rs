@@ -17,7 +17,7 @@ fn checked_in_crd_matches_the_rust_types() {
 
 #[test]
 fn crd_is_cluster_scoped_with_short_name_and_rule_id_validation() {
-    let crd: serde_json::Value = serde_yaml::from_str(&distroless_guard::api::crd_yaml().unwrap()).unwrap();
+    let crd: serde_json::Value = serde_saphyr::from_str(&distroless_guard::api::crd_yaml().unwrap()).unwrap();
     assert_eq!(crd["spec"]["scope"], "Cluster");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "dpol");
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];

@@ -13,9 +13,7 @@ fn now() -> Timestamp {
 }
 
 fn policies(yaml: &str) -> PolicySet {
-    let docs: Vec<DistrolessPolicy> = serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
+    let docs: Vec<DistrolessPolicy> = serde_saphyr::from_multiple(yaml).unwrap();
     PolicySet::new(&docs).unwrap()
 }
 

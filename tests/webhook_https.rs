@@ -31,7 +31,7 @@ fn response(bytes: &[u8]) -> Value {
 }
 
 fn policy(yaml: &str) -> PolicySet {
-    let p: DistrolessPolicy = serde_yaml::from_str(yaml).unwrap();
+    let p: DistrolessPolicy = serde_saphyr::from_str(yaml).unwrap();
     PolicySet::new(&[p]).unwrap()
 }
 

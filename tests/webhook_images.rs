@@ -32,7 +32,7 @@ fn response(bytes: &[u8]) -> Value {
 }
 
 fn policy(yaml: &str) -> PolicySet {
-    PolicySet::new(&[serde_yaml::from_str::<DistrolessPolicy>(yaml).unwrap()]).unwrap()
+    PolicySet::new(&[serde_saphyr::from_str::<DistrolessPolicy>(yaml).unwrap()]).unwrap()
 }
 
 async fn images(registry: &TestRegistry) -> (String, String) {

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use crate::api::{Action, RuleId};
 use crate::image::Inspector;
 use crate::policy::{self, PolicySet, Scope, Subject, Verdict, Violation, Workload, WorkloadKind};
-use review::{AdmissionRequest, AdmissionResponse};
+use review::{AdmissionRequest, AdmissionResponse, Operation};
 
 /// Where namespace labels come from (namespace selectors need them).
 pub trait NamespaceLabels: Send + Sync {
@@ -70,8 +70,8 @@ impl NamespaceLabels for NameOnly {
 /// Why a request could not be reviewed at all (answered with HTTP 400).
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
-    #[error("request.object is missing for a {operation} of {kind}")]
-    MissingObject { operation: String, kind: String },
+    #[error("request.object is missing for a {operation:?} of {kind}")]
+    MissingObject { operation: Operation, kind: String },
 }
 
 /// The admission decisions, shared by every connection.
@@ -163,7 +163,7 @@ impl Admission {
         };
         let sub = req.sub_resource.as_deref().unwrap_or_default();
         let relevant_sub = sub.is_empty() || (kind == WorkloadKind::Pod && sub == "ephemeralcontainers");
-        if !relevant_sub || !matches!(req.operation.as_str(), "CREATE" | "UPDATE") {
+        if !relevant_sub || !matches!(req.operation, Operation::Create | Operation::Update) {
             return Ok(None);
         }
         match req.object.take() {
@@ -239,7 +239,7 @@ impl Admission {
         let has_denials = verdict.violations.iter().any(|v| v.action == Action::Deny);
         if let Some(old) = old
             .as_ref()
-            .filter(|_| req.operation == "UPDATE" && !ephemeral && has_denials)
+            .filter(|_| req.operation == Operation::Update && !ephemeral && has_denials)
         {
             let before: HashSet<(RuleId, String)> = self
                 .judge(req, old, Scope::Full, now, true)
@@ -262,7 +262,7 @@ impl Admission {
         // so it is a warning. Image rules are judged afresh: an image can change
         // under the same tag.
         let has_denials = verdict.violations.iter().any(|v| v.action == Action::Deny);
-        if req.operation == "CREATE"
+        if req.operation == Operation::Create
             && has_denials
             && CONTROLLER_IDENTITIES.contains(&req.user_info.username.as_str())
             && let (Some(owners), Some(owner)) = (&self.owners, &workload.owner)
@@ -299,7 +299,7 @@ impl Admission {
         let Some(workload) = Self::workload_of(req)? else {
             return Ok(allowed(req));
         };
-        if workload.kind != WorkloadKind::Pod || req.operation != "CREATE" || req.sub_resource.is_some() {
+        if workload.kind != WorkloadKind::Pod || req.operation != Operation::Create || req.sub_resource.is_some() {
             return Ok(allowed(req));
         }
         let verdict = self.judge(req, &workload, Scope::Full, now, false).await;

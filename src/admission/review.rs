@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+pub use kube::core::admission::Operation;
+
 use crate::policy::ObjectShape;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -40,7 +42,7 @@ pub struct AdmissionRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub namespace: Option<String>,
-    pub operation: String,
+    pub operation: Operation,
     /// The object, read straight into the shape the engine needs (one pass
     /// over the body; everything else is skipped).
     #[serde(default)]

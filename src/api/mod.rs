@@ -1,11 +1,14 @@
 //! Custom resource types. Nothing but types, their schema and their defaults.
 
-mod policy;
+pub mod policy;
 
-pub use policy::*;
+pub use policy::{
+    Action, AuditSummary, DEFAULT_NON_ROOT_USER, DistrolessPolicy, DistrolessPolicySpec, DistrolessPolicyStatus,
+    Exemption, FsGroupMode, Match, Mutation, OnError, RuleAction, RuleId, RunAsUserMode, WorkloadViolations,
+};
 
 /// The CRDs this operator owns, as one multi-document YAML stream.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&DistrolessPolicy::crd())
+    serde_saphyr::to_string(&DistrolessPolicy::crd())
 }

@@ -1,3 +1,6 @@
+// Every type here is public API (re-exported by `api`); the derive macros'
+// generated code misleads the `unreachable_pub` lint.
+#![allow(unreachable_pub)]
 use std::collections::BTreeMap;
 use std::fmt;
 

@@ -92,7 +92,7 @@ fn write_fixed(out: &mut impl Write, docs: &[Document]) -> std::io::Result<()> {
             writeln!(out, "# Source: {}", doc.source)?;
             last_source = Some(&doc.source);
         }
-        let yaml = serde_yaml::to_string(&doc.value).map_err(std::io::Error::other)?;
+        let yaml = serde_saphyr::to_string(&doc.value).map_err(std::io::Error::other)?;
         out.write_all(yaml.as_bytes())?;
     }
     Ok(())

@@ -10,7 +10,7 @@ use crate::api::{AuditSummary, WorkloadViolations};
 use crate::policy::{self, CompiledPolicy, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels};
 
 /// How many violating workloads the status lists.
-pub const TOP_VIOLATIONS: usize = 20;
+pub(crate) const TOP_VIOLATIONS: usize = 20;
 
 /// A workload as the audit sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,13 +30,13 @@ impl AuditObject {
 
 /// One violating workload, with the violations (for events).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Violating<'a> {
+pub(crate) struct Violating<'a> {
     pub object: &'a AuditObject,
     pub violations: Vec<Violation>,
 }
 
 /// The summary for one policy, and the violating workloads.
-pub fn summarize<'a>(
+pub(crate) fn summarize<'a>(
     policy: &CompiledPolicy,
     objects: impl IntoIterator<Item = &'a AuditObject>,
     namespaces: &HashMap<String, BTreeMap<String, String>>,
@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn pods_owned_by_a_controller_count_once_through_it() {
-        let policy: DistrolessPolicy = serde_yaml::from_str(
+        let policy: DistrolessPolicy = serde_saphyr::from_str(
             "apiVersion: distrolessguard.dev/v1alpha1\nkind: DistrolessPolicy\nmetadata: {name: audit}\nspec: {action: Audit, match: {excludeNamespaces: [kube-system]}}\n",
         )
         .unwrap();

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 
 /// What one pass decided.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Statuses that differ from what was last written.
     pub statuses: Vec<(String, DistrolessPolicyStatus)>,
     pub events: Vec<PendingEvent>,
@@ -35,7 +35,7 @@ pub struct Plan {
     pub next_expiry: Option<Timestamp>,
 }
 
-pub struct Auditor {
+pub(crate) struct Auditor {
     client: kube::Client,
     recorder: Recorder,
     metrics: Option<Arc<Metrics>>,
@@ -49,7 +49,12 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    pub fn new(client: kube::Client, view: Arc<ClusterView>, leader: watch::Receiver<bool>, identity: &str) -> Self {
+    pub(crate) fn new(
+        client: kube::Client,
+        view: Arc<ClusterView>,
+        leader: watch::Receiver<bool>,
+        identity: &str,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: Some(identity.into()),
@@ -67,13 +72,13 @@ impl Auditor {
     }
 
     /// Counts passes and summaries in these metrics.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }
 
     /// Runs until the task is cancelled.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut next_expiry: Option<Timestamp> = None;
         loop {
             let wake = async {
@@ -108,7 +113,7 @@ impl Auditor {
 
     /// What this pass should write: statuses that changed, Events not yet
     /// recorded, and the summaries.
-    pub fn plan(&mut self, now: Timestamp) -> Plan {
+    pub(crate) fn plan(&mut self, now: Timestamp) -> Plan {
         let policies = self.view.policies();
         let (set, invalid) = status::compile_all(&policies);
         let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();

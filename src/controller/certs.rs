@@ -21,10 +21,10 @@ use super::FIELD_MANAGER;
 
 /// Annotation on the Secret: when the serving certificate expires (RFC 3339).
 /// Setting it to the past forces a rotation.
-pub const NOT_AFTER: &str = "distrolessguard.dev/not-after";
+pub(crate) const NOT_AFTER: &str = "distrolessguard.dev/not-after";
 
 #[derive(Clone, Debug)]
-pub struct CertConfig {
+pub(crate) struct CertConfig {
     pub namespace: String,
     pub secret: String,
     pub service: String,
@@ -39,7 +39,7 @@ pub struct CertConfig {
 }
 
 impl CertConfig {
-    pub fn dns_names(&self) -> Vec<String> {
+    pub(crate) fn dns_names(&self) -> Vec<String> {
         let (s, n) = (&self.service, &self.namespace);
         vec![
             s.clone(),
@@ -51,7 +51,7 @@ impl CertConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CertError {
+pub(crate) enum CertError {
     #[error("cannot generate a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("cannot write {what}: {source}")]
@@ -132,7 +132,7 @@ fn needs_rotation(secret: &Secret, config: &CertConfig, now: Timestamp) -> bool 
 
 /// Creates or rotates the Secret when needed (leader only) and makes sure the
 /// webhook configurations trust its CA. Returns the Secret in force.
-pub async fn reconcile(client: &kube::Client, config: &CertConfig) -> Result<Secret, CertError> {
+pub(crate) async fn reconcile(client: &kube::Client, config: &CertConfig) -> Result<Secret, CertError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let api_err = |what: &str| {
         let what = what.to_string();
@@ -283,11 +283,15 @@ async fn patch_ca_bundle(
 }
 
 /// The serving certificate and key, PEM, as the Secret holds them.
-pub type ServingPair = (Vec<u8>, Vec<u8>);
+pub(crate) type ServingPair = (Vec<u8>, Vec<u8>);
 
 /// Waits until the Secret holds a serving pair (the leader, per `leader`,
 /// creates it meanwhile) and returns it.
-pub async fn first_pair(client: &kube::Client, config: &CertConfig, leader: &watch::Receiver<bool>) -> ServingPair {
+pub(crate) async fn first_pair(
+    client: &kube::Client,
+    config: &CertConfig,
+    leader: &watch::Receiver<bool>,
+) -> ServingPair {
     loop {
         if let Some(pair) = step(client, config, leader).await {
             return pair;
@@ -298,7 +302,7 @@ pub async fn first_pair(client: &kube::Client, config: &CertConfig, leader: &wat
 
 /// Every `config.interval`: the leader rotates and distributes; every replica
 /// hands the Secret's current pair to `serve` (which keeps what it already has).
-pub async fn keep(
+pub(crate) async fn keep(
     client: kube::Client,
     config: CertConfig,
     leader: watch::Receiver<bool>,

@@ -15,7 +15,7 @@ type Subject = (String, String);
 
 /// An Event not yet recorded: the violations of one workload under one policy.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PendingEvent {
+pub(crate) struct PendingEvent {
     pub policy: String,
     pub reference: ObjectReference,
     pub note: String,
@@ -25,7 +25,7 @@ pub struct PendingEvent {
 
 /// What was recorded, per (policy, workload).
 #[derive(Default, Debug)]
-pub struct EventLog {
+pub(crate) struct EventLog {
     recorded: HashMap<Subject, u64>,
 }
 
@@ -36,7 +36,7 @@ impl EventLog {
     /// The Events this pass calls for: one per violating workload whose set
     /// of violations was not recorded yet. Forgets the workloads of `policy`
     /// that no longer violate.
-    pub fn pending(&mut self, policy: &str, violating: &[Violating<'_>]) -> Vec<PendingEvent> {
+    pub(crate) fn pending(&mut self, policy: &str, violating: &[Violating<'_>]) -> Vec<PendingEvent> {
         let live: HashSet<&str> = violating.iter().map(|v| v.object.uid.as_str()).collect();
         self.recorded
             .retain(|(p, uid), _| p != policy || live.contains(uid.as_str()));
@@ -76,20 +76,22 @@ impl EventLog {
     }
 
     /// The Event was written.
-    pub fn recorded(&mut self, event: &PendingEvent) {
+    pub(crate) fn recorded(&mut self, event: &PendingEvent) {
         self.recorded.insert(event.subject.clone(), event.hash);
     }
 
     /// Forgets every policy but these (deleted policies).
-    pub fn keep_policies(&mut self, names: &HashSet<&str>) {
+    pub(crate) fn keep_policies(&mut self, names: &HashSet<&str>) {
         self.recorded.retain(|(p, _), _| names.contains(p.as_str()));
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.recorded.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.recorded.is_empty()
     }
 }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 /// How a replica competes for the lease.
 #[derive(Clone, Debug)]
-pub struct LeaseConfig {
+pub(crate) struct LeaseConfig {
     pub namespace: String,
     pub name: String,
     /// This replica's identity (the pod name in-cluster).
@@ -26,7 +26,7 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
-    pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
+    pub(crate) fn new(namespace: &str, name: &str, identity: &str) -> Self {
         LeaseConfig {
             namespace: namespace.into(),
             name: name.into(),
@@ -42,7 +42,7 @@ fn micro(t: Timestamp) -> MicroTime {
 }
 
 /// Tries once to hold the lease; `Ok(true)` when this replica holds it now.
-pub async fn try_hold(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) -> Result<bool, kube::Error> {
+pub(crate) async fn try_hold(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) -> Result<bool, kube::Error> {
     let fresh = |transitions: i32| LeaseSpec {
         holder_identity: Some(config.identity.clone()),
         lease_duration_seconds: Some(config.duration.as_secs() as i32),
@@ -94,7 +94,7 @@ pub async fn try_hold(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) ->
 /// Competes for the lease until `stop`; `leading` says whether this replica
 /// leads now. On `stop` a held lease is released, so another replica takes
 /// over at once instead of after the lease duration.
-pub async fn run(
+pub(crate) async fn run(
     client: kube::Client,
     config: LeaseConfig,
     leading: watch::Sender<bool>,
@@ -138,7 +138,7 @@ pub async fn run(
 }
 
 /// Gives the lease up (no holder), if this replica still holds it.
-pub async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
+pub(crate) async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         return Ok(());
     };

@@ -4,22 +4,22 @@
 //! ([`auditor`], deciding with the pure [`status`] and [`audit`] functions)
 //! and the webhook certificates ([`certs`]).
 
-pub mod audit;
-pub mod auditor;
-pub mod certs;
-pub mod events;
-pub mod leader;
-pub mod pull_secrets;
-pub mod status;
-pub mod view;
-pub mod watch;
+pub(crate) mod audit;
+pub(crate) mod auditor;
+pub(crate) mod certs;
+pub(crate) mod events;
+pub(crate) mod leader;
+pub(crate) mod pull_secrets;
+pub(crate) mod status;
+pub(crate) mod view;
+pub(crate) mod watch;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use kube::api::ApiResource;
 
-pub use auditor::Auditor;
+pub(crate) use auditor::Auditor;
 pub use view::ClusterView;
 
 use crate::policy::WorkloadKind;

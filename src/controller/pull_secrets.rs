@@ -21,13 +21,13 @@ const TTL: Duration = Duration::from_secs(60);
 /// (namespace, name) -> when read, and the credentials it held.
 type Cache = HashMap<(String, String), (Instant, Option<Credentials>)>;
 
-pub struct SecretPullSecrets {
+pub(crate) struct SecretPullSecrets {
     client: kube::Client,
     cache: Mutex<Cache>,
 }
 
 impl SecretPullSecrets {
-    pub fn new(client: kube::Client) -> Self {
+    pub(crate) fn new(client: kube::Client) -> Self {
         SecretPullSecrets {
             client,
             cache: Mutex::new(HashMap::new()),

@@ -11,21 +11,21 @@ use crate::api::{AuditSummary, DistrolessPolicy, DistrolessPolicyStatus, RuleId}
 use crate::policy::{CompiledPolicy, PolicySet};
 
 /// The condition type every policy carries.
-pub const READY: &str = "Ready";
+pub(crate) const READY: &str = "Ready";
 
 /// Reasons of the `Ready` condition.
-pub mod reason {
+pub(crate) mod reason {
     /// Valid and applied by admission and audit.
-    pub const IN_FORCE: &str = "InForce";
+    pub(crate) const IN_FORCE: &str = "InForce";
     /// Valid, but another policy with the same `match` sets another `nonRootUser`.
-    pub const CONFLICT: &str = "Conflict";
+    pub(crate) const CONFLICT: &str = "Conflict";
     /// Not applied: the policy cannot be compiled.
-    pub const INVALID: &str = "Invalid";
+    pub(crate) const INVALID: &str = "Invalid";
 }
 
 /// Compiles every policy on its own, so one invalid policy never disables the
 /// others; the invalid ones with the reason.
-pub fn compile_all(policies: &BTreeMap<String, DistrolessPolicy>) -> (PolicySet, BTreeMap<String, String>) {
+pub(crate) fn compile_all(policies: &BTreeMap<String, DistrolessPolicy>) -> (PolicySet, BTreeMap<String, String>) {
     let mut valid = Vec::new();
     let mut invalid = BTreeMap::new();
     for (name, p) in policies {
@@ -40,7 +40,7 @@ pub fn compile_all(policies: &BTreeMap<String, DistrolessPolicy>) -> (PolicySet,
 }
 
 /// Another valid policy with the same `match` and a different `nonRootUser`.
-pub fn conflict_with(policy: &CompiledPolicy, set: &PolicySet) -> Option<String> {
+pub(crate) fn conflict_with(policy: &CompiledPolicy, set: &PolicySet) -> Option<String> {
     set.policies()
         .iter()
         .find(|o| {
@@ -59,14 +59,14 @@ pub fn conflict_with(policy: &CompiledPolicy, set: &PolicySet) -> Option<String>
 
 /// When the next exemption of a policy stops applying: midnight UTC after its
 /// last day. The audit wakes then, so an expired exemption stops on time.
-pub fn expiry_instant(policy: &CompiledPolicy, today: jiff::civil::Date) -> Option<Timestamp> {
+pub(crate) fn expiry_instant(policy: &CompiledPolicy, today: jiff::civil::Date) -> Option<Timestamp> {
     let last_day = policy.next_expiry(today)?;
     let day_after = last_day.tomorrow().ok()?;
     day_after.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp())
 }
 
 /// Every rule in the map, so a rule that stops being broken is written as 0.
-pub fn full_by_rule(summary: &mut AuditSummary) {
+pub(crate) fn full_by_rule(summary: &mut AuditSummary) {
     for r in RuleId::ALL {
         summary.by_rule.entry(r).or_insert(0);
     }
@@ -74,7 +74,7 @@ pub fn full_by_rule(summary: &mut AuditSummary) {
 
 /// What the audit found for one policy.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Finding {
+pub(crate) enum Finding {
     /// In force: the audit's summary, and a conflict with another policy if any.
     Valid {
         summary: AuditSummary,
@@ -86,7 +86,7 @@ pub enum Finding {
 
 /// The status `policy` should have now. The `Ready` condition keeps its
 /// transition time while its status and reason stay the same.
-pub fn desired_status(
+pub(crate) fn desired_status(
     policy: &DistrolessPolicy,
     finding: Finding,
     previous: Option<&DistrolessPolicyStatus>,
@@ -125,7 +125,7 @@ pub fn desired_status(
 }
 
 /// Whether `next` says anything `previous` does not (the evaluation time aside).
-pub fn needs_write(previous: Option<&DistrolessPolicyStatus>, next: &DistrolessPolicyStatus) -> bool {
+pub(crate) fn needs_write(previous: Option<&DistrolessPolicyStatus>, next: &DistrolessPolicyStatus) -> bool {
     let Some(previous) = previous else {
         return true;
     };
@@ -144,7 +144,7 @@ mod tests {
     use super::*;
 
     fn policy(yaml: &str) -> DistrolessPolicy {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     fn at(s: &str) -> Timestamp {

@@ -18,18 +18,18 @@ use crate::api::DistrolessPolicy;
 use crate::policy::{Owner, Workload, WorkloadKind, namespace_name_labels};
 
 /// (kind, namespace, name) of a workload.
-pub type Key = (WorkloadKind, String, String);
+pub(crate) type Key = (WorkloadKind, String, String);
 
 /// One watched collection, for readiness: the eight workload kinds, namespaces, policies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Feed {
+pub(crate) enum Feed {
     Workloads(WorkloadKind),
     Namespaces,
     Policies,
 }
 
 /// How many feeds must list once before the view is ready.
-pub const FEEDS: usize = WorkloadKind::ALL.len() + 2;
+pub(crate) const FEEDS: usize = WorkloadKind::ALL.len() + 2;
 
 pub struct ClusterView {
     workloads: Mutex<HashMap<Key, AuditObject>>,

@@ -1,14 +1,16 @@
 //! One watch driver for every feed of the [`ClusterView`]: kube-runtime's
-//! watcher with its default backoff, each event handed to the view as
+//! watcher with a backoff, each event handed to the view as
 //! apply, delete or reset. A span per watch; an object the engine cannot read
 //! is logged and skipped without breaking the stream.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject};
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::task::JoinSet;
@@ -51,7 +53,7 @@ async fn drive<F: Feed>(
 }
 
 /// The audit's view of a watched object; `None` when it cannot be read (logged, skipped).
-pub fn audit_object(kind: WorkloadKind, obj: &DynamicObject) -> Option<AuditObject> {
+pub(crate) fn audit_object(kind: WorkloadKind, obj: &DynamicObject) -> Option<AuditObject> {
     let controlled = obj
         .owner_references()
         .iter()
@@ -166,16 +168,57 @@ impl<S: Fn(PolicySet) + Send + 'static> Feed for Policies<S> {
     }
 }
 
+/// Retry a failed watch after 100 ms, doubling up to 5 s (reset after a
+/// minute without errors). The webhook admits with what the view knows, so a
+/// replica must not stay blind for long: kube's default waits up to 30 s.
+fn backoff() -> ResetTimerBackoff<Quick> {
+    ResetTimerBackoff::new(Quick::default(), Duration::from_secs(60))
+}
+
+/// Exponential from 100 ms to 5 s, each delay with up to a quarter of jitter.
+#[derive(Debug)]
+struct Quick {
+    next: Duration,
+}
+
+impl Default for Quick {
+    fn default() -> Self {
+        Quick {
+            next: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Iterator for Quick {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let jitter = delay.mul_f64(f64::from(nanos % 1000) / 4000.0);
+        Some(delay + jitter)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Quick {
+    fn reset(&mut self) {
+        *self = Quick::default();
+    }
+}
+
 fn stream<K>(api: Api<K>) -> impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    watcher(api, watcher::Config::default()).default_backoff()
+    watcher(api, watcher::Config::default()).backoff(backoff())
 }
 
 /// Starts every watch on `tasks`: the eight workload kinds, namespaces, and
 /// policies (each change of which also goes, compiled, to `policy_sink`).
-pub fn spawn(
+pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
     client: kube::Client,
     view: Arc<ClusterView>,
@@ -200,4 +243,21 @@ pub fn spawn(
         sink: policy_sink,
     };
     tasks.spawn(drive(stream(policies), view, feed).instrument(info_span!("watch", kind = "DistrolessPolicy")));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn the_watch_backoff_starts_quick_is_capped_and_resets() {
+        let mut b = Quick::default();
+        let delays: Vec<Duration> = (&mut b).take(8).collect();
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(125));
+        assert!(delays.windows(2).take(5).all(|w| w[1] > w[0]), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(6250)), "{delays:?}");
+        b.reset();
+        assert!(b.next().unwrap() <= Duration::from_millis(125));
+    }
 }

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 /// An LRU cache bounded by entry count and by the summed weight of its values.
-pub struct Bounded<K: Hash + Eq, V> {
+pub(super) struct Bounded<K: Hash + Eq, V> {
     entries: LruCache<K, (V, usize)>,
     max_bytes: usize,
     bytes: usize,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
-    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+    pub(super) fn new(max_entries: usize, max_bytes: usize) -> Self {
         let cap = NonZeroUsize::new(max_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
         Bounded {
             entries: LruCache::new(cap),
@@ -25,13 +25,13 @@ impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
         }
     }
 
-    pub fn get(&mut self, key: &K) -> Option<V> {
+    pub(super) fn get(&mut self, key: &K) -> Option<V> {
         self.entries.get(key).map(|(v, _)| v.clone())
     }
 
     /// Inserts, evicting the least recently used entries while over either bound.
     /// A value heavier than the whole budget is not kept.
-    pub fn insert(&mut self, key: K, value: V, weight: usize) {
+    pub(super) fn insert(&mut self, key: K, value: V, weight: usize) {
         if weight > self.max_bytes {
             return;
         }
@@ -47,24 +47,24 @@ impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn bytes(&self) -> usize {
+    pub(super) fn bytes(&self) -> usize {
         self.bytes
     }
 }
 
 /// Values that expire after a fixed time.
-pub struct Expiring<K, V> {
+pub(super) struct Expiring<K, V> {
     entries: HashMap<K, (V, Instant)>,
     ttl: Duration,
     max_entries: usize,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Expiring<K, V> {
-    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+    pub(super) fn new(ttl: Duration, max_entries: usize) -> Self {
         Expiring {
             entries: HashMap::new(),
             ttl,
@@ -72,7 +72,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Expiring<K, V> {
         }
     }
 
-    pub fn get(&mut self, key: &K, now: Instant) -> Option<V> {
+    pub(super) fn get(&mut self, key: &K, now: Instant) -> Option<V> {
         match self.entries.get(key) {
             Some((v, at)) if now.duration_since(*at) < self.ttl => Some(v.clone()),
             Some(_) => {
@@ -83,7 +83,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Expiring<K, V> {
         }
     }
 
-    pub fn insert(&mut self, key: K, value: V, now: Instant) {
+    pub(super) fn insert(&mut self, key: K, value: V, now: Instant) {
         if self.entries.len() >= self.max_entries {
             let ttl = self.ttl;
             self.entries.retain(|_, (_, at)| now.duration_since(*at) < ttl);

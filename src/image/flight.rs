@@ -11,9 +11,9 @@ use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 
 /// A shared outcome: the task's result, or why the task died.
-pub type Flight<V> = Shared<BoxFuture<'static, Result<V, String>>>;
+pub(super) type Flight<V> = Shared<BoxFuture<'static, Result<V, String>>>;
 
-pub struct Flights<K, V: Clone> {
+pub(super) struct Flights<K, V: Clone> {
     inflight: Arc<Mutex<HashMap<K, Flight<V>>>>,
 }
 
@@ -31,7 +31,7 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// The flight for `key`: the one under way, or a new task made by `start`.
-    pub fn join<F, Fut>(&self, key: K, start: F) -> Flight<V>
+    pub(super) fn join<F, Fut>(&self, key: K, start: F) -> Flight<V>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = V> + Send + 'static,
@@ -54,12 +54,12 @@ where
 
     /// Flights under way.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inflight.lock().len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

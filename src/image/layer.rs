@@ -153,7 +153,7 @@ fn lift(e: io::Error) -> LayerError {
 
 /// Normalizes a tar path: no leading `./` or `/`, no `.` components; `None`
 /// for names that climb out of the root (`..`), which are ignored.
-pub fn clean_path(raw: &str) -> Option<String> {
+pub(super) fn clean_path(raw: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for part in raw.split('/') {
         match part {
@@ -175,7 +175,7 @@ fn interesting_file(path: &str) -> bool {
 }
 
 /// Reads a layer blob (compression detected from its first bytes).
-pub fn scan(blob: impl Read, limits: LayerLimits) -> Result<LayerFacts, LayerError> {
+pub(super) fn scan(blob: impl Read, limits: LayerLimits) -> Result<LayerFacts, LayerError> {
     let compressed = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let mut counting = io::BufReader::new(Counting {
         inner: blob,

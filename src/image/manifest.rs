@@ -134,7 +134,7 @@ pub(super) fn platform_matches(have: &str, want: &str) -> bool {
 
 /// The UID of an image's `User`: empty is root (0); numeric is itself; a name
 /// is looked up in `/etc/passwd` (`root` is 0 even without one).
-pub fn user_uid(user: &str, passwd: Option<&str>) -> Option<u32> {
+pub(super) fn user_uid(user: &str, passwd: Option<&str>) -> Option<u32> {
     let name = user.split(':').next().unwrap_or_default().trim();
     if name.is_empty() {
         return Some(0);

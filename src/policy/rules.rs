@@ -38,15 +38,15 @@ pub(super) struct Located<'a> {
 }
 
 impl Located<'_> {
-    pub fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.container.name
     }
 
-    pub fn path(&self, spec_path: &str, rest: &str) -> String {
+    pub(super) fn path(&self, spec_path: &str, rest: &str) -> String {
         format!("{spec_path}.{}[{}].{rest}", self.list, self.index)
     }
 
-    pub fn finding(&self, rule: RuleId, path: String, message: String) -> Finding {
+    pub(super) fn finding(&self, rule: RuleId, path: String, message: String) -> Finding {
         Finding {
             rule,
             container: Some(self.container.name.clone()),

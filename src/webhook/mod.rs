@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::admission::review::{self, AdmissionReview};
 use crate::admission::{self, Admission};
@@ -114,9 +114,18 @@ async fn handle_review(state: &AppState, endpoint: Endpoint, body: Result<Bytes,
         return bad(StatusCode::BAD_REQUEST, "AdmissionReview has no request".into());
     };
     let now = jiff::Timestamp::now();
+    // Everything logged while deciding (a slow registry, say) carries the request.
+    let span = info_span!(
+        "review",
+        endpoint = name,
+        uid = %request.uid,
+        kind = %request.kind.kind,
+        namespace = request.namespace.as_deref().unwrap_or_default(),
+        name = request.name.as_deref().unwrap_or_default(),
+    );
     let decision = match endpoint {
-        Endpoint::Validate => state.admission.validate(&mut request, now).await,
-        Endpoint::Mutate => state.admission.mutate(&mut request, now).await,
+        Endpoint::Validate => state.admission.validate(&mut request, now).instrument(span).await,
+        Endpoint::Mutate => state.admission.mutate(&mut request, now).instrument(span).await,
     };
     let decision = match decision {
         Ok(d) => d,

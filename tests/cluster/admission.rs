@@ -97,7 +97,7 @@ async fn kubectl_users_see_denials_warnings_and_mutation_from_the_webhooks() {
     ])
     .await;
     let yaml = kubectl_ok(&["get", "pod", "bare", "-n", &ns, "-o", "yaml"]).await;
-    let pod: Value = serde_yaml::from_str(&yaml).unwrap();
+    let pod: Value = serde_saphyr::from_str(&yaml).unwrap();
     assert_eq!(pod["spec"]["securityContext"]["fsGroup"], 65532, "{yaml}");
     assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
     assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);

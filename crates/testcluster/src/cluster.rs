@@ -261,7 +261,7 @@ impl ControlPlane {
         let egress_config = dir.join("egress.yaml");
         std::fs::write(
             &egress_config,
-            serde_yaml::to_string(&json!({
+            serde_saphyr::to_string(&json!({
                 "apiVersion": "apiserver.k8s.io/v1beta1",
                 "kind": "EgressSelectorConfiguration",
                 "egressSelections": [{
@@ -453,7 +453,7 @@ impl ControlPlane {
     fn install_stages(&self) -> Result<(), Error> {
         let text = std::fs::read_to_string(self.bins.path(crate::bins::STAGE_CRD))?;
         let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&text).map_err(|e| Error::Pki(format!("{}: {e}", crate::bins::STAGE_CRD)))?;
+            serde_saphyr::from_str(&text).map_err(|e| Error::Pki(format!("{}: {e}", crate::bins::STAGE_CRD)))?;
         self.block_on(async {
             let client = self.client().await.map_err(kube_err("admin client"))?;
             let crds: Api<CustomResourceDefinition> = Api::all(client.clone());

@@ -101,13 +101,13 @@ impl Drop for FaultProxy {
 /// A kubeconfig like `kubeconfig` whose server is `proxy` (same CA: the API
 /// server's certificate names 127.0.0.1).
 pub fn through(kubeconfig: &str, proxy: SocketAddr) -> String {
-    let mut v: serde_yaml::Value = serde_yaml::from_str(kubeconfig).unwrap_or_default();
-    if let Some(clusters) = v.get_mut("clusters").and_then(|c| c.as_sequence_mut()) {
+    let mut v: serde_json::Value = serde_saphyr::from_str(kubeconfig).unwrap_or_default();
+    if let Some(clusters) = v.get_mut("clusters").and_then(|c| c.as_array_mut()) {
         for c in clusters {
-            if let Some(cluster) = c.get_mut("cluster").and_then(|c| c.as_mapping_mut()) {
+            if let Some(cluster) = c.get_mut("cluster").and_then(|c| c.as_object_mut()) {
                 cluster.insert("server".into(), format!("https://{proxy}").into());
             }
         }
     }
-    serde_yaml::to_string(&v).unwrap_or_default()
+    serde_saphyr::to_string(&v).unwrap_or_default()
 }

@@ -138,7 +138,7 @@ pub fn kubeconfig(name: &str, server: &str, ca: &str, creds: Credentials<'_>) ->
         "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
         "current-context": name,
     });
-    serde_yaml::to_string(&config).unwrap_or_default()
+    serde_saphyr::to_string(&config).unwrap_or_default()
 }
 
 pub fn write_kubeconfig(path: &Path, text: &str) -> std::io::Result<()> {
@@ -155,7 +155,7 @@ mod tests {
         let pair = ca.client("system:admin", &["system:masters"]).unwrap();
         assert!(pair.cert.starts_with("-----BEGIN CERTIFICATE-----"));
         let text = kubeconfig("x", "https://127.0.0.1:1", &ca.cert, Credentials::Cert(&pair));
-        let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let v: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         assert_eq!(v["current-context"], "x");
         let data = v["users"][0]["user"]["client-certificate-data"].as_str().unwrap();
         let decoded = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
