@@ -73,6 +73,7 @@ pub struct DistrolessPolicySpec {
     /// How long admission waits for image inspection, in seconds.
     #[serde(default = "default_timeout_seconds")]
     #[schemars(range(min = 1, max = 25))]
+    #[schemars(extend("format" = "int32"))]
     pub timeout_seconds: u32,
 
     /// The platform of multi-platform images that is inspected
@@ -132,7 +133,7 @@ fn rules_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 fn by_rule_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
-        "additionalProperties": {"type": "integer", "format": "uint32", "minimum": 0}
+        "additionalProperties": {"type": "integer", "minimum": 0}
     })
 }
 
@@ -382,8 +383,11 @@ pub struct DistrolessPolicyStatus {
 #[serde(rename_all = "camelCase")]
 pub struct AuditSummary {
     /// Workloads matched (a Pod owned by a workload controller counts through its controller).
+    #[schemars(extend("format" = "int32"))]
     pub matched: u32,
+    #[schemars(extend("format" = "int32"))]
     pub compliant: u32,
+    #[schemars(extend("format" = "int32"))]
     pub violating: u32,
     /// Rule id -> number of workloads that break it.
     #[serde(default)]

@@ -96,7 +96,7 @@ impl Inspector {
     /// (the binaries do it in `main`; `install_crypto_provider` here does it too).
     pub fn new(config: InspectorConfig) -> Arc<Self> {
         install_crypto_provider();
-        let client = registry::new_client(&config);
+        let client = registry::new_client(&config.insecure_registries, config.request_timeout);
         Arc::new(Inspector {
             client,
             credentialed: Mutex::new(HashMap::new()),
@@ -138,7 +138,7 @@ impl Inspector {
             }
             let client = clients
                 .entry(extra.fingerprint())
-                .or_insert_with(|| registry::new_client(&self.config))
+                .or_insert_with(|| registry::new_client(&self.config.insecure_registries, self.config.request_timeout))
                 .clone();
             return Session { client, auth };
         }

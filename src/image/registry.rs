@@ -10,7 +10,6 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use super::ImageError;
-use super::inspector::InspectorConfig;
 use super::layer::{self, LayerFacts, LayerLimits};
 use super::manifest::{ACCEPTED, ConfigDoc, Descriptor, ManifestDoc};
 
@@ -21,16 +20,18 @@ pub(super) struct Session {
     pub(super) auth: RegistryAuth,
 }
 
-pub(super) fn new_client(config: &InspectorConfig) -> Client {
-    let protocol = if config.insecure_registries.is_empty() {
+/// A client speaking plain HTTP only to `insecure` registries, with a connect
+/// and read timeout on every request.
+pub(super) fn new_client(insecure: &[String], timeout: std::time::Duration) -> Client {
+    let protocol = if insecure.is_empty() {
         ClientProtocol::Https
     } else {
-        ClientProtocol::HttpsExcept(config.insecure_registries.clone())
+        ClientProtocol::HttpsExcept(insecure.to_vec())
     };
     Client::new(ClientConfig {
         protocol,
-        read_timeout: Some(config.request_timeout),
-        connect_timeout: Some(config.request_timeout),
+        read_timeout: Some(timeout),
+        connect_timeout: Some(timeout),
         ..ClientConfig::default()
     })
 }

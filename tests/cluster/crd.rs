@@ -15,7 +15,9 @@ pub async fn install_crd() {
         crd.to_str().unwrap(),
     ])
     .await;
-    assert!(out.status.success(), "the API server refused the CRD: {}", text(&out).1);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "the API server refused the CRD: {err}");
+    assert!(!err.contains("Warning"), "the API server warns about the CRD: {err}");
     kubectl_ok(&[
         "wait",
         "--for=condition=Established",

@@ -504,3 +504,77 @@ async fn startup_without_the_crd_says_how_to_install_it() {
     );
     bare.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_in_one_process_hand_the_lease_over_on_shutdown() {
+    use distroless_guard::operator::{self, CertSource, OperatorConfig};
+    let _exclusive = exclusive().await;
+    // The chart whose one pod no process plays: RBAC, the Lease, the Secret and
+    // the webhook configurations for the two replicas run here.
+    let name = testcluster::unique("distroless-guard-inproc");
+    let mut helm = cp().helm();
+    helm.args(["install", &name])
+        .arg(chart_dir())
+        .args(["-n", &name, "--create-namespace", "--set", "replicaCount=1"])
+        .args(test_values(&name));
+    let out = output(helm).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let kubeconfig = cp().service_account_kubeconfig(&name, &name).await.unwrap();
+    let config = |identity: &str| OperatorConfig {
+        kubeconfig: Some(kubeconfig.clone()),
+        namespace: name.clone(),
+        identity: identity.into(),
+        service_name: format!("{name}-webhook"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        lease_name: format!("{name}-leader"),
+        lease_duration: Duration::from_secs(15),
+        cert_secret: format!("{name}-webhook-tls"),
+        validating_webhook: name.clone(),
+        mutating_webhook: name.clone(),
+        certificates: CertSource::SelfManaged,
+        cert_check: Duration::from_secs(1),
+        images: None,
+    };
+    let a = operator::start(config("replica-a")).await.unwrap();
+    let mut a_leads = a.leading.clone();
+    tokio::time::timeout(Duration::from_secs(20), a_leads.wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    let b = operator::start(config("replica-b")).await.unwrap();
+    let mut b_leads = b.leading.clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!*b_leads.borrow(), "b leads while a holds the lease");
+
+    // a stops: its tasks end and it gives the lease up, so b takes over at once,
+    // not after the 15 s lease runs out.
+    let a_health = a.health_addr;
+    let stopped = Instant::now();
+    a.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(5), b_leads.wait_for(|l| *l))
+        .await
+        .expect("b did not take the released lease quickly")
+        .unwrap();
+    assert!(stopped.elapsed() < Duration::from_secs(5), "{:?}", stopped.elapsed());
+    assert!(
+        tokio::net::TcpStream::connect(a_health).await.is_err(),
+        "a's health server still answers"
+    );
+    let lease = get_json(&["lease", &format!("{name}-leader"), "-n", &name])
+        .await
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    b.shutdown().await;
+    let lease = get_json(&["lease", &format!("{name}-leader"), "-n", &name])
+        .await
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "released on shutdown: {lease}"
+    );
+
+    let mut helm = cp().helm();
+    helm.args(["uninstall", &name, "-n", &name, "--wait"]);
+    let _ = output(helm).await;
+}

@@ -174,6 +174,11 @@ pub async fn delete_policy(name: &str) {
 /// status of every DistrolessPolicy, as it would in a cluster with one install.
 static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Holds the operator's exclusivity (for a test that runs the operator its own way).
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    OPERATOR.lock().await
+}
+
 /// The label that sends a namespace to one release's webhooks.
 pub const RELEASE_LABEL: &str = "distrolessguard.dev/test-release";
 
@@ -199,7 +204,7 @@ impl std::ops::DerefMut for Release {
 
 /// Values every test release uses: text logs, fast certificate checks, a short
 /// lease, and webhooks that see only namespaces labelled for this release.
-fn test_values(release: &str) -> Vec<String> {
+pub fn test_values(release: &str) -> Vec<String> {
     vec![
         "--set".into(),
         "logging.format=text".into(),
