@@ -1,4 +1,4 @@
-"""Renders the Helm chart for tests/chart.rs with the real Helm engine
+"""Renders the Helm chart for tests/serving/chart.rs with the real Helm engine
 (helm-python-sdk) and validates every rendered object against the Kubernetes
 JSON schemas (kubernetes-validate) or, for the project's own custom resource,
 against the CRD's OpenAPI schema.

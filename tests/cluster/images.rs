@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, basic_auth_front, push};
+use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
 use crate::support::*;
 
 async fn push_distroless(reference: &str) {
@@ -170,4 +170,43 @@ async fn a_private_image_is_read_with_the_pods_image_pull_secret_under_the_chart
     delete_policy(&deny).await;
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// A registry front that demands HTTP Basic credentials (bot:s3cret) on the
+/// first request of every connection, then forwards to the real registry.
+async fn basic_auth_front(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expected = "authorization: basic Ym90OnMzY3JldA=="; // base64("bot:s3cret")
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match inbound.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let has_credentials = String::from_utf8_lossy(&head).lines().any(|l| {
+                    l.to_lowercase().starts_with("authorization:")
+                        && l.ends_with(&expected["authorization: basic ".len()..])
+                });
+                if !has_credentials {
+                    let _ = inbound
+                        .write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
+                    && outbound.write_all(&head).await.is_ok()
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
 }

@@ -18,14 +18,12 @@ use tokio_rustls::TlsConnector;
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     pub cert_der: CertificateDer<'static>,
-    pub cert_pem: String,
 }
 
 /// A serving certificate and its key, as PEM.
 pub struct ServingCert {
     pub cert_pem: String,
     pub key_pem: String,
-    pub serial: Vec<u8>,
 }
 
 impl TestCa {
@@ -37,7 +35,6 @@ impl TestCa {
         let cert = params.self_signed(&key).unwrap();
         TestCa {
             cert_der: cert.der().clone(),
-            cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -55,7 +52,6 @@ impl TestCa {
         ServingCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
-            serial: vec![serial],
         }
     }
 

@@ -1,16 +1,14 @@
 //! Kubernetes' own Pod Security Admission fixtures (v1.37, vendored under
 //! tests/conformance/psa) as a golden corpus for the engine and mutation.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
+use crate::support::psa;
 use distroless_guard::api::{DistrolessPolicy, RuleId};
 use distroless_guard::manifest::{self, Document};
 use distroless_guard::offline as check;
 use distroless_guard::policy::PolicySet;
 use serde_json::Value;
-use support::psa;
 
 fn fixtures(level: &str, outcome: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,15 +1,13 @@
 //! Mutation: RFC 6902 patches that fill what is unset, idempotent, and never
 //! in conflict with validation. Property tests over generated pod specs.
 
-mod support;
-
+use crate::support::psa;
 use distroless_guard::api::{FsGroupMode, RuleId, RunAsUserMode};
 use distroless_guard::policy::{
     MutationSettings, PolicySet, Scope, Subject, Workload, evaluate, mutation_patch, namespace_name_labels,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use support::psa;
 
 fn settings_all_on(uid: i64) -> MutationSettings {
     MutationSettings {

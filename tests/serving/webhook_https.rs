@@ -1,16 +1,14 @@
 //! The admission webhook over real HTTPS: a real client, the real server on
 //! 127.0.0.1, real AdmissionReview JSON (tests/data).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::webhook::TestWebhook;
 use base64::Engine;
 use distroless_guard::api::DistrolessPolicy;
 use distroless_guard::policy::PolicySet;
 use hyper::StatusCode;
 use serde_json::{Value, json};
-use support::webhook::TestWebhook;
 
 fn data(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -363,7 +361,7 @@ async fn a_rotated_certificate_is_served_without_restart_or_dropping_connections
 async fn the_binary_serves_policies_from_files_and_exits_cleanly_on_sigterm() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let ca = support::tls::TestCa::new("binary test CA");
+    let ca = crate::support::tls::TestCa::new("binary test CA");
     let (cert, key) = ca.serving_cert(7).write(dir.path());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
         .args(["webhook", "--listen", "127.0.0.1:0", "--log-format", "json", "--policy"])
@@ -392,7 +390,7 @@ async fn the_binary_serves_policies_from_files_and_exits_cleanly_on_sigterm() {
             addr = Some(log["addr"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap());
         }
     }
-    let mut conn = support::tls::HttpsConn::connect(addr.unwrap(), ca.client_config())
+    let mut conn = crate::support::tls::HttpsConn::connect(addr.unwrap(), ca.client_config())
         .await
         .unwrap();
     // The audit policy admits the exec probe and records it.

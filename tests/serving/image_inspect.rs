@@ -1,13 +1,11 @@
 //! Image inspection against a real registry: Debian's `docker-registry` (CNCF
 //! distribution) on 127.0.0.1, with images these tests build and push.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::registry::{Blob, Compression, Image, Layer, TestRegistry, push, push_index};
 use distroless_guard::image::{ImageError, ImageReport, Inspector, InspectorConfig, LayerLimits, Platform};
-use support::registry::{Blob, Compression, Image, Layer, TestRegistry, push, push_index};
 
 const PASSWD: &[u8] = b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n";
 

@@ -4,12 +4,10 @@
 //! chart as rendered by the real Helm engine, and that it checks each thing a
 //! user sees.
 
-mod support;
-
 use std::process::Command;
 
+use crate::support::chart::{render_one, root, shellcheck};
 use serde_json::json;
-use support::chart::{render_one, root, shellcheck};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))

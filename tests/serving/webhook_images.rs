@@ -1,18 +1,16 @@
 //! Admission where a pod's image decides the verdict: the real webhook over
 //! HTTPS, inspecting images pushed to a real registry on 127.0.0.1.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
+use crate::support::webhook::TestWebhook;
 use distroless_guard::admission::{Admission, NameOnly};
 use distroless_guard::api::DistrolessPolicy;
 use distroless_guard::image::{Inspector, InspectorConfig};
 use distroless_guard::policy::PolicySet;
 use serde_json::{Value, json};
-use support::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
-use support::webhook::TestWebhook;
 
 fn pod_review(image: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {

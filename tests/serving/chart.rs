@@ -3,16 +3,14 @@
 //! JSON schemas (`kubernetes-validate`, strict) or the project's own CRD
 //! schema, then checked for the invariants an admin relies on.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::chart::{Case, Rendered, chart_dir, render, render_chart, render_one, root, strings};
 use distroless_guard::controller::api_resource;
 use distroless_guard::policy::{SYSTEM_NAMESPACES, WorkloadKind};
 use serde_json::{Value, json};
-use support::chart::{Case, Rendered, chart_dir, render, render_chart, render_one, root, strings};
 
 /// Kinds with no schema in kubernetes-validate (they belong to cert-manager
 /// and the Prometheus Operator); the tests below check their fields by hand.

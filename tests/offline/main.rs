@@ -1,0 +1,17 @@
+//! Tests that need nothing but the code and the repository: the pure engine
+//! (with property tests and Kubernetes' own PSA fixtures), the CRD, the real
+//! `distroless-guard` binary offline, the crate's architecture, the Dockerfile.
+
+#[path = "../support/psa.rs"]
+mod psa;
+mod support {
+    pub(crate) use super::psa;
+}
+
+mod architecture;
+mod check_cli;
+mod conformance_psa;
+mod crd;
+mod dockerfile;
+mod engine;
+mod mutation;

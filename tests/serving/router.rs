@@ -1,0 +1,173 @@
+//! The webhook's routes driven in-process (`router.oneshot(request)`): no
+//! socket, no TLS, the same handlers and the same AdmissionReview JSON
+//! (tests/data) as over HTTPS. Fast, so every route and every kind of bad
+//! input is covered here; webhook_https.rs keeps what needs the real server
+//! (TLS, certificate rotation, the binary and its signals).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use distroless_guard::admission::{Admission, NameOnly};
+use distroless_guard::policy::PolicySet;
+use distroless_guard::webhook::{AppState, router};
+use http_body_util::BodyExt;
+use hyper::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn data(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn state() -> Arc<AppState> {
+    AppState::new(Admission::new(PolicySet::builtin_default(), Arc::new(NameOnly)))
+}
+
+async fn call(state: &Arc<AppState>, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), text)
+}
+
+async fn review(state: &Arc<AppState>, path: &str, review: &Value) -> Value {
+    let (status, body, text) = call(state, "POST", path, serde_json::to_vec(review).unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(body["response"]["uid"], review["request"]["uid"]);
+    body["response"].clone()
+}
+
+#[tokio::test]
+async fn validate_denies_with_the_rule_the_path_and_the_fix() {
+    let s = state();
+    let resp = review(&s, "/validate", &data("deployment-exec-probe.json")).await;
+    assert_eq!(resp["allowed"], false);
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("[exec-probe]") && message.contains("livenessProbe.exec"),
+        "{message}"
+    );
+    let resp = review(&s, "/validate", &data("cronjob-shell.json")).await;
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.jobTemplate.spec.template.spec")
+    );
+}
+
+#[tokio::test]
+async fn mutate_patches_a_pod_and_never_a_workload_template() {
+    let s = state();
+    let resp = review(&s, "/mutate", &data("pod-compliant.json")).await;
+    assert_eq!(resp["allowed"], true);
+    assert_eq!(resp["patchType"], "JSONPatch");
+    use base64::Engine;
+    let patch: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(resp["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(patch.to_string().contains("65532"), "{patch}");
+    let resp = review(&s, "/mutate", &data("deployment-exec-probe.json")).await;
+    assert_eq!(resp["allowed"], true);
+    assert!(resp.get("patch").is_none(), "templates stay as Git has them: {resp}");
+}
+
+#[tokio::test]
+async fn updates_keep_old_violations_as_warnings_and_deny_new_ones() {
+    let s = state();
+    let resp = review(&s, "/validate", &data("deployment-update-preexisting.json")).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(
+        resp["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("already present before this update")
+    );
+    let resp = review(&s, "/validate", &data("deployment-update-new-violation.json")).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_json_error_and_an_unreadable_object_is_denied_with_the_reason() {
+    let s = state();
+    let good = data("pod-compliant.json");
+    let mut wrong_version = good.clone();
+    wrong_version["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let mut no_request = good.clone();
+    no_request.as_object_mut().unwrap().remove("request");
+    let mut no_object = good.clone();
+    no_object["request"].as_object_mut().unwrap().remove("object");
+    for (what, body, expected) in [
+        ("not json", b"{not json".to_vec(), "not an AdmissionReview"),
+        ("empty", Vec::new(), "not an AdmissionReview"),
+        (
+            "wrong apiVersion",
+            serde_json::to_vec(&wrong_version).unwrap(),
+            "expected apiVersion admission.k8s.io/v1",
+        ),
+        ("no request", serde_json::to_vec(&no_request).unwrap(), "no request"),
+        (
+            "no object",
+            serde_json::to_vec(&no_object).unwrap(),
+            "request.object is missing",
+        ),
+    ] {
+        let (status, body, text) = call(&s, "POST", "/validate", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {text}");
+        assert!(
+            body["error"].as_str().unwrap_or_default().contains(expected),
+            "{what}: {text}"
+        );
+    }
+    let mut wrong_type = good.clone();
+    wrong_type["request"]["object"]["spec"]["containers"] = json!("not a list");
+    let resp = review(&s, "/validate", &wrong_type).await;
+    assert_eq!(resp["allowed"], false);
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read this Pod"),
+        "{resp}"
+    );
+    let (status, _, _) = call(&s, "POST", "/validate", vec![b' '; 8 << 20]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_follow_the_state() {
+    let s = state();
+    assert_eq!(call(&s, "GET", "/healthz", Vec::new()).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&s, "GET", "/readyz", Vec::new()).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    s.set_ready(true);
+    assert_eq!(call(&s, "GET", "/readyz", Vec::new()).await.0, StatusCode::OK);
+    review(&s, "/validate", &data("deployment-exec-probe.json")).await;
+    let (_, _, metrics) = call(&s, "GET", "/metrics", Vec::new()).await;
+    assert!(
+        metrics.contains("distroless_guard_admission_reviews_total{endpoint=\"validate\",verdict=\"denied\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "distroless_guard_admission_violations_total{endpoint=\"validate\",rule=\"exec-probe\",action=\"Deny\"} 1"
+        ),
+        "{metrics}"
+    );
+}
