@@ -6,7 +6,9 @@ pub mod review;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use jiff::Timestamp;
 
@@ -76,7 +78,8 @@ pub enum ReviewError {
 
 /// The admission decisions, shared by every connection.
 pub struct Admission {
-    policies: RwLock<Arc<PolicySet>>,
+    /// The policies in force; swapped whole when they change, read without a lock.
+    policies: ArcSwap<PolicySet>,
     namespaces: Arc<dyn NamespaceLabels>,
     /// Reads images from their registries; `None` turns the image rules off.
     inspector: Option<Arc<Inspector>>,
@@ -115,7 +118,7 @@ pub struct Decision {
 impl Admission {
     pub fn new(policies: PolicySet, namespaces: Arc<dyn NamespaceLabels>) -> Self {
         Admission {
-            policies: RwLock::new(Arc::new(policies)),
+            policies: ArcSwap::from_pointee(policies),
             namespaces,
             inspector: None,
             pull_secrets: None,
@@ -142,17 +145,11 @@ impl Admission {
     }
 
     pub fn policies(&self) -> Arc<PolicySet> {
-        match self.policies.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.policies.load_full()
     }
 
     pub fn set_policies(&self, policies: PolicySet) {
-        match self.policies.write() {
-            Ok(mut p) => *p = Arc::new(policies),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(policies),
-        }
+        self.policies.store(Arc::new(policies));
     }
 
     /// The workload in a request, `None` when this webhook has nothing to say
