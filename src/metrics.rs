@@ -1,4 +1,4 @@
-//! Prometheus metrics of the admission webhook.
+//! Prometheus metrics: admission, the audit, leader election and rollouts.
 
 use std::time::Duration;
 
@@ -41,6 +41,18 @@ pub struct AuditLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RolloutLabels {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    pub(crate) reason: String,
+}
+
 /// Admission and controller metrics, registered once and shared.
 pub struct Metrics {
     /// Workloads per policy and state, from the last audit.
@@ -52,6 +64,10 @@ pub struct Metrics {
     pub reviews: Family<ReviewLabels, Counter>,
     pub violations: Family<ViolationLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    /// 1 for each rollout's current phase, 0 for its others.
+    rollout_phases: Family<RolloutLabels, Gauge>,
+    rollbacks: Family<ReasonLabels, Counter>,
+    detect: Histogram,
     registry: Registry,
 }
 
@@ -95,7 +111,29 @@ impl Default for Metrics {
             "Workloads a policy matches, by policy and state (matched, compliant, violating)",
             audit_workloads.clone(),
         );
+        let rollout_phases = Family::<RolloutLabels, Gauge>::default();
+        registry.register(
+            "rollout_phase",
+            "1 for the phase each DistrolessRollout is in, 0 for the others",
+            rollout_phases.clone(),
+        );
+        let rollbacks = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rollbacks",
+            "Rollouts rolled back, by failure reason",
+            rollbacks.clone(),
+        );
+        // 0.1 s .. about 1.6 h.
+        let detect = Histogram::new(exponential_buckets(0.1, 2.0, 16));
+        registry.register(
+            "rollout_time_to_detect_seconds",
+            "From the start of the failing step to the rollout noticing the failure",
+            detect.clone(),
+        );
         Metrics {
+            rollout_phases,
+            rollbacks,
+            detect,
             audit_workloads,
             leader,
             audit_passes,
@@ -152,6 +190,29 @@ impl Metrics {
         self.audit_passes
             .get_or_create(&ResultLabels { result: result.into() })
             .inc();
+    }
+
+    /// A rollout is in `phase` now.
+    pub(crate) fn rollout_phase(&self, namespace: &str, name: &str, phase: crate::api::Phase) {
+        for p in crate::api::Phase::ALL {
+            self.rollout_phases
+                .get_or_create(&RolloutLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    phase: p.as_str().into(),
+                })
+                .set(i64::from(p == phase));
+        }
+    }
+
+    pub(crate) fn rollback(&self, reason: &str) {
+        self.rollbacks
+            .get_or_create(&ReasonLabels { reason: reason.into() })
+            .inc();
+    }
+
+    pub(crate) fn time_to_detect(&self, seconds: f64) {
+        self.detect.observe(seconds);
     }
 
     /// Whether this replica leads now.

@@ -184,11 +184,10 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
 
     let view = Arc::new(ClusterView::default());
     let mut admission = Admission::new(crate::policy::PolicySet::default(), view.clone()).with_owners(view.clone());
-    if let Some(images) = config.images.clone() {
+    let inspector = config.images.clone().map(crate::image::Inspector::new);
+    if let Some(inspector) = &inspector {
         let secrets = Arc::new(controller::pull_secrets::SecretPullSecrets::new(client.clone()));
-        admission = admission
-            .with_inspector(crate::image::Inspector::new(images))
-            .with_pull_secrets(secrets);
+        admission = admission.with_inspector(inspector.clone()).with_pull_secrets(secrets);
     }
     let state = AppState::new(admission);
     let sink_state = state.clone();
@@ -259,6 +258,14 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
     let auditor = Auditor::new(client.clone(), view.clone(), leading.clone(), &config.identity)
         .with_metrics(state.metrics.clone());
     tasks.spawn(auditor.run().instrument(info_span!("audit")));
+
+    let rollouts = Arc::new(controller::rollout::Context::new(
+        client.clone(),
+        &config.identity,
+        inspector,
+        state.metrics.clone(),
+    ));
+    tasks.spawn(controller::rollout::run_while_leading(rollouts, leading.clone()));
 
     let ready_state = state.clone();
     let ready_view = view.clone();

@@ -10,6 +10,7 @@ pub(crate) mod certs;
 pub(crate) mod events;
 pub(crate) mod leader;
 pub(crate) mod pull_secrets;
+pub(crate) mod rollout;
 pub(crate) mod status;
 pub(crate) mod view;
 pub(crate) mod watch;

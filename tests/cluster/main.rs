@@ -15,3 +15,4 @@ mod control_plane;
 mod crd;
 mod images;
 mod operator;
+mod rollout;

@@ -220,9 +220,13 @@ fn other_kinds_are_skipped_silently() {
 #[test]
 fn crd_subcommand_prints_the_checked_in_crd() {
     let out = run(&["crd"]);
-    let expected = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/distrolessguard.dev_distrolesspolicies.yaml"),
-    )
-    .unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let expected: Vec<String> = [
+        "distrolessguard.dev_distrolesspolicies.yaml",
+        "distrolessguard.dev_distrolessrollouts.yaml",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(crds.join(f)).unwrap())
+    .collect();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected.join("---\n"));
 }

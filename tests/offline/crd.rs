@@ -3,21 +3,25 @@
 use std::path::Path;
 
 #[test]
-fn checked_in_crd_matches_the_rust_types() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/distrolessguard.dev_distrolesspolicies.yaml");
-    let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let generated = distroless_guard::api::crd_yaml().unwrap();
-    assert!(
-        on_disk == generated,
-        "{} is out of date with src/api; regenerate it with:\n  cargo run -- crd > {}",
-        path.display(),
-        path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display()
-    );
+fn checked_in_crds_match_the_rust_types() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let crds = distroless_guard::api::crds().unwrap();
+    assert_eq!(crds.len(), 2);
+    for (file, generated) in crds {
+        let path = dir.join(&file);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            on_disk == generated,
+            "crds/{file} is out of date with src/api; regenerate the CRDs with:\n  cargo xtask crds"
+        );
+    }
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(files, 2, "crds/ holds exactly the generated CRDs");
 }
 
 #[test]
 fn crd_is_cluster_scoped_with_short_name_and_rule_id_validation() {
-    let crd: serde_json::Value = serde_saphyr::from_str(&distroless_guard::api::crd_yaml().unwrap()).unwrap();
+    let crd: serde_json::Value = serde_saphyr::from_str(&distroless_guard::api::crds().unwrap()[0].1).unwrap();
     assert_eq!(crd["spec"]["scope"], "Cluster");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "dpol");
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];

@@ -16,6 +16,8 @@ use std::time::Instant;
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // (a command the package provides, the package)
     ("docker-registry", "docker-registry"),
+    // The metric gate of rollouts is tested against a real Prometheus.
+    ("prometheus", "prometheus"),
 ];
 
 pub fn run(cargo_args: &[String]) -> Result<(), String> {
@@ -137,13 +139,15 @@ fn debian_packages() -> Result<(), String> {
             ));
         }
     }
-    // The package's own service is not wanted: the tests start their own registries.
+    // The packages' own services are not wanted: the tests start their own.
     if have("systemctl") {
-        let _ = Command::new("systemctl")
-            .args(["disable", "--now", "docker-registry"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        for service in ["docker-registry", "prometheus"] {
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", service])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
     Ok(())
 }

@@ -1,0 +1,344 @@
+// Every type here is public API (re-exported by `api`); the derive macros'
+// generated code misleads the `unreachable_pub` lint.
+#![allow(unreachable_pub)]
+
+//! `DistrolessRollout`: a staged canary from a Deployment's standard images
+//! to distroless ones, with automatic rollback.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// kube's printcolumn(...) attributes repeat the same keys by design.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[kube(
+    group = "distrolessguard.dev",
+    version = "v1alpha1",
+    kind = "DistrolessRollout",
+    namespaced,
+    shortname = "drol",
+    category = "distroless-guard",
+    doc = "A staged canary from a Deployment's standard images to distroless ones, with automatic rollback.",
+    status = "DistrolessRolloutStatus",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Step", type_ = "integer", json_path = ".status.currentStep"),
+    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.desiredWeight"),
+    printcolumn(name = "Effective", type_ = "integer", json_path = ".status.effectiveWeight"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.failure.reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DistrolessRolloutSpec {
+    /// The Deployment to move, in the rollout's namespace.
+    pub target_ref: TargetRef,
+    /// The distroless image of each container to move.
+    #[schemars(length(min = 1, max = 64))]
+    pub containers: Vec<ContainerImages>,
+    /// The steps, in order. Default: staging (1 pod, no traffic, 5 minutes),
+    /// 10% for 10 minutes, 50% for 10 minutes, then 100%.
+    #[serde(default = "default_steps")]
+    #[schemars(length(min = 1, max = 32))]
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub failure: FailurePolicy,
+    /// What 100% means.
+    #[serde(default)]
+    pub promotion: Promotion,
+    /// Prometheus queries whose value must stay at or below a threshold while a step bakes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub metrics: Vec<MetricGate>,
+    /// Holds the rollout at the current step (`kubectl distroless rollout pause`).
+    #[serde(default)]
+    pub paused: bool,
+    /// Goes straight to 100% from the current step (`rollout promote --full`).
+    #[serde(default)]
+    pub promote_full: bool,
+    /// Ends the current step's pause or bake (`rollout promote`): set to the step's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_step: Option<u32>,
+    /// Stops the rollout and goes back to the standard images (`rollout abort`).
+    #[serde(default)]
+    pub abort: bool,
+    /// Bumped to start a new attempt after a rollback (`rollout retry`); never automatic.
+    #[serde(default)]
+    pub retry: u32,
+    /// Keep one failed canary pod (out of the Service's endpoints) for `kubectl distroless debug`.
+    #[serde(default)]
+    pub keep_failed_pod: bool,
+}
+
+/// The Deployment a rollout moves.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct TargetRef {
+    pub name: String,
+}
+
+/// One container's images.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerImages {
+    /// The container's name in the Deployment's pod template.
+    pub name: String,
+    /// The distroless image to move to.
+    pub image: String,
+    /// The image to go back to; default: what the Deployment runs when the rollout starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standard_image: Option<String>,
+}
+
+/// One step: `staging` (canary pods with no traffic) or a traffic weight.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// Canary pods that run without receiving traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<Staging>,
+    /// Percent of the ready endpoints the canary should make up (1-100). 100
+    /// promotes: the Deployment itself moves to the distroless images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: Option<u32>,
+    /// How long the step runs healthy before the next one, in seconds.
+    #[serde(default)]
+    #[schemars(range(max = 86400))]
+    pub bake_seconds: u32,
+    /// Wait for `kubectl distroless rollout promote` after the bake.
+    #[serde(default)]
+    pub pause: bool,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct Staging {
+    /// Canary pods to run.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The default steps.
+pub fn default_steps() -> Vec<Step> {
+    let weight = |w: u32, bake: u32| Step {
+        staging: None,
+        weight: Some(w),
+        bake_seconds: bake,
+        pause: false,
+    };
+    vec![
+        Step {
+            staging: Some(Staging { replicas: 1 }),
+            weight: None,
+            bake_seconds: 300,
+            pause: false,
+        },
+        weight(10, 600),
+        weight(50, 600),
+        weight(100, 0),
+    ]
+}
+
+/// When a canary counts as failed.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// Container restarts a canary pod may have (more is a failure, even if it is Ready again).
+    #[serde(default)]
+    pub max_restarts: u32,
+    /// How long a canary pod may take to have ready containers, in seconds.
+    #[serde(default = "default_ready_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub ready_timeout_seconds: u32,
+    /// How long `ErrImagePull`/`ImagePullBackOff` is tolerated, in seconds.
+    #[serde(default = "default_image_pull_grace")]
+    #[schemars(range(max = 3600))]
+    pub image_pull_grace_seconds: u32,
+}
+
+fn default_ready_timeout() -> u32 {
+    120
+}
+
+fn default_image_pull_grace() -> u32 {
+    30
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            max_restarts: 0,
+            ready_timeout_seconds: default_ready_timeout(),
+            image_pull_grace_seconds: default_image_pull_grace(),
+        }
+    }
+}
+
+/// What the last step does.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Promotion {
+    /// Patch only the Deployment's container images (server-side apply, field
+    /// manager `distroless-guard`), watch its rolling update, then remove the canary.
+    #[default]
+    PatchDeployment,
+    /// Hold at the last weight until the Deployment's template carries the
+    /// distroless images (the Git change merged), then remove the canary.
+    AwaitGitOps,
+}
+
+/// A Prometheus instant query and the largest value it may return.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricGate {
+    pub name: String,
+    /// Prometheus base URL, e.g. `http://prometheus.monitoring:9090`.
+    pub address: String,
+    /// An instant query returning one number (the first sample is used).
+    pub query: String,
+    /// The rollout fails when the value goes above this.
+    pub threshold: f64,
+}
+
+/// Where a rollout stands.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Checking that a canary pod would be admitted and its image is distroless.
+    #[default]
+    Preflight,
+    /// Canary pods run without traffic.
+    Staging,
+    /// Canary pods take a share of the traffic.
+    Canary,
+    /// The Deployment moves to the distroless images.
+    Promoting,
+    Succeeded,
+    /// Back on the standard images after a failure or an abort.
+    RolledBack,
+    /// Held by `spec.paused` or a step's `pause`.
+    Paused,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preflight => "Preflight",
+            Phase::Staging => "Staging",
+            Phase::Canary => "Canary",
+            Phase::Promoting => "Promoting",
+            Phase::Succeeded => "Succeeded",
+            Phase::RolledBack => "RolledBack",
+            Phase::Paused => "Paused",
+        }
+    }
+
+    pub const ALL: [Phase; 7] = [
+        Phase::Preflight,
+        Phase::Staging,
+        Phase::Canary,
+        Phase::Promoting,
+        Phase::Succeeded,
+        Phase::RolledBack,
+        Phase::Paused,
+    ];
+
+    /// Nothing more happens until the spec changes.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack)
+    }
+}
+
+/// What went wrong, and what to do about it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutFailure {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// `CrashLoopBackOff`, `CreateContainerConfigError`, `OOMKilled`, `ReadyTimeout`,
+    /// `Restarts`, `FailedCreate`, `PreflightFailed`, `MetricGate`, `Aborted`, ...
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub message: String,
+    /// What it most likely means for a distroless image, and the fix.
+    #[serde(default)]
+    pub hint: String,
+    /// When the failure was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_at: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DistrolessRolloutStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// The index of the step under way.
+    #[serde(default)]
+    pub current_step: u32,
+    /// When the current step began (a restarted leader resumes from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// When the current step's pods were all ready (the bake counts from then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_ready_at: Option<Time>,
+    /// Percent of ready endpoints the current step asks for.
+    #[serde(default)]
+    pub desired_weight: u32,
+    /// Percent of ready endpoints that are canary pods now.
+    #[serde(default)]
+    pub effective_weight: u32,
+    /// The canary ReplicaSet and its pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+    /// The images the rollout goes back to, per container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub standard_images: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<RolloutFailure>,
+    /// Whether the preflight checks passed for this attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<PreflightResult>,
+    /// `spec.retry` of the attempt under way.
+    #[serde(default)]
+    pub observed_retry: u32,
+    /// Whether the Deployment's images were patched (a rollback restores them).
+    #[serde(default)]
+    pub deployment_patched: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Why the rollout waits, or what it did last, for people.
+    #[serde(default)]
+    pub message: String,
+    /// `Ready`, `Progressing`, `Stalled` (GitOps health checks read them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    pub replica_set: String,
+    pub replicas: u32,
+    pub ready: u32,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreflightResult {
+    pub passed: bool,
+    #[serde(default)]
+    pub message: String,
+    /// `spec.retry` these checks were made for.
+    #[serde(default)]
+    pub retry: u32,
+}

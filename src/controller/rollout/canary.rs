@@ -1,0 +1,217 @@
+//! The canary: its size for a traffic weight, and its ReplicaSet (the
+//! Deployment's pod template with the distroless images, a readiness gate,
+//! and labels of its own so the Deployment never adopts it).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::core::v1::{PodReadinessGate, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::Resource;
+use sha2::{Digest, Sha256};
+
+use crate::api::DistrolessRollout;
+
+/// The readiness gate of canary pods: the rollout opens it to send traffic.
+pub(crate) const SERVING_GATE: &str = "distrolessguard.dev/serving";
+/// The label carrying the rollout's name on its canary ReplicaSet and pods.
+pub(crate) const ROLLOUT_LABEL: &str = "distrolessguard.dev/rollout";
+/// The annotation naming the Deployment a canary stands beside.
+pub(crate) const CANARY_OF: &str = "distrolessguard.dev/canary-of";
+
+/// Canary pods for `weight` percent next to a Deployment of `replicas` pods,
+/// which keeps all of its own (the canary adds capacity, it never takes the
+/// Deployment's): `round(replicas × weight / (100 − weight))`, at least 1.
+/// 100% is the Deployment itself (promotion), not a canary size.
+pub(crate) fn replicas_for(replicas: u32, weight: u32) -> u32 {
+    if weight == 0 {
+        return 0;
+    }
+    if weight >= 100 {
+        return replicas.max(1);
+    }
+    let n = u64::from(replicas) * u64::from(weight);
+    let d = u64::from(100 - weight);
+    u32::try_from((2 * n + d) / (2 * d)).unwrap_or(u32::MAX).max(1)
+}
+
+/// The weight `canary` pods next to `stable` ones make, in percent (rounded).
+pub(crate) fn weight_of(canary: u32, stable: u32) -> u32 {
+    let total = u64::from(canary) + u64::from(stable);
+    if total == 0 {
+        return 0;
+    }
+    u32::try_from((200 * u64::from(canary) + total) / (2 * total)).unwrap_or(100)
+}
+
+/// Whether `achieved` is too far from `desired` to call it that weight: off by
+/// more than half of what was asked (1 replica cannot be split 10/90).
+pub(crate) fn unachievable(desired: u32, achieved: u32) -> bool {
+    desired > 0 && desired < 100 && 2 * desired.abs_diff(achieved) > desired
+}
+
+/// The pod template of the canary: the Deployment's with the distroless
+/// images, the serving readiness gate and the rollout label.
+pub(crate) fn template(deployment: &Deployment, images: &BTreeMap<String, String>, rollout: &str) -> PodTemplateSpec {
+    let mut t = deployment.spec.template.clone();
+    let meta = t.metadata.get_or_insert_with(ObjectMeta::default);
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    labels.remove("pod-template-hash");
+    labels.insert(ROLLOUT_LABEL.into(), rollout.into());
+    if let Some(spec) = t.spec.as_mut() {
+        for c in spec.containers.iter_mut() {
+            if let Some(image) = images.get(&c.name) {
+                c.image = Some(image.clone());
+            }
+        }
+        let gates = spec.readiness_gates.get_or_insert_with(Vec::new);
+        if !gates.iter().any(|g| g.condition_type == SERVING_GATE) {
+            gates.push(PodReadinessGate {
+                condition_type: SERVING_GATE.into(),
+            });
+        }
+    }
+    t
+}
+
+/// A short, stable hash of a pod template (what `pod-template-hash` is for).
+pub(crate) fn template_hash(template: &PodTemplateSpec) -> String {
+    let json = serde_json::to_vec(template).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    hex::encode(&digest[..5])
+}
+
+/// The canary ReplicaSet for a template, owned by the rollout.
+pub(crate) fn replica_set(
+    rollout: &DistrolessRollout,
+    deployment: &Deployment,
+    mut template: PodTemplateSpec,
+    replicas: u32,
+) -> ReplicaSet {
+    let name = rollout.metadata.name.clone().unwrap_or_default();
+    let deployment_name = deployment.metadata.name.clone().unwrap_or_default();
+    let hash = template_hash(&template);
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("pod-template-hash".into(), hash.clone());
+    let labels = meta.labels.clone().unwrap_or_default();
+    let mut selector = deployment.spec.selector.match_labels.clone().unwrap_or_default();
+    selector.insert(ROLLOUT_LABEL.into(), name.clone());
+    selector.insert("pod-template-hash".into(), hash.clone());
+    let owner = OwnerReference {
+        api_version: DistrolessRollout::api_version(&()).into_owned(),
+        kind: DistrolessRollout::kind(&()).into_owned(),
+        name: name.clone(),
+        uid: rollout.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(canary_name(&deployment_name, &hash)),
+            namespace: rollout.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(CANARY_OF.to_string(), deployment_name)])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: ReplicaSetSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            },
+            template: Some(template),
+            min_ready_seconds: None,
+        },
+        status: None,
+    }
+}
+
+/// `<deployment>-distroless-<hash>`, within the 63 characters of a label value.
+pub(crate) fn canary_name(deployment: &str, hash: &str) -> String {
+    let suffix = format!("-distroless-{hash}");
+    let keep = 63usize.saturating_sub(suffix.len());
+    let base: String = deployment.chars().take(keep).collect();
+    format!("{}{suffix}", base.trim_end_matches('-'))
+}
+
+/// The template hash a canary ReplicaSet was made from.
+pub(crate) fn hash_of(rs: &ReplicaSet) -> Option<&str> {
+    rs.metadata
+        .labels
+        .as_ref()?
+        .get("pod-template-hash")
+        .map(String::as_str)
+}
+
+/// Whether the ReplicaSet controller reports that it cannot create pods.
+pub(crate) fn failing_to_create(rs: &ReplicaSet) -> bool {
+    rs.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+        c.iter()
+            .any(|c| c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn sizes_for_the_usual_steps() {
+        // (Deployment replicas, weight) -> canary pods.
+        for (n, w, c) in [
+            (9, 10, 1),
+            (10, 10, 1),
+            (20, 10, 2),
+            (1, 10, 1),
+            (4, 50, 4),
+            (10, 50, 10),
+            (3, 25, 1),
+            (0, 10, 1),
+        ] {
+            assert_eq!(replicas_for(n, w), c, "{n} replicas at {w}%");
+        }
+        assert_eq!(replicas_for(5, 100), 5);
+        assert_eq!(replicas_for(5, 0), 0);
+    }
+
+    #[test]
+    fn one_replica_cannot_be_split_ten_ninety() {
+        let c = replicas_for(1, 10);
+        let achieved = weight_of(c, 1);
+        assert_eq!(achieved, 50);
+        assert!(unachievable(10, achieved));
+        assert!(!unachievable(10, weight_of(replicas_for(9, 10), 9)));
+        assert!(!unachievable(50, weight_of(replicas_for(3, 50), 3)));
+    }
+
+    #[test]
+    fn canary_names_fit_a_label_value() {
+        let long = "a".repeat(80);
+        assert!(canary_name(&long, "0123456789").len() <= 63);
+        assert_eq!(canary_name("web", "0123456789"), "web-distroless-0123456789");
+    }
+
+    proptest! {
+        /// For every size and weight: at least one canary pod, and the weight it
+        /// makes is the closest a whole number of pods gets (or flagged).
+        #[test]
+        fn the_canary_is_the_closest_whole_number_of_pods(n in 1u32..=100, w in 1u32..=99) {
+            let c = replicas_for(n, w);
+            prop_assert!(c >= 1);
+            let achieved = weight_of(c, n);
+            if c > 1 {
+                let fewer = weight_of(c - 1, n);
+                prop_assert!(achieved.abs_diff(w) <= fewer.abs_diff(w) + 1, "{n} {w}: {c} makes {achieved}, {} makes {fewer}", c - 1);
+            }
+            let more = weight_of(c + 1, n);
+            prop_assert!(achieved.abs_diff(w) <= more.abs_diff(w) + 1, "{n} {w}: {c} makes {achieved}, {} makes {more}", c + 1);
+            if !unachievable(w, achieved) {
+                prop_assert!(2 * achieved.abs_diff(w) <= w);
+            }
+        }
+    }
+}

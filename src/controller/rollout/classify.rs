@@ -1,0 +1,415 @@
+//! Is a canary failing, and why? Read from what Kubernetes already reports:
+//! container waiting reasons, last terminations, restart counts, readiness
+//! against a timeout, and the ReplicaSet's `FailedCreate`. Each failure gets
+//! a hint for the distroless case.
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{FailurePolicy, RolloutFailure};
+
+/// Waiting reasons that never fix themselves.
+const FATAL_WAITING: &[&str] = &[
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "InvalidImageName",
+];
+/// Waiting reasons tolerated for `imagePullGraceSeconds`.
+const PULL_WAITING: &[&str] = &["ErrImagePull", "ImagePullBackOff"];
+
+fn condition_true(pod: &Pod, kind: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == kind && c.status == "True"))
+}
+
+/// Whether a pod's containers are all ready (its gates aside).
+pub(crate) fn containers_ready(pod: &Pod) -> bool {
+    condition_true(pod, "ContainersReady")
+}
+
+/// Whether a pod is Ready (containers and readiness gates).
+pub(crate) fn ready(pod: &Pod) -> bool {
+    condition_true(pod, "Ready")
+}
+
+fn created(pod: &Pod) -> Option<Timestamp> {
+    pod.metadata.creation_timestamp.as_ref().map(|t| t.0)
+}
+
+fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    pod.status.as_ref().into_iter().flat_map(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
+    })
+}
+
+fn failure(
+    pod: &Pod,
+    c: &ContainerStatus,
+    reason: &str,
+    exit_code: Option<i32>,
+    message: String,
+    now: Timestamp,
+) -> RolloutFailure {
+    let hint = hint(reason, exit_code, &message);
+    RolloutFailure {
+        pod: pod.metadata.name.clone(),
+        container: Some(c.name.clone()),
+        reason: reason.to_string(),
+        exit_code,
+        message,
+        hint,
+        detected_at: Some(Time(now)),
+    }
+}
+
+/// The first failure among the canary's pods and its ReplicaSet, if any.
+pub(crate) fn classify(
+    pods: &[Pod],
+    rs: Option<&ReplicaSet>,
+    policy: &FailurePolicy,
+    now: Timestamp,
+) -> Option<RolloutFailure> {
+    for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        if let Some(f) = classify_pod(pod, policy, now) {
+            return Some(f);
+        }
+    }
+    let failed_create = rs
+        .and_then(|rs| rs.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True"))
+        });
+    let c = failed_create?;
+    let message = c.message.clone().unwrap_or_default();
+    // A refusal (Pod Security, a webhook's denial, quota) is final; an
+    // unreachable webhook or an overloaded API server is not, and the
+    // ReplicaSet controller retries: it fails only when it lasts the ready timeout.
+    if transient_create_error(&message) {
+        let since = c.last_transition_time.as_ref().map_or(now, |t| t.0);
+        if now.duration_since(since).as_secs() < i64::from(policy.ready_timeout_seconds) {
+            return None;
+        }
+    }
+    Some(RolloutFailure {
+        pod: None,
+        container: None,
+        reason: c.reason.clone().unwrap_or_else(|| "FailedCreate".into()),
+        exit_code: None,
+        hint: hint("FailedCreate", None, &message),
+        message,
+        detected_at: Some(Time(now)),
+    })
+}
+
+/// Whether a pod creation error is the API server's or a webhook's
+/// availability rather than a refusal of the pod.
+pub(crate) fn transient_create_error(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    let refused = [
+        "forbidden",
+        "denied the request",
+        "violates podsecurity",
+        "exceeded quota",
+        "is invalid",
+    ];
+    let unavailable = [
+        "failed calling webhook",
+        "internal error",
+        "service unavailable",
+        "timeout",
+        "deadline exceeded",
+        "connection refused",
+        "too many requests",
+        "the server is currently unable",
+    ];
+    !refused.iter().any(|r| m.contains(r)) && unavailable.iter().any(|u| m.contains(u))
+}
+
+/// One pod's failure, if it has one.
+pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) -> Option<RolloutFailure> {
+    let age = created(pod).map(|t| now.duration_since(t).as_secs()).unwrap_or(0);
+    for c in statuses(pod) {
+        let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        let exit_code = last.map(|t| t.exit_code);
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.clone().unwrap_or_default();
+            let mut message = w.message.clone().unwrap_or_default();
+            if let Some(t) = last.and_then(|t| t.message.clone()).filter(|m| !m.is_empty()) {
+                message = if message.is_empty() {
+                    t
+                } else {
+                    format!("{message}; last exit: {t}")
+                };
+            }
+            if reason == "CrashLoopBackOff"
+                && let Some(t) = last.filter(|t| t.reason.as_deref() == Some("OOMKilled"))
+            {
+                // Back-off after an OOM kill: the kill is the cause.
+                return Some(failure(pod, c, "OOMKilled", Some(t.exit_code), message, now));
+            }
+            if FATAL_WAITING.contains(&reason.as_str()) {
+                return Some(failure(pod, c, &reason, exit_code, message, now));
+            }
+            if PULL_WAITING.contains(&reason.as_str()) && age >= i64::from(policy.image_pull_grace_seconds) {
+                return Some(failure(pod, c, &reason, None, message, now));
+            }
+        }
+        let terminated_oom = c
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.reason.as_deref() == Some("OOMKilled"))
+            .or(last.filter(|t| t.reason.as_deref() == Some("OOMKilled")));
+        if let Some(t) = terminated_oom {
+            return Some(failure(
+                pod,
+                c,
+                "OOMKilled",
+                Some(t.exit_code),
+                t.message.clone().unwrap_or_default(),
+                now,
+            ));
+        }
+        if c.restart_count > i32::try_from(policy.max_restarts).unwrap_or(i32::MAX) {
+            let message = format!(
+                "{} restarts (allowed: {}){}",
+                c.restart_count,
+                policy.max_restarts,
+                last.map(|t| format!("; last exit code {}", t.exit_code))
+                    .unwrap_or_default()
+            );
+            return Some(failure(pod, c, "Restarts", exit_code, message, now));
+        }
+    }
+    if !containers_ready(pod) && age >= i64::from(policy.ready_timeout_seconds) {
+        let name = statuses(pod).find(|c| !c.ready).map(|c| c.name.clone());
+        let message = format!(
+            "containers not ready {age} s after the pod was created (readyTimeoutSeconds {})",
+            policy.ready_timeout_seconds
+        );
+        return Some(RolloutFailure {
+            pod: pod.metadata.name.clone(),
+            container: name,
+            reason: "ReadyTimeout".into(),
+            exit_code: None,
+            hint: hint("ReadyTimeout", None, &message),
+            message,
+            detected_at: Some(Time(now)),
+        });
+    }
+    None
+}
+
+/// What a failure most likely means for a distroless image, and the fix.
+pub(crate) fn hint(reason: &str, exit_code: Option<i32>, message: &str) -> String {
+    let m = message.to_ascii_lowercase();
+    let shell = ["\"sh\"", "\"bash\"", "/bin/sh", "/bin/bash", "\"ash\""]
+        .iter()
+        .any(|s| m.contains(s));
+    if (m.contains("executable file not found") || m.contains("no such file or directory")) && shell {
+        return "the command or args start a shell, and a distroless image has none: run the binary directly in exec form (command: [\"/app\", ...])".into();
+    }
+    if m.contains("executable file not found") || m.contains("no such file or directory") {
+        return "a program the command names is not in the distroless image (only the application and its runtime are): call the binary by its path in the image, or copy the tool into the image".into();
+    }
+    if m.contains("image will run as root") {
+        return "the image's user is root and runAsNonRoot is set: use the image's :nonroot tag (UID 65532), or set runAsUser: 65532".into();
+    }
+    if m.contains("non-numeric user") {
+        return "the image's USER is a name (e.g. nonroot) the kubelet cannot check against runAsNonRoot: set runAsUser: 65532 (numeric) in the pod".into();
+    }
+    match (reason, exit_code) {
+        ("CrashLoopBackOff" | "Restarts", Some(127)) => {
+            "exit 127 (command not found): the entrypoint or a script calls a program the distroless image does not have; run the binary directly".into()
+        }
+        ("CrashLoopBackOff" | "Restarts", Some(126)) => {
+            "exit 126 (cannot execute): the file is not executable for UID 65532, or it is a script without an interpreter in the image".into()
+        }
+        ("CrashLoopBackOff" | "Restarts", _) => {
+            "the container keeps exiting: compare `kubectl logs --previous` of a canary pod with the standard one; distroless lacks a shell, package manager and most tools, and runs as UID 65532 (files it writes need a writable volume)".into()
+        }
+        ("OOMKilled", _) => "the container exceeded its memory limit: the canary's limits are the Deployment's; compare its usage with the standard image".into(),
+        ("ErrImagePull" | "ImagePullBackOff", _) => {
+            "the image cannot be pulled: check the distroless tag exists (e.g. :nonroot) and that the pods' imagePullSecrets reach its registry".into()
+        }
+        ("InvalidImageName", _) => "the distroless image reference is not valid: fix spec.containers[].image of the rollout".into(),
+        ("CreateContainerConfigError", _) => "the kubelet cannot create the container from this spec and image (user, volumes, secrets): see the message".into(),
+        ("ReadyTimeout", _) => {
+            "the containers never became ready: an exec readiness probe cannot run without a shell (use httpGet, grpc or tcpSocket), or the application fails to start as UID 65532".into()
+        }
+        ("FailedCreate", _) => "the API server refused the canary's pods (Pod Security Admission or an admission webhook): fix the pod template or the policy, as the message says".into(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(status: serde_json::Value, age_s: i64, now: Timestamp) -> Pod {
+        let created = (now - jiff::SignedDuration::from_secs(age_s)).to_string();
+        serde_json::from_value(
+            json!({"metadata": {"name": "canary-1", "creationTimestamp": created}, "status": status}),
+        )
+        .unwrap()
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-24T12:00:00Z".parse().unwrap()
+    }
+
+    fn waiting(reason: &str, message: &str) -> serde_json::Value {
+        json!({"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": reason, "message": message}}}]})
+    }
+
+    #[test]
+    fn fatal_waiting_reasons_fail_at_once_with_a_distroless_hint() {
+        let p = pod(
+            waiting(
+                "CreateContainerConfigError",
+                "container has runAsNonRoot and image will run as root",
+            ),
+            1,
+            now(),
+        );
+        let f = classify_pod(&p, &FailurePolicy::default(), now()).unwrap();
+        assert_eq!(f.reason, "CreateContainerConfigError");
+        assert!(f.hint.contains(":nonroot"), "{}", f.hint);
+        let p = pod(
+            json!({"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                "lastState": {"terminated": {"exitCode": 127, "reason": "Error", "message": "exec: \"sh\": executable file not found in $PATH"}},
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}]}),
+            1,
+            now(),
+        );
+        let f = classify_pod(&p, &FailurePolicy::default(), now()).unwrap();
+        assert_eq!((f.reason.as_str(), f.exit_code), ("CrashLoopBackOff", Some(127)));
+        assert!(f.hint.contains("shell"), "{}", f.hint);
+    }
+
+    #[test]
+    fn image_pulls_get_their_grace_and_readiness_its_timeout() {
+        let policy = FailurePolicy {
+            image_pull_grace_seconds: 30,
+            ready_timeout_seconds: 120,
+            max_restarts: 0,
+        };
+        let pulling = |age| pod(waiting("ImagePullBackOff", "Back-off pulling image"), age, now());
+        assert!(classify_pod(&pulling(10), &policy, now()).is_none());
+        assert_eq!(
+            classify_pod(&pulling(31), &policy, now()).unwrap().reason,
+            "ImagePullBackOff"
+        );
+        let not_ready = |age| {
+            pod(
+                json!({"conditions": [{"type": "ContainersReady", "status": "False"}],
+                       "containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false, "restartCount": 0, "state": {"running": {}}}]}),
+                age,
+                now(),
+            )
+        };
+        assert!(classify_pod(&not_ready(60), &policy, now()).is_none());
+        let f = classify_pod(&not_ready(121), &policy, now()).unwrap();
+        assert_eq!(
+            (f.reason.as_str(), f.container.as_deref()),
+            ("ReadyTimeout", Some("app"))
+        );
+    }
+
+    #[test]
+    fn restarts_above_the_allowance_fail_even_when_ready_again() {
+        let p = pod(
+            json!({"conditions": [{"type": "ContainersReady", "status": "True"}],
+                   "containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": true, "restartCount": 2,
+                   "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}, "state": {"running": {}}}]}),
+            5,
+            now(),
+        );
+        let lenient = FailurePolicy {
+            max_restarts: 2,
+            ..FailurePolicy::default()
+        };
+        assert!(classify_pod(&p, &lenient, now()).is_none());
+        let f = classify_pod(&p, &FailurePolicy::default(), now()).unwrap();
+        assert_eq!((f.reason.as_str(), f.exit_code), ("Restarts", Some(1)));
+    }
+
+    #[test]
+    fn oom_kills_and_failed_creates_are_failures() {
+        let p = pod(
+            json!({"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                   "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}, "state": {"running": {}}}]}),
+            5,
+            now(),
+        );
+        assert_eq!(
+            classify_pod(&p, &FailurePolicy::default(), now()).unwrap().reason,
+            "OOMKilled"
+        );
+        let rs: ReplicaSet = serde_json::from_value(
+            json!({"metadata": {"name": "c"}, "status": {"replicas": 0, "conditions": [
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+             "message": "pods \"c-x\" is forbidden: violates PodSecurity \"restricted:latest\""}]}}),
+        )
+        .unwrap();
+        let f = classify(&[], Some(&rs), &FailurePolicy::default(), now()).unwrap();
+        assert_eq!(f.reason, "FailedCreate");
+        assert!(
+            f.message.contains("PodSecurity") && f.hint.contains("Pod Security"),
+            "{f:?}"
+        );
+        assert!(classify(&[], None, &FailurePolicy::default(), now()).is_none());
+        let backoff = pod(
+            json!({"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                   "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                   "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}]}),
+            5,
+            now(),
+        );
+        let f = classify_pod(&backoff, &FailurePolicy::default(), now()).unwrap();
+        assert_eq!(
+            (f.reason.as_str(), f.exit_code),
+            ("OOMKilled", Some(137)),
+            "the kill, not the back-off"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_webhook_is_tolerated_for_the_ready_timeout_a_refusal_is_not() {
+        let rs = |message: &str, age_s: i64| -> ReplicaSet {
+            let since = (now() - jiff::SignedDuration::from_secs(age_s)).to_string();
+            serde_json::from_value(
+                json!({"metadata": {"name": "c"}, "status": {"replicas": 0, "conditions": [
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message,
+                 "lastTransitionTime": since}]}}),
+            )
+            .unwrap()
+        };
+        let policy = FailurePolicy {
+            ready_timeout_seconds: 60,
+            ..FailurePolicy::default()
+        };
+        let down =
+            "Internal error occurred: failed calling webhook \"mutate.distrolessguard.dev\": 503 Service Unavailable";
+        assert!(classify(&[], Some(&rs(down, 5)), &policy, now()).is_none());
+        assert_eq!(
+            classify(&[], Some(&rs(down, 61)), &policy, now()).unwrap().reason,
+            "FailedCreate"
+        );
+        let denied = "admission webhook \"validate.distrolessguard.dev\" denied the request: [root-uid]";
+        assert!(classify(&[], Some(&rs(denied, 0)), &policy, now()).is_some());
+    }
+}

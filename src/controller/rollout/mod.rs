@@ -1,0 +1,465 @@
+//! The DistrolessRollout controller: kube-runtime's `Controller` over
+//! rollouts, their canary ReplicaSets and pods, and the Deployments they
+//! target, so a canary pod's failure reaches the planner in one watch event.
+//! Each reconcile reads what exists, asks the pure [`plan`] what to do, does
+//! it, and writes the status. Runs only on the leader.
+
+pub(crate) mod canary;
+pub(crate) mod classify;
+pub(crate) mod plan;
+pub(crate) mod preflight;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use self::canary::{ROLLOUT_LABEL, SERVING_GATE};
+use self::plan::{Action, MetricReading, Observed, Plan};
+use super::FIELD_MANAGER;
+use crate::api::{DistrolessRollout, Phase, PreflightResult};
+use crate::image::Inspector;
+use crate::metrics::Metrics;
+
+/// What every reconcile shares.
+pub(crate) struct Context {
+    pub(crate) client: kube::Client,
+    pub(crate) recorder: Recorder,
+    /// Reads distroless images in preflight (`--inspect-images`).
+    pub(crate) inspector: Option<Arc<Inspector>>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReconcileError {
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kerr(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let what = what.into();
+    move |source| ReconcileError::Kube { what, source }
+}
+
+impl Context {
+    pub(crate) fn new(
+        client: kube::Client,
+        identity: &str,
+        inspector: Option<Arc<Inspector>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.into()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            inspector,
+            metrics,
+        }
+    }
+}
+
+/// Runs the controller while `leading` holds; stops when it does not.
+pub(crate) async fn run_while_leading(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        info!("leading: the rollout controller starts");
+        let mut stop = leading.clone();
+        let controller = controller(ctx.clone(), async move {
+            let _ = stop.wait_for(|l| !*l).await;
+        });
+        controller.instrument(info_span!("rollouts")).await;
+        info!("the rollout controller stopped");
+    }
+}
+
+async fn controller(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let rollouts: Api<DistrolessRollout> = Api::all(client.clone());
+    let labelled = watcher::Config::default().labels(ROLLOUT_LABEL);
+    let controller = Controller::new(rollouts, watcher::Config::default())
+        .owns(Api::<ReplicaSet>::all(client.clone()), labelled.clone());
+    let store = controller.store();
+    controller
+        .watches(Api::<Pod>::all(client.clone()), labelled, |pod: Pod| {
+            let name = pod.labels().get(ROLLOUT_LABEL)?.clone();
+            Some(ObjectRef::<DistrolessRollout>::new(&name).within(&pod.namespace()?))
+        })
+        .watches(
+            Api::<Deployment>::all(client),
+            watcher::Config::default(),
+            move |d: Deployment| {
+                let ns = d.namespace().unwrap_or_default();
+                let name = d.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace().as_deref() == Some(ns.as_str()) && r.spec.target_ref.name == name)
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!(error = %e, "rollout reconcile");
+            }
+        })
+        .await;
+}
+
+fn error_policy(rollout: Arc<DistrolessRollout>, error: &ReconcileError, _ctx: Arc<Context>) -> Requeue {
+    warn!(rollout = %rollout.name_any(), error = %error, "rollout reconcile failed; retrying");
+    Requeue::requeue(Duration::from_secs(2))
+}
+
+/// Reads what exists for one rollout.
+struct Snapshot {
+    deployment: Option<Deployment>,
+    canaries: Vec<ReplicaSet>,
+    canary_pods: Vec<Pod>,
+    promoted_pods: Vec<Pod>,
+    metrics: Vec<MetricReading>,
+}
+
+async fn snapshot(rollout: &DistrolessRollout, client: &kube::Client) -> Result<Snapshot, ReconcileError> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let name = rollout.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment = deployments
+        .get_opt(&rollout.spec.target_ref.name)
+        .await
+        .map_err(kerr("reading the Deployment"))?;
+    let by_rollout = ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}"));
+    let mut canaries = Api::<ReplicaSet>::namespaced(client.clone(), &ns)
+        .list(&by_rollout)
+        .await
+        .map_err(kerr("listing canary ReplicaSets"))?
+        .items;
+    // The newest first: it is the one kept for forensics.
+    canaries.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let canary_pods = pods_api
+        .list(&by_rollout)
+        .await
+        .map_err(kerr("listing canary pods"))?
+        .items;
+    let phase = rollout.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    let mut promoted_pods = Vec::new();
+    if phase == Phase::Promoting
+        && let Some(selector) = deployment.as_ref().and_then(|d| d.spec.selector.match_labels.clone())
+    {
+        let labels = selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let distroless: BTreeMap<&str, &str> = rollout
+            .spec
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.image.as_str()))
+            .collect();
+        promoted_pods = pods_api
+            .list(&ListParams::default().labels(&format!("{labels},!{ROLLOUT_LABEL}")))
+            .await
+            .map_err(kerr("listing the Deployment's pods"))?
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.containers.iter().any(|c| {
+                        c.image
+                            .as_deref()
+                            .is_some_and(|i| distroless.get(c.name.as_str()) == Some(&i))
+                    })
+                })
+            })
+            .collect();
+    }
+    let mut metrics = Vec::new();
+    if matches!(phase, Phase::Staging | Phase::Canary | Phase::Paused)
+        && rollout.status.as_ref().and_then(|s| s.step_ready_at.as_ref()).is_some()
+    {
+        for gate in &rollout.spec.metrics {
+            metrics.push(MetricReading {
+                name: gate.name.clone(),
+                value: prometheus_query(&gate.address, &gate.query).await,
+            });
+        }
+    }
+    Ok(Snapshot {
+        deployment,
+        canaries,
+        canary_pods,
+        promoted_pods,
+        metrics,
+    })
+}
+
+async fn reconcile(rollout: Arc<DistrolessRollout>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let name = rollout.name_any();
+    let span = info_span!("reconcile", rollout = %name, namespace = %ns);
+    async move {
+        let snap = snapshot(&rollout, &ctx.client).await?;
+        let now = Timestamp::now();
+        let plan = plan::plan(&Observed {
+            rollout: &rollout,
+            deployment: snap.deployment.as_ref(),
+            canaries: &snap.canaries,
+            canary_pods: &snap.canary_pods,
+            promoted_pods: &snap.promoted_pods,
+            metrics: &snap.metrics,
+            now,
+        });
+        apply(&rollout, &ctx, &snap, plan).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Does what the plan says, in its order, then writes the status.
+async fn apply(
+    rollout: &DistrolessRollout,
+    ctx: &Context,
+    snap: &Snapshot,
+    mut plan: Plan,
+) -> Result<Requeue, ReconcileError> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let reference = rollout.object_ref(&());
+    for action in std::mem::take(&mut plan.actions) {
+        match action {
+            Action::RunPreflight { template } => {
+                let stable = snap
+                    .deployment
+                    .as_ref()
+                    .and_then(|d| d.spec.replicas)
+                    .unwrap_or(1)
+                    .max(0) as u32;
+                let most = rollout
+                    .spec
+                    .steps
+                    .iter()
+                    .map(|s| match (&s.staging, s.weight) {
+                        (Some(st), _) => st.replicas,
+                        (None, Some(w)) if w < 100 => canary::replicas_for(stable, w),
+                        _ => 0,
+                    })
+                    .max()
+                    .unwrap_or(1);
+                let result = preflight::check(client, &ns, &template, most, ctx.inspector.as_ref()).await;
+                let (passed, message) = match result {
+                    Ok(m) => (true, m),
+                    Err(m) => (false, m),
+                };
+                plan.status.preflight = Some(PreflightResult {
+                    passed,
+                    message,
+                    retry: rollout.spec.retry,
+                });
+                plan.requeue = Some(Duration::from_millis(100));
+            }
+            Action::ApplyCanary(rs) => {
+                let name = rs.metadata.name.clone().unwrap_or_default();
+                Api::<ReplicaSet>::namespaced(client.clone(), &ns)
+                    .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&*rs))
+                    .await
+                    .map_err(kerr(format!("applying the canary ReplicaSet {name}")))?;
+            }
+            Action::ScaleCanary { name, replicas } => {
+                Api::<ReplicaSet>::namespaced(client.clone(), &ns)
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+                    )
+                    .await
+                    .map_err(kerr(format!("scaling the canary ReplicaSet {name}")))?;
+            }
+            Action::DeleteCanary { name } => {
+                let params = DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..DeleteParams::default()
+                };
+                match Api::<ReplicaSet>::namespaced(client.clone(), &ns)
+                    .delete(&name, &params)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(kerr(format!("deleting the canary ReplicaSet {name}"))(e)),
+                }
+            }
+            Action::SetServing { pods, serving } => {
+                let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                let status = if serving { "True" } else { "False" };
+                let reason = if serving { "CanaryServing" } else { "CanaryNotServing" };
+                let patch = json!({"status": {"conditions": [{
+                    "type": SERVING_GATE, "status": status, "reason": reason,
+                    "lastTransitionTime": Timestamp::now().to_string(),
+                }]}});
+                for pod in pods {
+                    match pods_api
+                        .patch_status(&pod, &PatchParams::default(), &Patch::Strategic(&patch))
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => return Err(kerr(format!("setting the serving gate of pod {pod}"))(e)),
+                    }
+                }
+            }
+            Action::PatchDeploymentImages(images) => {
+                let d = &rollout.spec.target_ref.name;
+                let containers: Vec<_> = images.iter().map(|(n, i)| json!({"name": n, "image": i})).collect();
+                let patch = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": d},
+                    "spec": {"template": {"spec": {"containers": containers}}}});
+                Api::<Deployment>::namespaced(client.clone(), &ns)
+                    .patch(d, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+                    .await
+                    .map_err(kerr(format!("patching the images of Deployment {d}")))?;
+            }
+            Action::Event {
+                warning,
+                reason,
+                message,
+            } => {
+                let event = Event {
+                    type_: if warning { EventType::Warning } else { EventType::Normal },
+                    reason: reason.clone(),
+                    note: Some(message.chars().take(1000).collect()),
+                    action: "Rollout".into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+                    warn!(error = %e, %reason, "cannot record an event");
+                }
+            }
+        }
+    }
+    let previous = rollout.status.clone().unwrap_or_default();
+    record_metrics(ctx, rollout, &previous, &plan);
+    if plan.status != previous {
+        let patch =
+            json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "status": plan.status});
+        Api::<DistrolessRollout>::namespaced(client.clone(), &ns)
+            .patch_status(
+                &rollout.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(kerr("writing the rollout status"))?;
+    }
+    Ok(match plan.requeue {
+        Some(d) => Requeue::requeue(d),
+        None => Requeue::await_change(),
+    })
+}
+
+fn record_metrics(
+    ctx: &Context,
+    rollout: &DistrolessRollout,
+    previous: &crate::api::DistrolessRolloutStatus,
+    plan: &Plan,
+) {
+    let ns = rollout.namespace().unwrap_or_default();
+    let name = rollout.name_any();
+    ctx.metrics.rollout_phase(&ns, &name, plan.status.phase);
+    if plan.status.phase == Phase::RolledBack && previous.phase != Phase::RolledBack {
+        let reason = plan
+            .status
+            .failure
+            .as_ref()
+            .map(|f| f.reason.as_str())
+            .unwrap_or("Unknown");
+        ctx.metrics.rollback(reason);
+        if let (Some(started), Some(detected)) = (
+            previous.step_started_at.as_ref(),
+            plan.status.failure.as_ref().and_then(|f| f.detected_at.as_ref()),
+        ) {
+            let seconds = detected.0.duration_since(started.0).as_secs_f64().max(0.0);
+            ctx.metrics.time_to_detect(seconds);
+        }
+    }
+}
+
+/// An instant query against Prometheus (`http://host:port`): the first sample's value.
+pub(crate) async fn prometheus_query(address: &str, query: &str) -> Result<f64, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let base = address
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{address}: only http:// Prometheus addresses are supported"))?;
+    let (host, prefix) = base.split_once('/').map_or((base, ""), |(h, p)| (h, p));
+    let path = format!("/{prefix}api/v1/query?query={}", encode(query));
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(host).await.map_err(|e| e.to_string())?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.take(4 << 20).read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(3), io)
+        .await
+        .map_err(|_| "Prometheus did not answer within 3 s".to_string())??;
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(body.trim()).map_err(|e| format!("not a Prometheus answer: {e}"))?;
+    if v["status"] != "success" {
+        return Err(format!("Prometheus: {}", v["error"].as_str().unwrap_or("query failed")));
+    }
+    let sample = match v["data"]["resultType"].as_str() {
+        Some("vector") => v["data"]["result"][0]["value"][1].as_str(),
+        Some("scalar") => v["data"]["result"][1].as_str(),
+        _ => None,
+    };
+    sample
+        .ok_or_else(|| "the query returned no sample".to_string())?
+        .parse::<f64>()
+        .map_err(|e| e.to_string())
+}
+
+/// Percent-encoding for a query string value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn queries_are_percent_encoded() {
+        assert_eq!(super::encode("rate(x[1m]) > 0"), "rate%28x%5B1m%5D%29%20%3E%200");
+    }
+}

@@ -1,0 +1,1178 @@
+//! The rollout planner: a pure function of (rollout, Deployment, canary
+//! ReplicaSets, pods, metric readings, now) to the actions to take and the
+//! status to write. Everything it needs to resume is in the status (step and
+//! its start, when its pods were ready, the standard images), and everything
+//! else it re-derives from what exists, so a restarted leader, or a crash
+//! halfway through the actions, ends in the same place.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::canary::{self, SERVING_GATE};
+use super::classify;
+use crate::api::{CanaryStatus, DistrolessRollout, DistrolessRolloutStatus, Phase, Promotion, RolloutFailure, Step};
+
+/// The latest value of a metric gate's query.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MetricReading {
+    pub name: String,
+    pub value: Result<f64, String>,
+}
+
+/// What exists now, as the reconciler read it.
+pub(crate) struct Observed<'a> {
+    pub rollout: &'a DistrolessRollout,
+    pub deployment: Option<&'a Deployment>,
+    /// The rollout's canary ReplicaSets (one, or an old one after a template change).
+    pub canaries: &'a [ReplicaSet],
+    /// Pods labelled with the rollout's name.
+    pub canary_pods: &'a [Pod],
+    /// The Deployment's own pods running the distroless images (after promotion).
+    pub promoted_pods: &'a [Pod],
+    pub metrics: &'a [MetricReading],
+    pub now: Timestamp,
+}
+
+/// One thing the reconciler does.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Action {
+    /// Dry-run a canary pod through admission, read the distroless images,
+    /// check quota; the result goes into `status.preflight`.
+    RunPreflight {
+        template: Box<PodTemplateSpec>,
+    },
+    /// Create or update (server-side apply) a canary ReplicaSet.
+    ApplyCanary(Box<ReplicaSet>),
+    /// Set the replicas of an existing canary ReplicaSet.
+    ScaleCanary {
+        name: String,
+        replicas: u32,
+    },
+    DeleteCanary {
+        name: String,
+    },
+    /// Open or close the serving readiness gate of these pods.
+    SetServing {
+        pods: Vec<String>,
+        serving: bool,
+    },
+    /// Server-side apply of only these container images on the Deployment.
+    PatchDeploymentImages(BTreeMap<String, String>),
+    Event {
+        warning: bool,
+        reason: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub actions: Vec<Action>,
+    pub status: DistrolessRolloutStatus,
+    /// Look again after this long (timers: bake, ready timeout, pull grace, metrics).
+    pub requeue: Option<Duration>,
+}
+
+/// How often metric gates are read while a step bakes.
+pub(crate) const METRIC_INTERVAL: Duration = Duration::from_secs(5);
+
+struct Planner<'a> {
+    o: &'a Observed<'a>,
+    st: DistrolessRolloutStatus,
+    actions: Vec<Action>,
+    requeue: Option<Duration>,
+}
+
+fn event(warning: bool, reason: &str, message: impl Into<String>) -> Action {
+    Action::Event {
+        warning,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+fn images_of(deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn gate_open(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == SERVING_GATE && c.status == "True"))
+}
+
+fn pod_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get("pod-template-hash")
+        .map(String::as_str)
+}
+
+fn live(pod: &&Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+}
+
+impl<'a> Planner<'a> {
+    fn name(&self) -> String {
+        self.o.rollout.metadata.name.clone().unwrap_or_default()
+    }
+
+    fn after(&mut self, d: Duration) {
+        let d = d.max(Duration::from_millis(500));
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    fn distroless(&self) -> BTreeMap<String, String> {
+        self.o
+            .rollout
+            .spec
+            .containers
+            .iter()
+            .map(|c| (c.name.clone(), c.image.clone()))
+            .collect()
+    }
+
+    fn steps(&self) -> &'a [Step] {
+        &self.o.rollout.spec.steps
+    }
+
+    fn enter_step(&mut self, index: u32) {
+        let now = Time(self.o.now);
+        self.st.current_step = index;
+        self.st.step_started_at = Some(now);
+        self.st.step_ready_at = None;
+        self.st.desired_weight = match self.steps().get(index as usize) {
+            Some(s) if s.staging.is_some() => 0,
+            Some(Step { weight: Some(w), .. }) => (*w).min(100),
+            _ => 100,
+        };
+        self.st.phase = match self.steps().get(index as usize) {
+            Some(s) if s.staging.is_some() => Phase::Staging,
+            Some(s) if s.weight.is_some_and(|w| w < 100) => Phase::Canary,
+            _ => Phase::Promoting,
+        };
+        let what = match self.steps().get(index as usize) {
+            Some(s) if s.staging.is_some() => "staging (no traffic)".to_string(),
+            Some(Step { weight: Some(w), .. }) if *w < 100 => format!("{w}% of the traffic"),
+            _ => "promotion to 100%".to_string(),
+        };
+        self.actions
+            .push(event(false, "StepStarted", format!("step {index}: {what}")));
+    }
+
+    /// Stops on a failure: closes the gates, shrinks the canary, restores the
+    /// Deployment's images if they were patched. Called again in `RolledBack`
+    /// until all of it is done.
+    fn roll_back(&mut self, failure: RolloutFailure) {
+        let warning = format!(
+            "rolled back: {}{}: {}{}",
+            failure.reason,
+            failure
+                .pod
+                .as_deref()
+                .map(|p| format!(" in pod {p}"))
+                .unwrap_or_default(),
+            failure.message,
+            if failure.hint.is_empty() {
+                String::new()
+            } else {
+                format!(". Hint: {}", failure.hint)
+            }
+        );
+        self.actions.push(event(true, "RolledBack", warning.clone()));
+        self.st.message = warning;
+        self.st.failure = Some(failure);
+        self.st.phase = Phase::RolledBack;
+        self.undo();
+    }
+
+    /// The rollback's actions for what still differs from "rolled back".
+    fn undo(&mut self) {
+        let open: Vec<String> = self
+            .o
+            .canary_pods
+            .iter()
+            .filter(live)
+            .filter(|p| gate_open(p))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        if !open.is_empty() {
+            self.actions.push(Action::SetServing {
+                pods: open,
+                serving: false,
+            });
+        }
+        let keep = u32::from(self.o.rollout.spec.keep_failed_pod);
+        for (i, rs) in self.o.canaries.iter().enumerate() {
+            let name = rs.metadata.name.clone().unwrap_or_default();
+            let replicas = rs.spec.replicas.unwrap_or(0);
+            let want = if i == 0 { keep } else { 0 };
+            if replicas != i32::try_from(want).unwrap_or(0) {
+                self.actions.push(Action::ScaleCanary { name, replicas: want });
+            }
+        }
+        if self.st.deployment_patched
+            && let Some(d) = self.o.deployment
+        {
+            let now = images_of(d);
+            let standard = self.st.standard_images.clone();
+            if standard.iter().any(|(n, i)| now.get(n) != Some(i)) {
+                self.actions.push(Action::PatchDeploymentImages(standard));
+            } else {
+                self.st.deployment_patched = false;
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: &str, message: String) {
+        let hint = classify::hint(reason, None, &message);
+        self.roll_back(RolloutFailure {
+            reason: reason.into(),
+            message,
+            hint,
+            detected_at: Some(Time(self.o.now)),
+            ..RolloutFailure::default()
+        });
+    }
+
+    fn plan(mut self) -> Plan {
+        let o = self.o;
+        let spec = &o.rollout.spec;
+        self.st.observed_generation = o.rollout.metadata.generation;
+
+        // A new attempt, asked for explicitly.
+        if spec.retry != self.st.observed_retry {
+            let standard = std::mem::take(&mut self.st.standard_images);
+            self.st = DistrolessRolloutStatus {
+                observed_retry: spec.retry,
+                observed_generation: o.rollout.metadata.generation,
+                standard_images: standard,
+                deployment_patched: self.st.deployment_patched,
+                conditions: std::mem::take(&mut self.st.conditions),
+                ..DistrolessRolloutStatus::default()
+            };
+            self.actions
+                .push(event(false, "Retry", format!("attempt {} begins", spec.retry + 1)));
+        }
+        if self.st.phase == Phase::Succeeded {
+            for rs in o.canaries {
+                self.actions.push(Action::DeleteCanary {
+                    name: rs.metadata.name.clone().unwrap_or_default(),
+                });
+            }
+            return self.finish();
+        }
+        let Some(d) = o.deployment else {
+            self.st.message = format!("Deployment {} not found in this namespace", spec.target_ref.name);
+            self.after(Duration::from_secs(10));
+            return self.finish();
+        };
+        let images = images_of(d);
+        if self.st.standard_images.is_empty() {
+            for c in &spec.containers {
+                match (&c.standard_image, images.get(&c.name)) {
+                    (_, None) => {
+                        self.fail("InvalidSpec", format!("the Deployment has no container {:?}", c.name));
+                        return self.finish();
+                    }
+                    (Some(s), _) => {
+                        self.st.standard_images.insert(c.name.clone(), s.clone());
+                    }
+                    (None, Some(now)) => {
+                        self.st.standard_images.insert(c.name.clone(), now.clone());
+                    }
+                }
+            }
+        }
+        if self.st.phase == Phase::RolledBack {
+            self.undo();
+            if self.actions.iter().any(|a| !matches!(a, Action::Event { .. })) {
+                self.after(Duration::from_secs(2));
+            }
+            return self.finish();
+        }
+        if spec.abort {
+            self.fail("Aborted", "the rollout was aborted; back on the standard images".into());
+            return self.finish();
+        }
+        let distroless = self.distroless();
+        let template_distroless = distroless.iter().all(|(n, i)| images.get(n) == Some(i));
+        // The Deployment moved to other standard images (a new release in Git):
+        // they are what a rollback goes back to.
+        if !template_distroless && !self.st.deployment_patched {
+            let moved: Vec<(String, String)> = self
+                .st
+                .standard_images
+                .iter()
+                .filter_map(|(n, s)| images.get(n).filter(|i| *i != s).map(|i| (n.clone(), i.clone())))
+                .collect();
+            for (n, i) in moved {
+                self.actions.push(event(
+                    false,
+                    "StandardImageChanged",
+                    format!("container {n} now runs {i} in the Deployment; a rollback goes back to it"),
+                ));
+                self.st.standard_images.insert(n, i);
+            }
+        }
+
+        if self.st.phase == Phase::Preflight {
+            match &self.st.preflight {
+                Some(p) if p.retry == spec.retry && !p.passed => {
+                    let message = p.message.clone();
+                    self.fail("PreflightFailed", message);
+                    return self.finish();
+                }
+                Some(p) if p.retry == spec.retry => {
+                    self.actions.push(event(false, "PreflightPassed", p.message.clone()));
+                    self.enter_step(0);
+                }
+                _ => {
+                    let template = canary::template(d, &distroless, &self.name());
+                    self.actions.push(Action::RunPreflight {
+                        template: Box::new(template),
+                    });
+                    self.st.message = "checking that a canary pod would be admitted and its image is distroless".into();
+                    self.after(Duration::from_secs(1));
+                    return self.finish();
+                }
+            }
+        }
+        if template_distroless && self.st.phase != Phase::Promoting {
+            self.actions.push(event(
+                false,
+                "DeploymentCarriesDistroless",
+                "the Deployment's template already carries the distroless images",
+            ));
+            self.st.phase = Phase::Promoting;
+        }
+        if spec.promote_full && self.st.phase != Phase::Promoting {
+            self.actions.push(event(
+                false,
+                "PromotedFull",
+                "promoted to 100% (rollout promote --full)",
+            ));
+            self.st.phase = Phase::Promoting;
+        }
+        if self.st.phase == Phase::Promoting {
+            self.promote(d, &distroless, template_distroless);
+        } else {
+            self.run_step(d, &distroless);
+        }
+        self.finish()
+    }
+
+    /// The current (staging or weighted) step: canary size, gates, failures, bake.
+    fn run_step(&mut self, d: &Deployment, distroless: &BTreeMap<String, String>) {
+        let o = self.o;
+        let spec = &o.rollout.spec;
+        let index = self.st.current_step;
+        let Some(step) = self.steps().get(index as usize).cloned() else {
+            self.st.phase = Phase::Promoting;
+            return self.promote(d, distroless, false);
+        };
+        if step.weight.is_some_and(|w| w >= 100) {
+            self.st.phase = Phase::Promoting;
+            return self.promote(d, distroless, false);
+        }
+        let stable = d.spec.replicas.unwrap_or(1).max(0) as u32;
+        let (wanted, weight) = match (&step.staging, step.weight) {
+            (Some(s), _) => (s.replicas, 0),
+            (None, Some(w)) => (canary::replicas_for(stable, w), w),
+            (None, None) => (0, 0),
+        };
+        self.st.desired_weight = weight;
+        let serving = weight > 0;
+        let hash = self.ensure_canary(d, distroless, wanted);
+        let pods: Vec<&Pod> = o
+            .canary_pods
+            .iter()
+            .filter(live)
+            .filter(|p| pod_hash(p) == Some(hash.as_str()))
+            .collect();
+        let current_rs = o.canaries.iter().find(|rs| canary::hash_of(rs) == Some(hash.as_str()));
+        let owned: Vec<Pod> = pods.iter().map(|p| (*p).clone()).collect();
+        if let Some(f) = classify::classify(&owned, current_rs, &spec.failure, o.now) {
+            return self.roll_back(f);
+        }
+        if current_rs.is_some_and(canary::failing_to_create) {
+            // Tolerated for now (an unreachable webhook): look again soon.
+            self.after(Duration::from_secs(2));
+        }
+        // Gates: open for traffic in a weighted step, closed in staging.
+        let flip: Vec<String> = pods
+            .iter()
+            .filter(|p| gate_open(p) != serving)
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        if !flip.is_empty() {
+            self.actions.push(Action::SetServing { pods: flip, serving });
+        }
+        let ready = pods.iter().filter(|p| classify::containers_ready(p)).count() as u32;
+        self.st.canary = Some(CanaryStatus {
+            replica_set: canary::canary_name(d.metadata.name.as_deref().unwrap_or_default(), &hash),
+            replicas: wanted,
+            ready,
+        });
+        let serving_ready = pods.iter().filter(|p| classify::ready(p)).count() as u32;
+        let stable_ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0).max(0) as u32;
+        self.st.effective_weight = canary::weight_of(serving_ready, stable_ready);
+        if serving && canary::unachievable(weight, canary::weight_of(wanted, stable)) {
+            self.st.message = format!(
+                "WeightUnachievable: {wanted} canary pod(s) next to {stable} make {}%, not {weight}%",
+                canary::weight_of(wanted, stable)
+            );
+        } else {
+            self.st.message = format!("step {index}: {ready}/{wanted} canary pods ready");
+        }
+        // Timers: pods not ready in time, images not pulled in time.
+        for p in &pods {
+            if let Some(created) = p.metadata.creation_timestamp.as_ref().map(|t| t.0) {
+                let age = o.now.duration_since(created).unsigned_abs();
+                for limit in [
+                    spec.failure.ready_timeout_seconds,
+                    spec.failure.image_pull_grace_seconds,
+                ] {
+                    let limit = Duration::from_secs(u64::from(limit));
+                    if age < limit {
+                        self.after(limit - age);
+                    }
+                }
+            }
+        }
+        if ready < wanted || wanted == 0 {
+            self.st.step_ready_at = None;
+            return;
+        }
+        let ready_at = self.st.step_ready_at.get_or_insert(Time(o.now)).0;
+        // Metric gates, while the step bakes.
+        for reading in o.metrics {
+            let Some(gate) = spec.metrics.iter().find(|g| g.name == reading.name) else {
+                continue;
+            };
+            match &reading.value {
+                Ok(v) if *v > gate.threshold => {
+                    let message = format!("{} = {v} is above {} ({})", gate.name, gate.threshold, gate.query);
+                    return self.roll_back(RolloutFailure {
+                        reason: "MetricGate".into(),
+                        hint: "the canary made a metric worse than the threshold allows: compare its logs and errors with the standard pods".into(),
+                        message,
+                        detected_at: Some(Time(o.now)),
+                        ..RolloutFailure::default()
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => self.st.message = format!("metric {} cannot be read: {e}", gate.name),
+            }
+        }
+        if !spec.metrics.is_empty() {
+            self.after(METRIC_INTERVAL);
+        }
+        let bake_end = ready_at + jiff::SignedDuration::from_secs(i64::from(step.bake_seconds));
+        if o.now < bake_end {
+            self.after(o.now.duration_until(bake_end).unsigned_abs());
+            self.st.phase = if spec.paused { Phase::Paused } else { phase_of(&step) };
+            return;
+        }
+        if spec.paused {
+            self.st.phase = Phase::Paused;
+            self.st.message = format!("step {index} done; paused (spec.paused)");
+            return;
+        }
+        if step.pause && spec.promote_step != Some(index) {
+            self.st.phase = Phase::Paused;
+            self.st.message = format!("step {index} done; waiting for `kubectl distroless rollout promote`");
+            return;
+        }
+        self.actions
+            .push(event(false, "StepCompleted", format!("step {index} baked healthy")));
+        self.enter_step(index + 1);
+        self.after(Duration::from_millis(500));
+    }
+
+    /// Ensures the canary ReplicaSet of the current template at `wanted`
+    /// replicas; removes canaries of older templates. Returns the template hash.
+    fn ensure_canary(&mut self, d: &Deployment, distroless: &BTreeMap<String, String>, wanted: u32) -> String {
+        let o = self.o;
+        let template = canary::template(d, distroless, &self.name());
+        let hash = canary::template_hash(&template);
+        let mut replaced = false;
+        for rs in o.canaries {
+            if canary::hash_of(rs) != Some(hash.as_str()) {
+                replaced = true;
+                self.actions.push(Action::DeleteCanary {
+                    name: rs.metadata.name.clone().unwrap_or_default(),
+                });
+            }
+        }
+        match o.canaries.iter().find(|rs| canary::hash_of(rs) == Some(hash.as_str())) {
+            None => {
+                if replaced {
+                    // The Deployment's template changed (a Git change): the step starts over.
+                    self.actions.push(event(
+                        false,
+                        "TemplateChanged",
+                        "the Deployment's pod template changed; the canary is rebuilt from it and the step starts over",
+                    ));
+                    self.st.step_started_at = Some(Time(o.now));
+                    self.st.step_ready_at = None;
+                }
+                self.actions.push(Action::ApplyCanary(Box::new(canary::replica_set(
+                    o.rollout, d, template, wanted,
+                ))));
+            }
+            Some(rs) => {
+                let have = rs.spec.replicas.unwrap_or(0);
+                if have != i32::try_from(wanted).unwrap_or(i32::MAX) {
+                    self.actions.push(Action::ScaleCanary {
+                        name: rs.metadata.name.clone().unwrap_or_default(),
+                        replicas: wanted,
+                    });
+                }
+            }
+        }
+        hash
+    }
+
+    /// 100%: the Deployment moves to the distroless images, by our patch or by Git.
+    fn promote(&mut self, d: &Deployment, distroless: &BTreeMap<String, String>, template_distroless: bool) {
+        let o = self.o;
+        let spec = &o.rollout.spec;
+        self.st.phase = Phase::Promoting;
+        self.st.desired_weight = 100;
+        if !template_distroless {
+            match spec.promotion {
+                Promotion::PatchDeployment => {
+                    self.actions.push(Action::PatchDeploymentImages(distroless.clone()));
+                    self.actions.push(event(
+                        false,
+                        "Promoting",
+                        "the Deployment's images are patched to the distroless ones",
+                    ));
+                    self.st.deployment_patched = true;
+                    self.st.message = "the Deployment rolls out the distroless images".into();
+                }
+                Promotion::AwaitGitOps => {
+                    self.st.message =
+                        "holding at the last weight until the Deployment's template carries the distroless images (the Git change)".into();
+                    // Keep the canary of the last weighted step serving meanwhile.
+                    let last = self
+                        .steps()
+                        .iter()
+                        .filter_map(|s| s.weight.filter(|w| *w < 100))
+                        .next_back()
+                        .unwrap_or(0);
+                    let stable = d.spec.replicas.unwrap_or(1).max(0) as u32;
+                    let wanted = canary::replicas_for(stable, last);
+                    let hash = self.ensure_canary(d, distroless, wanted);
+                    let closed: Vec<String> = o
+                        .canary_pods
+                        .iter()
+                        .filter(live)
+                        .filter(|p| pod_hash(p) == Some(hash.as_str()) && !gate_open(p))
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    if !closed.is_empty() && last > 0 {
+                        self.actions.push(Action::SetServing {
+                            pods: closed,
+                            serving: true,
+                        });
+                    }
+                }
+            }
+            self.after(Duration::from_secs(1));
+            return;
+        }
+        // The Deployment's own rolling update, judged like the canary.
+        if let Some(f) = classify::classify(o.promoted_pods, None, &spec.failure, o.now) {
+            return self.roll_back(f);
+        }
+        let s = d.status.clone().unwrap_or_default();
+        let want = d.spec.replicas.unwrap_or(1);
+        let done = s.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+            && s.updated_replicas.unwrap_or(0) == want
+            && s.available_replicas.unwrap_or(0) == want
+            && s.replicas.unwrap_or(0) == want;
+        if !done {
+            self.st.message = format!(
+                "the Deployment rolls out the distroless images: {}/{want} updated, {}/{want} available",
+                s.updated_replicas.unwrap_or(0),
+                s.available_replicas.unwrap_or(0)
+            );
+            self.after(Duration::from_secs(1));
+            return;
+        }
+        for rs in o.canaries {
+            self.actions.push(Action::DeleteCanary {
+                name: rs.metadata.name.clone().unwrap_or_default(),
+            });
+        }
+        self.st.phase = Phase::Succeeded;
+        self.st.effective_weight = 100;
+        self.st.canary = None;
+        self.st.deployment_patched = false;
+        self.st.message = "the Deployment runs the distroless images".into();
+        self.actions.push(event(
+            false,
+            "Succeeded",
+            "the Deployment runs the distroless images; the canary is removed",
+        ));
+    }
+
+    fn finish(mut self) -> Plan {
+        let prev = self.o.rollout.status.clone().unwrap_or_default();
+        self.st.conditions = conditions(&self.st, &prev.conditions, self.o.now);
+        Plan {
+            actions: self.actions,
+            status: self.st,
+            requeue: self.requeue,
+        }
+    }
+}
+
+fn phase_of(step: &Step) -> Phase {
+    if step.staging.is_some() {
+        Phase::Staging
+    } else {
+        Phase::Canary
+    }
+}
+
+/// `Ready`, `Progressing` and `Stalled`, keeping transition times that did not change.
+fn conditions(st: &DistrolessRolloutStatus, previous: &[Condition], now: Timestamp) -> Vec<Condition> {
+    let reason = st.phase.as_str();
+    let failure = st.failure.as_ref().map(|f| f.reason.as_str());
+    let (ready, progressing, stalled) = match st.phase {
+        Phase::Succeeded => (true, false, false),
+        Phase::RolledBack => (false, false, true),
+        Phase::Paused => (false, false, false),
+        _ => (false, true, false),
+    };
+    let make = |kind: &str, on: bool, why: &str| {
+        let status = if on { "True" } else { "False" };
+        let since = previous
+            .iter()
+            .find(|c| c.type_ == kind && c.status == status && c.reason == why)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        Condition {
+            type_: kind.into(),
+            status: status.into(),
+            reason: why.into(),
+            message: st.message.clone(),
+            observed_generation: st.observed_generation,
+            last_transition_time: since,
+        }
+    };
+    vec![
+        make("Ready", ready, reason),
+        make("Progressing", progressing, reason),
+        make("Stalled", stalled, failure.unwrap_or(reason)),
+    ]
+}
+
+/// The plan for what was observed.
+pub(crate) fn plan(o: &Observed<'_>) -> Plan {
+    Planner {
+        o,
+        st: o.rollout.status.clone().unwrap_or_default(),
+        actions: Vec::new(),
+        requeue: None,
+    }
+    .plan()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DistrolessRolloutSpec, PreflightResult};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// A small world the planner runs against: the Deployment, the canary
+    /// ReplicaSets and their pods, with a fake kubelet and Deployment controller.
+    #[derive(Clone)]
+    struct World {
+        rollout: DistrolessRollout,
+        deployment: Deployment,
+        canaries: Vec<ReplicaSet>,
+        pods: Vec<Pod>,
+        now: Timestamp,
+        /// Canary pods fail with this waiting reason.
+        failing: Option<&'static str>,
+        preflight_passes: bool,
+        /// Deployment images seen after a promotion patch (the rolling update).
+        events: Vec<String>,
+    }
+
+    fn t0() -> Timestamp {
+        "2026-11-24T10:00:00Z".parse().unwrap()
+    }
+
+    fn rollout(spec: serde_json::Value) -> DistrolessRollout {
+        let mut base = json!({"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": "reg/app:distroless"}],
+            "failure": {"readyTimeoutSeconds": 60, "imagePullGraceSeconds": 10},
+            "steps": [{"staging": {"replicas": 1}, "bakeSeconds": 30}, {"weight": 10, "bakeSeconds": 60}, {"weight": 50, "bakeSeconds": 60}, {"weight": 100}]});
+        if let (Some(b), Some(s)) = (base.as_object_mut(), spec.as_object()) {
+            b.extend(s.clone());
+        }
+        let spec: DistrolessRolloutSpec = serde_json::from_value(base).unwrap();
+        let mut r = DistrolessRollout::new("web-distroless", spec);
+        r.metadata.namespace = Some("shop".into());
+        r.metadata.uid = Some("r-uid".into());
+        r.metadata.generation = Some(1);
+        r
+    }
+
+    fn deployment(replicas: i32) -> Deployment {
+        serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "shop", "generation": 1},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "reg/app:1.0"}]}}},
+            "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}}))
+        .unwrap()
+    }
+
+    impl World {
+        fn new(spec: serde_json::Value, replicas: i32) -> World {
+            World {
+                rollout: rollout(spec),
+                deployment: deployment(replicas),
+                canaries: Vec::new(),
+                pods: Vec::new(),
+                now: t0(),
+                failing: None,
+                preflight_passes: true,
+                events: Vec::new(),
+            }
+        }
+
+        fn plan(&self) -> Plan {
+            plan(&Observed {
+                rollout: &self.rollout,
+                deployment: Some(&self.deployment),
+                canaries: &self.canaries,
+                canary_pods: &self.pods,
+                promoted_pods: &[],
+                metrics: &[],
+                now: self.now,
+            })
+        }
+
+        fn status(&self) -> DistrolessRolloutStatus {
+            self.rollout.status.clone().unwrap_or_default()
+        }
+
+        /// Applies the actions (the reconciler's part).
+        fn apply(&mut self, actions: &[Action], status: &mut DistrolessRolloutStatus) {
+            for a in actions {
+                match a {
+                    Action::RunPreflight { .. } => {
+                        status.preflight = Some(PreflightResult {
+                            passed: self.preflight_passes,
+                            message: if self.preflight_passes {
+                                "ok".into()
+                            } else {
+                                "refused by PSA".into()
+                            },
+                            retry: self.rollout.spec.retry,
+                        });
+                    }
+                    Action::ApplyCanary(rs) => {
+                        self.canaries.retain(|c| c.metadata.name != rs.metadata.name);
+                        let mut rs = (**rs).clone();
+                        rs.metadata.creation_timestamp = Some(Time(self.now));
+                        self.canaries.insert(0, rs);
+                    }
+                    Action::ScaleCanary { name, replicas } => {
+                        for c in self
+                            .canaries
+                            .iter_mut()
+                            .filter(|c| c.metadata.name.as_deref() == Some(name))
+                        {
+                            c.spec.replicas = Some(*replicas as i32);
+                        }
+                    }
+                    Action::DeleteCanary { name } => {
+                        self.canaries.retain(|c| c.metadata.name.as_deref() != Some(name));
+                        let hashes: Vec<String> = self
+                            .canaries
+                            .iter()
+                            .filter_map(|c| canary::hash_of(c).map(str::to_string))
+                            .collect();
+                        self.pods
+                            .retain(|p| pod_hash(p).is_some_and(|h| hashes.iter().any(|x| x == h)));
+                    }
+                    Action::SetServing { pods, serving } => {
+                        for p in self
+                            .pods
+                            .iter_mut()
+                            .filter(|p| pods.contains(p.metadata.name.as_ref().unwrap()))
+                        {
+                            set_condition(p, SERVING_GATE, *serving);
+                        }
+                    }
+                    Action::PatchDeploymentImages(images) => {
+                        let spec = self.deployment.spec.template.spec.as_mut().unwrap();
+                        for c in &mut spec.containers {
+                            if let Some(i) = images.get(&c.name) {
+                                c.image = Some(i.clone());
+                            }
+                        }
+                        self.deployment.metadata.generation = Some(self.deployment.metadata.generation.unwrap() + 1);
+                    }
+                    Action::Event { reason, .. } => self.events.push(reason.clone()),
+                }
+            }
+        }
+
+        /// The kubelet and the controllers: canary pods follow their ReplicaSets;
+        /// the Deployment finishes a rolling update in one tick.
+        fn cluster_tick(&mut self) {
+            let mut pods = Vec::new();
+            for rs in &self.canaries {
+                let hash = canary::hash_of(rs).unwrap().to_string();
+                let want = rs.spec.replicas.unwrap_or(0) as usize;
+                let mut have: Vec<Pod> = self
+                    .pods
+                    .iter()
+                    .filter(|p| pod_hash(p) == Some(hash.as_str()))
+                    .cloned()
+                    .collect();
+                have.truncate(want);
+                while have.len() < want {
+                    let name = format!("{}-{}", rs.metadata.name.as_ref().unwrap(), have.len());
+                    have.push(new_pod(&name, &hash, self.now, self.failing));
+                }
+                pods.extend(have);
+            }
+            self.pods = pods;
+            let d = &mut self.deployment;
+            let status = d.status.as_mut().unwrap();
+            status.observed_generation = d.metadata.generation;
+        }
+
+        /// One reconcile: plan, apply everything, write the status.
+        fn step(&mut self) -> Plan {
+            self.cluster_tick();
+            let p = self.plan();
+            let mut status = p.status.clone();
+            self.apply(&p.actions, &mut status);
+            self.rollout.status = Some(status);
+            p
+        }
+
+        fn run(&mut self, seconds: i64, every: i64) {
+            for _ in 0..(seconds / every) {
+                self.step();
+                self.now += jiff::SignedDuration::from_secs(every);
+            }
+        }
+
+        fn deployment_image(&self) -> String {
+            self.deployment.spec.template.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap()
+        }
+    }
+
+    fn set_condition(p: &mut Pod, kind: &str, on: bool) {
+        let status = p.status.get_or_insert_with(Default::default);
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        conditions.retain(|c| c.type_ != kind);
+        conditions
+            .push(serde_json::from_value(json!({"type": kind, "status": if on { "True" } else { "False" }})).unwrap());
+        // Ready follows the gates, as the kubelet computes it.
+        let ready = conditions
+            .iter()
+            .any(|c| c.type_ == "ContainersReady" && c.status == "True")
+            && conditions.iter().any(|c| c.type_ == SERVING_GATE && c.status == "True");
+        conditions.retain(|c| c.type_ != "Ready");
+        conditions.push(
+            serde_json::from_value(json!({"type": "Ready", "status": if ready { "True" } else { "False" }})).unwrap(),
+        );
+    }
+
+    fn new_pod(name: &str, hash: &str, now: Timestamp, failing: Option<&str>) -> Pod {
+        let (ready, state) = match failing {
+            None => (true, json!({"running": {}})),
+            Some(reason) => (
+                false,
+                json!({"waiting": {"reason": reason, "message": "exec: \"sh\": executable file not found in $PATH"}}),
+            ),
+        };
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "shop", "creationTimestamp": now.to_string(),
+            "labels": {"app": "web", canary::ROLLOUT_LABEL: "web-distroless", "pod-template-hash": hash}},
+            "status": {"conditions": [{"type": "ContainersReady", "status": if ready { "True" } else { "False" }},
+                                      {"type": "Ready", "status": "False"}],
+                       "containerStatuses": [{"name": "app", "image": "reg/app:distroless", "imageID": "", "ready": ready, "restartCount": 0, "state": state}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_healthy_rollout_goes_through_every_step_and_the_deployment_moves_last() {
+        let mut w = World::new(json!({}), 9);
+        w.step();
+        assert_eq!(w.status().phase, Phase::Preflight);
+        w.step();
+        assert_eq!(w.status().phase, Phase::Staging);
+        w.run(20, 5);
+        let s = w.status();
+        assert_eq!((s.phase, s.desired_weight), (Phase::Staging, 0));
+        assert!(w.pods.iter().all(|p| !gate_open(p)), "no traffic in staging");
+        assert_eq!(
+            w.deployment_image(),
+            "reg/app:1.0",
+            "the Deployment is untouched during the canary"
+        );
+        w.run(40, 5);
+        let s = w.status();
+        assert_eq!((s.phase, s.current_step, s.desired_weight), (Phase::Canary, 1, 10));
+        assert_eq!(w.canaries[0].spec.replicas, Some(1), "1 next to 9 is 10%");
+        w.step();
+        assert!(w.pods.iter().all(gate_open), "the weighted step opens the gate");
+        assert_eq!(w.status().effective_weight, 10);
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+        w.run(70, 5);
+        assert_eq!((w.status().current_step, w.canaries[0].spec.replicas), (2, Some(9)));
+        w.run(70, 5);
+        let s = w.status();
+        assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
+        assert!(w.canaries.is_empty(), "the canary is removed");
+        for e in [
+            "PreflightPassed",
+            "StepStarted",
+            "StepCompleted",
+            "Promoting",
+            "Succeeded",
+        ] {
+            assert!(w.events.iter().any(|x| x == e), "no {e} event: {:?}", w.events);
+        }
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "True");
+    }
+
+    #[test]
+    fn a_crash_looping_canary_is_rolled_back_in_the_same_reconcile_with_a_hint() {
+        let mut w = World::new(json!({}), 9);
+        w.failing = Some("CrashLoopBackOff");
+        w.step();
+        w.step();
+        w.step();
+        let s = w.status();
+        assert_eq!(s.phase, Phase::RolledBack);
+        let f = s.failure.unwrap();
+        assert_eq!(f.reason, "CrashLoopBackOff");
+        assert!(f.hint.contains("shell"), "{}", f.hint);
+        w.step();
+        assert!(
+            w.canaries.iter().all(|c| c.spec.replicas == Some(0)),
+            "the canary is scaled to 0"
+        );
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+        let stalled = s.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "CrashLoopBackOff")
+        );
+        // Nothing happens again until a retry is asked for.
+        let p = w.step();
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        w.failing = None;
+        w.rollout.spec.retry = 1;
+        w.run(400, 5);
+        assert_eq!(w.status().phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn a_failure_after_promotion_patches_the_standard_images_back() {
+        let mut w = World::new(json!({"steps": [{"weight": 100}]}), 3);
+        w.step();
+        w.step();
+        let s = w.status();
+        assert_eq!((s.phase, s.deployment_patched), (Phase::Promoting, true));
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
+        // The Deployment's rolling update is under way and its new pods crash.
+        w.deployment.status.as_mut().unwrap().updated_replicas = Some(1);
+        let bad = new_pod("web-new-0", "x", w.now, Some("CrashLoopBackOff"));
+        let p = plan(&Observed {
+            rollout: &w.rollout,
+            deployment: Some(&w.deployment),
+            canaries: &w.canaries,
+            canary_pods: &w.pods,
+            promoted_pods: std::slice::from_ref(&bad),
+            metrics: &[],
+            now: w.now,
+        });
+        assert_eq!(p.status.phase, Phase::RolledBack);
+        let restore = Action::PatchDeploymentImages(BTreeMap::from([("app".into(), "reg/app:1.0".into())]));
+        assert!(p.actions.contains(&restore), "{:?}", p.actions);
+        // Once restored, the rollback is done and the flag cleared.
+        let mut status = p.status.clone();
+        w.apply(&p.actions, &mut status);
+        w.rollout.status = Some(status);
+        w.step();
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+        assert!(!w.status().deployment_patched);
+    }
+
+    #[test]
+    fn a_refused_preflight_stops_before_any_pod_exists() {
+        let mut w = World::new(json!({}), 3);
+        w.preflight_passes = false;
+        w.run(10, 1);
+        let s = w.status();
+        assert_eq!(s.phase, Phase::RolledBack);
+        assert_eq!(s.failure.unwrap().reason, "PreflightFailed");
+        assert!(w.canaries.is_empty() && w.pods.is_empty());
+    }
+
+    #[test]
+    fn a_paused_step_waits_for_promote_and_spec_paused_holds() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 5, "pause": true}, {"weight": 100}]}),
+            2,
+        );
+        w.run(30, 1);
+        assert_eq!(w.status().phase, Phase::Paused);
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+        w.rollout.spec.promote_step = Some(0);
+        w.run(10, 1);
+        assert_eq!(w.status().phase, Phase::Succeeded);
+
+        let mut w = World::new(json!({"paused": true}), 9);
+        w.run(200, 5);
+        let s = w.status();
+        assert_eq!((s.phase, s.current_step), (Phase::Paused, 0));
+    }
+
+    #[test]
+    fn abort_rolls_back_and_a_template_change_restarts_the_step_from_the_new_template() {
+        let mut w = World::new(json!({}), 9);
+        w.run(20, 5);
+        let first = w.canaries[0].metadata.name.clone();
+        // A Git change of the template (an env var): the canary is rebuilt.
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].env = Some(vec![
+            serde_json::from_value(json!({"name": "X", "value": "1"})).unwrap(),
+        ]);
+        w.step();
+        assert_ne!(w.canaries[0].metadata.name, first);
+        assert_eq!(w.canaries.len(), 1, "the old canary is deleted");
+        assert!(w.events.iter().any(|e| e == "TemplateChanged"));
+        w.rollout.spec.abort = true;
+        w.step();
+        let s = w.status();
+        assert_eq!(
+            (s.phase, s.failure.unwrap().reason.as_str()),
+            (Phase::RolledBack, "Aborted")
+        );
+    }
+
+    #[test]
+    fn a_new_standard_tag_in_the_deployment_becomes_what_a_rollback_restores() {
+        let mut w = World::new(json!({}), 9);
+        w.run(10, 5);
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:1.1".into());
+        w.step();
+        assert_eq!(
+            w.status().standard_images.get("app").map(String::as_str),
+            Some("reg/app:1.1")
+        );
+    }
+
+    #[test]
+    fn a_gitops_change_to_the_distroless_images_is_the_promotion() {
+        let mut w = World::new(json!({"promotion": "AwaitGitOps"}), 9);
+        w.run(200, 5);
+        assert_eq!(
+            w.status().phase,
+            Phase::Promoting,
+            "holds until Git changes the Deployment"
+        );
+        assert_eq!(w.deployment_image(), "reg/app:1.0", "never patched in AwaitGitOps");
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:distroless".into());
+        w.run(10, 1);
+        assert_eq!(w.status().phase, Phase::Succeeded);
+    }
+
+    proptest! {
+        /// A crash anywhere (some actions done, the rest and the status write
+        /// lost) ends where an uninterrupted rollout ends.
+        #[test]
+        fn a_crash_halfway_through_any_reconcile_changes_nothing_in_the_end(
+            crash_at in 0usize..60, keep in 0usize..6, replicas in 1i32..12, failing in any::<bool>()
+        ) {
+            let spec = json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 10}, {"weight": 25, "bakeSeconds": 10}, {"weight": 100}]});
+            let mut clean = World::new(spec.clone(), replicas);
+            let mut crashed = World::new(spec, replicas);
+            if failing {
+                clean.failing = Some("CreateContainerConfigError");
+                crashed.failing = Some("CreateContainerConfigError");
+            }
+            for i in 0..80 {
+                clean.step();
+                crashed.cluster_tick();
+                let p = crashed.plan();
+                let mut status = p.status.clone();
+                if i == crash_at {
+                    let n = keep.min(p.actions.len());
+                    let mut lost = DistrolessRolloutStatus::default();
+                    crashed.apply(&p.actions[..n], &mut lost);
+                } else {
+                    crashed.apply(&p.actions, &mut status);
+                    crashed.rollout.status = Some(status);
+                }
+                clean.now += jiff::SignedDuration::from_secs(1);
+                crashed.now += jiff::SignedDuration::from_secs(1);
+            }
+            let (a, b) = (clean.status(), crashed.status());
+            prop_assert_eq!(a.phase, b.phase);
+            prop_assert_eq!(clean.deployment_image(), crashed.deployment_image());
+            prop_assert_eq!(clean.canaries.len(), crashed.canaries.len());
+            prop_assert_eq!(
+                clean.canaries.iter().map(|c| c.spec.replicas).collect::<Vec<_>>(),
+                crashed.canaries.iter().map(|c| c.spec.replicas).collect::<Vec<_>>()
+            );
+        }
+
+        /// Bakes never end early: a step lasts at least its bake after its pods are ready.
+        #[test]
+        fn steps_last_at_least_their_bake(bake in 1u32..120, replicas in 1i32..10) {
+            let spec = json!({"steps": [{"weight": 50, "bakeSeconds": bake}, {"weight": 100}]});
+            let mut w = World::new(spec, replicas);
+            let mut ready_at = None;
+            for _ in 0..400 {
+                w.step();
+                let s = w.status();
+                if ready_at.is_none() {
+                    ready_at = s.step_ready_at.clone();
+                }
+                if s.current_step == 1 || s.phase == Phase::Promoting || s.phase == Phase::Succeeded {
+                    let ready = ready_at.expect("the step had ready pods").0;
+                    prop_assert!(w.now.duration_since(ready).as_secs() >= i64::from(bake));
+                    break;
+                }
+                w.now += jiff::SignedDuration::from_secs(1);
+            }
+        }
+    }
+}

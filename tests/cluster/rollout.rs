@@ -1,0 +1,628 @@
+//! DistrolessRollout on the real control plane: the real Deployment and
+//! ReplicaSet controllers, the EndpointSlice controller, kwok honouring the
+//! serving readiness gate, and kwok Stages making the canary's image fail as
+//! a kubelet would report it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testcluster::stages::{Failure, Target};
+
+use crate::support::*;
+
+/// A Deployment `name` of `replicas` pods running `image`, and a Service in front of it.
+async fn app(ns: &str, name: &str, replicas: i32, image: &str, security: Value) -> String {
+    let mut container = json!({"name": "app", "image": image, "ports": [{"containerPort": 8080}]});
+    if !security.is_null() {
+        container["securityContext"] = security;
+    }
+    let manifest = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                  "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+         "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}},
+    ]});
+    let out = kubectl_stdin(&["apply", "-f", "-"], &manifest.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    wait_for("the Deployment's pods", Duration::from_secs(60), || async {
+        let d = get_json(&["deployment", name, "-n", ns]).await?;
+        (d["status"]["readyReplicas"] == replicas).then_some(())
+    })
+    .await;
+    name.to_string()
+}
+
+async fn create_rollout(ns: &str, name: &str, deployment: &str, image: &str, extra: Value) {
+    let mut spec = json!({"targetRef": {"name": deployment}, "containers": [{"name": "app", "image": image}]});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    let r = json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    let out = kubectl_stdin(&["create", "-f", "-"], &r.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+async fn status(ns: &str, name: &str) -> Option<Value> {
+    get_json(&["distrolessrollout", name, "-n", ns])
+        .await
+        .map(|r| r["status"].clone())
+}
+
+async fn wait_phase(ns: &str, name: &str, phase: &str, seconds: u64) -> Value {
+    wait_for(
+        &format!("rollout {name} to be {phase}"),
+        Duration::from_secs(seconds),
+        || async {
+            let s = status(ns, name).await?;
+            if s["phase"] == "RolledBack" && phase != "RolledBack" {
+                panic!("rollout {name} rolled back: {s:#}");
+            }
+            (s["phase"] == phase).then_some(s)
+        },
+    )
+    .await
+}
+
+/// The pod IPs a Service's EndpointSlices list as ready.
+async fn ready_endpoints(ns: &str, service: &str) -> Vec<String> {
+    let Some(slices) = get_json(&[
+        "endpointslices",
+        "-n",
+        ns,
+        "-l",
+        &format!("kubernetes.io/service-name={service}"),
+    ])
+    .await
+    else {
+        return Vec::new();
+    };
+    slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["conditions"]["ready"] == true)
+        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+async fn canary_pods(ns: &str, rollout: &str) -> Vec<Value> {
+    get_json(&[
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        &format!("distrolessguard.dev/rollout={rollout}"),
+    ])
+    .await
+    .and_then(|l| l["items"].as_array().cloned())
+    .unwrap_or_default()
+    .into_iter()
+    .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+    .collect()
+}
+
+fn image_of(d: &Value) -> String {
+    d["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn events_of(ns: &str, rollout: &str) -> Vec<Value> {
+    get_json(&["events.events.k8s.io", "-n", ns])
+        .await
+        .and_then(|l| l["items"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == rollout && e["regarding"]["kind"] == "DistrolessRollout")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_healthy_rollout_moves_through_staging_and_weights_without_touching_the_deployment_until_100() {
+    let release = Release::install("distroless-guard-roll", &[]).await;
+    let ns = release.namespace("roll", &[]).await;
+    let standard = format!("registry.test/{ns}/web:1.0");
+    let distroless = format!("registry.test/{ns}/web:1.0-distroless");
+    app(&ns, "web", 4, &standard, Value::Null).await;
+    let before = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    let stable_ips = ready_endpoints(&ns, "web").await;
+    assert_eq!(stable_ips.len(), 4);
+
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &distroless,
+        json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 4}, {"weight": 20, "bakeSeconds": 4},
+                         {"weight": 50, "bakeSeconds": 4}, {"weight": 100}]}),
+    )
+    .await;
+    let s = wait_phase(&ns, "web", "Staging", 60).await;
+    assert!(s["preflight"]["passed"] == true, "{s:#}");
+    // Staging: the canary pod runs but is not an endpoint.
+    let pod = wait_for(
+        "the staging pod with its containers ready",
+        Duration::from_secs(30),
+        || async {
+            canary_pods(&ns, "web").await.into_iter().find(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "ContainersReady" && c["status"] == "True")
+                })
+            })
+        },
+    )
+    .await;
+    let canary_ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    assert_eq!(pod["spec"]["containers"][0]["image"], distroless.as_str());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !ready_endpoints(&ns, "web").await.contains(&canary_ip),
+        "a staging pod took traffic"
+    );
+    let during = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(during["metadata"]["generation"], before["metadata"]["generation"]);
+    assert_eq!(
+        image_of(&during),
+        standard,
+        "the Deployment is untouched during the canary"
+    );
+
+    // 20%: one canary pod next to four, in the endpoints.
+    let s = wait_phase(&ns, "web", "Canary", 30).await;
+    assert_eq!(s["desiredWeight"], 20, "{s:#}");
+    wait_for(
+        "the canary pod in the Service's endpoints",
+        Duration::from_secs(30),
+        || async { ready_endpoints(&ns, "web").await.contains(&canary_ip).then_some(()) },
+    )
+    .await;
+    let s = wait_for("the effective weight", Duration::from_secs(30), || async {
+        status(&ns, "web").await.filter(|s| s["effectiveWeight"] == 20)
+    })
+    .await;
+    assert_eq!(s["canary"]["replicas"], 1);
+    let during = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(during["metadata"]["generation"], before["metadata"]["generation"]);
+
+    let s = wait_phase(&ns, "web", "Succeeded", 120).await;
+    assert_eq!(
+        s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()["status"],
+        "True"
+    );
+    let after = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(image_of(&after), distroless);
+    assert_eq!(after["spec"]["replicas"], 4, "the replicas are the Deployment's own");
+    let rs = get_json(&["replicasets", "-n", &ns, "-l", "distrolessguard.dev/rollout=web"])
+        .await
+        .unwrap();
+    assert!(
+        rs["items"].as_array().unwrap().is_empty(),
+        "the canary ReplicaSet is gone"
+    );
+    // Only the image is ours in the Deployment.
+    let managed = kubectl_ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        &ns,
+        "--show-managed-fields",
+        "-o",
+        "json",
+    ])
+    .await;
+    let managed: Value = serde_json::from_str(&managed).unwrap();
+    let ours = managed["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["manager"] == "distroless-guard")
+        .expect("the promotion is a server-side apply by distroless-guard")
+        .to_string();
+    assert!(ours.contains("f:image") && !ours.contains("f:replicas"), "{ours}");
+    let events: Vec<String> = events_of(&ns, "web")
+        .await
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    for reason in [
+        "PreflightPassed",
+        "StepStarted",
+        "StepCompleted",
+        "Promoting",
+        "Succeeded",
+    ] {
+        assert!(events.contains(&reason.to_string()), "no {reason} Event: {events:?}");
+    }
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn every_kind_of_canary_failure_rolls_back_within_seconds_with_its_reason_and_hint() {
+    let release = Release::install("distroless-guard-fail", &[]).await;
+    let ns = release.namespace("fail", &[]).await;
+    let sh = "exec: \"sh\": executable file not found in $PATH";
+    let cases: Vec<(&str, Failure, &str, &str)> = vec![
+        (
+            "crash",
+            Failure::CrashLoop {
+                every_ms: 300,
+                exit_code: 127,
+                message: sh.into(),
+            },
+            "CrashLoopBackOff",
+            "shell",
+        ),
+        (
+            "flap",
+            Failure::RestartsWhileReady { every_ms: 300 },
+            "Restarts",
+            "logs",
+        ),
+        (
+            "root",
+            Failure::Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message: "container has runAsNonRoot and image will run as root".into(),
+            },
+            "CreateContainerConfigError",
+            ":nonroot",
+        ),
+        (
+            "create",
+            Failure::Waiting {
+                reason: "CreateContainerError".into(),
+                message: format!("failed to create containerd task: {sh}"),
+            },
+            "CreateContainerError",
+            "shell",
+        ),
+        (
+            "run",
+            Failure::Waiting {
+                reason: "RunContainerError".into(),
+                message: "exec: \"/docker-entrypoint.sh\": no such file or directory".into(),
+            },
+            "RunContainerError",
+            "not in the distroless image",
+        ),
+        (
+            "pull",
+            Failure::Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: "Back-off pulling image".into(),
+            },
+            "ImagePullBackOff",
+            "cannot be pulled",
+        ),
+        (
+            "name",
+            Failure::Waiting {
+                reason: "InvalidImageName".into(),
+                message: "couldn't parse image name".into(),
+            },
+            "InvalidImageName",
+            "not valid",
+        ),
+        ("oom", Failure::OomKilled { every_ms: 500 }, "OOMKilled", "memory"),
+        ("notready", Failure::NotReady, "ReadyTimeout", "exec readiness probe"),
+    ];
+    for (case, failure, _, _) in &cases {
+        let image = format!("registry.test/{ns}/{case}:distroless");
+        cp().create_stage(&failure.stage(&format!("{ns}-{case}"), &Target::Image(image)))
+            .await
+            .unwrap();
+    }
+    for (case, _, _, _) in &cases {
+        app(&ns, case, 2, &format!("registry.test/{ns}/{case}:1.0"), Value::Null).await;
+        create_rollout(
+            &ns,
+            case,
+            case,
+            &format!("registry.test/{ns}/{case}:distroless"),
+            json!({"steps": [{"weight": 50, "bakeSeconds": 120}, {"weight": 100}],
+                   "failure": {"readyTimeoutSeconds": 4, "imagePullGraceSeconds": 2}}),
+        )
+        .await;
+    }
+    for (case, _, reason, hint) in &cases {
+        let s = wait_phase(&ns, case, "RolledBack", 60).await;
+        let f = &s["failure"];
+        assert_eq!(f["reason"], *reason, "{case}: {s:#}");
+        assert!(
+            f["hint"].as_str().unwrap().contains(hint),
+            "{case}: hint {:?}",
+            f["hint"]
+        );
+        assert!(f["pod"].is_string() && f["container"] == "app", "{case}: {f}");
+        let stalled = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Stalled")
+            .unwrap()
+            .clone();
+        assert_eq!(stalled["status"], "True");
+        let warning = events_of(&ns, case)
+            .await
+            .into_iter()
+            .find(|e| e["reason"] == "RolledBack");
+        assert!(
+            warning.is_some_and(|e| e["type"] == "Warning"),
+            "{case}: no Warning Event"
+        );
+        let d = get_json(&["deployment", case, "-n", &ns]).await.unwrap();
+        assert_eq!(d["metadata"]["generation"], 1, "{case}: the Deployment was touched");
+        // Closed and scaled to zero: no canary pod serves.
+        wait_for(
+            "the canary to be gone from the endpoints",
+            Duration::from_secs(30),
+            || async {
+                let ips = ready_endpoints(&ns, case).await;
+                (ips.len() == 2).then_some(())
+            },
+        )
+        .await;
+    }
+    for (case, _, _, _) in &cases {
+        cp().delete_stage(&format!("{ns}-{case}")).await.unwrap();
+    }
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn a_failed_promotion_patches_the_standard_images_back() {
+    let release = Release::install("distroless-guard-promo", &[]).await;
+    let ns = release.namespace("promo", &[]).await;
+    let standard = format!("registry.test/{ns}/api:2.0");
+    let distroless = format!("registry.test/{ns}/api:2.0-distroless");
+    app(&ns, "api", 2, &standard, Value::Null).await;
+    // The distroless image crashes; promotion is the only step, so it is the
+    // Deployment's own rolling update that meets the failure.
+    let stage = format!("{ns}-promo");
+    let crash = Failure::CrashLoop {
+        every_ms: 300,
+        exit_code: 1,
+        message: "boom".into(),
+    };
+    cp().create_stage(&crash.stage(&stage, &Target::Image(distroless.clone())))
+        .await
+        .unwrap();
+    create_rollout(&ns, "api", "api", &distroless, json!({"steps": [{"weight": 100}]})).await;
+    let s = wait_phase(&ns, "api", "RolledBack", 90).await;
+    assert_eq!(s["failure"]["reason"], "CrashLoopBackOff", "{s:#}");
+    let d = wait_for(
+        "the standard image back in the Deployment",
+        Duration::from_secs(30),
+        || async {
+            let d = get_json(&["deployment", "api", "-n", &ns]).await?;
+            (image_of(&d) == standard).then_some(d)
+        },
+    )
+    .await;
+    assert!(
+        d["metadata"]["generation"].as_i64().unwrap() >= 3,
+        "patched to distroless, then back"
+    );
+    cp().delete_stage(&stage).await.unwrap();
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn a_namespace_made_stricter_mid_rollout_fails_on_the_replica_sets_failed_create() {
+    let release = Release::install("distroless-guard-psa-roll", &[]).await;
+    let ns = release.namespace("stricter", &[]).await;
+    app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &format!("registry.test/{ns}/web:1-distroless"),
+        json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 4}, {"weight": 50, "bakeSeconds": 60}, {"weight": 100}]}),
+    )
+    .await;
+    wait_phase(&ns, "web", "Staging", 60).await;
+    // The namespace now enforces the restricted Pod Security Standard; the
+    // pods of the next step are refused.
+    kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])
+    .await;
+    let s = wait_phase(&ns, "web", "RolledBack", 60).await;
+    let f = &s["failure"];
+    assert_eq!(f["reason"], "FailedCreate", "{s:#}");
+    assert!(f["message"].as_str().unwrap().contains("PodSecurity"), "{f}");
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn a_restarted_leader_resumes_mid_bake_and_a_git_change_rebuilds_the_canary_without_fighting_the_hpa() {
+    let mut release = Release::install("distroless-guard-resume", &[]).await;
+    let ns = release.namespace("resume", &[]).await;
+    app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &format!("registry.test/{ns}/web:1-distroless"),
+        json!({"steps": [{"weight": 50, "bakeSeconds": 20}, {"weight": 100}]}),
+    )
+    .await;
+    let s = wait_for("the step's pods ready", Duration::from_secs(60), || async {
+        status(&ns, "web").await.filter(|s| s["stepReadyAt"].is_string())
+    })
+    .await;
+    let (started, ready) = (s["stepStartedAt"].clone(), s["stepReadyAt"].clone());
+    let canary = s["canary"]["replicaSet"].clone();
+    // The leader dies mid-bake; the other replica picks the step up from the status.
+    let lease = format!("{}-leader", release.name);
+    let holder =
+        get_json(&["lease", &lease, "-n", &release.namespace]).await.unwrap()["spec"]["holderIdentity"].clone();
+    let i = release.operators.iter().position(|o| holder == o.pod.as_str()).unwrap();
+    release.operators.remove(i).kill();
+    wait_for("another leader", Duration::from_secs(30), || async {
+        let l = get_json(&["lease", &lease, "-n", &release.namespace]).await?;
+        (!l["spec"]["holderIdentity"].is_null() && l["spec"]["holderIdentity"] != holder).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = status(&ns, "web").await.unwrap();
+    assert_eq!(
+        (s["stepStartedAt"].clone(), s["stepReadyAt"].clone()),
+        (started.clone(), ready.clone()),
+        "the step did not restart"
+    );
+    assert_eq!(s["canary"]["replicaSet"], canary);
+    assert_eq!(s["currentStep"], 0);
+
+    // The HPA (played by a scale, as it would do) doubles the Deployment: the canary follows.
+    kubectl_ok(&["scale", "deployment/web", "-n", &ns, "--replicas=4"]).await;
+    wait_for(
+        "the canary to follow the Deployment's size",
+        Duration::from_secs(30),
+        || async { status(&ns, "web").await.filter(|s| s["canary"]["replicas"] == 4) },
+    )
+    .await;
+    // A Git change to the template: the canary is rebuilt and the step starts over.
+    kubectl_ok(&["set", "env", "deployment/web", "-n", &ns, "FEATURE=on"]).await;
+    let s = wait_for(
+        "a new canary from the new template",
+        Duration::from_secs(30),
+        || async { status(&ns, "web").await.filter(|s| s["canary"]["replicaSet"] != canary) },
+    )
+    .await;
+    assert_ne!(s["stepStartedAt"], started);
+    let events: Vec<String> = events_of(&ns, "web")
+        .await
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(events.contains(&"TemplateChanged".to_string()), "{events:?}");
+    let s = wait_phase(&ns, "web", "Succeeded", 120).await;
+    assert_eq!(s["currentStep"], 1);
+    let d = kubectl_ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        &ns,
+        "--show-managed-fields",
+        "-o",
+        "json",
+    ])
+    .await;
+    let d: Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["spec"]["replicas"], 4, "the HPA's replicas stay");
+    let ours = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["manager"] == "distroless-guard")
+        .map(Value::to_string)
+        .collect::<String>();
+    assert!(!ours.contains("f:replicas"), "{ours}");
+    let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(env[0]["name"], "FEATURE", "the Git change stays");
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// A tiny exporter: `/metrics` serves `app_error_ratio <value>`.
+async fn exporter() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<f64>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let value = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let v = value.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let v = *v.lock().unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = format!("# TYPE app_error_ratio gauge\napp_error_ratio {v}\n");
+                let _ = s
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
+                    .await;
+            });
+        }
+    });
+    (addr, value)
+}
+
+#[tokio::test]
+async fn a_rising_error_rate_in_prometheus_rolls_the_canary_back() {
+    let (exporter, errors) = exporter().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prom_port = testcluster::free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: app\n  static_configs:\n  - targets: ['{exporter}']\n"),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
+    let log = dir.path().join("prometheus.log");
+    let _prometheus = testcluster::process::Process::spawn("prometheus", cmd, &log)
+        .unwrap_or_else(|e| panic!("cannot start prometheus ({e}); install it with: apt-get install prometheus"));
+    let address = format!("http://127.0.0.1:{prom_port}");
+    wait_for("Prometheus to scrape the exporter", Duration::from_secs(60), || async {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("{address}/api/v1/query?query=app_error_ratio")])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains("\"app_error_ratio\"")
+            .then_some(())
+    })
+    .await;
+
+    let release = Release::install("distroless-guard-metric", &[]).await;
+    let ns = release.namespace("metric", &[]).await;
+    app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &format!("registry.test/{ns}/web:1-distroless"),
+        json!({"steps": [{"weight": 50, "bakeSeconds": 300}, {"weight": 100}],
+               "metrics": [{"name": "errors", "address": address, "query": "app_error_ratio", "threshold": 0.05}]}),
+    )
+    .await;
+    wait_for("the step to bake", Duration::from_secs(60), || async {
+        status(&ns, "web").await.filter(|s| s["stepReadyAt"].is_string())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        status(&ns, "web").await.unwrap()["phase"],
+        "Canary",
+        "a healthy error rate passes"
+    );
+    *errors.lock().unwrap() = 0.4;
+    let s = wait_phase(&ns, "web", "RolledBack", 60).await;
+    assert_eq!(s["failure"]["reason"], "MetricGate", "{s:#}");
+    assert!(s["failure"]["message"].as_str().unwrap().contains("0.4"), "{s:#}");
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
