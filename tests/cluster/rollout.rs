@@ -11,7 +11,7 @@ use testcluster::stages::{Failure, Target};
 use crate::support::*;
 
 /// A Deployment `name` of `replicas` pods running `image`, and a Service in front of it.
-async fn app(ns: &str, name: &str, replicas: i32, image: &str, security: Value) -> String {
+pub(crate) async fn app(ns: &str, name: &str, replicas: i32, image: &str, security: Value) -> String {
     let mut container = json!({"name": "app", "image": image, "ports": [{"containerPort": 8080}]});
     if !security.is_null() {
         container["securityContext"] = security;
@@ -33,7 +33,7 @@ async fn app(ns: &str, name: &str, replicas: i32, image: &str, security: Value) 
     name.to_string()
 }
 
-async fn create_rollout(ns: &str, name: &str, deployment: &str, image: &str, extra: Value) {
+pub(crate) async fn create_rollout(ns: &str, name: &str, deployment: &str, image: &str, extra: Value) {
     let mut spec = json!({"targetRef": {"name": deployment}, "containers": [{"name": "app", "image": image}]});
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
         s.extend(e.clone());
@@ -50,7 +50,7 @@ async fn status(ns: &str, name: &str) -> Option<Value> {
         .map(|r| r["status"].clone())
 }
 
-async fn wait_phase(ns: &str, name: &str, phase: &str, seconds: u64) -> Value {
+pub(crate) async fn wait_phase(ns: &str, name: &str, phase: &str, seconds: u64) -> Value {
     wait_for(
         &format!("rollout {name} to be {phase}"),
         Duration::from_secs(seconds),
@@ -623,6 +623,64 @@ async fn a_rising_error_rate_in_prometheus_rolls_the_canary_back() {
     let s = wait_phase(&ns, "web", "RolledBack", 60).await;
     assert_eq!(s["failure"]["reason"], "MetricGate", "{s:#}");
     assert!(s["failure"]["message"].as_str().unwrap().contains("0.4"), "{s:#}");
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn a_canary_image_that_runs_as_root_in_a_restricted_namespace_is_stopped_before_any_pod_exists() {
+    use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let release = Release::install(
+        "distroless-guard-pre",
+        &[
+            "--set",
+            "imageInspection.enabled=true",
+            "--set",
+            &format!("imageInspection.insecureRegistries={{{host}}}"),
+        ],
+    )
+    .await;
+    let ns = release
+        .namespace("preflight", &[("pod-security.kubernetes.io/enforce", "restricted")])
+        .await;
+    let app_layer = || Layer::new().file("app", b"ELF").tar();
+    let standard = registry.image(&format!("{ns}/web:1"));
+    push(
+        &standard,
+        &Image::new(vec![Blob::layer(app_layer(), Compression::Gzip)]).user("65532"),
+    )
+    .await;
+    // The "distroless" build forgot its nonroot user.
+    let root = registry.image(&format!("{ns}/web:1-distroless"));
+    push(
+        &root,
+        &Image::new(vec![Blob::layer(app_layer(), Compression::Gzip)]).user("0"),
+    )
+    .await;
+    let restricted = json!({"runAsNonRoot": true, "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}});
+    app(&ns, "web", 2, &standard, restricted).await;
+    create_rollout(&ns, "web", "web", &root, Value::Null).await;
+    let s = wait_phase(&ns, "web", "RolledBack", 60).await;
+    let f = &s["failure"];
+    assert_eq!(f["reason"], "PreflightFailed", "{s:#}");
+    assert!(f["message"].as_str().unwrap().contains("runs as root"), "{f}");
+    assert_eq!(s["preflight"]["passed"], false);
+    let rs = get_json(&["replicasets", "-n", &ns, "-l", "distrolessguard.dev/rollout=web"])
+        .await
+        .unwrap();
+    assert!(
+        rs["items"].as_array().unwrap().is_empty(),
+        "a canary ReplicaSet was created: {rs:#}"
+    );
+    assert!(canary_pods(&ns, "web").await.is_empty());
+    let warning = events_of(&ns, "web")
+        .await
+        .into_iter()
+        .find(|e| e["reason"] == "RolledBack");
+    assert!(warning.is_some_and(|e| e["type"] == "Warning"));
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
