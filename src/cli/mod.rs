@@ -40,8 +40,16 @@ enum Command {
     /// Run in a cluster: the webhook on every replica, the audit controller and
     /// certificates on the leader.
     Run(Box<run::RunArgs>),
-    /// Print the CustomResourceDefinitions as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions as YAML (or write one file per CRD).
+    Crd(CrdArgs),
+}
+
+#[derive(Args, Debug)]
+struct CrdArgs {
+    /// Write each CRD to `<dir>/<group>_<plural>.yaml` instead of printing them;
+    /// repeatable.
+    #[arg(long = "out-dir", value_name = "DIR")]
+    out_dirs: Vec<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -143,9 +151,22 @@ fn docker_credentials(explicit: Option<&PathBuf>) -> anyhow::Result<Credentials>
     Credentials::from_docker_config(&bytes).with_context(|| path.display().to_string())
 }
 
-/// Prints the CRDs this operator owns, as one multi-document YAML stream.
-fn crd() -> anyhow::Result<()> {
-    print!("{}", crate::api::crd_yaml()?);
+/// Prints the CRDs this operator owns, as one multi-document YAML stream, or
+/// writes one file per CRD into each directory given.
+fn crd(args: &CrdArgs) -> anyhow::Result<()> {
+    if args.out_dirs.is_empty() {
+        print!("{}", crate::api::crd_yaml()?);
+        return Ok(());
+    }
+    let crds = crate::api::crds()?;
+    for dir in &args.out_dirs {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        for (file, yaml) in &crds {
+            let path = dir.join(file);
+            std::fs::write(&path, yaml).with_context(|| path.display().to_string())?;
+            println!("wrote {}", path.display());
+        }
+    }
     Ok(())
 }
 
@@ -169,6 +190,6 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => exit(inspect::run(&args)),
         Command::Webhook(args) => webhook::run(args),
         Command::Run(args) => run::run(*args),
-        Command::Crd => exit(crd().map(|()| true)),
+        Command::Crd(args) => exit(crd(&args).map(|()| true)),
     }
 }

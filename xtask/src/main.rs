@@ -5,6 +5,7 @@
 //! - `cluster up --dir DIR [--install-chart]` / `cluster down --dir DIR`: a real
 //!   control plane on this machine, without Docker.
 //! - `test`: install what the tests need, then run every test.
+//! - `crds`: regenerate `crds/` and the chart's `crds/` from the Rust types.
 
 mod cluster;
 mod test;
@@ -41,6 +42,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
+    /// Regenerate the CRD files (crds/ and the chart's crds/) from the Rust types.
+    Crds,
 }
 
 /// The repository root (xtask lives one level below it).
@@ -74,6 +77,22 @@ pub fn bins(quiet: bool) -> Result<testcluster::bins::Bins, String> {
     Ok(built.bins)
 }
 
+/// Writes the CRDs the product generates into both places that ship them.
+fn crds() -> Result<(), String> {
+    let root = root();
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["run", "--quiet", "--bin", "distroless-guard", "--", "crd", "--out-dir", "crds"])
+        .args(["--out-dir", "charts/distroless-guard/crds"])
+        .status()
+        .map_err(|e| format!("cargo run: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("distroless-guard crd failed ({status})"))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -84,6 +103,7 @@ fn main() -> ExitCode {
         }),
         Task::Cluster { action } => cluster::run(action),
         Task::Test { cargo_args } => test::run(&cargo_args),
+        Task::Crds => crds(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
