@@ -82,7 +82,16 @@ fn crds() -> Result<(), String> {
     let root = root();
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&root)
-        .args(["run", "--quiet", "--bin", "distroless-guard", "--", "crd", "--out-dir", "crds"])
+        .args([
+            "run",
+            "--quiet",
+            "--bin",
+            "distroless-guard",
+            "--",
+            "crd",
+            "--out-dir",
+            "crds",
+        ])
         .args(["--out-dir", "charts/distroless-guard/crds"])
         .status()
         .map_err(|e| format!("cargo run: {e}"))?;

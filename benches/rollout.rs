@@ -1,0 +1,305 @@
+//! Rollback speed on the real control plane: the chart installed with Helm,
+//! the `distroless-guard` binary playing its pod, the real Deployment,
+//! ReplicaSet and EndpointSlice controllers, kwok as the kubelet. Each run
+//! rolls a 4-replica Deployment to a distroless image at 50% and, once the
+//! canary pods serve (in the Service's EndpointSlice), makes them fail the
+//! way a kubelet would report it (a kwok Stage, selected by a label the
+//! bench sets): crash loop, CreateContainerConfigError, OOM kill, restarts
+//! while Ready, in turn.
+//!
+//! Three watches time each run from the moment the API server shows the
+//! failure in a canary pod's status: to `status.phase: RolledBack` (detect)
+//! and to the last canary pod leaving the ready endpoints (rollback).
+//!
+//! Last line: `RESULT rollout runs=.. detect_p50_ms=.. detect_max_ms=.. rollback_p50_ms=.. rollback_max_ms=..`
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
+use parking_lot::Mutex;
+use serde_json::json;
+use testcluster::stages::{Failure, Target};
+use testcluster::{ControlPlane, Options};
+
+const RUNS: usize = 12;
+const REPLICAS: i32 = 4;
+
+fn failures() -> Vec<(&'static str, Failure)> {
+    vec![
+        (
+            "crash",
+            Failure::CrashLoop {
+                every_ms: 200,
+                exit_code: 127,
+                message: "exec: \"sh\": executable file not found in $PATH".into(),
+            },
+        ),
+        (
+            "config",
+            Failure::Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message: "container has runAsNonRoot and image will run as root".into(),
+            },
+        ),
+        ("oom", Failure::OomKilled { every_ms: 200 }),
+        ("flap", Failure::RestartsWhileReady { every_ms: 200 }),
+    ]
+}
+
+fn rollouts(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("distrolessguard.dev", "v1alpha1", "DistrolessRollout");
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, "distrolessrollouts"),
+    )
+}
+
+/// Whether a canary pod's status shows one of the injected failures.
+fn shows_failure(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.restart_count > 0 || c.state.as_ref().is_some_and(|s| s.waiting.is_some()))
+}
+
+async fn wait<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn main() {
+    let started = Instant::now();
+    let cp = ControlPlane::start(Options {
+        nodes: 2,
+        ..Options::default()
+    })
+    .unwrap_or_else(|e| panic!("the control plane could not start: {e}"));
+    let cp: &'static ControlPlane = Box::leak(Box::new(cp));
+    println!("control plane up in {:.1} s", started.elapsed().as_secs_f64());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(cp));
+    cp.stop();
+}
+
+async fn run(cp: &'static ControlPlane) {
+    let client = cp.client().await.unwrap();
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/distroless-guard");
+    let release = testcluster::release::Release::install(
+        cp,
+        testcluster::release::Install {
+            name: "distroless-guard",
+            chart: &chart,
+            binary: Path::new(env!("CARGO_BIN_EXE_distroless-guard")),
+            helm_args: vec![
+                "--set".into(),
+                "replicaCount=1".into(),
+                "--set".into(),
+                "logging.format=text".into(),
+            ],
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            api_server: None,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("helm install: {e}"));
+    let kinds = failures();
+    for (kind, failure) in &kinds {
+        let target = Target::Label("bench.distrolessguard.dev/fail".into(), (*kind).into());
+        cp.create_stage(&failure.stage(&format!("bench-{kind}"), &target))
+            .await
+            .unwrap();
+    }
+    let mut detect = Vec::new();
+    let mut rollback = Vec::new();
+    for i in 0..RUNS {
+        let (kind, _) = &kinds[i % kinds.len()];
+        let (d, r) = one_run(&client, &format!("run-{i}"), kind).await;
+        println!(
+            "run {i} ({kind}): detect {:.0} ms, rollback {:.0} ms",
+            d.as_secs_f64() * 1e3,
+            r.as_secs_f64() * 1e3
+        );
+        detect.push(d);
+        rollback.push(r);
+    }
+    let _ = release.uninstall().await;
+    let stat = |v: &mut Vec<Duration>| {
+        v.sort();
+        (
+            v[(v.len() - 1) / 2].as_secs_f64() * 1e3,
+            v[v.len() - 1].as_secs_f64() * 1e3,
+        )
+    };
+    let (d50, dmax) = stat(&mut detect);
+    let (r50, rmax) = stat(&mut rollback);
+    println!(
+        "RESULT rollout runs={RUNS} detect_p50_ms={d50:.0} detect_max_ms={dmax:.0} rollback_p50_ms={r50:.0} rollback_max_ms={rmax:.0}"
+    );
+}
+
+/// One rollout to a failing canary: (failure shown → RolledBack, failure shown → out of the endpoints).
+async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Duration) {
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": REPLICAS, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "app", "image": "registry.example.com/web:1", "ports": [{"containerPort": 8080}]}]}}}}))
+    .unwrap();
+    let service: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wait("the default ServiceAccount", Duration::from_secs(60), || async {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+        sas.get_opt("default").await.ok().flatten()
+    })
+    .await;
+    deployments.create(&PostParams::default(), &deployment).await.unwrap();
+    wait("the Deployment's pods", Duration::from_secs(60), || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.status?.ready_replicas? == REPLICAS).then_some(())
+    })
+    .await;
+    let rollout: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "metadata": {"name": "web"},
+        "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": "registry.example.com/web:1-distroless"}],
+                 "steps": [{"weight": 50, "bakeSeconds": 600}, {"weight": 100}]}}))
+    .unwrap();
+    let rollouts = rollouts(client, ns);
+    rollouts.create(&PostParams::default(), &rollout).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let canary = ListParams::default().labels("distrolessguard.dev/rollout=web");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let ready_ips = |list: Vec<EndpointSlice>| -> BTreeSet<String> {
+        list.into_iter()
+            .flat_map(|s| s.endpoints.into_iter().flatten())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .flat_map(|e| e.addresses)
+            .collect()
+    };
+    let by_service = ListParams::default().labels("kubernetes.io/service-name=web");
+    let canary_ips: BTreeSet<String> = wait("the canary pods serving", Duration::from_secs(60), || async {
+        let list = pods.list(&canary).await.ok()?.items;
+        let ips: BTreeSet<String> = list.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
+        let serving = ready_ips(slices.list(&by_service).await.ok()?.items);
+        // 50%: as many canary pods as the Deployment has.
+        (ips.len() == REPLICAS as usize && ips.is_subset(&serving)).then_some(ips)
+    })
+    .await;
+
+    // Three watches, then the failure.
+    let failed_at = Arc::new(Mutex::new(None::<Instant>));
+    let shown = {
+        let failed_at = failed_at.clone();
+        let stream = watcher(
+            pods.clone(),
+            watcher::Config::default().labels("distrolessguard.dev/rollout=web"),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream.applied_objects());
+            while let Some(Ok(p)) = stream.next().await {
+                if shows_failure(&p) {
+                    failed_at.lock().get_or_insert(Instant::now());
+                    return;
+                }
+            }
+        })
+    };
+    let rolled_back = {
+        let stream = watcher(rollouts.clone(), watcher::Config::default());
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream.applied_objects());
+            while let Some(Ok(r)) = stream.next().await {
+                if r.data.pointer("/status/phase").and_then(|p| p.as_str()) == Some("RolledBack") {
+                    return Instant::now();
+                }
+            }
+            panic!("the rollout watch ended");
+        })
+    };
+    let out_of_endpoints = {
+        let stream = watcher(
+            slices.clone(),
+            watcher::Config::default().labels("kubernetes.io/service-name=web"),
+        );
+        let slices = slices.clone();
+        let canary_ips = canary_ips.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream.applied_objects());
+            while let Some(Ok(_)) = stream.next().await {
+                let by_service = ListParams::default().labels("kubernetes.io/service-name=web");
+                let Ok(list) = slices.list(&by_service).await else {
+                    continue;
+                };
+                let serving = ready_ips(list.items);
+                if serving.is_disjoint(&canary_ips) {
+                    return Instant::now();
+                }
+            }
+            panic!("the EndpointSlice watch ended");
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let label = json!({"metadata": {"labels": {"bench.distrolessguard.dev/fail": kind}}});
+    for p in pods.list(&canary).await.unwrap().items {
+        let name = p.metadata.name.unwrap_or_default();
+        // The first failing pod may roll the canary back before the others are labelled.
+        let _ = pods.patch(&name, &PatchParams::default(), &Patch::Merge(&label)).await;
+    }
+    let timeout = Duration::from_secs(60);
+    tokio::time::timeout(timeout, shown)
+        .await
+        .expect("no failure shown")
+        .unwrap();
+    let rolled_back = tokio::time::timeout(timeout, rolled_back)
+        .await
+        .expect("never RolledBack")
+        .unwrap();
+    let gone = tokio::time::timeout(timeout, out_of_endpoints)
+        .await
+        .expect("the canary stayed in the endpoints")
+        .unwrap();
+    let failed = failed_at.lock().expect("failure time");
+    let detect = rolled_back.saturating_duration_since(failed);
+    let back = gone.saturating_duration_since(failed);
+    Api::<Namespace>::all(client.clone())
+        .delete(ns, &Default::default())
+        .await
+        .unwrap();
+    (detect, back)
+}
