@@ -116,13 +116,15 @@ async fn helm_install_serves_through_the_service_upgrade_keeps_the_ca_and_uninst
     })
     .await;
     assert!(left.is_empty());
-    assert!(
-        get_json(&["crd", "distrolesspolicies.distrolessguard.dev"])
-            .await
-            .is_some()
-    );
+    let crds = [
+        "distrolesspolicies.distrolessguard.dev",
+        "distrolessrollouts.distrolessguard.dev",
+    ];
+    for crd in crds {
+        assert!(get_json(&["crd", crd]).await.is_some(), "helm uninstall removed {crd}");
+    }
     let readme = std::fs::read_to_string(chart_dir().join("README.md")).unwrap();
-    assert!(readme.contains("kubectl delete crd distrolesspolicies.distrolessguard.dev"));
+    assert!(readme.contains(&format!("kubectl delete crd {}", crds.join(" "))));
     delete_policy(&deny).await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
