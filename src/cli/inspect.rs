@@ -59,6 +59,13 @@ fn write_text(report: &ImageReport) {
 
 /// Whether the image (every platform judged) is distroless.
 pub(super) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
+    run_with(args, false)
+}
+
+/// As [`run`]; with `kubelet`, also what the kubelet makes of the user under
+/// `runAsNonRoot`, and which `:nonroot` / `:debug-nonroot` siblings exist
+/// (`kubectl distroless inspect`).
+pub(super) fn run_with(args: &InspectArgs, kubelet: bool) -> anyhow::Result<bool> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds, not {}", args.timeout);
     }
@@ -68,14 +75,30 @@ pub(super) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
     let deadline = Duration::from_secs_f64(args.timeout);
     let result = runtime.block_on(async {
         let inspector = Inspector::new(config);
-        inspector.inspect(&args.image, &options, Some(deadline)).await
+        let reports = inspector.inspect(&args.image, &options, Some(deadline)).await?;
+        let mut siblings = Vec::new();
+        if kubelet {
+            for sibling in crate::kubectl::sibling_tags(&args.image) {
+                let found = inspector.digest_of(&sibling, deadline).await.ok();
+                siblings.push((sibling, found));
+            }
+        }
+        Ok::<_, crate::image::ImageError>((reports, siblings))
     });
     // Do not wait for background work (a registry that hangs) on the way out.
     runtime.shutdown_background();
-    let reports = result?;
+    let (reports, siblings) = result?;
+    let plain: Vec<&ImageReport> = reports.iter().map(|r| r.as_ref()).collect();
     match args.output {
+        OutputFormat::Json if kubelet => {
+            let doc = serde_json::json!({
+                "images": plain,
+                "underRunAsNonRoot": plain.first().map(|r| crate::kubectl::kubelet_verdict(r)),
+                "siblings": siblings.iter().map(|(tag, digest)| serde_json::json!({"image": tag, "digest": digest})).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
         OutputFormat::Json => {
-            let plain: Vec<&ImageReport> = reports.iter().map(|r| r.as_ref()).collect();
             let text = if plain.len() == 1 {
                 serde_json::to_string_pretty(plain[0])
             } else {
@@ -83,7 +106,20 @@ pub(super) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
             };
             println!("{}", text?);
         }
-        OutputFormat::Text => reports.iter().for_each(|r| write_text(r)),
+        OutputFormat::Text => {
+            reports.iter().for_each(|r| write_text(r));
+            if kubelet {
+                if let Some(r) = plain.first() {
+                    println!("  under runAsNonRoot: {}", crate::kubectl::kubelet_verdict(r));
+                }
+                for (tag, digest) in &siblings {
+                    match digest {
+                        Some(d) => println!("  sibling:   {tag} exists ({d})"),
+                        None => println!("  sibling:   {tag} not found"),
+                    }
+                }
+            }
+        }
     }
     Ok(reports.iter().all(|r| r.distroless))
 }

@@ -4,6 +4,7 @@
 
 mod check;
 mod inspect;
+mod plugin;
 mod run;
 mod webhook;
 
@@ -181,6 +182,16 @@ fn exit(result: anyhow::Result<bool>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `kubectl-distroless`, the kubectl plugin.
+pub fn plugin_main() -> ExitCode {
+    plugin::main()
+}
+
+/// `kubectl_complete-distroless`, its completion for kubectl.
+pub fn plugin_complete_main() -> ExitCode {
+    plugin::complete_main()
 }
 
 pub fn main() -> ExitCode {

@@ -23,6 +23,11 @@ use kube::api::ApiResource;
 pub(crate) use auditor::Auditor;
 pub use view::ClusterView;
 
+/// What a container failure most likely means for a distroless image, and the fix.
+pub fn failure_hint(reason: &str, exit_code: Option<i32>, message: &str) -> String {
+    rollout::classify::hint(reason, exit_code, message)
+}
+
 use crate::policy::WorkloadKind;
 
 /// The field manager of every write.

@@ -209,6 +209,20 @@ impl Inspector {
         }
     }
 
+    /// The manifest digest an image reference names now (a tag is resolved
+    /// with one manifest request; no layer is read). An error when it does not exist.
+    pub async fn digest_of(&self, image: &str, deadline: Duration) -> Result<String, ImageError> {
+        let reference = reference::parse(image)?;
+        let session = self.session_for(&reference, None);
+        match tokio::time::timeout(deadline, self.resolve_digest(image, &reference, &session)).await {
+            Ok(r) => r,
+            Err(_) => Err(ImageError::Timeout {
+                image: image.to_string(),
+                seconds: deadline.as_secs_f64(),
+            }),
+        }
+    }
+
     /// Resolves a tag to its manifest digest (cached for `tag_ttl`).
     async fn resolve_digest(
         &self,

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    distroless_guard::cli::plugin_main()
+}

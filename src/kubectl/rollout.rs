@@ -1,0 +1,314 @@
+//! `kubectl distroless rollout ...`: DistrolessRollout verbs with
+//! kubectl-argo-rollouts' vocabulary, each a merge patch of the spec fields
+//! the controller reads.
+//!
+//! - `promote`: end the current step's pause or bake (`spec.promoteStep`);
+//!   `--full`: go to 100% now (`spec.promoteFull`).
+//! - `pause` / `resume`: `spec.paused`.
+//! - `abort`: roll back to the standard images now (`spec.abort`).
+//! - `retry`: a new attempt after a rollback (`spec.retry` + 1, `abort` cleared).
+//! - `undo`: drop the rollout and keep the standard images: abort, wait for
+//!   `RolledBack`, delete the rollout (its canary goes with it).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+
+use super::{Error, describe};
+use crate::api::{DistrolessRollout, Phase};
+
+/// A verb that changes a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Promote { full: bool },
+    Pause,
+    Resume,
+    Abort,
+    Retry,
+}
+
+/// The merge patch for a verb on this rollout, or why it makes no sense now.
+pub fn patch(verb: Verb, r: &DistrolessRollout) -> Result<Value, String> {
+    let status = r.status.clone().unwrap_or_default();
+    let name = r.metadata.name.clone().unwrap_or_default();
+    let final_phase = status.phase.is_final();
+    match verb {
+        _ if final_phase && verb != Verb::Retry => Err(format!(
+            "rollout {name} is {}: only `retry` starts it again",
+            status.phase.as_str()
+        )),
+        Verb::Promote { full: true } => Ok(json!({"spec": {"promoteFull": true, "paused": false}})),
+        Verb::Promote { full: false } => Ok(json!({"spec": {"promoteStep": status.current_step, "paused": false}})),
+        Verb::Pause => Ok(json!({"spec": {"paused": true}})),
+        Verb::Resume => Ok(json!({"spec": {"paused": false}})),
+        Verb::Abort => Ok(json!({"spec": {"abort": true}})),
+        Verb::Retry if status.phase != Phase::RolledBack => Err(format!(
+            "rollout {name} is {}: retry starts a new attempt after a rollback",
+            status.phase.as_str()
+        )),
+        Verb::Retry => Ok(json!({"spec": {"retry": r.spec.retry + 1, "abort": false,
+                                          "promoteFull": false, "promoteStep": null, "paused": false}})),
+    }
+}
+
+fn api(client: &kube::Client, namespace: Option<&str>) -> Api<DistrolessRollout> {
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+pub async fn get(client: &kube::Client, namespace: &str, name: &str) -> Result<DistrolessRollout, Error> {
+    api(client, Some(namespace))
+        .get(name)
+        .await
+        .map_err(|e| describe(e, &format!("distrolessrollout {name:?}"), namespace))
+}
+
+/// Every rollout in `namespace` (all namespaces with `None`).
+pub async fn list(client: &kube::Client, namespace: Option<&str>) -> Result<Vec<DistrolessRollout>, Error> {
+    api(client, namespace)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| describe(e, "distrolessrollouts", namespace.unwrap_or("(all)")))
+}
+
+/// Applies a verb; returns the rollout as patched.
+pub async fn act(client: &kube::Client, namespace: &str, name: &str, verb: Verb) -> Result<DistrolessRollout, Error> {
+    let r = get(client, namespace, name).await?;
+    let body = patch(verb, &r).map_err(Error::Refused)?;
+    api(client, Some(namespace))
+        .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .map_err(|e| describe(e, &format!("distrolessrollout {name:?}"), namespace))
+}
+
+/// How `status` ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    RolledBack,
+    Paused,
+    TimedOut,
+}
+
+/// Follows a rollout until it succeeds, rolls back, pauses or `timeout`
+/// passes, calling `progress` with each new status line.
+pub async fn wait(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+    mut progress: impl FnMut(&DistrolessRollout),
+) -> Result<Outcome, Error> {
+    let first = get(client, namespace, name).await?;
+    let api = api(client, Some(namespace));
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+    let mut last = String::new();
+    let mut judge = |r: &DistrolessRollout| {
+        let line = summary(r);
+        if line != last {
+            progress(r);
+            last = line;
+        }
+        match r.status.as_ref().map(|s| s.phase) {
+            Some(Phase::Succeeded) => Some(Outcome::Succeeded),
+            Some(Phase::RolledBack) => Some(Outcome::RolledBack),
+            Some(Phase::Paused) => Some(Outcome::Paused),
+            _ => None,
+        }
+    };
+    if let Some(o) = judge(&first) {
+        return Ok(o);
+    }
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return Ok(Outcome::TimedOut),
+            next = stream.next() => match next {
+                Some(Ok(r)) => {
+                    if let Some(o) = judge(&r) {
+                        return Ok(o);
+                    }
+                }
+                Some(Err(_)) => {} // the watcher backs off and retries
+                None => return Err(Error::Api(format!("the watch of rollout {name} ended"))),
+            }
+        }
+    }
+}
+
+/// `undo`: abort unless already rolled back, wait for the rollback, delete.
+pub async fn undo(client: &kube::Client, namespace: &str, name: &str, timeout: Duration) -> Result<(), Error> {
+    let r = get(client, namespace, name).await?;
+    let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if phase == Phase::Succeeded {
+        return Err(Error::Refused(format!(
+            "rollout {name} succeeded: the Deployment runs the distroless images; to go back, change its images \
+             (or `kubectl rollout undo deployment/{}`), then delete the rollout",
+            r.spec.target_ref.name
+        )));
+    }
+    if phase != Phase::RolledBack {
+        act(client, namespace, name, Verb::Abort).await?;
+        match wait(client, namespace, name, timeout, |_| {}).await? {
+            Outcome::RolledBack => {}
+            other => {
+                return Err(Error::Api(format!(
+                    "rollout {name} did not roll back within {} s ({other:?}); it is left aborted",
+                    timeout.as_secs()
+                )));
+            }
+        }
+    }
+    api(client, Some(namespace))
+        .delete(name, &DeleteParams::foreground())
+        .await
+        .map_err(|e| describe(e, &format!("distrolessrollout {name:?}"), namespace))?;
+    Ok(())
+}
+
+/// One line: phase, step, weights, message.
+pub fn summary(r: &DistrolessRollout) -> String {
+    let s = r.status.clone().unwrap_or_default();
+    let steps = r.spec.steps.len();
+    let mut line = format!(
+        "{} step {}/{} weight {}% (effective {}%)",
+        s.phase.as_str(),
+        (s.current_step as usize + 1).min(steps),
+        steps,
+        s.desired_weight,
+        s.effective_weight
+    );
+    if !s.message.is_empty() {
+        line.push_str(": ");
+        line.push_str(&s.message);
+    }
+    line
+}
+
+/// The detailed view of one rollout, for people.
+pub fn describe_rollout(r: &DistrolessRollout) -> Vec<String> {
+    let s = r.status.clone().unwrap_or_default();
+    let mut out = vec![
+        format!(
+            "Name:       {}/{}",
+            r.metadata.namespace.as_deref().unwrap_or_default(),
+            r.metadata.name.as_deref().unwrap_or_default()
+        ),
+        format!("Deployment: {}", r.spec.target_ref.name),
+        format!("Phase:      {}", s.phase.as_str()),
+        format!(
+            "Weight:     {}% desired, {}% effective",
+            s.desired_weight, s.effective_weight
+        ),
+    ];
+    for c in &r.spec.containers {
+        let standard = s.standard_images.get(&c.name).or(c.standard_image.as_ref());
+        out.push(format!(
+            "Container:  {}: {} -> {}",
+            c.name,
+            standard.map_or("(not recorded yet)", String::as_str),
+            c.image
+        ));
+    }
+    out.push("Steps:".into());
+    for (i, step) in r.spec.steps.iter().enumerate() {
+        let what = match (&step.staging, step.weight) {
+            (Some(st), _) => format!("staging, {} pod(s), no traffic", st.replicas),
+            (None, Some(w)) if w >= 100 => "100%: promotion".to_string(),
+            (None, Some(w)) => format!("{w}%"),
+            (None, None) => "(empty)".to_string(),
+        };
+        let mark = if i as u32 == s.current_step && !s.phase.is_final() {
+            "->"
+        } else {
+            "  "
+        };
+        let done = if (i as u32) < s.current_step || s.phase == Phase::Succeeded {
+            " ✓"
+        } else {
+            ""
+        };
+        let pause = if step.pause { ", then pause" } else { "" };
+        out.push(format!(
+            "  {mark} {i}: {what}, bake {} s{pause}{done}",
+            step.bake_seconds
+        ));
+    }
+    if let Some(c) = &s.canary {
+        out.push(format!(
+            "Canary:     {} ({}/{} ready)",
+            c.replica_set, c.ready, c.replicas
+        ));
+    }
+    if let Some(f) = &s.failure {
+        out.push(format!(
+            "Failure:    {}{}{}: {}",
+            f.reason,
+            f.pod.as_deref().map(|p| format!(" in pod {p}")).unwrap_or_default(),
+            f.container
+                .as_deref()
+                .map(|c| format!(", container {c}"))
+                .unwrap_or_default(),
+            f.message
+        ));
+        if !f.hint.is_empty() {
+            out.push(format!("Hint:       {}", f.hint));
+        }
+    }
+    if !s.message.is_empty() {
+        out.push(format!("Message:    {}", s.message));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(phase: &str, step: u32, retry: u32) -> DistrolessRollout {
+        serde_json::from_value(json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": "app:1-distroless"}], "retry": retry},
+            "status": {"phase": phase, "currentStep": step}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn verbs_patch_the_fields_the_controller_reads() {
+        let r = rollout("Paused", 2, 0);
+        assert_eq!(
+            patch(Verb::Promote { full: false }, &r).unwrap(),
+            json!({"spec": {"promoteStep": 2, "paused": false}})
+        );
+        assert_eq!(
+            patch(Verb::Promote { full: true }, &r).unwrap()["spec"]["promoteFull"],
+            true
+        );
+        assert_eq!(patch(Verb::Pause, &r).unwrap(), json!({"spec": {"paused": true}}));
+        assert_eq!(patch(Verb::Abort, &r).unwrap(), json!({"spec": {"abort": true}}));
+        assert!(patch(Verb::Retry, &r).unwrap_err().contains("after a rollback"));
+        let back = rollout("RolledBack", 1, 3);
+        let retry = patch(Verb::Retry, &back).unwrap();
+        assert_eq!(
+            (retry["spec"]["retry"].clone(), retry["spec"]["abort"].clone()),
+            (json!(4), json!(false))
+        );
+        assert!(patch(Verb::Pause, &back).unwrap_err().contains("only `retry`"));
+    }
+
+    #[test]
+    fn the_summary_and_description_say_where_the_rollout_is() {
+        let r = rollout("Canary", 1, 0);
+        assert!(summary(&r).starts_with("Canary step 2/4"), "{}", summary(&r));
+        let text = describe_rollout(&r).join("\n");
+        assert!(text.contains("-> 1: 10%") && text.contains("0: staging"), "{text}");
+    }
+}
