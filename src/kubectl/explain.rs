@@ -58,6 +58,7 @@ pub fn parse_target(target: &str) -> Result<(String, String), Error> {
 
 /// A rule the policies in force find broken.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct RuleFinding {
     pub rule: String,
     pub action: String,
@@ -70,6 +71,7 @@ pub struct RuleFinding {
 
 /// A Warning Event on the workload, its ReplicaSets, Jobs or pods.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct EventFinding {
     pub object: String,
     pub reason: String,
@@ -82,6 +84,7 @@ pub struct EventFinding {
 
 /// A container that is not running as it should.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerFinding {
     pub pod: String,
     pub container: String,
@@ -92,6 +95,7 @@ pub struct ContainerFinding {
 
 /// The rollout moving this workload, where it stands.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct RolloutFinding {
     pub name: String,
     pub phase: String,
@@ -133,6 +137,37 @@ pub fn refused_by(message: &str) -> Option<String> {
     } else {
         Some(format!("webhook {webhook}"))
     }
+}
+
+/// The rules our webhook named in a refusal the API server recorded (image
+/// rules among them, which only admission can judge): `[rule-id] cause. Fix: fix`.
+pub fn rules_in_refusal(message: &str) -> Vec<RuleFinding> {
+    let ids: Vec<String> = crate::api::RuleId::ALL.iter().map(|r| format!("[{r}]")).collect();
+    let mut starts: Vec<(usize, &str)> = ids
+        .iter()
+        .flat_map(|id| message.match_indices(id.as_str()).map(|(i, _)| (i, id.as_str())))
+        .collect();
+    starts.sort();
+    let mut out = Vec::new();
+    for (k, (i, id)) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).map_or(message.len(), |(j, _)| *j);
+        let body = message[i + id.len()..end].trim().trim_end_matches([';', ',']);
+        let (cause, fix) = split_fix(body);
+        let container = cause
+            .split_once("container \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(name, _)| name.to_string());
+        out.push(RuleFinding {
+            rule: id.trim_matches(['[', ']']).to_string(),
+            action: "Deny".into(),
+            container,
+            path: String::new(),
+            cause,
+            fix,
+            policy: "(named in the admission refusal)".into(),
+        });
+    }
+    out
 }
 
 /// Our messages end with " Fix: ..."; the rest is the cause.
@@ -355,6 +390,13 @@ pub async fn explain(client: &kube::Client, namespace: &str, kind: &str, name: &
                 if !seen.insert(message.clone()) || out.events.len() >= 10 {
                     continue;
                 }
+                if refused_by(&message).as_deref() == Some("distroless-guard") {
+                    for r in rules_in_refusal(&message) {
+                        if !out.rules.iter().any(|x| x.rule == r.rule && x.container == r.container) {
+                            out.rules.push(r);
+                        }
+                    }
+                }
                 out.events.push(EventFinding {
                     object: format!(
                         "{}/{}",
@@ -435,14 +477,18 @@ pub fn render(x: &Explanation) -> Vec<String> {
         out.push("Rules broken (rule → cause → fix):".into());
         for r in &x.rules {
             out.push(format!(
-                "  [{}] {}{} at {}",
+                "  [{}] {}{}{}",
                 r.rule,
                 r.action.to_uppercase(),
                 r.container
                     .as_deref()
                     .map(|c| format!(" container {c:?}"))
                     .unwrap_or_default(),
-                r.path
+                if r.path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {}", r.path)
+                }
             ));
             out.push(format!("      cause: {}", r.cause));
             if !r.fix.is_empty() {
@@ -531,6 +577,24 @@ mod tests {
             Some("webhook other.example.com")
         );
         assert_eq!(refused_by("Back-off restarting failed container"), None);
+    }
+
+    #[test]
+    fn the_rules_of_a_refusal_are_read_back() {
+        let m = "pods \"web-1\" is forbidden: admission webhook \"validate.distrolessguard.dev\" denied the request: \
+                 [image-has-shell] container \"web\": image r/web:1 has a shell (/usr/bin/dash). Fix: build FROM distroless; \
+                 [root-uid] container \"side\" runs as UID 0. Fix: set runAsUser: 65532";
+        let rules = rules_in_refusal(m);
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!(
+            (rules[0].rule.as_str(), rules[0].container.as_deref()),
+            ("image-has-shell", Some("web"))
+        );
+        assert_eq!(rules[0].fix, "build FROM distroless");
+        assert_eq!(
+            (rules[1].rule.as_str(), rules[1].fix.as_str()),
+            ("root-uid", "set runAsUser: 65532")
+        );
     }
 
     #[test]

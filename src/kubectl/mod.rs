@@ -79,7 +79,9 @@ impl Connection {
 pub fn describe(e: kube::Error, what: &str, namespace: &str) -> Error {
     match e {
         kube::Error::Api(status) => {
-            if status.code == 404 && status.message.contains("could not find the requested resource") {
+            // A missing object is `<kind> "<name>" not found`; a missing type is
+            // "404 page not found" or "the server could not find the requested resource".
+            if status.code == 404 && !status.message.contains("\" not found") {
                 return Error::NoCrd(format!(
                     "the API server does not know {what}: is distroless-guard installed? \
                      (helm install distroless-guard charts/distroless-guard, or \

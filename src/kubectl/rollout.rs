@@ -171,6 +171,22 @@ pub async fn undo(client: &kube::Client, namespace: &str, name: &str, timeout: D
         .delete(name, &DeleteParams::foreground())
         .await
         .map_err(|e| describe(e, &format!("distrolessrollout {name:?}"), namespace))?;
+    // As `kubectl delete` does: return once it is gone (its canary first, foreground).
+    let start = std::time::Instant::now();
+    while api(client, Some(namespace))
+        .get_opt(name)
+        .await
+        .map_err(|e| describe(e, &format!("distrolessrollout {name:?}"), namespace))?
+        .is_some()
+    {
+        if start.elapsed() > timeout {
+            return Err(Error::Api(format!(
+                "rollout {name} is still being deleted after {} s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
 

@@ -15,4 +15,5 @@ mod control_plane;
 mod crd;
 mod images;
 mod operator;
+mod plugin;
 mod rollout;
