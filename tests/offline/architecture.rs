@@ -170,6 +170,8 @@ fn modules_depend_one_way_and_nothing_imports_the_cli() {
     below("webhook", &["controller", "operator", "cli"]);
     below("controller", &["webhook", "operator", "cli"]);
     below("operator", &["cli"]);
+    // The kubectl plugin's library: the engine, images and rollout hints, never the server side.
+    below("kubectl", &["webhook", "operator", "cli"]);
 }
 
 #[test]

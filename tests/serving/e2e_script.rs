@@ -15,7 +15,7 @@ fn read(path: &str) -> String {
 
 #[test]
 fn the_scripts_pass_shellcheck() {
-    for script in ["e2e/run.sh", ".ci/run"] {
+    for script in ["e2e/run.sh", ".ci/run", "plugins/render-krew.sh"] {
         let out = Command::new(shellcheck())
             .arg("--severity=style")
             .arg(root().join(script))
@@ -103,4 +103,62 @@ fn the_script_checks_what_users_see() {
             "e2e/run.sh does not check that {check} ({evidence})"
         );
     }
+}
+
+#[test]
+fn the_krew_manifest_rendered_for_a_release_installs_the_plugin_from_its_archive() {
+    let sum = "a".repeat(64);
+    let out = Command::new("bash")
+        .arg(root().join("plugins/render-krew.sh"))
+        .args(["1.2.3", "example/distroless-guard", &sum, &"b".repeat(64)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains('@'), "a placeholder is left: {text}");
+    let m: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(m["apiVersion"], "krew.googlecontainertools.github.com/v1alpha2");
+    assert_eq!(
+        (m["kind"].clone(), m["metadata"]["name"].clone()),
+        (json!("Plugin"), json!("distroless"))
+    );
+    assert_eq!(m["spec"]["version"], "v1.2.3");
+    // The binaries the crate declares, in the archive the release workflow makes.
+    let cargo = read("Cargo.toml");
+    let release = read(".github/workflows/release.yml");
+    assert!(
+        release.contains("dir=distroless-guard-$version-${{ matrix.target }}")
+            && release.contains("bash plugins/render-krew.sh")
+    );
+    let platforms = m["spec"]["platforms"].as_array().unwrap();
+    assert_eq!(platforms.len(), 2);
+    for (p, target) in platforms
+        .iter()
+        .zip(["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"])
+    {
+        assert!(release.contains(target), "{target} is not built");
+        let dir = format!("distroless-guard-1.2.3-{target}");
+        assert_eq!(
+            p["uri"],
+            format!("https://github.com/example/distroless-guard/releases/download/v1.2.3/{dir}.tar.gz")
+        );
+        assert_eq!(p["bin"], "kubectl-distroless");
+        assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
+        for f in p["files"].as_array().unwrap() {
+            let from = f["from"].as_str().unwrap();
+            let file = from
+                .strip_prefix(&format!("{dir}/"))
+                .unwrap_or_else(|| panic!("{from} is outside {dir}"));
+            assert!(
+                file == "README.md" || cargo.contains(&format!("name = \"{file}\"")),
+                "{file} is not a [[bin]]"
+            );
+        }
+    }
+    let bad = Command::new("bash")
+        .arg(root().join("plugins/render-krew.sh"))
+        .args(["1.2.3", "example/x", "nope", &sum])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
 }
