@@ -7,7 +7,9 @@
 //!
 //! Last line: `RESULT audit pods=.. idle_rss_mib=.. rss_mib=.. status_p50_ms=.. status_p90_ms=.. apiserver_rss_mib=..`
 
-use std::path::Path;
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -45,45 +47,19 @@ async fn violating(client: &kube::Client) -> Option<u64> {
 }
 
 fn main() {
-    let started = Instant::now();
-    let cp = ControlPlane::start(Options {
-        nodes: 4,
-        unlimited: true,
-        ..Options::default()
-    })
-    .unwrap_or_else(|e| panic!("the control plane could not start: {e}"));
-    let cp: &'static ControlPlane = Box::leak(Box::new(cp));
-    println!("control plane up in {:.1} s", started.elapsed().as_secs_f64());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(cp));
-    cp.stop();
+    cluster::run(
+        Options {
+            nodes: 4,
+            unlimited: true,
+            ..Options::default()
+        },
+        run,
+    );
 }
 
 async fn run(cp: &'static ControlPlane) {
     let client = cp.client().await.unwrap();
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/distroless-guard");
-    let release = testcluster::release::Release::install(
-        cp,
-        testcluster::release::Install {
-            name: "distroless-guard",
-            chart: &chart,
-            binary: Path::new(env!("CARGO_BIN_EXE_distroless-guard")),
-            helm_args: vec![
-                "--set".into(),
-                "replicaCount=1".into(),
-                "--set".into(),
-                "logging.format=text".into(),
-            ],
-            extra_args: Vec::new(),
-            env: Vec::new(),
-            api_server: None,
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("helm install: {e}"));
+    let release = cluster::install(cp).await;
     let pid = release.operators[0].pid();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_mib(pid);

@@ -13,8 +13,10 @@
 //!
 //! Last line: `RESULT rollout runs=.. detect_p50_ms=.. detect_max_ms=.. rollback_p50_ms=.. rollback_max_ms=..`
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,44 +92,18 @@ where
 }
 
 fn main() {
-    let started = Instant::now();
-    let cp = ControlPlane::start(Options {
-        nodes: 2,
-        ..Options::default()
-    })
-    .unwrap_or_else(|e| panic!("the control plane could not start: {e}"));
-    let cp: &'static ControlPlane = Box::leak(Box::new(cp));
-    println!("control plane up in {:.1} s", started.elapsed().as_secs_f64());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(cp));
-    cp.stop();
+    cluster::run(
+        Options {
+            nodes: 2,
+            ..Options::default()
+        },
+        run,
+    );
 }
 
 async fn run(cp: &'static ControlPlane) {
     let client = cp.client().await.unwrap();
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/distroless-guard");
-    let release = testcluster::release::Release::install(
-        cp,
-        testcluster::release::Install {
-            name: "distroless-guard",
-            chart: &chart,
-            binary: Path::new(env!("CARGO_BIN_EXE_distroless-guard")),
-            helm_args: vec![
-                "--set".into(),
-                "replicaCount=1".into(),
-                "--set".into(),
-                "logging.format=text".into(),
-            ],
-            extra_args: Vec::new(),
-            env: Vec::new(),
-            api_server: None,
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("helm install: {e}"));
+    let release = cluster::install(cp).await;
     let kinds = failures();
     for (kind, failure) in &kinds {
         let target = Target::Label("bench.distrolessguard.dev/fail".into(), (*kind).into());

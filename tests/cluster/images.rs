@@ -38,16 +38,7 @@ async fn push_with_shell(reference: &str) {
 async fn pods_of_a_tag_repushed_with_a_shell_are_denied_and_the_replica_set_says_why() {
     let registry = TestRegistry::start();
     let host = registry.host();
-    let release = Release::install(
-        "distroless-guard-img",
-        &[
-            "--set",
-            "imageInspection.enabled=true",
-            "--set",
-            &format!("imageInspection.insecureRegistries={{{host}}}"),
-        ],
-    )
-    .await;
+    let release = Release::install_inspecting("distroless-guard-img", &host).await;
     let ns = release.namespace("img", &[]).await;
     let deny = testcluster::unique("img-deny");
     create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;
@@ -105,16 +96,7 @@ async fn pods_of_a_tag_repushed_with_a_shell_are_denied_and_the_replica_set_says
 async fn a_private_image_is_read_with_the_pods_image_pull_secret_under_the_charts_rbac() {
     let registry = TestRegistry::start();
     let front = basic_auth_front(registry.addr).await;
-    let release = Release::install(
-        "distroless-guard-pull",
-        &[
-            "--set",
-            "imageInspection.enabled=true",
-            "--set",
-            &format!("imageInspection.insecureRegistries={{{front}}}"),
-        ],
-    )
-    .await;
+    let release = Release::install_inspecting("distroless-guard-pull", &front.to_string()).await;
     let ns = release.namespace("pull", &[]).await;
     let deny = testcluster::unique("pull-deny");
     create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;

@@ -259,16 +259,7 @@ async fn explain_shows_rule_container_and_fix_from_the_replica_sets_failed_creat
     use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
     let registry = TestRegistry::start();
     let host = registry.host();
-    let release = Release::install(
-        "distroless-guard-explain",
-        &[
-            "--set",
-            "imageInspection.enabled=true",
-            "--set",
-            &format!("imageInspection.insecureRegistries={{{host}}}"),
-        ],
-    )
-    .await;
+    let release = Release::install_inspecting("distroless-guard-explain", &host).await;
     let ns = release.namespace("explain", &[]).await;
     let deny = testcluster::unique("explain-deny");
     create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;

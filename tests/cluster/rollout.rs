@@ -65,6 +65,30 @@ pub(crate) async fn wait_phase(ns: &str, name: &str, phase: &str, seconds: u64) 
     .await
 }
 
+/// The managed-fields entries of the Deployment written by distroless-guard, and the Deployment.
+async fn ours_in(ns: &str, deployment: &str) -> (String, Value) {
+    let d = kubectl_ok(&[
+        "get",
+        "deployment",
+        deployment,
+        "-n",
+        ns,
+        "--show-managed-fields",
+        "-o",
+        "json",
+    ])
+    .await;
+    let d: Value = serde_json::from_str(&d).unwrap();
+    let ours = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["manager"] == "distroless-guard")
+        .map(Value::to_string)
+        .collect::<String>();
+    (ours, d)
+}
+
 /// The pod IPs a Service's EndpointSlices list as ready.
 async fn ready_endpoints(ns: &str, service: &str) -> Vec<String> {
     let Some(slices) = get_json(&[
@@ -211,25 +235,11 @@ async fn a_healthy_rollout_moves_through_staging_and_weights_without_touching_th
         "the canary ReplicaSet is gone"
     );
     // Only the image is ours in the Deployment.
-    let managed = kubectl_ok(&[
-        "get",
-        "deployment",
-        "web",
-        "-n",
-        &ns,
-        "--show-managed-fields",
-        "-o",
-        "json",
-    ])
-    .await;
-    let managed: Value = serde_json::from_str(&managed).unwrap();
-    let ours = managed["metadata"]["managedFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["manager"] == "distroless-guard")
-        .expect("the promotion is a server-side apply by distroless-guard")
-        .to_string();
+    let (ours, _) = ours_in(&ns, "web").await;
+    assert!(
+        !ours.is_empty(),
+        "the promotion is a server-side apply by distroless-guard"
+    );
     assert!(ours.contains("f:image") && !ours.contains("f:replicas"), "{ours}");
     let events: Vec<String> = events_of(&ns, "web")
         .await
@@ -518,26 +528,8 @@ async fn a_restarted_leader_resumes_mid_bake_and_a_git_change_rebuilds_the_canar
     assert!(events.contains(&"TemplateChanged".to_string()), "{events:?}");
     let s = wait_phase(&ns, "web", "Succeeded", 120).await;
     assert_eq!(s["currentStep"], 1);
-    let d = kubectl_ok(&[
-        "get",
-        "deployment",
-        "web",
-        "-n",
-        &ns,
-        "--show-managed-fields",
-        "-o",
-        "json",
-    ])
-    .await;
-    let d: Value = serde_json::from_str(&d).unwrap();
+    let (ours, d) = ours_in(&ns, "web").await;
     assert_eq!(d["spec"]["replicas"], 4, "the HPA's replicas stay");
-    let ours = d["metadata"]["managedFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["manager"] == "distroless-guard")
-        .map(Value::to_string)
-        .collect::<String>();
     assert!(!ours.contains("f:replicas"), "{ours}");
     let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
     assert_eq!(env[0]["name"], "FEATURE", "the Git change stays");
@@ -632,16 +624,7 @@ async fn a_canary_image_that_runs_as_root_in_a_restricted_namespace_is_stopped_b
     use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
     let registry = TestRegistry::start();
     let host = registry.host();
-    let release = Release::install(
-        "distroless-guard-pre",
-        &[
-            "--set",
-            "imageInspection.enabled=true",
-            "--set",
-            &format!("imageInspection.insecureRegistries={{{host}}}"),
-        ],
-    )
-    .await;
+    let release = Release::install_inspecting("distroless-guard-pre", &host).await;
     let ns = release
         .namespace("preflight", &[("pod-security.kubernetes.io/enforce", "restricted")])
         .await;

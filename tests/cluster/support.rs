@@ -226,6 +226,12 @@ impl Release {
         Self::install_chart(prefix, &chart_dir(), extra, None).await
     }
 
+    /// `install` with image inspection on, reading `registry` (`host:port`) over plain HTTP.
+    pub async fn install_inspecting(prefix: &str, registry: &str) -> Release {
+        let insecure = format!("imageInspection.insecureRegistries={{{registry}}}");
+        Self::install(prefix, &["--set", "imageInspection.enabled=true", "--set", &insecure]).await
+    }
+
     /// As `install`, from another copy of the chart, optionally with the
     /// operator reaching the API server through a fault proxy.
     pub async fn install_chart(
