@@ -465,3 +465,55 @@ async fn errors_people_hit_are_said_plainly() {
     );
     bare.stop();
 }
+
+#[tokio::test]
+async fn inspect_and_check_run_as_kubectl_verbs() {
+    use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
+    let registry = TestRegistry::start();
+    let layer = || Blob::layer(Layer::new().file("app", b"ELF").tar(), Compression::Gzip);
+    let rooted = registry.image("base/app:1.2");
+    push(&rooted, &Image::new(vec![layer()])).await;
+    push(
+        &registry.image("base/app:nonroot"),
+        &Image::new(vec![layer()]).user("65532"),
+    )
+    .await;
+    let out = plugin(&["inspect", &rooted, "--insecure-registry", &registry.host()]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("under runAsNonRoot: refused") && stdout.contains("will run as root"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{} exists", registry.image("base/app:nonroot"))),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{} not found", registry.image("base/app:debug-nonroot"))),
+        "{stdout}"
+    );
+    let json = plugin(&[
+        "inspect",
+        &rooted,
+        "--insecure-registry",
+        &registry.host(),
+        "-o",
+        "json",
+    ])
+    .await;
+    let doc: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["images"][0]["distroless"], true);
+    assert!(
+        doc["siblings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["digest"].is_string())
+    );
+
+    let examples = root().join("examples/manifests");
+    let check = plugin(&["check", "-f", examples.to_str().unwrap()]).await;
+    assert_eq!(check.status.code(), Some(1), "some examples are meant to be denied");
+    assert!(text(&check).0.contains("[exec-probe]"), "{}", text(&check).0);
+}
