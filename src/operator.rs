@@ -45,6 +45,8 @@ pub struct OperatorConfig {
     pub cert_check: Duration,
     /// Image inspection; `None` turns the image rules off.
     pub images: Option<InspectorConfig>,
+    /// How the audit reads the images of what runs (with `images`).
+    pub image_audit: crate::controller::images::ImageAuditConfig,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -255,8 +257,21 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
             source,
         })?;
 
-    let auditor = Auditor::new(client.clone(), view.clone(), leading.clone(), &config.identity)
+    let mut auditor = Auditor::new(client.clone(), view.clone(), leading.clone(), &config.identity)
         .with_metrics(state.metrics.clone());
+    if let Some(inspector) = &inspector {
+        let knowledge = Arc::new(controller::images::ImageKnowledge::default());
+        auditor = auditor.with_images(knowledge.clone());
+        let images = controller::images::ImageAudit {
+            inspector: inspector.clone(),
+            secrets: Arc::new(controller::pull_secrets::SecretPullSecrets::new(client.clone())),
+            view: view.clone(),
+            knowledge,
+            leader: leading.clone(),
+            config: config.image_audit.clone(),
+        };
+        tasks.spawn(images.run().instrument(info_span!("image_audit")));
+    }
     tasks.spawn(auditor.run().instrument(info_span!("audit")));
 
     let rollouts = Arc::new(controller::rollout::Context::new(

@@ -5,7 +5,8 @@ pub mod rollout;
 
 pub use policy::{
     Action, AuditSummary, DEFAULT_NON_ROOT_USER, DistrolessPolicy, DistrolessPolicySpec, DistrolessPolicyStatus,
-    Exemption, FsGroupMode, Match, Mutation, OnError, RuleAction, RuleId, RunAsUserMode, WorkloadViolations,
+    Exemption, FsGroupMode, ImageCounts, Match, Mutation, OnError, RuleAction, RuleId, RunAsUserMode,
+    WorkloadViolations,
 };
 
 pub use rollout::{

@@ -399,6 +399,27 @@ pub struct AuditSummary {
     /// The first violating workloads, by kind, namespace and name.
     #[serde(default)]
     pub top_violations: Vec<WorkloadViolations>,
+    /// The distinct images of the matched workloads, by what their registry
+    /// showed (present when the operator reads images: `--inspect-images`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageCounts>,
+}
+
+/// Distinct images by verdict.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCounts {
+    /// No shell, no package manager.
+    #[schemars(extend("format" = "int32"))]
+    pub distroless: u32,
+    #[schemars(extend("format" = "int32"))]
+    pub not_distroless: u32,
+    /// Could not be read (counted as `image-unverified`, never as compliant).
+    #[schemars(extend("format" = "int32"))]
+    pub unverified: u32,
+    /// Not read yet: the audit's inspection is still under way.
+    #[schemars(extend("format" = "int32"))]
+    pub pending: u32,
 }
 
 /// One violating workload in the status.

@@ -59,6 +59,15 @@ pub(super) struct RunArgs {
     log: LogArgs,
     #[command(flatten)]
     images: ImageArgs,
+    /// With --inspect-images: how often the audit reads each running image again, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    audit_image_refresh_seconds: u64,
+    /// With --inspect-images: images the audit reads at once.
+    #[arg(long, default_value_t = 4)]
+    audit_image_concurrency: usize,
+    /// With --inspect-images: inspections the audit starts per second and registry.
+    #[arg(long, default_value_t = 10.0)]
+    audit_registry_rate: f64,
 }
 
 impl RunArgs {
@@ -90,6 +99,11 @@ impl RunArgs {
             certificates,
             cert_check: Duration::from_secs(self.cert_check_seconds),
             images: self.images.inspector_config()?,
+            image_audit: crate::controller::images::ImageAuditConfig {
+                concurrency: self.audit_image_concurrency.max(1),
+                per_registry_per_second: self.audit_registry_rate,
+                refresh: Duration::from_secs(self.audit_image_refresh_seconds.max(1)),
+            },
         })
     }
 }

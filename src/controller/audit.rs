@@ -6,8 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use jiff::Timestamp;
 
-use crate::api::{AuditSummary, WorkloadViolations};
-use crate::policy::{self, CompiledPolicy, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels};
+use crate::api::{AuditSummary, ImageCounts, WorkloadViolations};
+use crate::policy::{
+    self, CompiledPolicy, ImageFacts, ImageStatus, PolicySet, Scope, Subject, Violation, Workload,
+    namespace_name_labels,
+};
 
 /// How many violating workloads the status lists.
 pub(crate) const TOP_VIOLATIONS: usize = 20;
@@ -41,6 +44,7 @@ pub(crate) fn summarize<'a>(
     objects: impl IntoIterator<Item = &'a AuditObject>,
     namespaces: &HashMap<String, BTreeMap<String, String>>,
     now: Timestamp,
+    images: Option<&ImageFacts>,
 ) -> (AuditSummary, Vec<Violating<'a>>) {
     let single = PolicySet::from_compiled(vec![policy.clone()]).unwrap_or_default();
     let mut summary = AuditSummary {
@@ -48,6 +52,7 @@ pub(crate) fn summarize<'a>(
         ..Default::default()
     };
     let mut violating = Vec::new();
+    let mut seen_images: BTreeMap<&str, ImageState> = BTreeMap::new();
     for object in objects.into_iter().filter(|o| !o.controlled) {
         let namespace = object.namespace();
         let fallback;
@@ -63,13 +68,22 @@ pub(crate) fn summarize<'a>(
             namespace,
             namespace_labels: labels,
             scope: Scope::Full,
-            images: None,
+            images,
         };
         let verdict = policy::evaluate(&single, &subject, now);
         if verdict.matched.is_empty() {
             continue;
         }
         summary.matched += 1;
+        if let Some(facts) = images {
+            for c in object.workload.spec.all_containers() {
+                if let Some(image) = c.image.as_deref() {
+                    seen_images
+                        .entry(image)
+                        .or_insert_with(|| ImageState::of(facts.get(image)));
+                }
+            }
+        }
         if verdict.violations.is_empty() {
             summary.compliant += 1;
             continue;
@@ -94,7 +108,39 @@ pub(crate) fn summarize<'a>(
         .top_violations
         .sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
     summary.top_violations.truncate(TOP_VIOLATIONS);
+    if images.is_some() {
+        let mut counts = ImageCounts::default();
+        for state in seen_images.values() {
+            match state {
+                ImageState::Distroless => counts.distroless += 1,
+                ImageState::NotDistroless => counts.not_distroless += 1,
+                ImageState::Unverified => counts.unverified += 1,
+                ImageState::Pending => counts.pending += 1,
+            }
+        }
+        summary.images = Some(counts);
+    }
     (summary, violating)
+}
+
+/// What the audit knows of one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ImageState {
+    Distroless,
+    NotDistroless,
+    Unverified,
+    Pending,
+}
+
+impl ImageState {
+    pub(crate) fn of(status: Option<&ImageStatus>) -> Self {
+        match status {
+            None => ImageState::Pending,
+            Some(ImageStatus::Failed(_)) => ImageState::Unverified,
+            Some(ImageStatus::Inspected(reports)) if reports.iter().all(|r| r.distroless) => ImageState::Distroless,
+            Some(ImageStatus::Inspected(_)) => ImageState::NotDistroless,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +181,7 @@ mod tests {
             object("StatefulSet", "apps/v1", "db", "shop", good, false),
             object("Deployment", "apps/v1", "dns", "kube-system", bad, false),
         ];
-        let (summary, violating) = summarize(&policy, &objects, &HashMap::new(), Timestamp::UNIX_EPOCH);
+        let (summary, violating) = summarize(&policy, &objects, &HashMap::new(), Timestamp::UNIX_EPOCH, None);
         assert_eq!((summary.matched, summary.compliant, summary.violating), (2, 1, 1));
         assert_eq!(summary.by_rule, BTreeMap::from([(crate::api::RuleId::ShellCommand, 1)]));
         assert_eq!(summary.top_violations[0].name, "web");

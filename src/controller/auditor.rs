@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::FIELD_MANAGER;
 use super::audit;
 use super::events::{EventLog, PendingEvent};
+use super::images::ImageKnowledge;
 use super::status::{self, Finding};
 use super::view::ClusterView;
 use crate::api::{AuditSummary, DistrolessPolicy, DistrolessPolicyStatus};
@@ -46,6 +47,8 @@ pub(crate) struct Auditor {
     /// The statuses this replica wrote while leading.
     written: HashMap<String, DistrolessPolicyStatus>,
     events: EventLog,
+    /// What the image audit learned, when the operator reads images.
+    images: Option<Arc<ImageKnowledge>>,
 }
 
 impl Auditor {
@@ -68,7 +71,14 @@ impl Auditor {
             debounce: Duration::from_millis(100),
             written: HashMap::new(),
             events: EventLog::default(),
+            images: None,
         }
+    }
+
+    /// Applies the image rules with what the image audit learned.
+    pub(crate) fn with_images(mut self, images: Arc<ImageKnowledge>) -> Self {
+        self.images = Some(images);
+        self
     }
 
     /// Counts passes and summaries in these metrics.
@@ -118,13 +128,15 @@ impl Auditor {
         let (set, invalid) = status::compile_all(&policies);
         let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
         let events = &mut self.events;
+        let facts = self.images.as_ref().map(|k| k.facts());
         // Summaries are computed under the view's lock without copying workloads.
         let mut found: HashMap<String, (AuditSummary, Vec<PendingEvent>)> =
             self.view.with_workloads(|workloads, namespaces| {
                 set.policies()
                     .iter()
                     .map(|compiled| {
-                        let (mut summary, violating) = audit::summarize(compiled, workloads.values(), namespaces, now);
+                        let (mut summary, violating) =
+                            audit::summarize(compiled, workloads.values(), namespaces, now, facts.as_ref());
                         status::full_by_rule(&mut summary);
                         let pending = events.pending(&compiled.name, &violating);
                         (compiled.name.clone(), (summary, pending))

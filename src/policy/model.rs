@@ -89,6 +89,14 @@ impl PodSpec {
         self.ephemeral_containers.as_deref().unwrap_or_default()
     }
 
+    /// Init, regular and ephemeral containers, in that order.
+    pub fn all_containers(&self) -> impl Iterator<Item = &Container> {
+        self.init_containers()
+            .iter()
+            .chain(self.containers())
+            .chain(self.ephemeral_containers())
+    }
+
     /// Whether `spec.os.name` says the pod runs on Windows.
     pub fn is_windows(&self) -> bool {
         self.os.as_ref().is_some_and(|os| os.name.as_deref() == Some("windows"))

@@ -14,6 +14,7 @@ mod chart_install;
 mod control_plane;
 mod crd;
 mod images;
+mod inventory;
 mod operator;
 mod plugin;
 mod rollout;

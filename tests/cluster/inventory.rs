@@ -1,0 +1,148 @@
+//! The migration inventory on the real control plane and a real registry:
+//! the audit reads the images of what already runs and applies the image
+//! rules to it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
+use crate::support::*;
+
+async fn push_images(registry: &TestRegistry, ns: &str) -> [String; 4] {
+    let distroless = registry.image(&format!("{ns}/api:1-distroless"));
+    let app = Layer::new().file("app", b"ELF").tar();
+    push(
+        &distroless,
+        &Image::new(vec![Blob::layer(app, Compression::Gzip)]).user("65532"),
+    )
+    .await;
+    let debian = registry.image(&format!("{ns}/api:1-debian"));
+    let base = Layer::new()
+        .symlink("bin", "usr/bin")
+        .file("usr/bin/dash", b"ELF")
+        .symlink("usr/bin/sh", "dash")
+        .file("usr/bin/apt-get", b"ELF")
+        .file("var/lib/dpkg/status", b"Package: base-files\n")
+        .tar();
+    push(
+        &debian,
+        &Image::new(vec![Blob::layer(base, Compression::Gzip)]).user("65532"),
+    )
+    .await;
+    let alpine = registry.image(&format!("{ns}/api:1-alpine"));
+    let base = Layer::new()
+        .file("bin/busybox", b"ELF")
+        .symlink("bin/sh", "/bin/busybox")
+        .file("sbin/apk", b"ELF")
+        .tar();
+    push(
+        &alpine,
+        &Image::new(vec![Blob::layer(base, Compression::Gzip)]).user("65532"),
+    )
+    .await;
+    let missing = registry.image(&format!("{ns}/api:never-pushed"));
+    [distroless, debian, alpine, missing]
+}
+
+fn deployment(ns: &str, name: &str, image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}},
+        "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 65532},
+                 "containers": [{"name": "api", "image": image}]}}}})
+}
+
+#[tokio::test]
+async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_unreadable_images() {
+    let registry = TestRegistry::start();
+    let release = Release::install_inspecting("distroless-guard-inv", &registry.host()).await;
+    let ns = release.namespace("inv", &[]).await;
+    let [distroless, debian, alpine, missing] = push_images(&registry, &ns).await;
+    for (name, image) in [
+        ("distroless", &distroless),
+        ("debian", &debian),
+        ("alpine", &alpine),
+        ("missing", &missing),
+    ] {
+        let out = kubectl_stdin(&["apply", "-f", "-"], &deployment(&ns, name, image).to_string()).await;
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    let name = testcluster::unique("inv-audit");
+    create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
+    let audit = wait_for("the image counts", Duration::from_secs(90), || async {
+        let p = get_json(&["distrolesspolicy", &name]).await?;
+        let images = p.pointer("/status/audit/images")?.clone();
+        (images["pending"] == 0 && images["distroless"] == 1).then(|| p["status"]["audit"].clone())
+    })
+    .await;
+    assert_eq!(
+        audit["images"],
+        json!({"distroless": 1, "notDistroless": 2, "unverified": 1, "pending": 0}),
+        "{audit:#}"
+    );
+    assert_eq!(
+        (
+            audit["matched"].clone(),
+            audit["compliant"].clone(),
+            audit["violating"].clone()
+        ),
+        (json!(4), json!(1), json!(3)),
+        "{audit:#}"
+    );
+    assert_eq!(audit["byRule"]["image-has-shell"], 2, "{audit:#}");
+    assert_eq!(audit["byRule"]["image-has-package-manager"], 2, "{audit:#}");
+    assert_eq!(
+        audit["byRule"]["image-unverified"], 1,
+        "an unreadable image is never compliant: {audit:#}"
+    );
+    // The Event on the Debian-based workload names the shell's path.
+    let event = wait_for(
+        "the violation Event of the debian workload",
+        Duration::from_secs(30),
+        || async {
+            let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
+            ev["items"]
+                .as_array()?
+                .iter()
+                .find(|e| e["regarding"]["name"] == "debian" && e["reason"] == "DistrolessViolation")
+                .cloned()
+        },
+    )
+    .await;
+    assert!(event["note"].as_str().unwrap().contains("/usr/bin/dash"), "{event:#}");
+
+    // The registry goes away: new images are unverified, the audit goes on.
+    let mut registry = registry;
+    registry.stop();
+    let late = format!("{}/{ns}/late:1", registry.host());
+    let out = kubectl_stdin(&["apply", "-f", "-"], &deployment(&ns, "late", &late).to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let audit = wait_for("the late image unverified", Duration::from_secs(90), || async {
+        let p = get_json(&["distrolesspolicy", &name]).await?;
+        (p.pointer("/status/audit/images/unverified")? == 2).then(|| p["status"]["audit"].clone())
+    })
+    .await;
+    assert_eq!(audit["matched"], 5, "{audit:#}");
+    // Fixed: the debian workload moves to the distroless image.
+    kubectl_ok(&[
+        "set",
+        "image",
+        "deployment/debian",
+        "-n",
+        &ns,
+        &format!("api={distroless}"),
+    ])
+    .await;
+    wait_for(
+        "the fixed workload counted compliant",
+        Duration::from_secs(60),
+        || async {
+            let p = get_json(&["distrolesspolicy", &name]).await?;
+            (p.pointer("/status/audit/compliant")? == 2).then_some(())
+        },
+    )
+    .await;
+    delete_policy(&name).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
