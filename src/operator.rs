@@ -47,6 +47,8 @@ pub struct OperatorConfig {
     pub images: Option<InspectorConfig>,
     /// How the audit reads the images of what runs (with `images`).
     pub image_audit: crate::controller::images::ImageAuditConfig,
+    /// Write the audit as PolicyReports (when the cluster has their CRD).
+    pub policy_reports: bool,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -259,6 +261,18 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
 
     let mut auditor = Auditor::new(client.clone(), view.clone(), leading.clone(), &config.identity)
         .with_metrics(state.metrics.clone());
+    if config.policy_reports {
+        match client.list_api_group_resources("wgpolicyk8s.io/v1alpha2").await {
+            Ok(list) if list.resources.iter().any(|r| r.name == "policyreports") => {
+                auditor = auditor.with_policy_reports();
+                info!("the audit is written as PolicyReports too");
+            }
+            _ => warn!(
+                "--policy-reports: the cluster has no wgpolicyk8s.io/v1alpha2 PolicyReport CRD; reports are off \
+                 (the chart's crds/ installs it)"
+            ),
+        }
+    }
     if let Some(inspector) = &inspector {
         let knowledge = Arc::new(controller::images::ImageKnowledge::default());
         auditor = auditor.with_images(knowledge.clone());

@@ -68,6 +68,9 @@ pub(super) struct RunArgs {
     /// With --inspect-images: inspections the audit starts per second and registry.
     #[arg(long, default_value_t = 10.0)]
     audit_registry_rate: f64,
+    /// Write the audit as PolicyReports (wgpolicyk8s.io/v1alpha2) when the cluster has the CRD.
+    #[arg(long)]
+    policy_reports: bool,
 }
 
 impl RunArgs {
@@ -104,6 +107,7 @@ impl RunArgs {
                 per_registry_per_second: self.audit_registry_rate,
                 refresh: Duration::from_secs(self.audit_image_refresh_seconds.max(1)),
             },
+            policy_reports: self.policy_reports,
         })
     }
 }

@@ -45,13 +45,14 @@ pub(crate) fn summarize<'a>(
     namespaces: &HashMap<String, BTreeMap<String, String>>,
     now: Timestamp,
     images: Option<&ImageFacts>,
-) -> (AuditSummary, Vec<Violating<'a>>) {
+) -> (AuditSummary, Vec<Violating<'a>>, Vec<&'a AuditObject>) {
     let single = PolicySet::from_compiled(vec![policy.clone()]).unwrap_or_default();
     let mut summary = AuditSummary {
         last_evaluated: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
         ..Default::default()
     };
     let mut violating = Vec::new();
+    let mut compliant = Vec::new();
     let mut seen_images: BTreeMap<&str, ImageState> = BTreeMap::new();
     for object in objects.into_iter().filter(|o| !o.controlled) {
         let namespace = object.namespace();
@@ -86,6 +87,7 @@ pub(crate) fn summarize<'a>(
         }
         if verdict.violations.is_empty() {
             summary.compliant += 1;
+            compliant.push(object);
             continue;
         }
         summary.violating += 1;
@@ -120,7 +122,7 @@ pub(crate) fn summarize<'a>(
         }
         summary.images = Some(counts);
     }
-    (summary, violating)
+    (summary, violating, compliant)
 }
 
 /// What the audit knows of one image.
@@ -181,10 +183,15 @@ mod tests {
             object("StatefulSet", "apps/v1", "db", "shop", good, false),
             object("Deployment", "apps/v1", "dns", "kube-system", bad, false),
         ];
-        let (summary, violating) = summarize(&policy, &objects, &HashMap::new(), Timestamp::UNIX_EPOCH, None);
+        let (summary, violating, compliant) =
+            summarize(&policy, &objects, &HashMap::new(), Timestamp::UNIX_EPOCH, None);
         assert_eq!((summary.matched, summary.compliant, summary.violating), (2, 1, 1));
         assert_eq!(summary.by_rule, BTreeMap::from([(crate::api::RuleId::ShellCommand, 1)]));
         assert_eq!(summary.top_violations[0].name, "web");
+        assert_eq!(
+            compliant.iter().map(|o| o.workload.name.as_str()).collect::<Vec<_>>(),
+            ["db"]
+        );
         assert_eq!(violating[0].violations[0].action, crate::api::Action::Audit);
         assert_eq!(
             summary.last_evaluated,

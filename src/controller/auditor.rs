@@ -4,12 +4,13 @@
 //! them: statuses with server-side apply under our field manager, only when
 //! they changed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::json;
 use tokio::sync::watch;
@@ -19,6 +20,7 @@ use super::FIELD_MANAGER;
 use super::audit;
 use super::events::{EventLog, PendingEvent};
 use super::images::ImageKnowledge;
+use super::reports;
 use super::status::{self, Finding};
 use super::view::ClusterView;
 use crate::api::{AuditSummary, DistrolessPolicy, DistrolessPolicyStatus};
@@ -34,6 +36,8 @@ pub(crate) struct Plan {
     pub summaries: Vec<(String, AuditSummary)>,
     /// When the next exemption expires (the audit wakes then).
     pub next_expiry: Option<Timestamp>,
+    /// The PolicyReports (per namespace) and the ClusterPolicyReport, when on.
+    pub reports: Option<(BTreeMap<String, serde_json::Value>, serde_json::Value)>,
 }
 
 pub(crate) struct Auditor {
@@ -49,6 +53,11 @@ pub(crate) struct Auditor {
     events: EventLog,
     /// What the image audit learned, when the operator reads images.
     images: Option<Arc<ImageKnowledge>>,
+    /// Whether PolicyReports are written.
+    reports: bool,
+    /// Namespace (`""` for the ClusterPolicyReport) -> fingerprint of the report
+    /// this term wrote; `None` until the first write of a term has listed them.
+    written_reports: Option<HashMap<String, String>>,
 }
 
 impl Auditor {
@@ -72,7 +81,15 @@ impl Auditor {
             written: HashMap::new(),
             events: EventLog::default(),
             images: None,
+            reports: false,
+            written_reports: None,
         }
+    }
+
+    /// Writes the audit as PolicyReports too.
+    pub(crate) fn with_policy_reports(mut self) -> Self {
+        self.reports = true;
+        self
     }
 
     /// Applies the image rules with what the image audit learned.
@@ -105,6 +122,7 @@ impl Auditor {
                 _ = self.leader.changed() => {
                     // A new term: what the last one wrote may have been overwritten.
                     self.written.clear();
+                    self.written_reports = None;
                 }
                 _ = wake => {}
             }
@@ -130,20 +148,43 @@ impl Auditor {
         let events = &mut self.events;
         let facts = self.images.as_ref().map(|k| k.facts());
         // Summaries are computed under the view's lock without copying workloads.
-        let mut found: HashMap<String, (AuditSummary, Vec<PendingEvent>)> =
+        let with_reports = self.reports;
+        let (mut found, reports): (HashMap<String, (AuditSummary, Vec<PendingEvent>)>, _) =
             self.view.with_workloads(|workloads, namespaces| {
-                set.policies()
+                let outcomes: Vec<_> = set
+                    .policies()
                     .iter()
                     .map(|compiled| {
-                        let (mut summary, violating) =
+                        let (summary, violating, compliant) =
                             audit::summarize(compiled, workloads.values(), namespaces, now, facts.as_ref());
+                        (compiled, summary, violating, compliant)
+                    })
+                    .collect();
+                let reports = with_reports.then(|| {
+                    let views: Vec<reports::PolicyOutcome<'_>> = outcomes
+                        .iter()
+                        .map(|(c, _, violating, compliant)| reports::PolicyOutcome {
+                            policy: &c.name,
+                            violating,
+                            compliant,
+                        })
+                        .collect();
+                    reports::build(&views, now)
+                });
+                let found = outcomes
+                    .into_iter()
+                    .map(|(compiled, mut summary, violating, _)| {
                         status::full_by_rule(&mut summary);
                         let pending = events.pending(&compiled.name, &violating);
                         (compiled.name.clone(), (summary, pending))
                     })
-                    .collect()
+                    .collect();
+                (found, reports)
             });
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            reports,
+            ..Plan::default()
+        };
         for (name, policy) in &policies {
             let finding = match (set.get(name), invalid.get(name)) {
                 (Some(compiled), _) => {
@@ -201,6 +242,9 @@ impl Auditor {
                 Err(err) => warn!(error = %err, "cannot record an event"),
             }
         }
+        if let Some((namespaced, cluster)) = plan.reports {
+            ok &= self.write_reports(namespaced, cluster).await;
+        }
         let api: Api<DistrolessPolicy> = Api::all(self.client.clone());
         for (name, status) in plan.statuses {
             if !*self.leader.borrow() {
@@ -222,6 +266,95 @@ impl Auditor {
                 }
             }
         }
+        ok
+    }
+
+    /// Applies the reports that changed and deletes ours that are no longer
+    /// wanted (a namespace without audited workloads any more).
+    async fn write_reports(
+        &mut self,
+        namespaced: BTreeMap<String, serde_json::Value>,
+        cluster: serde_json::Value,
+    ) -> bool {
+        let gvk = |kind: &str| GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", kind);
+        let report = ApiResource::from_gvk_with_plural(&gvk("PolicyReport"), "policyreports");
+        let cluster_report = ApiResource::from_gvk_with_plural(&gvk("ClusterPolicyReport"), "clusterpolicyreports");
+        let mut ok = true;
+        if self.written_reports.is_none() {
+            // First write of this term: whatever reports of ours exist are candidates for deletion.
+            let selector = format!("{}={}", reports::MANAGED_BY.0, reports::MANAGED_BY.1);
+            let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &report);
+            match all.list_metadata(&ListParams::default().labels(&selector)).await {
+                Ok(list) => {
+                    let known = list
+                        .items
+                        .into_iter()
+                        .filter_map(|r| r.metadata.namespace)
+                        .map(|ns| (ns, String::new()))
+                        .collect();
+                    self.written_reports = Some(known);
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot list PolicyReports");
+                    return false;
+                }
+            }
+        }
+        let mut written = self.written_reports.take().unwrap_or_default();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        for (namespace, body) in &namespaced {
+            if !*self.leader.borrow() {
+                break;
+            }
+            let fingerprint = reports::fingerprint(body);
+            if written.get(namespace) == Some(&fingerprint) {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &report);
+            match api.patch(reports::REPORT_NAME, &params, &Patch::Apply(body)).await {
+                Ok(_) => {
+                    written.insert(namespace.clone(), fingerprint);
+                }
+                Err(e) => {
+                    ok = false;
+                    warn!(%namespace, error = %e, "cannot write the PolicyReport");
+                }
+            }
+        }
+        let stale: Vec<String> = written
+            .keys()
+            .filter(|ns| !ns.is_empty() && !namespaced.contains_key(*ns))
+            .cloned()
+            .collect();
+        for namespace in stale {
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &report);
+            match api.delete(reports::REPORT_NAME, &Default::default()).await {
+                Ok(_) => {
+                    written.remove(&namespace);
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    written.remove(&namespace);
+                }
+                Err(e) => {
+                    ok = false;
+                    warn!(%namespace, error = %e, "cannot delete a stale PolicyReport");
+                }
+            }
+        }
+        let fingerprint = reports::fingerprint(&cluster);
+        if written.get("") != Some(&fingerprint) && *self.leader.borrow() {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &cluster_report);
+            match api.patch(reports::REPORT_NAME, &params, &Patch::Apply(&cluster)).await {
+                Ok(_) => {
+                    written.insert(String::new(), fingerprint);
+                }
+                Err(e) => {
+                    ok = false;
+                    warn!(error = %e, "cannot write the ClusterPolicyReport");
+                }
+            }
+        }
+        self.written_reports = Some(written);
         ok
     }
 }

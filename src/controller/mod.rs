@@ -11,6 +11,7 @@ pub(crate) mod events;
 pub mod images;
 pub(crate) mod leader;
 pub(crate) mod pull_secrets;
+pub(crate) mod reports;
 pub(crate) mod rollout;
 pub(crate) mod status;
 pub(crate) mod view;

@@ -288,7 +288,26 @@ async fn exercise(release: &Release) {
     })
     .await;
     cp().delete_stage(&stage).await.unwrap();
-    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+    // PolicyReports: one appears for a namespace with an audited workload and
+    // goes when the workload does.
+    let reported = release.namespace("rbac-report", &[]).await;
+    let name = testcluster::unique("rbac-report");
+    create_policy(&policy(&name, &reported, json!({"action": "Audit"}))).await;
+    app(&reported, "web", 1, "registry.test/rbac/web:1", Value::Null).await;
+    wait_for("the PolicyReport", Duration::from_secs(60), || async {
+        get_json(&["policyreports.wgpolicyk8s.io", "distroless-guard", "-n", &reported]).await
+    })
+    .await;
+    kubectl_ok(&["delete", "deployment", "web", "-n", &reported]).await;
+    wait_for("the PolicyReport gone", Duration::from_secs(60), || async {
+        get_json(&["policyreports.wgpolicyk8s.io", "distroless-guard", "-n", &reported])
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    delete_policy(&name).await;
+    kubectl_ok(&["delete", "namespace", &ns, &reported, "--wait=false"]).await;
 }
 
 #[tokio::test]

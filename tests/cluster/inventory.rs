@@ -111,6 +111,61 @@ async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_u
     .await;
     assert!(event["note"].as_str().unwrap().contains("/usr/bin/dash"), "{event:#}");
 
+    // The same findings as a PolicyReport, with the evidence path and the fix.
+    let report = wait_for("the namespace's PolicyReport", Duration::from_secs(30), || async {
+        let r = get_json(&["policyreports.wgpolicyk8s.io", "distroless-guard", "-n", &ns]).await?;
+        (r["summary"]["pass"] == 1).then_some(r)
+    })
+    .await;
+    let results = report["results"].as_array().unwrap();
+    let shell = results
+        .iter()
+        .find(|r| r["rule"] == "image-has-shell" && r["resources"][0]["name"] == "debian")
+        .unwrap_or_else(|| panic!("no image-has-shell result for debian: {report:#}"));
+    assert_eq!(
+        (
+            shell["result"].clone(),
+            shell["severity"].clone(),
+            shell["policy"].clone()
+        ),
+        (json!("fail"), json!("high"), json!(name))
+    );
+    assert!(
+        shell["message"].as_str().unwrap().contains("/usr/bin/dash") && shell["properties"]["fix"].is_string(),
+        "{shell:#}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| r["rule"] == "image-unverified" && r["resources"][0]["name"] == "missing")
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| r["result"] == "pass" && r["resources"][0]["name"] == "distroless")
+    );
+    let cluster = get_json(&["clusterpolicyreports.wgpolicyk8s.io", "distroless-guard"])
+        .await
+        .unwrap();
+    // Five findings here (image-unverified is a warning by default, onError: Warn).
+    let findings = cluster["summary"]["fail"].as_u64().unwrap() + cluster["summary"]["warn"].as_u64().unwrap();
+    assert!(findings >= 5, "{cluster:#}");
+    // A deleted workload leaves the report with the next pass.
+    kubectl_ok(&["delete", "deployment", "alpine", "-n", &ns]).await;
+    wait_for(
+        "the deleted workload's results gone",
+        Duration::from_secs(30),
+        || async {
+            let r = get_json(&["policyreports.wgpolicyk8s.io", "distroless-guard", "-n", &ns]).await?;
+            (!r["results"]
+                .as_array()?
+                .iter()
+                .any(|x| x["resources"][0]["name"] == "alpine"))
+            .then_some(())
+        },
+    )
+    .await;
+
     // The registry goes away: new images are unverified, the audit goes on.
     let mut registry = registry;
     registry.stop();
@@ -122,7 +177,7 @@ async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_u
         (p.pointer("/status/audit/images/unverified")? == 2).then(|| p["status"]["audit"].clone())
     })
     .await;
-    assert_eq!(audit["matched"], 5, "{audit:#}");
+    assert_eq!(audit["matched"], 4, "{audit:#}");
     // Fixed: the debian workload moves to the distroless image.
     kubectl_ok(&[
         "set",

@@ -15,8 +15,52 @@ fn checked_in_crds_match_the_rust_types() {
             "crds/{file} is out of date with src/api; regenerate the CRDs with:\n  cargo xtask crds"
         );
     }
-    let files = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(files, 2, "crds/ holds exactly the generated CRDs");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "distrolessguard.dev_distrolesspolicies.yaml",
+            "distrolessguard.dev_distrolessrollouts.yaml",
+            "wgpolicyk8s.io_clusterpolicyreports.yaml",
+            "wgpolicyk8s.io_policyreports.yaml"
+        ],
+        "crds/ holds the generated CRDs and the PolicyReport ones"
+    );
+    for (file, kind, scope) in [
+        ("wgpolicyk8s.io_policyreports.yaml", "PolicyReport", "Namespaced"),
+        (
+            "wgpolicyk8s.io_clusterpolicyreports.yaml",
+            "ClusterPolicyReport",
+            "Cluster",
+        ),
+    ] {
+        let crd: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        assert_eq!(
+            (crd["spec"]["group"].as_str(), crd["spec"]["names"]["kind"].as_str()),
+            (Some("wgpolicyk8s.io"), Some(kind))
+        );
+        assert_eq!(crd["spec"]["scope"], scope);
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(v["name"], "v1alpha2");
+        let result = &v["schema"]["openAPIV3Schema"]["properties"]["results"]["items"]["properties"];
+        for field in [
+            "policy",
+            "rule",
+            "result",
+            "severity",
+            "message",
+            "properties",
+            "resources",
+            "timestamp",
+            "source",
+        ] {
+            assert!(result.get(field).is_some(), "{file}: results[].{field}");
+        }
+    }
 }
 
 #[test]

@@ -408,8 +408,10 @@ fn rbac_has_no_wildcards_and_grants_only_what_the_settings_need() {
                     "{name}: wildcard in {field}: {rule}"
                 );
             }
-            // Deleting is for what the operator itself creates: a rollout's canary ReplicaSets.
-            let deletes_own = strings(&rule["resources"]) == ["replicasets"];
+            // Deleting is for what the operator itself creates: a rollout's canary
+            // ReplicaSets, the PolicyReports of namespaces with nothing audited any more.
+            let deletes_own =
+                strings(&rule["resources"]) == ["replicasets"] || strings(&rule["resources"]) == ["policyreports"];
             for verb in strings(&rule["verbs"]) {
                 assert!(
                     ["get", "list", "watch", "create", "update", "patch"].contains(&verb.as_str())
