@@ -17,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod image;
+pub mod inventory;
 pub mod kubectl;
 pub mod manifest;
 mod metrics;

@@ -4,6 +4,7 @@
 
 mod check;
 mod inspect;
+mod inventory;
 mod plugin;
 mod run;
 mod webhook;
@@ -36,6 +37,9 @@ enum Command {
     /// Read an image from its registry: shells, package managers, user, with evidence
     /// (exit 0 distroless, 1 not distroless, 2 error).
     Inspect(inspect::InspectArgs),
+    /// The migration inventory of manifests: per workload, its images (distroless or
+    /// not, and why), what blocks a switch, the next step (exit 0 when all are done).
+    Inventory(inventory::InventoryArgs),
     /// Serve the admission webhook over HTTPS, with policies from files.
     Webhook(webhook::WebhookArgs),
     /// Run in a cluster: the webhook on every replica, the audit controller and
@@ -199,6 +203,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => exit(check::run(&args)),
         Command::Inspect(args) => exit(inspect::run(&args)),
+        Command::Inventory(args) => exit(inventory::run(&args)),
         Command::Webhook(args) => webhook::run(args),
         Command::Run(args) => run::run(*args),
         Command::Crd(args) => exit(crd(&args).map(|()| true)),

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 
-use super::{RegistryArgs, check, inspect};
+use super::{RegistryArgs, check, inspect, inventory};
 use crate::kubectl::{Connection, Error, debug, explain, rollout};
 
 #[derive(Parser, Debug)]
@@ -73,6 +73,9 @@ enum Verb {
     /// Read an image from its registry: distroless?, its user under runAsNonRoot,
     /// and its :nonroot / :debug-nonroot siblings.
     Inspect(inspect::InspectArgs),
+    /// The migration inventory of what runs: images, why they are not distroless,
+    /// what blocks a switch, the next step.
+    Inventory(PluginInventoryArgs),
     /// Drive a DistrolessRollout.
     Rollout {
         #[command(subcommand)]
@@ -138,6 +141,20 @@ struct ExplainArgs {
     target: String,
     #[arg(short = 'o', long, value_enum, default_value_t = DataFormat::Text)]
     output: DataFormat,
+}
+
+#[derive(Args, Debug)]
+struct PluginInventoryArgs {
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    #[arg(short = 'o', long, value_enum, default_value_t = inventory::InventoryFormat::Table)]
+    output: inventory::InventoryFormat,
+    /// Do not read images from their registries (spec rules only).
+    #[arg(long)]
+    no_images: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,6 +291,25 @@ async fn explain_cmd(global: &Global, args: &ExplainArgs) -> anyhow::Result<bool
         DataFormat::Text => explain::render(&x).iter().for_each(|l| println!("{l}")),
         f => print_data(&x, f)?,
     }
+    Ok(true)
+}
+
+async fn inventory_cmd(global: &Global, args: &PluginInventoryArgs) -> anyhow::Result<bool> {
+    let (client, ns, server) = global.connection().connect().await?;
+    let scope = (!args.all_namespaces).then_some(ns.as_str());
+    let inspector = if args.no_images {
+        None
+    } else {
+        Some(crate::image::Inspector::new(args.registry.inspector_config()?))
+    };
+    let source = match scope {
+        Some(ns) => format!("cluster {server}, namespace {ns}"),
+        None => format!("cluster {server}, every namespace"),
+    };
+    let inv = crate::kubectl::inventory::gather(&client, scope, &source, inspector.as_ref())
+        .await
+        .map_err(|e| with_server(e, &server))?;
+    inventory::print(&inv, args.output)?;
     Ok(true)
 }
 
@@ -425,7 +461,7 @@ fn print_table(list: &[crate::api::DistrolessRollout], namespaces: bool) {
     }
 }
 
-const VERBS: &[&str] = &["debug", "explain", "inspect", "rollout", "check"];
+const VERBS: &[&str] = &["debug", "explain", "inspect", "inventory", "rollout", "check"];
 const ROLLOUT_VERBS: &[&str] = &["get", "status", "promote", "pause", "resume", "abort", "retry", "undo"];
 const KINDS: &[&str] = &[
     "pod/",
@@ -507,6 +543,7 @@ pub(super) fn main() -> ExitCode {
         match &cli.command {
             Verb::Debug(args) => debug_cmd(&cli.global, args).await.map(code),
             Verb::Explain(args) => explain_cmd(&cli.global, args).await.map(code),
+            Verb::Inventory(args) => inventory_cmd(&cli.global, args).await.map(code),
             Verb::Rollout { verb } => rollout_cmd(&cli.global, verb).await,
             Verb::Complete { words } => {
                 for c in complete(&cli.global, words).await {

@@ -4,6 +4,7 @@
 
 pub mod debug;
 pub mod explain;
+pub mod inventory;
 pub mod rollout;
 
 use std::path::PathBuf;

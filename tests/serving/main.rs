@@ -19,6 +19,7 @@ mod support {
 mod chart;
 mod e2e_script;
 mod image_inspect;
+mod inventory_html;
 mod router;
 mod webhook_https;
 mod webhook_images;

@@ -18,6 +18,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     // The metric gate of rollouts is tested against a real Prometheus.
     ("prometheus", "prometheus"),
+    // The inventory's HTML report is rendered by a real headless browser.
+    ("chromium", "chromium"),
 ];
 
 pub fn run(cargo_args: &[String]) -> Result<(), String> {
