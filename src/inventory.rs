@@ -241,16 +241,16 @@ fn next_step(w: &Workload, state: State, images: &[ImageEntry], blockers: &[Bloc
 
 /// One entry per workload that is not controlled by another (a Deployment,
 /// not its ReplicaSets and Pods). `facts`: what image inspection found (`None`: it was off).
-pub fn build(
+pub fn build<'a>(
     source: &str,
-    workloads: &[Workload],
+    workloads: impl IntoIterator<Item = &'a Workload>,
     namespaces: &BTreeMap<String, BTreeMap<String, String>>,
     policies: &PolicySet,
     facts: Option<&ImageFacts>,
     now: Timestamp,
 ) -> Inventory {
     let mut by_namespace: BTreeMap<String, Vec<WorkloadEntry>> = BTreeMap::new();
-    for w in workloads.iter().filter(|w| w.owner.is_none()) {
+    for w in workloads.into_iter().filter(|w| w.owner.is_none()) {
         let namespace = w.namespace.clone().unwrap_or_else(|| "default".into());
         let labels = namespaces
             .get(&namespace)

@@ -49,6 +49,13 @@ pub(crate) struct RolloutLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct MigrationLabels {
+    pub(crate) namespace: String,
+    /// done, spec_blocked, not_distroless or unverified.
+    pub(crate) state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabels {
     pub(crate) reason: String,
 }
@@ -68,6 +75,8 @@ pub struct Metrics {
     rollout_phases: Family<RolloutLabels, Gauge>,
     rollbacks: Family<ReasonLabels, Counter>,
     detect: Histogram,
+    /// Workloads per namespace and migration state, from the last audit.
+    migration: Family<MigrationLabels, Gauge>,
     registry: Registry,
 }
 
@@ -130,7 +139,14 @@ impl Default for Metrics {
             "From the start of the failing step to the rollout noticing the failure",
             detect.clone(),
         );
+        let migration = Family::<MigrationLabels, Gauge>::default();
+        registry.register(
+            "workloads",
+            "Workloads not controlled by another, by namespace and migration state (done, spec_blocked, not_distroless, unverified)",
+            migration.clone(),
+        );
         Metrics {
+            migration,
             rollout_phases,
             rollbacks,
             detect,
@@ -209,6 +225,26 @@ impl Metrics {
         self.rollbacks
             .get_or_create(&ReasonLabels { reason: reason.into() })
             .inc();
+    }
+
+    /// The migration state of every workload, replacing the last pass's.
+    pub(crate) fn migration(&self, counts: &[(String, crate::inventory::Counts)]) {
+        self.migration.clear();
+        for (namespace, c) in counts {
+            for (state, n) in [
+                ("done", c.done),
+                ("spec_blocked", c.spec_blocked),
+                ("not_distroless", c.not_distroless),
+                ("unverified", c.unverified),
+            ] {
+                self.migration
+                    .get_or_create(&MigrationLabels {
+                        namespace: namespace.clone(),
+                        state: state.into(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     pub(crate) fn time_to_detect(&self, seconds: f64) {

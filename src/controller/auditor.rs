@@ -36,6 +36,8 @@ pub(crate) struct Plan {
     pub summaries: Vec<(String, AuditSummary)>,
     /// When the next exemption expires (the audit wakes then).
     pub next_expiry: Option<Timestamp>,
+    /// Workloads per namespace and migration state (for the metrics).
+    pub migration: Vec<(String, crate::inventory::Counts)>,
     /// The PolicyReports (per namespace) and the ClusterPolicyReport, when on.
     pub reports: Option<(BTreeMap<String, serde_json::Value>, serde_json::Value)>,
 }
@@ -149,7 +151,7 @@ impl Auditor {
         let facts = self.images.as_ref().map(|k| k.facts());
         // Summaries are computed under the view's lock without copying workloads.
         let with_reports = self.reports;
-        let (mut found, reports): (HashMap<String, (AuditSummary, Vec<PendingEvent>)>, _) =
+        let (mut found, reports, migration): (HashMap<String, (AuditSummary, Vec<PendingEvent>)>, _, _) =
             self.view.with_workloads(|workloads, namespaces| {
                 let outcomes: Vec<_> = set
                     .policies()
@@ -171,6 +173,15 @@ impl Auditor {
                         .collect();
                     reports::build(&views, now)
                 });
+                let inventory = crate::inventory::build(
+                    "",
+                    workloads.values().filter(|o| !o.controlled).map(|o| &o.workload),
+                    &namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    &set,
+                    facts.as_ref(),
+                    now,
+                );
+                let migration = inventory.namespaces.into_iter().map(|n| (n.name, n.counts)).collect();
                 let found = outcomes
                     .into_iter()
                     .map(|(compiled, mut summary, violating, _)| {
@@ -179,10 +190,11 @@ impl Auditor {
                         (compiled.name.clone(), (summary, pending))
                     })
                     .collect();
-                (found, reports)
+                (found, reports, migration)
             });
         let mut plan = Plan {
             reports,
+            migration,
             ..Plan::default()
         };
         for (name, policy) in &policies {
@@ -221,6 +233,7 @@ impl Auditor {
             for (name, summary) in &plan.summaries {
                 m.audit_summary(name, summary);
             }
+            m.migration(&plan.migration);
         }
         let mut ok = true;
         for e in plan.events {

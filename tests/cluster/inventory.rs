@@ -150,6 +150,74 @@ async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_u
     // Five findings here (image-unverified is a warning by default, onError: Warn).
     let findings = cluster["summary"]["fail"].as_u64().unwrap() + cluster["summary"]["warn"].as_u64().unwrap();
     assert!(findings >= 5, "{cluster:#}");
+    // The inventory a platform team reads, from the cluster with the user's
+    // credentials: the same verdicts, with the evidence.
+    let out = crate::plugin::plugin(&[
+        "inventory",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+        "--insecure-registry",
+        &registry.host(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let inv: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = |name: &str| {
+        inv["namespaces"][0]["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(state("distroless")["state"], "done", "{inv:#}");
+    assert_eq!(state("debian")["state"], "notDistroless");
+    assert!(
+        state("debian")["images"][0]["why"]
+            .to_string()
+            .contains("/usr/bin/dash"),
+        "{inv:#}"
+    );
+    assert!(
+        state("debian")["nextStep"]
+            .as_str()
+            .unwrap()
+            .contains("DistrolessRollout"),
+        "{inv:#}"
+    );
+    assert_eq!(state("alpine")["state"], "notDistroless");
+    assert_eq!(state("missing")["state"], "unverified");
+    assert_eq!(inv["totals"]["workloads"], 4);
+    // And the same as a metric for a migration dashboard.
+    let metrics = wait_for("the workloads metric", Duration::from_secs(30), || async {
+        for o in &release.operators {
+            let out = std::process::Command::new("curl")
+                .args(["-sf", &format!("http://{}/metrics", o.health)])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if text.contains(&format!(
+                "distroless_guard_workloads{{namespace=\"{ns}\",state=\"not_distroless\"}} 2"
+            )) {
+                return Some(text);
+            }
+        }
+        None
+    })
+    .await;
+    assert!(
+        metrics.contains(&format!(
+            "distroless_guard_workloads{{namespace=\"{ns}\",state=\"done\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "distroless_guard_workloads{{namespace=\"{ns}\",state=\"unverified\"}} 1"
+    )));
+
     // A deleted workload leaves the report with the next pass.
     kubectl_ok(&["delete", "deployment", "alpine", "-n", &ns]).await;
     wait_for(

@@ -37,7 +37,7 @@ async fn plugin_as(kubeconfig: &Path, args: &[&str]) -> Output {
     output(cmd).await
 }
 
-async fn plugin(args: &[&str]) -> Output {
+pub(crate) async fn plugin(args: &[&str]) -> Output {
     plugin_as(cp().admin_kubeconfig(), args).await
 }
 

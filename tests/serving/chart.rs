@@ -29,7 +29,10 @@ fn value_sets() -> Vec<(&'static str, Case)> {
         ),
         (
             "service monitor",
-            Case::new(json!({"metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prom"}}}})),
+            Case::new(
+                json!({"metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prom"}}},
+                             "grafanaDashboard": {"enabled": true}, "policyReports": {"enabled": false}}),
+            ),
         ),
         (
             "network policy",
@@ -734,6 +737,38 @@ fn optional_objects_appear_only_when_asked_for() {
             values["networkPolicy"]["enabled"] == true,
             "{name}"
         );
+        let dashboards: Vec<&Value> = r
+            .all("ConfigMap")
+            .into_iter()
+            .filter(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
+            .collect();
+        assert_eq!(
+            dashboards.len(),
+            usize::from(values["grafanaDashboard"]["enabled"] == true),
+            "{name}"
+        );
+        for d in dashboards {
+            let dashboard: Value = serde_json::from_str(d["data"]["distroless-guard.json"].as_str().unwrap()).unwrap();
+            let exprs: Vec<String> = dashboard["panels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["targets"][0]["expr"].as_str().unwrap().to_string())
+                .collect();
+            assert!(
+                exprs.iter().any(|e| e.contains("distroless_guard_workloads")),
+                "{exprs:?}"
+            );
+            assert!(
+                exprs.iter().any(|e| e.contains("distroless_guard_rollbacks_total")),
+                "{exprs:?}"
+            );
+        }
+        let reports = values["policyReports"]["enabled"] != false;
+        let args = r.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert_eq!(args.contains("--policy-reports"), reports, "{name}");
+        let rules = r.one("ClusterRole")["rules"].to_string();
+        assert_eq!(rules.contains("policyreports"), reports, "{name}");
         assert_eq!(
             has("DistrolessPolicy"),
             values["defaultPolicy"]["enabled"] == true,
