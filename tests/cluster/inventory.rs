@@ -269,3 +269,91 @@ async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_u
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+#[tokio::test]
+async fn a_thousand_workloads_over_fifty_images_read_each_image_once() {
+    use crate::registry::CountingFront;
+    use futures_util::StreamExt;
+    let registry = TestRegistry::start();
+    let front = CountingFront::start(registry.addr).await;
+    let release = Release::install_inspecting("distroless-guard-once", &front.host()).await;
+    let ns = release.namespace("once", &[]).await;
+    // Fifty distinct images (pushed straight to the registry, not through the front).
+    for i in 0..50 {
+        let layer = Layer::new().file("app", format!("ELF {i}").as_bytes()).tar();
+        push(
+            &registry.image(&format!("once/app{i}:1")),
+            &Image::new(vec![Blob::layer(layer, Compression::Gzip)]).user("65532"),
+        )
+        .await;
+    }
+    // A thousand suspended CronJobs (audited, no pods), twenty per image,
+    // created before any policy: admission reads no image, only the audit does.
+    let client = client().await;
+    let cronjobs: kube::Api<k8s_openapi::api::batch::v1::CronJob> = kube::Api::namespaced(client, &ns);
+    futures_util::stream::iter(0..1000)
+        .map(|i| {
+            let cronjobs = cronjobs.clone();
+            let image = format!("{}/once/app{}:1", front.host(), i % 50);
+            async move {
+                let cj = serde_json::from_value(json!({"metadata": {"name": format!("job-{i}")},
+                    "spec": {"schedule": "@yearly", "suspend": true, "jobTemplate": {"spec": {"template": {"spec": {
+                        "restartPolicy": "Never", "securityContext": {"runAsNonRoot": true, "runAsUser": 65532},
+                        "containers": [{"name": "c", "image": image}]}}}}}}))
+                .unwrap();
+                cronjobs.create(&Default::default(), &cj).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    assert!(front.requests().is_empty(), "{:?}", front.requests());
+    let name = testcluster::unique("once-audit");
+    create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
+    let audit = wait_for(
+        "fifty images read for a thousand workloads",
+        Duration::from_secs(120),
+        || async {
+            let p = get_json(&["distrolesspolicy", &name]).await?;
+            let a = p.pointer("/status/audit")?.clone();
+            (a["matched"] == 1000 && a["images"]["distroless"] == 50 && a["images"]["pending"] == 0).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(audit["compliant"], 1000, "{audit:#}");
+    let per_image = |requests: &[String]| {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for r in requests {
+            if let Some(repo) = r
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.strip_prefix("/v2/once/"))
+                .and_then(|p| p.split('/').next())
+            {
+                *counts.entry(repo.to_string()).or_default() += 1;
+            }
+        }
+        counts
+    };
+    let first = front.requests();
+    let counts = per_image(&first);
+    assert_eq!(counts.len(), 50, "{counts:?}");
+    // One inspection of a one-layer image: the tag, the manifest, the config, the layer.
+    assert!(counts.values().all(|n| *n == counts["app0"] && *n <= 4), "{counts:?}");
+    // More audit passes within the refresh interval read nothing again. (The
+    // passes are caused by namespace label changes: workload updates would go
+    // through admission, which reads images on its own.)
+    for i in 0..5 {
+        kubectl_ok(&["label", "namespace", &ns, &format!("touched={i}"), "--overwrite"]).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        front.requests().len(),
+        first.len(),
+        "an image was read again within the refresh interval"
+    );
+    delete_policy(&name).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}

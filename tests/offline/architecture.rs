@@ -173,7 +173,10 @@ fn modules_depend_one_way_and_nothing_imports_the_cli() {
     // The kubectl plugin's library: the engine, images and rollout hints, never the server side.
     below("kubectl", &["webhook", "operator", "cli"]);
     // The inventory is pure: the engine and image reports in, a report out.
-    below("inventory", &["admission", "webhook", "controller", "operator", "cli", "kubectl"]);
+    below(
+        "inventory",
+        &["admission", "webhook", "controller", "operator", "cli", "kubectl"],
+    );
 }
 
 #[test]

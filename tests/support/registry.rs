@@ -343,3 +343,68 @@ pub async fn push_index(reference: &str, images: &[Image]) -> String {
         .await
         .0
 }
+
+/// A front that forwards to a registry and records the request line
+/// (`GET /v2/...`) of every request it passes, to count what a client asks.
+pub struct CountingFront {
+    pub addr: SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[allow(dead_code)]
+impl CountingFront {
+    /// Starts on a free port in front of `upstream` (needs a tokio runtime).
+    pub async fn start(upstream: SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, mut out_write) = outbound.into_split();
+                    let back = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+                    });
+                    // Registry reads have no body: every head ends a request.
+                    let mut pending = Vec::new();
+                    let mut buf = vec![0u8; 16384];
+                    loop {
+                        let n = match in_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                            if let Some(line) = head.lines().next() {
+                                seen.lock().unwrap().push(line.to_string());
+                            }
+                            pending.drain(..end + 4);
+                        }
+                        if out_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    back.abort();
+                });
+            }
+        });
+        CountingFront { addr, requests }
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The request lines so far (`GET /v2/team/app/manifests/1 HTTP/1.1`).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
