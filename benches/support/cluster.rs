@@ -25,7 +25,13 @@ where
 }
 
 /// The chart, one replica, logs as text.
+#[allow(dead_code)]
 pub async fn install(cp: &'static ControlPlane) -> testcluster::release::Release {
+    install_with(cp, &[]).await
+}
+
+/// As [`install`], with more `--set` values.
+pub async fn install_with(cp: &'static ControlPlane, sets: &[String]) -> testcluster::release::Release {
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/distroless-guard");
     testcluster::release::Release::install(
         cp,
@@ -33,12 +39,11 @@ pub async fn install(cp: &'static ControlPlane) -> testcluster::release::Release
             name: "distroless-guard",
             chart: &chart,
             binary: Path::new(env!("CARGO_BIN_EXE_distroless-guard")),
-            helm_args: vec![
-                "--set".into(),
-                "replicaCount=1".into(),
-                "--set".into(),
-                "logging.format=text".into(),
-            ],
+            helm_args: ["replicaCount=1".to_string(), "logging.format=text".to_string()]
+                .iter()
+                .chain(sets)
+                .flat_map(|s| ["--set".to_string(), s.clone()])
+                .collect(),
             extra_args: Vec::new(),
             env: Vec::new(),
             api_server: None,

@@ -119,8 +119,16 @@ impl Auditor {
                     None => std::future::pending().await,
                 }
             };
+            let images = self.images.clone();
+            let learned = async move {
+                match images {
+                    Some(k) => k.updated.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.view.changed.notified() => {}
+                _ = learned => {}
                 _ = self.leader.changed() => {
                     // A new term: what the last one wrote may have been overwritten.
                     self.written.clear();
@@ -132,7 +140,11 @@ impl Auditor {
             if !*self.leader.borrow() || !self.view.synced() {
                 continue;
             }
+            let started = std::time::Instant::now();
             let plan = self.plan(Timestamp::now());
+            if let Some(m) = &self.metrics {
+                m.audit_evaluation(started.elapsed().as_secs_f64());
+            }
             next_expiry = plan.next_expiry;
             let ok = self.write(plan).await;
             if let Some(m) = &self.metrics {

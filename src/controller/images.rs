@@ -59,6 +59,8 @@ pub struct ImageKnowledge {
     read_at: RwLock<HashMap<String, Instant>>,
     /// Images wanted and not read yet.
     pending: RwLock<usize>,
+    /// Signalled when a verdict is stored (a permit is kept when nobody waits).
+    pub(crate) updated: tokio::sync::Notify,
 }
 
 impl ImageKnowledge {
@@ -161,12 +163,11 @@ impl ImageAudit {
                 let learned = self.pass(&limit).await;
                 if learned > 0 {
                     info!(images = learned, "image verdicts for the audit");
-                    self.view.changed.notify_waiters();
                 }
             }
             let tick = tokio::time::sleep(self.config.refresh.min(Duration::from_secs(60)));
             tokio::select! {
-                _ = self.view.changed.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ = self.view.images_changed.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
                 _ = self.leader.changed() => {}
                 _ = tick => {}
             }
@@ -217,8 +218,11 @@ impl ImageAudit {
                 // Stored as it comes: a slow registry does not hold the others back.
                 self.knowledge.facts.write().insert(w.image.clone(), status);
                 self.knowledge.read_at.write().insert(w.image.clone(), Instant::now());
-                let mut pending = self.knowledge.pending.write();
-                *pending = pending.saturating_sub(1);
+                {
+                    let mut pending = self.knowledge.pending.write();
+                    *pending = pending.saturating_sub(1);
+                }
+                self.knowledge.updated.notify_one();
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .count()

@@ -37,6 +37,8 @@ pub struct ClusterView {
     policies: Mutex<BTreeMap<String, DistrolessPolicy>>,
     /// Something changed: the audit should run again.
     pub changed: Notify,
+    /// The same, for the audit's image reader (each waiter has its own permit).
+    pub images_changed: Notify,
     synced: Mutex<std::collections::HashSet<Feed>>,
     ready: watch::Sender<bool>,
 }
@@ -48,6 +50,7 @@ impl Default for ClusterView {
             namespaces: RwLock::default(),
             policies: Mutex::default(),
             changed: Notify::new(),
+            images_changed: Notify::new(),
             synced: Mutex::default(),
             ready: watch::Sender::new(false),
         }
@@ -56,6 +59,12 @@ impl Default for ClusterView {
 
 impl ClusterView {
     /// Whether every feed has listed once.
+    /// Wakes whoever waits for changes.
+    fn touched(&self) {
+        self.changed.notify_one();
+        self.images_changed.notify_one();
+    }
+
     pub fn synced(&self) -> bool {
         *self.ready.borrow()
     }
@@ -97,12 +106,12 @@ impl ClusterView {
 
     pub fn apply_workload(&self, key: Key, object: AuditObject) {
         self.workloads.lock().insert(key, object);
-        self.changed.notify_one();
+        self.touched();
     }
 
     pub fn delete_workload(&self, key: &Key) {
         self.workloads.lock().remove(key);
-        self.changed.notify_one();
+        self.touched();
     }
 
     /// Replaces every workload of `kind` with a fresh list.
@@ -112,7 +121,7 @@ impl ClusterView {
         all.extend(fresh);
         drop(all);
         self.mark_synced(Feed::Workloads(kind));
-        self.changed.notify_one();
+        self.touched();
     }
 
     // Namespaces: their labels, plus `kubernetes.io/metadata.name`.
@@ -121,12 +130,12 @@ impl ClusterView {
         let mut all = namespace_name_labels(name);
         all.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.namespaces.write().insert(name.to_string(), all);
-        self.changed.notify_one();
+        self.touched();
     }
 
     pub fn delete_namespace(&self, name: &str) {
         self.namespaces.write().remove(name);
-        self.changed.notify_one();
+        self.touched();
     }
 
     pub fn reset_namespaces(&self, fresh: Vec<(String, BTreeMap<String, String>)>) {
@@ -140,7 +149,7 @@ impl ClusterView {
             .collect();
         *self.namespaces.write() = all;
         self.mark_synced(Feed::Namespaces);
-        self.changed.notify_one();
+        self.touched();
     }
 
     // Policies.
@@ -148,12 +157,12 @@ impl ClusterView {
     pub fn apply_policy(&self, policy: DistrolessPolicy) {
         let name = policy.metadata.name.clone().unwrap_or_default();
         self.policies.lock().insert(name, policy);
-        self.changed.notify_one();
+        self.touched();
     }
 
     pub fn delete_policy(&self, name: &str) {
         self.policies.lock().remove(name);
-        self.changed.notify_one();
+        self.touched();
     }
 
     pub fn reset_policies(&self, fresh: Vec<DistrolessPolicy>) {
@@ -162,7 +171,7 @@ impl ClusterView {
             .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
             .collect();
         self.mark_synced(Feed::Policies);
-        self.changed.notify_one();
+        self.touched();
     }
 
     fn owner_now(&self, namespace: &str, owner: &Owner) -> Option<Workload> {

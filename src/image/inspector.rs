@@ -247,7 +247,7 @@ impl Inspector {
         image: &str,
         reference: &Reference,
         session: &Session,
-    ) -> Result<ManifestDoc, ImageError> {
+    ) -> Result<(ManifestDoc, String), ImageError> {
         registry::fetch_manifest(
             image,
             reference,
@@ -286,13 +286,28 @@ impl Inspector {
     ) -> Result<Vec<Arc<ImageReport>>, ImageError> {
         let reference = reference::parse(image)?;
         let session = self.session_for(&reference, extra);
-        let digest = self.resolve_digest(image, &reference, &session).await?;
+        // A tag not seen lately: one GET of its manifest both resolves the
+        // digest and serves the inspection (no HEAD first).
+        let known = reference
+            .digest()
+            .map(str::to_string)
+            .or_else(|| self.tags.lock().get(&reference.whole(), Instant::now()));
+        let (digest, prefetched) = match known {
+            Some(d) => (d, None),
+            None => {
+                let (doc, digest) = self.fetch_manifest(image, &reference, &session).await?;
+                self.tags
+                    .lock()
+                    .insert(reference.whole(), digest.clone(), Instant::now());
+                (digest, Some(doc))
+            }
+        };
         tracing::Span::current().record("digest", digest.as_str());
         if let Some(hit) = self.cached(image, &digest, platform) {
             return Ok(hit);
         }
         let reports = self
-            .inspect_digest(image, &reference, &session, &digest, platform)
+            .inspect_digest(image, &reference, &session, &digest, platform, prefetched)
             .await?;
         let digests: Vec<String> = reports.iter().map(|r| r.digest.clone()).collect();
         let weight = digests.iter().map(|d| d.len() + 24).sum::<usize>() + digest.len() + 64;
@@ -309,9 +324,15 @@ impl Inspector {
         session: &Session,
         digest: &str,
         platform: &Platform,
+        prefetched: Option<ManifestDoc>,
     ) -> Result<Vec<Arc<ImageReport>>, ImageError> {
-        let pinned = reference.clone_with_digest(digest.to_string());
-        let manifest = self.fetch_manifest(image, &pinned, session).await?;
+        let manifest = match prefetched {
+            Some(m) => m,
+            None => {
+                let pinned = reference.clone_with_digest(digest.to_string());
+                self.fetch_manifest(image, &pinned, session).await?.0
+            }
+        };
         if !manifest.is_index() {
             let report = self
                 .inspect_manifest(image, reference, session, digest, manifest, None)
@@ -340,7 +361,7 @@ impl Inspector {
         let mut reports = Vec::new();
         for entry in chosen.into_iter().filter(|d| manifest::is_image_manifest(d)) {
             let platform_ref = reference.clone_with_digest(entry.digest.clone());
-            let platform_manifest = self.fetch_manifest(image, &platform_ref, session).await?;
+            let (platform_manifest, _) = self.fetch_manifest(image, &platform_ref, session).await?;
             let name = entry.platform.as_ref().map(manifest::PlatformSpec::name);
             reports.push(
                 self.inspect_manifest(image, reference, session, &entry.digest, platform_manifest, name)

@@ -49,15 +49,15 @@ pub(super) async fn resolve_digest(
         .map_err(|e| classify(image, e))
 }
 
-/// A manifest or index, refused above `limit` bytes.
+/// A manifest or index and its digest, refused above `limit` bytes.
 pub(super) async fn fetch_manifest(
     image: &str,
     reference: &Reference,
     session: &Session,
     limit: usize,
     fetched: &AtomicU64,
-) -> Result<ManifestDoc, ImageError> {
-    let (bytes, _) = session
+) -> Result<(ManifestDoc, String), ImageError> {
+    let (bytes, digest) = session
         .client
         .pull_manifest_raw(reference, &session.auth, ACCEPTED)
         .await
@@ -69,10 +69,11 @@ pub(super) async fn fetch_manifest(
             reason: format!("manifest of {} bytes (limit {limit})", bytes.len()),
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| ImageError::Malformed {
+    let doc = serde_json::from_slice(&bytes).map_err(|e| ImageError::Malformed {
         image: image.into(),
         reason: format!("manifest: {e}"),
-    })
+    })?;
+    Ok((doc, digest))
 }
 
 /// An image config, refused when its descriptor says it is above `limit` bytes.

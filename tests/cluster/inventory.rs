@@ -338,8 +338,8 @@ async fn a_thousand_workloads_over_fifty_images_read_each_image_once() {
     let first = front.requests();
     let counts = per_image(&first);
     assert_eq!(counts.len(), 50, "{counts:?}");
-    // One inspection of a one-layer image: the tag, the manifest, the config, the layer.
-    assert!(counts.values().all(|n| *n == counts["app0"] && *n <= 4), "{counts:?}");
+    // One inspection of a one-layer image: the manifest (by tag), the config, the layer.
+    assert!(counts.values().all(|n| *n == 3), "{counts:?}");
     // More audit passes within the refresh interval read nothing again. (The
     // passes are caused by namespace label changes: workload updates would go
     // through admission, which reads images on its own.)

@@ -154,6 +154,16 @@ pub(crate) fn failing_to_create(rs: &ReplicaSet) -> bool {
     })
 }
 
+/// Whether our field manager applied the container images of the Deployment
+/// (a promotion patch, or a restore).
+pub(crate) fn images_applied_by_us(d: &Deployment) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(crate::controller::FIELD_MANAGER)
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1.as_ref().is_some_and(|f| f.0.to_string().contains("\"f:image\""))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +223,19 @@ mod tests {
                 prop_assert!(2 * achieved.abs_diff(w) <= w);
             }
         }
+    }
+
+    #[test]
+    fn our_image_patch_is_recognised_from_the_managed_fields() {
+        let d = |manager: &str, operation: &str| -> Deployment {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "web", "managedFields": [{
+                "manager": manager, "operation": operation, "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {".": {}, "f:image": {}, "f:name": {}}}}}}}}]},
+                "spec": {"selector": {}, "template": {}}}))
+            .unwrap()
+        };
+        assert!(images_applied_by_us(&d("distroless-guard", "Apply")));
+        assert!(!images_applied_by_us(&d("argocd-controller", "Apply")));
+        assert!(!images_applied_by_us(&d("distroless-guard", "Update")));
     }
 }

@@ -224,6 +224,15 @@ async fn reconcile(rollout: Arc<DistrolessRollout>, ctx: Arc<Context>) -> Result
     let name = rollout.name_any();
     let span = info_span!("reconcile", rollout = %name, namespace = %ns);
     async move {
+        // The latest rollout, not the watch cache's: a reconcile right after our
+        // own status write must not plan from (and write back) the status before it.
+        let Some(rollout) = Api::<DistrolessRollout>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&name)
+            .await
+            .map_err(kerr("reading the rollout"))?
+        else {
+            return Ok(Requeue::await_change());
+        };
         let snap = snapshot(&rollout, &ctx.client).await?;
         let now = Timestamp::now();
         let plan = plan::plan(&Observed {

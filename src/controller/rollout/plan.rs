@@ -315,6 +315,11 @@ impl<'a> Planner<'a> {
         }
         let distroless = self.distroless();
         let template_distroless = distroless.iter().all(|(n, i)| images.get(n) == Some(i));
+        // Our own promotion patch, even when the status that says so has not
+        // reached this replica's cache yet: the image fields are ours.
+        if template_distroless && !self.st.deployment_patched && canary::images_applied_by_us(d) {
+            self.st.deployment_patched = true;
+        }
         // The Deployment moved to other standard images (a new release in Git):
         // they are what a rollback goes back to.
         if !template_distroless && !self.st.deployment_patched {
