@@ -29,6 +29,32 @@ impl AuditObject {
     pub fn namespace(&self) -> &str {
         self.workload.namespace.as_deref().unwrap_or("default")
     }
+
+    /// The engine's view of it, in a namespace with these labels.
+    pub(crate) fn subject<'a>(
+        &'a self,
+        labels: &'a BTreeMap<String, String>,
+        images: Option<&'a ImageFacts>,
+    ) -> Subject<'a> {
+        Subject {
+            workload: &self.workload,
+            namespace: self.namespace(),
+            namespace_labels: labels,
+            scope: Scope::Full,
+            images,
+        }
+    }
+}
+
+/// A namespace's labels as watched, or the ones every namespace has when it is not known yet.
+pub(crate) fn labels_of<'a>(
+    namespaces: &'a HashMap<String, BTreeMap<String, String>>,
+    namespace: &str,
+) -> std::borrow::Cow<'a, BTreeMap<String, String>> {
+    match namespaces.get(namespace) {
+        Some(l) => std::borrow::Cow::Borrowed(l),
+        None => std::borrow::Cow::Owned(namespace_name_labels(namespace)),
+    }
 }
 
 /// One violating workload, with the violations (for events).
@@ -56,21 +82,8 @@ pub(crate) fn summarize<'a>(
     let mut seen_images: BTreeMap<&str, ImageState> = BTreeMap::new();
     for object in objects.into_iter().filter(|o| !o.controlled) {
         let namespace = object.namespace();
-        let fallback;
-        let labels = match namespaces.get(namespace) {
-            Some(l) => l,
-            None => {
-                fallback = namespace_name_labels(namespace);
-                &fallback
-            }
-        };
-        let subject = Subject {
-            workload: &object.workload,
-            namespace,
-            namespace_labels: labels,
-            scope: Scope::Full,
-            images,
-        };
+        let labels = labels_of(namespaces, namespace);
+        let subject = object.subject(&labels, images);
         let verdict = policy::evaluate(&single, &subject, now);
         if verdict.matched.is_empty() {
             continue;

@@ -18,7 +18,7 @@ use super::status;
 use super::view::ClusterView;
 use crate::admission::PullSecrets;
 use crate::image::{Inspector, Platform};
-use crate::policy::{self, ImageFacts, ImageStatus, Scope, Subject, namespace_name_labels};
+use crate::policy::{self, ImageFacts, ImageStatus};
 
 /// How the audit reads images.
 #[derive(Clone, Debug)]
@@ -91,21 +91,8 @@ fn wanted(view: &ClusterView) -> Vec<Wanted> {
     view.with_workloads(|workloads, namespaces| {
         for object in workloads.values().filter(|o| !o.controlled) {
             let namespace = object.namespace();
-            let fallback;
-            let labels = match namespaces.get(namespace) {
-                Some(l) => l,
-                None => {
-                    fallback = namespace_name_labels(namespace);
-                    &fallback
-                }
-            };
-            let subject = Subject {
-                workload: &object.workload,
-                namespace,
-                namespace_labels: labels,
-                scope: Scope::Full,
-                images: None,
-            };
+            let labels = super::audit::labels_of(namespaces, namespace);
+            let subject = object.subject(&labels, None);
             let Some(plan) = policy::inspection_plan(&set, &subject) else {
                 continue;
             };
