@@ -62,6 +62,9 @@ pub(super) struct RunArgs {
     /// With --inspect-images: how often the audit reads each running image again, in seconds.
     #[arg(long, default_value_t = 3600)]
     audit_image_refresh_seconds: u64,
+    /// With --inspect-images: how long the audit waits for one image before it counts as unverified.
+    #[arg(long, default_value_t = 30)]
+    audit_image_timeout_seconds: u64,
     /// With --inspect-images: images the audit reads at once.
     #[arg(long, default_value_t = 4)]
     audit_image_concurrency: usize,
@@ -106,6 +109,7 @@ impl RunArgs {
                 concurrency: self.audit_image_concurrency.max(1),
                 per_registry_per_second: self.audit_registry_rate,
                 refresh: Duration::from_secs(self.audit_image_refresh_seconds.max(1)),
+                timeout: Duration::from_secs(self.audit_image_timeout_seconds.max(1)),
             },
             policy_reports: self.policy_reports,
         })

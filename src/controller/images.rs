@@ -29,6 +29,8 @@ pub struct ImageAuditConfig {
     pub per_registry_per_second: f64,
     /// How long a verdict stands before the image is read again (a tag may move).
     pub refresh: Duration,
+    /// How long one image may take before it counts as unverified.
+    pub timeout: Duration,
 }
 
 impl Default for ImageAuditConfig {
@@ -37,6 +39,7 @@ impl Default for ImageAuditConfig {
             concurrency: 4,
             per_registry_per_second: 10.0,
             refresh: Duration::from_secs(3600),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -84,7 +87,7 @@ fn registry_of(image: &str) -> String {
 }
 
 /// The images the policies in force want inspected, over the audited workloads.
-fn wanted(view: &ClusterView) -> Vec<Wanted> {
+fn wanted(view: &ClusterView, timeout: Duration) -> Vec<Wanted> {
     let policies = view.policies();
     let (set, _) = status::compile_all(&policies);
     let mut out: BTreeMap<String, Wanted> = BTreeMap::new();
@@ -102,8 +105,8 @@ fn wanted(view: &ClusterView) -> Vec<Wanted> {
                     platform: plan.platform.clone(),
                     namespace: namespace.to_string(),
                     secrets: object.workload.spec.pull_secret_names(),
-                    // Not on an admission path: a slow registry gets longer than a webhook call.
-                    timeout_ms: plan.timeout.max(Duration::from_secs(30)).as_millis(),
+                    // Not on an admission path: its own deadline, not the webhook's.
+                    timeout_ms: timeout.as_millis(),
                 });
             }
         }
@@ -164,7 +167,7 @@ impl ImageAudit {
     /// One pass: reads every wanted image without a fresh verdict; forgets
     /// images no longer wanted. Returns how many verdicts it stored.
     async fn pass(&self, limit: &RateLimit) -> usize {
-        let wanted = wanted(&self.view);
+        let wanted = wanted(&self.view, self.config.timeout);
         let due: Vec<Wanted> = {
             let read_at = self.knowledge.read_at.read();
             wanted

@@ -357,3 +357,72 @@ async fn a_thousand_workloads_over_fifty_images_read_each_image_once() {
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+#[tokio::test]
+async fn a_registry_that_never_answers_makes_its_images_unverified_without_holding_up_the_audit() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let release = Release::install(
+        "distroless-guard-slow",
+        &[
+            "--set",
+            "imageInspection.enabled=true",
+            "--set",
+            &format!("imageInspection.insecureRegistries={{{host},{silent}}}"),
+            "--set",
+            "imageInspection.auditTimeoutSeconds=3",
+        ],
+    )
+    .await;
+    let ns = release.namespace("slow", &[]).await;
+    let [distroless, ..] = push_images(&registry, &ns).await;
+    let stuck = format!("{silent}/{ns}/stuck:1");
+    for (name, image) in [("stuck", &stuck), ("fine", &distroless)] {
+        let out = kubectl_stdin(&["apply", "-f", "-"], &deployment(&ns, name, image).to_string()).await;
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    let name = testcluster::unique("slow-audit");
+    create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
+    // The readable image is judged while the other one still hangs.
+    wait_for("the readable image judged", Duration::from_secs(30), || async {
+        let p = get_json(&["distrolesspolicy", &name]).await?;
+        (p.pointer("/status/audit/images/distroless")? == 1).then_some(())
+    })
+    .await;
+    let audit = wait_for(
+        "the silent registry's image unverified",
+        Duration::from_secs(60),
+        || async {
+            let p = get_json(&["distrolesspolicy", &name]).await?;
+            (p.pointer("/status/audit/images/unverified")? == 1).then(|| p["status"]["audit"].clone())
+        },
+    )
+    .await;
+    assert_eq!(
+        (
+            audit["images"]["pending"].clone(),
+            audit["byRule"]["image-unverified"].clone()
+        ),
+        (json!(0), json!(1)),
+        "{audit:#}"
+    );
+    // The audit still follows changes.
+    kubectl_ok(&["delete", "deployment", "fine", "-n", &ns]).await;
+    wait_for("the audit to follow a deletion", Duration::from_secs(30), || async {
+        let p = get_json(&["distrolesspolicy", &name]).await?;
+        (p.pointer("/status/audit/matched")? == 1).then_some(())
+    })
+    .await;
+    delete_policy(&name).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}

@@ -160,7 +160,9 @@ pub(crate) fn images_applied_by_us(d: &Deployment) -> bool {
     d.metadata.managed_fields.iter().flatten().any(|m| {
         m.manager.as_deref() == Some(crate::controller::FIELD_MANAGER)
             && m.operation.as_deref() == Some("Apply")
-            && m.fields_v1.as_ref().is_some_and(|f| f.0.to_string().contains("\"f:image\""))
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.to_string().contains("\"f:image\""))
     })
 }
 
