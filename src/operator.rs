@@ -47,8 +47,8 @@ pub struct OperatorConfig {
     pub images: Option<InspectorConfig>,
     /// How the audit reads the images of what runs (with `images`).
     pub image_audit: crate::controller::images::ImageAuditConfig,
-    /// Write the audit as PolicyReports (when the cluster has their CRD).
-    pub policy_reports: bool,
+    /// Write the audit as PolicyReports with this name (when the cluster has their CRD).
+    pub policy_reports: Option<String>,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -261,10 +261,10 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
 
     let mut auditor = Auditor::new(client.clone(), view.clone(), leading.clone(), &config.identity)
         .with_metrics(state.metrics.clone());
-    if config.policy_reports {
+    if let Some(report_name) = config.policy_reports.clone() {
         match client.list_api_group_resources("wgpolicyk8s.io/v1alpha2").await {
             Ok(list) if list.resources.iter().any(|r| r.name == "policyreports") => {
-                auditor = auditor.with_policy_reports();
+                auditor = auditor.with_policy_reports(report_name);
                 info!("the audit is written as PolicyReports too");
             }
             _ => warn!(

@@ -74,6 +74,9 @@ pub(super) struct RunArgs {
     /// Write the audit as PolicyReports (wgpolicyk8s.io/v1alpha2) when the cluster has the CRD.
     #[arg(long)]
     policy_reports: bool,
+    /// The name of the PolicyReports and the ClusterPolicyReport (one per installation).
+    #[arg(long, default_value = crate::controller::REPORT_NAME)]
+    report_name: String,
 }
 
 impl RunArgs {
@@ -111,7 +114,7 @@ impl RunArgs {
                 refresh: Duration::from_secs(self.audit_image_refresh_seconds.max(1)),
                 timeout: Duration::from_secs(self.audit_image_timeout_seconds.max(1)),
             },
-            policy_reports: self.policy_reports,
+            policy_reports: self.policy_reports.then(|| self.report_name.clone()),
         })
     }
 }

@@ -55,8 +55,8 @@ pub(crate) struct Auditor {
     events: EventLog,
     /// What the image audit learned, when the operator reads images.
     images: Option<Arc<ImageKnowledge>>,
-    /// Whether PolicyReports are written.
-    reports: bool,
+    /// The name of the PolicyReports written, when they are.
+    reports: Option<String>,
     /// Namespace (`""` for the ClusterPolicyReport) -> fingerprint of the report
     /// this term wrote; `None` until the first write of a term has listed them.
     written_reports: Option<HashMap<String, String>>,
@@ -83,14 +83,14 @@ impl Auditor {
             written: HashMap::new(),
             events: EventLog::default(),
             images: None,
-            reports: false,
+            reports: None,
             written_reports: None,
         }
     }
 
-    /// Writes the audit as PolicyReports too.
-    pub(crate) fn with_policy_reports(mut self) -> Self {
-        self.reports = true;
+    /// Writes the audit as PolicyReports too, named `name`.
+    pub(crate) fn with_policy_reports(mut self, name: String) -> Self {
+        self.reports = Some(name);
         self
     }
 
@@ -162,7 +162,7 @@ impl Auditor {
         let events = &mut self.events;
         let facts = self.images.as_ref().map(|k| k.facts());
         // Summaries are computed under the view's lock without copying workloads.
-        let with_reports = self.reports;
+        let with_reports = self.reports.clone();
         let (mut found, reports, migration): (HashMap<String, (AuditSummary, Vec<PendingEvent>)>, _, _) =
             self.view.with_workloads(|workloads, namespaces| {
                 let outcomes: Vec<_> = set
@@ -174,7 +174,7 @@ impl Auditor {
                         (compiled, summary, violating, compliant)
                     })
                     .collect();
-                let reports = with_reports.then(|| {
+                let reports = with_reports.map(|report_name| {
                     let views: Vec<reports::PolicyOutcome<'_>> = outcomes
                         .iter()
                         .map(|(c, _, violating, compliant)| reports::PolicyOutcome {
@@ -183,7 +183,7 @@ impl Auditor {
                             compliant,
                         })
                         .collect();
-                    reports::build(&views, now)
+                    reports::build(&report_name, &views, now)
                 });
                 let inventory = crate::inventory::build(
                     "",
@@ -301,6 +301,7 @@ impl Auditor {
         namespaced: BTreeMap<String, serde_json::Value>,
         cluster: serde_json::Value,
     ) -> bool {
+        let name = self.reports.clone().unwrap_or_else(|| reports::REPORT_NAME.to_string());
         let gvk = |kind: &str| GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", kind);
         let report = ApiResource::from_gvk_with_plural(&gvk("PolicyReport"), "policyreports");
         let cluster_report = ApiResource::from_gvk_with_plural(&gvk("ClusterPolicyReport"), "clusterpolicyreports");
@@ -309,7 +310,10 @@ impl Auditor {
             // First write of this term: whatever reports of ours exist are candidates for deletion.
             let selector = format!("{}={}", reports::MANAGED_BY.0, reports::MANAGED_BY.1);
             let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &report);
-            match all.list_metadata(&ListParams::default().labels(&selector)).await {
+            let ours = ListParams::default()
+                .labels(&selector)
+                .fields(&format!("metadata.name={name}"));
+            match all.list_metadata(&ours).await {
                 Ok(list) => {
                     let known = list
                         .items
@@ -336,7 +340,7 @@ impl Auditor {
                 continue;
             }
             let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &report);
-            match api.patch(reports::REPORT_NAME, &params, &Patch::Apply(body)).await {
+            match api.patch(&name, &params, &Patch::Apply(body)).await {
                 Ok(_) => {
                     written.insert(namespace.clone(), fingerprint);
                 }
@@ -353,7 +357,7 @@ impl Auditor {
             .collect();
         for namespace in stale {
             let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &report);
-            match api.delete(reports::REPORT_NAME, &Default::default()).await {
+            match api.delete(&name, &Default::default()).await {
                 Ok(_) => {
                     written.remove(&namespace);
                 }
@@ -369,7 +373,7 @@ impl Auditor {
         let fingerprint = reports::fingerprint(&cluster);
         if written.get("") != Some(&fingerprint) && *self.leader.borrow() {
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &cluster_report);
-            match api.patch(reports::REPORT_NAME, &params, &Patch::Apply(&cluster)).await {
+            match api.patch(&name, &params, &Patch::Apply(&cluster)).await {
                 Ok(_) => {
                     written.insert(String::new(), fingerprint);
                 }

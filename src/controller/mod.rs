@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use kube::api::ApiResource;
 
 pub(crate) use auditor::Auditor;
+pub use reports::REPORT_NAME;
 pub use view::ClusterView;
 
 /// What a container failure most likely means for a distroless image, and the fix.

@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use super::audit::{AuditObject, Violating};
 use crate::api::{Action, RuleId};
 
-/// The name of every report we write.
-pub(crate) const REPORT_NAME: &str = "distroless-guard";
+/// The name of every report we write, unless the operator is told another
+/// (the chart gives its release's name, so two installations never share one).
+pub const REPORT_NAME: &str = "distroless-guard";
 /// The label that marks them as ours.
 pub(crate) const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "distroless-guard");
 /// Results kept per report (the API server's object size limit is far above).
@@ -47,7 +48,7 @@ fn resource(o: &AuditObject) -> Value {
 }
 
 /// The desired reports: namespace -> its PolicyReport, and the ClusterPolicyReport.
-pub(crate) fn build(outcomes: &[PolicyOutcome<'_>], now: Timestamp) -> (BTreeMap<String, Value>, Value) {
+pub(crate) fn build(name: &str, outcomes: &[PolicyOutcome<'_>], now: Timestamp) -> (BTreeMap<String, Value>, Value) {
     let timestamp = json!({"seconds": now.as_second(), "nanos": 0});
     let mut results: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for o in outcomes {
@@ -139,7 +140,7 @@ pub(crate) fn build(outcomes: &[PolicyOutcome<'_>], now: Timestamp) -> (BTreeMap
             json!({
                 "apiVersion": "wgpolicyk8s.io/v1alpha2",
                 "kind": "PolicyReport",
-                "metadata": {"name": REPORT_NAME, "namespace": namespace,
+                "metadata": {"name": name, "namespace": namespace,
                              "labels": {MANAGED_BY.0: MANAGED_BY.1}, "annotations": annotations},
                 "summary": summary,
                 "results": list,
@@ -152,7 +153,7 @@ pub(crate) fn build(outcomes: &[PolicyOutcome<'_>], now: Timestamp) -> (BTreeMap
     let cluster = json!({
         "apiVersion": "wgpolicyk8s.io/v1alpha2",
         "kind": "ClusterPolicyReport",
-        "metadata": {"name": REPORT_NAME, "labels": {MANAGED_BY.0: MANAGED_BY.1},
+        "metadata": {"name": name, "labels": {MANAGED_BY.0: MANAGED_BY.1},
                      "annotations": {"distrolessguard.dev/namespaces": reports.len().to_string()}},
         "summary": totals,
         "results": [],
@@ -218,6 +219,7 @@ mod tests {
         ];
         let compliant = vec![&db];
         let (reports, cluster) = build(
+            REPORT_NAME,
             &[PolicyOutcome {
                 policy: "p",
                 violating: &violating,
@@ -253,6 +255,7 @@ mod tests {
         );
         // The same findings later: the same report but for its timestamps.
         let (again, _) = build(
+            REPORT_NAME,
             &[PolicyOutcome {
                 policy: "p",
                 violating: &violating,
@@ -269,6 +272,7 @@ mod tests {
         let objects: Vec<AuditObject> = (0..MAX_RESULTS + 5).map(|i| object(&format!("w{i}"), "big")).collect();
         let compliant: Vec<&AuditObject> = objects.iter().collect();
         let (reports, _) = build(
+            REPORT_NAME,
             &[PolicyOutcome {
                 policy: "p",
                 violating: &[],

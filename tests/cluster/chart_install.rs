@@ -295,12 +295,12 @@ async fn exercise(release: &Release) {
     create_policy(&policy(&name, &reported, json!({"action": "Audit"}))).await;
     app(&reported, "web", 1, "registry.test/rbac/web:1", Value::Null).await;
     wait_for("the PolicyReport", Duration::from_secs(60), || async {
-        get_json(&["policyreports.wgpolicyk8s.io", "distroless-guard", "-n", &reported]).await
+        get_json(&["policyreports.wgpolicyk8s.io", &release.name, "-n", &reported]).await
     })
     .await;
     kubectl_ok(&["delete", "deployment", "web", "-n", &reported]).await;
     wait_for("the PolicyReport gone", Duration::from_secs(60), || async {
-        get_json(&["policyreports.wgpolicyk8s.io", "distroless-guard", "-n", &reported])
+        get_json(&["policyreports.wgpolicyk8s.io", &release.name, "-n", &reported])
             .await
             .is_none()
             .then_some(())

@@ -113,7 +113,7 @@ async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_u
 
     // The same findings as a PolicyReport, with the evidence path and the fix.
     let report = wait_for("the namespace's PolicyReport", Duration::from_secs(30), || async {
-        let r = get_json(&["policyreports.wgpolicyk8s.io", "distroless-guard", "-n", &ns]).await?;
+        let r = get_json(&["policyreports.wgpolicyk8s.io", &release.name, "-n", &ns]).await?;
         (r["summary"]["pass"] == 1).then_some(r)
     })
     .await;
@@ -144,7 +144,7 @@ async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_u
             .iter()
             .any(|r| r["result"] == "pass" && r["resources"][0]["name"] == "distroless")
     );
-    let cluster = get_json(&["clusterpolicyreports.wgpolicyk8s.io", "distroless-guard"])
+    let cluster = get_json(&["clusterpolicyreports.wgpolicyk8s.io", &release.name])
         .await
         .unwrap();
     // Five findings here (image-unverified is a warning by default, onError: Warn).
@@ -224,7 +224,7 @@ async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_u
         "the deleted workload's results gone",
         Duration::from_secs(30),
         || async {
-            let r = get_json(&["policyreports.wgpolicyk8s.io", "distroless-guard", "-n", &ns]).await?;
+            let r = get_json(&["policyreports.wgpolicyk8s.io", &release.name, "-n", &ns]).await?;
             (!r["results"]
                 .as_array()?
                 .iter()

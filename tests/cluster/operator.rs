@@ -536,7 +536,7 @@ async fn two_replicas_in_one_process_hand_the_lease_over_on_shutdown() {
         cert_check: Duration::from_secs(1),
         images: None,
         image_audit: Default::default(),
-        policy_reports: false,
+        policy_reports: None,
     };
     let a = operator::start(config("replica-a")).await.unwrap();
     let mut a_leads = a.leading.clone();
