@@ -116,6 +116,11 @@ pub async fn wait(
             progress(r);
             last = line;
         }
+        // A status older than the spec (a promote or retry just written) says nothing yet.
+        let observed = r.status.as_ref().and_then(|s| s.observed_generation);
+        if observed < r.metadata.generation {
+            return None;
+        }
         match r.status.as_ref().map(|s| s.phase) {
             Some(Phase::Succeeded) => Some(Outcome::Succeeded),
             Some(Phase::RolledBack) => Some(Outcome::RolledBack),

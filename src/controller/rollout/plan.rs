@@ -528,9 +528,14 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+        // The status names the canary this step ran with: a different one now
+        // means a new template, even if an earlier reconcile that removed the
+        // old canary did not get to write its status.
+        let new_name = canary::canary_name(d.metadata.name.as_deref().unwrap_or_default(), &hash);
+        let recorded_other = self.st.canary.as_ref().is_some_and(|c| c.replica_set != new_name);
         match o.canaries.iter().find(|rs| canary::hash_of(rs) == Some(hash.as_str())) {
             None => {
-                if replaced {
+                if replaced || recorded_other {
                     // The Deployment's template changed (a Git change): the step starts over.
                     self.actions.push(event(
                         false,
