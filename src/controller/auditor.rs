@@ -267,9 +267,6 @@ impl Auditor {
                 Err(err) => warn!(error = %err, "cannot record an event"),
             }
         }
-        if let Some((namespaced, cluster)) = plan.reports {
-            ok &= self.write_reports(namespaced, cluster).await;
-        }
         let api: Api<DistrolessPolicy> = Api::all(self.client.clone());
         for (name, status) in plan.statuses {
             if !*self.leader.borrow() {
@@ -290,6 +287,12 @@ impl Auditor {
                     warn!(policy = %name, error = %e, "cannot write the policy status");
                 }
             }
+        }
+        // The reports after the statuses: they are larger and slower to write.
+        if let Some((namespaced, cluster)) = plan.reports
+            && *self.leader.borrow()
+        {
+            ok &= self.write_reports(namespaced, cluster).await;
         }
         ok
     }
