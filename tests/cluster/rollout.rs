@@ -59,6 +59,10 @@ pub(crate) async fn wait_phase(ns: &str, name: &str, phase: &str, seconds: u64) 
             if s["phase"] == "RolledBack" && phase != "RolledBack" {
                 panic!("rollout {name} rolled back: {s:#}");
             }
+            if s["phase"] != phase {
+                // Said at every look (shown only when the test fails): where the rollout stood.
+                eprintln!("rollout {name}: {} ({})", s["phase"], s["message"]);
+            }
             (s["phase"] == phase).then_some(s)
         },
     )
@@ -526,7 +530,7 @@ async fn a_restarted_leader_resumes_mid_bake_and_a_git_change_rebuilds_the_canar
         .map(|e| e["reason"].as_str().unwrap().to_string())
         .collect();
     assert!(events.contains(&"TemplateChanged".to_string()), "{events:?}");
-    let s = wait_phase(&ns, "web", "Succeeded", 120).await;
+    let s = wait_phase(&ns, "web", "Succeeded", 240).await;
     assert_eq!(s["currentStep"], 1);
     let (ours, d) = ours_in(&ns, "web").await;
     assert_eq!(d["spec"]["replicas"], 4, "the HPA's replicas stay");
