@@ -269,15 +269,12 @@ pub fn build<'a>(
             .iter()
             .filter(|v| !v.rule.reads_the_image())
             .map(|v| {
-                let (cause, fix) = match v.message.split_once(" Fix: ") {
-                    Some((c, f)) => (c.to_string(), f.to_string()),
-                    None => (v.message.clone(), String::new()),
-                };
+                let (cause, fix) = policy::cause_and_fix(&v.message);
                 Blocker {
                     rule: v.rule.to_string(),
                     container: v.container.clone(),
-                    cause,
-                    fix,
+                    cause: cause.to_string(),
+                    fix: fix.to_string(),
                 }
             })
             .collect();

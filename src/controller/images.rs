@@ -60,8 +60,6 @@ struct Wanted {
 pub struct ImageKnowledge {
     facts: RwLock<ImageFacts>,
     read_at: RwLock<HashMap<String, Instant>>,
-    /// Images wanted and not read yet.
-    pending: RwLock<usize>,
     /// Signalled when a verdict is stored (a permit is kept when nobody waits).
     pub(crate) updated: tokio::sync::Notify,
 }
@@ -70,11 +68,6 @@ impl ImageKnowledge {
     /// A copy of the facts (the auditor evaluates with it).
     pub fn facts(&self) -> ImageFacts {
         self.facts.read().clone()
-    }
-
-    /// Images wanted and not read yet.
-    pub fn pending(&self) -> usize {
-        *self.pending.read()
     }
 }
 
@@ -181,7 +174,6 @@ impl ImageAudit {
             self.knowledge.facts.write().retain(|i, _| keep.contains(i.as_str()));
             self.knowledge.read_at.write().retain(|i, _| keep.contains(i.as_str()));
         }
-        *self.knowledge.pending.write() = due.len();
         if due.is_empty() {
             return 0;
         }
@@ -208,10 +200,6 @@ impl ImageAudit {
                 // Stored as it comes: a slow registry does not hold the others back.
                 self.knowledge.facts.write().insert(w.image.clone(), status);
                 self.knowledge.read_at.write().insert(w.image.clone(), Instant::now());
-                {
-                    let mut pending = self.knowledge.pending.write();
-                    *pending = pending.saturating_sub(1);
-                }
                 self.knowledge.updated.notify_one();
             })
             .buffer_unordered(self.config.concurrency.max(1))

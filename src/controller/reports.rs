@@ -54,10 +54,7 @@ pub(crate) fn build(name: &str, outcomes: &[PolicyOutcome<'_>], now: Timestamp) 
     for o in outcomes {
         for v in o.violating {
             for violation in &v.violations {
-                let (cause, fix) = match violation.message.split_once(" Fix: ") {
-                    Some((c, f)) => (c.to_string(), f.to_string()),
-                    None => (violation.message.clone(), String::new()),
-                };
+                let (cause, fix) = crate::policy::cause_and_fix(&violation.message);
                 let mut properties = serde_json::Map::new();
                 properties.insert("path".into(), json!(violation.path));
                 properties.insert("action".into(), json!(format!("{:?}", violation.action)));

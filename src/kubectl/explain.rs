@@ -172,10 +172,8 @@ pub fn rules_in_refusal(message: &str) -> Vec<RuleFinding> {
 
 /// Our messages end with " Fix: ..."; the rest is the cause.
 fn split_fix(message: &str) -> (String, String) {
-    match message.split_once(" Fix: ") {
-        Some((cause, fix)) => (cause.trim_end_matches(['.', ' ']).to_string(), fix.to_string()),
-        None => (message.to_string(), String::new()),
-    }
+    let (cause, fix) = crate::policy::cause_and_fix(message);
+    (cause.trim_end_matches(['.', ' ']).to_string(), fix.to_string())
 }
 
 /// The engine's view: rules broken under the policies in force.

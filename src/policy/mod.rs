@@ -58,6 +58,11 @@ pub struct Violation {
     pub policy: String,
 }
 
+/// A violation's message is "cause. Fix: fix"; the two parts (the fix empty when it has none).
+pub fn cause_and_fix(message: &str) -> (&str, &str) {
+    message.split_once(" Fix: ").unwrap_or((message, ""))
+}
+
 /// One line for people: rule id, what is wrong and the fix, field path, policy.
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
