@@ -342,22 +342,27 @@ fn follow_readiness(
         let Ok(client) = cp.client().await else { return };
         let pods: Api<Pod> = Api::namespaced(client, &namespace);
         let mut last: Option<bool> = None;
+        // Once the process is gone the pod must leave the endpoints, as a failed
+        // probe would take it out; a patch lost to a loaded API server is retried.
+        let mut stopped_at: Option<Instant> = None;
         loop {
             let running = alive.load(Ordering::SeqCst);
             let ready = running && ready_at(health).await;
             if last != Some(ready) {
                 let value = if ready { json!("true") } else { Value::Null };
                 let patch = json!({"metadata": {"annotations": {READY_ANNOTATION: value}}});
-                if pods
-                    .patch(&pod, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .is_ok()
-                {
-                    last = Some(ready);
+                match pods.patch(&pod, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    Ok(_) => last = Some(ready),
+                    // The pod is gone: nothing left to take out.
+                    Err(kube::Error::Api(s)) if s.code == 404 => return,
+                    Err(_) => {}
                 }
             }
             if !running {
-                return;
+                let since = *stopped_at.get_or_insert_with(Instant::now);
+                if last == Some(false) || since.elapsed() > Duration::from_secs(60) {
+                    return;
+                }
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
