@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 /// One object read from a manifest.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Document {
     /// The file it came from (`-` for stdin).
     pub source: String,
@@ -26,6 +26,84 @@ impl Document {
     }
 }
 
+/// The largest manifest file `check` reads (bigger files are reported, not read).
+pub const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What kind of trouble a file gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProblemKind {
+    /// A file under a Helm chart's `templates/`, or YAML broken by `{{ ... }}`.
+    Template,
+    /// YAML or JSON that does not parse.
+    Syntax,
+    /// A Kubernetes object whose fields have the wrong shape.
+    Invalid,
+    /// Over a reader limit: size, nesting, node count, alias expansion.
+    Limit,
+    /// Not text: a NUL byte or bytes that are not UTF-8.
+    Binary,
+    /// A directory reached again through a symlink.
+    Loop,
+    /// The file or directory could not be read.
+    Io,
+}
+
+impl ProblemKind {
+    /// Whether the file is hostile or broken beyond a template or a typo: such
+    /// files make `check` exit 2 even without `--strict`.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            ProblemKind::Limit | ProblemKind::Binary | ProblemKind::Loop | ProblemKind::Io
+        )
+    }
+}
+
+/// A file (or one object in it) that could not be read as manifests; reported once.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    pub path: String,
+    /// 1-based; `None` for a directory or a whole file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub kind: ProblemKind,
+    pub message: String,
+    /// What to do about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.path, self.message)?,
+            None => write!(f, "{}: {}", self.path, self.message)?,
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "; {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Problem {
+    pub fn new(path: &str, line: Option<usize>, kind: ProblemKind, message: impl Into<String>) -> Self {
+        Problem {
+            path: path.to_string(),
+            line,
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    fn at(path: &Path, line: Option<usize>, kind: ProblemKind, message: impl Into<String>) -> Self {
+        Problem::new(&path.display().to_string(), line, kind, message)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{path}: {source}")]
@@ -34,8 +112,15 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}: {message}")]
-    Parse { path: String, line: usize, message: String },
+    #[error("{0}")]
+    Unreadable(Box<Problem>),
+}
+
+/// What a set of paths held: the objects read, and each file that could not be read.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub docs: Vec<Document>,
+    pub problems: Vec<Problem>,
 }
 
 fn is_manifest_file(path: &Path) -> bool {
@@ -49,47 +134,232 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + '_ {
     }
 }
 
-/// Expands directories into the manifest files below them, in a stable order.
-fn expand(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
-    let meta = std::fs::metadata(path).map_err(io_error(path))?;
-    if !meta.is_dir() {
-        out.push(path.to_path_buf());
-        return Ok(());
-    }
-    let mut entries = std::fs::read_dir(path)
-        .map_err(io_error(path))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io_error(path))?;
-    entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            expand(&entry, out)?;
-        } else if is_manifest_file(&entry) {
-            out.push(entry);
-        }
-    }
-    Ok(())
+/// The files below the paths, each once: directories are walked in a stable
+/// order, a directory reached again through a symlink (a loop) is reported and
+/// not entered, and unreadable entries are reported while the walk goes on.
+#[derive(Default)]
+struct Walk {
+    dirs: std::collections::HashSet<PathBuf>,
+    files: std::collections::HashSet<PathBuf>,
+    out: Vec<PathBuf>,
+    problems: Vec<Problem>,
 }
 
-/// Reads every document from the given paths (`-` is stdin).
-pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
-    let mut docs = Vec::new();
-    for path in paths {
-        if path.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map_err(io_error(path))?;
-            docs.extend(parse("-", &text)?);
-            continue;
-        }
-        let mut files = Vec::new();
-        expand(path, &mut files)?;
-        for file in files {
-            let text = std::fs::read_to_string(&file).map_err(io_error(&file))?;
-            docs.extend(parse(&file.display().to_string(), &text)?);
+impl Walk {
+    fn file(&mut self, path: &Path) {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if self.files.insert(key) {
+            self.out.push(path.to_path_buf());
         }
     }
-    Ok(docs)
+
+    fn dir(&mut self, path: &Path, via_symlink: bool) {
+        let real = match std::fs::canonicalize(path) {
+            Ok(real) => real,
+            Err(e) => {
+                self.problems
+                    .push(Problem::at(path, None, ProblemKind::Io, e.to_string()));
+                return;
+            }
+        };
+        if !self.dirs.insert(real.clone()) {
+            if via_symlink {
+                let message = format!("a symlink to {}, which is read already; not followed", real.display());
+                self.problems.push(Problem::at(path, None, ProblemKind::Loop, message));
+            }
+            return;
+        }
+        let mut entries = match std::fs::read_dir(path) {
+            Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
+            Err(e) => {
+                self.problems
+                    .push(Problem::at(path, None, ProblemKind::Io, e.to_string()));
+                return;
+            }
+        };
+        entries.sort();
+        for entry in entries {
+            if entry.file_name().is_some_and(|n| n == ".git") {
+                continue;
+            }
+            let symlink = entry.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink());
+            match std::fs::metadata(&entry) {
+                Ok(m) if m.is_dir() => self.dir(&entry, symlink),
+                Ok(_) if is_manifest_file(&entry) => self.file(&entry),
+                Ok(_) => {}
+                // A manifest we cannot stat; a dangling link to something else is no business of ours.
+                Err(e) if is_manifest_file(&entry) => {
+                    self.problems
+                        .push(Problem::at(&entry, None, ProblemKind::Io, e.to_string()));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Reads every document it can from the given paths (`-` is stdin). A path
+/// given that does not exist is an error; whatever below it cannot be read is a
+/// [`Problem`], reported once per file, and the rest is still read.
+pub fn read(paths: &[PathBuf]) -> Result<Loaded, ManifestError> {
+    let mut walk = Walk::default();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            walk.out.push(path.clone());
+            continue;
+        }
+        let meta = std::fs::metadata(path).map_err(io_error(path))?;
+        if meta.is_dir() {
+            walk.dir(path, false);
+        } else {
+            walk.file(path);
+        }
+    }
+    let mut loaded = Loaded {
+        docs: Vec::new(),
+        problems: std::mem::take(&mut walk.problems),
+    };
+    // Templates of a chart are reported once, as the chart.
+    let mut charts: std::collections::BTreeMap<PathBuf, usize> = Default::default();
+    for file in walk.out {
+        let text = if file.as_os_str() == "-" {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .take(MAX_FILE_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map_err(io_error(&file))?;
+            text_of(&file, bytes)
+        } else {
+            read_text(&file)
+        };
+        let text = match text {
+            Ok(text) => text,
+            Err(p) => {
+                loaded.problems.push(p);
+                continue;
+            }
+        };
+        if let Some(chart) = chart_of(&file) {
+            *charts.entry(chart).or_default() += 1;
+            continue;
+        }
+        let (docs, problem) = parse_lenient(&file.display().to_string(), &text);
+        loaded.docs.extend(docs);
+        if let Some(mut p) = problem {
+            let dir = file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if p.hint.is_none() && dir.join("kustomization.yaml").is_file() {
+                p.hint = Some(format!(
+                    "it belongs to a kustomization: `kustomize build {} | distroless-guard check -f -`",
+                    dir.display()
+                ));
+            }
+            loaded.problems.push(p);
+        }
+    }
+    for (chart, templates) in charts {
+        let chart = chart.display().to_string();
+        loaded.problems.push(Problem {
+            hint: Some(format!(
+                "render it first: `check --helm {chart}`, or `helm template {chart} | distroless-guard check -f -`"
+            )),
+            ..Problem::new(
+                &chart,
+                None,
+                ProblemKind::Template,
+                format!("a Helm chart; its {templates} template files are not manifests until rendered"),
+            )
+        });
+    }
+    Ok(loaded)
+}
+
+/// Reads what `helm template` printed: each document is named after the
+/// template it came from (its `# Source:` comment), lines counted within it.
+pub fn read_rendered(chart: &str, text: &str) -> Loaded {
+    let mut loaded = Loaded::default();
+    for (_, body) in split_documents(text) {
+        let source = body
+            .lines()
+            .find_map(|l| l.strip_prefix("# Source: "))
+            .map_or_else(|| chart.to_string(), |s| format!("{chart} ({})", s.trim()));
+        let (docs, problem) = parse_lenient(&source, &body);
+        loaded.docs.extend(docs);
+        loaded.problems.extend(problem);
+    }
+    loaded
+}
+
+/// Reads every document from the given paths; the first file that cannot be
+/// read is an error (for policies, where half a set would be wrong).
+pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
+    let loaded = read(paths)?;
+    match loaded.problems.into_iter().next() {
+        Some(p) => Err(ManifestError::Unreadable(Box::new(p))),
+        None => Ok(loaded.docs),
+    }
+}
+
+/// The chart a file is a template of: it is below `templates/` beside a `Chart.yaml`.
+fn chart_of(file: &Path) -> Option<PathBuf> {
+    file.ancestors()
+        .skip(1)
+        .filter(|a| a.file_name().is_some_and(|n| n == "templates"))
+        .filter_map(Path::parent)
+        .find(|chart| {
+            let chart = if chart.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                chart
+            };
+            chart.join("Chart.yaml").is_file()
+        })
+        .map(|chart| {
+            if chart.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                chart.to_path_buf()
+            }
+        })
+}
+
+/// A file's text, within [`MAX_FILE_BYTES`], or what is wrong with it.
+fn read_text(path: &Path) -> Result<String, Problem> {
+    let io = |e: std::io::Error| Problem::at(path, None, ProblemKind::Io, e.to_string());
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
+    text_of(path, bytes)
+}
+
+fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String, Problem> {
+    let line_at = |bytes: &[u8], offset: usize| 1 + bytes[..offset].iter().filter(|b| **b == b'\n').count();
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let message = format!(
+            "larger than {} MiB, the limit for a manifest file",
+            MAX_FILE_BYTES >> 20
+        );
+        return Err(Problem::at(path, None, ProblemKind::Limit, message));
+    }
+    if let Some(nul) = bytes.iter().position(|b| *b == 0) {
+        return Err(Problem::at(
+            path,
+            Some(line_at(&bytes, nul)),
+            ProblemKind::Binary,
+            "a binary file (a NUL byte), not YAML or JSON",
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let line = line_at(e.as_bytes(), e.utf8_error().valid_up_to());
+        Problem::at(
+            path,
+            Some(line),
+            ProblemKind::Binary,
+            "not UTF-8 text (an invalid byte on this line)",
+        )
+    })
 }
 
 /// Splits YAML text into documents at `---` lines, remembering where each starts.
@@ -116,9 +386,61 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
-/// Parses one file's text into documents. `kind: List` is flattened.
+/// Parses one file's text into documents; the first unreadable document is an error.
 pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    match parse_lenient(source, text) {
+        (docs, None) => Ok(docs),
+        (_, Some(p)) => Err(ManifestError::Unreadable(Box::new(p))),
+    }
+}
+
+/// Whether a line holds a template action (`{{ ... }}`) outside a comment.
+fn has_template_action(text: &str) -> bool {
+    text.lines()
+        .any(|l| !l.trim_start().starts_with('#') && l.contains("{{") && l.contains("}}"))
+}
+
+/// A parser error as one line, without its position (the caller gives `file:line`),
+/// and whether a reader limit was what stopped it.
+fn describe_parse_error(e: &serde_saphyr::Error) -> (ProblemKind, String) {
+    let text = e.without_snippet().to_string();
+    let text = text.lines().next().unwrap_or_default().trim();
+    let text = text.strip_prefix("error: ").unwrap_or(text);
+    // "line 6 column 18: message"
+    let text = match text.strip_prefix("line ").and_then(|t| t.split_once(": ")) {
+        Some((position, rest)) if position.contains("column") => rest,
+        _ => text,
+    };
+    // The position again at the end, and advice meant for programmers using the parser.
+    let text = match text.rfind(" at line ") {
+        Some(i) if text[i..].contains("column") => &text[..i],
+        _ => text,
+    };
+    let text = text.split(", set DuplicateKeyPolicy").next().unwrap_or(text);
+    let limit = |what: &str| (ProblemKind::Limit, format!("over the reader's limits: {what}"));
+    if text.contains("recursion limit") || text.contains("Depth") && text.contains("budget") {
+        limit("collections nested more than 64 deep")
+    } else if text.contains("budget breached") {
+        let what = if text.contains("Alias") || text.contains("Nodes") || text.contains("Anchor") {
+            "more than 250,000 nodes or 50,000 aliases (YAML aliases expanding, a \"billion laughs\")"
+        } else if text.contains("ScalarBytes") || text.contains("Scalar") {
+            "more than 64 MiB of scalar text"
+        } else {
+            "too many YAML events, nodes or documents"
+        };
+        limit(what)
+    } else {
+        (ProblemKind::Syntax, text.to_string())
+    }
+}
+
+/// Parses one file's text into the documents that read, and the first problem.
+/// Documents that are not mappings with a `kind` (values files, CI workflows)
+/// are skipped silently; `kind: List` is flattened. YAML broken by template
+/// actions makes the whole file a template, none of it read.
+pub fn parse_lenient(source: &str, text: &str) -> (Vec<Document>, Option<Problem>) {
     let mut docs = Vec::new();
+    let mut problem: Option<Problem> = None;
     for (start, body) in split_documents(text) {
         // Where the object itself starts: past leading blank and comment lines.
         let Some(skipped) = body.lines().position(|l| {
@@ -127,22 +449,22 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
         }) else {
             continue;
         };
-        let value: Value = serde_saphyr::from_str(&body).map_err(|e| ManifestError::Parse {
-            path: source.to_string(),
-            line: start
-                + e.location()
-                    .map_or(skipped, |l| usize::try_from(l.line()).unwrap_or(0).saturating_sub(1)),
-            message: e.to_string(),
-        })?;
-        if value.is_null() {
+        let value: Value = match serde_saphyr::from_str(&body) {
+            Ok(value) => value,
+            Err(e) => {
+                if problem.is_none() {
+                    let line = start
+                        + e.location()
+                            .map_or(skipped, |l| usize::try_from(l.line()).unwrap_or(0).saturating_sub(1));
+                    let (kind, message) = describe_parse_error(&e);
+                    problem = Some(Problem::new(source, Some(line), kind, message));
+                }
+                continue;
+            }
+        };
+        let Value::Object(object) = &value else { continue };
+        if !object.get("kind").is_some_and(Value::is_string) {
             continue;
-        }
-        if !value.is_object() {
-            return Err(ManifestError::Parse {
-                path: source.to_string(),
-                line: start + skipped,
-                message: "a manifest document must be a mapping with apiVersion and kind".into(),
-            });
         }
         let is_list = value
             .get("kind")
@@ -151,7 +473,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             && value.get("items").is_some_and(Value::is_array);
         if is_list {
             if let Some(Value::Array(items)) = value.get("items") {
-                docs.extend(items.iter().map(|item| Document {
+                docs.extend(items.iter().filter(|i| i.is_object()).map(|item| Document {
                     source: source.to_string(),
                     line: start + skipped,
                     value: item.clone(),
@@ -165,7 +487,16 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             });
         }
     }
-    Ok(docs)
+    if let Some(p) = problem
+        .as_mut()
+        .filter(|p| p.kind == ProblemKind::Syntax && has_template_action(text))
+    {
+        p.kind = ProblemKind::Template;
+        p.message = format!("a template, not YAML yet ({})", p.message);
+        p.hint = Some("render it first (`helm template`, or the tool that owns it) and check the output".into());
+        docs.clear();
+    }
+    (docs, problem)
 }
 
 /// Why policy files could not be used.
@@ -255,7 +586,30 @@ mod tests {
     }
 
     #[test]
-    fn scalars_are_not_manifests() {
-        assert!(parse("s.yaml", "just a string\n").is_err());
+    fn yaml_that_is_not_a_kubernetes_object_is_skipped() {
+        for text in ["just a string\n", "- a\n- b\n", "name: CI\non: [push]\n", "42\n"] {
+            assert_eq!(parse_lenient("s.yaml", text), (vec![], None), "{text}");
+        }
+    }
+
+    #[test]
+    fn template_actions_make_a_broken_file_a_template_and_none_of_it_is_read() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\nkind: Pod\nmetadata:\n  name: {{ .Name }}\n";
+        let (docs, problem) = parse_lenient("t.yaml", text);
+        assert!(docs.is_empty());
+        let p = problem.unwrap();
+        assert_eq!((p.kind, p.line), (ProblemKind::Template, Some(7)));
+        // A comment holding `{{` does not make a plain syntax error a template.
+        let (_, p) = parse_lenient("s.yaml", "# {{ x }}\nkind: Pod\nmetadata: [oops\n");
+        assert_eq!(p.unwrap().kind, ProblemKind::Syntax);
+    }
+
+    #[test]
+    fn helm_output_names_each_object_after_its_template() {
+        let text = "---\n# Source: app/templates/a.yaml\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\n# Source: app/templates/b.yaml\nkind: Pod\nmetadata: [broken\n";
+        let loaded = read_rendered("./app", text);
+        assert_eq!(loaded.docs.len(), 1);
+        assert_eq!(loaded.docs[0].location(), "./app (app/templates/a.yaml):3");
+        assert_eq!(loaded.problems[0].path, "./app (app/templates/b.yaml)");
     }
 }

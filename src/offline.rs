@@ -8,7 +8,7 @@ use json_patch::PatchOperation;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::manifest::Document;
+use crate::manifest::{Document, Problem, ProblemKind};
 use crate::policy::{
     self, ImageFacts, InspectionPlan, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels,
 };
@@ -32,9 +32,12 @@ pub struct ObjectResult {
     pub source: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub results: Vec<ObjectResult>,
+    /// Files and objects that could not be read, each once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<Problem>,
 }
 
 impl Report {
@@ -43,16 +46,13 @@ impl Report {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{location}: {source}")]
-pub struct CheckError {
-    location: String,
-    #[source]
-    source: policy::ExtractError,
+/// An object of a workload kind whose fields do not read as one.
+fn invalid(doc: &Document, e: &policy::ExtractError) -> Problem {
+    Problem::new(&doc.source, Some(doc.line), ProblemKind::Invalid, e.to_string())
 }
 
 /// Labels of the namespaces defined in the input, so namespace selectors see them.
-fn namespace_labels(docs: &[Document]) -> BTreeMap<String, BTreeMap<String, String>> {
+pub fn namespace_labels(docs: &[Document]) -> BTreeMap<String, BTreeMap<String, String>> {
     docs.iter()
         .filter(|d| d.kind() == "Namespace")
         .filter_map(|d| {
@@ -87,15 +87,14 @@ fn placement(
 }
 
 /// What image inspection `check --inspect-images` must do first, one plan per workload.
-pub fn inspection_plans(docs: &[Document], policies: &PolicySet) -> Result<Vec<InspectionPlan>, CheckError> {
+/// Objects that do not read are left to [`check`] to report.
+pub fn inspection_plans(docs: &[Document], policies: &PolicySet) -> Vec<InspectionPlan> {
     let namespaces = namespace_labels(docs);
     let mut plans = Vec::new();
     for doc in docs {
-        let workload = Workload::from_value(&doc.value).map_err(|source| CheckError {
-            location: doc.location(),
-            source,
-        })?;
-        let Some(workload) = workload else { continue };
+        let Ok(Some(workload)) = Workload::from_value(&doc.value) else {
+            continue;
+        };
         let (namespace, labels) = placement(&workload, &namespaces);
         let subject = Subject {
             workload: &workload,
@@ -106,7 +105,7 @@ pub fn inspection_plans(docs: &[Document], policies: &PolicySet) -> Result<Vec<I
         };
         plans.extend(policy::inspection_plan(policies, &subject));
     }
-    Ok(plans)
+    plans
 }
 
 /// Evaluates every workload in `docs`; other kinds are skipped. With `fix`,
@@ -118,19 +117,18 @@ pub fn check(
     now: Timestamp,
     fix: bool,
     images: Option<&ImageFacts>,
-) -> Result<Report, CheckError> {
+) -> Report {
     let namespaces = namespace_labels(docs);
-    let mut results = Vec::new();
+    let mut report = Report::default();
     for doc in docs.iter_mut() {
         let location = doc.location();
-        let extract = |value: &Value| {
-            Workload::from_value(value).map_err(|source| CheckError {
-                location: location.clone(),
-                source,
-            })
-        };
-        let Some(mut workload) = extract(&doc.value)? else {
-            continue;
+        let mut workload = match Workload::from_value(&doc.value) {
+            Ok(Some(workload)) => workload,
+            Ok(None) => continue,
+            Err(e) => {
+                report.unreadable.push(invalid(doc, &e));
+                continue;
+            }
         };
         let (namespace, ns_labels) = placement(&workload, &namespaces);
         let judge = |w: &Workload| {
@@ -149,12 +147,12 @@ pub fn check(
             if let Err(e) = json_patch::patch(&mut doc.value, &mutations) {
                 // The patch was computed from this very document; failing to apply it is a bug.
                 tracing::error!(error = %e, %location, "mutation patch does not apply to its own document");
-            } else if let Some(fixed) = extract(&doc.value)? {
+            } else if let Ok(Some(fixed)) = Workload::from_value(&doc.value) {
                 workload = fixed;
                 verdict = judge(&workload);
             }
         }
-        results.push(ObjectResult {
+        report.results.push(ObjectResult {
             api_version: doc
                 .value
                 .get("apiVersion")
@@ -170,5 +168,5 @@ pub fn check(
             source: location,
         });
     }
-    Ok(Report { results })
+    report
 }

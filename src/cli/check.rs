@@ -18,8 +18,15 @@ use crate::policy::ImageFacts;
 #[derive(Args, Debug)]
 pub(super) struct CheckArgs {
     /// Files or directories (searched recursively for .yaml, .yml, .json); `-` reads stdin.
-    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    #[arg(short = 'f', long = "filename", required_unless_present = "helm", num_args = 1..)]
     files: Vec<PathBuf>,
+    /// Render this Helm chart with the real Helm engine (`helm template`, the
+    /// `helm` on PATH or $HELM) and check what it renders.
+    #[arg(long, value_name = "CHART")]
+    helm: Option<String>,
+    /// Values files for --helm.
+    #[arg(long = "values", value_name = "FILE", requires = "helm")]
+    values: Vec<PathBuf>,
     /// DistrolessPolicy manifests to apply; without any, the built-in default policy
     /// (every rule denies, UID 65532) is used.
     #[arg(long = "policy")]
@@ -29,6 +36,11 @@ pub(super) struct CheckArgs {
     /// Print the manifests with mutation applied, as YAML, instead of a report.
     #[arg(long)]
     fix: bool,
+    /// Exit 2 when any file or object could not be read (Helm templates, YAML
+    /// that does not parse, objects of the wrong shape); without it they are
+    /// reported on stderr and the exit code follows the verdicts of what was read.
+    #[arg(long)]
+    strict: bool,
     #[command(flatten)]
     images: ImageArgs,
 }
@@ -54,18 +66,24 @@ fn gather_images(
     Ok(facts)
 }
 
-/// Whether everything was allowed.
+/// Whether everything was allowed. Unreadable files are reported on stderr
+/// (and in the JSON report); they are an error (exit 2) when hostile or broken
+/// beyond a template or a typo, or with `--strict`.
 pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
     let policies = manifest::load_policies(&args.policies)?;
-    let mut docs = manifest::load(&args.files)?;
+    let mut loaded = manifest::read(&args.files)?;
+    if let Some(chart) = &args.helm {
+        let rendered = manifest::read_rendered(chart, &helm_template(chart, &args.values)?);
+        loaded.docs.extend(rendered.docs);
+        loaded.problems.extend(rendered.problems);
+    }
+    let mut docs = loaded.docs;
     let facts = match args.images.inspector_config()? {
-        Some(config) => {
-            let plans = offline::inspection_plans(&docs, &policies)?;
-            Some(gather_images(config, plans)?)
-        }
+        Some(config) => Some(gather_images(config, offline::inspection_plans(&docs, &policies))?),
         None => None,
     };
-    let report = offline::check(&mut docs, &policies, jiff::Timestamp::now(), args.fix, facts.as_ref())?;
+    let mut report = offline::check(&mut docs, &policies, jiff::Timestamp::now(), args.fix, facts.as_ref());
+    report.unreadable.splice(0..0, loaded.problems);
     let mut stdout = std::io::stdout().lock();
     if args.fix {
         write_fixed(&mut stdout, &docs)
@@ -77,7 +95,55 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
         write_text(&mut stdout, &report)
     }
     .context("cannot write output")?;
+    drop(stdout);
+    report_unreadable(&report.unreadable, args.strict)?;
     Ok(report.allowed())
+}
+
+/// What `helm template` renders of a chart (a path or a repository reference).
+fn helm_template(chart: &str, values: &[PathBuf]) -> anyhow::Result<String> {
+    let helm = std::env::var_os("HELM").unwrap_or_else(|| "helm".into());
+    let mut cmd = std::process::Command::new(&helm);
+    cmd.args(["template", "distroless-guard-check", chart]);
+    for v in values {
+        cmd.arg("--values").arg(v);
+    }
+    let out = cmd.stdin(std::process::Stdio::null()).output().with_context(|| {
+        format!(
+            "cannot run {} to render {chart} (install Helm, or set HELM to its path)",
+            helm.to_string_lossy()
+        )
+    })?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "helm template {chart} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).context("helm template printed bytes that are not UTF-8")
+}
+
+/// Says on stderr what could not be read, once per file; an error when any must fail the run.
+pub(super) fn report_unreadable(problems: &[manifest::Problem], strict: bool) -> anyhow::Result<()> {
+    let paint = Paint(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
+    let failing = problems.iter().filter(|p| strict || p.kind.is_error()).count();
+    let mut stderr = std::io::stderr().lock();
+    for p in problems {
+        let label = if strict || p.kind.is_error() {
+            paint.wrap("1;31", "error")
+        } else {
+            paint.wrap("1;33", "skipped")
+        };
+        let _ = writeln!(stderr, "{label}: {p}");
+    }
+    if failing > 0 {
+        anyhow::bail!(
+            "{failing} of {} unreadable files or objects fail the check{}",
+            problems.len(),
+            if strict { " (--strict)" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 /// Writes the fixed manifests as YAML documents.

@@ -44,27 +44,24 @@ pub(super) fn print(inv: &Inventory, format: InventoryFormat) -> anyhow::Result<
 
 pub(super) fn run(args: &InventoryArgs) -> anyhow::Result<bool> {
     let policies = manifest::load_policies(&args.policies)?;
-    let docs = manifest::load(&args.files)?;
+    let loaded = manifest::read(&args.files)?;
+    let docs = loaded.docs;
+    let mut problems = loaded.problems;
     let mut workloads = Vec::new();
     for d in &docs {
-        if let Some(w) = Workload::from_value(&d.value).with_context(|| d.location())? {
-            workloads.push(w);
+        match Workload::from_value(&d.value) {
+            Ok(Some(w)) => workloads.push(w),
+            Ok(None) => {}
+            Err(e) => problems.push(manifest::Problem::new(
+                &d.source,
+                Some(d.line),
+                manifest::ProblemKind::Invalid,
+                e.to_string(),
+            )),
         }
     }
-    let mut namespaces = std::collections::BTreeMap::new();
-    for d in docs.iter().filter(|d| d.kind() == "Namespace") {
-        if let Some(name) = d.value.pointer("/metadata/name").and_then(|n| n.as_str()) {
-            let mut labels = crate::policy::namespace_name_labels(name);
-            if let Some(serde_json::Value::Object(extra)) = d.value.pointer("/metadata/labels") {
-                labels.extend(
-                    extra
-                        .iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
-                );
-            }
-            namespaces.insert(name.to_string(), labels);
-        }
-    }
+    super::check::report_unreadable(&problems, false)?;
+    let namespaces = crate::offline::namespace_labels(&docs);
     let facts = match args.images.inspector_config()? {
         Some(config) => {
             let runtime = crate::telemetry::runtime().context("cannot start the async runtime")?;

@@ -401,3 +401,49 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// `check --helm` renders a chart with the real Helm v4 CLI (from the test
+/// binaries) and checks what it renders; values files change the verdict.
+#[test]
+fn check_helm_renders_the_chart_with_helm_and_judges_what_it_renders() {
+    let bins = testcluster::bins::Bins::locate().unwrap_or_else(|e| panic!("{e}"));
+    let chart = tempfile::tempdir().unwrap();
+    let w = |path: &str, text: &str| {
+        let p = chart.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("Chart.yaml", "apiVersion: v2\nname: shop\nversion: 0.1.0\n");
+    w("values.yaml", "uid: 0\nimage: gcr.io/distroless/static:nonroot\n");
+    w(
+        "templates/deployment.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}-web\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      securityContext: {runAsUser: {{ .Values.uid }}}\n      containers:\n      - name: web\n        image: {{ .Values.image | quote }}\n",
+    );
+    let safe = chart.path().join("safe.yaml");
+    std::fs::write(&safe, "uid: 65532\n").unwrap();
+    let check = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
+            .args(["check", "--helm", chart.path().to_str().unwrap(), "-o", "json"])
+            .args(extra)
+            .env("HELM", bins.path("helm"))
+            .output()
+            .unwrap()
+    };
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &report["results"][0];
+    assert_eq!(r["name"], "distroless-guard-check-web");
+    assert!(
+        r["source"].as_str().unwrap().contains("shop/templates/deployment.yaml"),
+        "{r}"
+    );
+    assert!(r["violations"].to_string().contains("root-uid"), "{r}");
+
+    let out = check(&["--values", safe.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = check(&["--values", "/no/such/values.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("helm template"));
+}

@@ -165,23 +165,63 @@ fn stdin_lists_and_multi_document_yaml_are_read() {
     assert_eq!(results[0]["source"], "-:1");
 }
 
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What the JSON report lists as unreadable: (path, line, kind).
+fn unreadable(out: &Output) -> Vec<(String, Option<u64>, String)> {
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["unreadable"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["path"].as_str().unwrap().to_string(),
+                        p["line"].as_u64(),
+                        p["kind"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const ROOT_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: root}\nspec:\n  securityContext: {runAsUser: 0}\n  containers:\n  - {name: c, image: gcr.io/distroless/static:nonroot}\n";
+
 #[test]
-fn parse_errors_exit_2_and_name_the_file_and_line() {
+fn parse_errors_are_reported_once_with_file_and_line_and_strict_makes_them_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        "apiVersion: v1\nkind: Pod\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: [oops\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: first}\nspec: {containers: [{name: c, image: gcr.io/distroless/static:nonroot}]}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: [oops\n",
     )
     .unwrap();
-    let out = run(&["check", "-f", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:", bad.display())), "{err}");
-    assert!(
-        err.contains(":7:") || err.contains(":8:"),
-        "line of the broken document: {err}"
+    let out = run(&["check", "-f", bad.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "by the verdicts of what was read: {}",
+        stderr(&out)
     );
+    assert_eq!(
+        json_results(&out).len(),
+        1,
+        "the document before the broken one is still read"
+    );
+    let err = stderr(&out);
+    let line: usize = err
+        .split(&format!("{}:", bad.display()))
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no file:line in {err}"));
+    assert!((9..=10).contains(&line), "line of the broken document: {err}");
+    assert_eq!(err.matches("bad.yaml").count(), 1, "{err}");
+    let strict = run(&["check", "-f", bad.to_str().unwrap(), "--strict"]);
+    assert_eq!(strict.status.code(), Some(2), "{}", stderr(&strict));
 
     let wrong_type = dir.path().join("wrong.yaml");
     std::fs::write(
@@ -189,9 +229,154 @@ fn parse_errors_exit_2_and_name_the_file_and_line() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 3}\n",
     )
     .unwrap();
-    let out = run(&["check", "-f", wrong_type.to_str().unwrap()]);
+    let out = run(&["check", "-f", wrong_type.to_str().unwrap(), "--strict"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong.yaml:1: cannot read Pod p"));
+    assert!(
+        stderr(&out).contains("wrong.yaml:1: cannot read Pod p"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// What a new user meets running `check -f .` in a repository: Helm charts,
+/// a file broken by template actions, CI workflows, values files, a
+/// kustomization, beside the manifests.
+#[test]
+fn a_repository_is_checked_by_what_reads_and_each_unreadable_file_is_named_once() {
+    let repo = tempfile::tempdir().unwrap();
+    let w = |path: &str, text: &str| {
+        let p = repo.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("deploy/root.yaml", ROOT_POD);
+    w("chart/Chart.yaml", "apiVersion: v2\nname: app\nversion: 0.1.0\n");
+    w(
+        "chart/values.yaml",
+        "image: {repository: app, tag: latest}\nreplicas: 2\n",
+    );
+    w(
+        "chart/templates/deployment.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}\n",
+    );
+    w(
+        "chart/templates/nested/service.yaml",
+        "kind: Service\nmetadata: {name: '{{ .Release.Name }}'}\n",
+    );
+    w(
+        "ops/job-template.yaml",
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\nspec:\n  template:\n    spec:\n      containers:\n      - image: {{ .Image }}\n",
+    );
+    w(
+        ".github/workflows/ci.yml",
+        "name: CI\non: [push]\njobs:\n  test: {runs-on: ubuntu-latest}\n",
+    );
+    w("config/settings.json", "[1, 2, 3]\n");
+    w(
+        "base/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [pod.yaml]\n",
+    );
+    w("base/patch.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p\n");
+
+    let out = run(&["check", "-f", repo.path().to_str().unwrap(), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "the root Pod is denied: {}", stderr(&out));
+    let results = json_results(&out);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0]["name"], "root");
+    let root = repo.path().display().to_string();
+    let mut problems = unreadable(&out);
+    problems.sort();
+    assert_eq!(
+        problems,
+        [
+            (format!("{root}/base/patch.yaml"), Some(3), "syntax".to_string()),
+            (format!("{root}/chart"), None, "template".to_string()),
+            (format!("{root}/ops/job-template.yaml"), Some(9), "template".to_string()),
+        ]
+    );
+    let err = stderr(&out);
+    assert!(err.contains("a Helm chart; its 2 template files"), "{err}");
+    assert!(err.contains("check --helm"), "{err}");
+    assert!(err.contains("kustomize build"), "{err}");
+    assert!(
+        !err.contains("ci.yml") && !err.contains("values.yaml") && !err.contains("settings.json"),
+        "{err}"
+    );
+
+    let strict = run(&["check", "-f", repo.path().to_str().unwrap(), "--strict"]);
+    assert_eq!(strict.status.code(), Some(2));
+    assert!(stderr(&strict).contains("3 of 3 unreadable"), "{}", stderr(&strict));
+}
+
+/// Each hostile file is an error (exit 2) naming the file and line, found in
+/// bounded time and memory, and the good file beside them is still checked.
+#[test]
+fn hostile_files_are_errors_with_file_and_line_and_the_others_are_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes).unwrap();
+    w("a-root.yaml", ROOT_POD.as_bytes());
+    w(
+        "flow.yaml",
+        format!("a: {}{}\n", "[".repeat(200_000), "]".repeat(200_000)).as_bytes(),
+    );
+    w(
+        "deep.json",
+        format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000)).as_bytes(),
+    );
+    let mut laughs = vec!["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]".to_string()];
+    for i in 1..10 {
+        laughs.push(format!("a{i}: &a{i} [{}]", vec![format!("*a{}", i - 1); 9].join(", ")));
+    }
+    w(
+        "laughs.yaml",
+        format!("apiVersion: v1\nkind: ConfigMap\n{}\n", laughs.join("\n")).as_bytes(),
+    );
+    w("huge.yaml", &vec![b'#'; 33 * 1024 * 1024]);
+    w("binary.yaml", b"apiVersion: v1\n\x00\x01\x02\x03");
+    w(
+        "latin1.yaml",
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: caf\xe9\n",
+    );
+    std::fs::create_dir_all(dir.path().join("loop")).unwrap();
+    std::os::unix::fs::symlink("..", dir.path().join("loop/up")).unwrap();
+
+    let out = run(&["check", "-f", dir.path().to_str().unwrap(), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let results = json_results(&out);
+    assert_eq!(
+        results.len(),
+        1,
+        "the root Pod is read once, not once per loop: {results:?}"
+    );
+    assert_eq!(results[0]["allowed"], false);
+    let d = dir.path().display().to_string();
+    let mut problems = unreadable(&out);
+    problems.sort();
+    let want = [
+        (format!("{d}/binary.yaml"), Some(2), "binary"),
+        (format!("{d}/deep.json"), Some(1), "limit"),
+        (format!("{d}/flow.yaml"), Some(1), "limit"),
+        (format!("{d}/huge.yaml"), None, "limit"),
+        (format!("{d}/latin1.yaml"), Some(4), "binary"),
+        (format!("{d}/laughs.yaml"), Some(5), "limit"),
+        (format!("{d}/loop/up"), None, "loop"),
+    ]
+    .map(|(p, l, k)| (p, l, k.to_string()));
+    let got: Vec<_> = problems.iter().map(|(p, l, k)| (p.clone(), *l, k.clone())).collect();
+    // The alias bomb is caught where the expansion passes the node limit, a line or two on.
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((&g.0, &g.2), (&w.0, &w.2), "{got:?}");
+        if w.0.ends_with("laughs.yaml") {
+            assert!(g.1.is_some_and(|l| (4..=10).contains(&l)), "{g:?}");
+        } else {
+            assert_eq!(g.1, w.1, "{g:?}");
+        }
+    }
+    let err = stderr(&out);
+    assert!(err.contains("billion laughs"), "{err}");
+    assert!(err.contains("nested more than 64 deep"), "{err}");
+    assert!(err.contains("larger than 32 MiB"), "{err}");
 }
 
 #[test]
