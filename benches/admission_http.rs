@@ -138,6 +138,7 @@ fn main() {
             tls_key: key.clone(),
             tls_reload: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(1),
+            limits: Default::default(),
         };
         let real = webhook::start(options, Admission::new(PolicySet::builtin_default(), Arc::new(NameOnly)))
             .await
@@ -147,7 +148,7 @@ fn main() {
         let tls = webhook::tls::server_config(certs).expect("tls config");
         let listener = webhook::server::bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
         let baseline_addr = listener.local_addr().expect("addr");
-        tokio::spawn(webhook::server::serve_tls(listener, tls, baseline_router(), std::future::pending(), Duration::from_secs(1)));
+        tokio::spawn(webhook::server::serve_tls(listener, tls, baseline_router(), std::future::pending(), Duration::from_secs(1), Default::default()));
 
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pod-compliant.json");
         let review: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("review")).expect("json");

@@ -16,6 +16,8 @@ pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod controller;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod image;
 pub mod inventory;
 pub mod kubectl;

@@ -35,6 +35,8 @@ pub struct OperatorConfig {
     pub service_name: String,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    /// What one client may take of the webhook server.
+    pub server_limits: crate::webhook::server::ServerLimits,
     pub lease_name: String,
     pub lease_duration: Duration,
     pub cert_secret: String,
@@ -252,12 +254,19 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
             serving
         }
     };
-    let webhook = webhook::start_with_certs(config.listen, certs, check, Duration::from_secs(10), state.clone())
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let webhook = webhook::start_with_certs(
+        config.listen,
+        certs,
+        check,
+        Duration::from_secs(10),
+        config.server_limits,
+        state.clone(),
+    )
+    .await
+    .map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
 
     let mut auditor = Auditor::new(client.clone(), view.clone(), leading.clone(), &config.identity)
         .with_metrics(state.metrics.clone());

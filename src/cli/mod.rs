@@ -116,6 +116,31 @@ enum LogFormatArg {
     Json,
 }
 
+/// What one client may take of the webhook server (`webhook` and `run`).
+#[derive(Args, Debug, Clone)]
+struct ServerArgs {
+    /// Seconds a client may take for the TLS handshake, for a request's headers
+    /// (also how long a kept-alive HTTP/1 connection may sit idle), and for its body.
+    #[arg(long, default_value_t = 10)]
+    client_timeout_seconds: u64,
+    /// Open connections to the webhook at once; past it, new ones wait.
+    #[arg(long, default_value_t = 2048)]
+    max_connections: usize,
+}
+
+impl ServerArgs {
+    fn limits(&self) -> crate::webhook::server::ServerLimits {
+        let t = std::time::Duration::from_secs(self.client_timeout_seconds.max(1));
+        crate::webhook::server::ServerLimits {
+            handshake: t,
+            header_read: t,
+            body_read: t,
+            max_connections: self.max_connections.max(1),
+            ..Default::default()
+        }
+    }
+}
+
 /// Logging flags shared by the long-running commands.
 #[derive(Args, Debug, Clone)]
 struct LogArgs {

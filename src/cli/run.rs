@@ -32,6 +32,8 @@ pub(super) struct RunArgs {
     /// Address of plain-HTTP /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_listen: SocketAddr,
+    #[command(flatten)]
+    server: super::ServerArgs,
     /// Lease used for leader election.
     #[arg(long, default_value = "distroless-guard-leader")]
     lease_name: String,
@@ -100,6 +102,7 @@ impl RunArgs {
             service_name: self.service_name.clone(),
             listen: self.listen,
             metrics_listen: self.metrics_listen,
+            server_limits: self.server.limits(),
             lease_name: self.lease_name.clone(),
             lease_duration: Duration::from_secs(self.lease_seconds),
             cert_secret: self.cert_secret.clone(),

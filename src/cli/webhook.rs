@@ -37,6 +37,8 @@ pub(super) struct WebhookArgs {
     #[arg(long, default_value_t = 10)]
     shutdown_grace_seconds: u64,
     #[command(flatten)]
+    server: super::ServerArgs,
+    #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
     images: ImageArgs,
@@ -59,6 +61,7 @@ async fn serve(args: WebhookArgs) -> anyhow::Result<()> {
         tls_key: args.tls_key,
         tls_reload: Duration::from_secs(args.tls_reload_seconds.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        limits: args.server.limits(),
     };
     let running = webhook::start(options, admission)
         .await

@@ -16,4 +16,10 @@ pub mod view;
 pub use catalog::{PACKAGE_MANAGERS, SHELL_NAMES};
 pub use inspector::{Inspector, InspectorConfig, Reports, install_crypto_provider};
 pub use layer::{LayerError, LayerFacts, LayerLimits};
+
+/// Scans a layer blob as the inspector does (for the fuzz targets).
+#[doc(hidden)]
+pub fn scan_layer(blob: &[u8], limits: LayerLimits) -> Result<LayerFacts, LayerError> {
+    layer::scan(blob, limits)
+}
 pub use report::{BadPlatform, Evidence, ImageError, ImageReport, Platform};

@@ -15,10 +15,20 @@ pub fn parse(image: &str) -> Result<Reference, ImageError> {
             reason: "empty".into(),
         });
     }
-    trimmed.parse::<Reference>().map_err(|e| ImageError::Reference {
+    let reference = trimmed.parse::<Reference>().map_err(|e| ImageError::Reference {
         image: image.into(),
         reason: e.to_string(),
-    })
+    })?;
+    // Docker reads a first component with capitals as a registry host; the
+    // parser reads it as a repository, which a repository may not be. Such a
+    // reference must name itself the same way when written out again.
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) && reference.whole().parse::<Reference>().is_err() {
+        return Err(ImageError::Reference {
+            image: image.into(),
+            reason: "a repository name must be lowercase".into(),
+        });
+    }
+    Ok(reference)
 }
 
 /// The fully qualified form, e.g. `docker.io/library/nginx:latest`.
@@ -29,6 +39,17 @@ pub fn normalize(image: &str) -> Result<String, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capitals_in_the_repository_are_refused_not_moved_to_docker_hub() {
+        // Found by the image_reference fuzz target (fuzz/regressions/image_reference/).
+        assert!(parse("Upas/app").is_err());
+        assert!(parse("docker.io/Team/app").is_err());
+        assert_eq!(
+            normalize("Registry.Example:5000/app:V1").unwrap(),
+            "Registry.Example:5000/app:V1"
+        );
+    }
 
     #[test]
     fn short_names_expand_like_docker() {

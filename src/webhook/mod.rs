@@ -227,6 +227,7 @@ pub struct ServeOptions {
     pub tls_key: PathBuf,
     pub tls_reload: Duration,
     pub shutdown_grace: Duration,
+    pub limits: server::ServerLimits,
 }
 
 /// Why the webhook server could not start.
@@ -250,6 +251,7 @@ pub async fn start(options: ServeOptions, admission: Admission) -> Result<Runnin
         certs,
         options.tls_reload,
         options.shutdown_grace,
+        options.limits,
         AppState::new(admission),
     )
     .await
@@ -265,6 +267,7 @@ pub async fn start_with_certs(
     certs: Arc<tls::ReloadingCert>,
     tls_reload: Duration,
     shutdown_grace: Duration,
+    limits: server::ServerLimits,
     state: Arc<AppState>,
 ) -> Result<RunningWebhook, std::io::Error> {
     let tls = tls::server_config(certs.clone()).map_err(std::io::Error::other)?;
@@ -280,6 +283,7 @@ pub async fn start_with_certs(
             let _ = rx.await;
         },
         shutdown_grace,
+        limits,
     ));
     let reloader = tokio::spawn(async move {
         let mut tick = tokio::time::interval(tls_reload);

@@ -527,6 +527,7 @@ async fn two_replicas_in_one_process_hand_the_lease_over_on_shutdown() {
         service_name: format!("{name}-webhook"),
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        server_limits: Default::default(),
         lease_name: format!("{name}-leader"),
         lease_duration: Duration::from_secs(15),
         cert_secret: format!("{name}-webhook-tls"),

@@ -14,4 +14,5 @@ mod conformance_psa;
 mod crd;
 mod dockerfile;
 mod engine;
+mod fuzz_regressions;
 mod mutation;

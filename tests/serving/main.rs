@@ -21,5 +21,6 @@ mod e2e_script;
 mod image_inspect;
 mod inventory_html;
 mod router;
+mod webhook_abuse;
 mod webhook_https;
 mod webhook_images;

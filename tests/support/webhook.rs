@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use distroless_guard::admission::{Admission, NameOnly};
 use distroless_guard::policy::PolicySet;
+use distroless_guard::webhook::server::ServerLimits;
 use distroless_guard::webhook::{self, RunningWebhook, ServeOptions};
 
 use super::tls::{HttpsConn, TestCa};
@@ -23,6 +24,10 @@ impl TestWebhook {
     }
 
     pub async fn start_with(admission: Admission) -> Self {
+        Self::start_limited(admission, ServerLimits::default()).await
+    }
+
+    pub async fn start_limited(admission: Admission, limits: ServerLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("distroless-guard test CA");
         let (cert_path, key_path) = ca.serving_cert(1).write(dir.path());
@@ -32,6 +37,7 @@ impl TestWebhook {
             tls_key: key_path.clone(),
             tls_reload: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
+            limits,
         };
         let server = webhook::start(options, admission).await.unwrap();
         server.state.set_ready(true);

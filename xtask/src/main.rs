@@ -6,8 +6,10 @@
 //!   control plane on this machine, without Docker.
 //! - `test`: install what the tests need, then run every test.
 //! - `crds`: regenerate `crds/` and the chart's `crds/` from the Rust types.
+//! - `fuzz [--seconds N] [TARGET...]`: a fuzzing campaign over `fuzz/`'s targets.
 
 mod cluster;
+mod fuzz;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,13 @@ enum Task {
     },
     /// Regenerate the CRD files (crds/ and the chart's crds/) from the Rust types.
     Crds,
+    /// Fuzz every target of fuzz/ (or those named) for N seconds each with cargo-fuzz,
+    /// keeping the corpus in fuzz/corpus/; prints a RESULT line per target.
+    Fuzz {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        targets: Vec<String>,
+    },
 }
 
 /// The repository root (xtask lives one level below it).
@@ -113,6 +122,7 @@ fn main() -> ExitCode {
         Task::Cluster { action } => cluster::run(action),
         Task::Test { cargo_args } => test::run(&cargo_args),
         Task::Crds => crds(),
+        Task::Fuzz { seconds, targets } => fuzz::campaign(seconds, &targets),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,8 @@
 //!    shellcheck from PyPI (`tests/chart/requirements.txt`).
 //! 3. The control-plane binaries, built from Go modules into the cache.
 //! 4. `cargo test --workspace`.
+//! 5. A smoke run of every fuzz target (cargo-fuzz, installed when missing),
+//!    a few seconds each from its seeds.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,6 +23,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The inventory's HTML report is rendered by a real headless browser.
     ("chromium", "chromium"),
 ];
+
+/// How long the smoke run gives each fuzz target.
+const FUZZ_SMOKE_SECONDS: u64 = 5;
 
 pub fn run(cargo_args: &[String]) -> Result<(), String> {
     let started = Instant::now();
@@ -54,15 +59,20 @@ pub fn run(cargo_args: &[String]) -> Result<(), String> {
         }
     }
     let status = child.wait().map_err(|e| e.to_string())?;
+    let (fuzz_passed, fuzz_failed) = crate::fuzz::smoke(FUZZ_SMOKE_SECONDS)?;
+    passed += fuzz_passed;
+    failed += fuzz_failed;
     println!(
         "{passed} passed, {failed} failed (tests {:.0} s, total {:.0} s)",
         tests.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    if status.success() {
-        Ok(())
-    } else {
+    if !status.success() {
         Err("cargo test failed".into())
+    } else if fuzz_failed > 0 {
+        Err("a fuzz target crashed".into())
+    } else {
+        Ok(())
     }
 }
 
