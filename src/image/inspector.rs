@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use parking_lot::Mutex;
 use tracing::{Instrument, debug, info_span};
 
@@ -73,10 +73,10 @@ type PlatformCache = Bounded<(String, Platform), Arc<Vec<String>>>;
 pub type Reports = Arc<Vec<Arc<ImageReport>>>;
 
 pub struct Inspector {
-    client: Client,
+    clients: registry::Clients,
     /// Clients for extra credentials (a pod's imagePullSecrets), by fingerprint:
     /// oci-client keeps one login per registry and client.
-    credentialed: Mutex<HashMap<u64, Client>>,
+    credentialed: Mutex<HashMap<u64, registry::Clients>>,
     config: InspectorConfig,
     verdicts: Mutex<Bounded<String, Arc<ImageReport>>>,
     /// (manifest or index digest, platform choice) -> the platform manifest digests judged.
@@ -96,9 +96,9 @@ impl Inspector {
     /// (the binaries do it in `main`; `install_crypto_provider` here does it too).
     pub fn new(config: InspectorConfig) -> Arc<Self> {
         install_crypto_provider();
-        let client = registry::new_client(&config.insecure_registries, config.request_timeout);
+        let clients = registry::new_clients(&config.insecure_registries, config.request_timeout);
         Arc::new(Inspector {
-            client,
+            clients,
             credentialed: Mutex::new(HashMap::new()),
             verdicts: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
             platforms: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
@@ -138,13 +138,13 @@ impl Inspector {
             }
             let client = clients
                 .entry(extra.fingerprint())
-                .or_insert_with(|| registry::new_client(&self.config.insecure_registries, self.config.request_timeout))
+                .or_insert_with(|| registry::new_clients(&self.config.insecure_registries, self.config.request_timeout))
                 .clone();
-            return Session { client, auth };
+            return Session { clients: client, auth };
         }
         let auth = lookup(&self.config.credentials).unwrap_or(RegistryAuth::Anonymous);
         Session {
-            client: self.client.clone(),
+            clients: self.clients.clone(),
             auth,
         }
     }
@@ -237,7 +237,14 @@ impl Inspector {
         if let Some(d) = self.tags.lock().get(&key, Instant::now()) {
             return Ok(d);
         }
-        let digest = registry::resolve_digest(image, reference, session).await?;
+        let digest = registry::resolve_digest(
+            image,
+            reference,
+            session,
+            self.config.max_manifest_bytes,
+            &self.bytes_fetched,
+        )
+        .await?;
         self.tags.lock().insert(key, digest.clone(), Instant::now());
         Ok(digest)
     }

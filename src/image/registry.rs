@@ -2,54 +2,403 @@
 //! manifests and configs under size limits, streaming a layer through the
 //! scanner, and turning client errors into what went wrong for people.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 
 use super::ImageError;
 use super::layer::{self, LayerFacts, LayerLimits};
 use super::manifest::{ACCEPTED, ConfigDoc, Descriptor, ManifestDoc};
 
+/// The HTTP client for one set of credentials (manifests and blobs, each read
+/// under its limit, and the token exchange), and the grants obtained so far.
+#[derive(Clone)]
+pub(super) struct Clients {
+    http: reqwest::Client,
+    insecure: Arc<Vec<String>>,
+    grants: Arc<Mutex<Grants>>,
+}
+
 /// A registry client and the credentials it speaks with.
 #[derive(Clone)]
 pub(super) struct Session {
-    pub(super) client: Client,
+    pub(super) clients: Clients,
+    /// The credentials configured for the registry (never sent anywhere else).
     pub(super) auth: RegistryAuth,
 }
 
-/// A client speaking plain HTTP only to `insecure` registries, with a connect
-/// and read timeout on every request.
-pub(super) fn new_client(insecure: &[String], timeout: std::time::Duration) -> Client {
-    let protocol = if insecure.is_empty() {
-        ClientProtocol::Https
-    } else {
-        ClientProtocol::HttpsExcept(insecure.to_vec())
-    };
-    Client::new(ClientConfig {
-        protocol,
-        read_timeout: Some(timeout),
-        connect_timeout: Some(timeout),
-        ..ClientConfig::default()
-    })
+/// (registry, repository) -> the grant, and when it was obtained.
+type Grants = HashMap<(String, String), (Grant, Instant)>;
+
+/// How requests to one repository are authorized.
+#[derive(Clone, Debug)]
+pub(super) enum Grant {
+    Anonymous,
+    Basic(String, String),
+    Bearer(String),
 }
 
-/// The digest a tag points to now (HEAD).
+impl Grant {
+    fn apply(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Grant::Anonymous => request,
+            Grant::Basic(u, p) => request.basic_auth(u, Some(p)),
+            Grant::Bearer(t) => request.bearer_auth(t),
+        }
+    }
+}
+
+/// How long a token is used before a new one is asked for (registries give
+/// at least 60 s; Docker Hub 300 s).
+const GRANT_TTL: Duration = Duration::from_secs(50);
+
+/// The most a token endpoint's answer may hold.
+const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+/// Clients speaking plain HTTP only to `insecure` registries, with a connect
+/// and read timeout on every request. Redirects are followed (blobs live on
+/// CDNs), and an `Authorization` header is never carried to another host.
+pub(super) fn new_clients(insecure: &[String], timeout: Duration) -> Clients {
+    let http = reqwest::Client::builder()
+        .read_timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("distroless-guard/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default();
+    Clients {
+        http,
+        insecure: Arc::new(insecure.to_vec()),
+        grants: Arc::default(),
+    }
+}
+
+impl Session {
+    fn scheme(&self, registry: &str) -> &'static str {
+        if self.clients.insecure.iter().any(|h| h == registry) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// The grant for a repository: cached, or from the registry's challenge.
+    /// Credentials go to the registry itself, and to its token endpoint only
+    /// over HTTPS (or on the registry's own host): a challenge naming a plain
+    /// HTTP endpoint elsewhere gets none.
+    pub(super) async fn grant(&self, image: &str, reference: &Reference) -> Result<Grant, ImageError> {
+        let registry = reference.resolve_registry().to_string();
+        let key = (registry.clone(), reference.repository().to_string());
+        if let Some((grant, at)) = self.clients.grants.lock().get(&key)
+            && at.elapsed() < GRANT_TTL
+        {
+            return Ok(grant.clone());
+        }
+        let grant = self.challenge(image, &registry, reference.repository()).await?;
+        let mut grants = self.clients.grants.lock();
+        if grants.len() > 4096 {
+            grants.clear();
+        }
+        grants.insert(key, (grant.clone(), Instant::now()));
+        Ok(grant)
+    }
+
+    fn forget(&self, reference: &Reference) {
+        let key = (
+            reference.resolve_registry().to_string(),
+            reference.repository().to_string(),
+        );
+        self.clients.grants.lock().remove(&key);
+    }
+
+    async fn challenge(&self, image: &str, registry: &str, repository: &str) -> Result<Grant, ImageError> {
+        let unreachable = |e: reqwest::Error| ImageError::Unreachable {
+            image: image.into(),
+            reason: e.to_string(),
+        };
+        let refused = |reason: String| ImageError::Unauthorized {
+            image: image.into(),
+            reason,
+        };
+        let basic = match &self.auth {
+            RegistryAuth::Basic(u, p) => Some((u.clone(), p.clone())),
+            _ => None,
+        };
+        if let RegistryAuth::Bearer(t) = &self.auth {
+            return Ok(Grant::Bearer(t.clone()));
+        }
+        let base = format!("{}://{registry}/v2/", self.scheme(registry));
+        let ping = self.clients.http.get(&base).send().await.map_err(unreachable)?;
+        let challenge = ping
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        drop(ping);
+        let Some(challenge) = challenge else {
+            return Ok(basic.map_or(Grant::Anonymous, |(u, p)| Grant::Basic(u, p)));
+        };
+        let Some(params) = bearer_params(&challenge) else {
+            // A Basic challenge: the credentials go to the registry itself.
+            return Ok(basic.map_or(Grant::Anonymous, |(u, p)| Grant::Basic(u, p)));
+        };
+        let realm = params.get("realm").cloned().unwrap_or_default();
+        let realm_url = reqwest::Url::parse(&realm)
+            .map_err(|e| refused(format!("the registry's token endpoint {realm:?} is not a URL: {e}")))?;
+        let same_host = realm_url
+            .host_str()
+            .is_some_and(|h| registry.split(':').next().is_some_and(|r| r.eq_ignore_ascii_case(h)));
+        let mut request = self
+            .clients
+            .http
+            .get(realm_url.clone())
+            .query(&[("scope", format!("repository:{repository}:pull"))]);
+        if let Some(service) = params.get("service") {
+            request = request.query(&[("service", service)]);
+        }
+        if let Some((u, p)) = &basic {
+            if realm_url.scheme() != "https" && !same_host {
+                return Err(refused(format!(
+                    "the registry sends its credentials to {realm}, plain HTTP on another host; they were not sent"
+                )));
+            }
+            request = request.basic_auth(u, Some(p));
+        }
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let body = read_bounded(response, MAX_TOKEN_BYTES)
+            .await
+            .map_err(|e| refused(format!("token endpoint {realm}: {e}")))?;
+        if !status.is_success() {
+            return Err(refused(format!(
+                "token endpoint {realm} answered {status}{}",
+                describe_body(&body)
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let token: Token = serde_json::from_slice(&body)
+            .map_err(|e| refused(format!("token endpoint {realm} answered with no token: {e}")))?;
+        token
+            .token
+            .or(token.access_token)
+            .filter(|t| !t.is_empty())
+            .map(Grant::Bearer)
+            .ok_or_else(|| refused(format!("token endpoint {realm} answered with no token")))
+    }
+}
+
+/// The parameters of a `Bearer realm="...",service="..."` challenge.
+fn bearer_params(challenge: &str) -> Option<HashMap<String, String>> {
+    let rest = challenge.trim();
+    let rest = rest
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("bearer "))
+        .map(|_| &rest[7..])?;
+    let mut params = HashMap::new();
+    let mut chars = rest.trim();
+    while !chars.is_empty() {
+        let (key, after) = chars.split_once('=')?;
+        let after = after.trim_start();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        params.insert(key.trim().to_ascii_lowercase(), value.to_string());
+        chars = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(params)
+}
+
+/// Why a body was not read whole.
+enum BodyError {
+    TooLarge(String),
+    Failed(String),
+}
+
+impl BodyError {
+    fn into_image_error(self, image: &str, what: &str) -> ImageError {
+        match self {
+            BodyError::TooLarge(reason) => ImageError::Limit {
+                image: image.into(),
+                reason: format!("{what} of {reason}"),
+            },
+            BodyError::Failed(reason) => ImageError::Unreachable {
+                image: image.into(),
+                reason: format!("{what}: {reason}"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge(r) | BodyError::Failed(r) => f.write_str(r),
+        }
+    }
+}
+
+/// A body read up to `limit` bytes; past that, an error and no more is read.
+async fn read_bounded(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if let Some(announced) = response.content_length().filter(|l| *l > limit as u64) {
+        return Err(BodyError::TooLarge(format!(
+            "{announced} bytes announced (limit {limit})"
+        )));
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Failed(error_chain(&e)))?;
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge(format!("more than {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// What an error body looks like, for a message: an HTML page is named as
+/// such, anything else is quoted (briefly).
+fn describe_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim_start();
+    let head = trimmed.get(..trimmed.len().min(200)).unwrap_or_default();
+    if head.to_ascii_lowercase().starts_with("<!doctype html") || head.to_ascii_lowercase().starts_with("<html") {
+        " with an HTML page (not a registry API answer: a proxy, a login page or a wrong host?)".to_string()
+    } else if head.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", head.replace('\n', " "))
+    }
+}
+
+/// The digest a tag points to now: a HEAD of its manifest, or the manifest
+/// itself when the registry does not say.
 pub(super) async fn resolve_digest(
     image: &str,
     reference: &Reference,
     session: &Session,
+    limit: usize,
+    fetched: &AtomicU64,
 ) -> Result<String, ImageError> {
-    session
-        .client
-        .fetch_manifest_digest(reference, &session.auth)
-        .await
-        .map_err(|e| classify(image, e))
+    let url = manifest_url(session, reference);
+    let response = send(image, reference, session, &url, reqwest::Method::HEAD).await?;
+    match response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(d) => Ok(d.to_string()),
+        None => fetch_manifest(image, reference, session, limit, fetched)
+            .await
+            .map(|(_, d)| d),
+    }
 }
 
-/// A manifest or index and its digest, refused above `limit` bytes.
+fn manifest_url(session: &Session, reference: &Reference) -> String {
+    let registry = reference.resolve_registry();
+    let target = reference.digest().or(reference.tag()).unwrap_or("latest");
+    format!(
+        "{}://{registry}/v2/{}/manifests/{target}",
+        session.scheme(registry),
+        reference.repository()
+    )
+}
+
+fn blob_url(session: &Session, reference: &Reference, digest: &str) -> String {
+    let registry = reference.resolve_registry();
+    format!(
+        "{}://{registry}/v2/{}/blobs/{digest}",
+        session.scheme(registry),
+        reference.repository()
+    )
+}
+
+/// Sends a request with the repository's grant (asking for a new one once
+/// when the registry says it has expired). A success is returned; any other
+/// answer is the error it means, its body read only a little.
+async fn send(
+    image: &str,
+    reference: &Reference,
+    session: &Session,
+    url: &str,
+    method: reqwest::Method,
+) -> Result<reqwest::Response, ImageError> {
+    let mut retried = false;
+    let response = loop {
+        let grant = session.grant(image, reference).await?;
+        let request = session
+            .clients
+            .http
+            .request(method.clone(), url)
+            .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+        let response = grant.apply(request).send().await.map_err(|e| ImageError::Unreachable {
+            image: image.into(),
+            reason: format!("{url}: {}", error_chain(&e)),
+        })?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED && !retried {
+            session.forget(reference);
+            retried = true;
+            continue;
+        }
+        break response;
+    };
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = read_bounded(response, 4096).await.unwrap_or_default();
+    let reason = format!("{url}: {status}{}", describe_body(&body));
+    let image = image.to_string();
+    Err(match status.as_u16() {
+        404 => ImageError::NotFound { image, reason },
+        401 | 403 => ImageError::Unauthorized { image, reason },
+        500.. => ImageError::Unreachable { image, reason },
+        _ => ImageError::Malformed { image, reason },
+    })
+}
+
+/// An error and its causes on one line (reqwest hides the cause of a timeout).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut text = String::with_capacity(71);
+    text.push_str("sha256:");
+    for b in digest.iter() {
+        use std::fmt::Write;
+        let _ = write!(text, "{b:02x}");
+    }
+    text
+}
+
+/// A manifest or index and its digest. The body is read as it arrives and
+/// the request dropped past `limit` bytes; the digest is checked against the
+/// reference (when pinned) and the registry's `Docker-Content-Digest`.
 pub(super) async fn fetch_manifest(
     image: &str,
     reference: &Reference,
@@ -57,22 +406,46 @@ pub(super) async fn fetch_manifest(
     limit: usize,
     fetched: &AtomicU64,
 ) -> Result<(ManifestDoc, String), ImageError> {
-    let (bytes, digest) = session
-        .client
-        .pull_manifest_raw(reference, &session.auth, ACCEPTED)
-        .await
-        .map_err(|e| classify(image, e))?;
-    fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    if bytes.len() > limit {
-        return Err(ImageError::Limit {
-            image: image.into(),
-            reason: format!("manifest of {} bytes (limit {limit})", bytes.len()),
-        });
-    }
-    let doc = serde_json::from_slice(&bytes).map_err(|e| ImageError::Malformed {
+    let malformed = |reason: String| ImageError::Malformed {
         image: image.into(),
-        reason: format!("manifest: {e}"),
-    })?;
+        reason,
+    };
+    let response = send(
+        image,
+        reference,
+        session,
+        &manifest_url(session, reference),
+        reqwest::Method::GET,
+    )
+    .await?;
+    let header_digest = response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let body = read_bounded(response, limit)
+        .await
+        .map_err(|e| e.into_image_error(image, "manifest"))?;
+    fetched.fetch_add(body.len() as u64, Ordering::Relaxed);
+    let computed = sha256_of(&body);
+    if let Some(pinned) = reference.digest().filter(|d| d.starts_with("sha256:"))
+        && pinned != computed
+    {
+        return Err(malformed(format!(
+            "manifest digest is {computed}, not the {pinned} asked for"
+        )));
+    }
+    let digest = match header_digest {
+        Some(h) if h.starts_with("sha256:") && h != computed => {
+            return Err(malformed(format!(
+                "manifest digest is {computed}, the registry says {h}"
+            )));
+        }
+        Some(h) if !h.starts_with("sha256:") => h,
+        _ => computed,
+    };
+    let doc = serde_json::from_slice(&body)
+        .map_err(|e| malformed(format!("manifest is not JSON{}: {e}", describe_body(&body))))?;
     Ok((doc, digest))
 }
 
@@ -91,13 +464,18 @@ pub(super) async fn fetch_config(
             reason: format!("config of {} bytes (limit {limit})", desc.size),
         });
     }
-    let mut out = Vec::new();
-    session
-        .client
-        .pull_blob(reference, desc.digest.as_str(), &mut out)
+    let url = blob_url(session, reference, &desc.digest);
+    let response = send(image, reference, session, &url, reqwest::Method::GET).await?;
+    let out = read_bounded(response, usize::try_from(limit).unwrap_or(usize::MAX))
         .await
-        .map_err(|e| classify(image, e))?;
+        .map_err(|e| e.into_image_error(image, "config"))?;
     fetched.fetch_add(out.len() as u64, Ordering::Relaxed);
+    if desc.digest.starts_with("sha256:") && sha256_of(&out) != desc.digest {
+        return Err(ImageError::Malformed {
+            image: image.into(),
+            reason: format!("config digest is {}, not {}", sha256_of(&out), desc.digest),
+        });
+    }
     serde_json::from_slice(&out).map_err(|e| ImageError::Malformed {
         image: image.into(),
         reason: format!("config: {e}"),
@@ -114,12 +492,9 @@ pub(super) async fn scan_layer(
     limits: LayerLimits,
     fetched: &AtomicU64,
 ) -> Result<LayerFacts, ImageError> {
-    let sized = session
-        .client
-        .pull_blob_stream(reference, desc.digest.as_str())
-        .await
-        .map_err(|e| classify(image, e))?;
-    let counted = sized.stream.map(move |chunk| {
+    let url = blob_url(session, reference, &desc.digest);
+    let response = send(image, reference, session, &url, reqwest::Method::GET).await?;
+    let counted = response.bytes_stream().map(move |chunk| {
         chunk.inspect(|bytes| {
             fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         })
@@ -138,7 +513,7 @@ pub(super) async fn scan_layer(
                 }
             }
             Err(e) => {
-                fetch_error = Some(e.to_string());
+                fetch_error = Some(error_chain(&e));
                 let _ = tx.send(Err(std::io::Error::other("the layer download failed"))).await;
                 break;
             }
@@ -172,33 +547,4 @@ fn tokio_stream_of<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send + Unpin + 'static {
     Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-}
-
-/// Turns a client error into what went wrong, for people.
-pub(super) fn classify(image: &str, e: oci_client::errors::OciDistributionError) -> ImageError {
-    use oci_client::errors::OciDistributionError as E;
-    let reason = e.to_string();
-    let image = image.to_string();
-    match e {
-        E::ImageManifestNotFoundError(_) => ImageError::NotFound { image, reason },
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => ImageError::Unauthorized { image, reason },
-        E::ServerError { code: 404, .. } => ImageError::NotFound { image, reason },
-        E::ServerError { code: 401 | 403, .. } => ImageError::Unauthorized { image, reason },
-        E::RegistryError { ref envelope, .. } => {
-            use oci_client::errors::OciErrorCode as C;
-            let codes: Vec<&C> = envelope.errors.iter().map(|x| &x.code).collect();
-            if codes
-                .iter()
-                .any(|c| matches!(c, C::ManifestUnknown | C::NameUnknown | C::BlobUnknown | C::NotFound))
-            {
-                ImageError::NotFound { image, reason }
-            } else if codes.iter().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
-                ImageError::Unauthorized { image, reason }
-            } else {
-                ImageError::Malformed { image, reason }
-            }
-        }
-        E::RequestError(_) | E::IoError(_) => ImageError::Unreachable { image, reason },
-        _ => ImageError::Malformed { image, reason },
-    }
 }

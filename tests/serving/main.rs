@@ -20,6 +20,7 @@ mod chart;
 mod e2e_script;
 mod image_inspect;
 mod inventory_html;
+mod registry_abuse;
 mod router;
 mod webhook_abuse;
 mod webhook_https;
