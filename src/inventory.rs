@@ -131,6 +131,79 @@ pub struct Inventory {
     pub namespaces: Vec<NamespaceEntry>,
 }
 
+/// What an image's inspection says of the migration, without the words.
+fn image_state(image: &str, facts: Option<&ImageFacts>) -> State {
+    match facts.map(|f| f.get(image)) {
+        None => State::Done,
+        Some(None | Some(ImageStatus::Failed(_))) => State::Unverified,
+        Some(Some(ImageStatus::Inspected(reports))) => {
+            if reports.iter().all(|r| r.distroless && !r.runs_as_root()) {
+                State::Done
+            } else {
+                State::NotDistroless
+            }
+        }
+    }
+}
+
+/// A workload's state from its verdict and the states of its images.
+fn workload_state(images: State, has_images: bool, verdict: &policy::Verdict, facts: Option<&ImageFacts>) -> State {
+    let mut state = images;
+    if verdict.violations.iter().any(|v| v.rule == RuleId::ImageRootUser) {
+        state = state.max(State::NotDistroless);
+    }
+    if state == State::Done && verdict.violations.iter().any(|v| !v.rule.reads_the_image()) {
+        state = State::SpecBlocked;
+    }
+    if facts.is_none() && state == State::Done && has_images {
+        // Nothing in the spec is in the way, but the images were not read.
+        state = State::Unverified;
+    }
+    state
+}
+
+/// Workloads per namespace and state: what [`build`] counts, without building
+/// the rows (the audit keeps these as metrics on every pass).
+pub fn counts<'a>(
+    workloads: impl IntoIterator<Item = &'a Workload>,
+    namespace_labels: &dyn Fn(&str) -> Option<&'a BTreeMap<String, String>>,
+    policies: &PolicySet,
+    facts: Option<&ImageFacts>,
+    now: Timestamp,
+) -> Vec<(String, Counts)> {
+    let mut by_namespace: BTreeMap<&str, Counts> = BTreeMap::new();
+    for w in workloads.into_iter().filter(|w| w.owner.is_none()) {
+        let namespace = w.namespace.as_deref().unwrap_or("default");
+        let fallback;
+        let labels = match namespace_labels(namespace) {
+            Some(l) => l,
+            None => {
+                fallback = namespace_name_labels(namespace);
+                &fallback
+            }
+        };
+        let subject = Subject {
+            workload: w,
+            namespace,
+            namespace_labels: labels,
+            scope: Scope::Full,
+            images: facts,
+        };
+        let verdict = policy::evaluate(policies, &subject, now);
+        let mut images = State::Done;
+        let mut has_images = false;
+        for image in w.spec.all_containers().filter_map(|c| c.image.as_deref()).filter(|i| !i.is_empty()) {
+            has_images = true;
+            images = images.max(image_state(image, facts));
+        }
+        by_namespace
+            .entry(namespace)
+            .or_default()
+            .add(workload_state(images, has_images, &verdict, facts));
+    }
+    by_namespace.into_iter().map(|(n, c)| (n.to_string(), c)).collect()
+}
+
 fn image_entry(container: &str, image: &str, facts: Option<&ImageFacts>) -> (ImageEntry, State) {
     let (verdict, why, state) = match facts.map(|f| f.get(image)) {
         None => ("not read".to_string(), Vec::new(), State::Done),
@@ -139,7 +212,6 @@ fn image_entry(container: &str, image: &str, facts: Option<&ImageFacts>) -> (Ima
         Some(Some(ImageStatus::Inspected(reports))) => {
             let mut why = Vec::new();
             let mut distroless = true;
-            let mut root = false;
             for r in reports.iter() {
                 for shell in &r.shells {
                     let layer = r
@@ -157,7 +229,6 @@ fn image_entry(container: &str, image: &str, facts: Option<&ImageFacts>) -> (Ima
                 }
                 distroless &= r.distroless;
                 if r.runs_as_root() {
-                    root = true;
                     why.push("runs as root (USER unset or 0)".to_string());
                 } else if !r.user.is_empty() {
                     why.push(format!("user {}", r.user));
@@ -165,12 +236,7 @@ fn image_entry(container: &str, image: &str, facts: Option<&ImageFacts>) -> (Ima
             }
             why.dedup();
             let verdict = if distroless { "distroless" } else { "not distroless" };
-            let state = if distroless && !root {
-                State::Done
-            } else {
-                State::NotDistroless
-            };
-            (verdict.to_string(), why, state)
+            (verdict.to_string(), why, image_state(image, facts))
         }
     };
     (
@@ -288,17 +354,7 @@ pub fn build<'a>(
             state = state.max(s);
             images.push(entry);
         }
-        let root_by_image = verdict.violations.iter().any(|v| v.rule == RuleId::ImageRootUser);
-        if root_by_image {
-            state = state.max(State::NotDistroless);
-        }
-        if state == State::Done && !blockers.is_empty() {
-            state = State::SpecBlocked;
-        }
-        if facts.is_none() && state == State::Done && !images.is_empty() {
-            // Nothing in the spec is in the way, but the images were not read.
-            state = State::Unverified;
-        }
+        let state = workload_state(state, !images.is_empty(), &verdict, facts);
         let next_step = next_step(w, state, &images, &blockers);
         by_namespace.entry(namespace).or_default().push(WorkloadEntry {
             kind: w.kind.to_string(),

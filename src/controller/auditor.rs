@@ -36,6 +36,12 @@ pub(crate) struct Plan {
     pub summaries: Vec<(String, AuditSummary)>,
     /// When the next exemption expires (the audit wakes then).
     pub next_expiry: Option<Timestamp>,
+}
+
+/// What a pass derives once the statuses are written: it is larger to build
+/// and to write, and no status should wait for it.
+#[derive(Debug, Default)]
+pub(crate) struct Derived {
     /// Workloads per namespace and migration state (for the metrics).
     pub migration: Vec<(String, crate::inventory::Counts)>,
     /// The PolicyReports (per namespace) and the ClusterPolicyReport, when on.
@@ -146,7 +152,11 @@ impl Auditor {
                 m.audit_evaluation(started.elapsed().as_secs_f64());
             }
             next_expiry = plan.next_expiry;
-            let ok = self.write(plan).await;
+            let mut ok = self.write(plan).await;
+            if *self.leader.borrow() {
+                let derived = self.derive(Timestamp::now());
+                ok &= self.write_derived(derived).await;
+            }
             if let Some(m) = &self.metrics {
                 m.audit_pass(ok);
             }
@@ -162,53 +172,20 @@ impl Auditor {
         let events = &mut self.events;
         let facts = self.images.as_ref().map(|k| k.facts());
         // Summaries are computed under the view's lock without copying workloads.
-        let with_reports = self.reports.clone();
-        let (mut found, reports, migration): (HashMap<String, (AuditSummary, Vec<PendingEvent>)>, _, _) =
+        let mut found: HashMap<String, (AuditSummary, Vec<PendingEvent>)> =
             self.view.with_workloads(|workloads, namespaces| {
-                let outcomes: Vec<_> = set
-                    .policies()
+                set.policies()
                     .iter()
                     .map(|compiled| {
-                        let (summary, violating, compliant) =
+                        let (mut summary, violating, _) =
                             audit::summarize(compiled, workloads.values(), namespaces, now, facts.as_ref());
-                        (compiled, summary, violating, compliant)
-                    })
-                    .collect();
-                let reports = with_reports.map(|report_name| {
-                    let views: Vec<reports::PolicyOutcome<'_>> = outcomes
-                        .iter()
-                        .map(|(c, _, violating, compliant)| reports::PolicyOutcome {
-                            policy: &c.name,
-                            violating,
-                            compliant,
-                        })
-                        .collect();
-                    reports::build(&report_name, &views, now)
-                });
-                let inventory = crate::inventory::build(
-                    "",
-                    workloads.values().filter(|o| !o.controlled).map(|o| &o.workload),
-                    &namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    &set,
-                    facts.as_ref(),
-                    now,
-                );
-                let migration = inventory.namespaces.into_iter().map(|n| (n.name, n.counts)).collect();
-                let found = outcomes
-                    .into_iter()
-                    .map(|(compiled, mut summary, violating, _)| {
                         status::full_by_rule(&mut summary);
                         let pending = events.pending(&compiled.name, &violating);
                         (compiled.name.clone(), (summary, pending))
                     })
-                    .collect();
-                (found, reports, migration)
+                    .collect()
             });
-        let mut plan = Plan {
-            reports,
-            migration,
-            ..Plan::default()
-        };
+        let mut plan = Plan::default();
         for (name, policy) in &policies {
             let finding = match (set.get(name), invalid.get(name)) {
                 (Some(compiled), _) => {
@@ -239,13 +216,60 @@ impl Auditor {
         plan
     }
 
+    /// The migration counts and, when on, the PolicyReports, from the view as it is now.
+    pub(crate) fn derive(&self, now: Timestamp) -> Derived {
+        let (set, _) = status::compile_all(&self.view.policies());
+        let facts = self.images.as_ref().map(|k| k.facts());
+        let with_reports = self.reports.clone();
+        self.view.with_workloads(|workloads, namespaces| {
+            let migration = crate::inventory::counts(
+                workloads.values().filter(|o| !o.controlled).map(|o| &o.workload),
+                &|n| namespaces.get(n),
+                &set,
+                facts.as_ref(),
+                now,
+            );
+            let reports = with_reports.map(|report_name| {
+                let outcomes: Vec<_> = set
+                    .policies()
+                    .iter()
+                    .map(|compiled| {
+                        let (_, violating, compliant) =
+                            audit::summarize(compiled, workloads.values(), namespaces, now, facts.as_ref());
+                        (compiled, violating, compliant)
+                    })
+                    .collect();
+                let views: Vec<reports::PolicyOutcome<'_>> = outcomes
+                    .iter()
+                    .map(|(c, violating, compliant)| reports::PolicyOutcome {
+                        policy: &c.name,
+                        violating,
+                        compliant,
+                    })
+                    .collect();
+                reports::build(&report_name, &views, now)
+            });
+            Derived { migration, reports }
+        })
+    }
+
+    /// Keeps the migration metrics and writes the reports while this replica leads.
+    async fn write_derived(&mut self, derived: Derived) -> bool {
+        if let Some(m) = &self.metrics {
+            m.migration(&derived.migration);
+        }
+        match derived.reports {
+            Some((namespaced, cluster)) if *self.leader.borrow() => self.write_reports(namespaced, cluster).await,
+            _ => true,
+        }
+    }
+
     /// Writes the plan while this replica leads; whether every write succeeded.
     async fn write(&mut self, plan: Plan) -> bool {
         if let Some(m) = &self.metrics {
             for (name, summary) in &plan.summaries {
                 m.audit_summary(name, summary);
             }
-            m.migration(&plan.migration);
         }
         let mut ok = true;
         for e in plan.events {
@@ -287,12 +311,6 @@ impl Auditor {
                     warn!(policy = %name, error = %e, "cannot write the policy status");
                 }
             }
-        }
-        // The reports after the statuses: they are larger and slower to write.
-        if let Some((namespaced, cluster)) = plan.reports
-            && *self.leader.borrow()
-        {
-            ok &= self.write_reports(namespaced, cluster).await;
         }
         ok
     }
