@@ -54,11 +54,12 @@ fn main() {
             if j > 0 {
                 text.push_str("---\n");
             }
+            let bad = i.is_multiple_of(2);
             let doc = match i % 10 {
-                0..=3 => workload("Deployment", i, i % 2 == 0),
-                4 => workload("StatefulSet", i, i % 2 == 0),
-                5 => workload("CronJob", i, i % 2 == 0),
-                6 => workload("Pod", i, i % 2 == 0),
+                0..=3 => workload("Deployment", i, bad),
+                4 => workload("StatefulSet", i, bad),
+                5 => workload("CronJob", i, bad),
+                6 => workload("Pod", i, bad),
                 7 => format!(
                     "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec:\n  selector: {{app: app-{i}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
                 ),

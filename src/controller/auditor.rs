@@ -26,6 +26,9 @@ use super::view::ClusterView;
 use crate::api::{AuditSummary, DistrolessPolicy, DistrolessPolicyStatus};
 use crate::metrics::Metrics;
 
+/// How often, at most, the migration counts and the PolicyReports are rebuilt.
+const DERIVE_EVERY: Duration = Duration::from_secs(5);
+
 /// What one pass decided.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
@@ -115,6 +118,11 @@ impl Auditor {
     /// Runs until the task is cancelled.
     pub(crate) async fn run(mut self) {
         let mut next_expiry: Option<Timestamp> = None;
+        // The derived work (migration counts, PolicyReports) trails the
+        // statuses: at most once every DERIVE_EVERY, after the changes of that
+        // time, so a stream of changes does not hold the statuses back.
+        let mut derived_at: Option<std::time::Instant> = None;
+        let mut derive_due = false;
         loop {
             let wake = async {
                 match next_expiry {
@@ -132,6 +140,14 @@ impl Auditor {
                     None => std::future::pending().await,
                 }
             };
+            let derive_at = derived_at.filter(|_| derive_due).map(|t| t + DERIVE_EVERY);
+            let derive_timer = async move {
+                match derive_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut only_derive = false;
             tokio::select! {
                 _ = self.view.changed.notified() => {}
                 _ = learned => {}
@@ -139,23 +155,34 @@ impl Auditor {
                     // A new term: what the last one wrote may have been overwritten.
                     self.written.clear();
                     self.written_reports = None;
+                    derived_at = None;
                 }
                 _ = wake => {}
+                () = derive_timer => only_derive = true,
             }
-            tokio::time::sleep(self.debounce).await;
+            if !only_derive {
+                tokio::time::sleep(self.debounce).await;
+            }
             if !*self.leader.borrow() || !self.view.synced() {
                 continue;
             }
-            let started = std::time::Instant::now();
-            let plan = self.plan(Timestamp::now());
-            if let Some(m) = &self.metrics {
-                m.audit_evaluation(started.elapsed().as_secs_f64());
+            let mut ok = true;
+            if !only_derive {
+                let started = std::time::Instant::now();
+                let plan = self.plan(Timestamp::now());
+                if let Some(m) = &self.metrics {
+                    m.audit_evaluation(started.elapsed().as_secs_f64());
+                }
+                next_expiry = plan.next_expiry;
+                ok = self.write(plan).await;
+                derive_due = true;
             }
-            next_expiry = plan.next_expiry;
-            let mut ok = self.write(plan).await;
-            if *self.leader.borrow() {
+            let waited = derived_at.is_none_or(|t| t.elapsed() >= DERIVE_EVERY);
+            if derive_due && waited && *self.leader.borrow() {
                 let derived = self.derive(Timestamp::now());
                 ok &= self.write_derived(derived).await;
+                derived_at = Some(std::time::Instant::now());
+                derive_due = false;
             }
             if let Some(m) = &self.metrics {
                 m.audit_pass(ok);
