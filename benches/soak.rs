@@ -44,10 +44,15 @@ fn bodies() -> Vec<(Bytes, bool)> {
     let first = out[0].0.clone();
     out.push((Bytes::from_static(b"not json at all"), false));
     out.push((
-        Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#),
+        Bytes::from_static(
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#,
+        ),
         false,
     ));
-    out.push((Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#), false));
+    out.push((
+        Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#),
+        false,
+    ));
     out.push((first.slice(..first.len() / 2), false));
     out
 }

@@ -192,7 +192,12 @@ pub fn counts<'a>(
         let verdict = policy::evaluate(policies, &subject, now);
         let mut images = State::Done;
         let mut has_images = false;
-        for image in w.spec.all_containers().filter_map(|c| c.image.as_deref()).filter(|i| !i.is_empty()) {
+        for image in w
+            .spec
+            .all_containers()
+            .filter_map(|c| c.image.as_deref())
+            .filter(|i| !i.is_empty())
+        {
             has_images = true;
             images = images.max(image_state(image, facts));
         }

@@ -265,7 +265,11 @@ async fn a_redirect_to_another_host_carries_no_credentials() {
         ),
     );
     let host = addr.to_string();
-    let insp = inspector(std::slice::from_ref(&host), credentials_for(&host), Duration::from_secs(5));
+    let insp = inspector(
+        std::slice::from_ref(&host),
+        credentials_for(&host),
+        Duration::from_secs(5),
+    );
     let err = inspect(&insp, &format!("{host}/app:1"), Duration::from_secs(10)).await;
     assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
     let at_registry = registry.seen();
