@@ -79,7 +79,46 @@ pub struct Metrics {
     migration: Family<MigrationLabels, Gauge>,
     /// How long an audit pass takes to evaluate everything (without its writes).
     audit_evaluation: Histogram,
+    /// The admission series, resolved once (see [`ENDPOINTS`], [`VERDICTS`]).
+    admission: AdmissionSeries,
     registry: Registry,
+}
+
+/// The webhook's endpoints and verdicts: their series exist from the start
+/// (at 0) and are recorded without hashing labels or locking the family.
+pub(crate) const ENDPOINTS: [&str; 2] = ["validate", "mutate"];
+pub(crate) const VERDICTS: [&str; 4] = ["allowed", "warned", "denied", "error"];
+
+struct AdmissionSeries {
+    reviews: [[Counter; VERDICTS.len()]; ENDPOINTS.len()],
+    latency: [Histogram; ENDPOINTS.len()],
+}
+
+impl AdmissionSeries {
+    fn resolve(
+        reviews: &Family<ReviewLabels, Counter>,
+        latency: &Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    ) -> Self {
+        AdmissionSeries {
+            reviews: ENDPOINTS.map(|endpoint| {
+                VERDICTS.map(|verdict| {
+                    reviews
+                        .get_or_create(&ReviewLabels {
+                            endpoint: endpoint.into(),
+                            verdict: verdict.into(),
+                        })
+                        .clone()
+                })
+            }),
+            latency: ENDPOINTS.map(|endpoint| {
+                latency
+                    .get_or_create(&EndpointLabels {
+                        endpoint: endpoint.into(),
+                    })
+                    .clone()
+            }),
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -155,6 +194,7 @@ impl Default for Metrics {
             audit_evaluation.clone(),
         );
         Metrics {
+            admission: AdmissionSeries::resolve(&reviews, &latency),
             audit_evaluation,
             migration,
             rollout_phases,
@@ -173,6 +213,13 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn observe(&self, endpoint: &str, verdict: &str, elapsed: Duration) {
+        let e = ENDPOINTS.iter().position(|e| *e == endpoint);
+        let v = VERDICTS.iter().position(|v| *v == verdict);
+        if let (Some(e), Some(v)) = (e, v) {
+            self.admission.reviews[e][v].inc();
+            self.admission.latency[e].observe(elapsed.as_secs_f64());
+            return;
+        }
         self.reviews
             .get_or_create(&ReviewLabels {
                 endpoint: endpoint.into(),
