@@ -188,8 +188,12 @@ impl Admission {
             .or(workload.namespace.as_deref())
             .filter(|n| !n.is_empty())
             .unwrap_or("default");
-        let labels = self.namespaces.labels(namespace);
         let policies = self.policies();
+        let labels = if policies.reads_namespace_labels() {
+            self.namespaces.labels(namespace)
+        } else {
+            BTreeMap::new()
+        };
         let mut subject = Subject {
             workload,
             namespace,
@@ -353,13 +357,16 @@ fn object_name(req: &AdmissionRequest, workload: &Workload) -> String {
 }
 
 fn decide(req: &AdmissionRequest, workload: &Workload, verdict: Verdict) -> Decision {
-    let object = format!("{} {}", workload.kind, object_name(req, workload));
+    // Named only in a message: an allowed review without warnings builds no text.
+    let object = std::cell::OnceCell::new();
+    let object = || object.get_or_init(|| format!("{} {}", workload.kind, object_name(req, workload)));
     let denied: Vec<&Violation> = verdict.with_action(Action::Deny).collect();
     let mut response = if denied.is_empty() {
         AdmissionResponse::allow(&req.uid)
     } else {
         let mut message = format!(
-            "{object} is denied by distroless-guard ({} violation{}):",
+            "{} is denied by distroless-guard ({} violation{}):",
+            object(),
             denied.len(),
             if denied.len() == 1 { "" } else { "s" }
         );
@@ -370,7 +377,7 @@ fn decide(req: &AdmissionRequest, workload: &Workload, verdict: Verdict) -> Deci
     };
     response.warnings = verdict
         .with_action(Action::Warn)
-        .map(|v| format!("distroless-guard: {object}: {v}"))
+        .map(|v| format!("distroless-guard: {}: {v}", object()))
         .collect();
     let audited: Vec<String> = verdict
         .with_action(Action::Audit)

@@ -56,12 +56,11 @@ pub struct AdmissionRequest {
     pub user_info: UserInfo,
 }
 
+/// Only the username is read: the groups are not needed by any decision.
 #[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
 pub struct UserInfo {
     #[serde(default)]
     pub username: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
 }
 
 /// Just enough of a review to answer it when its object cannot be read.
@@ -99,6 +98,16 @@ pub struct AdmissionResponse {
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub audit_annotations: BTreeMap<String, String>,
+}
+
+/// Reads a review. A body that is valid UTF-8 as a whole (any review the
+/// API server sends) is read without checking each string again; any other
+/// body gets the byte-wise reader and its errors.
+pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, serde_json::Error> {
+    match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    }
 }
 
 impl AdmissionResponse {

@@ -248,6 +248,12 @@ impl PolicySet {
         self.policies.is_empty()
     }
 
+    /// Whether any policy selects namespaces by label: when none does, the
+    /// namespace's labels are never read and need not be looked up.
+    pub fn reads_namespace_labels(&self) -> bool {
+        self.policies.iter().any(|p| p.spec.match_.namespace_selector.is_some())
+    }
+
     pub fn len(&self) -> usize {
         self.policies.len()
     }

@@ -155,11 +155,13 @@ struct SpecShape {
     #[serde(default)]
     image_pull_secrets: Option<Vec<LocalObjectReference>>,
     // Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job.
+    // Boxed, as the rarer shapes: a Pod's spec is read without moving room
+    // for two more pod specs around.
     #[serde(default)]
-    template: Option<TemplateShape>,
+    template: Option<Box<TemplateShape>>,
     // CronJob.
     #[serde(default)]
-    job_template: Option<JobTemplateShape>,
+    job_template: Option<Box<JobTemplateShape>>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
@@ -177,14 +179,14 @@ struct JobTemplateShape {
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 struct JobSpecShape {
     #[serde(default)]
-    template: Option<TemplateShape>,
+    template: Option<Box<TemplateShape>>,
 }
 
 impl ObjectShape {
     /// The workload this object is, read as an object of `kind`.
     pub fn into_workload(self, kind: WorkloadKind) -> Workload {
         let spec = self.spec.unwrap_or_default();
-        let template = |t: Option<TemplateShape>| t.and_then(|t| t.spec).unwrap_or_default();
+        let template = |t: Option<Box<TemplateShape>>| t.and_then(|t| t.spec).unwrap_or_default();
         let pod_spec = match kind {
             WorkloadKind::Pod => PodSpec {
                 security_context: spec.security_context,

@@ -85,12 +85,12 @@ async fn handle_review(state: &AppState, endpoint: Endpoint, body: Result<Bytes,
         Ok(body) => body,
         Err(rejection) => return bad(rejection.status(), rejection.body_text()),
     };
-    let review: AdmissionReview = match serde_json::from_slice(&body) {
+    let review: AdmissionReview = match review::parse(&body) {
         Ok(r) => r,
         Err(e) => {
             // A review whose envelope is fine but whose object is not readable
             // is answered (denied with the reason), not rejected.
-            if let Ok(header) = serde_json::from_slice::<review::ReviewHeader>(&body) {
+            if let Ok(header) = review::parse::<review::ReviewHeader>(&body) {
                 let response = admission::unreadable(&header.request.uid, &header.request.kind.kind, &e);
                 state.metrics.observe(name, "error", started.elapsed());
                 return axum::Json(response.into_review()).into_response();
