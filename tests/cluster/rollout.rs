@@ -492,6 +492,8 @@ async fn a_restarted_leader_resumes_mid_bake_and_a_git_change_rebuilds_the_canar
         get_json(&["lease", &lease, "-n", &release.namespace]).await.unwrap()["spec"]["holderIdentity"].clone();
     let i = release.operators.iter().position(|o| holder == o.pod.as_str()).unwrap();
     release.operators.remove(i).kill();
+    let webhook = format!("{}-webhook", release.name);
+    wait_out_of_endpoints(&release.namespace, &webhook, holder.as_str().unwrap()).await;
     wait_for("another leader", Duration::from_secs(30), || async {
         let l = get_json(&["lease", &lease, "-n", &release.namespace]).await?;
         (!l["spec"]["holderIdentity"].is_null() && l["spec"]["holderIdentity"] != holder).then_some(())

@@ -297,3 +297,26 @@ impl Release {
         self.inner.uninstall().await.unwrap()
     }
 }
+
+/// Waits until `pod` is no longer a ready endpoint of `service`: after a
+/// crash, what the API server needs before it stops sending reviews there
+/// (kubelet's probe, then the EndpointSlice controller, take a moment).
+pub async fn wait_out_of_endpoints(namespace: &str, service: &str, pod: &str) {
+    let selector = format!("kubernetes.io/service-name={service}");
+    wait_for(
+        &format!("pod {pod} out of the ready endpoints of {service}"),
+        Duration::from_secs(60),
+        || async {
+            let slices = get_json(&["endpointslices", "-n", namespace, "-l", &selector]).await?;
+            let still_ready = slices["items"].as_array()?.iter().any(|s| {
+                s["endpoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["targetRef"]["name"] == pod && e["conditions"]["ready"] != false)
+            });
+            (!still_ready).then_some(())
+        },
+    )
+    .await;
+}
