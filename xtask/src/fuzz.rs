@@ -104,10 +104,11 @@ pub fn run(root: &Path, target: &str, seconds: u64, corpus: &Path) -> Result<Run
             .find_map(|l| l.strip_prefix(name)?.trim().trim_start_matches(':').trim().parse().ok())
             .unwrap_or(0)
     };
+    // The last coverage figure libFuzzer printed.
     let coverage = log
         .lines()
-        .filter_map(|l| l.split("cov: ").nth(1)?.split_whitespace().next()?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.split("cov: ").nth(1)?.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     if !out.status.success() {
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
