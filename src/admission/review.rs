@@ -163,6 +163,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_body_that_is_not_utf8_throughout_is_read_as_the_byte_wise_reader_reads_it() {
+        let review = |options: &[u8], uid: &[u8]| {
+            let mut body =
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":""#.to_vec();
+            body.extend_from_slice(uid);
+            body.extend_from_slice(br#"","kind":{"kind":"Pod"},"operation":"CREATE","options":{"note":""#);
+            body.extend_from_slice(options);
+            body.extend_from_slice(br#""}}}"#);
+            body
+        };
+        // A stray byte in a field the webhook skips: read, as before.
+        let skipped = review(b"caf\xe9", b"u1");
+        assert!(std::str::from_utf8(&skipped).is_err());
+        let read: AdmissionReview = parse(&skipped).unwrap();
+        assert_eq!(read.request.unwrap().uid, "u1");
+        // In a field it reads: the byte-wise reader's error.
+        let in_uid = review(b"ok", b"u\xff");
+        let err = parse::<AdmissionReview>(&in_uid).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            serde_json::from_slice::<AdmissionReview>(&in_uid)
+                .unwrap_err()
+                .to_string()
+        );
+        // Valid UTF-8 reads the same either way.
+        let fine = review(b"ok", b"u2");
+        assert_eq!(
+            format!("{:?}", parse::<AdmissionReview>(&fine).unwrap()),
+            format!("{:?}", serde_json::from_slice::<AdmissionReview>(&fine).unwrap())
+        );
+    }
+
+    #[test]
     fn the_header_of_a_review_with_an_unreadable_object_is_still_read() {
         let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","object":{"spec":{"containers":"not a list"}}}}"#;
         assert!(serde_json::from_str::<AdmissionReview>(body).is_err());
