@@ -3,6 +3,7 @@
 
 pub mod images;
 pub mod review;
+pub mod scan;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;

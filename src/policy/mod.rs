@@ -8,7 +8,7 @@ mod rules;
 pub mod selector;
 mod set;
 pub mod shell;
-mod workload;
+pub(crate) mod workload;
 
 use std::collections::BTreeMap;
 

@@ -135,51 +135,51 @@ pub struct ObjectShape {
     #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default)]
-    spec: Option<SpecShape>,
+    pub(crate) spec: Option<SpecShape>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-struct SpecShape {
+pub(crate) struct SpecShape {
     // A Pod's own spec.
     #[serde(default)]
-    security_context: Option<PodSecurityContext>,
+    pub(crate) security_context: Option<PodSecurityContext>,
     #[serde(default)]
-    os: Option<PodOs>,
+    pub(crate) os: Option<PodOs>,
     #[serde(default)]
-    init_containers: Option<Vec<Container>>,
+    pub(crate) init_containers: Option<Vec<Container>>,
     #[serde(default)]
-    containers: Option<Vec<Container>>,
+    pub(crate) containers: Option<Vec<Container>>,
     #[serde(default)]
-    ephemeral_containers: Option<Vec<Container>>,
+    pub(crate) ephemeral_containers: Option<Vec<Container>>,
     #[serde(default)]
-    image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    pub(crate) image_pull_secrets: Option<Vec<LocalObjectReference>>,
     // Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job.
     // Boxed, as the rarer shapes: a Pod's spec is read without moving room
     // for two more pod specs around.
     #[serde(default)]
-    template: Option<Box<TemplateShape>>,
+    pub(crate) template: Option<Box<TemplateShape>>,
     // CronJob.
     #[serde(default)]
-    job_template: Option<Box<JobTemplateShape>>,
+    pub(crate) job_template: Option<Box<JobTemplateShape>>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-struct TemplateShape {
+pub(crate) struct TemplateShape {
     #[serde(default)]
-    spec: Option<PodSpec>,
+    pub(crate) spec: Option<PodSpec>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-struct JobTemplateShape {
+pub(crate) struct JobTemplateShape {
     #[serde(default)]
-    spec: Option<JobSpecShape>,
+    pub(crate) spec: Option<JobSpecShape>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-struct JobSpecShape {
+pub(crate) struct JobSpecShape {
     #[serde(default)]
-    template: Option<Box<TemplateShape>>,
+    pub(crate) template: Option<Box<TemplateShape>>,
 }
 
 impl ObjectShape {
