@@ -196,6 +196,18 @@ macro_rules! fields {
     }};
 }
 
+/// A reader of a struct that starts from its `Default` and sets the fields
+/// the object gives (`"key" => field = read`).
+macro_rules! reader {
+    ($s:ident, fn $name:ident -> $ty:ident, $fields:ident { $($key:literal => $field:ident = $read:expr),* $(,)? }) => {
+        fn $name(&mut $s) -> Option<$ty> {
+            let mut value = $ty::default();
+            fields!($s, $fields, { $($key => value.$field = $read),* });
+            Some(value)
+        }
+    };
+}
+
 impl<'a> Scanner<'a> {
     #[inline]
     fn whitespace(&mut self) {
@@ -357,17 +369,8 @@ impl<'a> Scanner<'a> {
     /// [`Self::next_key`], escapes and all.
     #[inline]
     fn next_raw_key(&mut self, first: &mut bool) -> Option<Option<(&'a [u8], bool)>> {
-        let c = self.peek()?;
-        if c == b'}' {
-            self.at += 1;
-            self.depth -= 1;
+        if !self.next_item(b'}', first)? {
             return Some(None);
-        }
-        if !std::mem::take(first) {
-            if c != b',' {
-                return None;
-            }
-            self.at += 1;
         }
         let key = self.string()?;
         self.eat(b':')?;
@@ -376,8 +379,15 @@ impl<'a> Scanner<'a> {
 
     /// Whether an open array has another element (and steps to it).
     fn next_element(&mut self, first: &mut bool) -> Option<bool> {
+        self.next_item(b']', first)
+    }
+
+    /// Whether an open object or array (closed by `close`) has another item:
+    /// steps over the comma before it, or past the end.
+    #[inline]
+    fn next_item(&mut self, close: u8, first: &mut bool) -> Option<bool> {
         let c = self.peek()?;
-        if c == b']' {
+        if c == close {
             self.at += 1;
             self.depth -= 1;
             return Some(false);
@@ -446,9 +456,9 @@ impl<'a> Scanner<'a> {
     fn review(&mut self) -> Option<AdmissionReview> {
         let (mut api_version, mut kind, mut request) = (None, None, None);
         fields!(self, REVIEW, {
-            "apiVersion" => api_version = Some(self.owned()?),
-            "kind" => kind = Some(self.owned()?),
-            "request" => request = self.opt(Self::request)?,
+        "apiVersion" => api_version = Some(self.owned()?),
+        "kind" => kind = Some(self.owned()?),
+        "request" => request = self.opt(Self::request)?,
         });
         Some(AdmissionReview {
             api_version: api_version?,
@@ -463,16 +473,16 @@ impl<'a> Scanner<'a> {
         let (mut object, mut old_object, mut dry_run) = (None, None, None);
         let mut user_info = UserInfo::default();
         fields!(self, REQUEST, {
-            "uid" => uid = Some(self.owned()?),
-            "kind" => kind = Some(self.gvk()?),
-            "subResource" => sub_resource = self.opt(Self::owned)?,
-            "name" => name = self.opt(Self::owned)?,
-            "namespace" => namespace = self.opt(Self::owned)?,
-            "operation" => operation = Some(self.operation()?),
-            "object" => object = self.opt(Self::object)?,
-            "oldObject" => old_object = self.opt(Self::object)?,
-            "dryRun" => dry_run = self.opt(Self::bool)?,
-            "userInfo" => user_info = self.user_info()?,
+        "uid" => uid = Some(self.owned()?),
+        "kind" => kind = Some(self.gvk()?),
+        "subResource" => sub_resource = self.opt(Self::owned)?,
+        "name" => name = self.opt(Self::owned)?,
+        "namespace" => namespace = self.opt(Self::owned)?,
+        "operation" => operation = Some(self.operation()?),
+        "object" => object = self.opt(Self::object)?,
+        "oldObject" => old_object = self.opt(Self::object)?,
+        "dryRun" => dry_run = self.opt(Self::bool)?,
+        "userInfo" => user_info = self.user_info()?,
         });
         Some(AdmissionRequest {
             uid: uid?,
@@ -491,9 +501,9 @@ impl<'a> Scanner<'a> {
     fn gvk(&mut self) -> Option<GroupVersionKind> {
         let (mut group, mut version, mut kind) = (String::new(), String::new(), None);
         fields!(self, GVK, {
-            "group" => group = self.owned()?,
-            "version" => version = self.owned()?,
-            "kind" => kind = Some(self.owned()?),
+        "group" => group = self.owned()?,
+        "version" => version = self.owned()?,
+        "kind" => kind = Some(self.owned()?),
         });
         Some(GroupVersionKind {
             group,
@@ -512,34 +522,22 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn user_info(&mut self) -> Option<UserInfo> {
-        let mut info = UserInfo::default();
-        fields!(self, USER_INFO, {
-            "username" => info.username = self.owned()?,
-        });
-        Some(info)
-    }
+    reader!(self, fn user_info -> UserInfo, USER_INFO {
+        "username" => username = self.owned()?,
+    });
 
-    fn object(&mut self) -> Option<ObjectShape> {
-        let mut object = ObjectShape::default();
-        fields!(self, OBJECT, {
-            "metadata" => object.metadata = self.meta()?,
-            "spec" => object.spec = self.opt(Self::spec)?,
-        });
-        Some(object)
-    }
+    reader!(self, fn object -> ObjectShape, OBJECT {
+        "metadata" => metadata = self.meta()?,
+        "spec" => spec = self.opt(Self::spec)?,
+    });
 
-    fn meta(&mut self) -> Option<ObjectMeta> {
-        let mut meta = ObjectMeta::default();
-        fields!(self, META, {
-            "name" => meta.name = self.opt(Self::owned)?,
-            "generateName" => meta.generate_name = self.opt(Self::owned)?,
-            "namespace" => meta.namespace = self.opt(Self::owned)?,
-            "labels" => meta.labels = self.opt(Self::string_map)?,
-            "ownerReferences" => meta.owner_references = self.opt(|s| s.seq(Self::owner))?,
-        });
-        Some(meta)
-    }
+    reader!(self, fn meta -> ObjectMeta, META {
+        "name" => name = self.opt(Self::owned)?,
+        "generateName" => generate_name = self.opt(Self::owned)?,
+        "namespace" => namespace = self.opt(Self::owned)?,
+        "labels" => labels = self.opt(Self::string_map)?,
+        "ownerReferences" => owner_references = self.opt(|s| s.seq(Self::owner))?,
+    });
 
     /// A map of strings; a key given twice keeps its last value, as serde's map does.
     fn string_map(&mut self) -> Option<BTreeMap<String, String>> {
@@ -552,170 +550,110 @@ impl<'a> Scanner<'a> {
         Some(map)
     }
 
-    fn owner(&mut self) -> Option<OwnerReference> {
-        let mut owner = OwnerReference::default();
-        fields!(self, OWNER, {
-            "apiVersion" => owner.api_version = self.owned()?,
-            "kind" => owner.kind = self.owned()?,
-            "name" => owner.name = self.owned()?,
-            "uid" => owner.uid = self.owned()?,
-            "controller" => owner.controller = self.opt(Self::bool)?,
-        });
-        Some(owner)
-    }
+    reader!(self, fn owner -> OwnerReference, OWNER {
+        "apiVersion" => api_version = self.owned()?,
+        "kind" => kind = self.owned()?,
+        "name" => name = self.owned()?,
+        "uid" => uid = self.owned()?,
+        "controller" => controller = self.opt(Self::bool)?,
+    });
 
-    fn spec(&mut self) -> Option<SpecShape> {
-        let mut spec = SpecShape::default();
-        fields!(self, SPEC, {
-            "securityContext" => spec.security_context = self.opt(Self::pod_security)?,
-            "os" => spec.os = self.opt(Self::os)?,
-            "initContainers" => spec.init_containers = self.opt(Self::containers)?,
-            "containers" => spec.containers = self.opt(Self::containers)?,
-            "ephemeralContainers" => spec.ephemeral_containers = self.opt(Self::containers)?,
-            "imagePullSecrets" => spec.image_pull_secrets = self.opt(|s| s.seq(Self::local_ref))?,
-            "template" => spec.template = self.opt(|s| s.template().map(Box::new))?,
-            "jobTemplate" => spec.job_template = self.opt(|s| s.job_template().map(Box::new))?,
-        });
-        Some(spec)
-    }
+    reader!(self, fn spec -> SpecShape, SPEC {
+        "securityContext" => security_context = self.opt(Self::pod_security)?,
+        "os" => os = self.opt(Self::os)?,
+        "initContainers" => init_containers = self.opt(Self::containers)?,
+        "containers" => containers = self.opt(Self::containers)?,
+        "ephemeralContainers" => ephemeral_containers = self.opt(Self::containers)?,
+        "imagePullSecrets" => image_pull_secrets = self.opt(|s| s.seq(Self::local_ref))?,
+        "template" => template = self.opt(|s| s.template().map(Box::new))?,
+        "jobTemplate" => job_template = self.opt(|s| s.job_template().map(Box::new))?,
+    });
 
-    fn template(&mut self) -> Option<TemplateShape> {
-        let mut template = TemplateShape::default();
-        fields!(self, TEMPLATE, {
-            "spec" => template.spec = self.opt(Self::pod_spec)?,
-        });
-        Some(template)
-    }
+    reader!(self, fn template -> TemplateShape, TEMPLATE {
+        "spec" => spec = self.opt(Self::pod_spec)?,
+    });
 
-    fn job_template(&mut self) -> Option<JobTemplateShape> {
-        let mut template = JobTemplateShape::default();
-        fields!(self, JOB_TEMPLATE, {
-            "spec" => template.spec = self.opt(Self::job_spec)?,
-        });
-        Some(template)
-    }
+    reader!(self, fn job_template -> JobTemplateShape, JOB_TEMPLATE {
+        "spec" => spec = self.opt(Self::job_spec)?,
+    });
 
-    fn job_spec(&mut self) -> Option<JobSpecShape> {
-        let mut spec = JobSpecShape::default();
-        fields!(self, JOB_SPEC, {
-            "template" => spec.template = self.opt(|s| s.template().map(Box::new))?,
-        });
-        Some(spec)
-    }
+    reader!(self, fn job_spec -> JobSpecShape, JOB_SPEC {
+        "template" => template = self.opt(|s| s.template().map(Box::new))?,
+    });
 
-    fn pod_spec(&mut self) -> Option<PodSpec> {
-        let mut spec = PodSpec::default();
-        fields!(self, POD_SPEC, {
-            "securityContext" => spec.security_context = self.opt(Self::pod_security)?,
-            "os" => spec.os = self.opt(Self::os)?,
-            "initContainers" => spec.init_containers = self.opt(Self::containers)?,
-            "containers" => spec.containers = self.opt(Self::containers)?,
-            "ephemeralContainers" => spec.ephemeral_containers = self.opt(Self::containers)?,
-            "imagePullSecrets" => spec.image_pull_secrets = self.opt(|s| s.seq(Self::local_ref))?,
-        });
-        Some(spec)
-    }
+    reader!(self, fn pod_spec -> PodSpec, POD_SPEC {
+        "securityContext" => security_context = self.opt(Self::pod_security)?,
+        "os" => os = self.opt(Self::os)?,
+        "initContainers" => init_containers = self.opt(Self::containers)?,
+        "containers" => containers = self.opt(Self::containers)?,
+        "ephemeralContainers" => ephemeral_containers = self.opt(Self::containers)?,
+        "imagePullSecrets" => image_pull_secrets = self.opt(|s| s.seq(Self::local_ref))?,
+    });
 
-    fn local_ref(&mut self) -> Option<LocalObjectReference> {
-        let mut reference = LocalObjectReference::default();
-        fields!(self, LOCAL_REF, {
-            "name" => reference.name = self.owned()?,
-        });
-        Some(reference)
-    }
+    reader!(self, fn local_ref -> LocalObjectReference, LOCAL_REF {
+        "name" => name = self.owned()?,
+    });
 
-    fn os(&mut self) -> Option<PodOs> {
-        let mut os = PodOs::default();
-        fields!(self, OS, {
-            "name" => os.name = self.opt(Self::owned)?,
-        });
-        Some(os)
-    }
+    reader!(self, fn os -> PodOs, OS {
+        "name" => name = self.opt(Self::owned)?,
+    });
 
     /// `seccompProfile`: only whether it is set (and not null) is kept.
     fn present(&mut self) -> Option<Option<IgnoredAny>> {
         self.opt(|s| s.skip().map(|()| IgnoredAny))
     }
 
-    fn pod_security(&mut self) -> Option<PodSecurityContext> {
-        let mut context = PodSecurityContext::default();
-        fields!(self, POD_SECURITY, {
-            "runAsUser" => context.run_as_user = self.opt(Self::int)?,
-            "runAsGroup" => context.run_as_group = self.opt(Self::int)?,
-            "runAsNonRoot" => context.run_as_non_root = self.opt(Self::bool)?,
-            "fsGroup" => context.fs_group = self.opt(Self::int)?,
-            "seccompProfile" => context.seccomp_profile = self.present()?,
-        });
-        Some(context)
-    }
+    reader!(self, fn pod_security -> PodSecurityContext, POD_SECURITY {
+        "runAsUser" => run_as_user = self.opt(Self::int)?,
+        "runAsGroup" => run_as_group = self.opt(Self::int)?,
+        "runAsNonRoot" => run_as_non_root = self.opt(Self::bool)?,
+        "fsGroup" => fs_group = self.opt(Self::int)?,
+        "seccompProfile" => seccomp_profile = self.present()?,
+    });
 
     fn containers(&mut self) -> Option<Vec<Container>> {
         self.seq(Self::container)
     }
 
-    fn container(&mut self) -> Option<Container> {
-        let mut c = Container::default();
-        fields!(self, CONTAINER, {
-            "name" => c.name = self.owned()?,
-            "image" => c.image = self.opt(Self::owned)?,
-            "command" => c.command = self.opt(Self::strings)?,
-            "args" => c.args = self.opt(Self::strings)?,
-            "securityContext" => c.security_context = self.opt(Self::security)?,
-            "livenessProbe" => c.liveness_probe = self.opt(Self::probe)?,
-            "readinessProbe" => c.readiness_probe = self.opt(Self::probe)?,
-            "startupProbe" => c.startup_probe = self.opt(Self::probe)?,
-            "lifecycle" => c.lifecycle = self.opt(Self::lifecycle)?,
-        });
-        Some(c)
-    }
+    reader!(self, fn container -> Container, CONTAINER {
+        "name" => name = self.owned()?,
+        "image" => image = self.opt(Self::owned)?,
+        "command" => command = self.opt(Self::strings)?,
+        "args" => args = self.opt(Self::strings)?,
+        "securityContext" => security_context = self.opt(Self::security)?,
+        "livenessProbe" => liveness_probe = self.opt(Self::probe)?,
+        "readinessProbe" => readiness_probe = self.opt(Self::probe)?,
+        "startupProbe" => startup_probe = self.opt(Self::probe)?,
+        "lifecycle" => lifecycle = self.opt(Self::lifecycle)?,
+    });
 
-    fn security(&mut self) -> Option<SecurityContext> {
-        let mut context = SecurityContext::default();
-        fields!(self, SECURITY, {
-            "runAsUser" => context.run_as_user = self.opt(Self::int)?,
-            "runAsGroup" => context.run_as_group = self.opt(Self::int)?,
-            "runAsNonRoot" => context.run_as_non_root = self.opt(Self::bool)?,
-            "allowPrivilegeEscalation" => context.allow_privilege_escalation = self.opt(Self::bool)?,
-            "privileged" => context.privileged = self.opt(Self::bool)?,
-            "capabilities" => context.capabilities = self.opt(Self::capabilities)?,
-            "seccompProfile" => context.seccomp_profile = self.present()?,
-        });
-        Some(context)
-    }
+    reader!(self, fn security -> SecurityContext, SECURITY {
+        "runAsUser" => run_as_user = self.opt(Self::int)?,
+        "runAsGroup" => run_as_group = self.opt(Self::int)?,
+        "runAsNonRoot" => run_as_non_root = self.opt(Self::bool)?,
+        "allowPrivilegeEscalation" => allow_privilege_escalation = self.opt(Self::bool)?,
+        "privileged" => privileged = self.opt(Self::bool)?,
+        "capabilities" => capabilities = self.opt(Self::capabilities)?,
+        "seccompProfile" => seccomp_profile = self.present()?,
+    });
 
-    fn capabilities(&mut self) -> Option<Capabilities> {
-        let mut caps = Capabilities::default();
-        fields!(self, CAPABILITIES, {
-            "add" => caps.add = self.opt(Self::strings)?,
-            "drop" => caps.drop = self.opt(Self::strings)?,
-        });
-        Some(caps)
-    }
+    reader!(self, fn capabilities -> Capabilities, CAPABILITIES {
+        "add" => add = self.opt(Self::strings)?,
+        "drop" => drop = self.opt(Self::strings)?,
+    });
 
-    fn probe(&mut self) -> Option<Probe> {
-        let mut probe = Probe::default();
-        fields!(self, PROBE, {
-            "exec" => probe.exec = self.opt(Self::exec)?,
-        });
-        Some(probe)
-    }
+    reader!(self, fn probe -> Probe, PROBE {
+        "exec" => exec = self.opt(Self::exec)?,
+    });
 
-    fn exec(&mut self) -> Option<ExecAction> {
-        let mut exec = ExecAction::default();
-        fields!(self, EXEC, {
-            "command" => exec.command = self.opt(Self::strings)?,
-        });
-        Some(exec)
-    }
+    reader!(self, fn exec -> ExecAction, EXEC {
+        "command" => command = self.opt(Self::strings)?,
+    });
 
-    fn lifecycle(&mut self) -> Option<Lifecycle> {
-        let mut lifecycle = Lifecycle::default();
-        fields!(self, LIFECYCLE, {
-            "postStart" => lifecycle.post_start = self.opt(Self::probe)?,
-            "preStop" => lifecycle.pre_stop = self.opt(Self::probe)?,
-        });
-        Some(lifecycle)
-    }
+    reader!(self, fn lifecycle -> Lifecycle, LIFECYCLE {
+        "postStart" => post_start = self.opt(Self::probe)?,
+        "preStop" => pre_stop = self.opt(Self::probe)?,
+    });
 }
 
 #[cfg(test)]
