@@ -101,14 +101,15 @@ pub fn admission_review(data: &[u8]) {
 /// reads into the same review (the reader gives up on anything else).
 fn one_pass_reader_agrees(body: &[u8]) {
     if let Some(fast) = crate::admission::scan::review(body) {
-        let text = String::from_utf8_lossy(body);
+        let text = || String::from_utf8_lossy(body).into_owned();
         match serde_json::from_slice::<crate::admission::review::AdmissionReview>(body) {
             Ok(slow) => assert_eq!(
                 format!("{fast:?}"),
                 format!("{slow:?}"),
-                "the two readers differ on {text}"
+                "the two readers differ on {}",
+                text()
             ),
-            Err(e) => panic!("the one-pass reader accepted what serde_json rejects ({e}): {text}"),
+            Err(e) => panic!("the one-pass reader accepted what serde_json rejects ({e}): {}", text()),
         }
     }
 }

@@ -53,6 +53,14 @@ fn special(bytes: &[u8], mut at: usize) -> Option<usize> {
         .map(|n| at + n)
 }
 
+/// Past the digits from `at` on.
+fn digits(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+        at += 1;
+    }
+    at
+}
+
 /// Reads a review the API server sent: with the one-pass reader when it can,
 /// with [`review::parse`] (serde_json, and its errors) otherwise.
 pub fn read(body: &[u8]) -> Result<AdmissionReview, serde_json::Error> {
@@ -282,12 +290,6 @@ impl<'a> Scanner<'a> {
     }
 
     fn number(&mut self) -> Option<()> {
-        let digits = |bytes: &[u8], mut at: usize| {
-            while bytes.get(at).is_some_and(u8::is_ascii_digit) {
-                at += 1;
-            }
-            at
-        };
         let b = self.bytes;
         let mut at = self.at;
         if b.get(at) == Some(&b'-') {
@@ -437,10 +439,7 @@ impl<'a> Scanner<'a> {
     fn int(&mut self) -> Option<i64> {
         self.peek()?;
         let start = self.at;
-        let mut end = start;
-        while self.bytes.get(end).is_some_and(u8::is_ascii_digit) {
-            end += 1;
-        }
+        let end = digits(self.bytes, start);
         let len = end - start;
         if len == 0 || len > 18 || (len > 1 && self.bytes[start] == b'0') {
             return None;
@@ -456,9 +455,9 @@ impl<'a> Scanner<'a> {
     fn review(&mut self) -> Option<AdmissionReview> {
         let (mut api_version, mut kind, mut request) = (None, None, None);
         fields!(self, REVIEW, {
-        "apiVersion" => api_version = Some(self.owned()?),
-        "kind" => kind = Some(self.owned()?),
-        "request" => request = self.opt(Self::request)?,
+            "apiVersion" => api_version = Some(self.owned()?),
+            "kind" => kind = Some(self.owned()?),
+            "request" => request = self.opt(Self::request)?,
         });
         Some(AdmissionReview {
             api_version: api_version?,
@@ -473,16 +472,16 @@ impl<'a> Scanner<'a> {
         let (mut object, mut old_object, mut dry_run) = (None, None, None);
         let mut user_info = UserInfo::default();
         fields!(self, REQUEST, {
-        "uid" => uid = Some(self.owned()?),
-        "kind" => kind = Some(self.gvk()?),
-        "subResource" => sub_resource = self.opt(Self::owned)?,
-        "name" => name = self.opt(Self::owned)?,
-        "namespace" => namespace = self.opt(Self::owned)?,
-        "operation" => operation = Some(self.operation()?),
-        "object" => object = self.opt(Self::object)?,
-        "oldObject" => old_object = self.opt(Self::object)?,
-        "dryRun" => dry_run = self.opt(Self::bool)?,
-        "userInfo" => user_info = self.user_info()?,
+            "uid" => uid = Some(self.owned()?),
+            "kind" => kind = Some(self.gvk()?),
+            "subResource" => sub_resource = self.opt(Self::owned)?,
+            "name" => name = self.opt(Self::owned)?,
+            "namespace" => namespace = self.opt(Self::owned)?,
+            "operation" => operation = Some(self.operation()?),
+            "object" => object = self.opt(Self::object)?,
+            "oldObject" => old_object = self.opt(Self::object)?,
+            "dryRun" => dry_run = self.opt(Self::bool)?,
+            "userInfo" => user_info = self.user_info()?,
         });
         Some(AdmissionRequest {
             uid: uid?,
@@ -501,9 +500,9 @@ impl<'a> Scanner<'a> {
     fn gvk(&mut self) -> Option<GroupVersionKind> {
         let (mut group, mut version, mut kind) = (String::new(), String::new(), None);
         fields!(self, GVK, {
-        "group" => group = self.owned()?,
-        "version" => version = self.owned()?,
-        "kind" => kind = Some(self.owned()?),
+            "group" => group = self.owned()?,
+            "version" => version = self.owned()?,
+            "kind" => kind = Some(self.owned()?),
         });
         Some(GroupVersionKind {
             group,
