@@ -320,7 +320,13 @@ async fn an_html_error_page_is_named_as_one() {
 async fn a_layer_that_stalls_halfway_ends_within_the_deadline() {
     let (registry, addr) = Hostile::start().await;
     registry.route("/v2/", Answer::Full(200, vec![], vec![]));
-    let layer = vec![7u8; 256 * 1024];
+    // A real tar, so that the stall is the only thing wrong with it: the half
+    // that arrives holds a valid header and part of the file, and the reader
+    // waits for the rest (bytes that are not a tar would be refused as
+    // malformed as soon as they arrive, whichever came first).
+    let layer = crate::support::registry::Layer::new()
+        .file("data", &vec![7u8; 256 * 1024])
+        .tar();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {"User": "65532"},
         "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}
