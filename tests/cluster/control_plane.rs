@@ -213,3 +213,76 @@ async fn failure_stages_crash_loop_a_pod_by_image_and_it_recovers_when_they_go()
     cp().delete_stage(&stage).await.unwrap();
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+/// Every `Ready` status and resourceVersion the pod shows over `seconds`.
+async fn samples(ns: &str, pod: &str, seconds: u64) -> (Vec<String>, std::collections::BTreeSet<String>) {
+    let (mut ready, mut versions) = (Vec::new(), std::collections::BTreeSet::new());
+    let until = std::time::Instant::now() + Duration::from_secs(seconds);
+    while std::time::Instant::now() < until {
+        if let Some(p) = get_json(&["pod", pod, "-n", ns]).await {
+            let r = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .and_then(|c| c["status"].as_str())
+                .unwrap_or("none")
+                .to_string();
+            ready.push(r);
+            versions.insert(p["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (ready, versions)
+}
+
+#[tokio::test]
+async fn a_pod_held_not_ready_or_waiting_stays_so_and_comes_back_once_the_stage_goes() {
+    let ns = namespace("cp-hold", &[]).await;
+    let cases = [
+        ("notready", Failure::NotReady),
+        (
+            "waiting",
+            Failure::Waiting {
+                reason: "ErrImagePull".into(),
+                message: "not found".into(),
+            },
+        ),
+    ];
+    for (name, failure) in cases {
+        let image = format!("registry.test/{ns}/{name}:1");
+        let stage = testcluster::unique(name);
+        cp().create_stage(&failure.stage(&stage, &Target::Image(image.clone())))
+            .await
+            .unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+            "spec": {"containers": [{"name": "c", "image": image}]}});
+        let out = kubectl_stdin(&["create", "-f", "-"], &pod.to_string()).await;
+        assert!(out.status.success(), "{}", text(&out).1);
+        wait_for("the failure applied", Duration::from_secs(30), || async {
+            let p = get_json(&["pod", name, "-n", &ns]).await?;
+            p["status"]["podIP"].is_string().then_some(())?;
+            (condition(&ns, name, "Ready").await.as_deref() == Some("False")).then_some(())
+        })
+        .await;
+        let ip = get_json(&["pod", name, "-n", &ns]).await.unwrap()["status"]["podIP"].clone();
+        // The pod stays as the stage holds it: never Ready, and no status churn
+        // (a probe time every 2 s, not a rewrite loop).
+        let (ready, versions) = samples(&ns, name, 4).await;
+        assert!(ready.iter().all(|r| r == "False"), "{name}: Ready went {ready:?}");
+        assert!(
+            versions.len() <= 4,
+            "{name}: the status was rewritten {} times in 4 s",
+            versions.len()
+        );
+        // Once the stage goes, the pod recovers, keeping its IP.
+        cp().delete_stage(&stage).await.unwrap();
+        wait_for("the pod ready again", Duration::from_secs(30), || async {
+            (condition(&ns, name, "Ready").await.as_deref() == Some("True")).then_some(())
+        })
+        .await;
+        let p = get_json(&["pod", name, "-n", &ns]).await.unwrap();
+        assert_eq!(p["status"]["podIP"], ip, "{name}: the pod kept its IP");
+    }
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}

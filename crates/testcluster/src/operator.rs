@@ -38,7 +38,6 @@ pub fn probe_gate(name: &str, selector: &BTreeMap<String, String>) -> Value {
         json!({"key": ".spec.nodeName", "operator": "Exists"}),
         json!({"key": ".status.phase", "operator": "In", "values": ["Pending", "Running"]}),
         json!({"key": format!(".metadata.annotations[\"{READY_ANNOTATION}\"]"), "operator": "NotIn", "values": ["true"]}),
-        json!({"key": r#".status.conditions.[] | select( .type == "ContainersReady" ) | .status"#, "operator": "NotIn", "values": ["False"]}),
     ];
     for (k, v) in selector {
         expressions.push(json!({"key": format!(".metadata.labels[\"{k}\"]"), "operator": "In", "values": [v]}));

@@ -343,7 +343,7 @@ pub enum Failure {
 impl Failure {
     /// The Stage object for this failure on `target`, named `name`.
     pub fn stage(&self, name: &str, target: &Target) -> Value {
-        let mut expressions = vec![
+        let expressions = vec![
             expr(NOT_DELETING.0, NOT_DELETING.1, &[]),
             expr(".status.phase", "In", &["Pending", "Running"]),
             expr(".spec.nodeName", "Exists", &[]),
@@ -357,30 +357,31 @@ impl Failure {
             } => (restarting(*exit_code, "Error", message, false), Some(*every_ms)),
             Failure::RestartsWhileReady { every_ms } => (restarting(1, "Error", "", true), Some(*every_ms)),
             Failure::OomKilled { every_ms } => (restarting(137, "OOMKilled", "", false), Some(*every_ms)),
-            Failure::Waiting { reason, message } => {
-                // Apply once: a pod already waiting with this reason is left alone.
-                expressions.push(expr(
-                    ".status.containerStatuses.[0].state.waiting.reason",
-                    "NotIn",
-                    &[reason],
-                ));
-                (waiting(reason, message), None)
-            }
-            Failure::NotReady => {
-                expressions.push(expr(
-                    r#".status.conditions.[] | select( .type == "ContainersReady" ) | .status"#,
-                    "NotIn",
-                    &["False"],
-                ));
-                (not_ready(), None)
-            }
+            // These two hold their pods: the stage keeps matching, so it keeps
+            // outweighing the defaults that would make the pod ready again. It
+            // applies at once to a pod not yet held and then once per
+            // HELD_PROBE, moving nothing but the probe time.
+            Failure::Waiting { reason, message } => (waiting(reason, message), None),
+            Failure::NotReady => (not_ready(), None),
         };
         let mut extra = json!({"weight": 1});
         if let Some(ms) = delay {
             extra["delay"] = json!({"durationMilliseconds": ms});
+        } else {
+            extra["delay"] = held_probe_delay();
         }
         stage(name, "Pod", Value::Array(expressions), status_patch(template), extra)
     }
+}
+
+/// How often a held pod's probe time is written.
+pub const HELD_PROBE: &str = "2s";
+
+/// No delay for a pod whose containers are not yet held not-ready; [`HELD_PROBE`]
+/// for one already held.
+fn held_probe_delay() -> Value {
+    let held = r#"if ([.status.conditions[]? | select(.type == "ContainersReady") | .status] == ["False"]) then "HELD" else "0s" end"#;
+    json!({"durationFrom": {"jq": {"expression": held.replace("HELD", HELD_PROBE)}}})
 }
 
 fn yaml_string(s: &str) -> String {
@@ -448,19 +449,26 @@ containerStatuses:
     )
 }
 
-/// Initialized, and neither the containers nor the pod ready.
-const NOT_READY_CONDITIONS: &str = r#"conditions:
+/// Initialized, and neither the containers nor the pod ready, since `$since`:
+/// when the containers stopped being ready, or now. Only `lastProbeTime`
+/// moves: it is the probe a kubelet keeps running, written every
+/// [`HELD_PROBE`] (see [`Failure::stage`]), so a pod whose stage was deleted
+/// is seen by the defaults at its next probe.
+const NOT_READY_CONDITIONS: &str = r#"{{ $since := Now }}
+{{ range .status.conditions }}{{ if and (eq .type "ContainersReady") (eq .status "False") }}{{ $since = .lastTransitionTime }}{{ end }}{{ end }}
+conditions:
 - type: Initialized
   status: "True"
-  lastTransitionTime: {{ $now | Quote }}
+  lastTransitionTime: {{ $since | Quote }}
 - type: ContainersReady
   status: "False"
   reason: ContainersNotReady
-  lastTransitionTime: {{ $now | Quote }}
+  lastTransitionTime: {{ $since | Quote }}
 - type: Ready
   status: "False"
   reason: ContainersNotReady
-  lastTransitionTime: {{ $now | Quote }}"#;
+  lastProbeTime: {{ Now | Quote }}
+  lastTransitionTime: {{ $since | Quote }}"#;
 
 fn waiting(reason: &str, message: &str) -> String {
     let reason = yaml_string(reason);
@@ -492,17 +500,24 @@ fn not_ready() -> String {
 phase: Running
 startTime: {{{{ or .status.startTime $now | Quote }}}}
 {NOT_READY_CONDITIONS}
+{{{{ $statuses := .status.containerStatuses }}}}
 containerStatuses:
-{{{{ range .spec.containers }}}}
-- name: {{{{ .name | Quote }}}}
-  image: {{{{ .image | Quote }}}}
+{{{{ range $i, $c := .spec.containers }}}}
+{{{{ $restarts := 0 }}}}
+{{{{ $started := $since }}}}
+{{{{ if $statuses }}}}{{{{ if lt $i (len $statuses) }}}}{{{{ with index $statuses $i }}}}
+{{{{ $restarts = .restartCount | int }}}}
+{{{{ with .state.running }}}}{{{{ $started = .startedAt }}}}{{{{ end }}}}
+{{{{ end }}}}{{{{ end }}}}{{{{ end }}}}
+- name: {{{{ $c.name | Quote }}}}
+  image: {{{{ $c.image | Quote }}}}
   imageID: ""
   ready: false
   started: true
-  restartCount: 0
+  restartCount: {{{{ $restarts }}}}
   state:
     running:
-      startedAt: {{{{ $now | Quote }}}}
+      startedAt: {{{{ $started | Quote }}}}
 {{{{ end }}}}
 {POD_IPS}"#
     )
@@ -524,6 +539,24 @@ mod tests {
         );
         for d in defaults() {
             assert!(d["spec"].get("weight").is_none(), "{}", d["metadata"]["name"]);
+        }
+    }
+
+    #[test]
+    fn held_failures_go_on_selecting_the_pods_they_hold() {
+        // A held pod left unselected would be made ready again by `pod-recover`
+        // or `pod-running`, then held again: a flapping endpoint.
+        let waiting = Failure::Waiting {
+            reason: "ErrImagePull".into(),
+            message: "x".into(),
+        };
+        for f in [Failure::NotReady, waiting] {
+            let s = f.stage("x", &Target::Image("reg/app:2".into()));
+            let selector = s["spec"]["selector"].to_string();
+            assert!(!selector.contains("ContainersReady"), "{selector}");
+            assert!(!selector.contains("state.waiting"), "{selector}");
+            let delay = s["spec"]["delay"]["durationFrom"]["jq"]["expression"].as_str().unwrap();
+            assert!(delay.contains(HELD_PROBE), "{delay}");
         }
     }
 
