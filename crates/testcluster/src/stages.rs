@@ -349,27 +349,23 @@ impl Failure {
             expr(".spec.nodeName", "Exists", &[]),
             target.expression(),
         ];
+        let every = |ms: &u64| json!({"durationMilliseconds": ms});
         let (template, delay) = match self {
             Failure::CrashLoop {
                 every_ms,
                 exit_code,
                 message,
-            } => (restarting(*exit_code, "Error", message, false), Some(*every_ms)),
-            Failure::RestartsWhileReady { every_ms } => (restarting(1, "Error", "", true), Some(*every_ms)),
-            Failure::OomKilled { every_ms } => (restarting(137, "OOMKilled", "", false), Some(*every_ms)),
+            } => (restarting(*exit_code, "Error", message, false), every(every_ms)),
+            Failure::RestartsWhileReady { every_ms } => (restarting(1, "Error", "", true), every(every_ms)),
+            Failure::OomKilled { every_ms } => (restarting(137, "OOMKilled", "", false), every(every_ms)),
             // These two hold their pods: the stage keeps matching, so it keeps
             // outweighing the defaults that would make the pod ready again. It
             // applies at once to a pod not yet held and then once per
             // HELD_PROBE, moving nothing but the probe time.
-            Failure::Waiting { reason, message } => (waiting(reason, message), None),
-            Failure::NotReady => (not_ready(), None),
+            Failure::Waiting { reason, message } => (waiting(reason, message), held_probe_delay()),
+            Failure::NotReady => (not_ready(), held_probe_delay()),
         };
-        let mut extra = json!({"weight": 1});
-        if let Some(ms) = delay {
-            extra["delay"] = json!({"durationMilliseconds": ms});
-        } else {
-            extra["delay"] = held_probe_delay();
-        }
+        let extra = json!({"weight": 1, "delay": delay});
         stage(name, "Pod", Value::Array(expressions), status_patch(template), extra)
     }
 }
@@ -380,8 +376,10 @@ pub const HELD_PROBE: &str = "2s";
 /// No delay for a pod whose containers are not yet held not-ready; [`HELD_PROBE`]
 /// for one already held.
 fn held_probe_delay() -> Value {
-    let held = r#"if ([.status.conditions[]? | select(.type == "ContainersReady") | .status] == ["False"]) then "HELD" else "0s" end"#;
-    json!({"durationFrom": {"jq": {"expression": held.replace("HELD", HELD_PROBE)}}})
+    let held = format!(
+        r#"if ([.status.conditions[]? | select(.type == "ContainersReady") | .status] == ["False"]) then "{HELD_PROBE}" else "0s" end"#
+    );
+    json!({"durationFrom": {"jq": {"expression": held}}})
 }
 
 fn yaml_string(s: &str) -> String {
@@ -474,8 +472,7 @@ fn waiting(reason: &str, message: &str) -> String {
     let reason = yaml_string(reason);
     let message = yaml_string(message);
     format!(
-        r#"{{{{ $now := Now }}}}
-phase: Pending
+        r#"phase: Pending
 {NOT_READY_CONDITIONS}
 containerStatuses:
 {{{{ range .spec.containers }}}}
