@@ -269,6 +269,11 @@ async fn a_pod_held_not_ready_or_waiting_stays_so_and_comes_back_once_the_stage_
         // The pod stays as the stage holds it: never Ready, and no status churn
         // (a probe time every 2 s, not a rewrite loop).
         let (ready, versions) = samples(&ns, name, 4).await;
+        assert!(
+            ready.len() >= 3,
+            "{name}: only {} samples of the pod in 4 s",
+            ready.len()
+        );
         assert!(ready.iter().all(|r| r == "False"), "{name}: Ready went {ready:?}");
         assert!(
             versions.len() <= 4,
