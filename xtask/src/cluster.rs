@@ -25,6 +25,10 @@ pub enum Action {
         /// Fake kwok Nodes.
         #[arg(long, default_value_t = 2)]
         nodes: usize,
+        /// Real nodes (kubelet + containerd) where containers run; they carry the
+        /// taint `distrolessguard.dev/real-node:NoSchedule` and the label `type=real`.
+        #[arg(long, default_value_t = 1)]
+        real_nodes: usize,
     },
     /// Stop the control plane a `cluster up --dir DIR` started.
     Down {
@@ -44,7 +48,8 @@ pub fn run(action: Action) -> Result<(), String> {
             install_chart,
             helm_args,
             nodes,
-        } => up(&dir, install_chart, &helm_args, nodes),
+            real_nodes,
+        } => up(&dir, install_chart, &helm_args, nodes, real_nodes),
         Action::Down { dir } => down(&dir),
     }
 }
@@ -87,17 +92,20 @@ fn prepare(dir: &Path) -> Result<(), String> {
     std::fs::write(dir.join(MARKER), "").map_err(|e| e.to_string())
 }
 
-fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize) -> Result<(), String> {
+fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize, real_nodes: usize) -> Result<(), String> {
     prepare(dir)?;
     let bins = crate::bins(false)?;
     let binary = if install_chart { Some(build_operator()?) } else { None };
     let started = Instant::now();
-    eprintln!("starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok ...");
+    eprintln!(
+        "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and {real_nodes} real node(s) ..."
+    );
     let cp = ControlPlane::start(Options {
         dir: Some(dir.to_path_buf()),
         nodes,
         unlimited: false,
         api_server_only: false,
+        real_nodes,
     })
     .map_err(|e| e.to_string())?;
     let cp: &'static ControlPlane = Box::leak(Box::new(cp));

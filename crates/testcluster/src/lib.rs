@@ -1,7 +1,8 @@
 //! A real Kubernetes control plane for distroless-guard's tests and for
 //! `cargo xtask cluster up`: etcd, kube-apiserver, kube-controller-manager and
 //! kube-scheduler built from their Go modules ([`bins`]), kwok as the fake
-//! kubelet ([`stages`]), the cluster network through the API server's egress
+//! kubelet ([`stages`]), real nodes where containers run ([`node`], images
+//! from [`oci`]), the cluster network through the API server's egress
 //! selector ([`egress`]), and the operator's processes standing in for the
 //! chart's pods ([`operator`]).
 //!
@@ -12,6 +13,8 @@ pub mod bins;
 pub mod cluster;
 pub mod egress;
 pub mod faults;
+pub mod node;
+pub mod oci;
 pub mod operator;
 pub mod pki;
 pub mod process;

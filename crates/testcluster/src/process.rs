@@ -44,10 +44,15 @@ fn supervisor() -> &'static Mutex<mpsc::Sender<Request>> {
     })
 }
 
-/// Live process groups and work directories, for the exit hook.
+/// Work that must run at exit before the process groups are stopped (a real
+/// node's teardown needs its containerd still running).
+type Cleanup = Box<dyn FnOnce() + Send>;
+
+/// Live process groups, work directories and cleanups, for the exit hook.
 struct Registry {
     groups: Vec<(i32, String)>,
     dirs: Vec<PathBuf>,
+    cleanups: Vec<(u64, Cleanup)>,
 }
 
 fn registry() -> &'static Mutex<Registry> {
@@ -56,6 +61,7 @@ fn registry() -> &'static Mutex<Registry> {
         Mutex::new(Registry {
             groups: Vec::new(),
             dirs: Vec::new(),
+            cleanups: Vec::new(),
         })
     })
 }
@@ -70,6 +76,28 @@ pub fn remove_at_exit(dir: &Path) {
     lock(registry()).dirs.push(dir.to_path_buf());
 }
 
+/// Runs `f` at exit before any process group is stopped; returns a handle for
+/// [`run_cleanup`], which runs it earlier (at most once either way).
+pub fn at_exit(f: Cleanup) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    supervisor();
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    lock(registry()).cleanups.push((id, f));
+    id
+}
+
+/// Runs the cleanup registered as `id` now, if it has not run yet.
+pub fn run_cleanup(id: u64) {
+    let f = {
+        let mut r = lock(registry());
+        let i = r.cleanups.iter().position(|(c, _)| *c == id);
+        i.map(|i| r.cleanups.remove(i).1)
+    };
+    if let Some(f) = f {
+        f();
+    }
+}
+
 /// Keep work directories after the run (for reading logs).
 pub fn keep() -> bool {
     std::env::var_os("DISTROLESS_GUARD_KEEP_CLUSTER").is_some_and(|v| v == "1")
@@ -77,6 +105,10 @@ pub fn keep() -> bool {
 
 fn register_atexit() {
     extern "C" fn on_exit() {
+        let cleanups = std::mem::take(&mut lock(registry()).cleanups);
+        for (_, f) in cleanups.into_iter().rev() {
+            f();
+        }
         let (groups, dirs) = {
             let mut r = lock(registry());
             (std::mem::take(&mut r.groups), std::mem::take(&mut r.dirs))
@@ -232,6 +264,15 @@ impl Drop for Process {
         {
             self.stop_inner(Duration::from_secs(5));
         }
+    }
+}
+
+/// SIGKILL to the process group led by `pid` (a component whose teardown
+/// needs it gone before the rest).
+pub fn kill_group(pid: u32) {
+    // SAFETY: signalling a group this harness created.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
     }
 }
 
