@@ -17,4 +17,5 @@ mod images;
 mod inventory;
 mod operator;
 mod plugin;
+mod real_node;
 mod rollout;

@@ -1,0 +1,372 @@
+//! On a real node: a kubelet 1.37 with containerd 2, runc and the CNI bridge
+//! (crates/testcluster/src/node.rs) runs the containers, from images the
+//! harness builds and pushes to the nodes' registry: a standard image (a
+//! shell, a package manager, root) and a distroless one (one static app,
+//! 65532), the same app in both.
+//!
+//! What only a real node can show: the runtime's own errors for what a
+//! distroless image cannot do, `fsGroup` on real volumes, a debug container
+//! attached to a real process. The kubelet's reports are kept in
+//! `tests/data/kubelet/` (the classifier's unit tests and the kwok stages'
+//! messages are checked against them); a test fails when the kubelet says
+//! something else, and `DISTROLESS_GUARD_RECORD=1` writes the new report.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testcluster::node::{RealNode, real_node_placement};
+use testcluster::oci::test_images;
+
+use crate::support::*;
+
+/// The shared control plane's real node, started on first use.
+pub fn real_node() -> &'static RealNode {
+    static NODE: OnceLock<Result<RealNode, String>> = OnceLock::new();
+    let node = NODE.get_or_init(|| {
+        let started = std::time::Instant::now();
+        let node = cp().start_real_node().map_err(|e| e.to_string())?;
+        eprintln!(
+            "real node {} up in {:.1} s ({})",
+            node.name(),
+            started.elapsed().as_secs_f64(),
+            node.dir().display()
+        );
+        Ok(node)
+    });
+    match node {
+        Ok(n) => n,
+        Err(e) => panic!(
+            "the real node could not start: {e}\n(a real node needs root, cgroup v1 or v2, overlayfs, \
+             iptables and the node binaries of `cargo xtask bins`)"
+        ),
+    }
+}
+
+/// The test images in the nodes' registry: (standard, distroless).
+pub fn images() -> &'static (String, String) {
+    static IMAGES: OnceLock<(String, String)> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        real_node();
+        let app = cp().bins().path(testcluster::bins::TEST_APP);
+        let standard = test_images::standard(&app).expect("building the standard test image");
+        let distroless = test_images::distroless(&app).expect("building the distroless test image");
+        (
+            cp().push_image("test/app", "standard", &standard).expect("pushing"),
+            cp().push_image("test/app", "distroless", &distroless).expect("pushing"),
+        )
+    })
+}
+
+/// A pod spec that runs on the real node: `spec` plus its toleration and node selector.
+pub fn on_real_node(mut spec: Value) -> Value {
+    let placement = real_node_placement();
+    for key in ["nodeSelector", "tolerations"] {
+        spec[key] = placement[key].clone();
+    }
+    spec
+}
+
+async fn create_pod(ns: &str, name: &str, spec: Value) {
+    let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+        "spec": on_real_node(spec)});
+    let out = kubectl_stdin(&["create", "-f", "-"], &p.to_string()).await;
+    assert!(out.status.success(), "creating pod {ns}/{name}: {}", text(&out).1);
+}
+
+/// `GET <path>` of the app in `pod` (port 8080) through the API server's pod proxy.
+async fn app_get(ns: &str, pod: &str, path: &str) -> Value {
+    let url = format!("/api/v1/namespaces/{ns}/pods/{pod}:8080/proxy{path}");
+    let out = kubectl(&["get", "--raw", &url]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "GET {url}: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("GET {url}: {e}: {stdout}"))
+}
+
+async fn wait_running_ready(ns: &str, name: &str) -> Value {
+    wait_for(
+        &format!("pod {ns}/{name} Running and Ready on the real node"),
+        Duration::from_secs(120),
+        || async {
+            let p = get_json(&["pod", name, "-n", ns]).await?;
+            let ready = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (ready && p["status"]["phase"] == "Running").then_some(p)
+        },
+    )
+    .await
+}
+
+/// The first status of the container `app` that satisfies `found`.
+async fn wait_container(ns: &str, name: &str, what: &str, found: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, Duration::from_secs(120), || async {
+        let p = get_json(&["pod", name, "-n", ns]).await?;
+        let s = p["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "app")?
+            .clone();
+        found(&s).then_some(p)
+    })
+    .await
+}
+
+/// The recorded kubelet report `name` in tests/data/kubelet.
+fn recording(name: &str) -> PathBuf {
+    root().join("tests/data/kubelet").join(format!("{name}.json"))
+}
+
+/// Pod-specific parts of a report replaced by fixed words: the namespace,
+/// 64-hex ids (containers, execs) and UUIDs (pods).
+fn normalize(text: &str, ns: &str) -> String {
+    let t = text.replace(ns, "NAMESPACE");
+    let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    let chars: Vec<char> = t.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let run = chars[i..].iter().take_while(|c| hex(**c) || **c == '-').count();
+        let word: String = chars[i..i + run].iter().collect();
+        let groups: Vec<usize> = word.split('-').map(str::len).collect();
+        if run > 0 && (i == 0 || !hex(chars[i - 1])) {
+            if groups == [64] {
+                out += "ID";
+                i += run;
+                continue;
+            }
+            if groups == [8, 4, 4, 4, 12] {
+                out += "UID";
+                i += run;
+                continue;
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Compares the report with the recording (or writes it when recording).
+fn check_recording(name: &str, ns: &str, report: &Value) {
+    let path = recording(name);
+    let now = normalize(&serde_json::to_string_pretty(report).unwrap(), ns);
+    if std::env::var_os("DISTROLESS_GUARD_RECORD").is_some_and(|v| v == "1") {
+        std::fs::write(&path, format!("{now}\n")).unwrap();
+        return;
+    }
+    let was = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; record it with DISTROLESS_GUARD_RECORD=1 cargo test --test cluster real_node",
+            path.display()
+        )
+    });
+    assert_eq!(
+        was.trim_end(),
+        now,
+        "the kubelet's report differs from {}; if the kubelet changed, record it again \
+         (DISTROLESS_GUARD_RECORD=1) and check the classifier and the kwok stages against it",
+        path.display()
+    );
+}
+
+/// The parts of a container status that a rollout reads.
+fn report(status: &Value) -> Value {
+    let pick = |s: &Value| {
+        json!({
+            "reason": s["reason"],
+            "message": s["message"],
+            "exitCode": s["exitCode"],
+        })
+    };
+    let state = status["state"].as_object().and_then(|m| m.iter().next());
+    // Only what the kubelet decided; which of its states a poll catches varies.
+    let last = status["lastState"].as_object().and_then(|m| m.iter().next());
+    json!({
+        "state": state.map(|(k, v)| json!({k: pick(v)})),
+        "lastState": last.map(|(k, v)| json!({k: pick(v)})),
+    })
+}
+
+#[tokio::test]
+async fn the_real_node_registers_ready_with_its_taint_and_runs_the_distroless_app_as_65532() {
+    let node = real_node();
+    let n = get_json(&["node", node.name()]).await.unwrap();
+    assert_eq!(n["metadata"]["labels"]["type"], "real");
+    assert!(
+        n["spec"]["taints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == testcluster::node::REAL_NODE_TAINT),
+        "{}",
+        n["spec"]
+    );
+    assert_eq!(n["status"]["nodeInfo"]["kubeletVersion"], testcluster::bins::KUBERNETES);
+    assert!(
+        n["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("containerd://2."),
+        "{}",
+        n["status"]["nodeInfo"]
+    );
+
+    let (_, distroless) = images();
+    let ns = namespace("real-run", &[]).await;
+    create_pod(
+        &ns,
+        "app",
+        json!({"containers": [{"name": "app", "image": distroless}]}),
+    )
+    .await;
+    let p = wait_running_ready(&ns, "app").await;
+    assert_eq!(p["spec"]["nodeName"], node.name());
+    let ip = p["status"]["podIP"].as_str().unwrap();
+    assert!(
+        ip.starts_with("10.245."),
+        "pod IP {ip} is not on the real node's bridge"
+    );
+    let id = app_get(&ns, "app", "/id").await;
+    assert_eq!((id["uid"].clone(), id["gid"].clone()), (json!(65532), json!(65532)));
+
+    // kubectl logs goes through the API server to the kubelet.
+    let logs = kubectl_ok(&["logs", "app", "-n", &ns]).await;
+    assert!(logs.contains("serving on :8080 as uid 65532"), "{logs}");
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn a_distroless_container_started_with_sh_c_fails_with_the_runtimes_own_error() {
+    let (_, distroless) = images();
+    let ns = namespace("real-sh", &[]).await;
+    create_pod(
+        &ns,
+        "app",
+        json!({"containers": [{"name": "app", "image": distroless, "command": ["sh", "-c", "/app serve"]}]}),
+    )
+    .await;
+    let p = wait_container(&ns, "app", "the container's start to fail", |s| {
+        s["lastState"]["terminated"]["message"].is_string() && s["state"]["waiting"]["reason"].is_string()
+    })
+    .await;
+    let status = &p["status"]["containerStatuses"][0];
+    let terminated = &status["lastState"]["terminated"];
+    assert_eq!(terminated["reason"], "StartError", "{status}");
+    let message = terminated["message"].as_str().unwrap();
+    assert!(
+        message.contains(r#"exec: "sh": executable file not found in $PATH"#),
+        "{message}"
+    );
+    let hint = distroless_guard::controller::failure_hint(
+        terminated["reason"].as_str().unwrap(),
+        terminated["exitCode"].as_i64().map(|c| c as i32),
+        message,
+    );
+    assert!(
+        hint.contains("shell"),
+        "the hint for the real error does not name the shell: {hint}"
+    );
+    let waiting = status["state"]["waiting"]["reason"].as_str().unwrap();
+    assert!(
+        ["RunContainerError", "CrashLoopBackOff"].contains(&waiting),
+        "waiting in {waiting}: {status}"
+    );
+    check_recording("sh-c-in-distroless", &ns, &report(status)["lastState"]);
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn exec_probes_in_a_distroless_container_error_keep_it_unready_and_never_restart_it() {
+    let (_, distroless) = images();
+    let ns = namespace("real-probe", &[]).await;
+    let probe = json!({"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1, "failureThreshold": 1});
+    create_pod(
+        &ns,
+        "app",
+        json!({"containers": [{"name": "app", "image": distroless,
+            "readinessProbe": probe, "livenessProbe": probe}]}),
+    )
+    .await;
+    // The kubelet cannot run the probe at all: each try is an error event, not a
+    // failure. Three liveness errors prove it had three chances to restart.
+    let events = wait_for(
+        "three liveness and a readiness probe error",
+        Duration::from_secs(60),
+        || async {
+            let list = get_json(&["events", "-n", &ns, "--field-selector", "reason=Unhealthy"]).await?;
+            let items = list["items"].as_array()?.clone();
+            let count = |kind: &str| -> i64 {
+                items
+                    .iter()
+                    .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with(kind)))
+                    .map(|e| e["count"].as_i64().unwrap_or(1))
+                    .sum()
+            };
+            (count("Liveness probe errored") >= 3 && count("Readiness probe errored") >= 1).then_some(items)
+        },
+    )
+    .await;
+    let message = |kind: &str| {
+        events
+            .iter()
+            .find_map(|e| e["message"].as_str().filter(|m| m.starts_with(kind)))
+            .unwrap()
+            .to_string()
+    };
+    let liveness = message("Liveness probe errored");
+    assert!(
+        liveness.contains(r#"exec: "cat": executable file not found in $PATH"#),
+        "{liveness}"
+    );
+    let p = get_json(&["pod", "app", "-n", &ns]).await.unwrap();
+    let status = &p["status"]["containerStatuses"][0];
+    assert_eq!(
+        status["restartCount"], 0,
+        "an errored liveness probe restarted the container: {status}"
+    );
+    assert_eq!(status["ready"], false, "{status}");
+    assert!(status["state"]["running"].is_object(), "{status}");
+    // What a rollout makes of it: never ready, so ReadyTimeout, whose hint names the exec probe.
+    let hint = distroless_guard::controller::failure_hint("ReadyTimeout", None, "");
+    assert!(hint.contains("exec readiness probe"), "{hint}");
+    check_recording(
+        "exec-probe-in-distroless",
+        &ns,
+        &json!({
+            "liveness": liveness,
+            "readiness": message("Readiness probe errored"),
+            "restartCount": status["restartCount"],
+            "ready": status["ready"],
+        }),
+    );
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn a_root_image_under_run_as_non_root_is_refused_with_create_container_config_error() {
+    let (standard, _) = images();
+    let ns = namespace("real-root", &[]).await;
+    create_pod(
+        &ns,
+        "app",
+        json!({"securityContext": {"runAsNonRoot": true}, "containers": [{"name": "app", "image": standard}]}),
+    )
+    .await;
+    let p = wait_container(&ns, "app", "the kubelet to refuse the root image", |s| {
+        s["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    })
+    .await;
+    let status = &p["status"]["containerStatuses"][0];
+    let message = status["state"]["waiting"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("container has runAsNonRoot and image will run as root"),
+        "{message}"
+    );
+    let hint = distroless_guard::controller::failure_hint("CreateContainerConfigError", None, message);
+    assert!(hint.contains("runAsUser") || hint.contains("65532"), "{hint}");
+    check_recording("root-image-run-as-non-root", &ns, &report(status)["state"]);
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
