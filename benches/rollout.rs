@@ -29,7 +29,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use parking_lot::Mutex;
 use serde_json::json;
-use testcluster::stages::{Failure, Target};
+use testcluster::stages::{Failure, Target, observed};
 use testcluster::{ControlPlane, Options};
 
 const RUNS: usize = 12;
@@ -37,21 +37,8 @@ const REPLICAS: i32 = 4;
 
 fn failures() -> Vec<(&'static str, Failure)> {
     vec![
-        (
-            "crash",
-            Failure::CrashLoop {
-                every_ms: 200,
-                exit_code: 127,
-                message: "exec: \"sh\": executable file not found in $PATH".into(),
-            },
-        ),
-        (
-            "config",
-            Failure::Waiting {
-                reason: "CreateContainerConfigError".into(),
-                message: "container has runAsNonRoot and image will run as root".into(),
-            },
-        ),
+        ("crash", observed::shell_in_distroless(200)),
+        ("config", observed::root_image()),
         ("oom", Failure::OomKilled { every_ms: 200 }),
         ("flap", Failure::RestartsWhileReady { every_ms: 200 }),
     ]

@@ -370,3 +370,261 @@ async fn a_root_image_under_run_as_non_root_is_refused_with_create_container_con
     check_recording("root-image-run-as-non-root", &ns, &report(status)["state"]);
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+#[tokio::test]
+async fn a_pod_without_security_context_is_mutated_passes_restricted_and_runs_as_65532_with_fs_group_on_its_volumes() {
+    let (_, distroless) = images();
+    let release = Release::install("distroless-guard-real", &[]).await;
+    let ns = release.namespace("real-mutate", &[]).await;
+    let name = testcluster::unique("real-mutate");
+    create_policy(&policy(
+        &name,
+        &ns,
+        json!({"action": "Deny", "mutation": {"allowPrivilegeEscalation": false,
+            "seccompRuntimeDefault": true, "dropAllCapabilities": true}}),
+    ))
+    .await;
+    release.wait_serving(&ns).await;
+    // Restricted only now: Pod Security would refuse wait_serving's root probe
+    // before our webhook could.
+    kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])
+    .await;
+    kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "cfg",
+        "-n",
+        &ns,
+        "--from-literal=key=value",
+    ])
+    .await;
+    // No securityContext at all: Pod Security `restricted` would refuse this
+    // pod as written; the webhook's mutation is what lets it in.
+    create_pod(
+        &ns,
+        "app",
+        json!({
+            "containers": [{"name": "app", "image": distroless, "volumeMounts": [
+                {"name": "data", "mountPath": "/data"}, {"name": "cfg", "mountPath": "/cfg"}]}],
+            "volumes": [{"name": "data", "emptyDir": {}}, {"name": "cfg", "secret": {"secretName": "cfg"}}],
+        }),
+    )
+    .await;
+    let p = wait_running_ready(&ns, "app").await;
+    let sc = &p["spec"]["securityContext"];
+    assert_eq!(
+        (
+            sc["runAsUser"].clone(),
+            sc["fsGroup"].clone(),
+            sc["runAsNonRoot"].clone()
+        ),
+        (json!(65532), json!(65532), json!(true)),
+        "{sc}"
+    );
+
+    let id = app_get(&ns, "app", "/id").await;
+    assert_eq!(
+        (id["uid"].clone(), id["gid"].clone()),
+        (json!(65532), json!(65532)),
+        "{id}"
+    );
+    assert!(id["groups"].as_array().unwrap().contains(&json!(65532)), "{id}");
+    // The kubelet gave the emptyDir to the fsGroup (group 65532, set-group-ID):
+    // without fsGroup it stays root's.
+    let dir = app_get(&ns, "app", "/stat?path=/data").await;
+    assert_eq!(dir["gid"], 65532, "{dir}");
+    assert!(dir["mode"].as_str().unwrap().starts_with("dg"), "{dir}");
+    let written = app_get(&ns, "app", "/write?path=/data/out").await;
+    assert_eq!(
+        (written["uid"].clone(), written["gid"].clone()),
+        (json!(65532), json!(65532)),
+        "{written}"
+    );
+    // A Secret's files are chowned to the fsGroup too, so a non-root app can read them.
+    let key = app_get(&ns, "app", "/stat?path=/cfg/key").await;
+    assert_eq!(key["gid"], 65532, "{key}");
+
+    delete_policy(&name).await;
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
+async fn debug_attaches_to_the_distroless_process_as_its_user_and_reads_its_root_filesystem() {
+    let (standard, distroless) = images();
+    let ns = namespace("real-debug", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+    create_pod(
+        &ns,
+        "app",
+        json!({
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "app", "image": distroless, "securityContext": {
+                "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}],
+        }),
+    )
+    .await;
+    wait_running_ready(&ns, "app").await;
+    // The debug image: busybox with a shell as its entrypoint, as distroless `:debug`.
+    let app = cp().bins().path(testcluster::bins::TEST_APP);
+    let debug_image = cp()
+        .push_image("test/debug", "1", &test_images::debug(&app).unwrap())
+        .unwrap();
+    let out = crate::plugin::plugin(&["debug", "app", "-n", &ns, "--no-attach", "--image", &debug_image]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let debugger = stdout.trim().to_string();
+    wait_for("the debug container running", Duration::from_secs(60), || async {
+        let p = get_json(&["pod", "app", "-n", &ns]).await?;
+        p["status"]["ephemeralContainerStatuses"]
+            .as_array()?
+            .iter()
+            .any(|s| s["name"] == debugger.as_str() && s["state"]["running"].is_object())
+            .then_some(())
+    })
+    .await;
+    // Ephemeral containers are attached to, not exec'd into: the shell reads
+    // these lines from kubectl attach's standard input.
+    let script = "echo UID=$(id -u)\n\
+                  echo CMD=$(tr '\\0' ' ' < /proc/1/cmdline)\n\
+                  echo ROOT=$(ls /proc/1/root | tr '\\n' ' ')\n\
+                  exit\n";
+    // The debug container has a TTY, so kubectl attaches only from a
+    // terminal: `script` (util-linux) gives it one, as a person's shell would.
+    let kubectl = cp().kubectl();
+    let line = format!(
+        "{} --kubeconfig={} attach app -n {ns} -c {debugger} -i -t",
+        kubectl.get_program().to_string_lossy(),
+        cp().admin_kubeconfig().display()
+    );
+    let mut attach = std::process::Command::new("script");
+    attach.args(["--quiet", "--return", "--command", &line, "/dev/null"]);
+    let out = output_with_input(attach, script.to_string()).await;
+    let (stdout, stderr) = text(&out);
+    let said = |key: &str| {
+        stdout
+            .lines()
+            .map(|l| l.trim_start_matches("/ $ ").trim())
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} line from the debug shell; stdout: {stdout}; stderr: {stderr}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(said("UID="), "65532");
+    // PID 1 of the shared process namespace is the target's app.
+    assert_eq!(said("CMD="), "/app serve");
+    // The target's root filesystem, which has no shell of its own.
+    let root_fs = said("ROOT=");
+    assert!(root_fs.split_whitespace().any(|f| f == "app"), "{root_fs}");
+    assert!(!root_fs.split_whitespace().any(|f| f == "bin"), "{root_fs}");
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// A Deployment `name` of the standard test image on the real node, ready by
+/// the app's own HTTP probe, and its Service.
+async fn real_app(ns: &str, name: &str, replicas: i32, image: &str) {
+    let spec = on_real_node(json!({"containers": [{"name": "app", "image": image,
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]}));
+    let manifest = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                  "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+         "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}},
+    ]});
+    let out = kubectl_stdin(&["apply", "-f", "-"], &manifest.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    wait_for(
+        "the Deployment's pods ready on the real node",
+        Duration::from_secs(120),
+        || async {
+            let d = get_json(&["deployment", name, "-n", ns]).await?;
+            (d["status"]["readyReplicas"] == replicas).then_some(())
+        },
+    )
+    .await;
+}
+
+fn deployment_image(d: &Value) -> String {
+    d["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn rollouts_on_the_real_node_promote_a_working_distroless_image_and_roll_a_broken_one_back() {
+    let (standard, distroless) = images();
+    // A distroless image that cannot start: its entrypoint is a shell script.
+    let app = cp().bins().path(testcluster::bins::TEST_APP);
+    let mut broken = test_images::distroless(&app).unwrap();
+    broken.entrypoint = vec!["/bin/sh".into(), "-c".into(), "exec /app serve".into()];
+    let broken = cp().push_image("test/app", "distroless-broken", &broken).unwrap();
+
+    let release = Release::install("distroless-guard-real-roll", &[]).await;
+    let ns = release.namespace("real-roll", &[]).await;
+
+    real_app(&ns, "good", 2, standard).await;
+    crate::rollout::create_rollout(
+        &ns,
+        "good",
+        "good",
+        distroless,
+        json!({"steps": [{"weight": 50, "bakeSeconds": 3}, {"weight": 100}]}),
+    )
+    .await;
+    crate::rollout::wait_phase(&ns, "good", "Succeeded", 180).await;
+    let d = get_json(&["deployment", "good", "-n", &ns]).await.unwrap();
+    assert_eq!(deployment_image(&d), *distroless);
+    // The promoted pods really run the distroless app, as 65532.
+    let pods = get_json(&["pods", "-n", &ns, "-l", "app=good"]).await.unwrap();
+    let running: Vec<&Value> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && p["spec"]["containers"][0]["image"] == *distroless)
+        .collect();
+    assert!(!running.is_empty(), "no pod of the distroless image: {pods:#}");
+    let pod = running[0]["metadata"]["name"].as_str().unwrap();
+    assert_eq!(app_get(&ns, pod, "/id").await["uid"], 65532);
+
+    real_app(&ns, "bad", 2, standard).await;
+    crate::rollout::create_rollout(
+        &ns,
+        "bad",
+        "bad",
+        &broken,
+        json!({"steps": [{"weight": 50, "bakeSeconds": 30}, {"weight": 100}]}),
+    )
+    .await;
+    let s = crate::rollout::wait_phase(&ns, "bad", "RolledBack", 180).await;
+    let failure = &s["failure"];
+    assert!(
+        ["RunContainerError", "CrashLoopBackOff"].contains(&failure["reason"].as_str().unwrap_or_default()),
+        "{s:#}"
+    );
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(r#"exec: "/bin/sh""#),
+        "{s:#}"
+    );
+    assert!(failure["hint"].as_str().unwrap_or_default().contains("shell"), "{s:#}");
+    let d = get_json(&["deployment", "bad", "-n", &ns]).await.unwrap();
+    assert_eq!(
+        deployment_image(&d),
+        *standard,
+        "the Deployment left its standard image"
+    );
+    assert_eq!(d["status"]["readyReplicas"], 2, "{:#}", d["status"]);
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}

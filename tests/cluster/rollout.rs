@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use testcluster::stages::{Failure, Target};
+use testcluster::stages::{Failure, Target, observed};
 
 use crate::support::*;
 
@@ -269,31 +269,14 @@ async fn every_kind_of_canary_failure_rolls_back_within_seconds_with_its_reason_
     let ns = release.namespace("fail", &[]).await;
     let sh = "exec: \"sh\": executable file not found in $PATH";
     let cases: Vec<(&str, Failure, &str, &str)> = vec![
-        (
-            "crash",
-            Failure::CrashLoop {
-                every_ms: 300,
-                exit_code: 127,
-                message: sh.into(),
-            },
-            "CrashLoopBackOff",
-            "shell",
-        ),
+        ("crash", observed::shell_in_distroless(300), "CrashLoopBackOff", "shell"),
         (
             "flap",
             Failure::RestartsWhileReady { every_ms: 300 },
             "Restarts",
             "logs",
         ),
-        (
-            "root",
-            Failure::Waiting {
-                reason: "CreateContainerConfigError".into(),
-                message: "container has runAsNonRoot and image will run as root".into(),
-            },
-            "CreateContainerConfigError",
-            ":nonroot",
-        ),
+        ("root", observed::root_image(), "CreateContainerConfigError", ":nonroot"),
         (
             "create",
             Failure::Waiting {

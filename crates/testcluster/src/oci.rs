@@ -369,6 +369,14 @@ pub mod test_images {
         })
     }
 
+    /// A debug image in the manner of distroless `:debug`: the standard image's
+    /// busybox with a shell as its entrypoint.
+    pub fn debug(app: &Path) -> std::io::Result<Image> {
+        let mut image = standard(app)?;
+        image.entrypoint = vec!["/bin/sh".into()];
+        Ok(image)
+    }
+
     /// The pod sandbox image: `/app pause` as 65535.
     pub fn pause(app: &Path) -> std::io::Result<Image> {
         Ok(Image {

@@ -328,6 +328,11 @@ pub enum Failure {
         exit_code: i32,
         message: String,
     },
+    /// The runtime cannot start the container's command (a shell in a
+    /// distroless image): restarts every `every_ms`, its last termination
+    /// `StartError`, exit code 128, with the runtime's `message`, as a real
+    /// kubelet reports it ([`observed`]).
+    StartError { every_ms: u64, message: String },
     /// Restarts as above but the container comes back Ready in between (a flapping pod).
     RestartsWhileReady { every_ms: u64 },
     /// The container never starts: `reason` is CreateContainerConfigError,
@@ -356,6 +361,9 @@ impl Failure {
                 exit_code,
                 message,
             } => (restarting(*exit_code, "Error", message, false), every(every_ms)),
+            Failure::StartError { every_ms, message } => {
+                (restarting(128, "StartError", message, false), every(every_ms))
+            }
             Failure::RestartsWhileReady { every_ms } => (restarting(1, "Error", "", true), every(every_ms)),
             Failure::OomKilled { every_ms } => (restarting(137, "OOMKilled", "", false), every(every_ms)),
             // These two hold their pods: the stage keeps matching, so it keeps
@@ -367,6 +375,42 @@ impl Failure {
         };
         let extra = json!({"weight": 1, "delay": delay});
         stage(name, "Pod", Value::Array(expressions), status_patch(template), extra)
+    }
+}
+
+/// Failures as a real kubelet 1.37 with containerd 2 and runc reported them
+/// on a real node (`tests/data/kubelet/`, recorded by the real-node tests), so
+/// what kwok plays is what a cluster says.
+pub mod observed {
+    use super::Failure;
+    use serde_json::Value;
+
+    fn recording(text: &str) -> Value {
+        serde_json::from_str(text).unwrap_or_default()
+    }
+
+    fn text(v: &Value) -> String {
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// `command: [sh, -c, ...]` in a distroless image.
+    pub fn shell_in_distroless(every_ms: u64) -> Failure {
+        let r = recording(include_str!("../../../tests/data/kubelet/sh-c-in-distroless.json"));
+        Failure::StartError {
+            every_ms,
+            message: text(&r["terminated"]["message"]),
+        }
+    }
+
+    /// A root image under `runAsNonRoot: true`.
+    pub fn root_image() -> Failure {
+        let r = recording(include_str!(
+            "../../../tests/data/kubelet/root-image-run-as-non-root.json"
+        ));
+        Failure::Waiting {
+            reason: text(&r["waiting"]["reason"]),
+            message: text(&r["waiting"]["message"]),
+        }
     }
 }
 
@@ -537,6 +581,28 @@ mod tests {
         for d in defaults() {
             assert!(d["spec"].get("weight").is_none(), "{}", d["metadata"]["name"]);
         }
+    }
+
+    #[test]
+    fn the_observed_failures_carry_the_real_kubelets_reason_exit_code_and_message() {
+        let stage = observed::shell_in_distroless(100).stage("x", &Target::Image("reg/app:2".into()));
+        let patch = stage.to_string();
+        assert!(
+            patch.contains("StartError") && patch.contains("exitCode: 128"),
+            "{patch}"
+        );
+        assert!(
+            patch.contains(r#"error during container init: exec: \\\"sh\\\": executable file not found in $PATH"#),
+            "{patch}"
+        );
+        let Failure::Waiting { reason, message } = observed::root_image() else {
+            panic!("the root image is refused before the container starts");
+        };
+        assert_eq!(reason, "CreateContainerConfigError");
+        assert!(
+            message.starts_with("container has runAsNonRoot and image will run as root (pod: "),
+            "{message}"
+        );
     }
 
     #[test]

@@ -300,6 +300,75 @@ mod tests {
         assert!(f.hint.contains("shell"), "{}", f.hint);
     }
 
+    /// What a real kubelet 1.37 with containerd 2 reported (recorded by the
+    /// real-node tests in tests/cluster/real_node.rs).
+    fn observed(name: &str) -> serde_json::Value {
+        let text = match name {
+            "sh-c" => include_str!("../../../tests/data/kubelet/sh-c-in-distroless.json"),
+            "root" => include_str!("../../../tests/data/kubelet/root-image-run-as-non-root.json"),
+            "exec-probe" => include_str!("../../../tests/data/kubelet/exec-probe-in-distroless.json"),
+            _ => unreachable!("no recording {name}"),
+        };
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_real_kubelets_report_of_sh_c_in_a_distroless_image_fails_at_once_with_the_shell_hint() {
+        let last = &observed("sh-c")["terminated"];
+        // The kubelet reports RunContainerError first, then CrashLoopBackOff.
+        for waiting in ["RunContainerError", "CrashLoopBackOff"] {
+            let p = pod(
+                json!({"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 1, "lastState": {"terminated": last},
+                    "state": {"waiting": {"reason": waiting, "message": last["message"]}}}]}),
+                1,
+                now(),
+            );
+            let f = classify_pod(&p, &FailurePolicy::default(), now()).unwrap();
+            assert_eq!((f.reason.as_str(), f.exit_code), (waiting, Some(128)));
+            assert!(f.hint.contains("shell"), "{waiting}: {}", f.hint);
+        }
+    }
+
+    #[test]
+    fn the_real_kubelets_refusal_of_a_root_image_fails_at_once_with_the_nonroot_hint() {
+        let state = observed("root");
+        let p = pod(
+            json!({"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": state}]}),
+            1,
+            now(),
+        );
+        let f = classify_pod(&p, &FailurePolicy::default(), now()).unwrap();
+        assert_eq!(f.reason, "CreateContainerConfigError");
+        assert!(f.hint.contains(":nonroot"), "{}", f.hint);
+    }
+
+    #[test]
+    fn the_real_kubelets_errored_exec_probes_fail_only_as_a_ready_timeout_with_the_probe_hint() {
+        let o = observed("exec-probe");
+        // An errored liveness probe restarts nothing: the pod runs, unready.
+        assert_eq!(
+            (o["restartCount"].clone(), o["ready"].clone()),
+            (json!(0), json!(false))
+        );
+        let policy = FailurePolicy::default();
+        let running = |age| {
+            pod(
+                json!({"conditions": [{"type": "ContainersReady", "status": "False"}],
+                    "containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": o["ready"],
+                        "restartCount": o["restartCount"], "state": {"running": {}}}]}),
+                age,
+                now(),
+            )
+        };
+        assert!(classify_pod(&running(5), &policy, now()).is_none());
+        let late = i64::from(policy.ready_timeout_seconds) + 1;
+        let f = classify_pod(&running(late), &policy, now()).unwrap();
+        assert_eq!(f.reason, "ReadyTimeout");
+        assert!(f.hint.contains("exec readiness probe"), "{}", f.hint);
+    }
+
     #[test]
     fn image_pulls_get_their_grace_and_readiness_its_timeout() {
         let policy = FailurePolicy {
