@@ -457,7 +457,7 @@ async fn a_pod_without_security_context_is_mutated_passes_restricted_and_runs_as
 
 #[tokio::test]
 async fn debug_attaches_to_the_distroless_process_as_its_user_and_reads_its_root_filesystem() {
-    let (standard, distroless) = images();
+    let (_, distroless) = images();
     let ns = namespace("real-debug", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
     create_pod(
         &ns,
