@@ -3,7 +3,7 @@
 //! running as local processes standing in for the chart's pods.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
@@ -183,16 +183,7 @@ fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize, real_
 
 /// `cargo build --release --bin distroless-guard`, returning the binary's path.
 fn build_operator() -> Result<PathBuf, String> {
-    eprintln!("building the operator (cargo build --release --bin distroless-guard) ...");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(crate::root())
-        .args(["build", "--release", "--quiet", "--bin", "distroless-guard"])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("cargo build of the operator failed".into());
-    }
-    Ok(crate::root().join("target/release/distroless-guard"))
+    crate::image::release_binary()
 }
 
 async fn install(

@@ -5,11 +5,14 @@
 //! - `cluster up --dir DIR [--install-chart]` / `cluster down --dir DIR`: a real
 //!   control plane on this machine, without Docker.
 //! - `test`: install what the tests need, then run every test.
+//! - `image --registry HOST:PORT`: the operator's image from the release binary
+//!   and Debian packages, without Docker, pushed to a plain-HTTP registry.
 //! - `crds`: regenerate `crds/` and the chart's `crds/` from the Rust types.
 //! - `fuzz [--seconds N] [TARGET...]`: a fuzzing campaign over `fuzz/`'s targets.
 
 mod cluster;
 mod fuzz;
+mod image;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,20 @@ enum Task {
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
+    },
+    /// Build the operator's image without Docker (release binary, files from Debian
+    /// packages, user 65532, no shell) and push it to a plain-HTTP registry.
+    Image {
+        /// HOST:PORT of the registry (plain HTTP, e.g. 127.0.0.1:5000).
+        #[arg(long)]
+        registry: String,
+        #[arg(long, default_value = "distroless-guard")]
+        repository: String,
+        #[arg(long, default_value = "dev")]
+        tag: String,
+        /// Use this binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Regenerate the CRD files (crds/ and the chart's crds/) from the Rust types.
     Crds,
@@ -121,6 +138,12 @@ fn main() -> ExitCode {
         }),
         Task::Cluster { action } => cluster::run(action),
         Task::Test { cargo_args } => test::run(&cargo_args),
+        Task::Image {
+            registry,
+            repository,
+            tag,
+            binary,
+        } => image::run(&registry, &repository, &tag, binary),
         Task::Crds => crds(),
         Task::Fuzz { seconds, targets } => fuzz::campaign(seconds, &targets),
     };

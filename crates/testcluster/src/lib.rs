@@ -15,6 +15,7 @@ pub mod egress;
 pub mod faults;
 pub mod node;
 pub mod oci;
+pub mod operator_image;
 pub mod operator;
 pub mod pki;
 pub mod process;
