@@ -628,3 +628,176 @@ async fn rollouts_on_the_real_node_promote_a_working_distroless_image_and_roll_a
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+/// The operator's image from this test binary's `distroless-guard` (debug
+/// build, debug info stripped), as `cargo xtask image` builds the release one.
+fn operator_image() -> &'static String {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        real_node();
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_distroless-guard"));
+        let work = cp().dir().join("operator-image");
+        let (image, _) =
+            testcluster::operator_image::build(binary, "test", &testcluster::operator_image::debs_cache(), &work)
+                .unwrap_or_else(|e| panic!("building the operator's image: {e}"));
+        let _ = std::fs::remove_dir_all(&work);
+        cp().push_image("test/distroless-guard", "test", &image)
+            .expect("pushing the operator's image")
+    })
+}
+
+#[tokio::test]
+async fn the_charts_pods_run_the_operators_own_image_on_the_real_node_serve_admission_and_survive_a_kill() {
+    let image = operator_image();
+    let (repository, tag) = image.rsplit_once(':').unwrap();
+    let _exclusive = exclusive().await;
+    let name = testcluster::unique("dg-real");
+    // The operator's own namespace enforces Pod Security `restricted`.
+    let ns = namespace(&name, &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+    let placement = real_node_placement();
+    let mut helm = cp().helm();
+    helm.args(["install", &name])
+        .arg(chart_dir())
+        .args(["-n", &ns])
+        .args(test_values(&name))
+        .args([
+            "--set",
+            &format!("image.repository={repository}"),
+            "--set",
+            &format!("image.tag={tag}"),
+        ])
+        .args(["--set", "replicaCount=2", "--set", "image.pullPolicy=IfNotPresent"])
+        .args(["--set-json", &format!("nodeSelector={}", placement["nodeSelector"])])
+        .args(["--set-json", &format!("tolerations={}", placement["tolerations"])]);
+    let out = output(helm).await;
+    assert!(out.status.success(), "helm install: {}", text(&out).1);
+
+    let selector = "app.kubernetes.io/name=distroless-guard";
+    let ready_pods = || async {
+        let pods = get_json(&["pods", "-n", &ns, "-l", selector]).await?;
+        let ready: Vec<Value> = pods["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| {
+                p["metadata"]["deletionTimestamp"].is_null()
+                    && p["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+            .cloned()
+            .collect();
+        Some(ready)
+    };
+    let pods = wait_for(
+        "both operator pods Ready on the real node",
+        Duration::from_secs(180),
+        || async { ready_pods().await.filter(|p| p.len() == 2) },
+    )
+    .await;
+    for p in &pods {
+        assert_eq!(p["spec"]["nodeName"], real_node().name(), "{}", p["metadata"]["name"]);
+        assert_eq!(p["spec"]["containers"][0]["image"], image.as_str());
+    }
+    assert!(
+        get_json(&["pdb", "-n", &ns]).await.unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    );
+
+    // Admission through the Service, to the real pods, with the chart's certificates.
+    let work_ns = namespace("real-chart", &[(RELEASE_LABEL, &name)]).await;
+    let policy_name = testcluster::unique("real-chart");
+    create_policy(&policy(&policy_name, &work_ns, json!({"action": "Deny"}))).await;
+    let probe = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "namespace": work_ns},
+        "spec": {"containers": [{"name": "c", "image": "probe:1", "securityContext": {"runAsUser": 0}}]}})
+    .to_string();
+    let denied = || {
+        let probe = probe.clone();
+        async move {
+            let out = kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &probe).await;
+            let (_, err) = text(&out);
+            (!out.status.success() && err.contains("[root-uid]")).then_some(())
+        }
+    };
+    wait_for(
+        "the real pods' webhook to deny a root pod",
+        Duration::from_secs(60),
+        denied,
+    )
+    .await;
+
+    // One leader, one of the pods.
+    let leader = wait_for("a leader among the pods", Duration::from_secs(60), || async {
+        let leases = get_json(&["leases", "-n", &ns]).await?;
+        leases["items"].as_array()?.iter().find_map(|l| {
+            let holder = l["spec"]["holderIdentity"].as_str()?;
+            pods.iter()
+                .find(|p| p["metadata"]["name"].as_str().is_some_and(|n| holder.contains(n)))
+                .map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_string())
+        })
+    })
+    .await;
+
+    // Kill the leader: the other replica goes on serving and takes the lease;
+    // the API server may still pick the dead pod until its endpoint goes,
+    // which `failurePolicy: Fail` turns into refusals saying the webhook failed.
+    kubectl_ok(&[
+        "delete",
+        "pod",
+        &leader,
+        "-n",
+        &ns,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let (mut served, mut unavailable, mut last_unavailable) = (0u32, 0u32, Duration::ZERO);
+    while started.elapsed() < Duration::from_secs(60) && (served < 20 || started.elapsed() < Duration::from_secs(5)) {
+        let out = kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &probe).await;
+        let (_, err) = text(&out);
+        if err.contains("[root-uid]") {
+            served += 1;
+        } else {
+            assert!(
+                err.contains("failed calling webhook"),
+                "neither a denial nor the webhook's failure: {err}"
+            );
+            unavailable += 1;
+            last_unavailable = started.elapsed();
+        }
+    }
+    eprintln!(
+        "leader {leader} killed: {served} reviews served, {unavailable} refused as the webhook failing, \
+         the last {:.1} s after the kill",
+        last_unavailable.as_secs_f64()
+    );
+    assert!(
+        served >= 20,
+        "admission did not recover within 60 s: {served} served, {unavailable} failed"
+    );
+    let new_leader = wait_for("another pod to take the lease", Duration::from_secs(60), || async {
+        let leases = get_json(&["leases", "-n", &ns]).await?;
+        leases["items"].as_array()?.iter().find_map(|l| {
+            let holder = l["spec"]["holderIdentity"].as_str()?;
+            (!holder.contains(&leader) && !holder.is_empty()).then(|| holder.to_string())
+        })
+    })
+    .await;
+    assert!(!new_leader.contains(&leader));
+    wait_for(
+        "the Deployment back at two ready pods",
+        Duration::from_secs(120),
+        || async { ready_pods().await.filter(|p| p.len() == 2) },
+    )
+    .await;
+
+    delete_policy(&policy_name).await;
+    let mut helm = cp().helm();
+    helm.args(["uninstall", &name, "-n", &ns, "--wait"]);
+    let _ = output(helm).await;
+    kubectl_ok(&["delete", "namespace", &ns, &work_ns, "--wait=false"]).await;
+}

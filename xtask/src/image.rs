@@ -13,7 +13,13 @@ pub fn release_binary() -> Result<PathBuf, String> {
     eprintln!("building the operator (cargo build --release --bin distroless-guard) ...");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(crate::root())
-        .args(["build", "--release", "--bin", "distroless-guard", "--message-format=json"])
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "distroless-guard",
+            "--message-format=json",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run cargo build --release: {e}"))?;
@@ -29,9 +35,9 @@ pub fn release_binary() -> Result<PathBuf, String> {
 }
 
 pub fn run(registry: &str, repository: &str, tag: &str, binary: Option<PathBuf>) -> Result<(), String> {
-    let registry: SocketAddr = registry
-        .parse()
-        .map_err(|e| format!("--registry {registry}: {e} (give HOST:PORT of a plain-HTTP registry, e.g. 127.0.0.1:5000)"))?;
+    let registry: SocketAddr = registry.parse().map_err(|e| {
+        format!("--registry {registry}: {e} (give HOST:PORT of a plain-HTTP registry, e.g. 127.0.0.1:5000)")
+    })?;
     let binary = match binary {
         Some(b) => b,
         None => release_binary()?,
@@ -42,13 +48,17 @@ pub fn run(registry: &str, repository: &str, tag: &str, binary: Option<PathBuf>)
     let _ = std::fs::remove_dir_all(&work);
     let (image, report) = built.map_err(|e| e.to_string())?;
     let blobs = image.build();
-    let digest = testcluster::oci::push(registry, repository, tag, &blobs)
-        .map_err(|e| format!("pushing to {registry}: {e}"))?;
+    let digest =
+        testcluster::oci::push(registry, repository, tag, &blobs).map_err(|e| format!("pushing to {registry}: {e}"))?;
     println!("{registry}/{repository}:{tag}@{digest}");
     eprintln!(
         "from Debian packages: {}; libraries: {}; binary {:.1} MiB (debug info stripped); image {:.1} MiB in {} layers (uncompressed)",
         report.packages.join(", "),
-        if report.libraries.is_empty() { "none (static)".to_string() } else { report.libraries.join(", ") },
+        if report.libraries.is_empty() {
+            "none (static)".to_string()
+        } else {
+            report.libraries.join(", ")
+        },
         report.binary_bytes as f64 / 1048576.0,
         blobs.size() as f64 / 1048576.0,
         blobs.layers.len()

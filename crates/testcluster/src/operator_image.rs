@@ -47,13 +47,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
 
 fn run(cmd: &mut Command) -> Result<String, ImageError> {
     let command = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| ImageError::Command {
-            command: command.clone(),
-            detail: e.to_string(),
-        })?;
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| ImageError::Command {
+        command: command.clone(),
+        detail: e.to_string(),
+    })?;
     if !out.status.success() {
         return Err(ImageError::Command {
             command,
@@ -98,7 +95,10 @@ pub fn debs(cache: &Path) -> Result<Vec<PathBuf>, ImageError> {
             .current_dir(cache)
             .args(["-o", "APT::Sandbox::User=root", "download", pkg]))?;
         found.push(existing().ok_or_else(|| {
-            ImageError::Missing(format!("apt-get download {pkg} left no {pkg}_*.deb in {}", cache.display()))
+            ImageError::Missing(format!(
+                "apt-get download {pkg} left no {pkg}_*.deb in {}",
+                cache.display()
+            ))
         })?);
     }
     Ok(found)
@@ -166,7 +166,10 @@ pub fn build(binary: &Path, version: &str, debs_cache: &Path, work: &Path) -> Re
     std::fs::create_dir_all(work).map_err(io(work))?;
     let mut trees = Vec::new();
     for deb in &debs {
-        let name = deb.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = deb
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tree = work.join(name.trim_end_matches(".deb"));
         run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tree))?;
         trees.push(tree);
@@ -194,7 +197,10 @@ pub fn build(binary: &Path, version: &str, debs_cache: &Path, work: &Path) -> Re
         bundle.extend(std::fs::read(c).map_err(io(c))?);
     }
     if bundle.is_empty() {
-        return Err(ImageError::Missing(format!("no certificates under {}", ca_tree.display())));
+        return Err(ImageError::Missing(format!(
+            "no certificates under {}",
+            ca_tree.display()
+        )));
     }
     base = base
         .file("etc/ssl/certs/ca-certificates.crt", &bundle, 0o644)
@@ -238,7 +244,10 @@ pub fn build(binary: &Path, version: &str, debs_cache: &Path, work: &Path) -> Re
         .map_err(io(work))?;
     for name in &libraries {
         let from = find_in(&trees, name).ok_or_else(|| {
-            ImageError::Missing(format!("{name} (needed by {}) is in none of {PACKAGES:?}", binary.display()))
+            ImageError::Missing(format!(
+                "{name} (needed by {}) is in none of {PACKAGES:?}",
+                binary.display()
+            ))
         })?;
         let real = std::fs::canonicalize(&from).map_err(io(&from))?;
         libs = libs
@@ -248,7 +257,12 @@ pub fn build(binary: &Path, version: &str, debs_cache: &Path, work: &Path) -> Re
     if libraries.iter().any(|l| l == "ld-linux-x86-64.so.2") {
         libs = libs
             .dir("lib64", 0o755, 0)
-            .and_then(|l| l.symlink("lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"))
+            .and_then(|l| {
+                l.symlink(
+                    "lib64/ld-linux-x86-64.so.2",
+                    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                )
+            })
             .map_err(io(work))?;
     }
 
@@ -268,20 +282,32 @@ pub fn build(binary: &Path, version: &str, debs_cache: &Path, work: &Path) -> Re
     layers.push(app.finish().map_err(io(work))?);
     let packages = debs
         .iter()
-        .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().trim_end_matches(".deb").to_string()))
+        .filter_map(|d| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().trim_end_matches(".deb").to_string())
+        })
         .collect();
     let image = Image {
         layers,
         user: Some("65532:65532".into()),
         entrypoint: vec!["/distroless-guard".into()],
         cmd: vec!["run".into()],
-        env: vec!["PATH=/".into(), "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt".into()],
+        env: vec![
+            "PATH=/".into(),
+            "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt".into(),
+        ],
         labels: [
-            ("org.opencontainers.image.source", "https://github.com/distroless-guard/distroless-guard"),
+            (
+                "org.opencontainers.image.source",
+                "https://github.com/distroless-guard/distroless-guard",
+            ),
             ("org.opencontainers.image.version", version),
             ("org.opencontainers.image.title", "distroless-guard"),
             ("org.opencontainers.image.licenses", "Apache-2.0"),
-            ("org.opencontainers.image.description", "distroless-guard: files from Debian packages, no shell, no package manager, user 65532"),
+            (
+                "org.opencontainers.image.description",
+                "distroless-guard: files from Debian packages, no shell, no package manager, user 65532",
+            ),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
