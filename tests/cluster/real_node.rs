@@ -235,6 +235,23 @@ async fn the_real_node_registers_ready_with_its_taint_and_runs_the_distroless_ap
     // kubectl logs goes through the API server to the kubelet.
     let logs = kubectl_ok(&["logs", "app", "-n", &ns]).await;
     assert!(logs.contains("serving on :8080 as uid 65532"), "{logs}");
+    // And so does exec, into the standard image, which has a shell.
+    let (standard, _) = images();
+    create_pod(&ns, "std", json!({"containers": [{"name": "app", "image": standard}]})).await;
+    wait_running_ready(&ns, "std").await;
+    let id = kubectl_ok(&["exec", "std", "-n", &ns, "--", "sh", "-c", "id -u; ls /usr/bin/dpkg"]).await;
+    assert_eq!(id.lines().collect::<Vec<_>>(), ["0", "/usr/bin/dpkg"], "{id}");
+    // `kubectl distroless inspect` of the running pod's image agrees with the kubelet.
+    let registry = cp().registry().unwrap().to_string();
+    let out = crate::plugin::plugin(&["inspect", distroless, "--insecure-registry", &registry, "-o", "json"]).await;
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        said["underRunAsNonRoot"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("runs under runAsNonRoot"),
+        "{said:#}"
+    );
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
 
@@ -368,6 +385,17 @@ async fn a_root_image_under_run_as_non_root_is_refused_with_create_container_con
     let hint = distroless_guard::controller::failure_hint("CreateContainerConfigError", None, message);
     assert!(hint.contains("runAsUser") || hint.contains("65532"), "{hint}");
     check_recording("root-image-run-as-non-root", &ns, &report(status)["state"]);
+    // `kubectl distroless inspect` of the pod's image foretells what the kubelet did.
+    let registry = cp().registry().unwrap().to_string();
+    let image = p["spec"]["containers"][0]["image"].as_str().unwrap();
+    let out = crate::plugin::plugin(&["inspect", image, "--insecure-registry", &registry, "-o", "json"]).await;
+    let said: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("inspect -o json: {e}: {}", text(&out).1));
+    let verdict = said["underRunAsNonRoot"].as_str().unwrap_or_default();
+    assert!(
+        verdict.starts_with("refused under runAsNonRoot") && verdict.contains("image will run as root"),
+        "{said:#}"
+    );
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
 
@@ -698,12 +726,18 @@ async fn the_charts_pods_run_the_operators_own_image_on_the_real_node_serve_admi
         assert_eq!(p["spec"]["nodeName"], real_node().name(), "{}", p["metadata"]["name"]);
         assert_eq!(p["spec"]["containers"][0]["image"], image.as_str());
     }
+    let pdbs = get_json(&["pdb", "-n", &ns]).await.unwrap();
+    assert_eq!(pdbs["items"].as_array().unwrap().len(), 1, "{pdbs:#}");
+    // The running pod as the API server has it passes our own rules (check's
+    // built-in default policy: every rule denies).
+    let pod = serde_json::to_string(&pods[0]).unwrap();
+    let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+    check.args(["check", "-f", "-"]);
+    let out = output_with_input(check, pod).await;
     assert!(
-        get_json(&["pdb", "-n", &ns]).await.unwrap()["items"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
+        out.status.success(),
+        "the operator's own pod fails its rules: {}",
+        text(&out).0
     );
 
     // Admission through the Service, to the real pods, with the chart's certificates.
