@@ -11,7 +11,15 @@
 //! failure in a canary pod's status: to `status.phase: RolledBack` (detect)
 //! and to the last canary pod leaving the ready endpoints (rollback).
 //!
-//! Last line: `RESULT rollout runs=.. detect_p50_ms=.. detect_max_ms=.. rollback_p50_ms=.. rollback_max_ms=..`
+//! Then the same on a real node (kubelet, containerd, runc): a 2-replica
+//! Deployment of the standard test image rolls to a distroless image whose
+//! entrypoint is a shell, which the runtime cannot start. Detect runs from
+//! the kubelet's first failed status of a canary pod to `RolledBack`;
+//! rollback to the last canary pod gone. Times are differences of the
+//! watches' clocks, never clamped.
+//!
+//! Last lines: `RESULT rollout runs=.. detect_p50_ms=.. detect_max_ms=.. rollback_p50_ms=.. rollback_max_ms=..`
+//! (kwok) and `RESULT rollout node=real runs=.. detect_p50_ms=.. ...` (real node).
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -29,10 +37,12 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use parking_lot::Mutex;
 use serde_json::json;
+use testcluster::oci::test_images;
 use testcluster::stages::{Failure, Target, observed};
 use testcluster::{ControlPlane, Options};
 
 const RUNS: usize = 12;
+const REAL_RUNS: usize = 6;
 const REPLICAS: i32 = 4;
 
 fn failures() -> Vec<(&'static str, Failure)> {
@@ -82,6 +92,7 @@ fn main() {
     cluster::run(
         Options {
             nodes: 2,
+            real_nodes: 1,
             ..Options::default()
         },
         run,
@@ -111,7 +122,6 @@ async fn run(cp: &'static ControlPlane) {
         detect.push(d);
         rollback.push(r);
     }
-    let _ = release.uninstall().await;
     let stat = |v: &mut Vec<Duration>| {
         v.sort();
         (
@@ -121,9 +131,165 @@ async fn run(cp: &'static ControlPlane) {
     };
     let (d50, dmax) = stat(&mut detect);
     let (r50, rmax) = stat(&mut rollback);
-    println!(
+    let kwok_line = format!(
         "RESULT rollout runs={RUNS} detect_p50_ms={d50:.0} detect_max_ms={dmax:.0} rollback_p50_ms={r50:.0} rollback_max_ms={rmax:.0}"
     );
+    println!("{kwok_line}");
+
+    // On the real node.
+    let app = cp.bins().path(testcluster::bins::TEST_APP);
+    let standard = cp
+        .push_image("bench/app", "standard", &test_images::standard(&app).unwrap())
+        .unwrap();
+    let mut broken = test_images::distroless(&app).unwrap();
+    broken.entrypoint = vec!["/bin/sh".into(), "-c".into(), "exec /app serve".into()];
+    let broken = cp.push_image("bench/app", "broken", &broken).unwrap();
+    let (mut detect, mut gone) = (Vec::new(), Vec::new());
+    for i in 0..REAL_RUNS {
+        let (d, r) = one_real_run(&client, &format!("real-{i}"), &standard, &broken).await;
+        println!("real run {i}: detect {d:.0} ms, rollback {r:.0} ms");
+        detect.push(d);
+        gone.push(r);
+    }
+    let _ = release.uninstall().await;
+    let stat = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[(v.len() - 1) / 2], v[v.len() - 1])
+    };
+    let (d50, dmax) = stat(&mut detect);
+    let (r50, rmax) = stat(&mut gone);
+    println!("{kwok_line}");
+    println!(
+        "RESULT rollout node=real runs={REAL_RUNS} detect_p50_ms={d50:.0} detect_max_ms={dmax:.0} rollback_p50_ms={r50:.0} rollback_max_ms={rmax:.0}"
+    );
+}
+
+/// Whether the real kubelet reports a canary container that could not start.
+fn kubelet_failed(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            let waiting = c
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref());
+            let start_error = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.reason.as_deref() == Some("StartError"));
+            start_error || matches!(waiting, Some("RunContainerError" | "CrashLoopBackOff"))
+        })
+}
+
+/// One rollout on the real node to an image the runtime cannot start:
+/// (first failed status → RolledBack, → last canary pod gone), in ms.
+async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &str) -> (f64, f64) {
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    wait("the default ServiceAccount", Duration::from_secs(60), || async {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+        sas.get_opt("default").await.ok().flatten()
+    })
+    .await;
+    let placement = testcluster::node::real_node_placement();
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "app", "image": standard,
+                                  "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}],
+                                       "nodeSelector": placement["nodeSelector"], "tolerations": placement["tolerations"]}}}}))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    deployments.create(&PostParams::default(), &deployment).await.unwrap();
+    wait(
+        "the Deployment's pods on the real node",
+        Duration::from_secs(120),
+        || async {
+            let d = deployments.get("web").await.ok()?;
+            (d.status?.ready_replicas? == 2).then_some(())
+        },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let failed_at = Arc::new(Mutex::new(None::<Instant>));
+    let all_gone = {
+        let failed_at = failed_at.clone();
+        let pods = pods.clone();
+        let stream = watcher(
+            pods.clone(),
+            watcher::Config::default().labels("distrolessguard.dev/rollout=web"),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream.default_backoff().applied_objects());
+            let canary = ListParams::default().labels("distrolessguard.dev/rollout=web");
+            loop {
+                let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+                if let Ok(Some(Ok(p))) = next
+                    && kubelet_failed(&p)
+                {
+                    failed_at.lock().get_or_insert(Instant::now());
+                }
+                if failed_at.lock().is_some() {
+                    let live = pods.list(&canary).await.map(|l| l.items.len()).unwrap_or(usize::MAX);
+                    if live == 0 {
+                        return Instant::now();
+                    }
+                }
+            }
+        })
+    };
+    let rolled_back = {
+        let stream = watcher(rollouts(client, ns), watcher::Config::default());
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream.applied_objects());
+            while let Some(Ok(r)) = stream.next().await {
+                if r.data.pointer("/status/phase").and_then(|p| p.as_str()) == Some("RolledBack") {
+                    return Instant::now();
+                }
+            }
+            panic!("the rollout watch ended");
+        })
+    };
+    let rollout: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "metadata": {"name": "web"},
+        "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": broken}],
+                 "steps": [{"weight": 50, "bakeSeconds": 600}, {"weight": 100}]}}))
+    .unwrap();
+    rollouts(client, ns)
+        .create(&PostParams::default(), &rollout)
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(120);
+    let rolled_back = tokio::time::timeout(timeout, rolled_back)
+        .await
+        .expect("never RolledBack")
+        .unwrap();
+    let gone = tokio::time::timeout(timeout, all_gone)
+        .await
+        .expect("the canary pods stayed")
+        .unwrap();
+    let failed = failed_at.lock().expect("failure time");
+    let ms = |later: Instant| {
+        if later >= failed {
+            later.duration_since(failed).as_secs_f64() * 1e3
+        } else {
+            -(failed.duration_since(later).as_secs_f64() * 1e3)
+        }
+    };
+    Api::<Namespace>::all(client.clone())
+        .delete(ns, &Default::default())
+        .await
+        .unwrap();
+    (ms(rolled_back), ms(gone))
 }
 
 /// One rollout to a failing canary: (failure shown → RolledBack, failure shown → out of the endpoints).

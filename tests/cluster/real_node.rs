@@ -677,26 +677,13 @@ fn operator_image() -> &'static String {
 #[tokio::test]
 async fn the_charts_pods_run_the_operators_own_image_on_the_real_node_serve_admission_and_survive_a_kill() {
     let image = operator_image();
-    let (repository, tag) = image.rsplit_once(':').unwrap();
     let _exclusive = exclusive().await;
     let name = testcluster::unique("dg-real");
     // The operator's own namespace enforces Pod Security `restricted`.
     let ns = namespace(&name, &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
-    let placement = real_node_placement();
-    let mut helm = cp().helm();
-    helm.args(["install", &name])
-        .arg(chart_dir())
-        .args(["-n", &ns])
-        .args(test_values(&name))
-        .args([
-            "--set",
-            &format!("image.repository={repository}"),
-            "--set",
-            &format!("image.tag={tag}"),
-        ])
-        .args(["--set", "replicaCount=2", "--set", "image.pullPolicy=IfNotPresent"])
-        .args(["--set-json", &format!("nodeSelector={}", placement["nodeSelector"])])
-        .args(["--set-json", &format!("tolerations={}", placement["tolerations"])]);
+    let mut extra = test_values(&name);
+    extra.extend(["--set".to_string(), "replicaCount=2".to_string()]);
+    let helm = testcluster::release::helm_install_on_real_nodes(cp(), &name, &ns, &chart_dir(), image, &extra);
     let out = output(helm).await;
     assert!(out.status.success(), "helm install: {}", text(&out).1);
 

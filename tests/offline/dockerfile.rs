@@ -62,3 +62,26 @@ fn entrypoint_and_cmd_are_exec_form() {
         }
     }
 }
+
+#[test]
+fn the_dockerfile_and_xtask_image_give_the_same_labels_user_entrypoint_and_command() {
+    use testcluster::operator_image::{CMD, ENTRYPOINT, LABELS, USER};
+    let stage = final_stage().join("\n");
+    for (key, value) in LABELS {
+        let expected = if value.is_empty() {
+            format!("{key}=\"${{VERSION}}\"")
+        } else {
+            format!("{key}=\"{value}\"")
+        };
+        assert!(stage.contains(&expected), "the Dockerfile lacks {expected}: {stage}");
+    }
+    assert!(stage.contains(&format!("USER {USER}")), "{stage}");
+    assert!(
+        stage.contains(&format!("ENTRYPOINT {}", serde_json::to_string(ENTRYPOINT).unwrap())),
+        "{stage}"
+    );
+    assert!(
+        stage.contains(&format!("CMD {}", serde_json::to_string(CMD).unwrap())),
+        "{stage}"
+    );
+}

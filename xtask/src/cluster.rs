@@ -1,6 +1,7 @@
 //! `cargo xtask cluster up|down`: a real control plane for people, the same one
-//! the tests use, with the Helm chart installed on request and the operator
-//! running as local processes standing in for the chart's pods.
+//! the tests use, with real nodes (default one) beside the kwok ones, and the
+//! Helm chart installed on request: its pods run the operator's own image on
+//! the real node, or, with `--real-nodes 0`, local processes stand in for them.
 
 use std::path::{Path, PathBuf};
 
@@ -118,24 +119,47 @@ fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize, real_
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let operators = match &binary {
-        Some(binary) => Some(runtime.block_on(install(cp, binary, helm_args))?),
-        None => None,
+    // With a real node the chart's pods run the operator's own image there;
+    // without one, local processes play them.
+    let (operators, real_pods) = match &binary {
+        Some(binary) if real_nodes > 0 => (None, install_on_real_node(cp, binary, helm_args)?),
+        Some(binary) => (Some(runtime.block_on(install(cp, binary, helm_args))?), Vec::new()),
+        None => (None, Vec::new()),
     };
 
     let kubectl = bins.path("kubectl");
     println!();
+    let real: Vec<String> = cp.real_nodes().iter().map(|n| n.name().to_string()).collect();
     println!(
-        "The cluster is up (Kubernetes {}, kwok nodes: {}).",
+        "The cluster is up (Kubernetes {}, kwok nodes: {}; real nodes: {}).",
         testcluster::bins::KUBERNETES,
-        cp.nodes().join(", ")
+        cp.nodes().join(", "),
+        if real.is_empty() {
+            "none".to_string()
+        } else {
+            real.join(", ")
+        }
     );
+    if let Some(registry) = cp.registry() {
+        println!(
+            "Real nodes run containers (taint {}:NoSchedule, label type=real); they pull from {registry} (plain HTTP).",
+            testcluster::node::REAL_NODE_TAINT
+        );
+    }
     println!("Use it with:");
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!(
         "  kubectl get nodes        # any kubectl; this one matches the server: {}",
         kubectl.display()
     );
+    if !real_pods.is_empty() {
+        println!();
+        println!(
+            "distroless-guard is installed in namespace {NAMESPACE} (Helm release {RELEASE}); its pods run \
+             the operator's image on the real node: {}",
+            real_pods.join(", ")
+        );
+    }
     if let Some(release) = &operators {
         println!();
         println!("distroless-guard is installed in namespace {NAMESPACE} (Helm release {RELEASE});");
@@ -179,6 +203,62 @@ fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize, real_
     runtime.shutdown_timeout(Duration::from_secs(2));
     eprintln!("stopped");
     Ok(())
+}
+
+/// The operator's image from `binary` (as `cargo xtask image` builds it), in
+/// the nodes' registry, and the chart installed with it on the real node;
+/// returns the pods once Helm has waited for them.
+fn install_on_real_node(cp: &'static ControlPlane, binary: &Path, helm_args: &[String]) -> Result<Vec<String>, String> {
+    let work = cp.dir().join("operator-image");
+    let (image, report) = testcluster::operator_image::build(
+        binary,
+        env!("CARGO_PKG_VERSION"),
+        &testcluster::operator_image::debs_cache(),
+        &work,
+    )
+    .map_err(|e| format!("building the operator's image: {e}"))?;
+    let _ = std::fs::remove_dir_all(&work);
+    let image = cp
+        .push_image("distroless-guard", "dev", &image)
+        .map_err(|e| format!("pushing the operator's image: {e}"))?;
+    eprintln!(
+        "image {image} (binary {:.1} MiB, libraries: {})",
+        report.binary_bytes as f64 / 1048576.0,
+        report.libraries.join(", ")
+    );
+    eprintln!("helm install {RELEASE} charts/distroless-guard -n {NAMESPACE} --create-namespace --wait ...");
+    let mut extra = vec![
+        "--create-namespace".to_string(),
+        "--wait".to_string(),
+        "--timeout=180s".to_string(),
+        "--set".to_string(),
+        "logging.format=text".to_string(),
+    ];
+    extra.extend(helm_args.iter().cloned());
+    let mut helm = testcluster::release::helm_install_on_real_nodes(
+        cp,
+        RELEASE,
+        NAMESPACE,
+        &crate::root().join("charts/distroless-guard"),
+        &image,
+        &extra,
+    );
+    let out = helm.output().map_err(|e| format!("cannot run helm: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "helm install {RELEASE} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let out = cp
+        .kubectl()
+        .args(["get", "pods", "-n", NAMESPACE, "-o", "name"])
+        .output()
+        .map_err(|e| format!("cannot run kubectl: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("pod/").to_string())
+        .collect())
 }
 
 /// `cargo build --release --bin distroless-guard`, returning the binary's path.

@@ -21,6 +21,23 @@ use std::process::{Command, Stdio};
 
 use crate::oci::{Image, Layer};
 
+/// The image's OCI labels, the same as the Dockerfile's (a test compares
+/// them); the version label's value is the version given to [`build`].
+pub const LABELS: &[(&str, &str)] = &[
+    (
+        "org.opencontainers.image.source",
+        "https://github.com/distroless-guard/distroless-guard",
+    ),
+    (VERSION_LABEL, ""),
+    ("org.opencontainers.image.title", "distroless-guard"),
+    ("org.opencontainers.image.licenses", "Apache-2.0"),
+];
+const VERSION_LABEL: &str = "org.opencontainers.image.version";
+/// The process of both images: user, entrypoint, command.
+pub const USER: &str = "65532:65532";
+pub const ENTRYPOINT: &[&str] = &["/distroless-guard"];
+pub const CMD: &[&str] = &["run"];
+
 /// The Debian packages the image's files come from.
 pub const PACKAGES: &[&str] = &["libc6", "libgcc-s1", "ca-certificates", "tzdata"];
 
@@ -289,29 +306,17 @@ pub fn build(binary: &Path, version: &str, debs_cache: &Path, work: &Path) -> Re
         .collect();
     let image = Image {
         layers,
-        user: Some("65532:65532".into()),
-        entrypoint: vec!["/distroless-guard".into()],
-        cmd: vec!["run".into()],
+        user: Some(USER.into()),
+        entrypoint: ENTRYPOINT.iter().map(|s| s.to_string()).collect(),
+        cmd: CMD.iter().map(|s| s.to_string()).collect(),
         env: vec![
             "PATH=/".into(),
             "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt".into(),
         ],
-        labels: [
-            (
-                "org.opencontainers.image.source",
-                "https://github.com/distroless-guard/distroless-guard",
-            ),
-            ("org.opencontainers.image.version", version),
-            ("org.opencontainers.image.title", "distroless-guard"),
-            ("org.opencontainers.image.licenses", "Apache-2.0"),
-            (
-                "org.opencontainers.image.description",
-                "distroless-guard: files from Debian packages, no shell, no package manager, user 65532",
-            ),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
+        labels: LABELS
+            .iter()
+            .map(|(k, v)| (k.to_string(), if *k == VERSION_LABEL { version } else { v }.to_string()))
+            .collect(),
     };
     Ok((
         image,

@@ -233,3 +233,30 @@ async fn run(mut cmd: std::process::Command) -> Result<Output, Error> {
         .map_err(|e| Error::Pki(e.to_string()))?
         .map_err(Error::Io)
 }
+
+/// `helm install <name> <chart> -n <namespace>` of the chart whose pods run
+/// `image` (`registry/repository:tag`) on the real nodes: their image, node
+/// selector and toleration, and `extra` arguments. The pods are real: nothing
+/// plays them.
+pub fn helm_install_on_real_nodes(
+    cp: &ControlPlane,
+    name: &str,
+    namespace: &str,
+    chart: &Path,
+    image: &str,
+    extra: &[String],
+) -> std::process::Command {
+    let (repository, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
+    let placement = crate::node::real_node_placement();
+    let mut helm = cp.helm();
+    helm.args(["install", name])
+        .arg(chart)
+        .args(["-n", namespace])
+        .args(["--set", &format!("image.repository={repository}")])
+        .args(["--set", &format!("image.tag={tag}")])
+        .args(["--set", "image.pullPolicy=IfNotPresent"])
+        .args(["--set-json", &format!("nodeSelector={}", placement["nodeSelector"])])
+        .args(["--set-json", &format!("tolerations={}", placement["tolerations"])])
+        .args(extra);
+    helm
+}
