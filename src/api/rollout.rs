@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::CustomResource;
+
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -92,15 +93,27 @@ pub struct ContainerImages {
     pub standard_image: Option<String>,
 }
 
-/// One step: `staging` (canary pods with no traffic) or a traffic weight.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+/// One step: `staging` (canary pods with no traffic), a traffic `weight`, or
+/// neither: a bare `pause` or `bakeSeconds` holds at the previous step's
+/// staging or weight (never a promotion; a first step of that kind stages one
+/// pod).
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.staging) && has(self.weight))")
+        .message("a step is either staging (no traffic) or a weight, not both"),
+    validation = Rule::new(
+        "has(self.staging) || has(self.weight) || (has(self.pause) && self.pause) || (has(self.bakeSeconds) && self.bakeSeconds > 0)"
+    )
+    .message("an empty step does nothing: give staging, weight, pause: true or bakeSeconds")
+)]
 pub struct Step {
     /// Canary pods that run without receiving traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<Staging>,
     /// Percent of the ready endpoints the canary should make up (1-100). 100
-    /// promotes: the Deployment itself moves to the distroless images.
+    /// promotes: the Deployment itself moves to the distroless images. Unset
+    /// (and no staging): the step holds at the previous step's weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub weight: Option<u32>,
@@ -108,7 +121,8 @@ pub struct Step {
     #[serde(default)]
     #[schemars(range(max = 86400))]
     pub bake_seconds: u32,
-    /// Wait for `kubectl distroless rollout promote` after the bake.
+    /// Wait for `kubectl distroless rollout promote` after the bake (which
+    /// `promote` also ends early).
     #[serde(default)]
     pub pause: bool,
 }

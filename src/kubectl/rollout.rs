@@ -245,7 +245,7 @@ pub fn describe_rollout(r: &DistrolessRollout) -> Vec<String> {
             (Some(st), _) => format!("staging, {} pod(s), no traffic", st.replicas),
             (None, Some(w)) if w >= 100 => "100%: promotion".to_string(),
             (None, Some(w)) => format!("{w}%"),
-            (None, None) => "(empty)".to_string(),
+            (None, None) => "holds the previous step's traffic".to_string(),
         };
         let mark = if i as u32 == s.current_step && !s.phase.is_final() {
             "->"

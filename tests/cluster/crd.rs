@@ -72,3 +72,51 @@ async fn the_api_server_accepts_the_crd_and_refuses_invalid_policies_naming_the_
         }
     }
 }
+
+#[tokio::test]
+async fn the_api_server_refuses_empty_and_contradictory_rollout_steps_and_takes_bare_pauses() {
+    let crd = root().join("crds/distrolessguard.dev_distrolessrollouts.yaml");
+    let out = kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        crd.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success(), "the API server refused the CRD: {}", text(&out).1);
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/distrolessrollouts.distrolessguard.dev",
+        "--timeout=30s",
+    ])
+    .await;
+    let rollout = |steps: serde_json::Value| {
+        json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout",
+            "metadata": {"name": testcluster::unique("crd-steps"), "namespace": "default"},
+            "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": "reg/app:distroless"}],
+                     "steps": steps}})
+        .to_string()
+    };
+    // Argo Rollouts' shapes: a bare pause and a bare bake hold the current weight.
+    let valid = rollout(json!([{"weight": 10}, {"pause": true}, {"bakeSeconds": 600}, {"weight": 100}]));
+    let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &valid).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    for (steps, expected) in [
+        (json!([{"weight": 10}, {}]), "an empty step does nothing"),
+        (
+            json!([{"weight": 10}, {"pause": false, "bakeSeconds": 0}]),
+            "an empty step does nothing",
+        ),
+        (
+            json!([{"staging": {"replicas": 1}, "weight": 10}]),
+            "a step is either staging (no traffic) or a weight, not both",
+        ),
+    ] {
+        let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &rollout(steps.clone())).await;
+        let (_, err) = text(&out);
+        assert!(!out.status.success(), "the API server accepted {steps}");
+        assert!(err.contains("spec.steps[") && err.contains(expected), "{steps}: {err}");
+    }
+}

@@ -159,17 +159,24 @@ impl<'a> Planner<'a> {
         self.st.current_step = index;
         self.st.step_started_at = Some(now);
         self.st.step_ready_at = None;
-        self.st.desired_weight = match self.steps().get(index as usize) {
+        let step = effective_step(self.steps(), index as usize);
+        self.st.desired_weight = match &step {
             Some(s) if s.staging.is_some() => 0,
             Some(Step { weight: Some(w), .. }) => (*w).min(100),
             _ => 100,
         };
-        self.st.phase = match self.steps().get(index as usize) {
+        self.st.phase = match &step {
             Some(s) if s.staging.is_some() => Phase::Staging,
             Some(s) if s.weight.is_some_and(|w| w < 100) => Phase::Canary,
             _ => Phase::Promoting,
         };
-        let what = match self.steps().get(index as usize) {
+        let held = self
+            .steps()
+            .get(index as usize)
+            .is_some_and(|s| s.staging.is_none() && s.weight.is_none());
+        let what = match &step {
+            Some(s) if held && s.staging.is_some() => "holding at staging (no traffic)".to_string(),
+            Some(Step { weight: Some(w), .. }) if held => format!("holding at {w}% of the traffic"),
             Some(s) if s.staging.is_some() => "staging (no traffic)".to_string(),
             Some(Step { weight: Some(w), .. }) if *w < 100 => format!("{w}% of the traffic"),
             _ => "promotion to 100%".to_string(),
@@ -390,7 +397,7 @@ impl<'a> Planner<'a> {
         let o = self.o;
         let spec = &o.rollout.spec;
         let index = self.st.current_step;
-        let Some(step) = self.steps().get(index as usize).cloned() else {
+        let Some(step) = effective_step(self.steps(), index as usize) else {
             self.st.phase = Phase::Promoting;
             return self.promote(d, distroless, false);
         };
@@ -492,7 +499,9 @@ impl<'a> Planner<'a> {
             self.after(METRIC_INTERVAL);
         }
         let bake_end = ready_at + jiff::SignedDuration::from_secs(i64::from(step.bake_seconds));
-        if o.now < bake_end {
+        // `rollout promote` (promoteStep = this step) ends the bake as well as a pause.
+        let promoted = spec.promote_step == Some(index);
+        if o.now < bake_end && !promoted {
             self.after(o.now.duration_until(bake_end).unsigned_abs());
             self.st.phase = if spec.paused { Phase::Paused } else { phase_of(&step) };
             return;
@@ -656,6 +665,30 @@ impl<'a> Planner<'a> {
             requeue: self.requeue,
         }
     }
+}
+
+/// The step at `index` as it runs. A step that names neither `staging` nor a
+/// `weight` (a bare `pause` or `bakeSeconds`, as Argo Rollouts users write
+/// them) holds at the previous step's staging or weight with its own bake and
+/// pause: it never promotes. With nothing before it, it stages one pod.
+pub(crate) fn effective_step(steps: &[Step], index: usize) -> Option<Step> {
+    let step = steps.get(index)?;
+    if step.staging.is_some() || step.weight.is_some() {
+        return Some(step.clone());
+    }
+    let mut held = step.clone();
+    match steps[..index]
+        .iter()
+        .rev()
+        .find(|s| s.staging.is_some() || s.weight.is_some())
+    {
+        Some(before) => {
+            held.staging = before.staging.clone();
+            held.weight = before.weight;
+        }
+        None => held.staging = Some(crate::api::Staging { replicas: 1 }),
+    }
+    Some(held)
 }
 
 fn phase_of(step: &Step) -> Phase {
@@ -935,6 +968,80 @@ mod tests {
                                       {"type": "Ready", "status": "False"}],
                        "containerStatuses": [{"name": "app", "image": "reg/app:distroless", "imageID": "", "ready": ready, "restartCount": 0, "state": state}]}}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_bare_pause_step_holds_at_the_previous_weight_and_never_promotes() {
+        let steps = json!({"steps": [{"weight": 20, "bakeSeconds": 10}, {"pause": true}, {"weight": 100}]});
+        let mut w = World::new(steps, 8);
+        w.run(120, 5);
+        let s = w.status();
+        assert_eq!(
+            (s.phase, s.current_step, s.desired_weight),
+            (Phase::Paused, 1, 20),
+            "{s:?}"
+        );
+        assert_eq!(
+            w.deployment_image(),
+            "reg/app:1.0",
+            "a pause step promoted the Deployment"
+        );
+        assert_eq!(w.canaries[0].spec.replicas, Some(2), "2 next to 8 is 20%");
+        assert!(w.pods.iter().all(gate_open), "the held canary keeps its traffic");
+        // `rollout promote` moves on, to the 100% step.
+        w.rollout.spec.promote_step = Some(1);
+        w.run(10, 5);
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
+    }
+
+    #[test]
+    fn a_bare_bake_step_bakes_at_the_previous_weight_then_goes_on() {
+        let steps =
+            json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 5}, {"bakeSeconds": 60}, {"weight": 100}]});
+        let mut w = World::new(steps, 4);
+        w.run(40, 5);
+        let s = w.status();
+        assert_eq!(
+            (s.phase, s.current_step, s.desired_weight),
+            (Phase::Staging, 1, 0),
+            "{s:?}"
+        );
+        assert_eq!(
+            w.deployment_image(),
+            "reg/app:1.0",
+            "a bake step promoted the Deployment"
+        );
+        assert!(w.pods.iter().all(|p| !gate_open(p)), "held at staging: no traffic");
+        w.run(60, 5);
+        assert_eq!(w.deployment_image(), "reg/app:distroless", "after its bake it goes on");
+    }
+
+    #[test]
+    fn a_first_step_without_weight_stages_one_pod_rather_than_promoting() {
+        let held = effective_step(
+            &serde_json::from_value::<Vec<Step>>(json!([{"pause": true}])).unwrap(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (held.staging.map(|s| s.replicas), held.weight, held.pause),
+            (Some(1), None, true)
+        );
+    }
+
+    #[test]
+    fn promote_ends_a_bake_that_has_long_to_run() {
+        let steps = json!({"steps": [{"weight": 25, "bakeSeconds": 3600}, {"weight": 100}]});
+        let mut w = World::new(steps, 4);
+        w.run(30, 5);
+        assert_eq!((w.status().phase, w.status().current_step), (Phase::Canary, 0));
+        w.rollout.spec.promote_step = Some(0);
+        w.run(10, 5);
+        assert_eq!(
+            w.deployment_image(),
+            "reg/app:distroless",
+            "promote did not end the bake"
+        );
     }
 
     #[test]
