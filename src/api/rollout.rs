@@ -214,10 +214,21 @@ pub struct MetricGate {
     pub name: String,
     /// Prometheus base URL, e.g. `http://prometheus.monitoring:9090`.
     pub address: String,
-    /// An instant query returning one number (the first sample is used).
+    /// An instant query. Several series: the highest value counts. No sample
+    /// or `NaN` (a ratio over no traffic): inconclusive, like an error.
     pub query: String,
     /// The rollout fails when the value goes above this.
     pub threshold: f64,
+    /// Readings in a row that may fail (Prometheus down, a timeout, no sample,
+    /// `NaN`) before the rollout rolls back. Until then the step holds: a bake
+    /// never ends on a gate that cannot be read.
+    #[serde(default = "four")]
+    #[schemars(range(max = 100))]
+    pub consecutive_error_limit: u32,
+}
+
+fn four() -> u32 {
+    4
 }
 
 /// Where a rollout stands.
@@ -325,6 +336,9 @@ pub struct DistrolessRolloutStatus {
     /// `spec.retry` of the attempt under way.
     #[serde(default)]
     pub observed_retry: u32,
+    /// Per metric gate, the readings in a row that failed (reset by a good one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metric_errors: BTreeMap<String, u32>,
     /// Whether the Deployment's images were patched (a rollback restores them).
     #[serde(default)]
     pub deployment_patched: bool,

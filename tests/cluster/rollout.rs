@@ -656,3 +656,39 @@ async fn a_canary_image_that_runs_as_root_in_a_restricted_namespace_is_stopped_b
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+#[tokio::test]
+async fn with_prometheus_down_the_step_holds_and_then_rolls_back_instead_of_promoting() {
+    // A port nobody listens on: every reading is "connection refused".
+    let address = format!("http://127.0.0.1:{}", testcluster::free_port());
+    let release = Release::install("distroless-guard-promdown", &[]).await;
+    let ns = release.namespace("promdown", &[]).await;
+    let standard = format!("registry.test/{ns}/web:1");
+    app(&ns, "web", 2, &standard, Value::Null).await;
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &format!("registry.test/{ns}/web:1-distroless"),
+        // A one-second bake: an unreadable gate must still hold it.
+        json!({"steps": [{"weight": 50, "bakeSeconds": 1}, {"weight": 100}],
+               "metrics": [{"name": "errors", "address": address, "query": "app_error_ratio",
+                            "threshold": 0.05, "consecutiveErrorLimit": 2}]}),
+    )
+    .await;
+    let held = wait_for("the step held on the unread gate", Duration::from_secs(90), || async {
+        status(&ns, "web")
+            .await
+            .filter(|s| s["metricErrors"]["errors"].as_u64().is_some_and(|n| n >= 1))
+    })
+    .await;
+    assert_eq!(held["currentStep"], 0, "{held:#}");
+    assert!(held["message"].as_str().unwrap().contains("the step holds"), "{held:#}");
+    let s = wait_phase(&ns, "web", "RolledBack", 90).await;
+    assert_eq!(s["failure"]["reason"], "MetricUnavailable", "{s:#}");
+    assert!(s["failure"]["message"].as_str().unwrap().contains("3 times in a row"), "{s:#}");
+    let d = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(image_of(&d), standard, "the Deployment moved on an unreadable gate");
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}

@@ -21,7 +21,7 @@ pub struct Run {
 }
 
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    crate::cargo()
 }
 
 fn have_cargo_fuzz() -> bool {

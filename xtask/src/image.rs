@@ -5,13 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// Builds `--bin distroless-guard` in release and returns the executable's path
 /// as cargo reports it (so `CARGO_TARGET_DIR` and `--target-dir` are honoured).
 pub fn release_binary() -> Result<PathBuf, String> {
     eprintln!("building the operator (cargo build --release --bin distroless-guard) ...");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = crate::cargo()
         .current_dir(crate::root())
         .args([
             "build",

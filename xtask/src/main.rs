@@ -103,10 +103,38 @@ pub fn bins(quiet: bool) -> Result<testcluster::bins::Bins, String> {
     Ok(built.bins)
 }
 
+/// A `cargo` command as if typed in a shell. `cargo xtask` runs this program
+/// through `cargo run`, which sets `CARGO_MANIFEST_DIR`, `CARGO_PKG_*` and
+/// the like for it; build scripts that watch those (ring's does, through
+/// `rerun-if-env-changed`) would see them change between a `cargo build` from
+/// the shell and one from here, and rebuild ring and everything above it,
+/// minutes on 2 cores, every time the two alternate. So they are removed.
+pub fn cargo() -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let injected = key.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref());
+        if injected {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
+}
+
 /// Writes the CRDs the product generates into both places that ship them.
 fn crds() -> Result<(), String> {
     let root = root();
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = cargo()
         .current_dir(&root)
         .args([
             "run",

@@ -46,7 +46,7 @@ pub fn run(cargo_args: &[String]) -> Result<(), String> {
     );
 
     let tests = Instant::now();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = crate::cargo();
     cmd.current_dir(&root)
         .args(["test", "--workspace"])
         .args(cargo_args)

@@ -4,6 +4,7 @@
 //! Each reconcile reads what exists, asks the pure [`plan`] what to do, does
 //! it, and writes the status. Runs only on the leader.
 
+pub(crate) mod analysis;
 pub(crate) mod canary;
 pub(crate) mod classify;
 pub(crate) mod plan;
@@ -206,7 +207,7 @@ async fn snapshot(rollout: &DistrolessRollout, client: &kube::Client) -> Result<
         for gate in &rollout.spec.metrics {
             metrics.push(MetricReading {
                 name: gate.name.clone(),
-                value: prometheus_query(&gate.address, &gate.query).await,
+                value: analysis::query(&gate.address, &gate.query).await,
             });
         }
     }
@@ -417,58 +418,3 @@ fn record_metrics(
     }
 }
 
-/// An instant query against Prometheus (`http://host:port`): the first sample's value.
-pub(crate) async fn prometheus_query(address: &str, query: &str) -> Result<f64, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let base = address
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{address}: only http:// Prometheus addresses are supported"))?;
-    let (host, prefix) = base.split_once('/').map_or((base, ""), |(h, p)| (h, p));
-    let path = format!("/{prefix}api/v1/query?query={}", encode(query));
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(host).await.map_err(|e| e.to_string())?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        s.take(4 << 20).read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(out)
-    };
-    let out = tokio::time::timeout(Duration::from_secs(3), io)
-        .await
-        .map_err(|_| "Prometheus did not answer within 3 s".to_string())??;
-    let text = String::from_utf8_lossy(&out);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(body.trim()).map_err(|e| format!("not a Prometheus answer: {e}"))?;
-    if v["status"] != "success" {
-        return Err(format!("Prometheus: {}", v["error"].as_str().unwrap_or("query failed")));
-    }
-    let sample = match v["data"]["resultType"].as_str() {
-        Some("vector") => v["data"]["result"][0]["value"][1].as_str(),
-        Some("scalar") => v["data"]["result"][1].as_str(),
-        _ => None,
-    };
-    sample
-        .ok_or_else(|| "the query returned no sample".to_string())?
-        .parse::<f64>()
-        .map_err(|e| e.to_string())
-}
-
-/// Percent-encoding for a query string value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn queries_are_percent_encoded() {
-        assert_eq!(super::encode("rate(x[1m]) > 0"), "rate%28x%5B1m%5D%29%20%3E%200");
-    }
-}

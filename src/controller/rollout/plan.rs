@@ -475,7 +475,9 @@ impl<'a> Planner<'a> {
             return;
         }
         let ready_at = self.st.step_ready_at.get_or_insert(Time(o.now)).0;
-        // Metric gates, while the step bakes.
+        // Metric gates, while the step bakes. They fail closed: a reading that
+        // cannot be had holds the step, and too many in a row roll back.
+        let mut unread = Vec::new();
         for reading in o.metrics {
             let Some(gate) = spec.metrics.iter().find(|g| g.name == reading.name) else {
                 continue;
@@ -491,12 +493,49 @@ impl<'a> Planner<'a> {
                         ..RolloutFailure::default()
                     });
                 }
-                Ok(_) => {}
-                Err(e) => self.st.message = format!("metric {} cannot be read: {e}", gate.name),
+                Ok(_) => {
+                    self.st.metric_errors.remove(&gate.name);
+                }
+                Err(e) => {
+                    let errors = self.st.metric_errors.entry(gate.name.clone()).or_insert(0);
+                    *errors += 1;
+                    let errors = *errors;
+                    if errors > gate.consecutive_error_limit {
+                        let message = format!(
+                            "{} could not be read {errors} times in a row (consecutiveErrorLimit {}): {e}",
+                            gate.name, gate.consecutive_error_limit
+                        );
+                        return self.roll_back(RolloutFailure {
+                            reason: "MetricUnavailable".into(),
+                            hint: "a gate that cannot be read cannot vouch for the canary: check the Prometheus address and the query (no sample and NaN count as unreadable)".into(),
+                            message,
+                            detected_at: Some(Time(o.now)),
+                            ..RolloutFailure::default()
+                        });
+                    }
+                    unread.push(format!(
+                        "metric {} cannot be read ({errors}/{}): {e}",
+                        gate.name, gate.consecutive_error_limit
+                    ));
+                }
             }
         }
         if !spec.metrics.is_empty() {
             self.after(METRIC_INTERVAL);
+        }
+        // A gate never read in this step (or unread now) holds the bake.
+        let unvouched = spec
+            .metrics
+            .iter()
+            .any(|g| !o.metrics.iter().any(|r| r.name == g.name));
+        if !unread.is_empty() || unvouched {
+            self.st.phase = if spec.paused { Phase::Paused } else { phase_of(&step) };
+            self.st.message = if unread.is_empty() {
+                "waiting for the metric gates' first reading".into()
+            } else {
+                format!("{}; the step holds", unread.join("; "))
+            };
+            return;
         }
         let bake_end = ready_at + jiff::SignedDuration::from_secs(i64::from(step.bake_seconds));
         // `rollout promote` (promoteStep = this step) ends the bake as well as a pause.
@@ -764,6 +803,8 @@ mod tests {
         preflight_passes: bool,
         /// Deployment images seen after a promotion patch (the rolling update).
         events: Vec<String>,
+        /// What the metric gates read in every reconcile.
+        metrics: Vec<MetricReading>,
     }
 
     fn t0() -> Timestamp {
@@ -804,6 +845,7 @@ mod tests {
                 failing: None,
                 preflight_passes: true,
                 events: Vec::new(),
+                metrics: Vec::new(),
             }
         }
 
@@ -814,7 +856,7 @@ mod tests {
                 canaries: &self.canaries,
                 canary_pods: &self.pods,
                 promoted_pods: &[],
-                metrics: &[],
+                metrics: &self.metrics,
                 now: self.now,
             })
         }
@@ -1027,6 +1069,58 @@ mod tests {
             (held.staging.map(|s| s.replicas), held.weight, held.pause),
             (Some(1), None, true)
         );
+    }
+
+    fn gated(limit: u32) -> serde_json::Value {
+        json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100}],
+            "metrics": [{"name": "errors", "address": "http://prometheus:9090", "query": "rate(e[1m])",
+                         "threshold": 0.05, "consecutiveErrorLimit": limit}]})
+    }
+
+    fn reading(value: Result<f64, &str>) -> Vec<MetricReading> {
+        vec![MetricReading {
+            name: "errors".into(),
+            value: value.map_err(str::to_string),
+        }]
+    }
+
+    #[test]
+    fn a_gate_that_cannot_be_read_holds_the_bake_then_rolls_back_past_its_error_limit() {
+        let mut w = World::new(gated(3), 4);
+        w.metrics = reading(Err("connection refused"));
+        let mut held = false;
+        for _ in 0..40 {
+            w.step();
+            w.now += jiff::SignedDuration::from_secs(5);
+            let s = w.status();
+            if s.phase == Phase::RolledBack {
+                break;
+            }
+            held |= s.metric_errors.get("errors").is_some_and(|n| *n >= 2) && s.current_step == 0;
+            assert_eq!(w.deployment_image(), "reg/app:1.0", "promoted on an unreadable gate: {s:?}");
+        }
+        let s = w.status();
+        assert!(held, "the bake was never held on the unread gate");
+        assert_eq!(s.phase, Phase::RolledBack, "{s:?}");
+        let f = s.failure.unwrap();
+        assert_eq!(f.reason, "MetricUnavailable");
+        assert!(f.message.contains("4 times in a row"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_gate_read_again_after_errors_lets_the_bake_end_and_forgets_them() {
+        let mut w = World::new(gated(4), 4);
+        w.metrics = reading(Err("inconclusive: the query gave NaN (no traffic yet?)"));
+        // Past the bake's 10 s, within the limit of 4 errors.
+        w.run(20, 5);
+        assert!(w.status().metric_errors["errors"] >= 2, "{:?}", w.status());
+        assert_eq!((w.status().phase, w.status().current_step), (Phase::Canary, 0));
+        assert!(w.status().message.contains("the step holds"), "{}", w.status().message);
+        w.metrics = reading(Ok(0.01));
+        w.run(60, 5);
+        let s = w.status();
+        assert_eq!(w.deployment_image(), "reg/app:distroless", "{s:?}");
+        assert!(s.metric_errors.is_empty(), "{:?}", s.metric_errors);
     }
 
     #[test]
