@@ -686,7 +686,10 @@ async fn with_prometheus_down_the_step_holds_and_then_rolls_back_instead_of_prom
     assert!(held["message"].as_str().unwrap().contains("the step holds"), "{held:#}");
     let s = wait_phase(&ns, "web", "RolledBack", 90).await;
     assert_eq!(s["failure"]["reason"], "MetricUnavailable", "{s:#}");
-    assert!(s["failure"]["message"].as_str().unwrap().contains("3 times in a row"), "{s:#}");
+    assert!(
+        s["failure"]["message"].as_str().unwrap().contains("3 times in a row"),
+        "{s:#}"
+    );
     let d = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
     assert_eq!(image_of(&d), standard, "the Deployment moved on an unreadable gate");
     let _ = release.uninstall().await;

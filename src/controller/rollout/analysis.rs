@@ -54,8 +54,8 @@ pub(crate) async fn query(address: &str, query: &str) -> Result<f64, String> {
         }
         body.extend_from_slice(&chunk);
     }
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| format!("{url}: {status}, not a Prometheus answer ({e})"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: {status}, not a Prometheus answer ({e})"))?;
     value_of(&v)
 }
 
@@ -72,7 +72,12 @@ pub(crate) fn value_of(v: &serde_json::Value) -> Result<f64, String> {
             .filter_map(|s| s["value"][1].as_str())
             .collect(),
         Some("scalar") => v["data"]["result"][1].as_str().into_iter().collect(),
-        other => return Err(format!("inconclusive: a {} answer, not a vector or scalar", other.unwrap_or("missing"))),
+        other => {
+            return Err(format!(
+                "inconclusive: a {} answer, not a vector or scalar",
+                other.unwrap_or("missing")
+            ));
+        }
     };
     let mut worst: Option<f64> = None;
     for s in samples {
@@ -106,7 +111,12 @@ mod tests {
 
     #[test]
     fn nan_infinity_and_no_sample_are_inconclusive_never_a_pass() {
-        for v in [vector(&["NaN"]), vector(&["0.1", "NaN"]), vector(&["+Inf"]), vector(&[])] {
+        for v in [
+            vector(&["NaN"]),
+            vector(&["0.1", "NaN"]),
+            vector(&["+Inf"]),
+            vector(&[]),
+        ] {
             let e = value_of(&v).unwrap_err();
             assert!(e.starts_with("inconclusive"), "{e}");
         }

@@ -261,6 +261,10 @@ async fn apply(
     let ns = rollout.namespace().unwrap_or_default();
     let client = &ctx.client;
     let reference = rollout.object_ref(&());
+    // A rollback is decided, persisted, then carried out (see Plan::decides_rollback).
+    if plan.decides_rollback(&rollout.status.clone().unwrap_or_default()) {
+        write_status(client, rollout, &plan.status).await?;
+    }
     for action in std::mem::take(&mut plan.actions) {
         match action {
             Action::RunPreflight { template } => {
@@ -374,21 +378,31 @@ async fn apply(
     let previous = rollout.status.clone().unwrap_or_default();
     record_metrics(ctx, rollout, &previous, &plan);
     if plan.status != previous {
-        let patch =
-            json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "status": plan.status});
-        Api::<DistrolessRollout>::namespaced(client.clone(), &ns)
-            .patch_status(
-                &rollout.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(kerr("writing the rollout status"))?;
+        write_status(client, rollout, &plan.status).await?;
     }
     Ok(match plan.requeue {
         Some(d) => Requeue::requeue(d),
         None => Requeue::await_change(),
     })
+}
+
+/// The rollout's status, server-side applied by our field manager.
+async fn write_status(
+    client: &kube::Client,
+    rollout: &DistrolessRollout,
+    status: &crate::api::DistrolessRolloutStatus,
+) -> Result<(), ReconcileError> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let patch = json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "status": status});
+    Api::<DistrolessRollout>::namespaced(client.clone(), &ns)
+        .patch_status(
+            &rollout.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kerr("writing the rollout status"))?;
+    Ok(())
 }
 
 fn record_metrics(
@@ -417,4 +431,3 @@ fn record_metrics(
         }
     }
 }
-

@@ -78,6 +78,17 @@ pub(crate) struct Plan {
     pub requeue: Option<Duration>,
 }
 
+impl Plan {
+    /// Whether this plan decides a rollback: then its status (the phase, the
+    /// failure, what to undo) is written before any action, so a crash between
+    /// two API calls cannot forget a one-off failure (one restart, one OOM
+    /// kill, one metric spike) that the next look would no longer see. The
+    /// `RolledBack` phase redoes whatever undo is left, idempotently.
+    pub(crate) fn decides_rollback(&self, previous: &DistrolessRolloutStatus) -> bool {
+        self.status.phase == Phase::RolledBack && previous.phase != Phase::RolledBack
+    }
+}
+
 /// How often metric gates are read while a step bakes.
 pub(crate) const METRIC_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -524,10 +535,7 @@ impl<'a> Planner<'a> {
             self.after(METRIC_INTERVAL);
         }
         // A gate never read in this step (or unread now) holds the bake.
-        let unvouched = spec
-            .metrics
-            .iter()
-            .any(|g| !o.metrics.iter().any(|r| r.name == g.name));
+        let unvouched = spec.metrics.iter().any(|g| !o.metrics.iter().any(|r| r.name == g.name));
         if !unread.is_empty() || unvouched {
             self.st.phase = if spec.paused { Phase::Paused } else { phase_of(&step) };
             self.st.message = if unread.is_empty() {
@@ -954,10 +962,13 @@ mod tests {
             status.observed_generation = d.metadata.generation;
         }
 
-        /// One reconcile: plan, apply everything, write the status.
+        /// One reconcile: plan, apply everything, write the status (first, for a rollback).
         fn step(&mut self) -> Plan {
             self.cluster_tick();
             let p = self.plan();
+            if p.decides_rollback(&self.status()) {
+                self.rollout.status = Some(p.status.clone());
+            }
             let mut status = p.status.clone();
             self.apply(&p.actions, &mut status);
             self.rollout.status = Some(status);
@@ -1097,7 +1108,11 @@ mod tests {
                 break;
             }
             held |= s.metric_errors.get("errors").is_some_and(|n| *n >= 2) && s.current_step == 0;
-            assert_eq!(w.deployment_image(), "reg/app:1.0", "promoted on an unreadable gate: {s:?}");
+            assert_eq!(
+                w.deployment_image(),
+                "reg/app:1.0",
+                "promoted on an unreadable gate: {s:?}"
+            );
         }
         let s = w.status();
         assert!(held, "the bake was never held on the unread gate");
@@ -1330,9 +1345,13 @@ mod tests {
         /// lost) ends where an uninterrupted rollout ends.
         #[test]
         fn a_crash_halfway_through_any_reconcile_changes_nothing_in_the_end(
-            crash_at in 0usize..60, keep in 0usize..6, replicas in 1i32..12, failing in any::<bool>()
+            crash_at in 0usize..60, keep in 0usize..6, replicas in 1i32..12, failing in any::<bool>(),
+            spike in any::<bool>()
         ) {
-            let spec = json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 10}, {"weight": 25, "bakeSeconds": 10}, {"weight": 100}]});
+            // A metric gate that spikes once, in the reconcile that crashes: a
+            // one-off signal the next reconcile would not see again.
+            let spec = json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 10}, {"weight": 25, "bakeSeconds": 10}, {"weight": 100}],
+                "metrics": [{"name": "errors", "address": "http://prometheus:9090", "query": "q", "threshold": 0.5}]});
             let mut clean = World::new(spec.clone(), replicas);
             let mut crashed = World::new(spec, replicas);
             if failing {
@@ -1340,9 +1359,15 @@ mod tests {
                 crashed.failing = Some("CreateContainerConfigError");
             }
             for i in 0..80 {
+                let value = if spike && i == crash_at { 1.0 } else { 0.0 };
+                clean.metrics = reading(Ok(value));
+                crashed.metrics = reading(Ok(value));
                 clean.step();
                 crashed.cluster_tick();
                 let p = crashed.plan();
+                if p.decides_rollback(&crashed.status()) {
+                    crashed.rollout.status = Some(p.status.clone());
+                }
                 let mut status = p.status.clone();
                 if i == crash_at {
                     let n = keep.min(p.actions.len());
