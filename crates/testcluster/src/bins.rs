@@ -198,8 +198,20 @@ pub enum BinsError {
     NoGo(String),
     #[error("{step} failed: {detail}")]
     Build { step: String, detail: String },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An I/O error on `path`, naming it.
+fn at(path: &Path) -> impl FnOnce(std::io::Error) -> BinsError + '_ {
+    move |source| BinsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A directory holding every file in [`FILES`].
@@ -361,16 +373,16 @@ pub fn build(source: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BinsErro
     }
     let tmp = dir.with_extension("tmp");
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).map_err(at(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp).map_err(at(&tmp))?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     for m in MODULES {
         let step = format!("go build of {}", m.packages.join(" "));
         log(&format!("building {} (go build -p {jobs})", m.packages.join(", ")));
         let t = Instant::now();
         let out = tmp.join(m.out);
-        std::fs::create_dir_all(&out)?;
+        std::fs::create_dir_all(&out).map_err(at(&out))?;
         let tags = if m.tags.is_empty() {
             TAGS.to_string()
         } else {
@@ -393,17 +405,15 @@ pub fn build(source: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BinsErro
     // go build names etcd's main package (go.etcd.io/etcd/server/v3) after "server".
     for name in ["server", "v3"] {
         if tmp.join(name).is_file() {
-            std::fs::rename(tmp.join(name), tmp.join("etcd"))?;
+            std::fs::rename(tmp.join(name), tmp.join("etcd")).map_err(at(&tmp.join(name)))?;
         }
     }
     if tmp.join("testapp").is_file() {
-        std::fs::rename(tmp.join("testapp"), tmp.join(TEST_APP))?;
+        std::fs::rename(tmp.join("testapp"), tmp.join(TEST_APP)).map_err(at(&tmp.join("testapp")))?;
     }
     let kwok_dir = module_dir(source, "kwok", &format!("sigs.k8s.io/kwok@{KWOK}"))?;
-    std::fs::copy(
-        kwok_dir.join("kustomize/crd/bases").join(STAGE_CRD),
-        tmp.join(STAGE_CRD),
-    )?;
+    let crd = kwok_dir.join("kustomize/crd/bases").join(STAGE_CRD);
+    std::fs::copy(&crd, tmp.join(STAGE_CRD)).map_err(at(&crd))?;
     if let Some(missing) = missing_in(&tmp) {
         return Err(BinsError::Build {
             step: "the build".into(),
@@ -411,9 +421,9 @@ pub fn build(source: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BinsErro
         });
     }
     if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
+        std::fs::remove_dir_all(&dir).map_err(at(&dir))?;
     }
-    std::fs::rename(&tmp, &dir)?;
+    std::fs::rename(&tmp, &dir).map_err(at(&dir))?;
     Ok(Built {
         bins: Bins { dir },
         seconds: started.elapsed().as_secs_f64(),
