@@ -649,11 +649,22 @@ impl<'a> Planner<'a> {
                     let stable = d.spec.replicas.unwrap_or(1).max(0) as u32;
                     let wanted = canary::replicas_for(stable, last);
                     let hash = self.ensure_canary(d, distroless, wanted);
-                    let closed: Vec<String> = o
+                    // The hold is watched like any step: the canary keeps
+                    // serving, so a failure of it rolls back as it would there.
+                    let held: Vec<Pod> = o
                         .canary_pods
                         .iter()
                         .filter(live)
-                        .filter(|p| pod_hash(p) == Some(hash.as_str()) && !gate_open(p))
+                        .filter(|p| pod_hash(p) == Some(hash.as_str()))
+                        .cloned()
+                        .collect();
+                    let rs = o.canaries.iter().find(|rs| canary::hash_of(rs) == Some(hash.as_str()));
+                    if let Some(f) = classify::classify(&held, rs, &o.rollout.spec.failure, o.now) {
+                        return self.roll_back(f);
+                    }
+                    let closed: Vec<String> = held
+                        .iter()
+                        .filter(|p| !gate_open(p))
                         .filter_map(|p| p.metadata.name.clone())
                         .collect();
                     if !closed.is_empty() && last > 0 {
@@ -1136,6 +1147,22 @@ mod tests {
         let s = w.status();
         assert_eq!(w.deployment_image(), "reg/app:distroless", "{s:?}");
         assert!(s.metric_errors.is_empty(), "{:?}", s.metric_errors);
+    }
+
+    #[test]
+    fn a_canary_that_starts_failing_while_the_git_change_waits_rolls_back() {
+        let spec = json!({"promotion": "AwaitGitOps", "steps": [{"weight": 50, "bakeSeconds": 5}, {"weight": 100}]});
+        let mut w = World::new(spec, 4);
+        w.run(60, 5);
+        assert_eq!(w.status().phase, Phase::Promoting, "{:?}", w.status());
+        // Hours into the hold, the canary pods crash.
+        w.failing = Some("CrashLoopBackOff");
+        w.pods.clear();
+        w.run(10, 5);
+        let s = w.status();
+        assert_eq!(s.phase, Phase::RolledBack, "{s:?}");
+        assert_eq!(s.failure.unwrap().reason, "CrashLoopBackOff");
+        assert!(w.pods.iter().all(|p| !gate_open(p)), "the failing canary still serves");
     }
 
     #[test]
