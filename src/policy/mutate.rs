@@ -87,7 +87,16 @@ pub fn mutation_patch(spec: &PodSpec, spec_pointer: &str, m: &MutationSettings) 
     let psc = spec.security_context.as_ref();
     let mut pod = Map::new();
 
-    if m.run_as_non_root && psc.and_then(|s| s.run_as_non_root).is_none() {
+    // Never beside an explicit root UID: the kubelet would refuse the pod
+    // ("container's runAsUser breaks non-root policy"); the root-uid rule
+    // reports it instead.
+    let explicit_root = psc.and_then(|s| s.run_as_user) == Some(0)
+        || spec
+            .init_containers()
+            .iter()
+            .chain(spec.containers())
+            .any(|c| c.security_context.as_ref().and_then(|s| s.run_as_user) == Some(0));
+    if m.run_as_non_root && !explicit_root && psc.and_then(|s| s.run_as_non_root).is_none() {
         pod.insert("runAsNonRoot".into(), json!(true));
     }
     if !windows {

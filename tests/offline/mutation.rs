@@ -273,6 +273,28 @@ proptest! {
     }
 
     #[test]
+    fn mutation_never_makes_a_pod_the_kubelet_refuses_for_root_under_run_as_non_root(pod in pod(), m in settings()) {
+        // Per container, the kubelet refuses runAsNonRoot: true with runAsUser: 0
+        // (each taken from the container, else the pod).
+        fn refused(pod: &Value) -> Vec<String> {
+            let spec = &pod["spec"];
+            let psc = &spec["securityContext"];
+            ["initContainers", "containers"]
+                .iter()
+                .flat_map(|list| spec[*list].as_array().cloned().unwrap_or_default())
+                .filter(|c| {
+                    let sc = &c["securityContext"];
+                    let pick = |k: &str| if sc[k].is_null() { psc[k].clone() } else { sc[k].clone() };
+                    pick("runAsNonRoot") == json!(true) && pick("runAsUser") == json!(0)
+                })
+                .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        }
+        let mutated = apply(&pod, &m);
+        prop_assert_eq!(refused(&pod), refused(&mutated), "{:#}", mutated);
+    }
+
+    #[test]
     fn mutation_keeps_every_explicit_value(pod in pod(), m in settings()) {
         let mutated = apply(&pod, &m);
         fn walk(before: &Value, after: &Value, path: &str, fs_override: bool) -> Result<(), String> {

@@ -67,9 +67,7 @@ pub fn run(cargo_args: &[String]) -> Result<(), String> {
     }
     let status = child.wait().map_err(|e| e.to_string())?;
     let (fuzz_passed, fuzz_failed) = crate::fuzz::smoke(FUZZ_SMOKE_SECONDS)?;
-    println!(
-        "tests: {passed} passed, {failed} failed; fuzz smoke runs: {fuzz_passed} passed, {fuzz_failed} failed"
-    );
+    println!("tests: {passed} passed, {failed} failed; fuzz smoke runs: {fuzz_passed} passed, {fuzz_failed} failed");
     passed += fuzz_passed;
     failed += fuzz_failed;
     println!(
