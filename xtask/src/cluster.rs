@@ -171,11 +171,14 @@ fn up(dir: &Path, install_chart: bool, helm_args: &[String], nodes: usize, real_
                 o.log.display()
             );
         }
+    }
+    if operators.is_some() || !real_pods.is_empty() {
         println!("Try:");
         println!(
             "  kubectl apply -f {}",
             crate::root().join("examples/policies/enforce.yaml").display()
         );
+        println!("  kubectl label namespace default distroless-guard.dev/enforce=true   # the policy's namespaces");
         println!(
             "  kubectl run root --image=nginx --overrides='{{\"spec\":{{\"securityContext\":{{\"runAsUser\":0}}}}}}'   # denied"
         );
