@@ -164,6 +164,20 @@ async fn run(cp: &'static ControlPlane) {
     );
 }
 
+/// When the rollout watched through `rollouts` first shows `RolledBack`.
+fn when_rolled_back(rollouts: Api<DynamicObject>) -> tokio::task::JoinHandle<Instant> {
+    let stream = watcher(rollouts, watcher::Config::default());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream.applied_objects());
+        while let Some(Ok(r)) = stream.next().await {
+            if r.data.pointer("/status/phase").and_then(|p| p.as_str()) == Some("RolledBack") {
+                return Instant::now();
+            }
+        }
+        panic!("the rollout watch ended");
+    })
+}
+
 /// Whether the real kubelet reports a canary container that could not start.
 fn kubelet_failed(p: &Pod) -> bool {
     p.status
@@ -247,18 +261,7 @@ async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &
             }
         })
     };
-    let rolled_back = {
-        let stream = watcher(rollouts(client, ns), watcher::Config::default());
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream.applied_objects());
-            while let Some(Ok(r)) = stream.next().await {
-                if r.data.pointer("/status/phase").and_then(|p| p.as_str()) == Some("RolledBack") {
-                    return Instant::now();
-                }
-            }
-            panic!("the rollout watch ended");
-        })
-    };
+    let rolled_back = when_rolled_back(rollouts(client, ns));
     let rollout: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "metadata": {"name": "web"},
         "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": broken}],
@@ -369,18 +372,7 @@ async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Dura
             }
         })
     };
-    let rolled_back = {
-        let stream = watcher(rollouts.clone(), watcher::Config::default());
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream.applied_objects());
-            while let Some(Ok(r)) = stream.next().await {
-                if r.data.pointer("/status/phase").and_then(|p| p.as_str()) == Some("RolledBack") {
-                    return Instant::now();
-                }
-            }
-            panic!("the rollout watch ended");
-        })
-    };
+    let rolled_back = when_rolled_back(rollouts.clone());
     let out_of_endpoints = {
         let stream = watcher(
             slices.clone(),

@@ -21,9 +21,32 @@ pub fn crds() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
         .into_iter()
         .map(|crd| {
             let file = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);
-            Ok((file, serde_saphyr::to_string(&crd)?))
+            let mut value = serde_json::to_value(&crd).unwrap_or_default();
+            kubernetes_formats(&mut value);
+            Ok((file, serde_saphyr::to_string(&value)?))
         })
         .collect()
+}
+
+/// schemars names unsigned integers `uint32`/`uint64`, formats the API server
+/// does not know (it warns "unrecognized format" on every apply of the CRD);
+/// Kubernetes' own are `int32` and `int64`. The values' ranges stay bounded by
+/// the schema's `minimum` and the types.
+fn kubernetes_formats(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::String(f)) = map.get_mut("format") {
+                match f.as_str() {
+                    "uint32" | "uint16" | "uint8" => *f = "int32".into(),
+                    "uint64" | "uint" => *f = "int64".into(),
+                    _ => {}
+                }
+            }
+            map.values_mut().for_each(kubernetes_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(kubernetes_formats),
+        _ => {}
+    }
 }
 
 /// The CRDs this operator owns, as one multi-document YAML stream.

@@ -6,7 +6,12 @@ use serde_json::json;
 use crate::support::*;
 
 pub async fn install_crd() {
-    let crd = root().join("crds/distrolessguard.dev_distrolesspolicies.yaml");
+    install("distrolesspolicies").await;
+}
+
+/// Applies `crds/distrolessguard.dev_<plural>.yaml` and waits until it is Established.
+async fn install(plural: &str) {
+    let crd = root().join(format!("crds/distrolessguard.dev_{plural}.yaml"));
     let out = kubectl(&[
         "apply",
         "--server-side",
@@ -21,7 +26,7 @@ pub async fn install_crd() {
     kubectl_ok(&[
         "wait",
         "--for=condition=Established",
-        "crd/distrolesspolicies.distrolessguard.dev",
+        &format!("crd/{plural}.distrolessguard.dev"),
         "--timeout=30s",
     ])
     .await;
@@ -75,23 +80,7 @@ async fn the_api_server_accepts_the_crd_and_refuses_invalid_policies_naming_the_
 
 #[tokio::test]
 async fn the_api_server_refuses_empty_and_contradictory_rollout_steps_and_takes_bare_pauses() {
-    let crd = root().join("crds/distrolessguard.dev_distrolessrollouts.yaml");
-    let out = kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        crd.to_str().unwrap(),
-    ])
-    .await;
-    assert!(out.status.success(), "the API server refused the CRD: {}", text(&out).1);
-    kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/distrolessrollouts.distrolessguard.dev",
-        "--timeout=30s",
-    ])
-    .await;
+    install("distrolessrollouts").await;
     let rollout = |steps: serde_json::Value| {
         json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout",
             "metadata": {"name": testcluster::unique("crd-steps"), "namespace": "default"},
