@@ -193,6 +193,28 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
         }
     }
     if !containers_ready(pod) && age >= i64::from(policy.ready_timeout_seconds) {
+        // Never scheduled: a capacity problem, not the image's.
+        let unschedulable = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False"));
+        if let Some(c) = unschedulable {
+            let reason = c.reason.clone().unwrap_or_else(|| "Unschedulable".into());
+            let message = format!(
+                "not scheduled {age} s after the pod was created: {}",
+                c.message.as_deref().unwrap_or("no node fits")
+            );
+            return Some(RolloutFailure {
+                pod: pod.metadata.name.clone(),
+                container: None,
+                hint: hint(&reason, None, &message),
+                reason,
+                exit_code: None,
+                message,
+                detected_at: Some(Time(now)),
+            });
+        }
         let name = statuses(pod).find(|c| !c.ready).map(|c| c.name.clone());
         let message = format!(
             "containers not ready {age} s after the pod was created (readyTimeoutSeconds {})",
@@ -247,6 +269,9 @@ pub(crate) fn hint(reason: &str, exit_code: Option<i32>, message: &str) -> Strin
         ("CreateContainerConfigError", _) => "the kubelet cannot create the container from this spec and image (user, volumes, secrets): see the message".into(),
         ("ReadyTimeout", _) => {
             "the containers never became ready: an exec readiness probe cannot run without a shell (use httpGet, grpc or tcpSocket), or the application fails to start as UID 65532".into()
+        }
+        ("Unschedulable", _) => {
+            "no node has room for the canary's pods, which come on top of the Deployment's: free capacity, lower the step's weight, or check the pods' requests, node selectors and taints; the image is not at fault".into()
         }
         ("FailedCreate", _) => "the API server refused the canary's pods (Pod Security Admission or an admission webhook): fix the pod template or the policy, as the message says".into(),
         _ => String::new(),
@@ -367,6 +392,27 @@ mod tests {
         let f = classify_pod(&running(late), &policy, now()).unwrap();
         assert_eq!(f.reason, "ReadyTimeout");
         assert!(f.hint.contains("exec readiness probe"), "{}", f.hint);
+    }
+
+    #[test]
+    fn a_canary_pod_no_node_can_take_fails_as_unschedulable_with_a_capacity_hint() {
+        let policy = FailurePolicy::default();
+        let pending = |age| {
+            pod(
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                    "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient cpu."}]}),
+                age,
+                now(),
+            )
+        };
+        assert!(
+            classify_pod(&pending(5), &policy, now()).is_none(),
+            "a scheduler retry is not a failure yet"
+        );
+        let f = classify_pod(&pending(i64::from(policy.ready_timeout_seconds) + 1), &policy, now()).unwrap();
+        assert_eq!(f.reason, "Unschedulable");
+        assert!(f.message.contains("Insufficient cpu"), "{}", f.message);
+        assert!(f.hint.contains("capacity") && !f.hint.contains("exec"), "{}", f.hint);
     }
 
     #[test]
