@@ -141,8 +141,18 @@ pub fn kubeconfig(name: &str, server: &str, ca: &str, creds: Credentials<'_>) ->
     serde_saphyr::to_string(&config).unwrap_or_default()
 }
 
+/// Writes a kubeconfig whole or not at all (a temporary file renamed over
+/// it): two operator pods of one release get tokens of the same
+/// ServiceAccount at the same path, and a process starting while the other
+/// write was half done read a kubeconfig without its context.
 pub fn write_kubeconfig(path: &Path, text: &str) -> std::io::Result<()> {
-    write_private(path, text)
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}-{n}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    write_private(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
