@@ -216,17 +216,37 @@ pub fn prepare(index: usize, work_dir: &Path, cluster: &Cluster<'_>) -> Result<P
         subnet: subnet.clone(),
         cgroup_root: cgroup_root.clone(),
     };
+    // Whatever fails from here on, the bridge and anything else claimed goes.
+    match prepare_claimed(&footprint, ip4, work_dir, cluster) {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            teardown(&footprint, None);
+            let _ = std::fs::remove_file(work_dir.join(format!("{}.json", footprint.name)));
+            Err(e)
+        }
+    }
+}
+
+/// The rest of [`prepare`], once the bridge is claimed.
+fn prepare_claimed(
+    footprint: &Footprint,
+    ip4: Ipv4Addr,
+    work_dir: &Path,
+    cluster: &Cluster<'_>,
+) -> Result<Prepared, NodeError> {
+    let (name, dir, bridge) = (&footprint.name, &footprint.dir, &footprint.bridge);
+    let (subnet, cgroup_root) = (&footprint.subnet, &footprint.cgroup_root);
     std::fs::write(
         work_dir.join(format!("{name}.json")),
-        serde_json::to_vec_pretty(&footprint).unwrap_or_default(),
+        serde_json::to_vec_pretty(footprint).unwrap_or_default(),
     )?;
     run_quiet(
-        &mut ip(&["addr", "add", &format!("{ip4}/24"), "dev", &bridge]),
+        &mut ip(&["addr", "add", &format!("{ip4}/24"), "dev", bridge]),
         "addressing the bridge",
     )?;
-    run_quiet(&mut ip(&["link", "set", &bridge, "up"]), "bringing the bridge up")?;
+    run_quiet(&mut ip(&["link", "set", bridge, "up"]), "bringing the bridge up")?;
     let mut rule = Command::new("iptables");
-    rule.arg("-w").arg("-I").args(forward_rule(&bridge));
+    rule.arg("-w").arg("-I").args(forward_rule(bridge));
     run_quiet(&mut rule, "adding the FORWARD rule that keeps pods on their bridge")
         .map_err(|e| setup("iptables (Debian's iptables package)", e))?;
     for h in cgroup_hierarchies() {
@@ -240,7 +260,7 @@ pub fn prepare(index: usize, work_dir: &Path, cluster: &Cluster<'_>) -> Result<P
     let pki_err = |e: rcgen::Error| setup("node certificates", e);
     cluster
         .ca
-        .serving(&name, &[name.as_str(), "localhost"], &[ip4.into()])
+        .serving(name, &[name.as_str(), "localhost"], &[ip4.into()])
         .map_err(pki_err)?
         .write(&pki_dir, "kubelet")?;
     let client = cluster
@@ -250,7 +270,7 @@ pub fn prepare(index: usize, work_dir: &Path, cluster: &Cluster<'_>) -> Result<P
     let kubeconfig = dir.join("kubelet.kubeconfig");
     pki::write_kubeconfig(
         &kubeconfig,
-        &pki::kubeconfig(&name, cluster.server, &cluster.ca.cert, Credentials::Cert(&client)),
+        &pki::kubeconfig(name, cluster.server, &cluster.ca.cert, Credentials::Cert(&client)),
     )?;
 
     // containerd
@@ -336,7 +356,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
         .unwrap_or_default(),
     )?;
     let node = RealNode {
-        footprint,
+        footprint: footprint.clone(),
         ip: ip4,
         kubelet_port: crate::cluster::free_port(),
         containerd_socket: socket.clone(),
