@@ -339,6 +339,11 @@ pub struct DistrolessRolloutStatus {
     /// Per metric gate, the readings in a row that failed (reset by a good one).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metric_errors: BTreeMap<String, u32>,
+    /// When the metric gates' readings last counted: a failed reading counts
+    /// against `consecutiveErrorLimit` at most once per 5 s, however often
+    /// pod events bring the rollout back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_read_at: Option<Time>,
     /// Whether the Deployment's images were patched (a rollback restores them).
     #[serde(default)]
     pub deployment_patched: bool,

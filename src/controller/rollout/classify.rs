@@ -208,7 +208,7 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
             return Some(RolloutFailure {
                 pod: pod.metadata.name.clone(),
                 container: None,
-                hint: hint(&reason, None, &message),
+                hint: hint("Unschedulable", None, &message),
                 reason,
                 exit_code: None,
                 message,

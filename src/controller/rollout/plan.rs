@@ -489,6 +489,11 @@ impl<'a> Planner<'a> {
         // Metric gates, while the step bakes. They fail closed: a reading that
         // cannot be had holds the step, and too many in a row roll back.
         let mut unread = Vec::new();
+        let due = self
+            .st
+            .metrics_read_at
+            .as_ref()
+            .is_none_or(|t| o.now.duration_since(t.0).as_millis() >= METRIC_INTERVAL.as_millis() as i128);
         for reading in o.metrics {
             let Some(gate) = spec.metrics.iter().find(|g| g.name == reading.name) else {
                 continue;
@@ -509,7 +514,9 @@ impl<'a> Planner<'a> {
                 }
                 Err(e) => {
                     let errors = self.st.metric_errors.entry(gate.name.clone()).or_insert(0);
-                    *errors += 1;
+                    if due {
+                        *errors += 1;
+                    }
                     let errors = *errors;
                     if errors > gate.consecutive_error_limit {
                         let message = format!(
@@ -530,6 +537,9 @@ impl<'a> Planner<'a> {
                     ));
                 }
             }
+        }
+        if !o.metrics.is_empty() && due {
+            self.st.metrics_read_at = Some(Time(o.now));
         }
         if !spec.metrics.is_empty() {
             self.after(METRIC_INTERVAL);
@@ -1131,6 +1141,30 @@ mod tests {
         let f = s.failure.unwrap();
         assert_eq!(f.reason, "MetricUnavailable");
         assert!(f.message.contains("4 times in a row"), "{}", f.message);
+    }
+
+    #[test]
+    fn failed_readings_count_once_per_interval_however_often_the_rollout_is_reconciled() {
+        let mut w = World::new(gated(5), 4);
+        w.metrics = reading(Err("connection refused"));
+        w.run(20, 5);
+        let counted = w.status().metric_errors["errors"];
+        // A burst of pod events: twenty reconciles within one second.
+        for _ in 0..20 {
+            w.step();
+            w.now += jiff::SignedDuration::from_millis(50);
+        }
+        let s = w.status();
+        assert_ne!(
+            s.phase,
+            Phase::RolledBack,
+            "a burst of reconciles used up the error limit: {s:?}"
+        );
+        assert!(
+            s.metric_errors["errors"] <= counted + 1,
+            "{:?} after {counted}",
+            s.metric_errors
+        );
     }
 
     #[test]
