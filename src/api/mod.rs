@@ -21,7 +21,8 @@ pub fn crds() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
         .into_iter()
         .map(|crd| {
             let file = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);
-            let mut value = serde_json::to_value(&crd).unwrap_or_default();
+            let mut value =
+                serde_json::to_value(&crd).map_err(<serde_saphyr::SerializeError as serde::ser::Error>::custom)?;
             kubernetes_formats(&mut value);
             Ok((file, serde_saphyr::to_string(&value)?))
         })
