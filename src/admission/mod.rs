@@ -3,6 +3,7 @@
 
 pub mod images;
 pub mod review;
+pub mod rollouts;
 pub mod scan;
 
 use std::collections::{BTreeMap, HashSet};
@@ -88,6 +89,8 @@ pub struct Admission {
     pull_secrets: Option<Arc<dyn PullSecrets>>,
     /// The workloads controllers create objects for (in a cluster).
     owners: Option<Arc<dyn Owners>>,
+    /// Who may patch which Deployment, for DistrolessRollouts (in a cluster).
+    access: Option<Arc<dyn rollouts::DeploymentAccess>>,
 }
 
 /// What a review decided, for metrics and logs.
@@ -124,7 +127,19 @@ impl Admission {
             inspector: None,
             pull_secrets: None,
             owners: None,
+            access: None,
         }
+    }
+
+    /// Lets DistrolessRollouts be admitted: only for users who may patch their target.
+    pub fn with_deployment_access(mut self, access: Arc<dyn rollouts::DeploymentAccess>) -> Self {
+        self.access = Some(access);
+        self
+    }
+
+    /// The review of a DistrolessRollout request (see [`rollouts`]).
+    pub async fn review_rollout(&self, body: &[u8]) -> Result<AdmissionResponse, serde_json::Error> {
+        rollouts::review(body, self.access.as_deref()).await
     }
 
     /// Lets the controller-manager's creates inherit what their owner was admitted with.

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
     doc = "A staged canary from a Deployment's standard images to distroless ones, with automatic rollback.",
     status = "DistrolessRolloutStatus",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Step", type_ = "integer", json_path = ".status.currentStep"),
+    printcolumn(name = "Step", type_ = "string", json_path = ".status.step"),
     printcolumn(name = "Weight", type_ = "integer", json_path = ".status.desiredWeight"),
     printcolumn(name = "Effective", type_ = "integer", json_path = ".status.effectiveWeight"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.failure.reason"),
@@ -54,24 +54,115 @@ pub struct DistrolessRolloutSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub metrics: Vec<MetricGate>,
-    /// Holds the rollout at the current step (`kubectl distroless rollout pause`).
+    /// Holds the rollout at the current step. `kubectl distroless rollout
+    /// pause` sets the `distrolessguard.dev/paused` annotation instead, which a
+    /// GitOps tool does not revert; either one pauses.
     #[serde(default)]
     pub paused: bool,
-    /// Goes straight to 100% from the current step (`rollout promote --full`).
+    /// Goes straight to 100% from the current step (or the annotation
+    /// `distrolessguard.dev/promote: full`, as `rollout promote --full` writes).
     #[serde(default)]
     pub promote_full: bool,
-    /// Ends the current step's pause or bake (`rollout promote`): set to the step's index.
+    /// Ends a step's pause or bake: the step's 0-based index (or the
+    /// annotation `distrolessguard.dev/promote` with its 1-based number, as
+    /// `rollout promote` writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote_step: Option<u32>,
-    /// Stops the rollout and goes back to the standard images (`rollout abort`).
+    /// Stops the rollout and goes back to the standard images (or the
+    /// annotation `distrolessguard.dev/abort: "true"`, as `rollout abort` writes).
     #[serde(default)]
     pub abort: bool,
-    /// Bumped to start a new attempt after a rollback (`rollout retry`); never automatic.
+    /// Bumped to start a new attempt after a rollback; never automatic. The
+    /// annotation `distrolessguard.dev/retry` (as `rollout retry` writes) asks
+    /// the same; the higher of the two counts.
     #[serde(default)]
     pub retry: u32,
     /// Keep one failed canary pod (out of the Service's endpoints) for `kubectl distroless debug`.
     #[serde(default)]
     pub keep_failed_pod: bool,
+}
+
+/// The annotations that act as verbs. `kubectl distroless rollout` writes
+/// these rather than spec fields: a GitOps tool that owns the spec (Argo CD,
+/// Flux) leaves annotations it did not write alone, so a promote or an abort
+/// is not reverted at the next sync. The spec fields of the same name still
+/// work; either one asks.
+pub mod verbs {
+    /// `"true"`: hold at the current step.
+    pub const PAUSED: &str = "distrolessguard.dev/paused";
+    /// `"true"`: roll back to the standard images now.
+    pub const ABORT: &str = "distrolessguard.dev/abort";
+    /// A step number (1-based, as `kubectl get drol` shows it): end that
+    /// step's pause or bake. `"full"`: go to 100% now.
+    pub const PROMOTE: &str = "distrolessguard.dev/promote";
+    /// The attempt number to run (a retry after a rollback sets it to the
+    /// next one).
+    pub const RETRY: &str = "distrolessguard.dev/retry";
+    /// Every verb annotation.
+    pub const ALL: [&str; 4] = [PAUSED, ABORT, PROMOTE, RETRY];
+
+    /// Why an annotation's value is not a verb, or `None` when it is one.
+    pub fn invalid(key: &str, value: &str) -> Option<String> {
+        let ok = match key {
+            PAUSED | ABORT => matches!(value, "true" | "false"),
+            PROMOTE => value == "full" || value.parse::<u32>().is_ok_and(|n| n >= 1),
+            RETRY => value.parse::<u32>().is_ok(),
+            _ => return None,
+        };
+        (!ok).then(|| {
+            let want = match key {
+                PAUSED | ABORT => "\"true\" or \"false\"",
+                PROMOTE => "a step number from 1, or \"full\"",
+                _ => "an attempt number (0 or more)",
+            };
+            format!("annotation {key}: {value:?} is not {want}")
+        })
+    }
+}
+
+/// What the rollout is asked to do now: the spec fields and the verb
+/// annotations together ([`verbs`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verbs {
+    pub paused: bool,
+    pub abort: bool,
+    pub promote_full: bool,
+    /// The index (0-based) of the step whose pause or bake is ended.
+    pub promote_step: Option<u32>,
+    pub retry: u32,
+}
+
+impl DistrolessRollout {
+    /// The verb annotations this rollout carries (for `status.observedVerbs`).
+    pub fn verb_annotations(&self) -> BTreeMap<String, String> {
+        self.metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| verbs::ALL.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The spec's verbs and the annotations' together; a value that is not a
+    /// verb (the webhook refuses those) asks for nothing.
+    pub fn verbs(&self) -> Verbs {
+        let a = self.verb_annotations();
+        let get = |k: &str| a.get(k).map(String::as_str);
+        let promote = get(verbs::PROMOTE);
+        Verbs {
+            paused: self.spec.paused || get(verbs::PAUSED) == Some("true"),
+            abort: self.spec.abort || get(verbs::ABORT) == Some("true"),
+            promote_full: self.spec.promote_full || promote == Some("full"),
+            promote_step: promote
+                .and_then(|p| p.parse::<u32>().ok())
+                .and_then(|n| n.checked_sub(1))
+                .or(self.spec.promote_step),
+            retry: get(verbs::RETRY)
+                .and_then(|r| r.parse::<u32>().ok())
+                .map_or(self.spec.retry, |r| r.max(self.spec.retry)),
+        }
+    }
 }
 
 /// The Deployment a rollout moves.
@@ -307,7 +398,7 @@ pub struct RolloutFailure {
 pub struct DistrolessRolloutStatus {
     #[serde(default)]
     pub phase: Phase,
-    /// The index of the step under way.
+    /// The index (0-based) of the step under way in `spec.steps`.
     #[serde(default)]
     pub current_step: u32,
     /// When the current step began (a restarted leader resumes from it).
@@ -333,9 +424,17 @@ pub struct DistrolessRolloutStatus {
     /// Whether the preflight checks passed for this attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preflight: Option<PreflightResult>,
-    /// `spec.retry` of the attempt under way.
+    /// The attempt under way (`spec.retry` or the retry annotation).
     #[serde(default)]
     pub observed_retry: u32,
+    /// The verb annotations this status was planned from: a client that
+    /// wrote one waits for it here before reading the phase.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub observed_verbs: BTreeMap<String, String>,
+    /// The step under way for people: `2/4` (1-based, as Events and the
+    /// plugin number steps; `currentStep` is the 0-based index).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub step: String,
     /// Per metric gate, the readings in a row that failed (reset by a good one).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metric_errors: BTreeMap<String, u32>,

@@ -4,6 +4,7 @@
 //! ([`auditor`], deciding with the pure [`status`] and [`audit`] functions)
 //! and the webhook certificates ([`certs`]).
 
+pub(crate) mod access;
 pub(crate) mod audit;
 pub(crate) mod auditor;
 pub(crate) mod certs;

@@ -99,6 +99,7 @@ pub struct ContainerFinding {
 pub struct RolloutFinding {
     pub name: String,
     pub phase: String,
+    /// The step under way, numbered from 1.
     pub step: u32,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -429,7 +430,7 @@ pub async fn explain(client: &kube::Client, namespace: &str, kind: &str, name: &
                     out.rollouts.push(RolloutFinding {
                         name: r.metadata.name.clone().unwrap_or_default(),
                         phase: s.phase.as_str().to_string(),
-                        step: s.current_step,
+                        step: s.current_step + 1,
                         message: s.message.clone(),
                         failure: s.failure.as_ref().map(|f| {
                             format!(

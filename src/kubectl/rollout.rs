@@ -1,14 +1,20 @@
 //! `kubectl distroless rollout ...`: DistrolessRollout verbs with
-//! kubectl-argo-rollouts' vocabulary, each a merge patch of the spec fields
-//! the controller reads.
+//! kubectl-argo-rollouts' vocabulary, each a merge patch of the verb
+//! annotations the controller reads (`api::rollout::verbs`). Annotations, not
+//! spec fields: a GitOps tool that owns the spec does not revert them.
 //!
-//! - `promote`: end the current step's pause or bake (`spec.promoteStep`);
-//!   `--full`: go to 100% now (`spec.promoteFull`).
-//! - `pause` / `resume`: `spec.paused`.
-//! - `abort`: roll back to the standard images now (`spec.abort`).
-//! - `retry`: a new attempt after a rollback (`spec.retry` + 1, `abort` cleared).
+//! - `promote`: end the current step's pause or bake
+//!   (`distrolessguard.dev/promote: <step number>`); `--full`: go to 100% now
+//!   (`distrolessguard.dev/promote: full`).
+//! - `pause` / `resume`: `distrolessguard.dev/paused`.
+//! - `abort`: roll back to the standard images now (`distrolessguard.dev/abort`).
+//! - `retry`: a new attempt after a rollback (`distrolessguard.dev/retry` set
+//!   to the next attempt; the other verbs cleared).
 //! - `undo`: drop the rollout and keep the standard images: abort, wait for
 //!   `RolledBack`, delete the rollout (its canary goes with it).
+//!
+//! A spec field of the same name (`spec.paused`, ...) set by hand or in Git
+//! is cleared by the verb that undoes it, since either one asks.
 
 use std::time::Duration;
 
@@ -18,6 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use super::{Error, describe};
+use crate::api::rollout::verbs;
 use crate::api::{DistrolessRollout, Phase};
 
 /// A verb that changes a rollout.
@@ -35,23 +42,65 @@ pub fn patch(verb: Verb, r: &DistrolessRollout) -> Result<Value, String> {
     let status = r.status.clone().unwrap_or_default();
     let name = r.metadata.name.clone().unwrap_or_default();
     let final_phase = status.phase.is_final();
+    let mut annotations = serde_json::Map::new();
+    let mut spec = serde_json::Map::new();
+    let mut set = |key: &str, value: Value| {
+        annotations.insert(key.into(), value);
+    };
     match verb {
-        _ if final_phase && verb != Verb::Retry => Err(format!(
-            "rollout {name} is {}: only `retry` starts it again",
-            status.phase.as_str()
-        )),
-        Verb::Promote { full: true } => Ok(json!({"spec": {"promoteFull": true, "paused": false}})),
-        Verb::Promote { full: false } => Ok(json!({"spec": {"promoteStep": status.current_step, "paused": false}})),
-        Verb::Pause => Ok(json!({"spec": {"paused": true}})),
-        Verb::Resume => Ok(json!({"spec": {"paused": false}})),
-        Verb::Abort => Ok(json!({"spec": {"abort": true}})),
-        Verb::Retry if status.phase != Phase::RolledBack => Err(format!(
-            "rollout {name} is {}: retry starts a new attempt after a rollback",
-            status.phase.as_str()
-        )),
-        Verb::Retry => Ok(json!({"spec": {"retry": r.spec.retry + 1, "abort": false,
-                                          "promoteFull": false, "promoteStep": null, "paused": false}})),
+        _ if final_phase && verb != Verb::Retry => {
+            return Err(format!(
+                "rollout {name} is {}: only `retry` starts it again",
+                status.phase.as_str()
+            ));
+        }
+        Verb::Promote { full } => {
+            let step = if full {
+                "full".to_string()
+            } else {
+                (status.current_step + 1).to_string()
+            };
+            set(verbs::PROMOTE, json!(step));
+            set(verbs::PAUSED, Value::Null);
+            if r.spec.paused {
+                spec.insert("paused".into(), json!(false));
+            }
+        }
+        Verb::Pause => set(verbs::PAUSED, json!("true")),
+        Verb::Resume => {
+            set(verbs::PAUSED, Value::Null);
+            if r.spec.paused {
+                spec.insert("paused".into(), json!(false));
+            }
+        }
+        Verb::Abort => set(verbs::ABORT, json!("true")),
+        Verb::Retry if status.phase != Phase::RolledBack => {
+            return Err(format!(
+                "rollout {name} is {}: retry starts a new attempt after a rollback",
+                status.phase.as_str()
+            ));
+        }
+        Verb::Retry => {
+            set(verbs::RETRY, json!((r.verbs().retry + 1).to_string()));
+            for key in [verbs::ABORT, verbs::PROMOTE, verbs::PAUSED] {
+                set(key, Value::Null);
+            }
+            let s = &r.spec;
+            if s.abort || s.paused || s.promote_full || s.promote_step.is_some() {
+                spec.extend([
+                    ("abort".to_string(), json!(false)),
+                    ("paused".to_string(), json!(false)),
+                    ("promoteFull".to_string(), json!(false)),
+                    ("promoteStep".to_string(), Value::Null),
+                ]);
+            }
+        }
     }
+    let mut body = json!({"metadata": {"annotations": annotations}});
+    if !spec.is_empty() {
+        body["spec"] = Value::Object(spec);
+    }
+    Ok(body)
 }
 
 fn api(client: &kube::Client, namespace: Option<&str>) -> Api<DistrolessRollout> {
@@ -116,9 +165,14 @@ pub async fn wait(
             progress(r);
             last = line;
         }
-        // A status older than the spec (a promote or retry just written) says nothing yet.
+        // A status older than the spec or the verbs (a promote or retry just
+        // written) says nothing yet.
         let observed = r.status.as_ref().and_then(|s| s.observed_generation);
-        if observed < r.metadata.generation {
+        let verbs_seen = r
+            .status
+            .as_ref()
+            .is_some_and(|s| s.observed_verbs == r.verb_annotations());
+        if observed < r.metadata.generation || !verbs_seen {
             return None;
         }
         match r.status.as_ref().map(|s| s.phase) {
@@ -259,7 +313,8 @@ pub fn describe_rollout(r: &DistrolessRollout) -> Vec<String> {
         };
         let pause = if step.pause { ", then pause" } else { "" };
         out.push(format!(
-            "  {mark} {i}: {what}, bake {} s{pause}{done}",
+            "  {mark} {}: {what}, bake {} s{pause}{done}",
+            i + 1,
             step.bake_seconds
         ));
     }
@@ -302,27 +357,53 @@ mod tests {
         .unwrap()
     }
 
+    /// The rollout after a verb's merge patch, as the API server would store it.
+    fn after(verb: Verb, r: &DistrolessRollout) -> DistrolessRollout {
+        let mut doc = serde_json::to_value(r).unwrap();
+        json_patch::merge(&mut doc, &patch(verb, r).unwrap());
+        serde_json::from_value(doc).unwrap()
+    }
+
     #[test]
-    fn verbs_patch_the_fields_the_controller_reads() {
+    fn verbs_patch_only_annotations_and_the_controller_reads_them_as_asked() {
         let r = rollout("Paused", 2, 0);
+        for verb in [Verb::Promote { full: false }, Verb::Pause, Verb::Resume, Verb::Abort] {
+            assert!(
+                patch(verb, &r).unwrap().get("spec").is_none(),
+                "{verb:?} writes the spec"
+            );
+        }
+        let promoted = after(Verb::Promote { full: false }, &r);
+        assert_eq!(promoted.metadata.annotations.as_ref().unwrap()[verbs::PROMOTE], "3");
         assert_eq!(
-            patch(Verb::Promote { full: false }, &r).unwrap(),
-            json!({"spec": {"promoteStep": 2, "paused": false}})
+            promoted.verbs().promote_step,
+            Some(2),
+            "step 3 as people count is index 2"
         );
-        assert_eq!(
-            patch(Verb::Promote { full: true }, &r).unwrap()["spec"]["promoteFull"],
-            true
-        );
-        assert_eq!(patch(Verb::Pause, &r).unwrap(), json!({"spec": {"paused": true}}));
-        assert_eq!(patch(Verb::Abort, &r).unwrap(), json!({"spec": {"abort": true}}));
+        assert!(after(Verb::Promote { full: true }, &r).verbs().promote_full);
+        let paused = after(Verb::Pause, &r);
+        assert!(paused.verbs().paused);
+        assert!(!after(Verb::Resume, &paused).verbs().paused);
+        assert!(after(Verb::Abort, &r).verbs().abort);
         assert!(patch(Verb::Retry, &r).unwrap_err().contains("after a rollback"));
-        let back = rollout("RolledBack", 1, 3);
-        let retry = patch(Verb::Retry, &back).unwrap();
-        assert_eq!(
-            (retry["spec"]["retry"].clone(), retry["spec"]["abort"].clone()),
-            (json!(4), json!(false))
-        );
+    }
+
+    #[test]
+    fn retry_counts_on_from_the_spec_and_clears_the_other_verbs_wherever_they_were_set() {
+        let mut back = rollout("RolledBack", 1, 3);
+        back.spec.abort = true;
+        let aborted = after(Verb::Abort, &rollout("Canary", 1, 3));
+        back.metadata.annotations = aborted.metadata.annotations;
+        let retried = after(Verb::Retry, &back);
+        let v = retried.verbs();
+        assert_eq!((v.retry, v.abort, v.paused, v.promote_step), (4, false, false, None));
+        assert_eq!(after(Verb::Retry, &retried_back(retried)).verbs().retry, 5);
         assert!(patch(Verb::Pause, &back).unwrap_err().contains("only `retry`"));
+    }
+
+    fn retried_back(mut r: DistrolessRollout) -> DistrolessRollout {
+        r.status.as_mut().unwrap().phase = Phase::RolledBack;
+        r
     }
 
     #[test]
@@ -330,6 +411,6 @@ mod tests {
         let r = rollout("Canary", 1, 0);
         assert!(summary(&r).starts_with("Canary step 2/4"), "{}", summary(&r));
         let text = describe_rollout(&r).join("\n");
-        assert!(text.contains("-> 1: 10%") && text.contains("0: staging"), "{text}");
+        assert!(text.contains("-> 2: 10%") && text.contains("1: staging"), "{text}");
     }
 }

@@ -152,9 +152,43 @@ async fn handle_review(state: &AppState, endpoint: Endpoint, body: Result<Bytes,
     axum::Json(decision.response.into_review()).into_response()
 }
 
-/// The router: `/validate`, `/mutate`, `/healthz`, `/readyz`, `/metrics`.
+/// `/rollouts`: who may create or change a DistrolessRollout.
+async fn handle_rollout(state: &AppState, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let bad = |status: StatusCode, message: String| {
+        warn!(endpoint = "rollouts", %status, %message, "bad admission request");
+        state.metrics.observe("rollouts", "error", started.elapsed());
+        json_error(status, message)
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return bad(rejection.status(), rejection.body_text()),
+    };
+    match state.admission.review_rollout(&body).await {
+        Ok(response) => {
+            let outcome = if response.allowed { "allowed" } else { "denied" };
+            if !response.allowed {
+                let message = response.status.as_ref().map(|s| s.message.as_str()).unwrap_or_default();
+                info!(endpoint = "rollouts", uid = %response.uid, %message, "rollout denied");
+            }
+            state.metrics.observe("rollouts", outcome, started.elapsed());
+            axum::Json(response.into_review()).into_response()
+        }
+        Err(e) => bad(StatusCode::BAD_REQUEST, format!("body is not an AdmissionReview: {e}")),
+    }
+}
+
+/// The router: `/validate`, `/mutate`, `/rollouts`, `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route(
+            "/rollouts",
+            post(
+                |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
+                    handle_rollout(&s, body).await
+                },
+            ),
+        )
         .route(
             "/validate",
             post(

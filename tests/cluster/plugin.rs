@@ -350,7 +350,7 @@ async fn rollout_verbs_drive_a_rollout_through_pause_promote_abort_retry_and_und
     );
     let described = text(&plugin(&["rollout", "get", "paused", "-n", &ns]).await).0;
     assert!(
-        described.contains("-> 0: 50%") && described.contains("then pause"),
+        described.contains("-> 1: 50%") && described.contains("then pause"),
         "{described}"
     );
     let promoted = plugin(&["rollout", "promote", "paused", "-n", &ns]).await;
@@ -371,6 +371,38 @@ async fn rollout_verbs_drive_a_rollout_through_pause_promote_abort_retry_and_und
     wait_phase(&ns, "web", "Canary", 60).await;
     assert!(plugin(&["rollout", "pause", "web", "-n", &ns]).await.status.success());
     wait_phase(&ns, "web", "Paused", 30).await;
+    // The verb is an annotation: a GitOps tool applying the rollout as Git has
+    // it (server-side, its own field manager) does not undo the pause.
+    let r = get_json(&["distrolessrollout", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(
+        r["metadata"]["annotations"]["distrolessguard.dev/paused"], "true",
+        "{r:#}"
+    );
+    assert!(r["spec"]["paused"] != true, "the spec was written: {r:#}");
+    let git = json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"targetRef": {"name": "web"},
+                 "containers": [{"name": "app", "image": format!("registry.test/{ns}/web:1-distroless")}],
+                 "steps": [{"weight": 50, "bakeSeconds": 3600}, {"weight": 100}], "paused": false}});
+    let synced = kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=gitops",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        &git.to_string(),
+    )
+    .await;
+    assert!(synced.status.success(), "{}", text(&synced).1);
+    let r = get_json(&["distrolessrollout", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(
+        r["metadata"]["annotations"]["distrolessguard.dev/paused"], "true",
+        "{r:#}"
+    );
+    wait_phase(&ns, "web", "Paused", 30).await;
     assert!(plugin(&["rollout", "resume", "web", "-n", &ns]).await.status.success());
     wait_phase(&ns, "web", "Canary", 30).await;
     // Still baking: status times out (exit 2), it does not claim success.
@@ -383,7 +415,7 @@ async fn rollout_verbs_drive_a_rollout_through_pause_promote_abort_retry_and_und
     // explain says which step failed and why.
     let why = text(&plugin(&["explain", "deployment/web", "-n", &ns]).await).0;
     assert!(
-        why.contains("DistrolessRollout web: RolledBack at step 0") && why.contains("Aborted"),
+        why.contains("DistrolessRollout web: RolledBack at step 1") && why.contains("Aborted"),
         "{why}"
     );
     // A verb that makes no sense now says so.

@@ -695,3 +695,90 @@ async fn with_prometheus_down_the_step_holds_and_then_rolls_back_instead_of_prom
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+/// A user `alice` (group `devs`) who may create and change DistrolessRollouts
+/// in `ns` and patch only the Deployment named `may_patch`.
+async fn restricted_user(ns: &str, may_patch: &str) {
+    let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "rollout-author", "namespace": ns},
+         "rules": [
+            {"apiGroups": ["distrolessguard.dev"], "resources": ["distrolessrollouts"],
+             "verbs": ["get", "list", "create", "update", "patch"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": [may_patch], "verbs": ["patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "rollout-author", "namespace": ns},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "rollout-author"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}]});
+    let out = kubectl_stdin(&["apply", "-f", "-"], &rbac.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+#[tokio::test]
+async fn a_user_who_may_not_patch_a_deployment_cannot_create_or_retarget_a_rollout_onto_it() {
+    let release = Release::install("distroless-guard-authz", &[]).await;
+    let ns = release.namespace("authz", &[]).await;
+    let payments = format!("registry.test/{ns}/payments:1");
+    app(&ns, "web", 1, &format!("registry.test/{ns}/web:1"), Value::Null).await;
+    app(&ns, "payments", 1, &payments, Value::Null).await;
+    restricted_user(&ns, "web").await;
+    let as_alice = ["--as=alice", "--as-group=devs", "--as-group=system:authenticated"];
+    let rollout = |name: &str, target: &str| {
+        json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"targetRef": {"name": target},
+                     "containers": [{"name": "app", "image": format!("registry.test/{ns}/{target}:1-distroless")}],
+                     "steps": [{"staging": {"replicas": 1}, "pause": true}]}})
+        .to_string()
+    };
+    // RBAC lets alice create rollouts, so the refusal can only be the webhook's.
+    let mut create = vec!["create", "-f", "-"];
+    create.extend(as_alice);
+    let out = kubectl_stdin(&create, &rollout("steal", "payments")).await;
+    let (_, err) = text(&out);
+    assert!(!out.status.success(), "alice created a rollout of payments");
+    assert!(
+        err.contains("rollouts.distrolessguard.dev") && err.contains("may not patch deployments/payments"),
+        "{err}"
+    );
+    let out = kubectl_stdin(&create, &rollout("mine", "web")).await;
+    assert!(out.status.success(), "alice may roll out web: {}", text(&out).1);
+    // Retargeting her own rollout onto payments is refused the same way.
+    let mut retarget = vec![
+        "patch",
+        "distrolessrollout",
+        "mine",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"targetRef":{"name":"payments"}}}"#,
+    ];
+    retarget.extend(as_alice);
+    let out = kubectl(&retarget).await;
+    let (_, err) = text(&out);
+    assert!(!out.status.success(), "alice retargeted her rollout onto payments");
+    assert!(err.contains("may not patch deployments/payments"), "{err}");
+    // A verb is an action on the Deployment too; on her own rollout it is hers to take.
+    let mut pause = vec![
+        "annotate",
+        "distrolessrollout",
+        "mine",
+        "-n",
+        &ns,
+        "distrolessguard.dev/paused=true",
+    ];
+    pause.extend(as_alice);
+    kubectl_ok(&pause).await;
+    let r = get_json(&["distrolessrollout", "mine", "-n", &ns]).await.unwrap();
+    assert_eq!(
+        r["spec"]["targetRef"]["name"], "web",
+        "the refused patch changed nothing"
+    );
+    let d = get_json(&["deployment", "payments", "-n", &ns]).await.unwrap();
+    assert_eq!(image_of(&d), payments);
+    assert!(get_json(&["distrolessrollout", "steal", "-n", &ns]).await.is_none());
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}

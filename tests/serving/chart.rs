@@ -244,7 +244,8 @@ fn webhooks(config: &Value) -> &Vec<Value> {
 }
 
 #[test]
-fn the_webhooks_never_intercept_the_control_plane_or_the_release_namespace() {
+fn the_workload_webhooks_never_intercept_the_control_plane_or_the_release_namespace_and_the_rollout_webhook_sees_only_rollouts()
+ {
     for Set {
         name,
         namespace,
@@ -258,6 +259,19 @@ fn the_webhooks_never_intercept_the_control_plane_or_the_release_namespace() {
         let extra = strings(&values["webhook"]["excludeNamespaces"]);
         for config in configs {
             for w in webhooks(config) {
+                if w["name"] == "rollouts.distrolessguard.dev" {
+                    // Every namespace, so no rollout escapes the authorization
+                    // check; it can block nothing but our own resource.
+                    assert!(w.get("namespaceSelector").is_none(), "{name}: {w:#}");
+                    assert_eq!(w["failurePolicy"], "Fail", "{name}");
+                    let rules = w["rules"].as_array().unwrap();
+                    assert!(
+                        rules.iter().all(|r| r["apiGroups"] == json!(["distrolessguard.dev"])
+                            && r["resources"] == json!(["distrolessrollouts"])),
+                        "{name}: {rules:#?}"
+                    );
+                    continue;
+                }
                 let exprs = w["namespaceSelector"]["matchExpressions"].as_array().unwrap();
                 let guard = exprs
                     .iter()

@@ -171,3 +171,30 @@ async fn health_readiness_and_metrics_follow_the_state() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_rollouts_route_refuses_what_it_cannot_authorize_and_answers_bad_input_with_400() {
+    // A webhook with no API server cannot ask who may patch the target.
+    let s = state();
+    let create = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "r1", "kind": {"group": "distrolessguard.dev", "version": "v1alpha1", "kind": "DistrolessRollout"},
+        "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "alice"},
+        "object": {"metadata": {"name": "web"}, "spec": {"targetRef": {"name": "web"}}}}});
+    let resp = review(&s, "/rollouts", &create).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without an API server"),
+        "{resp}"
+    );
+    let (status, body, _) = call(&s, "POST", "/rollouts", b"{\"request\": 1}".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("not an AdmissionReview"),
+        "{body}"
+    );
+    let (_, _, metrics) = call(&s, "GET", "/metrics", Vec::new()).await;
+    assert!(metrics.contains("endpoint=\"rollouts\""), "{metrics}");
+}

@@ -293,7 +293,7 @@ async fn apply(
                 plan.status.preflight = Some(PreflightResult {
                     passed,
                     message,
-                    retry: rollout.spec.retry,
+                    retry: rollout.verbs().retry,
                 });
                 plan.requeue = Some(Duration::from_millis(100));
             }

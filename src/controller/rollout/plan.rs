@@ -193,7 +193,7 @@ impl<'a> Planner<'a> {
             _ => "promotion to 100%".to_string(),
         };
         self.actions
-            .push(event(false, "StepStarted", format!("step {index}: {what}")));
+            .push(event(false, "StepStarted", format!("step {}: {what}", index + 1)));
     }
 
     /// Stops on a failure: closes the gates, shrinks the canary, restores the
@@ -274,13 +274,16 @@ impl<'a> Planner<'a> {
     fn plan(mut self) -> Plan {
         let o = self.o;
         let spec = &o.rollout.spec;
+        let verbs = o.rollout.verbs();
         self.st.observed_generation = o.rollout.metadata.generation;
+        self.st.observed_verbs = o.rollout.verb_annotations();
 
         // A new attempt, asked for explicitly.
-        if spec.retry != self.st.observed_retry {
+        if verbs.retry != self.st.observed_retry {
             let standard = std::mem::take(&mut self.st.standard_images);
             self.st = DistrolessRolloutStatus {
-                observed_retry: spec.retry,
+                observed_retry: verbs.retry,
+                observed_verbs: std::mem::take(&mut self.st.observed_verbs),
                 observed_generation: o.rollout.metadata.generation,
                 standard_images: standard,
                 deployment_patched: self.st.deployment_patched,
@@ -288,7 +291,7 @@ impl<'a> Planner<'a> {
                 ..DistrolessRolloutStatus::default()
             };
             self.actions
-                .push(event(false, "Retry", format!("attempt {} begins", spec.retry + 1)));
+                .push(event(false, "Retry", format!("attempt {} begins", verbs.retry + 1)));
         }
         if self.st.phase == Phase::Succeeded {
             for rs in o.canaries {
@@ -327,7 +330,7 @@ impl<'a> Planner<'a> {
             }
             return self.finish();
         }
-        if spec.abort {
+        if verbs.abort {
             self.fail("Aborted", "the rollout was aborted; back on the standard images".into());
             return self.finish();
         }
@@ -359,12 +362,12 @@ impl<'a> Planner<'a> {
 
         if self.st.phase == Phase::Preflight {
             match &self.st.preflight {
-                Some(p) if p.retry == spec.retry && !p.passed => {
+                Some(p) if p.retry == verbs.retry && !p.passed => {
                     let message = p.message.clone();
                     self.fail("PreflightFailed", message);
                     return self.finish();
                 }
-                Some(p) if p.retry == spec.retry => {
+                Some(p) if p.retry == verbs.retry => {
                     self.actions.push(event(false, "PreflightPassed", p.message.clone()));
                     self.enter_step(0);
                 }
@@ -387,7 +390,7 @@ impl<'a> Planner<'a> {
             ));
             self.st.phase = Phase::Promoting;
         }
-        if spec.promote_full && self.st.phase != Phase::Promoting {
+        if verbs.promote_full && self.st.phase != Phase::Promoting {
             self.actions.push(event(
                 false,
                 "PromotedFull",
@@ -407,7 +410,10 @@ impl<'a> Planner<'a> {
     fn run_step(&mut self, d: &Deployment, distroless: &BTreeMap<String, String>) {
         let o = self.o;
         let spec = &o.rollout.spec;
+        let verbs = o.rollout.verbs();
         let index = self.st.current_step;
+        // Steps are numbered from 1 wherever a person reads them.
+        let number = index + 1;
         let Some(step) = effective_step(self.steps(), index as usize) else {
             self.st.phase = Phase::Promoting;
             return self.promote(d, distroless, false);
@@ -464,7 +470,7 @@ impl<'a> Planner<'a> {
                 canary::weight_of(wanted, stable)
             );
         } else {
-            self.st.message = format!("step {index}: {ready}/{wanted} canary pods ready");
+            self.st.message = format!("step {number}: {ready}/{wanted} canary pods ready");
         }
         // Timers: pods not ready in time, images not pulled in time.
         for p in &pods {
@@ -547,7 +553,7 @@ impl<'a> Planner<'a> {
         // A gate never read in this step (or unread now) holds the bake.
         let unvouched = spec.metrics.iter().any(|g| !o.metrics.iter().any(|r| r.name == g.name));
         if !unread.is_empty() || unvouched {
-            self.st.phase = if spec.paused { Phase::Paused } else { phase_of(&step) };
+            self.st.phase = if verbs.paused { Phase::Paused } else { phase_of(&step) };
             self.st.message = if unread.is_empty() {
                 "waiting for the metric gates' first reading".into()
             } else {
@@ -557,24 +563,24 @@ impl<'a> Planner<'a> {
         }
         let bake_end = ready_at + jiff::SignedDuration::from_secs(i64::from(step.bake_seconds));
         // `rollout promote` (promoteStep = this step) ends the bake as well as a pause.
-        let promoted = spec.promote_step == Some(index);
+        let promoted = verbs.promote_step == Some(index);
         if o.now < bake_end && !promoted {
             self.after(o.now.duration_until(bake_end).unsigned_abs());
-            self.st.phase = if spec.paused { Phase::Paused } else { phase_of(&step) };
+            self.st.phase = if verbs.paused { Phase::Paused } else { phase_of(&step) };
             return;
         }
-        if spec.paused {
+        if verbs.paused {
             self.st.phase = Phase::Paused;
-            self.st.message = format!("step {index} done; paused (spec.paused)");
+            self.st.message = format!("step {number} done; paused");
             return;
         }
-        if step.pause && spec.promote_step != Some(index) {
+        if step.pause && verbs.promote_step != Some(index) {
             self.st.phase = Phase::Paused;
-            self.st.message = format!("step {index} done; waiting for `kubectl distroless rollout promote`");
+            self.st.message = format!("step {number} done; waiting for `kubectl distroless rollout promote`");
             return;
         }
         self.actions
-            .push(event(false, "StepCompleted", format!("step {index} baked healthy")));
+            .push(event(false, "StepCompleted", format!("step {number} baked healthy")));
         self.enter_step(index + 1);
         self.after(Duration::from_millis(500));
     }
@@ -726,6 +732,8 @@ impl<'a> Planner<'a> {
 
     fn finish(mut self) -> Plan {
         let prev = self.o.rollout.status.clone().unwrap_or_default();
+        let steps = self.steps().len() as u32;
+        self.st.step = format!("{}/{steps}", (self.st.current_step + 1).min(steps));
         self.st.conditions = conditions(&self.st, &prev.conditions, self.o.now);
         Plan {
             actions: self.actions,
@@ -1365,12 +1373,20 @@ mod tests {
         assert_ne!(w.canaries[0].metadata.name, first);
         assert_eq!(w.canaries.len(), 1, "the old canary is deleted");
         assert!(w.events.iter().any(|e| e == "TemplateChanged"));
-        w.rollout.spec.abort = true;
+        // `rollout abort` writes the annotation, not the spec.
+        w.rollout.metadata.annotations =
+            Some([(crate::api::rollout::verbs::ABORT.to_string(), "true".to_string())].into());
         w.step();
         let s = w.status();
         assert_eq!(
             (s.phase, s.failure.unwrap().reason.as_str()),
             (Phase::RolledBack, "Aborted")
+        );
+        assert_eq!(
+            s.observed_verbs
+                .get(crate::api::rollout::verbs::ABORT)
+                .map(String::as_str),
+            Some("true")
         );
     }
 

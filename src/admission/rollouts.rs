@@ -1,0 +1,368 @@
+//! Admission of DistrolessRollouts: the operator may patch every Deployment,
+//! so a rollout must never let its author change a Deployment they could not
+//! change themselves. Creating a rollout, or changing its spec or its verb
+//! annotations (`distrolessguard.dev/promote`, ...), is allowed only to a user
+//! the API server says may `patch` the target Deployment (a
+//! SubjectAccessReview for the request's user, groups and extra). Anything
+//! that cannot be decided (no API server, the review fails) is denied.
+//! Metadata-only updates (the operator's own finalizer) and deletes pass:
+//! deleting a rollout only ever goes back to the standard images its
+//! authorised author started from.
+
+use std::collections::BTreeMap;
+
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::review::{AdmissionResponse, GroupVersionKind, Operation};
+
+/// The prefix of the annotations that act as verbs (see `api::rollout::verbs`).
+const VERB_PREFIX: &str = "distrolessguard.dev/";
+
+/// Who made a request, as the API server authenticated it: everything a
+/// SubjectAccessReview needs to ask about the same user.
+#[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestUser {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// Asks the API server whether a user may patch a Deployment.
+pub trait DeploymentAccess: Send + Sync {
+    /// `Ok(true)` when allowed; `Err` when the question could not be answered.
+    fn may_patch<'a>(
+        &'a self,
+        user: &'a RequestUser,
+        namespace: &'a str,
+        deployment: &'a str,
+    ) -> BoxFuture<'a, Result<bool, String>>;
+}
+
+#[derive(Deserialize, Debug)]
+struct Review {
+    request: Request,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default)]
+    user_info: RequestUser,
+    #[serde(default)]
+    object: Option<Rollout>,
+    #[serde(default)]
+    old_object: Option<Rollout>,
+}
+
+#[derive(Deserialize, Debug, Default, PartialEq)]
+struct Rollout {
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    spec: Value,
+}
+
+#[derive(Deserialize, Debug, Default, PartialEq)]
+struct Metadata {
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+impl Rollout {
+    fn target(&self) -> Option<&str> {
+        self.spec.pointer("/targetRef/name").and_then(Value::as_str)
+    }
+
+    fn verbs(&self) -> BTreeMap<&str, &str> {
+        self.metadata
+            .annotations
+            .iter()
+            .filter(|(k, _)| k.starts_with(VERB_PREFIX))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Whether `self` asks the operator for something `old` did not.
+    fn acts_differently_from(&self, old: &Rollout) -> bool {
+        self.spec != old.spec || self.verbs() != old.verbs()
+    }
+}
+
+/// The review of one DistrolessRollout request. `Err` only for a body that
+/// is not an AdmissionReview (answered with HTTP 400).
+pub async fn review(
+    body: &[u8],
+    access: Option<&dyn DeploymentAccess>,
+) -> Result<AdmissionResponse, serde_json::Error> {
+    let review: Review = super::review::parse(body)?;
+    let req = review.request;
+    let uid = req.uid.as_str();
+    if req.kind.kind != "DistrolessRollout" || !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Ok(AdmissionResponse::allow(uid));
+    }
+    let Some(object) = req.object.as_ref() else {
+        return Ok(AdmissionResponse::deny(
+            uid,
+            400,
+            "BadRequest",
+            "the review carries no object".into(),
+        ));
+    };
+    if let Some(why) = object
+        .metadata
+        .annotations
+        .iter()
+        .find_map(|(k, v)| crate::api::rollout::verbs::invalid(k, v))
+    {
+        return Ok(AdmissionResponse::deny(uid, 422, "Invalid", why));
+    }
+    let old = req.old_object.as_ref();
+    if old.is_some_and(|old| !object.acts_differently_from(old)) {
+        return Ok(AdmissionResponse::allow(uid));
+    }
+    let namespace = req.namespace.as_deref().unwrap_or_default();
+    // The new target, and on an update the old one too: moving a rollout
+    // off a Deployment changes that Deployment's future as well.
+    let mut targets: Vec<&str> = object.target().into_iter().collect();
+    if let Some(t) = old.and_then(Rollout::target).filter(|t| !targets.contains(t)) {
+        targets.push(t);
+    }
+    let Some(access) = access else {
+        return Ok(AdmissionResponse::deny(
+            uid,
+            500,
+            "InternalError",
+            "this webhook runs without an API server and cannot check who may change the target Deployment; \
+             DistrolessRollouts are admitted only by the operator's webhook"
+                .into(),
+        ));
+    };
+    let user = &req.user_info;
+    for target in targets {
+        match access.may_patch(user, namespace, target).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(AdmissionResponse::deny(
+                    uid,
+                    403,
+                    "Forbidden",
+                    format!(
+                        "user {:?} may not patch deployments/{target} in namespace {namespace:?}: a DistrolessRollout \
+                         changes the images of the Deployment it targets, so creating or changing one needs that \
+                         permission (the operator does not lend its own)",
+                        user.username
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Ok(AdmissionResponse::deny(
+                    uid,
+                    500,
+                    "InternalError",
+                    format!(
+                        "cannot check whether user {:?} may patch deployments/{target} in namespace {namespace:?} \
+                         ({e}); the rollout is refused until it can be checked",
+                        user.username
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(AdmissionResponse::allow(uid))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::FutureExt;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Answers from a fixed table and records every question.
+    struct Table {
+        allowed: Vec<(&'static str, &'static str)>,
+        fail: bool,
+        asked: Mutex<Vec<(RequestUser, String, String)>>,
+    }
+
+    impl DeploymentAccess for Table {
+        fn may_patch<'a>(
+            &'a self,
+            user: &'a RequestUser,
+            namespace: &'a str,
+            deployment: &'a str,
+        ) -> BoxFuture<'a, Result<bool, String>> {
+            self.asked
+                .lock()
+                .unwrap()
+                .push((user.clone(), namespace.into(), deployment.into()));
+            let answer = if self.fail {
+                Err("connection refused".into())
+            } else {
+                Ok(self
+                    .allowed
+                    .iter()
+                    .any(|(u, d)| *u == user.username && *d == deployment))
+            };
+            async move { answer }.boxed()
+        }
+    }
+
+    fn table(allowed: &[(&'static str, &'static str)]) -> Table {
+        Table {
+            allowed: allowed.to_vec(),
+            fail: false,
+            asked: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn rollout(target: &str, annotations: Value) -> Value {
+        json!({"metadata": {"name": "r", "annotations": annotations},
+               "spec": {"targetRef": {"name": target}, "containers": [{"name": "app", "image": "x:1-distroless"}]}})
+    }
+
+    fn body(operation: &str, object: Value, old: Value) -> Vec<u8> {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u1", "kind": {"group": "distrolessguard.dev", "version": "v1alpha1", "kind": "DistrolessRollout"},
+            "namespace": "team", "operation": operation,
+            "userInfo": {"username": "alice", "uid": "42", "groups": ["devs", "system:authenticated"],
+                         "extra": {"scopes": ["a"]}},
+            "object": object, "oldObject": old}})
+        .to_string()
+        .into_bytes()
+    }
+
+    async fn decide(access: Option<&Table>, body: &[u8]) -> AdmissionResponse {
+        review(body, access.map(|a| a as &dyn DeploymentAccess)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_create_is_denied_with_the_reason_when_the_user_may_not_patch_the_target() {
+        let access = table(&[("alice", "other")]);
+        let r = decide(Some(&access), &body("CREATE", rollout("web", json!({})), Value::Null)).await;
+        assert!(!r.allowed);
+        let status = r.status.unwrap();
+        assert_eq!(status.code, 403);
+        assert!(
+            status.message.contains("may not patch deployments/web"),
+            "{}",
+            status.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_create_is_allowed_when_the_user_may_patch_the_target_and_the_question_names_user_groups_and_extra() {
+        let access = table(&[("alice", "web")]);
+        let r = decide(Some(&access), &body("CREATE", rollout("web", json!({})), Value::Null)).await;
+        assert!(r.allowed);
+        let asked = access.asked.lock().unwrap();
+        assert_eq!(asked.len(), 1);
+        let (user, ns, d) = &asked[0];
+        assert_eq!(
+            (user.username.as_str(), user.uid.as_str(), ns.as_str(), d.as_str()),
+            ("alice", "42", "team", "web")
+        );
+        assert_eq!(user.groups, ["devs", "system:authenticated"]);
+        assert_eq!(user.extra["scopes"], ["a"]);
+    }
+
+    #[tokio::test]
+    async fn retargeting_needs_permission_on_the_old_and_the_new_deployment() {
+        let access = table(&[("alice", "web")]);
+        let r = decide(
+            Some(&access),
+            &body("UPDATE", rollout("web", json!({})), rollout("payments", json!({}))),
+        )
+        .await;
+        assert!(!r.allowed, "alice may not patch payments, the old target");
+        let asked: Vec<String> = access.asked.lock().unwrap().iter().map(|a| a.2.clone()).collect();
+        assert_eq!(asked, ["web", "payments"]);
+    }
+
+    #[tokio::test]
+    async fn a_verb_annotation_is_checked_but_a_metadata_only_update_is_not() {
+        let access = table(&[]);
+        let old = rollout("web", json!({}));
+        let verb = decide(
+            Some(&access),
+            &body(
+                "UPDATE",
+                rollout("web", json!({"distrolessguard.dev/abort": "true"})),
+                old.clone(),
+            ),
+        )
+        .await;
+        assert!(!verb.allowed, "an abort is an action on the Deployment");
+        let label = decide(
+            Some(&access),
+            &body("UPDATE", rollout("web", json!({"team": "payments"})), old),
+        )
+        .await;
+        assert!(
+            label.allowed,
+            "an unrelated annotation changes nothing the operator does"
+        );
+        assert_eq!(access.asked.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unanswerable_question_or_no_api_server_denies() {
+        let failing = Table {
+            fail: true,
+            ..table(&[("alice", "web")])
+        };
+        let r = decide(Some(&failing), &body("CREATE", rollout("web", json!({})), Value::Null)).await;
+        assert!(!r.allowed);
+        assert!(r.status.unwrap().message.contains("connection refused"));
+        let r = decide(None, &body("CREATE", rollout("web", json!({})), Value::Null)).await;
+        assert!(!r.allowed);
+    }
+
+    #[tokio::test]
+    async fn a_verb_annotation_that_is_not_a_verb_is_refused_with_what_it_takes() {
+        let access = table(&[("alice", "web")]);
+        for (key, value, want) in [
+            ("distrolessguard.dev/promote", "0", "a step number from 1"),
+            ("distrolessguard.dev/paused", "yes", "\"true\" or \"false\""),
+            ("distrolessguard.dev/retry", "-1", "an attempt number"),
+        ] {
+            let r = decide(
+                Some(&access),
+                &body("CREATE", rollout("web", json!({key: value})), Value::Null),
+            )
+            .await;
+            assert!(!r.allowed, "{key}: {value}");
+            let message = r.status.unwrap().message;
+            assert!(message.contains(key) && message.contains(want), "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn deletes_pass_without_a_question() {
+        let access = table(&[]);
+        let r = decide(Some(&access), &body("DELETE", Value::Null, rollout("web", json!({})))).await;
+        assert!(r.allowed);
+        assert!(access.asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_a_review_is_an_error_not_a_panic() {
+        assert!(review(b"{\"request\": 3}", None).await.is_err());
+        assert!(review(b"\xff\xfe", None).await.is_err());
+    }
+}

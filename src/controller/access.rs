@@ -1,0 +1,56 @@
+//! [`DeploymentAccess`] through the API server: a SubjectAccessReview for
+//! the requesting user, so the rollout webhook asks exactly what the API
+//! server would decide for that user's own `kubectl patch deployment`.
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use kube::api::{Api, PostParams};
+
+use crate::admission::rollouts::{DeploymentAccess, RequestUser};
+
+pub(crate) struct SubjectAccess {
+    client: kube::Client,
+}
+
+impl SubjectAccess {
+    pub(crate) fn new(client: kube::Client) -> Self {
+        SubjectAccess { client }
+    }
+}
+
+impl DeploymentAccess for SubjectAccess {
+    fn may_patch<'a>(
+        &'a self,
+        user: &'a RequestUser,
+        namespace: &'a str,
+        deployment: &'a str,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        async move {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.username.clone()),
+                    uid: Some(user.uid.clone()).filter(|u| !u.is_empty()),
+                    groups: Some(user.groups.clone()),
+                    extra: Some(user.extra.clone()).filter(|e| !e.is_empty()),
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: Some(namespace.into()),
+                        verb: Some("patch".into()),
+                        group: Some("apps".into()),
+                        resource: Some("deployments".into()),
+                        name: Some(deployment.into()),
+                        ..ResourceAttributes::default()
+                    }),
+                    ..SubjectAccessReviewSpec::default()
+                },
+                ..SubjectAccessReview::default()
+            };
+            let answer = Api::<SubjectAccessReview>::all(self.client.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| format!("SubjectAccessReview: {e}"))?;
+            Ok(answer.status.is_some_and(|s| s.allowed && s.denied != Some(true)))
+        }
+        .boxed()
+    }
+}
