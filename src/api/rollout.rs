@@ -266,6 +266,27 @@ pub struct FailurePolicy {
     #[serde(default = "default_image_pull_grace")]
     #[schemars(range(max = 3600))]
     pub image_pull_grace_seconds: u32,
+    /// How long a step may take to have all its canary pods ready, and the
+    /// promotion to finish the Deployment's rolling update, in seconds. Past
+    /// it the rollout rolls back (`ProgressDeadlineExceeded`).
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub progress_deadline_seconds: u32,
+    /// `AwaitGitOps`: how long the last canary is held waiting for the Git
+    /// change, in seconds (default one day). Past it the rollout rolls back
+    /// (`GitOpsDeadlineExceeded`): an unwatched canary is not left serving
+    /// forever.
+    #[serde(default = "default_gitops_deadline")]
+    #[schemars(range(min = 60, max = 2592000))]
+    pub git_ops_deadline_seconds: u32,
+}
+
+fn default_progress_deadline() -> u32 {
+    600
+}
+
+fn default_gitops_deadline() -> u32 {
+    86400
 }
 
 fn default_ready_timeout() -> u32 {
@@ -282,6 +303,8 @@ impl Default for FailurePolicy {
             max_restarts: 0,
             ready_timeout_seconds: default_ready_timeout(),
             image_pull_grace_seconds: default_image_pull_grace(),
+            progress_deadline_seconds: default_progress_deadline(),
+            git_ops_deadline_seconds: default_gitops_deadline(),
         }
     }
 }
@@ -307,6 +330,10 @@ pub struct MetricGate {
     pub address: String,
     /// An instant query. Several series: the highest value counts. No sample
     /// or `NaN` (a ratio over no traffic): inconclusive, like an error.
+    /// `{{namespace}}`, `{{deployment}}`, `{{canaryHash}}` (the canary pods'
+    /// `pod-template-hash`; after promotion, the Deployment's new pods') and
+    /// `{{canaryPods}}` (their names as a regex alternation, `a|b`) are
+    /// replaced before the query is sent, to scope it to the canary.
     pub query: String,
     /// The rollout fails when the value goes above this.
     pub threshold: f64,
@@ -316,6 +343,12 @@ pub struct MetricGate {
     #[serde(default = "four")]
     #[schemars(range(max = 100))]
     pub consecutive_error_limit: u32,
+    /// Readings above the threshold tolerated in this attempt before the
+    /// rollout rolls back (Argo Rollouts' `failureLimit`); default 0: the
+    /// first one rolls back.
+    #[serde(default)]
+    #[schemars(range(max = 100))]
+    pub failure_limit: u32,
 }
 
 fn four() -> u32 {
@@ -339,6 +372,11 @@ pub enum Phase {
     RolledBack,
     /// Held by `spec.paused` or a step's `pause`.
     Paused,
+    /// The distroless images came into the Deployment from Git (not from the
+    /// operator) and failed there: the operator does not fight Git, so the
+    /// Git change must be reverted. Becomes `RolledBack` once the template is
+    /// back on the standard images.
+    GitRevertNeeded,
 }
 
 impl Phase {
@@ -351,10 +389,11 @@ impl Phase {
             Phase::Succeeded => "Succeeded",
             Phase::RolledBack => "RolledBack",
             Phase::Paused => "Paused",
+            Phase::GitRevertNeeded => "GitRevertNeeded",
         }
     }
 
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Preflight,
         Phase::Staging,
         Phase::Canary,
@@ -362,11 +401,17 @@ impl Phase {
         Phase::Succeeded,
         Phase::RolledBack,
         Phase::Paused,
+        Phase::GitRevertNeeded,
     ];
 
     /// Nothing more happens until the spec changes.
     pub fn is_final(self) -> bool {
         matches!(self, Phase::Succeeded | Phase::RolledBack)
+    }
+
+    /// Stopped on a failure: rolled back, or waiting for Git to revert.
+    pub fn is_stopped(self) -> bool {
+        matches!(self, Phase::RolledBack | Phase::GitRevertNeeded)
     }
 }
 
@@ -435,6 +480,13 @@ pub struct DistrolessRolloutStatus {
     /// plugin number steps; `currentStep` is the 0-based index).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub step: String,
+    /// Per metric gate, the readings above its threshold in this attempt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metric_failures: BTreeMap<String, u32>,
+    /// When the Deployment's template was first seen carrying the distroless
+    /// images (the promotion's deadline counts from then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<Time>,
     /// Per metric gate, the readings in a row that failed (reset by a good one).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metric_errors: BTreeMap<String, u32>,

@@ -388,7 +388,7 @@ async fn rollout_cmd(global: &Global, verb: &RolloutVerb) -> anyhow::Result<Exit
                     println!("rollout {name} is paused: `kubectl distroless rollout promote {name}` continues it");
                     ExitCode::SUCCESS
                 }
-                rollout::Outcome::RolledBack => {
+                rollout::Outcome::RolledBack | rollout::Outcome::GitRevertNeeded => {
                     let r = rollout::get(&client, &ns, name).await.map_err(fail)?;
                     rollout::describe_rollout(&r).iter().for_each(|l| eprintln!("{l}"));
                     ExitCode::from(1)

@@ -142,6 +142,8 @@ pub enum Outcome {
     Succeeded,
     RolledBack,
     Paused,
+    /// Failed on images that came from Git: the Git change must be reverted.
+    GitRevertNeeded,
     TimedOut,
 }
 
@@ -178,6 +180,7 @@ pub async fn wait(
         match r.status.as_ref().map(|s| s.phase) {
             Some(Phase::Succeeded) => Some(Outcome::Succeeded),
             Some(Phase::RolledBack) => Some(Outcome::RolledBack),
+            Some(Phase::GitRevertNeeded) => Some(Outcome::GitRevertNeeded),
             Some(Phase::Paused) => Some(Outcome::Paused),
             _ => None,
         }
@@ -212,6 +215,12 @@ pub async fn undo(client: &kube::Client, namespace: &str, name: &str, timeout: D
             "rollout {name} succeeded: the Deployment runs the distroless images; to go back, change its images \
              (or `kubectl rollout undo deployment/{}`), then delete the rollout",
             r.spec.target_ref.name
+        )));
+    }
+    if phase == Phase::GitRevertNeeded {
+        return Err(Error::Refused(format!(
+            "rollout {name}: the Deployment got the distroless images from Git and they failed; revert that change \
+             in Git (the rollout becomes RolledBack when the Deployment is back on the standard images), then undo"
         )));
     }
     if phase != Phase::RolledBack {

@@ -13,6 +13,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::api::DistrolessRollout;
+
 /// The most of an answer that is read.
 const MAX_ANSWER: usize = 4 << 20;
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -59,6 +63,52 @@ pub(crate) async fn query(address: &str, query: &str) -> Result<f64, String> {
     value_of(&v)
 }
 
+/// The values a gate's query may name, to scope it to the canary.
+pub(crate) struct QueryVars {
+    pairs: [(&'static str, String); 4],
+}
+
+impl QueryVars {
+    /// For `rollout` judged on `pods` (the canary's, or the promoted Deployment's).
+    pub(crate) fn new(rollout: &DistrolessRollout, pods: &[Pod]) -> Self {
+        let live: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let hash = live
+            .iter()
+            .find_map(|p| p.metadata.labels.as_ref()?.get("pod-template-hash").cloned())
+            .unwrap_or_default();
+        let mut names: Vec<String> = live
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .map(regex_escape)
+            .collect();
+        names.sort();
+        QueryVars {
+            pairs: [
+                ("{{namespace}}", rollout.metadata.namespace.clone().unwrap_or_default()),
+                ("{{deployment}}", rollout.spec.target_ref.name.clone()),
+                ("{{canaryHash}}", hash),
+                ("{{canaryPods}}", names.join("|")),
+            ],
+        }
+    }
+
+    /// The query with every variable replaced.
+    pub(crate) fn apply(&self, query: &str) -> String {
+        self.pairs
+            .iter()
+            .fold(query.to_string(), |q, (name, value)| q.replace(name, value))
+    }
+}
+
+/// A pod name as a PromQL regex literal (names hold only `a-z0-9.-`; the
+/// dot is the one character that means something there).
+fn regex_escape(name: &str) -> String {
+    name.replace('.', "\\\\.")
+}
+
 /// The gate's value in a Prometheus answer, or why there is none.
 pub(crate) fn value_of(v: &serde_json::Value) -> Result<f64, String> {
     if v["status"] != "success" {
@@ -102,6 +152,33 @@ mod tests {
             .map(|(i, v)| json!({"metric": {"pod": format!("p{i}")}, "value": [1.0, v]}))
             .collect();
         json!({"status": "success", "data": {"resultType": "vector", "result": result}})
+    }
+
+    #[test]
+    fn query_variables_scope_a_query_to_the_live_canary_pods() {
+        let rollout: DistrolessRollout = serde_json::from_value(json!({
+            "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout",
+            "metadata": {"name": "r", "namespace": "shop"},
+            "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": "x"}]}}))
+        .unwrap();
+        let pod = |name: &str, gone: bool| -> Pod {
+            let mut p = json!({"metadata": {"name": name, "labels": {"pod-template-hash": "abc12"}}});
+            if gone {
+                p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            serde_json::from_value(p).unwrap()
+        };
+        let pods = [
+            pod("web-canary-b", false),
+            pod("web-canary-a", false),
+            pod("web-canary-old", true),
+        ];
+        let vars = QueryVars::new(&rollout, &pods);
+        assert_eq!(
+            vars.apply(r#"sum(rate(errors{namespace="{{namespace}}",pod=~"{{canaryPods}}",hash="{{canaryHash}}",app="{{deployment}}"}[1m]))"#),
+            r#"sum(rate(errors{namespace="shop",pod=~"web-canary-a|web-canary-b",hash="abc12",app="web"}[1m]))"#
+        );
+        assert_eq!(vars.apply("up"), "up", "a query without variables is sent as written");
     }
 
     #[test]

@@ -273,6 +273,12 @@ pub(crate) fn hint(reason: &str, exit_code: Option<i32>, message: &str) -> Strin
         ("Unschedulable", _) => {
             "no node has room for the canary's pods, which come on top of the Deployment's: free capacity, lower the step's weight, or check the pods' requests, node selectors and taints; the image is not at fault".into()
         }
+        ("ProgressDeadlineExceeded", _) => {
+            "the pods did not become ready in time though none failed outright: look for pods Pending (capacity, quota, a volume) or slow to start, then raise failure.progressDeadlineSeconds if the application needs longer".into()
+        }
+        ("GitOpsDeadlineExceeded", _) => {
+            "the Git change that moves the Deployment to the distroless images did not arrive in time: merge and sync it, then `kubectl distroless rollout retry`".into()
+        }
         ("FailedCreate", _) => "the API server refused the canary's pods (Pod Security Admission or an admission webhook): fix the pod template or the policy, as the message says".into(),
         _ => String::new(),
     }
@@ -421,6 +427,7 @@ mod tests {
             image_pull_grace_seconds: 30,
             ready_timeout_seconds: 120,
             max_restarts: 0,
+            ..FailurePolicy::default()
         };
         let pulling = |age| pod(waiting("ImagePullBackOff", "Back-off pulling image"), age, now());
         assert!(classify_pod(&pulling(10), &policy, now()).is_none());

@@ -19,6 +19,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::core::{Expression, Selector};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -52,6 +53,8 @@ pub(crate) enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    #[error("the selector of Deployment {deployment} cannot be read: {message}")]
+    Selector { deployment: String, message: String },
 }
 
 fn kerr(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
@@ -170,13 +173,14 @@ async fn snapshot(rollout: &DistrolessRollout, client: &kube::Client) -> Result<
     let phase = rollout.status.as_ref().map(|s| s.phase).unwrap_or_default();
     let mut promoted_pods = Vec::new();
     if phase == Phase::Promoting
-        && let Some(selector) = deployment.as_ref().and_then(|d| d.spec.selector.match_labels.clone())
+        && let Some(d) = deployment.as_ref()
     {
-        let labels = selector
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        // The Deployment's whole selector (matchExpressions too), minus the canary.
+        let mut selector = Selector::try_from(d.spec.selector.clone()).map_err(|e| ReconcileError::Selector {
+            deployment: d.name_any(),
+            message: e.to_string(),
+        })?;
+        selector.extend([Expression::DoesNotExist(ROLLOUT_LABEL.into())]);
         let distroless: BTreeMap<&str, &str> = rollout
             .spec
             .containers
@@ -184,7 +188,7 @@ async fn snapshot(rollout: &DistrolessRollout, client: &kube::Client) -> Result<
             .map(|c| (c.name.as_str(), c.image.as_str()))
             .collect();
         promoted_pods = pods_api
-            .list(&ListParams::default().labels(&format!("{labels},!{ROLLOUT_LABEL}")))
+            .list(&ListParams::default().labels_from(&selector))
             .await
             .map_err(kerr("listing the Deployment's pods"))?
             .items
@@ -200,14 +204,22 @@ async fn snapshot(rollout: &DistrolessRollout, client: &kube::Client) -> Result<
             })
             .collect();
     }
+    // The gates are read while canary pods serve or bake, and through the
+    // promotion (the rolling update, the GitOps hold, the 100% bake).
+    let baking = matches!(phase, Phase::Staging | Phase::Canary | Phase::Paused)
+        && rollout.status.as_ref().and_then(|s| s.step_ready_at.as_ref()).is_some();
     let mut metrics = Vec::new();
-    if matches!(phase, Phase::Staging | Phase::Canary | Phase::Paused)
-        && rollout.status.as_ref().and_then(|s| s.step_ready_at.as_ref()).is_some()
-    {
+    if baking || phase == Phase::Promoting {
+        let judged = if phase == Phase::Promoting && !promoted_pods.is_empty() {
+            &promoted_pods
+        } else {
+            &canary_pods
+        };
+        let vars = analysis::QueryVars::new(rollout, judged);
         for gate in &rollout.spec.metrics {
             metrics.push(MetricReading {
                 name: gate.name.clone(),
-                value: analysis::query(&gate.address, &gate.query).await,
+                value: analysis::query(&gate.address, &vars.apply(&gate.query)).await,
             });
         }
     }
@@ -414,7 +426,7 @@ fn record_metrics(
     let ns = rollout.namespace().unwrap_or_default();
     let name = rollout.name_any();
     ctx.metrics.rollout_phase(&ns, &name, plan.status.phase);
-    if plan.status.phase == Phase::RolledBack && previous.phase != Phase::RolledBack {
+    if plan.status.phase.is_stopped() && !previous.phase.is_stopped() {
         let reason = plan
             .status
             .failure

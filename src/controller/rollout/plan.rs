@@ -85,12 +85,23 @@ impl Plan {
     /// kill, one metric spike) that the next look would no longer see. The
     /// `RolledBack` phase redoes whatever undo is left, idempotently.
     pub(crate) fn decides_rollback(&self, previous: &DistrolessRolloutStatus) -> bool {
-        self.status.phase == Phase::RolledBack && previous.phase != Phase::RolledBack
+        self.status.phase.is_stopped() && !previous.phase.is_stopped()
     }
 }
 
 /// How often metric gates are read while a step bakes.
 pub(crate) const METRIC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the metric gates say now.
+enum Gates {
+    /// Every gate read and within its threshold (or there are none).
+    Pass,
+    /// A gate is unread, cannot be read, or is above its threshold within
+    /// its `failureLimit`: nothing moves on; the message says which.
+    Hold(String),
+    /// A gate failed: the rollback is planned.
+    Failed,
+}
 
 struct Planner<'a> {
     o: &'a Observed<'a>,
@@ -215,11 +226,165 @@ impl<'a> Planner<'a> {
                 format!(". Hint: {}", failure.hint)
             }
         );
-        self.actions.push(event(true, "RolledBack", warning.clone()));
-        self.st.message = warning;
+        // The distroless images came from Git, not from us: putting the
+        // standard ones back would fight the GitOps tool, so Git must revert.
+        let from_git = !self.st.deployment_patched && self.o.deployment.is_some_and(|d| self.carries_distroless(d));
+        if from_git {
+            let warning = format!(
+                "{}; the Deployment got the distroless images from Git, so revert that change there \
+                 (the operator does not fight Git); the canary is removed",
+                warning.replacen("rolled back", "failed", 1)
+            );
+            self.actions.push(event(true, "GitRevertNeeded", warning.clone()));
+            self.st.message = warning;
+            self.st.phase = Phase::GitRevertNeeded;
+        } else {
+            self.actions.push(event(true, "RolledBack", warning.clone()));
+            self.st.message = warning;
+            self.st.phase = Phase::RolledBack;
+        }
         self.st.failure = Some(failure);
-        self.st.phase = Phase::RolledBack;
         self.undo();
+    }
+
+    /// Whether the Deployment's template runs every container's distroless image.
+    fn carries_distroless(&self, d: &Deployment) -> bool {
+        let images = images_of(d);
+        self.o
+            .rollout
+            .spec
+            .containers
+            .iter()
+            .all(|c| images.get(&c.name) == Some(&c.image))
+    }
+
+    /// The 100% step's bake: how long the promoted Deployment's own pods are
+    /// watched (gates and failures) before the rollout succeeds.
+    fn promotion_bake(&self) -> u32 {
+        self.steps()
+            .last()
+            .filter(|s| s.weight.is_some_and(|w| w >= 100))
+            .map_or(0, |s| s.bake_seconds)
+    }
+
+    /// The metric gates' readings judged: a reading above the threshold past
+    /// `failureLimit` rolls back, as do more than `consecutiveErrorLimit`
+    /// unreadable ones in a row; anything short of every gate read and
+    /// within its threshold holds. Readings count at most once per interval.
+    fn gates(&mut self) -> Gates {
+        let o = self.o;
+        let spec = &o.rollout.spec;
+        if spec.metrics.is_empty() {
+            return Gates::Pass;
+        }
+        let mut holding = Vec::new();
+        let due = self
+            .st
+            .metrics_read_at
+            .as_ref()
+            .is_none_or(|t| o.now.duration_since(t.0).as_millis() >= METRIC_INTERVAL.as_millis() as i128);
+        for reading in o.metrics {
+            let Some(gate) = spec.metrics.iter().find(|g| g.name == reading.name) else {
+                continue;
+            };
+            match &reading.value {
+                Ok(v) if *v > gate.threshold => {
+                    self.st.metric_errors.remove(&gate.name);
+                    let failures = self.st.metric_failures.entry(gate.name.clone()).or_insert(0);
+                    if due || *failures == 0 {
+                        *failures += 1;
+                    }
+                    let failures = *failures;
+                    if failures > gate.failure_limit {
+                        let message = format!(
+                            "{} = {v} is above {} ({}){}",
+                            gate.name,
+                            gate.threshold,
+                            gate.query,
+                            if gate.failure_limit > 0 {
+                                format!("; {failures} readings above it, failureLimit {}", gate.failure_limit)
+                            } else {
+                                String::new()
+                            }
+                        );
+                        self.roll_back(RolloutFailure {
+                            reason: "MetricGate".into(),
+                            hint: "the canary made a metric worse than the threshold allows: compare its logs and errors with the standard pods".into(),
+                            message,
+                            detected_at: Some(Time(o.now)),
+                            ..RolloutFailure::default()
+                        });
+                        return Gates::Failed;
+                    }
+                    holding.push(format!(
+                        "metric {} = {v} is above {} ({failures}/{} tolerated)",
+                        gate.name, gate.threshold, gate.failure_limit
+                    ));
+                }
+                Ok(_) => {
+                    self.st.metric_errors.remove(&gate.name);
+                }
+                Err(e) => {
+                    let errors = self.st.metric_errors.entry(gate.name.clone()).or_insert(0);
+                    if due {
+                        *errors += 1;
+                    }
+                    let errors = *errors;
+                    if errors > gate.consecutive_error_limit {
+                        let message = format!(
+                            "{} could not be read {errors} times in a row (consecutiveErrorLimit {}): {e}",
+                            gate.name, gate.consecutive_error_limit
+                        );
+                        self.roll_back(RolloutFailure {
+                            reason: "MetricUnavailable".into(),
+                            hint: "a gate that cannot be read cannot vouch for the canary: check the Prometheus address and the query (no sample and NaN count as unreadable)".into(),
+                            message,
+                            detected_at: Some(Time(o.now)),
+                            ..RolloutFailure::default()
+                        });
+                        return Gates::Failed;
+                    }
+                    holding.push(format!(
+                        "metric {} cannot be read ({errors}/{}): {e}",
+                        gate.name, gate.consecutive_error_limit
+                    ));
+                }
+            }
+        }
+        if !o.metrics.is_empty() && due {
+            self.st.metrics_read_at = Some(Time(o.now));
+        }
+        self.after(METRIC_INTERVAL);
+        // A gate never read (or unread now) vouches for nothing.
+        if spec.metrics.iter().any(|g| !o.metrics.iter().any(|r| r.name == g.name)) {
+            holding.push("waiting for the metric gates' first reading".into());
+        }
+        if holding.is_empty() {
+            Gates::Pass
+        } else {
+            Gates::Hold(holding.join("; "))
+        }
+    }
+
+    /// Rolls back when `started` is more than `seconds` ago; otherwise looks
+    /// again when it will be. Returns whether it rolled back.
+    fn past_deadline(
+        &mut self,
+        started: Option<&Time>,
+        seconds: u32,
+        reason: &str,
+        message: impl FnOnce() -> String,
+    ) -> bool {
+        let Some(started) = started.map(|t| t.0) else {
+            return false;
+        };
+        let end = started + jiff::SignedDuration::from_secs(i64::from(seconds));
+        if self.o.now >= end {
+            self.fail(reason, message());
+            return true;
+        }
+        self.after(self.o.now.duration_until(end).unsigned_abs());
+        false
     }
 
     /// The rollback's actions for what still differs from "rolled back".
@@ -323,6 +488,8 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        let distroless = self.distroless();
+        let template_distroless = self.carries_distroless(d);
         if self.st.phase == Phase::RolledBack {
             self.undo();
             if self.actions.iter().any(|a| !matches!(a, Action::Event { .. })) {
@@ -330,12 +497,21 @@ impl<'a> Planner<'a> {
             }
             return self.finish();
         }
+        if self.st.phase == Phase::GitRevertNeeded {
+            self.undo();
+            if template_distroless {
+                self.after(Duration::from_secs(10));
+            } else {
+                self.st.phase = Phase::RolledBack;
+                self.st.message = "the Git change was reverted: the Deployment is back on the standard images".into();
+                self.actions.push(event(false, "GitReverted", self.st.message.clone()));
+            }
+            return self.finish();
+        }
         if verbs.abort {
             self.fail("Aborted", "the rollout was aborted; back on the standard images".into());
             return self.finish();
         }
-        let distroless = self.distroless();
-        let template_distroless = distroless.iter().all(|(n, i)| images.get(n) == Some(i));
         // Our own promotion patch, even when the status that says so has not
         // reached this replica's cache yet: the image fields are ours.
         if template_distroless && !self.st.deployment_patched && canary::images_applied_by_us(d) {
@@ -425,6 +601,8 @@ impl<'a> Planner<'a> {
         let stable = d.spec.replicas.unwrap_or(1).max(0) as u32;
         let (wanted, weight) = match (&step.staging, step.weight) {
             (Some(s), _) => (s.replicas, 0),
+            // A share of no pods: one canary pod would take all the traffic.
+            (None, Some(w)) if stable == 0 => (0, w),
             (None, Some(w)) => (canary::replicas_for(stable, w), w),
             (None, None) => (0, 0),
         };
@@ -487,79 +665,42 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        if ready < wanted || wanted == 0 {
+        if stable == 0 && step.staging.is_none() {
+            self.st.message = format!(
+                "step {number}: the Deployment has 0 replicas, so there is no traffic to give the canary {weight}% of; \
+                 the step holds with no canary pod until the Deployment is scaled up (or `rollout promote --full`)"
+            );
+            self.st.step_ready_at = None;
+            return;
+        }
+        if ready < wanted {
+            self.st.step_ready_at = None;
+            if !verbs.paused {
+                let started = self.st.step_started_at.clone();
+                let deadline = spec.failure.progress_deadline_seconds;
+                self.past_deadline(started.as_ref(), deadline, "ProgressDeadlineExceeded", || {
+                    format!(
+                        "step {number}: {ready}/{wanted} canary pods ready after {deadline} s (progressDeadlineSeconds)"
+                    )
+                });
+            }
+            return;
+        }
+        if wanted == 0 {
             self.st.step_ready_at = None;
             return;
         }
         let ready_at = self.st.step_ready_at.get_or_insert(Time(o.now)).0;
         // Metric gates, while the step bakes. They fail closed: a reading that
         // cannot be had holds the step, and too many in a row roll back.
-        let mut unread = Vec::new();
-        let due = self
-            .st
-            .metrics_read_at
-            .as_ref()
-            .is_none_or(|t| o.now.duration_since(t.0).as_millis() >= METRIC_INTERVAL.as_millis() as i128);
-        for reading in o.metrics {
-            let Some(gate) = spec.metrics.iter().find(|g| g.name == reading.name) else {
-                continue;
-            };
-            match &reading.value {
-                Ok(v) if *v > gate.threshold => {
-                    let message = format!("{} = {v} is above {} ({})", gate.name, gate.threshold, gate.query);
-                    return self.roll_back(RolloutFailure {
-                        reason: "MetricGate".into(),
-                        hint: "the canary made a metric worse than the threshold allows: compare its logs and errors with the standard pods".into(),
-                        message,
-                        detected_at: Some(Time(o.now)),
-                        ..RolloutFailure::default()
-                    });
-                }
-                Ok(_) => {
-                    self.st.metric_errors.remove(&gate.name);
-                }
-                Err(e) => {
-                    let errors = self.st.metric_errors.entry(gate.name.clone()).or_insert(0);
-                    if due {
-                        *errors += 1;
-                    }
-                    let errors = *errors;
-                    if errors > gate.consecutive_error_limit {
-                        let message = format!(
-                            "{} could not be read {errors} times in a row (consecutiveErrorLimit {}): {e}",
-                            gate.name, gate.consecutive_error_limit
-                        );
-                        return self.roll_back(RolloutFailure {
-                            reason: "MetricUnavailable".into(),
-                            hint: "a gate that cannot be read cannot vouch for the canary: check the Prometheus address and the query (no sample and NaN count as unreadable)".into(),
-                            message,
-                            detected_at: Some(Time(o.now)),
-                            ..RolloutFailure::default()
-                        });
-                    }
-                    unread.push(format!(
-                        "metric {} cannot be read ({errors}/{}): {e}",
-                        gate.name, gate.consecutive_error_limit
-                    ));
-                }
+        match self.gates() {
+            Gates::Failed => return,
+            Gates::Hold(why) => {
+                self.st.phase = if verbs.paused { Phase::Paused } else { phase_of(&step) };
+                self.st.message = format!("{why}; the step holds");
+                return;
             }
-        }
-        if !o.metrics.is_empty() && due {
-            self.st.metrics_read_at = Some(Time(o.now));
-        }
-        if !spec.metrics.is_empty() {
-            self.after(METRIC_INTERVAL);
-        }
-        // A gate never read in this step (or unread now) holds the bake.
-        let unvouched = spec.metrics.iter().any(|g| !o.metrics.iter().any(|r| r.name == g.name));
-        if !unread.is_empty() || unvouched {
-            self.st.phase = if verbs.paused { Phase::Paused } else { phase_of(&step) };
-            self.st.message = if unread.is_empty() {
-                "waiting for the metric gates' first reading".into()
-            } else {
-                format!("{}; the step holds", unread.join("; "))
-            };
-            return;
+            Gates::Pass => {}
         }
         let bake_end = ready_at + jiff::SignedDuration::from_secs(i64::from(step.bake_seconds));
         // `rollout promote` (promoteStep = this step) ends the bake as well as a pause.
@@ -634,10 +775,20 @@ impl<'a> Planner<'a> {
         hash
     }
 
-    /// 100%: the Deployment moves to the distroless images, by our patch or by Git.
+    /// 100%: the Deployment moves to the distroless images, by our patch or
+    /// by Git, its rolling update is judged like the canary (failures, gates,
+    /// `progressDeadlineSeconds`), then its pods are watched for the 100%
+    /// step's bake before the canary is removed.
     fn promote(&mut self, d: &Deployment, distroless: &BTreeMap<String, String>, template_distroless: bool) {
         let o = self.o;
         let spec = &o.rollout.spec;
+        let previous = o.rollout.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        if previous != Phase::Promoting {
+            // Promotion's own clock: a jump here (promote --full, a Git
+            // change) does not inherit the step's.
+            self.st.step_started_at = Some(Time(o.now));
+            self.st.step_ready_at = None;
+        }
         self.st.phase = Phase::Promoting;
         self.st.desired_weight = 100;
         if !template_distroless {
@@ -652,65 +803,69 @@ impl<'a> Planner<'a> {
                     self.st.deployment_patched = true;
                     self.st.message = "the Deployment rolls out the distroless images".into();
                 }
-                Promotion::AwaitGitOps => {
-                    self.st.message =
-                        "holding at the last weight until the Deployment's template carries the distroless images (the Git change)".into();
-                    // Keep the canary of the last weighted step serving meanwhile.
-                    let last = self
-                        .steps()
-                        .iter()
-                        .filter_map(|s| s.weight.filter(|w| *w < 100))
-                        .next_back()
-                        .unwrap_or(0);
-                    let stable = d.spec.replicas.unwrap_or(1).max(0) as u32;
-                    let wanted = canary::replicas_for(stable, last);
-                    let hash = self.ensure_canary(d, distroless, wanted);
-                    // The hold is watched like any step: the canary keeps
-                    // serving, so a failure of it rolls back as it would there.
-                    let held: Vec<Pod> = o
-                        .canary_pods
-                        .iter()
-                        .filter(live)
-                        .filter(|p| pod_hash(p) == Some(hash.as_str()))
-                        .cloned()
-                        .collect();
-                    let rs = o.canaries.iter().find(|rs| canary::hash_of(rs) == Some(hash.as_str()));
-                    if let Some(f) = classify::classify(&held, rs, &o.rollout.spec.failure, o.now) {
-                        return self.roll_back(f);
-                    }
-                    let closed: Vec<String> = held
-                        .iter()
-                        .filter(|p| !gate_open(p))
-                        .filter_map(|p| p.metadata.name.clone())
-                        .collect();
-                    if !closed.is_empty() && last > 0 {
-                        self.actions.push(Action::SetServing {
-                            pods: closed,
-                            serving: true,
-                        });
-                    }
-                }
+                Promotion::AwaitGitOps => self.hold_for_git(d, distroless),
             }
             self.after(Duration::from_secs(1));
             return;
         }
+        let promoted_at = self.st.promoted_at.get_or_insert(Time(o.now)).clone();
         // The Deployment's own rolling update, judged like the canary.
         if let Some(f) = classify::classify(o.promoted_pods, None, &spec.failure, o.now) {
             return self.roll_back(f);
         }
+        let gates = match self.gates() {
+            Gates::Failed => return,
+            Gates::Hold(why) => Some(why),
+            Gates::Pass => None,
+        };
         let s = d.status.clone().unwrap_or_default();
         let want = d.spec.replicas.unwrap_or(1);
         let done = s.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
             && s.updated_replicas.unwrap_or(0) == want
             && s.available_replicas.unwrap_or(0) == want
             && s.replicas.unwrap_or(0) == want;
-        if !done {
-            self.st.message = format!(
-                "the Deployment rolls out the distroless images: {}/{want} updated, {}/{want} available",
-                s.updated_replicas.unwrap_or(0),
-                s.available_replicas.unwrap_or(0)
-            );
+        let progress = format!(
+            "{}/{want} updated, {}/{want} available",
+            s.updated_replicas.unwrap_or(0),
+            s.available_replicas.unwrap_or(0)
+        );
+        // Once rolled out, a pod that goes away during the bake (an HPA
+        // scaling, a node drained) is no missed deadline; failures of the
+        // pods themselves are still caught above.
+        if !done && self.st.step_ready_at.is_none() {
+            let deadline = spec.failure.progress_deadline_seconds;
+            if self.past_deadline(Some(&promoted_at), deadline, "ProgressDeadlineExceeded", || {
+                format!(
+                    "the Deployment's rolling update to the distroless images did not finish within {deadline} s \
+                     (progressDeadlineSeconds): {progress}"
+                )
+            }) {
+                return;
+            }
+            self.st.message = format!("the Deployment rolls out the distroless images: {progress}");
+            if let Some(why) = gates {
+                self.st.message = format!("{}; {why}", self.st.message);
+            }
             self.after(Duration::from_secs(1));
+            return;
+        }
+        let ready_at = self.st.step_ready_at.get_or_insert(Time(o.now)).0;
+        let bake = self.promotion_bake();
+        let bake_end = ready_at + jiff::SignedDuration::from_secs(i64::from(bake));
+        if o.now < bake_end || gates.is_some() || !done {
+            let mut message = format!(
+                "the Deployment runs the distroless images ({progress}); its pods are watched for the 100% step's \
+                 bake of {bake} s before the canary is removed"
+            );
+            if let Some(why) = gates {
+                message = format!("{message}; {why}");
+            }
+            self.st.message = message;
+            if o.now < bake_end {
+                self.after(o.now.duration_until(bake_end).unsigned_abs());
+            } else {
+                self.after(Duration::from_secs(1));
+            }
             return;
         }
         for rs in o.canaries {
@@ -728,6 +883,65 @@ impl<'a> Planner<'a> {
             "Succeeded",
             "the Deployment runs the distroless images; the canary is removed",
         ));
+    }
+
+    /// `AwaitGitOps` before the Git change: the last weighted step's canary
+    /// keeps serving and is watched like any step (failures, gates), for at
+    /// most `gitOpsDeadlineSeconds`.
+    fn hold_for_git(&mut self, d: &Deployment, distroless: &BTreeMap<String, String>) {
+        let o = self.o;
+        let failure = &o.rollout.spec.failure;
+        let last = self
+            .steps()
+            .iter()
+            .filter_map(|s| s.weight.filter(|w| *w < 100))
+            .next_back()
+            .unwrap_or(0);
+        let stable = d.spec.replicas.unwrap_or(1).max(0) as u32;
+        let wanted = if stable == 0 {
+            0
+        } else {
+            canary::replicas_for(stable, last)
+        };
+        let hash = self.ensure_canary(d, distroless, wanted);
+        let held: Vec<Pod> = o
+            .canary_pods
+            .iter()
+            .filter(live)
+            .filter(|p| pod_hash(p) == Some(hash.as_str()))
+            .cloned()
+            .collect();
+        let rs = o.canaries.iter().find(|rs| canary::hash_of(rs) == Some(hash.as_str()));
+        if let Some(f) = classify::classify(&held, rs, failure, o.now) {
+            return self.roll_back(f);
+        }
+        let deadline = failure.git_ops_deadline_seconds;
+        let started = self.st.step_started_at.clone();
+        if self.past_deadline(started.as_ref(), deadline, "GitOpsDeadlineExceeded", || {
+            format!(
+                "the Deployment's template did not carry the distroless images within {deadline} s \
+                 (gitOpsDeadlineSeconds) of the hold"
+            )
+        }) {
+            return;
+        }
+        let closed: Vec<String> = held
+            .iter()
+            .filter(|p| !gate_open(p))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        if !closed.is_empty() && last > 0 {
+            self.actions.push(Action::SetServing {
+                pods: closed,
+                serving: true,
+            });
+        }
+        self.st.message =
+            "holding at the last weight until the Deployment's template carries the distroless images (the Git change)"
+                .into();
+        if let Gates::Hold(why) = self.gates() {
+            self.st.message = format!("{}; {why}", self.st.message);
+        }
     }
 
     fn finish(mut self) -> Plan {
@@ -781,7 +995,7 @@ fn conditions(st: &DistrolessRolloutStatus, previous: &[Condition], now: Timesta
     let failure = st.failure.as_ref().map(|f| f.reason.as_str());
     let (ready, progressing, stalled) = match st.phase {
         Phase::Succeeded => (true, false, false),
-        Phase::RolledBack => (false, false, true),
+        Phase::RolledBack | Phase::GitRevertNeeded => (false, false, true),
         Phase::Paused => (false, false, false),
         _ => (false, true, false),
     };
@@ -842,6 +1056,12 @@ mod tests {
         events: Vec<String>,
         /// What the metric gates read in every reconcile.
         metrics: Vec<MetricReading>,
+        /// The Deployment's own pods on the distroless images (after promotion).
+        promoted: Vec<Pod>,
+        /// They fail with this waiting reason.
+        promoted_failing: Option<&'static str>,
+        /// The Deployment's rolling update makes no progress.
+        stalled: bool,
     }
 
     fn t0() -> Timestamp {
@@ -883,6 +1103,9 @@ mod tests {
                 preflight_passes: true,
                 events: Vec::new(),
                 metrics: Vec::new(),
+                promoted: Vec::new(),
+                promoted_failing: None,
+                stalled: false,
             }
         }
 
@@ -892,7 +1115,7 @@ mod tests {
                 deployment: Some(&self.deployment),
                 canaries: &self.canaries,
                 canary_pods: &self.pods,
-                promoted_pods: &[],
+                promoted_pods: &self.promoted,
                 metrics: &self.metrics,
                 now: self.now,
             })
@@ -986,9 +1209,25 @@ mod tests {
                 pods.extend(have);
             }
             self.pods = pods;
+            let distroless = self.deployment_image() == "reg/app:distroless";
             let d = &mut self.deployment;
+            let replicas = d.spec.replicas.unwrap_or(1);
             let status = d.status.as_mut().unwrap();
             status.observed_generation = d.metadata.generation;
+            let updated = if self.stalled { 0 } else { replicas };
+            status.updated_replicas = Some(updated);
+            status.available_replicas = Some(if self.stalled { replicas } else { updated });
+            self.promoted = if distroless && !self.stalled {
+                (0..replicas)
+                    .map(|i| {
+                        let mut p = new_pod(&format!("web-new-{i}"), "new", self.now, self.promoted_failing);
+                        p.metadata.labels.as_mut().unwrap().remove(canary::ROLLOUT_LABEL);
+                        p
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
         }
 
         /// One reconcile: plan, apply everything, write the status (first, for a rollback).
@@ -1220,6 +1459,188 @@ mod tests {
             "reg/app:distroless",
             "promote did not end the bake"
         );
+    }
+
+    fn stopped_with(w: &World, phase: Phase, reason: &str) -> DistrolessRolloutStatus {
+        let s = w.status();
+        assert_eq!(
+            (s.phase, s.failure.as_ref().map(|f| f.reason.as_str())),
+            (phase, Some(reason)),
+            "{s:?}"
+        );
+        s
+    }
+
+    #[test]
+    fn gates_are_read_through_the_promotion_and_a_bad_reading_there_puts_the_standard_images_back() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100, "bakeSeconds": 120}],
+            "metrics": [{"name": "errors", "address": "http://prometheus:9090", "query": "rate(e[1m])", "threshold": 0.05}]}),
+            4,
+        );
+        w.metrics = reading(Ok(0.01));
+        w.run(40, 5);
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
+        assert_eq!(
+            w.status().phase,
+            Phase::Promoting,
+            "the 100% step bakes: {:?}",
+            w.status()
+        );
+        w.metrics = reading(Ok(0.4));
+        w.run(10, 5);
+        let s = stopped_with(&w, Phase::RolledBack, "MetricGate");
+        assert_eq!(w.deployment_image(), "reg/app:1.0", "{s:?}");
+    }
+
+    #[test]
+    fn a_reading_above_the_threshold_within_the_failure_limit_holds_and_the_next_one_past_it_rolls_back() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100}],
+            "metrics": [{"name": "errors", "address": "http://p:9090", "query": "q", "threshold": 0.05, "failureLimit": 2}]}),
+            4,
+        );
+        w.metrics = reading(Ok(0.5));
+        let mut held = 0;
+        for _ in 0..10 {
+            w.step();
+            w.now += jiff::SignedDuration::from_secs(5);
+            if w.status().phase == Phase::RolledBack {
+                break;
+            }
+            if w.status().message.contains("tolerated") {
+                held += 1;
+            }
+            assert_eq!(w.deployment_image(), "reg/app:1.0", "promoted past a failing gate");
+        }
+        let s = stopped_with(&w, Phase::RolledBack, "MetricGate");
+        assert_eq!(held, 2, "two readings tolerated, then the third rolls back: {s:?}");
+        assert_eq!(s.metric_failures["errors"], 3);
+    }
+
+    #[test]
+    fn the_100_step_bake_watches_the_promoted_pods_and_their_crash_rolls_back() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100, "bakeSeconds": 300}]}),
+            4,
+        );
+        w.run(60, 5);
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
+        let s = w.status();
+        assert_eq!(s.phase, Phase::Promoting, "succeeded before the 100% bake: {s:?}");
+        assert!(s.message.contains("bake of 300 s"), "{}", s.message);
+        assert!(!w.canaries.is_empty(), "the canary stays until the bake ends");
+        w.promoted_failing = Some("CrashLoopBackOff");
+        w.run(10, 5);
+        stopped_with(&w, Phase::RolledBack, "CrashLoopBackOff");
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+        // Without the crash the same rollout succeeds once the bake is over.
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100, "bakeSeconds": 300}]}),
+            4,
+        );
+        w.run(400, 5);
+        assert_eq!(w.status().phase, Phase::Succeeded, "{:?}", w.status());
+    }
+
+    #[test]
+    fn a_rolling_update_that_stalls_past_the_progress_deadline_rolls_back() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100}],
+            "failure": {"progressDeadlineSeconds": 60}}),
+            4,
+        );
+        w.stalled = true;
+        w.run(40, 5);
+        assert_eq!(w.status().phase, Phase::Promoting, "{:?}", w.status());
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
+        w.run(60, 5);
+        let s = stopped_with(&w, Phase::RolledBack, "ProgressDeadlineExceeded");
+        assert!(s.failure.unwrap().message.contains("0/4 updated"));
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+    }
+
+    #[test]
+    fn canary_pods_that_never_get_ready_fail_the_step_at_its_progress_deadline() {
+        let mut w = World::new(
+            json!({"failure": {"readyTimeoutSeconds": 3600, "progressDeadlineSeconds": 90}}),
+            4,
+        );
+        // Not ready, without a reason the classifier would act on at once.
+        w.failing = Some("ContainerCreating");
+        w.run(80, 5);
+        assert_eq!(w.status().phase, Phase::Staging, "{:?}", w.status());
+        w.run(20, 5);
+        let s = stopped_with(&w, Phase::RolledBack, "ProgressDeadlineExceeded");
+        assert!(s.failure.unwrap().hint.contains("progressDeadlineSeconds"));
+    }
+
+    #[test]
+    fn a_gitops_hold_that_outlives_its_deadline_rolls_back_the_serving_canary() {
+        let mut w = World::new(
+            json!({"promotion": "AwaitGitOps", "steps": [{"weight": 50, "bakeSeconds": 5}, {"weight": 100}],
+            "failure": {"gitOpsDeadlineSeconds": 600}}),
+            4,
+        );
+        w.run(60, 5);
+        assert_eq!(w.status().phase, Phase::Promoting);
+        assert!(w.pods.iter().any(gate_open), "the held canary serves");
+        w.run(600, 30);
+        let s = stopped_with(&w, Phase::RolledBack, "GitOpsDeadlineExceeded");
+        assert!(s.failure.unwrap().hint.contains("retry"));
+        assert!(w.pods.iter().all(|p| !gate_open(p)));
+        assert_eq!(w.canaries[0].spec.replicas, Some(0));
+    }
+
+    #[test]
+    fn distroless_images_from_git_that_fail_ask_for_a_git_revert_then_roll_back_when_it_comes() {
+        let mut w = World::new(
+            json!({"promotion": "AwaitGitOps", "steps": [{"weight": 50, "bakeSeconds": 5}, {"weight": 100}]}),
+            4,
+        );
+        w.run(60, 5);
+        // Git merges the change; its pods crash.
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:distroless".into());
+        w.promoted_failing = Some("CrashLoopBackOff");
+        w.run(10, 5);
+        let s = stopped_with(&w, Phase::GitRevertNeeded, "CrashLoopBackOff");
+        assert!(s.message.contains("revert that change"), "{}", s.message);
+        assert!(w.events.iter().any(|e| e == "GitRevertNeeded"));
+        assert!(
+            !w.events.iter().any(|e| e == "RolledBack"),
+            "it did not roll back: {:?}",
+            w.events
+        );
+        assert_eq!(
+            w.deployment_image(),
+            "reg/app:distroless",
+            "the operator does not fight Git"
+        );
+        assert!(s.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "True"));
+        w.run(60, 5);
+        assert_eq!(w.status().phase, Phase::GitRevertNeeded, "still waiting for Git");
+        // Git reverts.
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:1.0".into());
+        w.run(10, 5);
+        let s = stopped_with(&w, Phase::RolledBack, "CrashLoopBackOff");
+        assert!(s.message.contains("reverted"), "{}", s.message);
+    }
+
+    #[test]
+    fn a_deployment_scaled_to_zero_holds_weighted_steps_with_no_canary_pod() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 25, "bakeSeconds": 10}, {"weight": 100}]}),
+            0,
+        );
+        w.run(120, 5);
+        let s = w.status();
+        assert_eq!((s.phase, s.current_step), (Phase::Canary, 0), "{s:?}");
+        assert!(s.message.contains("0 replicas"), "{}", s.message);
+        assert!(w.pods.is_empty(), "one canary pod would have taken all the traffic");
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+        w.deployment.spec.replicas = Some(3);
+        w.run(60, 5);
+        assert_eq!(w.deployment_image(), "reg/app:distroless", "{:?}", w.status());
     }
 
     #[test]
