@@ -782,3 +782,40 @@ async fn a_user_who_may_not_patch_a_deployment_cannot_create_or_retarget_a_rollo
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+#[tokio::test]
+async fn a_rollout_deleted_mid_promotion_puts_the_standard_images_back_before_it_goes() {
+    let release = Release::install("distroless-guard-final", &[]).await;
+    let ns = release.namespace("final", &[]).await;
+    let standard = format!("registry.test/{ns}/web:1");
+    app(&ns, "web", 2, &standard, Value::Null).await;
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &format!("registry.test/{ns}/web:1-distroless"),
+        json!({"steps": [{"weight": 50, "bakeSeconds": 1}, {"weight": 100, "bakeSeconds": 3600}]}),
+    )
+    .await;
+    // Promoted and baking at 100%: the Deployment runs our patched images.
+    wait_for("the promotion's bake", Duration::from_secs(90), || async {
+        let r = get_json(&["distrolessrollout", "web", "-n", &ns]).await?;
+        (r["status"]["message"].as_str()?.contains("bake of 3600 s")).then_some(())
+    })
+    .await;
+    let r = get_json(&["distrolessrollout", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(
+        r["metadata"]["finalizers"],
+        json!(["distrolessguard.dev/restore-standard-images"]),
+        "{r:#}"
+    );
+    let d = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    assert_ne!(image_of(&d), standard);
+    // `kubectl delete` returns once the rollout is gone, which the finalizer
+    // allows only after the standard images are back.
+    kubectl_ok(&["delete", "distrolessrollout", "web", "-n", &ns, "--timeout=60s"]).await;
+    let d = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(image_of(&d), standard, "deleted with the Deployment half-moved");
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}

@@ -273,9 +273,16 @@ async fn apply(
     let ns = rollout.namespace().unwrap_or_default();
     let client = &ctx.client;
     let reference = rollout.object_ref(&());
+    // The finalizer is in place before the Deployment is patched.
+    let has_finalizer = rollout.finalizers().iter().any(|f| f == plan::FINALIZER);
+    // The rollout's resourceVersion as our last write left it.
+    let mut version = rollout.resource_version();
+    if plan.finalizer && !has_finalizer && rollout.metadata.deletion_timestamp.is_none() {
+        version = set_finalizer(client, rollout, version, true).await?;
+    }
     // A rollback is decided, persisted, then carried out (see Plan::decides_rollback).
     if plan.decides_rollback(&rollout.status.clone().unwrap_or_default()) {
-        write_status(client, rollout, &plan.status).await?;
+        version = write_status(client, rollout, &plan.status).await?;
     }
     for action in std::mem::take(&mut plan.actions) {
         match action {
@@ -390,7 +397,10 @@ async fn apply(
     let previous = rollout.status.clone().unwrap_or_default();
     record_metrics(ctx, rollout, &previous, &plan);
     if plan.status != previous {
-        write_status(client, rollout, &plan.status).await?;
+        version = write_status(client, rollout, &plan.status).await?;
+    }
+    if !plan.finalizer && has_finalizer {
+        set_finalizer(client, rollout, version, false).await?;
     }
     Ok(match plan.requeue {
         Some(d) => Requeue::requeue(d),
@@ -398,15 +408,52 @@ async fn apply(
     })
 }
 
-/// The rollout's status, server-side applied by our field manager.
+/// Adds or removes [`plan::FINALIZER`]: a merge patch of the whole list
+/// with the rollout's `resourceVersion` as a precondition, so a concurrent
+/// change of the finalizers is never lost (the API server answers 409 and
+/// the reconcile is retried).
+async fn set_finalizer(
+    client: &kube::Client,
+    rollout: &DistrolessRollout,
+    version: Option<String>,
+    present: bool,
+) -> Result<Option<String>, ReconcileError> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let mut finalizers: Vec<String> = rollout
+        .finalizers()
+        .iter()
+        .filter(|f| *f != plan::FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(plan::FINALIZER.to_string());
+    }
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": version}});
+    match Api::<DistrolessRollout>::namespaced(client.clone(), &ns)
+        .patch(&rollout.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(r) => Ok(r.resource_version()),
+        // Already gone: nothing left to hold.
+        Err(kube::Error::Api(e)) if e.code == 404 && !present => Ok(None),
+        Err(e) => Err(kerr(if present {
+            "adding the finalizer"
+        } else {
+            "removing the finalizer"
+        })(e)),
+    }
+}
+
+/// The rollout's status, server-side applied by our field manager; returns
+/// the rollout's new resourceVersion.
 async fn write_status(
     client: &kube::Client,
     rollout: &DistrolessRollout,
     status: &crate::api::DistrolessRolloutStatus,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<String>, ReconcileError> {
     let ns = rollout.namespace().unwrap_or_default();
     let patch = json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "status": status});
-    Api::<DistrolessRollout>::namespaced(client.clone(), &ns)
+    let written = Api::<DistrolessRollout>::namespaced(client.clone(), &ns)
         .patch_status(
             &rollout.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -414,7 +461,7 @@ async fn write_status(
         )
         .await
         .map_err(kerr("writing the rollout status"))?;
-    Ok(())
+    Ok(written.resource_version())
 }
 
 fn record_metrics(

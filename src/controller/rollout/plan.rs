@@ -76,7 +76,16 @@ pub(crate) struct Plan {
     pub status: DistrolessRolloutStatus,
     /// Look again after this long (timers: bake, ready timeout, pull grace, metrics).
     pub requeue: Option<Duration>,
+    /// Whether the rollout must carry [`FINALIZER`]: while the Deployment
+    /// runs images we patched in and the rollout has not succeeded, deleting
+    /// the rollout must first put the standard images back. Added before any
+    /// action of the plan, removed after all of them.
+    pub finalizer: bool,
 }
+
+/// Held while the Deployment carries our patched images and the rollout has
+/// not succeeded (see [`Plan::finalizer`]).
+pub(crate) const FINALIZER: &str = "distrolessguard.dev/restore-standard-images";
 
 impl Plan {
     /// Whether this plan decides a rollback: then its status (the phase, the
@@ -443,6 +452,25 @@ impl<'a> Planner<'a> {
         self.st.observed_generation = o.rollout.metadata.generation;
         self.st.observed_verbs = o.rollout.verb_annotations();
 
+        // Deleted: whatever we patched into the Deployment goes back (the
+        // canary ReplicaSets are the garbage collector's, as we own them).
+        if o.rollout.metadata.deletion_timestamp.is_some() {
+            if self.st.phase != Phase::Succeeded {
+                self.undo();
+                self.st.message = if self.st.deployment_patched {
+                    "deleted mid-rollout: the standard images are put back before the rollout goes".into()
+                } else {
+                    "deleted".into()
+                };
+            }
+            if o.deployment.is_none() {
+                self.st.deployment_patched = false;
+            }
+            if self.st.deployment_patched {
+                self.after(Duration::from_secs(2));
+            }
+            return self.finish();
+        }
         // A new attempt, asked for explicitly.
         if verbs.retry != self.st.observed_retry {
             let standard = std::mem::take(&mut self.st.standard_images);
@@ -950,6 +978,7 @@ impl<'a> Planner<'a> {
         self.st.step = format!("{}/{steps}", (self.st.current_step + 1).min(steps));
         self.st.conditions = conditions(&self.st, &prev.conditions, self.o.now);
         Plan {
+            finalizer: self.st.deployment_patched && self.st.phase != Phase::Succeeded,
             actions: self.actions,
             status: self.st,
             requeue: self.requeue,
@@ -1641,6 +1670,51 @@ mod tests {
         w.deployment.spec.replicas = Some(3);
         w.run(60, 5);
         assert_eq!(w.deployment_image(), "reg/app:distroless", "{:?}", w.status());
+    }
+
+    #[test]
+    fn a_rollout_deleted_mid_promotion_holds_its_finalizer_until_the_standard_images_are_back() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100, "bakeSeconds": 3600}]}),
+            4,
+        );
+        assert!(!w.step().finalizer, "nothing to undo yet, nothing to hold");
+        let mut finalizer_before_patch = false;
+        for _ in 0..20 {
+            let p = w.step();
+            w.now += jiff::SignedDuration::from_secs(5);
+            if p.actions.iter().any(|a| matches!(a, Action::PatchDeploymentImages(_))) {
+                finalizer_before_patch = p.finalizer;
+                break;
+            }
+        }
+        assert!(
+            finalizer_before_patch,
+            "the plan that patches the Deployment asks for the finalizer"
+        );
+        w.run(30, 5);
+        assert_eq!(
+            (w.status().phase, w.deployment_image().as_str()),
+            (Phase::Promoting, "reg/app:distroless")
+        );
+        w.rollout.metadata.deletion_timestamp = Some(Time(w.now));
+        let p = w.step();
+        assert!(p.finalizer, "released before the images were restored");
+        assert!(p.status.message.contains("deleted mid-rollout"), "{}", p.status.message);
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+        let p = w.step();
+        assert!(!p.finalizer, "the images are back: the rollout may go");
+        // A rollout that succeeded leaves the Deployment as it is.
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100}]}),
+            4,
+        );
+        w.run(120, 5);
+        assert_eq!(w.status().phase, Phase::Succeeded);
+        w.rollout.metadata.deletion_timestamp = Some(Time(w.now));
+        let p = w.step();
+        assert!(!p.finalizer);
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
     }
 
     #[test]
