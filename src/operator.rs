@@ -191,7 +191,7 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
     let view = Arc::new(ClusterView::default());
     let mut admission = Admission::new(crate::policy::PolicySet::default(), view.clone())
         .with_owners(view.clone())
-        .with_deployment_access(Arc::new(controller::access::SubjectAccess::new(client.clone())));
+        .with_access(Arc::new(controller::access::SubjectAccess::new(client.clone())));
     let inspector = config.images.clone().map(crate::image::Inspector::new);
     if let Some(inspector) = &inspector {
         let secrets = Arc::new(controller::pull_secrets::SecretPullSecrets::new(client.clone()));

@@ -90,7 +90,7 @@ pub struct Admission {
     /// The workloads controllers create objects for (in a cluster).
     owners: Option<Arc<dyn Owners>>,
     /// Who may patch which Deployment, for DistrolessRollouts (in a cluster).
-    access: Option<Arc<dyn rollouts::DeploymentAccess>>,
+    access: Option<Arc<dyn rollouts::Access>>,
 }
 
 /// What a review decided, for metrics and logs.
@@ -131,8 +131,9 @@ impl Admission {
         }
     }
 
-    /// Lets DistrolessRollouts be admitted: only for users who may patch their target.
-    pub fn with_deployment_access(mut self, access: Arc<dyn rollouts::DeploymentAccess>) -> Self {
+    /// Lets DistrolessRollouts be admitted: only for users who may patch their
+    /// target and read the Secrets their gates name.
+    pub fn with_access(mut self, access: Arc<dyn rollouts::Access>) -> Self {
         self.access = Some(access);
         self
     }

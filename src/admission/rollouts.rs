@@ -1,10 +1,12 @@
-//! Admission of DistrolessRollouts: the operator may patch every Deployment,
-//! so a rollout must never let its author change a Deployment they could not
-//! change themselves. Creating a rollout, or changing its spec or its verb
-//! annotations (`distrolessguard.dev/promote`, ...), is allowed only to a user
-//! the API server says may `patch` the target Deployment (a
-//! SubjectAccessReview for the request's user, groups and extra). Anything
-//! that cannot be decided (no API server, the review fails) is denied.
+//! Admission of DistrolessRollouts: the operator may patch every Deployment
+//! and read the Secrets metric gates name, so a rollout must never let its
+//! author do through the operator what they could not do themselves.
+//! Creating a rollout, or changing its spec or its verb annotations
+//! (`distrolessguard.dev/promote`, ...), is allowed only to a user the API
+//! server says may `patch` the target Deployment and `get` every Secret its
+//! metric gates take credentials from (a SubjectAccessReview for the
+//! request's user, groups and extra). Anything that cannot be decided (no API
+//! server, the review fails) is denied.
 //! Metadata-only updates (the operator's own finalizer) and deletes pass:
 //! deleting a rollout only ever goes back to the standard images its
 //! authorised author started from.
@@ -35,15 +37,53 @@ pub struct RequestUser {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
-/// Asks the API server whether a user may patch a Deployment.
-pub trait DeploymentAccess: Send + Sync {
+/// One thing a user must be allowed to do for their rollout to be admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Question {
+    pub verb: &'static str,
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Question {
+    fn patch_deployment(namespace: &str, name: &str) -> Self {
+        Question {
+            verb: "patch",
+            group: "apps",
+            resource: "deployments",
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn get_secret(namespace: &str, name: &str) -> Self {
+        Question {
+            verb: "get",
+            group: "",
+            resource: "secrets",
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Why it matters, for the denial.
+    fn because(&self) -> &'static str {
+        if self.resource == "secrets" {
+            "a metric gate's credentials are read by the operator and sent to the gate's address, so naming a Secret \
+             needs permission to read it"
+        } else {
+            "a DistrolessRollout changes the images of the Deployment it targets, so creating or changing one needs \
+             that permission"
+        }
+    }
+}
+
+/// Asks the API server whether a user may do something.
+pub trait Access: Send + Sync {
     /// `Ok(true)` when allowed; `Err` when the question could not be answered.
-    fn may_patch<'a>(
-        &'a self,
-        user: &'a RequestUser,
-        namespace: &'a str,
-        deployment: &'a str,
-    ) -> BoxFuture<'a, Result<bool, String>>;
+    fn allows<'a>(&'a self, user: &'a RequestUser, question: &'a Question) -> BoxFuture<'a, Result<bool, String>>;
 }
 
 #[derive(Deserialize, Debug)]
@@ -86,6 +126,21 @@ impl Rollout {
         self.spec.pointer("/targetRef/name").and_then(Value::as_str)
     }
 
+    /// The Secrets the metric gates take credentials from.
+    fn gate_secrets(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .spec
+            .get("metrics")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.pointer("/auth/secretName").and_then(Value::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     fn verbs(&self) -> BTreeMap<&str, &str> {
         self.metadata
             .annotations
@@ -103,10 +158,7 @@ impl Rollout {
 
 /// The review of one DistrolessRollout request. `Err` only for a body that
 /// is not an AdmissionReview (answered with HTTP 400).
-pub async fn review(
-    body: &[u8],
-    access: Option<&dyn DeploymentAccess>,
-) -> Result<AdmissionResponse, serde_json::Error> {
+pub async fn review(body: &[u8], access: Option<&dyn Access>) -> Result<AdmissionResponse, serde_json::Error> {
     let review: Review = super::review::parse(body)?;
     let req = review.request;
     let uid = req.uid.as_str();
@@ -136,10 +188,20 @@ pub async fn review(
     let namespace = req.namespace.as_deref().unwrap_or_default();
     // The new target, and on an update the old one too: moving a rollout
     // off a Deployment changes that Deployment's future as well.
-    let mut targets: Vec<&str> = object.target().into_iter().collect();
-    if let Some(t) = old.and_then(Rollout::target).filter(|t| !targets.contains(t)) {
-        targets.push(t);
+    let mut questions: Vec<Question> = object
+        .target()
+        .into_iter()
+        .map(|t| Question::patch_deployment(namespace, t))
+        .collect();
+    if let Some(t) = old.and_then(Rollout::target).filter(|t| object.target() != Some(t)) {
+        questions.push(Question::patch_deployment(namespace, t));
     }
+    questions.extend(
+        object
+            .gate_secrets()
+            .into_iter()
+            .map(|s| Question::get_secret(namespace, s)),
+    );
     let Some(access) = access else {
         return Ok(AdmissionResponse::deny(
             uid,
@@ -151,8 +213,9 @@ pub async fn review(
         ));
     };
     let user = &req.user_info;
-    for target in targets {
-        match access.may_patch(user, namespace, target).await {
+    for q in &questions {
+        let what = format!("{} {}/{} in namespace {:?}", q.verb, q.resource, q.name, q.namespace);
+        match access.allows(user, q).await {
             Ok(true) => {}
             Ok(false) => {
                 return Ok(AdmissionResponse::deny(
@@ -160,10 +223,9 @@ pub async fn review(
                     403,
                     "Forbidden",
                     format!(
-                        "user {:?} may not patch deployments/{target} in namespace {namespace:?}: a DistrolessRollout \
-                         changes the images of the Deployment it targets, so creating or changing one needs that \
-                         permission (the operator does not lend its own)",
-                        user.username
+                        "user {:?} may not {what}: {} (the operator does not lend its own)",
+                        user.username,
+                        q.because()
                     ),
                 ));
             }
@@ -173,8 +235,7 @@ pub async fn review(
                     500,
                     "InternalError",
                     format!(
-                        "cannot check whether user {:?} may patch deployments/{target} in namespace {namespace:?} \
-                         ({e}); the rollout is refused until it can be checked",
+                        "cannot check whether user {:?} may {what} ({e}); the rollout is refused until it can be checked",
                         user.username
                     ),
                 ));
@@ -193,31 +254,23 @@ mod tests {
 
     use super::*;
 
-    /// Answers from a fixed table and records every question.
+    /// Answers from a fixed table of (user, name) and records every question.
     struct Table {
         allowed: Vec<(&'static str, &'static str)>,
         fail: bool,
         asked: Mutex<Vec<(RequestUser, String, String)>>,
     }
 
-    impl DeploymentAccess for Table {
-        fn may_patch<'a>(
-            &'a self,
-            user: &'a RequestUser,
-            namespace: &'a str,
-            deployment: &'a str,
-        ) -> BoxFuture<'a, Result<bool, String>> {
+    impl Access for Table {
+        fn allows<'a>(&'a self, user: &'a RequestUser, q: &'a Question) -> BoxFuture<'a, Result<bool, String>> {
             self.asked
                 .lock()
                 .unwrap()
-                .push((user.clone(), namespace.into(), deployment.into()));
+                .push((user.clone(), q.namespace.clone(), q.name.clone()));
             let answer = if self.fail {
                 Err("connection refused".into())
             } else {
-                Ok(self
-                    .allowed
-                    .iter()
-                    .any(|(u, d)| *u == user.username && *d == deployment))
+                Ok(self.allowed.iter().any(|(u, n)| *u == user.username && *n == q.name))
             };
             async move { answer }.boxed()
         }
@@ -248,7 +301,7 @@ mod tests {
     }
 
     async fn decide(access: Option<&Table>, body: &[u8]) -> AdmissionResponse {
-        review(body, access.map(|a| a as &dyn DeploymentAccess)).await.unwrap()
+        review(body, access.map(|a| a as &dyn Access)).await.unwrap()
     }
 
     #[tokio::test]

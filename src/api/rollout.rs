@@ -322,8 +322,10 @@ pub enum Promotion {
 }
 
 /// A Prometheus instant query and the largest value it may return.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.auth) || self.address.startsWith('https://')")
+    .message("credentials are sent only over https://: give an https:// address or no auth"))]
 pub struct MetricGate {
     pub name: String,
     /// Prometheus base URL, e.g. `http://prometheus.monitoring:9090`.
@@ -349,6 +351,40 @@ pub struct MetricGate {
     #[serde(default)]
     #[schemars(range(max = 100))]
     pub failure_limit: u32,
+    /// Credentials and trust for a Prometheus behind authentication (https://
+    /// only), from a Secret in the rollout's namespace. The rollout webhook
+    /// admits a Secret reference only from a user who may read that Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<GateAuth>,
+}
+
+/// Where a metric gate's credentials are: keys of one Secret.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.tokenKey) && has(self.usernameKey))")
+        .message("a gate authenticates with a bearer token or a user name and password, not both"),
+    validation = Rule::new("has(self.usernameKey) == has(self.passwordKey)")
+        .message("usernameKey and passwordKey go together"),
+    validation = Rule::new("has(self.tokenKey) || has(self.usernameKey) || has(self.caKey)")
+        .message("give tokenKey, usernameKey and passwordKey, or caKey")
+)]
+pub struct GateAuth {
+    /// The Secret, in the rollout's namespace.
+    pub secret_name: String,
+    /// The key holding a bearer token (`Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
+    /// The key holding the user name for basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_key: Option<String>,
+    /// The key holding the password for basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_key: Option<String>,
+    /// The key holding the PEM certificates of the CA that signs the server's
+    /// certificate; then only that CA is trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
 }
 
 fn four() -> u32 {

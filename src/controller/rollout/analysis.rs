@@ -21,36 +21,72 @@ use crate::api::DistrolessRollout;
 const MAX_ANSWER: usize = 4 << 20;
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-fn client() -> Result<&'static reqwest::Client, String> {
+/// How a gate authenticates to Prometheus and which CA it trusts, as read
+/// from the gate's Secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    pub bearer: Option<String>,
+    pub basic: Option<(String, String)>,
+    /// PEM certificates: when set, the only roots trusted.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+fn build(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(TIMEOUT)
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("distroless-guard/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = ca_pem {
+        let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("the gate's CA: {e}"))?;
+        if roots.is_empty() {
+            return Err("the gate's CA holds no PEM certificate".into());
+        }
+        builder = builder.tls_certs_only(roots);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client for metric gates: {e}"))
+}
+
+/// The client for gates without their own CA, built once. A gate with its
+/// own CA gets a client of its own at each reading (one every 5 s per gate:
+/// building one costs well under a millisecond).
+fn shared() -> Result<&'static reqwest::Client, String> {
     static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder()
-                .connect_timeout(TIMEOUT)
-                .timeout(TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("distroless-guard/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client for metric gates: {e}"))
-        })
-        .as_ref()
-        .map_err(Clone::clone)
+    CLIENT.get_or_init(|| build(None)).as_ref().map_err(Clone::clone)
 }
 
 /// An instant query against Prometheus at `address` (`http://` or `https://`).
-pub(crate) async fn query(address: &str, query: &str) -> Result<f64, String> {
+pub(crate) async fn query(address: &str, query: &str, credentials: &Credentials) -> Result<f64, String> {
     if !(address.starts_with("http://") || address.starts_with("https://")) {
         return Err(format!("{address}: not an http:// or https:// address"));
     }
+    if (credentials.bearer.is_some() || credentials.basic.is_some()) && !address.starts_with("https://") {
+        return Err(format!("{address}: credentials are sent only over https://"));
+    }
+    let own;
+    let client = match &credentials.ca_pem {
+        Some(pem) => {
+            own = build(Some(pem))?;
+            &own
+        }
+        None => shared()?,
+    };
     let url = format!("{}/api/v1/query", address.trim_end_matches('/'));
-    let mut answer = client()?
-        .get(&url)
-        .query(&[("query", query)])
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let mut request = client.get(&url).query(&[("query", query)]);
+    if let Some(token) = &credentials.bearer {
+        request = request.bearer_auth(token);
+    }
+    if let Some((user, password)) = &credentials.basic {
+        request = request.basic_auth(user, Some(password));
+    }
+    let mut answer = request.send().await.map_err(|e| format!("{url}: {}", chain(&e)))?;
     let status = answer.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(format!("{url}: {status}: check the gate's credentials"));
+    }
     let mut body = Vec::new();
     while let Some(chunk) = answer.chunk().await.map_err(|e| format!("{url}: {e}"))? {
         if body.len() + chunk.len() > MAX_ANSWER {
@@ -61,6 +97,18 @@ pub(crate) async fn query(address: &str, query: &str) -> Result<f64, String> {
     let v: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| format!("{url}: {status}, not a Prometheus answer ({e})"))?;
     value_of(&v)
+}
+
+/// An error with its causes (reqwest's own message hides a TLS failure's reason).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The values a gate's query may name, to scope it to the canary.
@@ -152,6 +200,107 @@ mod tests {
             .map(|(i, v)| json!({"metric": {"pod": format!("p{i}")}, "value": [1.0, v]}))
             .collect();
         json!({"status": "success", "data": {"resultType": "vector", "result": result}})
+    }
+
+    /// A one-CA HTTPS server on 127.0.0.1 answering every request, in
+    /// chunks, with a two-series vector if its `Authorization` header is
+    /// `want`, else 401. Returns its address and its CA's PEM.
+    async fn https_prometheus(want: &'static str) -> (String, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let resolver =
+            crate::webhook::tls::ReloadingCert::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+                .unwrap();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(crate::webhook::tls::server_config(std::sync::Arc::new(resolver)).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let authorized = head.contains(&format!("authorization: {}\r\n", want.to_ascii_lowercase()));
+                let response = if authorized {
+                    let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"pod":"a"},"value":[1,"0.02"]},{"metric":{"pod":"b"},"value":[1,"0.07"]}]}}"#;
+                    let (one, two) = body.split_at(40);
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{one}\r\n{:x}\r\n{two}\r\n0\r\n\r\n",
+                        one.len(),
+                        two.len()
+                    )
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+                };
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        (address, ca_pem.into_bytes())
+    }
+
+    #[tokio::test]
+    async fn https_with_a_bearer_token_and_the_gates_own_ca_reads_a_chunked_multi_series_answer() {
+        let (address, ca) = https_prometheus("Bearer s3cret").await;
+        let credentials = Credentials {
+            bearer: Some("s3cret".into()),
+            ca_pem: Some(ca.clone()),
+            ..Credentials::default()
+        };
+        assert_eq!(
+            query(&address, "errors", &credentials).await,
+            Ok(0.07),
+            "the worst series"
+        );
+        let wrong = Credentials {
+            bearer: Some("guess".into()),
+            ..credentials.clone()
+        };
+        let e = query(&address, "errors", &wrong).await.unwrap_err();
+        assert!(e.contains("401") && e.contains("credentials"), "{e}");
+        // Without the gate's CA the server is not trusted.
+        let untrusted = Credentials {
+            ca_pem: None,
+            ..credentials.clone()
+        };
+        let e = query(&address, "errors", &untrusted).await.unwrap_err();
+        assert!(e.to_lowercase().contains("certificate"), "{e}");
+        // A token is never sent in clear.
+        let e = query(&address.replace("https://", "http://"), "errors", &credentials)
+            .await
+            .unwrap_err();
+        assert!(e.contains("only over https://"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn basic_authentication_is_sent_as_the_secret_gives_it() {
+        // "Basic " + base64("prom:pa ss")
+        let (address, ca) = https_prometheus("Basic cHJvbTpwYSBzcw==").await;
+        let credentials = Credentials {
+            basic: Some(("prom".into(), "pa ss".into())),
+            ca_pem: Some(ca),
+            ..Credentials::default()
+        };
+        assert_eq!(query(&address, "errors", &credentials).await, Ok(0.07));
     }
 
     #[test]

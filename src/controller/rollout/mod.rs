@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::{Expression, Selector};
 use kube::runtime::controller::{Action as Requeue, Controller};
@@ -32,6 +32,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use self::canary::{ROLLOUT_LABEL, SERVING_GATE};
 use self::plan::{Action, MetricReading, Observed, Plan};
 use super::FIELD_MANAGER;
+use crate::api::rollout::GateAuth;
 use crate::api::{DistrolessRollout, Phase, PreflightResult};
 use crate::image::Inspector;
 use crate::metrics::Metrics;
@@ -217,9 +218,16 @@ async fn snapshot(rollout: &DistrolessRollout, client: &kube::Client) -> Result<
         };
         let vars = analysis::QueryVars::new(rollout, judged);
         for gate in &rollout.spec.metrics {
+            let value = match &gate.auth {
+                None => analysis::query(&gate.address, &vars.apply(&gate.query), &Default::default()).await,
+                Some(auth) => match gate_credentials(client, &ns, auth).await {
+                    Ok(credentials) => analysis::query(&gate.address, &vars.apply(&gate.query), &credentials).await,
+                    Err(e) => Err(e),
+                },
+            };
             metrics.push(MetricReading {
                 name: gate.name.clone(),
-                value: analysis::query(&gate.address, &vars.apply(&gate.query)).await,
+                value,
             });
         }
     }
@@ -229,6 +237,41 @@ async fn snapshot(rollout: &DistrolessRollout, client: &kube::Client) -> Result<
         canary_pods,
         promoted_pods,
         metrics,
+    })
+}
+
+/// A gate's credentials from its Secret; a missing Secret or key is a
+/// reading that cannot be had (it holds the step, and counts as an error).
+async fn gate_credentials(client: &kube::Client, ns: &str, auth: &GateAuth) -> Result<analysis::Credentials, String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&auth.secret_name)
+        .await
+        .map_err(|e| format!("reading Secret {}: {e}", auth.secret_name))?
+        .ok_or_else(|| format!("Secret {} not found in namespace {ns}", auth.secret_name))?;
+    let data = secret.data.unwrap_or_default();
+    let get = |key: &Option<String>| -> Result<Option<Vec<u8>>, String> {
+        match key {
+            None => Ok(None),
+            Some(k) => data
+                .get(k)
+                .map(|v| Some(v.0.clone()))
+                .ok_or_else(|| format!("Secret {} has no key {k:?}", auth.secret_name)),
+        }
+    };
+    let text = |bytes: Vec<u8>, key: &str| -> Result<String, String> {
+        String::from_utf8(bytes)
+            .map(|t| t.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|_| format!("Secret {} key {key:?} is not UTF-8 text", auth.secret_name))
+    };
+    let bearer = get(&auth.token_key)?.map(|b| text(b, "tokenKey")).transpose()?;
+    let basic = match (get(&auth.username_key)?, get(&auth.password_key)?) {
+        (Some(u), Some(p)) => Some((text(u, "usernameKey")?, text(p, "passwordKey")?)),
+        _ => None,
+    };
+    Ok(analysis::Credentials {
+        bearer,
+        basic,
+        ca_pem: get(&auth.ca_key)?,
     })
 }
 
