@@ -113,6 +113,7 @@ const SPEC: &[&str] = &[
     "containers",
     "ephemeralContainers",
     "imagePullSecrets",
+    "nodeSelector",
     "template",
     "jobTemplate",
 ];
@@ -123,13 +124,21 @@ const POD_SPEC: &[&str] = &[
     "containers",
     "ephemeralContainers",
     "imagePullSecrets",
+    "nodeSelector",
 ];
 const TEMPLATE: &[&str] = &["spec"];
 const JOB_TEMPLATE: &[&str] = &["spec"];
 const JOB_SPEC: &[&str] = &["template"];
 const LOCAL_REF: &[&str] = &["name"];
 const OS: &[&str] = &["name"];
-const POD_SECURITY: &[&str] = &["runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "seccompProfile"];
+const POD_SECURITY: &[&str] = &[
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "fsGroup",
+    "seccompProfile",
+    "windowsOptions",
+];
 const CONTAINER: &[&str] = &[
     "name",
     "image",
@@ -149,6 +158,7 @@ const SECURITY: &[&str] = &[
     "privileged",
     "capabilities",
     "seccompProfile",
+    "windowsOptions",
 ];
 const CAPABILITIES: &[&str] = &["add", "drop"];
 const PROBE: &[&str] = &["exec"];
@@ -564,6 +574,7 @@ impl<'a> Scanner<'a> {
         "containers" => containers = self.opt(Self::containers)?,
         "ephemeralContainers" => ephemeral_containers = self.opt(Self::containers)?,
         "imagePullSecrets" => image_pull_secrets = self.opt(|s| s.seq(Self::local_ref))?,
+        "nodeSelector" => node_selector = self.opt(Self::string_map)?,
         "template" => template = self.opt(|s| s.template().map(Box::new))?,
         "jobTemplate" => job_template = self.opt(|s| s.job_template().map(Box::new))?,
     });
@@ -587,6 +598,7 @@ impl<'a> Scanner<'a> {
         "containers" => containers = self.opt(Self::containers)?,
         "ephemeralContainers" => ephemeral_containers = self.opt(Self::containers)?,
         "imagePullSecrets" => image_pull_secrets = self.opt(|s| s.seq(Self::local_ref))?,
+        "nodeSelector" => node_selector = self.opt(Self::string_map)?,
     });
 
     reader!(self, fn local_ref -> LocalObjectReference, LOCAL_REF {
@@ -608,6 +620,7 @@ impl<'a> Scanner<'a> {
         "runAsNonRoot" => run_as_non_root = self.opt(Self::bool)?,
         "fsGroup" => fs_group = self.opt(Self::int)?,
         "seccompProfile" => seccomp_profile = self.present()?,
+        "windowsOptions" => windows_options = self.present()?,
     });
 
     fn containers(&mut self) -> Option<Vec<Container>> {
@@ -634,6 +647,7 @@ impl<'a> Scanner<'a> {
         "privileged" => privileged = self.opt(Self::bool)?,
         "capabilities" => capabilities = self.opt(Self::capabilities)?,
         "seccompProfile" => seccomp_profile = self.present()?,
+        "windowsOptions" => windows_options = self.present()?,
     });
 
     reader!(self, fn capabilities -> Capabilities, CAPABILITIES {

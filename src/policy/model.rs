@@ -57,6 +57,9 @@ pub struct PodSpec {
     /// Secrets with registry credentials for the pod's images.
     #[serde(default)]
     pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Read for `kubernetes.io/os` (a Windows pod).
+    #[serde(default)]
+    pub node_selector: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A reference to an object in the same namespace.
@@ -98,8 +101,23 @@ impl PodSpec {
     }
 
     /// Whether `spec.os.name` says the pod runs on Windows.
+    /// Whether the pod runs on Windows: `spec.os.name: windows`, a node
+    /// selector for Windows nodes, or `windowsOptions` anywhere (which only
+    /// Windows pods carry).
     pub fn is_windows(&self) -> bool {
         self.os.as_ref().is_some_and(|os| os.name.as_deref() == Some("windows"))
+            || self.node_selector.as_ref().is_some_and(|n| {
+                ["kubernetes.io/os", "beta.kubernetes.io/os"]
+                    .iter()
+                    .any(|k| n.get(*k).is_some_and(|v| v == "windows"))
+            })
+            || self
+                .security_context
+                .as_ref()
+                .is_some_and(|s| s.windows_options.is_some())
+            || self
+                .all_containers()
+                .any(|c| c.security_context.as_ref().is_some_and(|s| s.windows_options.is_some()))
     }
 }
 
@@ -122,6 +140,9 @@ pub struct PodSecurityContext {
     pub fs_group: Option<i64>,
     #[serde(default)]
     pub seccomp_profile: Option<IgnoredAny>,
+    /// Only whether it is set: a Windows pod.
+    #[serde(default)]
+    pub windows_options: Option<IgnoredAny>,
 }
 
 /// A container of any of the three lists (init, regular, ephemeral).
@@ -165,6 +186,9 @@ pub struct SecurityContext {
     pub capabilities: Option<Capabilities>,
     #[serde(default)]
     pub seccomp_profile: Option<IgnoredAny>,
+    /// Only whether it is set: a Windows pod.
+    #[serde(default)]
+    pub windows_options: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]

@@ -96,24 +96,42 @@ pub fn mutation_patch(spec: &PodSpec, spec_pointer: &str, m: &MutationSettings) 
             .iter()
             .chain(spec.containers())
             .any(|c| c.security_context.as_ref().and_then(|s| s.run_as_user) == Some(0));
+    // Windows pods: runAsNonRoot there checks the user name
+    // (ContainerAdministrator fails it) and the UIDs are Linux-only.
+    if windows {
+        return ops;
+    }
     if m.run_as_non_root && !explicit_root && psc.and_then(|s| s.run_as_non_root).is_none() {
         pod.insert("runAsNonRoot".into(), json!(true));
     }
-    if !windows {
+    {
         let containers = || spec.init_containers().iter().chain(spec.containers());
-        let any_sets = |f: fn(&SecurityContext) -> Option<i64>| {
-            containers().any(|c| c.security_context.as_ref().and_then(f).is_some())
-        };
+        let pod_user = psc.and_then(|s| s.run_as_user);
+        let foreign = |uid: Option<i64>| uid.is_some_and(|u| u != m.uid);
+        // A deliberate other user (redis 999, Istio 1337, ...) keeps its own
+        // group and volume ownership: no 65532 group is added beside it.
+        let foreign_user =
+            foreign(pod_user) || containers().any(|c| foreign(c.security_context.as_ref().and_then(|s| s.run_as_user)));
+        let foreign_user_without_group = foreign(pod_user)
+            || containers().any(|c| {
+                let sc = c.security_context.as_ref();
+                foreign(sc.and_then(|s| s.run_as_user)) && sc.and_then(|s| s.run_as_group).is_none()
+            });
         if m.run_as_user == RunAsUserMode::IfUnset {
-            if psc.and_then(|s| s.run_as_user).is_none() && !any_sets(|s| s.run_as_user) {
+            // Pod-level, so every container without a user of its own gets
+            // it (a container's own runAsUser still wins for that container).
+            if pod_user.is_none() {
                 pod.insert("runAsUser".into(), json!(m.uid));
             }
-            if psc.and_then(|s| s.run_as_group).is_none() && !any_sets(|s| s.run_as_group) {
+            if psc.and_then(|s| s.run_as_group).is_none() && !foreign_user_without_group {
                 pod.insert("runAsGroup".into(), json!(m.uid));
             }
         }
         match (m.fs_group, psc.and_then(|s| s.fs_group)) {
-            (FsGroupMode::IfUnset | FsGroupMode::Override, None) => {
+            (FsGroupMode::IfUnset, None) if !foreign_user => {
+                pod.insert("fsGroup".into(), json!(m.uid));
+            }
+            (FsGroupMode::Override, None) => {
                 pod.insert("fsGroup".into(), json!(m.uid));
             }
             (FsGroupMode::Override, Some(current)) if current != m.uid => {
@@ -130,9 +148,6 @@ pub fn mutation_patch(spec: &PodSpec, spec_pointer: &str, m: &MutationSettings) 
     }
     add_fields(&mut ops, spec_pointer, psc.is_some(), pod);
 
-    if windows {
-        return ops;
-    }
     let lists: [(&str, &[Container]); 2] = [
         ("initContainers", spec.init_containers()),
         ("containers", spec.containers()),

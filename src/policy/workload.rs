@@ -154,6 +154,8 @@ pub(crate) struct SpecShape {
     pub(crate) ephemeral_containers: Option<Vec<Container>>,
     #[serde(default)]
     pub(crate) image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    #[serde(default)]
+    pub(crate) node_selector: Option<std::collections::BTreeMap<String, String>>,
     // Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job.
     // Boxed, as the rarer shapes: a Pod's spec is read without moving room
     // for two more pod specs around.
@@ -195,6 +197,7 @@ impl ObjectShape {
                 containers: spec.containers,
                 ephemeral_containers: spec.ephemeral_containers,
                 image_pull_secrets: spec.image_pull_secrets,
+                node_selector: spec.node_selector,
             },
             WorkloadKind::CronJob => template(spec.job_template.and_then(|j| j.spec).and_then(|s| s.template)),
             _ => template(spec.template),

@@ -79,7 +79,8 @@ async fn the_api_server_accepts_the_crd_and_refuses_invalid_policies_naming_the_
 }
 
 #[tokio::test]
-async fn the_api_server_refuses_empty_and_contradictory_rollout_steps_and_gate_credentials_over_http_and_takes_bare_pauses() {
+async fn the_api_server_refuses_empty_and_contradictory_rollout_steps_and_gate_credentials_over_http_and_takes_bare_pauses()
+ {
     // No release at the same time: its rollout webhook would be asked too,
     // and refuses while its operator starts or stops.
     let _alone = exclusive().await;

@@ -60,11 +60,14 @@ fn explicit_values_are_kept_and_only_missing_fields_are_added() {
     let sc = &out["spec"]["securityContext"];
     assert_eq!(sc["fsGroup"], 2000);
     assert_eq!(sc["runAsNonRoot"], false);
-    assert!(
-        sc.get("runAsUser").is_none(),
-        "a container sets runAsUser, so the pod gets none"
+    assert_eq!(
+        sc["runAsUser"], 65532,
+        "pod-level, for containers without their own; the container keeps 1000"
     );
-    assert_eq!(sc["runAsGroup"], 65532);
+    assert!(
+        sc.get("runAsGroup").is_none(),
+        "user 1000 has no group of its own, so none is added beside it"
+    );
     assert_eq!(sc["seccompProfile"], json!({"type": "RuntimeDefault"}));
     let csc = &out["spec"]["containers"][0]["securityContext"];
     assert_eq!(csc["allowPrivilegeEscalation"], true);
@@ -96,12 +99,60 @@ fn privileged_containers_do_not_get_allow_privilege_escalation_false() {
 }
 
 #[test]
-fn windows_pods_get_no_linux_only_fields() {
+fn windows_pods_however_they_say_so_are_left_untouched() {
+    // runAsNonRoot on Windows refuses ContainerAdministrator; the UIDs are Linux-only.
+    for spec in [
+        json!({"os": {"name": "windows"}, "containers": [{"name": "a", "image": "a"}]}),
+        json!({"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": [{"name": "a", "image": "a"}]}),
+        json!({"containers": [{"name": "a", "image": "a",
+               "securityContext": {"windowsOptions": {"runAsUserName": "ContainerAdministrator"}}}]}),
+        json!({"securityContext": {"windowsOptions": {"gmsaCredentialSpecName": "g"}},
+               "containers": [{"name": "a", "image": "a"}]}),
+    ] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec});
+        assert_eq!(patch_for(&pod, &settings_all_on(65532)), Vec::new(), "{spec}");
+    }
+}
+
+#[test]
+fn a_deliberate_other_user_keeps_its_group_and_volume_ownership() {
+    for spec in [
+        json!({"securityContext": {"runAsUser": 999}, "containers": [{"name": "redis", "image": "redis"}]}),
+        json!({"containers": [{"name": "app", "image": "a"},
+                              {"name": "proxy", "image": "istio/proxyv2", "securityContext": {"runAsUser": 1337}}]}),
+    ] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec});
+        let out = apply(&pod, &settings_all_on(65532));
+        let psc = &out["spec"]["securityContext"];
+        assert!(
+            psc.get("runAsGroup").is_none() && psc.get("fsGroup").is_none(),
+            "{spec}: {psc}"
+        );
+        assert_eq!(psc["runAsNonRoot"], true, "{spec}: {psc}");
+    }
+    // A sidecar with its own user and group does not stop the group for the rest.
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-        "spec": {"os": {"name": "windows"}, "containers": [{"name": "a", "image": "a"}]}});
+        "spec": {"containers": [{"name": "app", "image": "a"},
+                                {"name": "proxy", "image": "p", "securityContext": {"runAsUser": 1337, "runAsGroup": 1337}}]}});
+    let psc = apply(&pod, &settings_all_on(65532))["spec"]["securityContext"].clone();
+    assert_eq!(
+        (psc["runAsUser"].clone(), psc["runAsGroup"].clone()),
+        (json!(65532), json!(65532)),
+        "{psc}"
+    );
+    assert!(psc.get("fsGroup").is_none(), "volumes shared with user 1337: {psc}");
+}
+
+#[test]
+fn one_container_with_its_own_user_does_not_leave_the_others_without_one() {
+    // Without a pod-level runAsUser the sidecar would run as its image's
+    // (root) user under the added runAsNonRoot, and not start.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "a", "securityContext": {"runAsUser": 65532}},
+                                {"name": "sidecar", "image": "root-image"}]}});
     let out = apply(&pod, &settings_all_on(65532));
-    assert_eq!(out["spec"]["securityContext"], json!({"runAsNonRoot": true}));
-    assert!(out["spec"]["containers"][0].get("securityContext").is_none());
+    assert_eq!(out["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(out["spec"]["securityContext"]["runAsUser"], 65532, "{out:#}");
 }
 
 #[test]
@@ -260,8 +311,10 @@ proptest! {
     fn a_mutated_pod_passes_what_mutation_can_fix(pod in pod(), m in settings()) {
         let mutated = apply(&pod, &m);
         let root_rules = violations(&pod).iter().any(|(r, _)| matches!(r, RuleId::RootUid | RuleId::NonRootDisabled));
-        // With runAsNonRoot mutation on, every pod either breaks a root rule or runs as non-root.
-        if m.run_as_non_root && !root_rules {
+        // With runAsNonRoot mutation on, every Linux pod either breaks a root rule or runs as non-root.
+        // (Windows pods are left alone: runAsNonRoot means a user name there.)
+        let windows = pod["spec"]["os"]["name"] == "windows";
+        if m.run_as_non_root && !root_rules && !windows {
             prop_assert!(psa::run_as_non_root(&mutated) && psa::run_as_user(&mutated), "{:#}", mutated);
         }
         // A control that passed before mutation still passes.
