@@ -151,6 +151,8 @@ pub fn policy(data: &[u8]) {
             source: "pod.yaml".into(),
             line: 1,
             value: pod,
+            raw: 0,
+            changed: false,
         }];
         let _ = crate::offline::check(&mut docs, &set, jiff::Timestamp::UNIX_EPOCH, true, None);
     }

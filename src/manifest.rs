@@ -14,6 +14,29 @@ pub struct Document {
     /// The 1-based line its YAML document starts on.
     pub line: usize,
     pub value: Value,
+    /// The index of the YAML document it was read from in [`Loaded::raw`].
+    pub raw: usize,
+    /// Whether `--fix` changed `value`.
+    pub changed: bool,
+}
+
+/// One YAML document as written, whatever it holds (an object, a `List`, a
+/// kustomize patch without `kind`, YAML that does not parse, comments only):
+/// `--fix` prints it back byte for byte unless it changed an object in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawDocument {
+    pub source: String,
+    pub text: String,
+    /// A `List` whose items were read as the documents.
+    pub list: bool,
+}
+
+/// How manifests are parsed: YAML 1.1 integers, as kubectl reads them
+/// (`defaultMode: 0400` is octal 256, not decimal 400).
+pub fn yaml_options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.legacy_octal_numbers = true;
+    options
 }
 
 impl Document {
@@ -121,6 +144,8 @@ pub enum ManifestError {
 pub struct Loaded {
     pub docs: Vec<Document>,
     pub problems: Vec<Problem>,
+    /// Every YAML document of the files read, in order.
+    pub raw: Vec<RawDocument>,
 }
 
 fn is_manifest_file(path: &Path) -> bool {
@@ -218,6 +243,7 @@ pub fn read(paths: &[PathBuf]) -> Result<Loaded, ManifestError> {
     let mut loaded = Loaded {
         docs: Vec::new(),
         problems: std::mem::take(&mut walk.problems),
+        raw: Vec::new(),
     };
     // Templates of a chart are reported once, as the chart.
     let mut charts: std::collections::BTreeMap<PathBuf, usize> = Default::default();
@@ -243,8 +269,9 @@ pub fn read(paths: &[PathBuf]) -> Result<Loaded, ManifestError> {
             *charts.entry(chart).or_default() += 1;
             continue;
         }
-        let (docs, problem) = parse_lenient(&file.display().to_string(), &text);
+        let (docs, problem, raw) = parse_with_raw(&file.display().to_string(), &text, loaded.raw.len());
         loaded.docs.extend(docs);
+        loaded.raw.extend(raw);
         if let Some(mut p) = problem {
             let dir = file
                 .parent()
@@ -285,9 +312,10 @@ pub fn read_rendered(chart: &str, text: &str) -> Loaded {
             .lines()
             .find_map(|l| l.strip_prefix("# Source: "))
             .map_or_else(|| chart.to_string(), |s| format!("{chart} ({})", s.trim()));
-        let (docs, problem) = parse_lenient(&source, &body);
+        let (docs, problem, raw) = parse_with_raw(&source, &body, loaded.raw.len());
         loaded.docs.extend(docs);
         loaded.problems.extend(problem);
+        loaded.raw.extend(raw);
     }
     loaded
 }
@@ -439,9 +467,31 @@ fn describe_parse_error(e: &serde_saphyr::Error) -> (ProblemKind, String) {
 /// are skipped silently; `kind: List` is flattened. YAML broken by template
 /// actions makes the whole file a template, none of it read.
 pub fn parse_lenient(source: &str, text: &str) -> (Vec<Document>, Option<Problem>) {
+    let (docs, problem, _) = parse_with_raw(source, text, 0);
+    (docs, problem)
+}
+
+/// [`parse_lenient`], and every YAML document's text (numbered from `first_raw`).
+fn parse_with_raw(source: &str, text: &str, first_raw: usize) -> (Vec<Document>, Option<Problem>, Vec<RawDocument>) {
     let mut docs = Vec::new();
     let mut problem: Option<Problem> = None;
+    let mut raws = Vec::new();
     for (start, body) in split_documents(text) {
+        let raw = first_raw + raws.len();
+        if body.trim().is_empty() {
+            continue;
+        }
+        // The separator's own line break is not the document's.
+        let written = if start > 1 {
+            body.strip_prefix('\n').unwrap_or(&body)
+        } else {
+            &body
+        };
+        raws.push(RawDocument {
+            source: source.to_string(),
+            text: written.to_string(),
+            list: false,
+        });
         // Where the object itself starts: past leading blank and comment lines.
         let Some(skipped) = body.lines().position(|l| {
             let t = l.trim();
@@ -449,7 +499,7 @@ pub fn parse_lenient(source: &str, text: &str) -> (Vec<Document>, Option<Problem
         }) else {
             continue;
         };
-        let value: Value = match serde_saphyr::from_str(&body) {
+        let value: Value = match serde_saphyr::from_str_with_options(&body, yaml_options()) {
             Ok(value) => value,
             Err(e) => {
                 if problem.is_none() {
@@ -473,10 +523,15 @@ pub fn parse_lenient(source: &str, text: &str) -> (Vec<Document>, Option<Problem
             && value.get("items").is_some_and(Value::is_array);
         if is_list {
             if let Some(Value::Array(items)) = value.get("items") {
+                if let Some(r) = raws.last_mut() {
+                    r.list = true;
+                }
                 docs.extend(items.iter().filter(|i| i.is_object()).map(|item| Document {
                     source: source.to_string(),
                     line: start + skipped,
                     value: item.clone(),
+                    raw,
+                    changed: false,
                 }));
             }
         } else {
@@ -484,6 +539,8 @@ pub fn parse_lenient(source: &str, text: &str) -> (Vec<Document>, Option<Problem
                 source: source.to_string(),
                 line: start + skipped,
                 value,
+                raw,
+                changed: false,
             });
         }
     }
@@ -496,7 +553,7 @@ pub fn parse_lenient(source: &str, text: &str) -> (Vec<Document>, Option<Problem
         p.hint = Some("render it first (`helm template`, or the tool that owns it) and check the output".into());
         docs.clear();
     }
-    (docs, problem)
+    (docs, problem, raws)
 }
 
 /// Why policy files could not be used.

@@ -144,12 +144,18 @@ pub fn check(
         let mut verdict = judge(&workload);
         let mutations = verdict.mutation_patch(&workload);
         if fix && !mutations.is_empty() {
-            if let Err(e) = json_patch::patch(&mut doc.value, &mutations) {
+            let mut fixed = doc.value.clone();
+            match json_patch::patch(&mut fixed, &mutations) {
                 // The patch was computed from this very document; failing to apply it is a bug.
-                tracing::error!(error = %e, %location, "mutation patch does not apply to its own document");
-            } else if let Ok(Some(fixed)) = Workload::from_value(&doc.value) {
-                workload = fixed;
-                verdict = judge(&workload);
+                Err(e) => tracing::error!(error = %e, %location, "mutation patch does not apply to its own document"),
+                Ok(()) => {
+                    doc.value = fixed;
+                    doc.changed = true;
+                    if let Ok(Some(w)) = Workload::from_value(&doc.value) {
+                        workload = w;
+                        verdict = judge(&workload);
+                    }
+                }
             }
         }
         report.results.push(ObjectResult {

@@ -78,6 +78,7 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
         loaded.problems.extend(rendered.problems);
     }
     let mut docs = loaded.docs;
+    let raw = loaded.raw;
     let facts = match args.images.inspector_config()? {
         Some(config) => Some(gather_images(config, offline::inspection_plans(&docs, &policies))?),
         None => None,
@@ -85,8 +86,9 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
     let mut report = offline::check(&mut docs, &policies, jiff::Timestamp::now(), args.fix, facts.as_ref());
     report.unreadable.splice(0..0, loaded.problems);
     let mut stdout = std::io::stdout().lock();
+    let mut unsafe_fixes = Vec::new();
     if args.fix {
-        write_fixed(&mut stdout, &docs)
+        write_fixed(&mut stdout, &raw, &docs, &mut unsafe_fixes)
     } else if args.output == OutputFormat::Json {
         serde_json::to_writer_pretty(&mut stdout, &report)
             .map_err(std::io::Error::other)
@@ -97,6 +99,13 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
     .context("cannot write output")?;
     drop(stdout);
     report_unreadable(&report.unreadable, args.strict)?;
+    if !unsafe_fixes.is_empty() {
+        anyhow::bail!(
+            "{} document(s) printed unchanged: their fix did not read back as the fixed object ({})",
+            unsafe_fixes.len(),
+            unsafe_fixes.join(", ")
+        );
+    }
     Ok(report.allowed())
 }
 
@@ -146,22 +155,76 @@ pub(super) fn report_unreadable(problems: &[manifest::Problem], strict: bool) ->
     Ok(())
 }
 
-/// Writes the fixed manifests as YAML documents.
-fn write_fixed(out: &mut impl Write, docs: &[Document]) -> std::io::Result<()> {
-    let many_sources = docs.windows(2).any(|w| w[0].source != w[1].source);
+/// Writes every YAML document read, in order: as written (byte for byte:
+/// comments, anchors, octal modes, kustomize patches without `kind`, YAML
+/// that did not parse) unless `--fix` changed an object in it; a changed one
+/// is printed again from the fixed object, then read back, and printed as
+/// written instead (named in `unsafe_fixes`) if it does not read back as the
+/// fixed object: a fix never writes a manifest that means something else.
+fn write_fixed(
+    out: &mut impl Write,
+    raw: &[manifest::RawDocument],
+    docs: &[Document],
+    unsafe_fixes: &mut Vec<String>,
+) -> std::io::Result<()> {
+    let many_sources = raw.windows(2).any(|w| w[0].source != w[1].source);
     let mut last_source = None;
-    for (i, doc) in docs.iter().enumerate() {
+    for (i, r) in raw.iter().enumerate() {
         if i > 0 {
             writeln!(out, "---")?;
         }
-        if many_sources && last_source != Some(&doc.source) {
-            writeln!(out, "# Source: {}", doc.source)?;
-            last_source = Some(&doc.source);
+        if many_sources && last_source != Some(&r.source) {
+            writeln!(out, "# Source: {}", r.source)?;
+            last_source = Some(&r.source);
         }
-        let yaml = serde_saphyr::to_string(&doc.value).map_err(std::io::Error::other)?;
-        out.write_all(yaml.as_bytes())?;
+        let mine: Vec<&Document> = docs.iter().filter(|d| d.raw == i).collect();
+        let fixed = if mine.iter().any(|d| d.changed) {
+            fixed_text(r, &mine)
+        } else {
+            None
+        };
+        match fixed {
+            Some(Ok(yaml)) => out.write_all(yaml.as_bytes())?,
+            other => {
+                if let Some(Err(())) = other {
+                    unsafe_fixes.push(mine.first().map_or_else(|| r.source.clone(), |d| d.location()));
+                }
+                out.write_all(r.text.as_bytes())?;
+                if !r.text.ends_with('\n') {
+                    writeln!(out)?;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// The YAML of a changed document (a `List` with its items replaced), if it
+/// reads back as what was meant; `Err` when it does not.
+fn fixed_text(r: &manifest::RawDocument, docs: &[&Document]) -> Option<Result<String, ()>> {
+    let value = if r.list {
+        let mut list: serde_json::Value =
+            serde_saphyr::from_str_with_options(&r.text, manifest::yaml_options()).ok()?;
+        let mut fixed = docs.iter().map(|d| d.value.clone());
+        for item in list
+            .get_mut("items")?
+            .as_array_mut()?
+            .iter_mut()
+            .filter(|i| i.is_object())
+        {
+            *item = fixed.next()?;
+        }
+        list
+    } else {
+        docs.first()?.value.clone()
+    };
+    let yaml = serde_saphyr::to_string(&value).ok()?;
+    let back: Option<serde_json::Value> = serde_saphyr::from_str_with_options(&yaml, manifest::yaml_options()).ok();
+    Some(if back.as_ref() == Some(&value) {
+        Ok(yaml)
+    } else {
+        Err(())
+    })
 }
 
 /// Colours for a terminal; none when output is not a terminal or `NO_COLOR` is set.

@@ -415,3 +415,43 @@ fn crd_subcommand_prints_the_checked_in_crd() {
     .collect();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), expected.join("---\n"));
 }
+
+#[test]
+fn fix_prints_what_it_does_not_change_byte_for_byte_and_keeps_octal_modes_meaning_what_they_meant() {
+    let unchanged =
+        "# kept: a comment, an anchor, a kustomize patch without kind\nmetadata: {name: web}\nspec: &s {replicas: 3}\n";
+    let fixed_pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: x}]\n  volumes: [{name: s, secret: {secretName: s, defaultMode: 0400}}]\n";
+    let done = "# already non-root\napiVersion: v1\nkind: Pod\nmetadata: {name: q}\nspec:\n  securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, seccompProfile: {type: RuntimeDefault}}\n  containers:\n  - name: c\n    image: x\n    securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}\n    args: [\"--mode=0755\"]\n";
+    let broken = "kind: [unclosed\n";
+    let input = format!("{unchanged}---\n{fixed_pod}---\n{done}---\n{broken}");
+    let out = run_stdin(&["check", "-f", "-", "--fix"], &input);
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<&str> = yaml.split("---\n").collect();
+    assert_eq!(
+        docs.len(),
+        4,
+        "every document is printed, even the unreadable one: {yaml}"
+    );
+    assert_eq!(docs[0], unchanged);
+    assert_eq!(
+        docs[2], done,
+        "a document the fix does not change is printed as written"
+    );
+    assert_eq!(docs[3], broken);
+    // The changed one: 0400 is octal to kubectl (YAML 1.1), so it is written as 256, never 400.
+    let again = run_stdin(&["check", "-f", "-", "-o", "json"], docs[1]);
+    let pod: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert!(docs[1].contains("defaultMode: 256"), "{}", docs[1]);
+    assert!(docs[1].contains("runAsNonRoot: true"), "{}", docs[1]);
+    assert_eq!(
+        pod["results"][0]["mutations"],
+        serde_json::json!([]),
+        "the fixed pod needs no more fixing"
+    );
+    // The unreadable document is still reported (exit 2 only with --strict).
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
