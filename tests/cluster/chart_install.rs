@@ -273,7 +273,7 @@ async fn exercise(release: &Release) {
         "bad",
         "bad",
         "registry.test/rbac/bad:1-distroless",
-        json!({"steps": [{"weight": 50, "bakeSeconds": 60}, {"weight": 100}]}),
+        json!({"steps": [{"weight": 50, "bakeSeconds": 60}, {"weight": 100}], "keepFailedPod": true}),
     )
     .await;
     // A metric gate with credentials from a Secret (get secrets), against an
@@ -306,6 +306,34 @@ async fn exercise(release: &Release) {
             .then_some(())
     })
     .await;
+    // keepFailedPod: one crashing canary pod stays, out of its ReplicaSet
+    // (which cannot pick it when scaled to zero) and out of the traffic.
+    let kept = wait_for("the failed pod kept", Duration::from_secs(30), || async {
+        let pods = get_json(&[
+            "pods",
+            "-n",
+            &ns,
+            "-l",
+            "distrolessguard.dev/rollout=bad,pod-template-hash=kept-for-debug",
+        ])
+        .await?;
+        pods["items"].as_array()?.first().cloned()
+    })
+    .await;
+    let owners = &kept["metadata"]["ownerReferences"];
+    assert_eq!(owners[0]["kind"], "DistrolessRollout", "{owners}");
+    assert_eq!(
+        owners.as_array().unwrap().len(),
+        1,
+        "released by its ReplicaSet: {owners}"
+    );
+    let statuses = kept["status"]["containerStatuses"].as_array().unwrap();
+    assert!(
+        statuses
+            .iter()
+            .any(|c| c["restartCount"].as_i64() > Some(0) || c["ready"] == false),
+        "{kept:#}"
+    );
     cp().delete_stage(&stage).await.unwrap();
     // PolicyReports: one appears for a namespace with an audited workload and
     // goes when the workload does.

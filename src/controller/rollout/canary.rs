@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::{PodReadinessGate, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodReadinessGate, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
 use sha2::{Digest, Sha256};
@@ -72,6 +72,19 @@ pub(crate) fn template(deployment: &Deployment, images: &BTreeMap<String, String
         }
     }
     t
+}
+
+/// The `pod-template-hash` of a pod kept for debugging (`keepFailedPod`):
+/// no ReplicaSet selects it.
+pub(crate) const KEPT: &str = "kept-for-debug";
+
+/// Whether `keepFailedPod` took this pod out of its ReplicaSet.
+pub(crate) fn is_kept(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"))
+        .is_some_and(|h| h == KEPT)
 }
 
 /// A short, stable hash of a pod template (what `pod-template-hash` is for).

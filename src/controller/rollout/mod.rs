@@ -409,6 +409,22 @@ async fn apply(
                     }
                 }
             }
+            Action::KeepPod { name } => {
+                // Owned by the rollout alone (so it goes with it); not blocking
+                // the rollout's deletion, which would need finalizer rights.
+                let owner = json!({"apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout",
+                    "name": rollout.name_any(), "uid": rollout.uid(), "controller": false});
+                let patch = json!({"metadata": {"labels": {"pod-template-hash": canary::KEPT},
+                    "ownerReferences": [owner]}});
+                match Api::<Pod>::namespaced(client.clone(), &ns)
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => info!(pod = %name, "the failed canary pod is kept for kubectl debug"),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(kerr(format!("keeping the failed pod {name}"))(e)),
+                }
+            }
             Action::PatchDeploymentImages(images) => {
                 let d = &rollout.spec.target_ref.name;
                 let containers: Vec<_> = images.iter().map(|(n, i)| json!({"name": n, "image": i})).collect();

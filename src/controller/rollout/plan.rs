@@ -61,6 +61,13 @@ pub(crate) enum Action {
         pods: Vec<String>,
         serving: bool,
     },
+    /// Takes this pod out of its ReplicaSet for `kubectl debug`: its
+    /// `pod-template-hash` becomes [`canary::KEPT`] (so no ReplicaSet selects
+    /// it, and scaling the canary to zero cannot pick it) and its only owner
+    /// the rollout (so it goes when the rollout does).
+    KeepPod {
+        name: String,
+    },
     /// Server-side apply of only these container images on the Deployment.
     PatchDeploymentImages(BTreeMap<String, String>),
     Event {
@@ -412,13 +419,25 @@ impl<'a> Planner<'a> {
                 serving: false,
             });
         }
-        let keep = u32::from(self.o.rollout.spec.keep_failed_pod);
-        for (i, rs) in self.o.canaries.iter().enumerate() {
+        // `keepFailedPod`: the pod that failed (any canary pod, for a failure
+        // of no pod in particular: a metric gate, an abort) leaves its
+        // ReplicaSet first, so scaling to zero cannot take it, nor keep
+        // another in its place.
+        if self.o.rollout.spec.keep_failed_pod && !self.o.canary_pods.iter().filter(live).any(canary::is_kept) {
+            let failed = self.st.failure.as_ref().and_then(|f| f.pod.clone());
+            let candidates = || self.o.canary_pods.iter().filter(live).filter(|p| !canary::is_kept(p));
+            let pick = candidates()
+                .find(|p| p.metadata.name.is_some() && p.metadata.name == failed)
+                .or_else(|| candidates().next())
+                .and_then(|p| p.metadata.name.clone());
+            if let Some(name) = pick {
+                self.actions.push(Action::KeepPod { name });
+            }
+        }
+        for rs in self.o.canaries {
             let name = rs.metadata.name.clone().unwrap_or_default();
-            let replicas = rs.spec.replicas.unwrap_or(0);
-            let want = if i == 0 { keep } else { 0 };
-            if replicas != i32::try_from(want).unwrap_or(0) {
-                self.actions.push(Action::ScaleCanary { name, replicas: want });
+            if rs.spec.replicas.unwrap_or(0) != 0 {
+                self.actions.push(Action::ScaleCanary { name, replicas: 0 });
             }
         }
         if self.st.deployment_patched
@@ -1212,6 +1231,15 @@ mod tests {
                         }
                         self.deployment.metadata.generation = Some(self.deployment.metadata.generation.unwrap() + 1);
                     }
+                    Action::KeepPod { name } => {
+                        for p in self.pods.iter_mut().filter(|p| p.metadata.name.as_ref() == Some(name)) {
+                            p.metadata
+                                .labels
+                                .as_mut()
+                                .unwrap()
+                                .insert("pod-template-hash".into(), canary::KEPT.into());
+                        }
+                    }
                     Action::Event { reason, .. } => self.events.push(reason.clone()),
                 }
             }
@@ -1220,7 +1248,8 @@ mod tests {
         /// The kubelet and the controllers: canary pods follow their ReplicaSets;
         /// the Deployment finishes a rolling update in one tick.
         fn cluster_tick(&mut self) {
-            let mut pods = Vec::new();
+            // Pods taken out of their ReplicaSet stay as they are.
+            let mut pods: Vec<Pod> = self.pods.iter().filter(|p| canary::is_kept(p)).cloned().collect();
             for rs in &self.canaries {
                 let hash = canary::hash_of(rs).unwrap().to_string();
                 let want = rs.spec.replicas.unwrap_or(0) as usize;
@@ -1715,6 +1744,40 @@ mod tests {
         let p = w.step();
         assert!(!p.finalizer);
         assert_eq!(w.deployment_image(), "reg/app:distroless");
+    }
+
+    #[test]
+    fn keep_failed_pod_keeps_the_pod_that_failed_out_of_the_replica_set_and_the_traffic() {
+        let mut w = World::new(
+            json!({"keepFailedPod": true, "steps": [{"staging": {"replicas": 3}, "bakeSeconds": 60}, {"weight": 100}]}),
+            4,
+        );
+        w.run(20, 5);
+        assert_eq!(w.pods.len(), 3);
+        // One pod of three fails; the ReplicaSet controller would spare a healthy one.
+        let failing = w.pods[1].metadata.name.clone().unwrap();
+        let status = w.pods[1].status.as_mut().unwrap();
+        status.container_statuses.as_mut().unwrap()[0].state = Some(
+            serde_json::from_value(json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}})).unwrap(),
+        );
+        status.container_statuses.as_mut().unwrap()[0].ready = false;
+        let p = w.plan();
+        assert!(
+            p.actions
+                .iter()
+                .any(|a| *a == Action::KeepPod { name: failing.clone() }),
+            "{:?}",
+            p.actions
+        );
+        w.step();
+        w.run(20, 5);
+        stopped_with(&w, Phase::RolledBack, "CrashLoopBackOff");
+        assert_eq!(w.canaries[0].spec.replicas, Some(0), "the ReplicaSet is scaled to zero");
+        let kept: Vec<&str> = w.pods.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
+        assert_eq!(kept, [failing.as_str()], "only the failed pod is left");
+        assert!(!gate_open(&w.pods[0]), "and it serves no traffic");
+        // Nothing more to keep on later looks.
+        assert!(!w.plan().actions.iter().any(|a| matches!(a, Action::KeepPod { .. })));
     }
 
     #[test]
