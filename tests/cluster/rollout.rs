@@ -828,3 +828,52 @@ async fn a_rollout_deleted_mid_promotion_puts_the_standard_images_back_before_it
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+#[tokio::test]
+async fn preflight_reads_only_the_moved_containers_images_so_a_sidecar_with_a_shell_does_not_stop_the_rollout() {
+    use crate::registry::{Blob, Compression, Image, Layer, TestRegistry, push};
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let release = Release::install_inspecting("distroless-guard-side", &host).await;
+    let ns = release.namespace("sidecar", &[]).await;
+    let with_shell = || Layer::new().file("bin/sh", b"ELF").file("app", b"ELF").tar();
+    let distroless_layer = || Layer::new().file("app", b"ELF").tar();
+    let standard = registry.image(&format!("{ns}/web:1"));
+    let distroless = registry.image(&format!("{ns}/web:1-distroless"));
+    let sidecar = registry.image(&format!("{ns}/proxy:1"));
+    for (image, layer) in [
+        (&standard, with_shell()),
+        (&distroless, distroless_layer()),
+        (&sidecar, with_shell()),
+    ] {
+        push(
+            image,
+            &Image::new(vec![Blob::layer(layer, Compression::Gzip)]).user("65532"),
+        )
+        .await;
+    }
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                    {"name": "app", "image": standard}, {"name": "proxy", "image": sidecar}]}}}});
+    let out = kubectl_stdin(&["apply", "-f", "-"], &d.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &distroless,
+        json!({"steps": [{"staging": {"replicas": 1}, "pause": true}]}),
+    )
+    .await;
+    let s = wait_phase(&ns, "web", "Paused", 60).await;
+    let preflight = &s["preflight"];
+    assert_eq!(preflight["passed"], true, "{s:#}");
+    let message = preflight["message"].as_str().unwrap();
+    assert!(
+        message.contains(&distroless) && !message.contains(&sidecar),
+        "{message}"
+    );
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}

@@ -32,6 +32,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use self::canary::{ROLLOUT_LABEL, SERVING_GATE};
 use self::plan::{Action, MetricReading, Observed, Plan};
 use super::FIELD_MANAGER;
+use crate::admission::PullSecrets;
 use crate::api::rollout::GateAuth;
 use crate::api::{DistrolessRollout, Phase, PreflightResult};
 use crate::image::Inspector;
@@ -44,6 +45,8 @@ pub(crate) struct Context {
     /// Reads distroless images in preflight (`--inspect-images`).
     pub(crate) inspector: Option<Arc<Inspector>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Registry credentials from the pods' imagePullSecrets, for preflight.
+    pub(crate) pull_secrets: Arc<dyn PullSecrets>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ impl Context {
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
+            pull_secrets: Arc::new(crate::controller::pull_secrets::SecretPullSecrets::new(client.clone())),
             client,
             inspector,
             metrics,
@@ -347,7 +351,28 @@ async fn apply(
                     })
                     .max()
                     .unwrap_or(1);
-                let result = preflight::check(client, &ns, &template, most, ctx.inspector.as_ref()).await;
+                let moved: Vec<&str> = rollout.spec.containers.iter().map(|c| c.name.as_str()).collect();
+                let secrets: Vec<String> = template
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.image_pull_secrets.iter().flatten())
+                    .map(|r| r.name.clone())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                let credentials = match (&ctx.inspector, secrets.is_empty()) {
+                    (Some(_), false) => ctx.pull_secrets.credentials(&ns, &secrets).await.map(Arc::new),
+                    _ => None,
+                };
+                let result = preflight::check(
+                    client,
+                    &ns,
+                    &template,
+                    &moved,
+                    most,
+                    ctx.inspector.as_ref(),
+                    credentials,
+                )
+                .await;
                 let (passed, message) = match result {
                     Ok(m) => (true, m),
                     Err(m) => (false, m),

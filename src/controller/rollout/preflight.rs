@@ -10,15 +10,21 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, Resou
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ListParams, PostParams};
 
+use crate::image::credentials::Credentials;
 use crate::image::{ImageReport, Inspector, Platform};
 
-/// Why a canary pod would not run, or `Ok` with what was checked.
+/// Why a canary pod would not run, or `Ok` with what was checked. Only the
+/// images of `moved` containers are read (a sidecar the rollout leaves alone
+/// is not the migration's business), with `credentials` from the pods'
+/// imagePullSecrets.
 pub(crate) async fn check(
     client: &kube::Client,
     namespace: &str,
     template: &PodTemplateSpec,
+    moved: &[&str],
     canary_pods: u32,
     inspector: Option<&Arc<Inspector>>,
+    credentials: Option<Arc<Credentials>>,
 ) -> Result<String, String> {
     let mut checked = Vec::new();
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -53,10 +59,15 @@ pub(crate) async fn check(
     }
     let spec = template.spec.clone().unwrap_or_default();
     if let Some(inspector) = inspector {
-        for c in &spec.containers {
+        for c in spec.containers.iter().filter(|c| moved.contains(&c.name.as_str())) {
             let Some(image) = c.image.as_deref() else { continue };
             let reports = inspector
-                .inspect(image, &Platform::default(), Some(Duration::from_secs(20)))
+                .inspect_as(
+                    image,
+                    &Platform::default(),
+                    Some(Duration::from_secs(20)),
+                    credentials.clone(),
+                )
                 .await
                 .map_err(|e| format!("cannot read the distroless image: {e}"))?;
             for report in reports.iter() {
