@@ -213,8 +213,22 @@ fn exit(result: anyhow::Result<bool>) -> ExitCode {
     }
 }
 
+/// For a command whose output may go to a reader that stops early
+/// (`inspect IMAGE | head`): the default action of SIGPIPE, so the process
+/// ends quietly as `cat` would, instead of panicking on "Broken pipe". Not
+/// for the long-running servers, whose logs must never end them.
+fn end_quietly_when_the_reader_goes() {
+    #[cfg(unix)]
+    // SAFETY: called once at start, before any thread exists; restoring a
+    // signal's default disposition has no other effect on the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// `kubectl-distroless`, the kubectl plugin.
 pub fn plugin_main() -> ExitCode {
+    end_quietly_when_the_reader_goes();
     plugin::main()
 }
 
@@ -225,6 +239,9 @@ pub fn plugin_complete_main() -> ExitCode {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Webhook(_) | Command::Run(_)) {
+        end_quietly_when_the_reader_goes();
+    }
     match cli.command {
         Command::Check(args) => exit(check::run(&args)),
         Command::Inspect(args) => exit(inspect::run(&args)),

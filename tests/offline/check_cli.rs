@@ -455,3 +455,37 @@ fn fix_prints_what_it_does_not_change_byte_for_byte_and_keeps_octal_modes_meanin
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_check_quietly_not_with_a_panic() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: x}]}\n";
+    let input: String = (0..3000).map(|_| format!("{pod}---\n")).collect();
+    let mut child = bin()
+        .args(["check", "-f", "-", "--fix"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    // `| head -c 16`: read a little, then go away.
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    assert!(
+        out.status.signal() == Some(13) || out.status.success(),
+        "ended by SIGPIPE as `cat` would, or done: {:?}",
+        out.status
+    );
+}
