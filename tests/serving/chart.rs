@@ -65,6 +65,10 @@ fn value_sets() -> Vec<(&'static str, Case)> {
         ),
         ("default policy", Case::new(json!({"defaultPolicy": {"enabled": true}}))),
         (
+            "no metric gate credentials",
+            Case::new(json!({"rollouts": {"metricGateCredentials": false}})),
+        ),
+        (
             "other release and namespace",
             Case {
                 values: json!({"image": {"digest": format!("sha256:{}", "a".repeat(64))}}),
@@ -444,10 +448,11 @@ fn rbac_has_no_wildcards_and_grants_only_what_the_settings_need() {
             })
         };
         let inspection = values["imageInspection"]["enabled"] == true;
+        let gate_credentials = values["rollouts"]["metricGateCredentials"] != false;
         assert_eq!(
             grants(&cluster, "secrets", "get"),
-            inspection,
-            "{name}: cluster-wide Secrets only for imagePullSecrets"
+            inspection || gate_credentials,
+            "{name}: cluster-wide Secrets only for imagePullSecrets or metric gate credentials"
         );
         for kind in WorkloadKind::ALL {
             let plural = api_resource(kind).plural;
@@ -456,12 +461,13 @@ fn rbac_has_no_wildcards_and_grants_only_what_the_settings_need() {
                 "{name}: {plural}"
             );
             // Only the rollout controller writes workloads: its canary ReplicaSets,
-            // the images of the Deployment it promotes or restores, and a
-            // server-side dry-run create of a canary pod in its preflight.
+            // the images of the Deployment it promotes or restores, a
+            // server-side dry-run create of a canary pod in its preflight, and
+            // the failed canary pod keepFailedPod takes out of its ReplicaSet.
             let writes: &[&str] = match plural.as_str() {
                 "replicasets" => &["create", "patch"],
                 "deployments" => &["get", "patch"],
-                "pods" => &["create"],
+                "pods" => &["create", "patch"],
                 _ => &[],
             };
             for verb in ["create", "update", "patch", "get"] {
