@@ -462,6 +462,43 @@ fn describe_parse_error(e: &serde_saphyr::Error) -> (ProblemKind, String) {
     }
 }
 
+/// A `List`, `PodList`, `DeploymentList`, ...: `kind` ending in `List` and an `items` array.
+fn is_list(value: &Value) -> bool {
+    value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("List"))
+        && value.get("items").is_some_and(Value::is_array)
+}
+
+/// The objects of a list, with the items of lists inside it (as deep as the
+/// YAML reader's own nesting limit allows).
+fn list_items<'a>(list: &'a Value, out: &mut Vec<&'a Value>, depth: usize) {
+    for item in list.get("items").and_then(Value::as_array).into_iter().flatten() {
+        if is_list(item) && depth < 64 {
+            list_items(item, out, depth + 1);
+        } else if item.is_object() {
+            out.push(item);
+        }
+    }
+}
+
+/// Puts `fixed` back into a list in the order [`list_items`] read them;
+/// `None` when there are fewer than the list holds.
+pub fn replace_list_items(list: &mut Value, fixed: &mut impl Iterator<Item = Value>) -> Option<()> {
+    fn walk(list: &mut Value, fixed: &mut dyn Iterator<Item = Value>, depth: usize) -> Option<()> {
+        for item in list.get_mut("items")?.as_array_mut()?.iter_mut() {
+            if is_list(item) && depth < 64 {
+                walk(item, fixed, depth + 1)?;
+            } else if item.is_object() {
+                *item = fixed.next()?;
+            }
+        }
+        Some(())
+    }
+    walk(list, fixed, 0)
+}
+
 /// Parses one file's text into the documents that read, and the first problem.
 /// Documents that are not mappings with a `kind` (values files, CI workflows)
 /// are skipped silently; `kind: List` is flattened. YAML broken by template
@@ -516,24 +553,19 @@ fn parse_with_raw(source: &str, text: &str, first_raw: usize) -> (Vec<Document>,
         if !object.get("kind").is_some_and(Value::is_string) {
             continue;
         }
-        let is_list = value
-            .get("kind")
-            .and_then(Value::as_str)
-            .is_some_and(|k| k == "List" || k.ends_with("List"))
-            && value.get("items").is_some_and(Value::is_array);
-        if is_list {
-            if let Some(Value::Array(items)) = value.get("items") {
-                if let Some(r) = raws.last_mut() {
-                    r.list = true;
-                }
-                docs.extend(items.iter().filter(|i| i.is_object()).map(|item| Document {
-                    source: source.to_string(),
-                    line: start + skipped,
-                    value: item.clone(),
-                    raw,
-                    changed: false,
-                }));
+        if is_list(&value) {
+            if let Some(r) = raws.last_mut() {
+                r.list = true;
             }
+            let mut items = Vec::new();
+            list_items(&value, &mut items, 0);
+            docs.extend(items.into_iter().map(|item| Document {
+                source: source.to_string(),
+                line: start + skipped,
+                value: item.clone(),
+                raw,
+                changed: false,
+            }));
         } else {
             docs.push(Document {
                 source: source.to_string(),

@@ -206,14 +206,7 @@ fn fixed_text(r: &manifest::RawDocument, docs: &[&Document]) -> Option<Result<St
         let mut list: serde_json::Value =
             serde_saphyr::from_str_with_options(&r.text, manifest::yaml_options()).ok()?;
         let mut fixed = docs.iter().map(|d| d.value.clone());
-        for item in list
-            .get_mut("items")?
-            .as_array_mut()?
-            .iter_mut()
-            .filter(|i| i.is_object())
-        {
-            *item = fixed.next()?;
-        }
+        manifest::replace_list_items(&mut list, &mut fixed)?;
         list
     } else {
         docs.first()?.value.clone()

@@ -41,9 +41,16 @@ impl WorkloadKind {
             .find(|k| k.as_str() == kind && k.group() == group)
     }
 
-    /// The kind for an object's `apiVersion` and `kind` fields.
+    /// The kind for an object's `apiVersion` and `kind` fields, in a
+    /// manifest: Deployments, DaemonSets and ReplicaSets of the old
+    /// `extensions` group (still in many repositories) count as the `apps` ones
+    /// they became, so their pod templates are checked, not skipped.
     pub fn from_api_version_kind(api_version: &str, kind: &str) -> Option<Self> {
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let group = match (group, kind) {
+            ("extensions", "Deployment" | "DaemonSet" | "ReplicaSet") => "apps",
+            _ => group,
+        };
         Self::from_group_kind(group, kind)
     }
 

@@ -489,3 +489,27 @@ fn a_reader_that_stops_early_ends_check_quietly_not_with_a_panic() {
         out.status
     );
 }
+
+#[test]
+fn old_api_groups_and_lists_inside_lists_are_checked_not_skipped() {
+    // kubernetes/examples still ships extensions/v1beta1 Deployments; kubectl
+    // get -o yaml of several kinds gives a List of Lists.
+    let input = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items:\n  - apiVersion: extensions/v1beta1\n    kind: Deployment\n    metadata: {name: old}\n    spec: {template: {spec: {containers: [{name: c, image: x, command: [bash, -c, x]}]}}}\n- apiVersion: v1\n  kind: PodList\n  items:\n  - apiVersion: v1\n    kind: Pod\n    metadata: {name: inner}\n    spec: {containers: [{name: c, image: x}]}\n";
+    let out = run_stdin(&["check", "-f", "-", "-o", "json"], input);
+    let results = json_results(&out);
+    let names: Vec<&str> = results.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["old", "inner"], "{results:#?}");
+    let old = find(&results, "old");
+    assert_eq!(old["allowed"], false);
+    assert!(old["violations"].to_string().contains("shell"), "{old}");
+    // --fix puts the fixed objects back where they were.
+    let fixed = run_stdin(&["check", "-f", "-", "--fix"], input);
+    let yaml = String::from_utf8(fixed.stdout).unwrap();
+    let again = json_results(&run_stdin(&["check", "-f", "-", "-o", "json"], &yaml));
+    assert_eq!(again.len(), 2, "{yaml}");
+    assert!(again.iter().all(|r| r["mutations"] == serde_json::json!([])), "{yaml}");
+    assert!(
+        yaml.contains("kind: PodList") && yaml.contains("extensions/v1beta1"),
+        "{yaml}"
+    );
+}
