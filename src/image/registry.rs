@@ -262,7 +262,7 @@ async fn read_bounded(response: reqwest::Response, limit: usize) -> Result<Vec<u
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Failed(error_chain(&e)))?;
+        let chunk = chunk.map_err(|e| BodyError::Failed(crate::telemetry::error_chain(&e)))?;
         if body.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge(format!("more than {limit} bytes")));
         }
@@ -348,7 +348,7 @@ async fn send(
             .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
         let response = grant.apply(request).send().await.map_err(|e| ImageError::Unreachable {
             image: image.into(),
-            reason: format!("{url}: {}", error_chain(&e)),
+            reason: format!("{url}: {}", crate::telemetry::error_chain(&e)),
         })?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED && !retried {
             session.forget(reference);
@@ -370,18 +370,6 @@ async fn send(
         500.. => ImageError::Unreachable { image, reason },
         _ => ImageError::Malformed { image, reason },
     })
-}
-
-/// An error and its causes on one line (reqwest hides the cause of a timeout).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn sha256_of(bytes: &[u8]) -> String {
@@ -513,7 +501,7 @@ pub(super) async fn scan_layer(
                 }
             }
             Err(e) => {
-                fetch_error = Some(error_chain(&e));
+                fetch_error = Some(crate::telemetry::error_chain(&e));
                 let _ = tx.send(Err(std::io::Error::other("the layer download failed"))).await;
                 break;
             }

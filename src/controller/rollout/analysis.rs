@@ -82,7 +82,10 @@ pub(crate) async fn query(address: &str, query: &str, credentials: &Credentials)
     if let Some((user, password)) = &credentials.basic {
         request = request.basic_auth(user, Some(password));
     }
-    let mut answer = request.send().await.map_err(|e| format!("{url}: {}", chain(&e)))?;
+    let mut answer = request
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", crate::telemetry::error_chain(&e)))?;
     let status = answer.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(format!("{url}: {status}: check the gate's credentials"));
@@ -97,18 +100,6 @@ pub(crate) async fn query(address: &str, query: &str, credentials: &Credentials)
     let v: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| format!("{url}: {status}, not a Prometheus answer ({e})"))?;
     value_of(&v)
-}
-
-/// An error with its causes (reqwest's own message hides a TLS failure's reason).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The values a gate's query may name, to scope it to the canary.

@@ -235,6 +235,22 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
 
 /// What a failure most likely means for a distroless image, and the fix.
 pub(crate) fn hint(reason: &str, exit_code: Option<i32>, message: &str) -> String {
+    // Failures the operator finds itself: their message is not the kubelet's.
+    match reason {
+        "MetricGate" => {
+            return "the canary made a metric worse than the threshold allows: compare its logs and errors with the standard pods".into();
+        }
+        "MetricUnavailable" => {
+            return "a gate that cannot be read cannot vouch for the canary: check the Prometheus address and the query (no sample and NaN count as unreadable)".into();
+        }
+        "ProgressDeadlineExceeded" => {
+            return "the pods did not become ready in time though none failed outright: look for pods Pending (capacity, quota, a volume) or slow to start, then raise failure.progressDeadlineSeconds if the application needs longer".into();
+        }
+        "GitOpsDeadlineExceeded" => {
+            return "the Git change that moves the Deployment to the distroless images did not arrive in time: merge and sync it, then `kubectl distroless rollout retry`".into();
+        }
+        _ => {}
+    }
     let m = message.to_ascii_lowercase();
     let shell = ["\"sh\"", "\"bash\"", "/bin/sh", "/bin/bash", "\"ash\""]
         .iter()
@@ -272,12 +288,6 @@ pub(crate) fn hint(reason: &str, exit_code: Option<i32>, message: &str) -> Strin
         }
         ("Unschedulable", _) => {
             "no node has room for the canary's pods, which come on top of the Deployment's: free capacity, lower the step's weight, or check the pods' requests, node selectors and taints; the image is not at fault".into()
-        }
-        ("ProgressDeadlineExceeded", _) => {
-            "the pods did not become ready in time though none failed outright: look for pods Pending (capacity, quota, a volume) or slow to start, then raise failure.progressDeadlineSeconds if the application needs longer".into()
-        }
-        ("GitOpsDeadlineExceeded", _) => {
-            "the Git change that moves the Deployment to the distroless images did not arrive in time: merge and sync it, then `kubectl distroless rollout retry`".into()
         }
         ("FailedCreate", _) => "the API server refused the canary's pods (Pod Security Admission or an admission webhook): fix the pod template or the policy, as the message says".into(),
         _ => String::new(),

@@ -323,13 +323,7 @@ impl<'a> Planner<'a> {
                                 String::new()
                             }
                         );
-                        self.roll_back(RolloutFailure {
-                            reason: "MetricGate".into(),
-                            hint: "the canary made a metric worse than the threshold allows: compare its logs and errors with the standard pods".into(),
-                            message,
-                            detected_at: Some(Time(o.now)),
-                            ..RolloutFailure::default()
-                        });
+                        self.fail("MetricGate", message);
                         return Gates::Failed;
                     }
                     holding.push(format!(
@@ -351,13 +345,7 @@ impl<'a> Planner<'a> {
                             "{} could not be read {errors} times in a row (consecutiveErrorLimit {}): {e}",
                             gate.name, gate.consecutive_error_limit
                         );
-                        self.roll_back(RolloutFailure {
-                            reason: "MetricUnavailable".into(),
-                            hint: "a gate that cannot be read cannot vouch for the canary: check the Prometheus address and the query (no sample and NaN count as unreadable)".into(),
-                            message,
-                            detected_at: Some(Time(o.now)),
-                            ..RolloutFailure::default()
-                        });
+                        self.fail("MetricUnavailable", message);
                         return Gates::Failed;
                     }
                     holding.push(format!(
