@@ -74,8 +74,14 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
     let mut loaded = manifest::read(&args.files)?;
     if let Some(chart) = &args.helm {
         let rendered = manifest::read_rendered(chart, &helm_template(chart, &args.values)?);
-        loaded.docs.extend(rendered.docs);
+        // Numbered after the files' documents, for --fix.
+        let first = loaded.raw.len();
+        loaded.docs.extend(rendered.docs.into_iter().map(|d| Document {
+            raw: d.raw + first,
+            ..d
+        }));
         loaded.problems.extend(rendered.problems);
+        loaded.raw.extend(rendered.raw);
     }
     let mut docs = loaded.docs;
     let raw = loaded.raw;
@@ -169,7 +175,13 @@ fn write_fixed(
 ) -> std::io::Result<()> {
     let many_sources = raw.windows(2).any(|w| w[0].source != w[1].source);
     let mut last_source = None;
-    for (i, r) in raw.iter().enumerate() {
+    let mut by_raw: Vec<Vec<&Document>> = vec![Vec::new(); raw.len()];
+    for d in docs {
+        if let Some(mine) = by_raw.get_mut(d.raw) {
+            mine.push(d);
+        }
+    }
+    for (i, (r, mine)) in raw.iter().zip(&by_raw).enumerate() {
         if i > 0 {
             writeln!(out, "---")?;
         }
@@ -177,16 +189,12 @@ fn write_fixed(
             writeln!(out, "# Source: {}", r.source)?;
             last_source = Some(&r.source);
         }
-        let mine: Vec<&Document> = docs.iter().filter(|d| d.raw == i).collect();
-        let fixed = if mine.iter().any(|d| d.changed) {
-            fixed_text(r, &mine)
-        } else {
-            None
-        };
-        match fixed {
-            Some(Ok(yaml)) => out.write_all(yaml.as_bytes())?,
-            other => {
-                if let Some(Err(())) = other {
+        match mine.iter().any(|d| d.changed).then(|| fixed_text(r, mine)) {
+            Some(Some(yaml)) => out.write_all(yaml.as_bytes())?,
+            unchanged_or_unsafe => {
+                // A fix that cannot be written back exactly fails the run:
+                // the verdicts are of the fixed objects, not of this text.
+                if unchanged_or_unsafe.is_some() {
                     unsafe_fixes.push(mine.first().map_or_else(|| r.source.clone(), |d| d.location()));
                 }
                 out.write_all(r.text.as_bytes())?;
@@ -199,9 +207,9 @@ fn write_fixed(
     Ok(())
 }
 
-/// The YAML of a changed document (a `List` with its items replaced), if it
-/// reads back as what was meant; `Err` when it does not.
-fn fixed_text(r: &manifest::RawDocument, docs: &[&Document]) -> Option<Result<String, ()>> {
+/// The YAML of a changed document (a `List` with its items replaced), if
+/// it can be written and reads back as what was meant.
+fn fixed_text(r: &manifest::RawDocument, docs: &[&Document]) -> Option<String> {
     let value = if r.list {
         let mut list: serde_json::Value =
             serde_saphyr::from_str_with_options(&r.text, manifest::yaml_options()).ok()?;
@@ -212,12 +220,8 @@ fn fixed_text(r: &manifest::RawDocument, docs: &[&Document]) -> Option<Result<St
         docs.first()?.value.clone()
     };
     let yaml = serde_saphyr::to_string(&value).ok()?;
-    let back: Option<serde_json::Value> = serde_saphyr::from_str_with_options(&yaml, manifest::yaml_options()).ok();
-    Some(if back.as_ref() == Some(&value) {
-        Ok(yaml)
-    } else {
-        Err(())
-    })
+    let back: serde_json::Value = serde_saphyr::from_str_with_options(&yaml, manifest::yaml_options()).ok()?;
+    (back == value).then_some(yaml)
 }
 
 /// Colours for a terminal; none when output is not a terminal or `NO_COLOR` is set.

@@ -489,6 +489,13 @@ fn check_helm_renders_the_chart_with_helm_and_judges_what_it_renders() {
 
     let out = check(&["--values", safe.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // --fix prints what the chart renders, fixed (`-o json` is ignored by --fix).
+    let fixed = check(&["--values", safe.to_str().unwrap(), "--fix"]);
+    let yaml = String::from_utf8_lossy(&fixed.stdout);
+    assert!(
+        yaml.contains("name: distroless-guard-check-web") && yaml.contains("runAsNonRoot: true"),
+        "{yaml}"
+    );
 
     let out = check(&["--values", "/no/such/values.yaml"]);
     assert_eq!(out.status.code(), Some(2));
