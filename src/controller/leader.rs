@@ -2,8 +2,21 @@
 //! serves the webhook; only the holder of the lease writes (statuses, events,
 //! certificates). Losing the lease, or failing to renew it in time, turns
 //! writing off at once.
+//!
+//! A lease runs out when this replica has seen its record unchanged for a
+//! whole lease duration on its own monotonic clock, as client-go's leader
+//! election judges it; the holder's `renewTime` is never compared with this
+//! replica's wall clock, so clocks that disagree by more than the lease
+//! cannot hand a live lease to a second leader.
+//!
+//! Written here rather than taken from `kube-lease-manager` or
+//! `kube-leader-election`: the loop is ~150 lines, and the operator needs two
+//! things those crates do not give together: writing stops at two thirds of
+//! the lease when renewals fail (so a partitioned leader stops before anyone
+//! may take over), and the lease is released on shutdown for an immediate
+//! hand-over.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -41,8 +54,50 @@ fn micro(t: Timestamp) -> MicroTime {
     MicroTime(t)
 }
 
+/// The lease record as another replica last wrote it, and when this replica
+/// first saw it so (on its own monotonic clock).
+#[derive(Debug, Default)]
+pub(crate) struct Observed {
+    seen: Option<(Record, Instant)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Record {
+    holder: String,
+    renewed: Option<Timestamp>,
+    transitions: Option<i32>,
+}
+
+impl Observed {
+    /// Notes the record read at `now`; true when it has not changed for more
+    /// than `duration`. A record seen for the first time is live: a replica
+    /// that has just started waits a whole lease before taking one over.
+    fn expired(&mut self, spec: &LeaseSpec, now: Instant, duration: Duration) -> bool {
+        let record = Record {
+            holder: spec.holder_identity.clone().unwrap_or_default(),
+            renewed: spec.renew_time.as_ref().map(|t| t.0),
+            transitions: spec.lease_transitions,
+        };
+        match &self.seen {
+            Some((seen, since)) if *seen == record => now.saturating_duration_since(*since) > duration,
+            _ => {
+                self.seen = Some((record, now));
+                false
+            }
+        }
+    }
+}
+
 /// Tries once to hold the lease; `Ok(true)` when this replica holds it now.
-pub(crate) async fn try_hold(api: &Api<Lease>, config: &LeaseConfig, now: Timestamp) -> Result<bool, kube::Error> {
+/// `now` is written as the renewal time; `observed_at` (monotonic) judges
+/// whether another holder's lease has run out.
+pub(crate) async fn try_hold(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    observed: &mut Observed,
+    now: Timestamp,
+    observed_at: Instant,
+) -> Result<bool, kube::Error> {
     let fresh = |transitions: i32| LeaseSpec {
         holder_identity: Some(config.identity.clone()),
         lease_duration_seconds: Some(config.duration.as_secs() as i32),
@@ -71,8 +126,7 @@ pub(crate) async fn try_hold(api: &Api<Lease>, config: &LeaseConfig, now: Timest
     let spec = existing.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.clone().unwrap_or_default();
     let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
-    let renewed = spec.renew_time.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH);
-    let expired = now.duration_since(renewed).unsigned_abs() > duration && now > renewed;
+    let expired = observed.expired(&spec, observed_at, duration);
     let mut next = existing.clone();
     if holder == config.identity {
         next.spec = Some(LeaseSpec {
@@ -102,10 +156,11 @@ pub(crate) async fn run(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut last_renewal: Option<tokio::time::Instant> = None;
+    let mut observed = Observed::default();
     // Stop leading well before others may take over.
     let margin = config.duration.mul_f32(2.0 / 3.0);
     loop {
-        let now_leading = match try_hold(&api, &config, Timestamp::now()).await {
+        let now_leading = match try_hold(&api, &config, &mut observed, Timestamp::now(), Instant::now()).await {
             Ok(true) => {
                 last_renewal = Some(tokio::time::Instant::now());
                 true
@@ -154,5 +209,65 @@ pub(crate) async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<()
         // Someone else changed it meanwhile: it is not ours to release any more.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(15);
+
+    fn held_by(holder: &str, renewed: Timestamp) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Some(MicroTime(renewed)),
+            lease_transitions: Some(3),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_holder_whose_clock_is_an_hour_behind_keeps_its_lease_while_it_renews() {
+        let mut observed = Observed::default();
+        let start = Instant::now();
+        // The holder's clock says an hour ago; it renews every 2 s.
+        let behind = Timestamp::now() - jiff::SignedDuration::from_hours(1);
+        for tick in 0..60u64 {
+            let spec = held_by("other", behind + jiff::SignedDuration::from_secs(2 * tick as i64));
+            assert!(
+                !observed.expired(&spec, start + Duration::from_secs(2 * tick), LEASE),
+                "taken at {} s although renewed",
+                2 * tick
+            );
+        }
+    }
+
+    #[test]
+    fn a_holder_whose_clock_is_ahead_loses_its_lease_a_lease_after_it_stops_renewing() {
+        let mut observed = Observed::default();
+        let start = Instant::now();
+        let ahead = held_by("other", Timestamp::now() + jiff::SignedDuration::from_hours(1));
+        assert!(!observed.expired(&ahead, start, LEASE), "first sight is live");
+        assert!(
+            !observed.expired(&ahead, start + LEASE, LEASE),
+            "exactly a lease later is still live"
+        );
+        assert!(
+            observed.expired(&ahead, start + LEASE + Duration::from_secs(1), LEASE),
+            "unchanged for longer than a lease: expired, whatever its renewTime says"
+        );
+    }
+
+    #[test]
+    fn any_change_of_the_record_restarts_the_count() {
+        let mut observed = Observed::default();
+        let start = Instant::now();
+        let renewed = Timestamp::UNIX_EPOCH;
+        assert!(!observed.expired(&held_by("a", renewed), start, LEASE));
+        // Another replica took over: a new holder with the same renewTime.
+        assert!(!observed.expired(&held_by("b", renewed), start + Duration::from_secs(14), LEASE));
+        assert!(!observed.expired(&held_by("b", renewed), start + Duration::from_secs(28), LEASE));
+        assert!(observed.expired(&held_by("b", renewed), start + Duration::from_secs(30), LEASE));
     }
 }
