@@ -141,7 +141,7 @@ fn main() {
     let options = Platform::default();
     runtime.block_on(async {
         // Cold: a fresh inspector, nothing cached.
-        let inspector = Inspector::new(config());
+        let inspector = Inspector::new(config()).expect("inspector");
         let t = Instant::now();
         let r = inspector.inspect(&v1, &options, None).await.unwrap();
         let cold = t.elapsed();
@@ -178,7 +178,7 @@ fn main() {
         println!("naive:   {:>9.1} ms (pull all blobs, unpack, look for files)", naive_time.as_secs_f64() * 1e3);
 
         // A small distroless image, cold.
-        let fresh = Inspector::new(config());
+        let fresh = Inspector::new(config()).expect("inspector");
         let t = Instant::now();
         let r = fresh.inspect(&small, &options, None).await.unwrap();
         let small_cold = t.elapsed();

@@ -204,7 +204,7 @@ pub fn docker_config(data: &[u8]) {
         for host in ["docker.io", "registry.example", ""] {
             let _ = creds.for_host(host);
         }
-        let _ = creds.fingerprint();
+        let _ = creds.digest();
     }
 }
 
@@ -221,8 +221,9 @@ pub fn label_selector(data: &[u8]) {
         return;
     };
     let labels: BTreeMap<String, String> = labels.and_then(|l| serde_json::from_slice(l).ok()).unwrap_or_default();
-    if crate::policy::selector::validate(&selector).is_ok() {
-        let matched = crate::policy::selector::matches(Some(&selector), &labels);
+    if let Ok(compiled) = crate::policy::selector::compile(&selector) {
+        use crate::policy::selector::SelectorExt;
+        let matched = compiled.matches(&labels);
         let empty = selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
             && selector.match_expressions.as_ref().is_none_or(Vec::is_empty);
         assert!(!empty || matched, "an empty selector matches everything");

@@ -87,6 +87,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] webhook::tls::TlsError),
+    #[error(transparent)]
+    Registry(#[from] crate::image::ClientError),
     #[error("cannot serve on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -192,7 +194,7 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
     let mut admission = Admission::new(crate::policy::PolicySet::default(), view.clone())
         .with_owners(view.clone())
         .with_access(Arc::new(controller::access::SubjectAccess::new(client.clone())));
-    let inspector = config.images.clone().map(crate::image::Inspector::new);
+    let inspector = config.images.clone().map(crate::image::Inspector::new).transpose()?;
     if let Some(inspector) = &inspector {
         let secrets = Arc::new(controller::pull_secrets::SecretPullSecrets::new(client.clone()));
         admission = admission.with_inspector(inspector.clone()).with_pull_secrets(secrets);

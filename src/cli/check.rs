@@ -51,8 +51,8 @@ fn gather_images(
     plans: Vec<crate::policy::InspectionPlan>,
 ) -> anyhow::Result<ImageFacts> {
     let runtime = crate::telemetry::runtime().context("cannot start the async runtime")?;
+    let inspector = crate::image::Inspector::new(config)?;
     let facts = runtime.block_on(async {
-        let inspector = crate::image::Inspector::new(config);
         let mut facts = ImageFacts::new();
         for plan in plans {
             let missing: Vec<String> = plan.images.into_iter().filter(|i| !facts.contains_key(i)).collect();

@@ -73,8 +73,8 @@ pub(super) fn run_with(args: &InspectArgs, kubelet: bool) -> anyhow::Result<bool
     let config = args.registry.inspector_config()?;
     let runtime = crate::telemetry::runtime().context("cannot start the async runtime")?;
     let deadline = Duration::from_secs_f64(args.timeout);
+    let inspector = Inspector::new(config)?;
     let result = runtime.block_on(async {
-        let inspector = Inspector::new(config);
         let reports = inspector.inspect(&args.image, &options, Some(deadline)).await?;
         let mut siblings = Vec::new();
         if kubelet {

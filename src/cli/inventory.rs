@@ -65,10 +65,9 @@ pub(super) fn run(args: &InventoryArgs) -> anyhow::Result<bool> {
     let facts = match args.images.inspector_config()? {
         Some(config) => {
             let runtime = crate::telemetry::runtime().context("cannot start the async runtime")?;
-            let facts = runtime.block_on(async {
-                let inspector = crate::image::Inspector::new(config);
-                crate::kubectl::inventory::read_images(&inspector, &workloads).await
-            });
+            let inspector = crate::image::Inspector::new(config)?;
+            let facts =
+                runtime.block_on(async { crate::kubectl::inventory::read_images(&inspector, &workloads).await });
             runtime.shutdown_background();
             Some(facts)
         }

@@ -53,7 +53,7 @@ async fn serve(args: WebhookArgs) -> anyhow::Result<()> {
         .inspector_config()
         .context("cannot set up image inspection")?
     {
-        admission = admission.with_inspector(crate::image::Inspector::new(config));
+        admission = admission.with_inspector(crate::image::Inspector::new(config)?);
     }
     let options = ServeOptions {
         listen: args.listen,

@@ -99,12 +99,18 @@ impl Credentials {
         self.by_host.is_empty()
     }
 
-    /// A stable fingerprint of these credentials (never printed).
-    pub fn fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.by_host.hash(&mut h);
-        h.finish()
+    /// A SHA-256 of these credentials (never printed), which tells two
+    /// tenants' pull secrets apart where a 64-bit hash could collide.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for (host, (user, password)) in &self.by_host {
+            for part in [host, user, password] {
+                hash.update((part.len() as u64).to_le_bytes());
+                hash.update(part.as_bytes());
+            }
+        }
+        hex::encode(hash.finalize())
     }
 }
 

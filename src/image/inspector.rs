@@ -1,17 +1,15 @@
-//! Reads images from their registry with `oci-client`: tag to digest, manifest
+//! Reads images from their registry: tag to digest, manifest
 //! or index, platform, config, then layers top-down through the layer scanner.
 //! Verdicts are cached by manifest digest, layer findings by layer digest, tags
 //! for a short time; concurrent inspections of one image share one flight, and
 //! every inspection can be bounded by a deadline while it finishes in the
 //! background to warm the cache.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use oci_client::Reference;
-use oci_client::secrets::RegistryAuth;
 use parking_lot::Mutex;
 use tracing::{Instrument, debug, info_span};
 
@@ -20,7 +18,7 @@ use super::credentials::Credentials;
 use super::flight::Flights;
 use super::layer::{LayerFacts, LayerLimits};
 use super::manifest::{self, BASE_NAME, Descriptor, ManifestDoc, RunConfig, user_uid};
-use super::registry::{self, Session};
+use super::registry::{self, Auth, Session};
 use super::view::MergedView;
 use super::{Evidence, ImageError, ImageReport, Platform, reference};
 
@@ -66,6 +64,11 @@ impl Default for InspectorConfig {
     }
 }
 
+/// The registry HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the registry HTTP client")]
+pub struct ClientError(#[source] reqwest::Error);
+
 /// (manifest or index digest, platform choice) -> platform manifest digests.
 type PlatformCache = Bounded<(String, Platform), Arc<Vec<String>>>;
 
@@ -74,17 +77,14 @@ pub type Reports = Arc<Vec<Arc<ImageReport>>>;
 
 pub struct Inspector {
     clients: registry::Clients,
-    /// Clients for extra credentials (a pod's imagePullSecrets), by fingerprint:
-    /// oci-client keeps one login per registry and client.
-    credentialed: Mutex<HashMap<u64, registry::Clients>>,
     config: InspectorConfig,
     verdicts: Mutex<Bounded<String, Arc<ImageReport>>>,
     /// (manifest or index digest, platform choice) -> the platform manifest digests judged.
     platforms: Mutex<PlatformCache>,
     layers: Mutex<Bounded<String, Arc<LayerFacts>>>,
     tags: Mutex<Expiring<String, String>>,
-    /// (image, platform, credentials fingerprint) -> the inspection under way.
-    flights: Flights<(String, Platform, u64), Result<Reports, ImageError>>,
+    /// (image, platform, credentials digest) -> the inspection under way.
+    flights: Flights<(String, Platform, String), Result<Reports, ImageError>>,
     bytes_fetched: AtomicU64,
 }
 
@@ -93,13 +93,14 @@ const LAYERS_IN_PARALLEL: usize = 3;
 
 impl Inspector {
     /// An inspector. The process's rustls crypto provider must be installed
-    /// (the binaries do it in `main`; `install_crypto_provider` here does it too).
-    pub fn new(config: InspectorConfig) -> Arc<Self> {
+    /// (the binaries do it in `main`; `install_crypto_provider` here does it
+    /// too). Fails only when the HTTP client cannot be built.
+    pub fn new(config: InspectorConfig) -> Result<Arc<Self>, ClientError> {
         install_crypto_provider();
-        let clients = registry::new_clients(&config.insecure_registries, config.request_timeout);
-        Arc::new(Inspector {
+        let clients =
+            registry::new_clients(&config.insecure_registries, config.request_timeout).map_err(ClientError)?;
+        Ok(Arc::new(Inspector {
             clients,
-            credentialed: Mutex::new(HashMap::new()),
             verdicts: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
             platforms: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
             layers: Mutex::new(Bounded::new(config.layer_cache_entries, config.layer_cache_bytes)),
@@ -107,7 +108,7 @@ impl Inspector {
             flights: Flights::default(),
             bytes_fetched: AtomicU64::new(0),
             config,
-        })
+        }))
     }
 
     /// Entries and bytes held by the verdict cache and by the layer cache.
@@ -129,20 +130,15 @@ impl Inspector {
             creds
                 .for_host(reference.registry())
                 .or_else(|| creds.for_host(reference.resolve_registry()))
-                .map(|(u, p)| RegistryAuth::Basic(u.to_string(), p.to_string()))
+                .map(|(u, p)| Auth::Basic {
+                    username: u.to_string(),
+                    password: p.to_string(),
+                })
         };
-        if let Some((extra, auth)) = extra.and_then(|e| lookup(e).map(|a| (e, a))) {
-            let mut clients = self.credentialed.lock();
-            if clients.len() > 256 {
-                clients.clear();
-            }
-            let client = clients
-                .entry(extra.fingerprint())
-                .or_insert_with(|| registry::new_clients(&self.config.insecure_registries, self.config.request_timeout))
-                .clone();
-            return Session { clients: client, auth };
-        }
-        let auth = lookup(&self.config.credentials).unwrap_or(RegistryAuth::Anonymous);
+        let auth = extra
+            .and_then(lookup)
+            .or_else(|| lookup(&self.config.credentials))
+            .unwrap_or(Auth::Anonymous);
         Session {
             clients: self.clients.clone(),
             auth,
@@ -177,7 +173,7 @@ impl Inspector {
         let key = (
             image.to_string(),
             platform.clone(),
-            extra.as_ref().map_or(0, |c| c.fingerprint()),
+            extra.as_ref().map(|c| c.digest()).unwrap_or_default(),
         );
         let this = self.clone();
         let (owned, wanted) = (image.to_string(), platform.clone());

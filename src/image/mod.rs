@@ -14,7 +14,7 @@ pub mod report;
 pub mod view;
 
 pub use catalog::{PACKAGE_MANAGERS, SHELL_NAMES};
-pub use inspector::{Inspector, InspectorConfig, Reports, install_crypto_provider};
+pub use inspector::{ClientError, Inspector, InspectorConfig, Reports, install_crypto_provider};
 pub use layer::{LayerError, LayerFacts, LayerLimits};
 
 /// Scans a layer blob as the inspector does (for the fuzz targets).

@@ -1,29 +1,28 @@
-//! Talking to registries: a client per set of credentials, fetching
-//! manifests and configs under size limits, streaming a layer through the
-//! scanner, and turning client errors into what went wrong for people.
+//! Talking to registries: one HTTP client, credentials per request,
+//! fetching manifests and configs under size limits, streaming a layer
+//! through the scanner, and turning client errors into what went wrong for
+//! people.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use oci_client::Reference;
-use oci_client::secrets::RegistryAuth;
 
 use super::ImageError;
 use super::layer::{self, LayerFacts, LayerLimits};
 use super::manifest::{ACCEPTED, ConfigDoc, Descriptor, ManifestDoc};
 
-/// The HTTP client for one set of credentials (manifests and blobs, each read
-/// under its limit, and the token exchange), and the grants obtained so far.
+/// The HTTP client (manifests and blobs, each read under its limit, and the
+/// token exchange), and the grants obtained so far for every set of
+/// credentials.
 #[derive(Clone)]
 pub(super) struct Clients {
     http: reqwest::Client,
     insecure: Arc<Vec<String>>,
-    grants: Arc<Mutex<Grants>>,
+    grants: moka::sync::Cache<GrantKey, Grant>,
 }
 
 /// A registry client and the credentials it speaks with.
@@ -31,11 +30,37 @@ pub(super) struct Clients {
 pub(super) struct Session {
     pub(super) clients: Clients,
     /// The credentials configured for the registry (never sent anywhere else).
-    pub(super) auth: RegistryAuth,
+    pub(super) auth: Auth,
 }
 
-/// (registry, repository) -> the grant, and when it was obtained.
-type Grants = HashMap<(String, String), (Grant, Instant)>;
+/// Credentials for one registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Auth {
+    Anonymous,
+    Basic { username: String, password: String },
+}
+
+impl Auth {
+    /// What tells these credentials apart in the grant cache: a SHA-256 of
+    /// them (never printed), so two tenants' pull secrets never share a grant.
+    fn digest(&self) -> String {
+        match self {
+            Auth::Anonymous => String::new(),
+            Auth::Basic { username, password } => {
+                use sha2::Digest;
+                let mut hash = sha2::Sha256::new();
+                for part in [username, password] {
+                    hash.update((part.len() as u64).to_le_bytes());
+                    hash.update(part.as_bytes());
+                }
+                hex::encode(hash.finalize())
+            }
+        }
+    }
+}
+
+/// (credentials digest, registry, repository).
+type GrantKey = (String, String, String);
 
 /// How requests to one repository are authorized.
 #[derive(Clone, Debug)]
@@ -62,22 +87,29 @@ const GRANT_TTL: Duration = Duration::from_secs(50);
 /// The most a token endpoint's answer may hold.
 const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
-/// Clients speaking plain HTTP only to `insecure` registries, with a connect
+/// Grants kept at most (each is a token of a few KiB at most).
+const MAX_GRANTS: u64 = 4096;
+
+/// A client speaking plain HTTP only to `insecure` registries, with a connect
 /// and read timeout on every request. Redirects are followed (blobs live on
 /// CDNs), and an `Authorization` header is never carried to another host.
-pub(super) fn new_clients(insecure: &[String], timeout: Duration) -> Clients {
+/// A client that cannot be built (no TLS roots, say) is an error, never a
+/// client without those limits.
+pub(super) fn new_clients(insecure: &[String], timeout: Duration) -> Result<Clients, reqwest::Error> {
     let http = reqwest::Client::builder()
         .read_timeout(timeout)
         .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::limited(5))
         .user_agent(concat!("distroless-guard/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default();
-    Clients {
+        .build()?;
+    Ok(Clients {
         http,
         insecure: Arc::new(insecure.to_vec()),
-        grants: Arc::default(),
-    }
+        grants: moka::sync::Cache::builder()
+            .max_capacity(MAX_GRANTS)
+            .time_to_live(GRANT_TTL)
+            .build(),
+    })
 }
 
 impl Session {
@@ -94,28 +126,25 @@ impl Session {
     /// over HTTPS (or on the registry's own host): a challenge naming a plain
     /// HTTP endpoint elsewhere gets none.
     pub(super) async fn grant(&self, image: &str, reference: &Reference) -> Result<Grant, ImageError> {
-        let registry = reference.resolve_registry().to_string();
-        let key = (registry.clone(), reference.repository().to_string());
-        if let Some((grant, at)) = self.clients.grants.lock().get(&key)
-            && at.elapsed() < GRANT_TTL
-        {
-            return Ok(grant.clone());
+        let key = self.grant_key(reference);
+        if let Some(grant) = self.clients.grants.get(&key) {
+            return Ok(grant);
         }
-        let grant = self.challenge(image, &registry, reference.repository()).await?;
-        let mut grants = self.clients.grants.lock();
-        if grants.len() > 4096 {
-            grants.clear();
-        }
-        grants.insert(key, (grant.clone(), Instant::now()));
+        let grant = self.challenge(image, &key.1, reference.repository()).await?;
+        self.clients.grants.insert(key, grant.clone());
         Ok(grant)
     }
 
-    fn forget(&self, reference: &Reference) {
-        let key = (
+    fn grant_key(&self, reference: &Reference) -> GrantKey {
+        (
+            self.auth.digest(),
             reference.resolve_registry().to_string(),
             reference.repository().to_string(),
-        );
-        self.clients.grants.lock().remove(&key);
+        )
+    }
+
+    fn forget(&self, reference: &Reference) {
+        self.clients.grants.invalidate(&self.grant_key(reference));
     }
 
     async fn challenge(&self, image: &str, registry: &str, repository: &str) -> Result<Grant, ImageError> {
@@ -128,12 +157,9 @@ impl Session {
             reason,
         };
         let basic = match &self.auth {
-            RegistryAuth::Basic(u, p) => Some((u.clone(), p.clone())),
-            _ => None,
+            Auth::Basic { username, password } => Some((username.clone(), password.clone())),
+            Auth::Anonymous => None,
         };
-        if let RegistryAuth::Bearer(t) = &self.auth {
-            return Ok(Grant::Bearer(t.clone()));
-        }
         let base = format!("{}://{registry}/v2/", self.scheme(registry));
         let ping = self.clients.http.get(&base).send().await.map_err(unreachable)?;
         let challenge = ping
@@ -199,13 +225,13 @@ impl Session {
 }
 
 /// The parameters of a `Bearer realm="...",service="..."` challenge.
-fn bearer_params(challenge: &str) -> Option<HashMap<String, String>> {
+fn bearer_params(challenge: &str) -> Option<std::collections::HashMap<String, String>> {
     let rest = challenge.trim();
     let rest = rest
         .get(..7)
         .filter(|p| p.eq_ignore_ascii_case("bearer "))
         .map(|_| &rest[7..])?;
-    let mut params = HashMap::new();
+    let mut params = std::collections::HashMap::new();
     let mut chars = rest.trim();
     while !chars.is_empty() {
         let (key, after) = chars.split_once('=')?;

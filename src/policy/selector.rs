@@ -1,8 +1,10 @@
-//! `metav1.LabelSelector` matching, as the API server does it.
-
-use std::collections::BTreeMap;
+//! `metav1.LabelSelector`s, checked once as the API server checks them and
+//! compiled into kube's [`Selector`], which does the matching. The check is
+//! ours because kube's conversion accepts what the API server refuses (`In`
+//! with an empty list) and its messages do not name the operator or the key.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+pub use kube::core::{Selector, SelectorExt};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectorError {
@@ -10,10 +12,13 @@ pub enum SelectorError {
     UnknownOperator(String),
     #[error("label selector operator {0} on key {1:?} needs at least one value")]
     MissingValues(String, String),
+    #[error("label selector: {0}")]
+    Invalid(String),
 }
 
-/// Checks a selector once, so matching later cannot fail.
-pub fn validate(selector: &LabelSelector) -> Result<(), SelectorError> {
+/// Checks a selector and compiles it, so matching later cannot fail. An
+/// empty selector matches everything.
+pub fn compile(selector: &LabelSelector) -> Result<Selector, SelectorError> {
     for expr in selector.match_expressions.iter().flatten() {
         let has_values = expr.values.as_ref().is_some_and(|v| !v.is_empty());
         match expr.operator.as_str() {
@@ -24,37 +29,14 @@ pub fn validate(selector: &LabelSelector) -> Result<(), SelectorError> {
             other => return Err(SelectorError::UnknownOperator(other.to_string())),
         }
     }
-    Ok(())
-}
-
-/// Whether `labels` satisfy `selector`. An unset or empty selector matches everything.
-pub fn matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
-    let Some(selector) = selector else {
-        return true;
-    };
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    labels_ok
-        && selector.match_expressions.iter().flatten().all(|expr| {
-            let value = labels.get(&expr.key);
-            let in_values = |v: &String| expr.values.iter().flatten().any(|x| x == v);
-            match expr.operator.as_str() {
-                "In" => value.is_some_and(in_values),
-                "NotIn" => !value.is_some_and(in_values),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
+    Selector::try_from(selector.clone()).map_err(|e| SelectorError::Invalid(e.0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use std::collections::BTreeMap;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -66,6 +48,10 @@ mod tests {
             operator: op.into(),
             values: Some(values.iter().map(|s| s.to_string()).collect()),
         }
+    }
+
+    fn matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+        selector.is_none_or(|s| compile(s).expect("a valid selector").matches(labels))
     }
 
     #[test]
@@ -98,11 +84,14 @@ mod tests {
             match_expressions: Some(vec![expr("a", "Equals", &["b"])]),
             ..Default::default()
         };
-        assert_eq!(validate(&sel), Err(SelectorError::UnknownOperator("Equals".into())));
+        assert_eq!(
+            compile(&sel).err(),
+            Some(SelectorError::UnknownOperator("Equals".into()))
+        );
         let sel = LabelSelector {
             match_expressions: Some(vec![expr("a", "In", &[])]),
             ..Default::default()
         };
-        assert!(matches!(validate(&sel), Err(SelectorError::MissingValues(..))));
+        assert!(matches!(compile(&sel), Err(SelectorError::MissingValues(..))));
     }
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::civil::Date;
 
-use super::selector::{self, SelectorError};
+use super::selector::{self, Selector, SelectorError, SelectorExt};
 use crate::api::{Action, DistrolessPolicy, DistrolessPolicySpec, Exemption, Match, OnError, RuleId};
 
 /// The namespaces no built-in default ever touches.
@@ -63,6 +63,9 @@ pub struct CompiledPolicy {
     pub exemptions: Vec<CompiledExemption>,
     /// `spec.platform`, parsed.
     pub platform: crate::image::Platform,
+    /// `spec.match.namespaceSelector` and `objectSelector`, compiled.
+    namespace_selector: Option<Selector>,
+    object_selector: Option<Selector>,
 }
 
 impl CompiledPolicy {
@@ -77,15 +80,17 @@ impl CompiledPolicy {
     }
 
     pub fn from_spec(name: String, spec: DistrolessPolicySpec) -> Result<Self, PolicyError> {
-        for sel in [&spec.match_.namespace_selector, &spec.match_.object_selector]
-            .into_iter()
-            .flatten()
-        {
-            selector::validate(sel).map_err(|source| PolicyError::Selector {
-                policy: name.clone(),
-                source,
-            })?;
-        }
+        let compile = |sel: &Option<_>| {
+            sel.as_ref()
+                .map(selector::compile)
+                .transpose()
+                .map_err(|source| PolicyError::Selector {
+                    policy: name.clone(),
+                    source,
+                })
+        };
+        let namespace_selector = compile(&spec.match_.namespace_selector)?;
+        let object_selector = compile(&spec.match_.object_selector)?;
         let platform = spec.platform.parse().map_err(|_| PolicyError::BadPlatform {
             policy: name.clone(),
             value: spec.platform.clone(),
@@ -129,6 +134,8 @@ impl CompiledPolicy {
             spec,
             exemptions,
             platform,
+            namespace_selector,
+            object_selector,
         })
     }
 
@@ -141,8 +148,11 @@ impl CompiledPolicy {
     ) -> bool {
         let m = &self.spec.match_;
         !m.exclude_namespaces.iter().any(|n| n == namespace)
-            && selector::matches(m.namespace_selector.as_ref(), namespace_labels)
-            && selector::matches(m.object_selector.as_ref(), labels)
+            && self
+                .namespace_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(namespace_labels))
+            && self.object_selector.as_ref().is_none_or(|s| s.matches(labels))
     }
 
     /// This policy's action for a rule, `None` when it ignores the rule.
@@ -236,6 +246,8 @@ impl PolicySet {
             spec,
             exemptions: Vec::new(),
             platform: crate::image::Platform::default(),
+            namespace_selector: None,
+            object_selector: None,
         };
         PolicySet { policies: vec![policy] }
     }

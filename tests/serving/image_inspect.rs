@@ -18,6 +18,7 @@ fn inspector_with(registry: &TestRegistry, config: InspectorConfig) -> Arc<Inspe
         insecure_registries: vec![registry.host()],
         ..config
     })
+    .expect("inspector")
 }
 
 fn limited(registry: &TestRegistry, limits: LayerLimits) -> Arc<Inspector> {
@@ -362,7 +363,8 @@ async fn a_slow_registry_hits_the_deadline_and_the_inspection_warms_the_cache() 
     let insp = Inspector::new(InspectorConfig {
         insecure_registries: vec![proxy.to_string()],
         ..Default::default()
-    });
+    })
+    .expect("inspector");
     let started = Instant::now();
     let err = insp
         .inspect(&via_proxy, &Platform::default(), Some(Duration::from_millis(300)))

@@ -175,6 +175,7 @@ fn inspector(insecure: &[String], credentials: Credentials, timeout: Duration) -
         request_timeout: timeout,
         ..InspectorConfig::default()
     })
+    .expect("inspector")
 }
 
 async fn inspect(insp: &Arc<Inspector>, image: &str, deadline: Duration) -> ImageError {

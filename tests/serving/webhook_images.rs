@@ -62,7 +62,8 @@ fn admission(policies: PolicySet, insecure: &str) -> Admission {
     let inspector = Inspector::new(InspectorConfig {
         insecure_registries: vec![insecure.to_string()],
         ..Default::default()
-    });
+    })
+    .expect("inspector");
     Admission::new(policies, Arc::new(NameOnly)).with_inspector(inspector)
 }
 
