@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::task::JoinSet;
@@ -168,45 +169,17 @@ impl<S: Fn(PolicySet) + Send + 'static> Feed for Policies<S> {
     }
 }
 
-/// Retry a failed watch after 100 ms, doubling up to 5 s (reset after a
-/// minute without errors). The webhook admits with what the view knows, so a
-/// replica must not stay blind for long: kube's default waits up to 30 s.
-fn backoff() -> ResetTimerBackoff<Quick> {
-    ResetTimerBackoff::new(Quick::default(), Duration::from_secs(60))
-}
-
-/// Exponential from 100 ms to 5 s, each delay with up to a quarter of jitter.
-#[derive(Debug)]
-struct Quick {
-    next: Duration,
-}
-
-impl Default for Quick {
-    fn default() -> Self {
-        Quick {
-            next: Duration::from_millis(100),
-        }
-    }
-}
-
-impl Iterator for Quick {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let jitter = delay.mul_f64(f64::from(nanos % 1000) / 4000.0);
-        Some(delay + jitter)
-    }
-}
-
-impl kube::runtime::utils::Backoff for Quick {
-    fn reset(&mut self) {
-        *self = Quick::default();
-    }
+/// Retry a failed watch after 100 ms, doubling up to 5 s with jitter (reset
+/// after a minute without errors). The webhook admits with what the view
+/// knows, so a replica must not stay blind for long: kube's default waits up
+/// to 30 s.
+fn backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    let quick = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(ExponentialBackoff::from(quick), Duration::from_secs(60))
 }
 
 fn stream<K>(api: Api<K>) -> impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
@@ -252,12 +225,19 @@ mod tests {
 
     #[test]
     fn the_watch_backoff_starts_quick_is_capped_and_resets() {
-        let mut b = Quick::default();
+        let mut b = backoff();
         let delays: Vec<Duration> = (&mut b).take(8).collect();
-        assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(125));
-        assert!(delays.windows(2).take(5).all(|w| w[1] > w[0]), "{delays:?}");
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(6250)), "{delays:?}");
+        // backon's jitter adds up to one more delay.
+        assert!(
+            delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200),
+            "{delays:?}"
+        );
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)), "{delays:?}");
+        assert!(
+            delays[7] >= Duration::from_secs(5),
+            "capped at 5 s before jitter: {delays:?}"
+        );
         b.reset();
-        assert!(b.next().unwrap() <= Duration::from_millis(125));
+        assert!(b.next().unwrap() <= Duration::from_millis(200));
     }
 }
