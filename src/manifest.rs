@@ -445,21 +445,45 @@ fn describe_parse_error(e: &serde_saphyr::Error) -> (ProblemKind, String) {
         _ => text,
     };
     let text = text.split(", set DuplicateKeyPolicy").next().unwrap_or(text);
-    let limit = |what: &str| (ProblemKind::Limit, format!("over the reader's limits: {what}"));
-    if text.contains("recursion limit") || text.contains("Depth") && text.contains("budget") {
-        limit("collections nested more than 64 deep")
-    } else if text.contains("budget breached") {
-        let what = if text.contains("Alias") || text.contains("Nodes") || text.contains("Anchor") {
-            "more than 250,000 nodes or 50,000 aliases (YAML aliases expanding, a \"billion laughs\")"
-        } else if text.contains("ScalarBytes") || text.contains("Scalar") {
-            "more than 64 MiB of scalar text"
-        } else {
-            "too many YAML events, nodes or documents"
-        };
-        limit(what)
-    } else {
-        (ProblemKind::Syntax, text.to_string())
+    match limit_breached(e) {
+        Some(what) => (ProblemKind::Limit, format!("over the reader's limits: {what}")),
+        None => (ProblemKind::Syntax, text.to_string()),
     }
+}
+
+/// Which of the reader's limits stopped it, from serde-saphyr's own error
+/// type (never from its wording).
+fn limit_breached(mut e: &serde_saphyr::Error) -> Option<&'static str> {
+    use serde_saphyr::Error;
+    use serde_saphyr::budget::BudgetBreach;
+    while let Error::WithSnippet { error, .. } | Error::AliasError { error, .. } = e {
+        e = error;
+    }
+    // The flow-collection nesting limit is the parser's own.
+    if let Error::ExternalMessage { source, .. } = e
+        && let serde_saphyr::ExternalMessageSource::Parser(scan) = source.as_ref()
+        && matches!(
+            scan.kind(),
+            serde_saphyr::granit_parser::ErrorKind::RecursionLimitExceeded
+        )
+    {
+        return Some("collections nested more than 64 deep");
+    }
+    let Error::Budget { breach, .. } = e else {
+        return None;
+    };
+    Some(match breach {
+        BudgetBreach::Depth { .. } => "collections nested more than 64 deep",
+        BudgetBreach::Aliases { .. }
+        | BudgetBreach::Anchors { .. }
+        | BudgetBreach::Nodes { .. }
+        | BudgetBreach::AliasAnchorRatio { .. }
+        | BudgetBreach::MergeKeys { .. } => {
+            "more than 250,000 nodes or 50,000 aliases (YAML aliases expanding, a \"billion laughs\")"
+        }
+        BudgetBreach::ScalarBytes { .. } => "more than 64 MiB of scalar text",
+        _ => "too many YAML events, nodes or documents",
+    })
 }
 
 /// A `List`, `PodList`, `DeploymentList`, ...: `kind` ending in `List` and an `items` array.
