@@ -175,8 +175,8 @@ enum RolloutVerb {
     Status {
         name: String,
         /// Seconds, or with a unit: 90s, 10m, 1h.
-        #[arg(long, default_value = "10m")]
-        timeout: String,
+        #[arg(long, default_value = "10m", value_parser = duration)]
+        timeout: Duration,
     },
     /// End the current step's pause or bake; --full goes to 100% at once.
     Promote {
@@ -195,22 +195,23 @@ enum RolloutVerb {
     /// Drop the rollout and keep the standard images (aborts first if needed).
     Undo {
         name: String,
-        #[arg(long, default_value = "2m")]
-        timeout: String,
+        /// Seconds, or with a unit: 90s, 10m, 1h.
+        #[arg(long, default_value = "2m", value_parser = duration)]
+        timeout: Duration,
     },
 }
 
+/// A timeout: seconds, or a duration jiff reads (`90s`, `10m`, `1h30m`,
+/// `2 hours`, ISO 8601 `PT5M`); read by clap, so a bad one fails with the
+/// usage.
 fn duration(text: &str) -> anyhow::Result<Duration> {
     let t = text.trim();
-    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
-    let n: f64 = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a duration (90s, 10m, 1h)"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => anyhow::bail!("{text:?}: the unit must be s, m or h"),
+    let seconds = match t.parse::<f64>() {
+        Ok(seconds) => seconds,
+        Err(_) => t
+            .parse::<jiff::SignedDuration>()
+            .with_context(|| format!("{text:?} is not a duration (90s, 10m, 1h30m)"))?
+            .as_secs_f64(),
     };
     anyhow::ensure!(
         seconds > 0.0 && seconds.is_finite(),
@@ -253,7 +254,7 @@ async fn debug_cmd(global: &Global, args: &DebugArgs) -> anyhow::Result<bool> {
         env_from_target: args.env_from_target,
         force: args.force,
     };
-    let inspector = crate::image::Inspector::new(args.registry.inspector_config()?);
+    let inspector = crate::image::Inspector::new(args.registry.inspector_config()?)?;
     let done = debug::run(&client, &ns, &req, Some(&inspector))
         .await
         .map_err(|e| with_server(e, &server))?;
@@ -300,7 +301,7 @@ async fn inventory_cmd(global: &Global, args: &PluginInventoryArgs) -> anyhow::R
     let inspector = if args.no_images {
         None
     } else {
-        Some(crate::image::Inspector::new(args.registry.inspector_config()?))
+        Some(crate::image::Inspector::new(args.registry.inspector_config()?)?)
     };
     let source = match scope {
         Some(ns) => format!("cluster {server}, namespace {ns}"),
@@ -377,7 +378,7 @@ async fn rollout_cmd(global: &Global, verb: &RolloutVerb) -> anyhow::Result<Exit
             ExitCode::SUCCESS
         }
         RolloutVerb::Status { name, timeout } => {
-            let outcome = rollout::wait(&client, &ns, name, duration(timeout)?, |r| {
+            let outcome = rollout::wait(&client, &ns, name, *timeout, |r| {
                 println!("{}", rollout::summary(r));
             })
             .await
@@ -394,7 +395,7 @@ async fn rollout_cmd(global: &Global, verb: &RolloutVerb) -> anyhow::Result<Exit
                     ExitCode::from(1)
                 }
                 rollout::Outcome::TimedOut => {
-                    eprintln!("error: rollout {name} did not finish within {timeout}");
+                    eprintln!("error: rollout {name} did not finish within {timeout:?}");
                     ExitCode::from(2)
                 }
             }
@@ -410,9 +411,7 @@ async fn rollout_cmd(global: &Global, verb: &RolloutVerb) -> anyhow::Result<Exit
         RolloutVerb::Abort { name } => act(name, rollout::Verb::Abort, "aborted").await.map_err(fail)?,
         RolloutVerb::Retry { name } => act(name, rollout::Verb::Retry, "retried").await.map_err(fail)?,
         RolloutVerb::Undo { name, timeout } => {
-            rollout::undo(&client, &ns, name, duration(timeout)?)
-                .await
-                .map_err(fail)?;
+            rollout::undo(&client, &ns, name, *timeout).await.map_err(fail)?;
             println!("distrolessrollout.distrolessguard.dev/{name} undone: rolled back and deleted");
             ExitCode::SUCCESS
         }
@@ -605,4 +604,23 @@ pub(super) fn complete_main() -> ExitCode {
     }
     println!(":4");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_read_seconds_units_and_compound_durations_and_refuse_the_rest() {
+        let secs = |t: &str| duration(t).map(|d| d.as_secs_f64()).ok();
+        assert_eq!(secs("90"), Some(90.0));
+        assert_eq!(secs("90s"), Some(90.0));
+        assert_eq!(secs("10m"), Some(600.0));
+        assert_eq!(secs("1h30m"), Some(5400.0));
+        assert_eq!(secs("2 hours"), Some(7200.0));
+        assert_eq!(secs("PT5M"), Some(300.0));
+        for bad in ["0", "-5s", "soon", "", "inf"] {
+            assert!(duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }
