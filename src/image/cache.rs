@@ -1,98 +1,63 @@
-//! Bounded caches: least-recently-used by entries and by bytes, and a
-//! short-lived map for tag -> digest.
+//! The inspector's caches, on moka: least-recently-used by entries and by
+//! bytes (verdicts, platforms, layer findings), and by time (tag -> digest).
 
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::num::NonZeroUsize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lru::LruCache;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 
-/// An LRU cache bounded by entry count and by the summed weight of its values.
-pub(super) struct Bounded<K: Hash + Eq, V> {
-    entries: LruCache<K, (V, usize)>,
-    max_bytes: usize,
-    bytes: usize,
+/// A cache bounded by entry count and by the summed weight of its values,
+/// evicting the least recently used. Each entry weighs at least
+/// `max_bytes / max_entries`, which is how one moka bound (weight) holds
+/// both; a value heavier than the whole budget is not kept.
+pub(super) struct Bounded<K, V> {
+    entries: Cache<K, (V, usize)>,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
+impl<K, V> Bounded<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
     pub(super) fn new(max_entries: usize, max_bytes: usize) -> Self {
-        let cap = NonZeroUsize::new(max_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Bounded {
-            entries: LruCache::new(cap),
-            max_bytes,
-            bytes: 0,
-        }
+        let floor = (max_bytes / max_entries.max(1)).max(1);
+        let entries = Cache::builder()
+            .max_capacity(max_bytes as u64)
+            .weigher(move |_: &K, (_, bytes): &(V, usize)| u32::try_from((*bytes).max(floor)).unwrap_or(u32::MAX))
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
+        Bounded { entries }
     }
 
-    pub(super) fn get(&mut self, key: &K) -> Option<V> {
-        self.entries.get(key).map(|(v, _)| v.clone())
+    pub(super) fn get(&self, key: &K) -> Option<V> {
+        self.entries.get(key).map(|(v, _)| v)
     }
 
-    /// Inserts, evicting the least recently used entries while over either bound.
-    /// A value heavier than the whole budget is not kept.
-    pub(super) fn insert(&mut self, key: K, value: V, weight: usize) {
-        if weight > self.max_bytes {
-            return;
-        }
-        if let Some((_, (_, old))) = self.entries.push(key, (value, weight)) {
-            self.bytes -= old;
-        }
-        self.bytes += weight;
-        while self.bytes > self.max_bytes {
-            match self.entries.pop_lru() {
-                Some((_, (_, w))) => self.bytes -= w,
-                None => break,
-            }
-        }
+    pub(super) fn insert(&self, key: K, value: V, bytes: usize) {
+        self.entries.insert(key, (value, bytes));
     }
 
+    /// Entries held, once pending evictions are done.
     pub(super) fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.run_pending_tasks();
+        self.entries.entry_count() as usize
     }
 
+    /// The values' own bytes (not the floor), once pending evictions are done.
     pub(super) fn bytes(&self) -> usize {
-        self.bytes
+        self.entries.run_pending_tasks();
+        self.entries.iter().map(|(_, (_, bytes))| bytes).sum()
     }
 }
 
-/// Values that expire after a fixed time.
-pub(super) struct Expiring<K, V> {
-    entries: HashMap<K, (V, Instant)>,
-    ttl: Duration,
-    max_entries: usize,
-}
-
-impl<K: Hash + Eq + Clone, V: Clone> Expiring<K, V> {
-    pub(super) fn new(ttl: Duration, max_entries: usize) -> Self {
-        Expiring {
-            entries: HashMap::new(),
-            ttl,
-            max_entries,
-        }
-    }
-
-    pub(super) fn get(&mut self, key: &K, now: Instant) -> Option<V> {
-        match self.entries.get(key) {
-            Some((v, at)) if now.duration_since(*at) < self.ttl => Some(v.clone()),
-            Some(_) => {
-                self.entries.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    pub(super) fn insert(&mut self, key: K, value: V, now: Instant) {
-        if self.entries.len() >= self.max_entries {
-            let ttl = self.ttl;
-            self.entries.retain(|_, (_, at)| now.duration_since(*at) < ttl);
-            if self.entries.len() >= self.max_entries {
-                self.entries.clear();
-            }
-        }
-        self.entries.insert(key, (value, now));
-    }
+/// Values that expire `ttl` after they were written; at most `max_entries`.
+pub(super) fn expiring<K, V>(ttl: Duration, max_entries: u64) -> Cache<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Cache::builder().max_capacity(max_entries).time_to_live(ttl).build()
 }
 
 #[cfg(test)]
@@ -101,33 +66,28 @@ mod tests {
 
     #[test]
     fn the_byte_bound_evicts_least_recently_used_first() {
-        let mut c = Bounded::new(10, 100);
+        let c = Bounded::new(10, 100);
         c.insert("a", 1, 40);
         c.insert("b", 2, 40);
+        c.len();
         assert_eq!(c.get(&"a"), Some(1)); // a is now the most recently used
         c.insert("c", 3, 40);
+        c.len();
         assert_eq!((c.get(&"a"), c.get(&"b"), c.get(&"c")), (Some(1), None, Some(3)));
         assert_eq!(c.bytes(), 80);
         c.insert("huge", 4, 1000);
+        c.len();
         assert_eq!(c.get(&"huge"), None);
     }
 
     #[test]
     fn the_entry_bound_holds_too() {
-        let mut c = Bounded::new(2, 1 << 20);
+        let c = Bounded::new(2, 1 << 20);
         for i in 0..5 {
             c.insert(i, i, 1);
+            c.len();
         }
         assert_eq!(c.len(), 2);
         assert_eq!(c.get(&4), Some(4));
-    }
-
-    #[test]
-    fn expired_values_are_gone() {
-        let mut c = Expiring::new(Duration::from_secs(30), 10);
-        let t0 = Instant::now();
-        c.insert("tag", "sha256:x", t0);
-        assert_eq!(c.get(&"tag", t0 + Duration::from_secs(29)), Some("sha256:x"));
-        assert_eq!(c.get(&"tag", t0 + Duration::from_secs(31)), None);
     }
 }

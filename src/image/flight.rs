@@ -1,6 +1,12 @@
 //! Single flight: concurrent callers asking for the same key share one task.
 //! The task runs on its own (spawned), so a caller that stops waiting (a
 //! deadline) does not cancel it: it finishes and fills the caches.
+//!
+//! Ours rather than moka's `try_get_with`: there the first caller drives the
+//! shared load, and when it gives up (the webhook's deadline) the callers
+//! still waiting start the load again, so a slow registry would be read
+//! once per deadline instead of once. Here the work belongs to no caller,
+//! and nothing is cached: the caches (cache.rs) are moka's.
 
 use std::collections::HashMap;
 use std::hash::Hash;

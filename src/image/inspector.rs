@@ -7,13 +7,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oci_client::Reference;
-use parking_lot::Mutex;
 use tracing::{Instrument, debug, info_span};
 
-use super::cache::{Bounded, Expiring};
+use super::cache::{self, Bounded};
 use super::credentials::Credentials;
 use super::flight::Flights;
 use super::layer::{LayerFacts, LayerLimits};
@@ -78,11 +77,11 @@ pub type Reports = Arc<Vec<Arc<ImageReport>>>;
 pub struct Inspector {
     clients: registry::Clients,
     config: InspectorConfig,
-    verdicts: Mutex<Bounded<String, Arc<ImageReport>>>,
+    verdicts: Bounded<String, Arc<ImageReport>>,
     /// (manifest or index digest, platform choice) -> the platform manifest digests judged.
-    platforms: Mutex<PlatformCache>,
-    layers: Mutex<Bounded<String, Arc<LayerFacts>>>,
-    tags: Mutex<Expiring<String, String>>,
+    platforms: PlatformCache,
+    layers: Bounded<String, Arc<LayerFacts>>,
+    tags: moka::sync::Cache<String, String>,
     /// (image, platform, credentials digest) -> the inspection under way.
     flights: Flights<(String, Platform, String), Result<Reports, ImageError>>,
     bytes_fetched: AtomicU64,
@@ -101,10 +100,10 @@ impl Inspector {
             registry::new_clients(&config.insecure_registries, config.request_timeout).map_err(ClientError)?;
         Ok(Arc::new(Inspector {
             clients,
-            verdicts: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
-            platforms: Mutex::new(Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes)),
-            layers: Mutex::new(Bounded::new(config.layer_cache_entries, config.layer_cache_bytes)),
-            tags: Mutex::new(Expiring::new(config.tag_ttl, 65536)),
+            verdicts: Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes),
+            platforms: Bounded::new(config.verdict_cache_entries, config.verdict_cache_bytes),
+            layers: Bounded::new(config.layer_cache_entries, config.layer_cache_bytes),
+            tags: cache::expiring(config.tag_ttl, 65536),
             flights: Flights::default(),
             bytes_fetched: AtomicU64::new(0),
             config,
@@ -113,8 +112,7 @@ impl Inspector {
 
     /// Entries and bytes held by the verdict cache and by the layer cache.
     pub fn cache_usage(&self) -> ((usize, usize), (usize, usize)) {
-        let v = self.verdicts.lock();
-        let l = self.layers.lock();
+        let (v, l) = (&self.verdicts, &self.layers);
         ((v.len(), v.bytes()), (l.len(), l.bytes()))
     }
 
@@ -230,7 +228,7 @@ impl Inspector {
             return Ok(d.to_string());
         }
         let key = reference.whole();
-        if let Some(d) = self.tags.lock().get(&key, Instant::now()) {
+        if let Some(d) = self.tags.get(&key) {
             return Ok(d);
         }
         let digest = registry::resolve_digest(
@@ -241,7 +239,7 @@ impl Inspector {
             &self.bytes_fetched,
         )
         .await?;
-        self.tags.lock().insert(key, digest.clone(), Instant::now());
+        self.tags.insert(key, digest.clone());
         Ok(digest)
     }
 
@@ -266,18 +264,17 @@ impl Inspector {
         let reference = reference::parse(image).ok()?;
         let digest = match reference.digest() {
             Some(d) => d.to_string(),
-            None => self.tags.lock().get(&reference.whole(), Instant::now())?,
+            None => self.tags.get(&reference.whole())?,
         };
         self.cached(image, &digest, platform)
     }
 
     /// The verdicts already known for a resolved digest, without any fetch.
     fn cached(&self, image: &str, digest: &str, platform: &Platform) -> Option<Vec<Arc<ImageReport>>> {
-        let platforms = self.platforms.lock().get(&(digest.to_string(), platform.clone()))?;
-        let mut verdicts = self.verdicts.lock();
+        let platforms = self.platforms.get(&(digest.to_string(), platform.clone()))?;
         platforms
             .iter()
-            .map(|d| verdicts.get(d).map(|r| renamed(&r, image)))
+            .map(|d| self.verdicts.get(d).map(|r| renamed(&r, image)))
             .collect()
     }
 
@@ -294,14 +291,12 @@ impl Inspector {
         let known = reference
             .digest()
             .map(str::to_string)
-            .or_else(|| self.tags.lock().get(&reference.whole(), Instant::now()));
+            .or_else(|| self.tags.get(&reference.whole()));
         let (digest, prefetched) = match known {
             Some(d) => (d, None),
             None => {
                 let (doc, digest) = self.fetch_manifest(image, &reference, &session).await?;
-                self.tags
-                    .lock()
-                    .insert(reference.whole(), digest.clone(), Instant::now());
+                self.tags.insert(reference.whole(), digest.clone());
                 (digest, Some(doc))
             }
         };
@@ -315,7 +310,6 @@ impl Inspector {
         let digests: Vec<String> = reports.iter().map(|r| r.digest.clone()).collect();
         let weight = digests.iter().map(|d| d.len() + 24).sum::<usize>() + digest.len() + 64;
         self.platforms
-            .lock()
             .insert((digest, platform.clone()), Arc::new(digests), weight);
         Ok(reports)
     }
@@ -383,7 +377,7 @@ impl Inspector {
         manifest: ManifestDoc,
         platform: Option<String>,
     ) -> Result<Arc<ImageReport>, ImageError> {
-        if let Some(hit) = self.verdicts.lock().get(&digest.to_string()) {
+        if let Some(hit) = self.verdicts.get(&digest.to_string()) {
             return Ok(renamed(&hit, image));
         }
         let config_desc = manifest.config.ok_or_else(|| ImageError::Malformed {
@@ -448,7 +442,7 @@ impl Inspector {
             &MergedView::merge(&scanned),
         ));
         let weight = report.weight();
-        self.verdicts.lock().insert(digest.to_string(), report.clone(), weight);
+        self.verdicts.insert(digest.to_string(), report.clone(), weight);
         Ok(report)
     }
 
@@ -460,7 +454,7 @@ impl Inspector {
         session: &Session,
         desc: &Descriptor,
     ) -> Result<Arc<LayerFacts>, ImageError> {
-        if let Some(hit) = self.layers.lock().get(&desc.digest) {
+        if let Some(hit) = self.layers.get(&desc.digest) {
             return Ok(hit);
         }
         let facts = Arc::new(
@@ -475,7 +469,7 @@ impl Inspector {
             .await?,
         );
         let weight = facts.weight();
-        self.layers.lock().insert(desc.digest.clone(), facts.clone(), weight);
+        self.layers.insert(desc.digest.clone(), facts.clone(), weight);
         Ok(facts)
     }
 }
