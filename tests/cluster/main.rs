@@ -8,8 +8,12 @@
 #[allow(dead_code)]
 mod registry;
 mod support;
+#[path = "../support/tls.rs"]
+#[allow(dead_code)]
+mod tls;
 
 mod admission;
+mod captured;
 mod chart_install;
 mod control_plane;
 mod crd;

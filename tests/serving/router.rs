@@ -198,3 +198,83 @@ async fn the_rollouts_route_refuses_what_it_cannot_authorize_and_answers_bad_inp
     let (_, _, metrics) = call(&s, "GET", "/metrics", Vec::new()).await;
     assert!(metrics.contains("endpoint=\"rollouts\""), "{metrics}");
 }
+
+/// A review the real API server sent (tests/data/captured, recorded by
+/// tests/cluster/captured.rs), as its bytes.
+fn captured(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/captured")
+        .join(format!("{name}.json"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn answer(state: &Arc<AppState>, path: &str, name: &str) -> Value {
+    let (status, body, text) = call(state, "POST", path, captured(name)).await;
+    assert_eq!(status, StatusCode::OK, "{name}: {text}");
+    body["response"].clone()
+}
+
+fn message(response: &Value) -> &str {
+    response["status"]["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn reviews_captured_from_the_api_server_get_the_same_answers_as_the_hand_written_ones() {
+    let s = state();
+    // Denials, each with its rule, for the objects the API server encoded
+    // (`&&`, `2>&1`, `<` and `>` arrive as \u0026, \u003e, \u003c).
+    let pipeline = answer(&s, "/validate", "pod-shell-pipeline").await;
+    assert_eq!(pipeline["allowed"], false, "{pipeline}");
+    assert!(
+        message(&pipeline).contains("[shell-command]") && message(&pipeline).contains("[exec-probe]"),
+        "{pipeline}"
+    );
+    let probe = answer(&s, "/validate", "deployment-exec-probe").await;
+    assert_eq!(probe["allowed"], false, "{probe}");
+    assert!(message(&probe).contains("livenessProbe.exec"), "{probe}");
+    let cron = answer(&s, "/validate", "cronjob-shell").await;
+    assert_eq!(cron["allowed"], false, "{cron}");
+    assert!(message(&cron).contains("spec.jobTemplate.spec.template.spec"), "{cron}");
+    let debugger = answer(&s, "/validate", "pod-ephemeral-root-debugger").await;
+    assert_eq!(debugger["allowed"], false, "{debugger}");
+    assert!(
+        message(&debugger).contains("spec.ephemeralContainers[0].securityContext.runAsUser"),
+        "{debugger}"
+    );
+    // An update that only changes the image keeps the old exec probe as a warning.
+    let update = answer(&s, "/validate", "deployment-update-preexisting").await;
+    assert_eq!(update["allowed"], true, "{update}");
+    assert!(
+        update["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already present before this update"),
+        "{update}"
+    );
+    // A delete is allowed untouched.
+    let delete = answer(&s, "/validate", "pod-delete").await;
+    assert_eq!(delete["allowed"], true, "{delete}");
+    let delete = answer(&s, "/mutate", "pod-delete").await;
+    assert!(delete["allowed"] == true && delete.get("patch").is_none(), "{delete}");
+    // Pods get the non-root defaults, whoever creates them and dry run or not;
+    // a Deployment's template is left as Git has it.
+    for name in ["pod-create", "pod-create-dry-run", "pod-create-by-replicaset"] {
+        let mutated = answer(&s, "/mutate", name).await;
+        assert_eq!(mutated["allowed"], true, "{name}: {mutated}");
+        use base64::Engine;
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(
+                mutated["patch"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: no patch: {mutated}")),
+            )
+            .unwrap();
+        let patch = String::from_utf8(patch).unwrap();
+        assert!(
+            patch.contains("runAsNonRoot") && patch.contains("65532"),
+            "{name}: {patch}"
+        );
+    }
+    let template = answer(&s, "/mutate", "deployment-exec-probe").await;
+    assert!(template.get("patch").is_none(), "{template}");
+}
