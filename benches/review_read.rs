@@ -1,25 +1,26 @@
-//! Reading an AdmissionReview, in process, on one core: the webhook's reader
-//! (`admission::scan::read`, the one-pass reader with serde_json behind it),
-//! serde_json's typed reader into the same types, and what the
-//! `admission_http` baseline reads (the envelope, the object kept as raw
-//! JSON). The body is the `admission_http` bench's, compacted as the API
-//! server sends it. Each is timed over 30 rounds, interleaved; the best round
-//! counts.
+//! Reading an AdmissionReview, in process, on one core, with each JSON
+//! library into the webhook's own types: serde_json (what the webhook reads
+//! with), sonic-rs (serde-compatible, SIMD), and what the `admission_http`
+//! baseline reads (the envelope, the object kept as raw JSON). The bodies
+//! are the reviews the real API server sent (tests/data/captured, recorded
+//! by tests/cluster/captured.rs): pods with shell pipelines and long
+//! environments, Deployments, an update, a CronJob, an ephemeral container,
+//! a dry run and a delete. Each reader is timed over 30 interleaved rounds;
+//! the best round counts. A line per body, then the mean per review.
 //!
-//! Last line: `RESULT review_read bytes=.. read_ns=.. serde_ns=.. baseline_ns=..`
+//! Last line: `RESULT review_read bodies=.. mean_bytes=.. serde_ns=.. sonic_ns=.. baseline_ns=..`
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use distroless_guard::admission::review::AdmissionReview;
-use distroless_guard::admission::scan;
+use distroless_guard::admission::review::{self, AdmissionReview};
 
 /// The allocator the shipped binary uses (src/main.rs).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ROUNDS: usize = 30;
-const PER_ROUND: usize = 5_000;
+const PER_ROUND: usize = 2_000;
 
 #[derive(serde::Deserialize)]
 struct MinimalReview {
@@ -43,43 +44,78 @@ fn time(f: impl Fn()) -> f64 {
     started.elapsed().as_nanos() as f64 / PER_ROUND as f64
 }
 
-fn main() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pod-compliant.json");
-    let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("review")).expect("json");
-    let body = serde_json::to_vec(&value).expect("encode");
-    // The three read the same review (and the webhook's reader does not fall back).
-    let read = scan::read(&body).expect("read");
-    let typed: AdmissionReview = serde_json::from_slice(&body).expect("serde");
-    assert_eq!(format!("{read:?}"), format!("{typed:?}"));
-    assert!(scan::review(&body).is_some(), "the one-pass reader gave up");
+fn captured() -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/captured");
+    let mut bodies: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| {
+            let path = entry.expect("entry").path();
+            let name = path.file_stem().expect("name").to_string_lossy().into_owned();
+            (name, std::fs::read(&path).expect("captured review"))
+        })
+        .collect();
+    bodies.sort();
+    assert!(!bodies.is_empty(), "no captured reviews in {}", dir.display());
+    bodies
+}
 
-    let mut best = [f64::MAX; 3];
-    for _ in 0..ROUNDS {
-        let round = [
-            time(|| drop(black_box(scan::read(black_box(&body)).expect("read")))),
-            time(|| {
-                drop(black_box(
-                    serde_json::from_slice::<AdmissionReview>(black_box(&body)).expect("serde"),
-                ))
-            }),
-            time(|| {
-                drop(black_box(
-                    serde_json::from_slice::<MinimalReview>(black_box(&body)).expect("baseline"),
-                ))
-            }),
-        ];
-        for (best, ns) in best.iter_mut().zip(round) {
-            *best = best.min(ns);
+fn main() {
+    let bodies = captured();
+    let mut totals = [0f64; 3];
+    println!(
+        "{:<32} {:>7} {:>10} {:>10} {:>12}",
+        "review", "bytes", "serde_ns", "sonic_ns", "baseline_ns"
+    );
+    for (name, body) in &bodies {
+        // The libraries read the same review.
+        let serde: AdmissionReview = review::parse(body).expect("serde_json");
+        let sonic: AdmissionReview = sonic_rs::from_slice(body).expect("sonic-rs");
+        assert_eq!(format!("{serde:?}"), format!("{sonic:?}"), "{name}: the readers differ");
+
+        let mut best = [f64::MAX; 3];
+        for _ in 0..ROUNDS {
+            let round = [
+                time(|| {
+                    drop(black_box(
+                        review::parse::<AdmissionReview>(black_box(body)).expect("serde"),
+                    ))
+                }),
+                time(|| {
+                    drop(black_box(
+                        sonic_rs::from_slice::<AdmissionReview>(black_box(body)).expect("sonic"),
+                    ))
+                }),
+                time(|| {
+                    drop(black_box(
+                        serde_json::from_slice::<MinimalReview>(black_box(body)).expect("baseline"),
+                    ))
+                }),
+            ];
+            for (best, ns) in best.iter_mut().zip(round) {
+                *best = best.min(ns);
+            }
+        }
+        println!(
+            "{name:<32} {:>7} {:>10.0} {:>10.0} {:>12.0}",
+            body.len(),
+            best[0],
+            best[1],
+            best[2]
+        );
+        for (total, ns) in totals.iter_mut().zip(best) {
+            *total += ns;
         }
     }
-    let [read_ns, serde_ns, baseline_ns] = best.map(|ns| ns.round() as u64);
+    let n = bodies.len() as f64;
+    let [serde_ns, sonic_ns, baseline_ns] = totals.map(|t| (t / n).round() as u64);
+    let mean_bytes = bodies.iter().map(|(_, b)| b.len()).sum::<usize>() / bodies.len();
     println!(
-        "reader {:.2}x serde_json's typed reader, {:.2}x the baseline's read",
-        read_ns as f64 / serde_ns as f64,
-        read_ns as f64 / baseline_ns as f64
+        "per review: sonic-rs {:.2}x serde_json's time; serde_json {:.2}x the baseline's read",
+        sonic_ns as f64 / serde_ns as f64,
+        serde_ns as f64 / baseline_ns as f64
     );
     println!(
-        "RESULT review_read bytes={} read_ns={read_ns} serde_ns={serde_ns} baseline_ns={baseline_ns}",
-        body.len()
+        "RESULT review_read bodies={} mean_bytes={mean_bytes} serde_ns={serde_ns} sonic_ns={sonic_ns} baseline_ns={baseline_ns}",
+        bodies.len()
     );
 }

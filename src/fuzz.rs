@@ -59,7 +59,6 @@ pub fn admission_review(data: &[u8]) {
     let Some((first, body)) = data.split_first() else {
         return;
     };
-    one_pass_reader_agrees(body);
     let path = if first % 2 == 0 { "/validate" } else { "/mutate" };
     let w = webhook();
     let request = axum::http::Request::post(path)
@@ -94,23 +93,6 @@ pub fn admission_review(data: &[u8]) {
     } else {
         assert!(status.is_client_error(), "{status}: {answer}");
         assert!(answer["error"].is_string(), "{answer}");
-    }
-}
-
-/// Whatever the webhook's one-pass reader accepts, serde_json accepts and
-/// reads into the same review (the reader gives up on anything else).
-fn one_pass_reader_agrees(body: &[u8]) {
-    if let Some(fast) = crate::admission::scan::review(body) {
-        let text = || String::from_utf8_lossy(body).into_owned();
-        match serde_json::from_slice::<crate::admission::review::AdmissionReview>(body) {
-            Ok(slow) => assert_eq!(
-                format!("{fast:?}"),
-                format!("{slow:?}"),
-                "the two readers differ on {}",
-                text()
-            ),
-            Err(e) => panic!("the one-pass reader accepted what serde_json rejects ({e}): {}", text()),
-        }
     }
 }
 

@@ -4,7 +4,6 @@
 pub mod images;
 pub mod review;
 pub mod rollouts;
-pub mod scan;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;

@@ -85,7 +85,7 @@ async fn handle_review(state: &AppState, endpoint: Endpoint, body: Result<Bytes,
         Ok(body) => body,
         Err(rejection) => return bad(rejection.status(), rejection.body_text()),
     };
-    let review: AdmissionReview = match admission::scan::read(&body) {
+    let review: AdmissionReview = match review::parse(&body) {
         Ok(r) => r,
         Err(e) => {
             // A review whose envelope is fine but whose object is not readable
