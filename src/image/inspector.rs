@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 use tracing::{Instrument, debug, info_span};
 
 use super::cache::{self, Bounded};

@@ -1,6 +1,6 @@
 //! Image references, normalized the way Kubernetes and Docker do.
 
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 
 use super::ImageError;
 

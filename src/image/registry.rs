@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 
 use super::ImageError;
 use super::layer::{self, LayerFacts, LayerLimits};
