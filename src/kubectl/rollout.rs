@@ -38,7 +38,16 @@ pub enum Verb {
 }
 
 /// The merge patch for a verb on this rollout, or why it makes no sense now.
-pub fn patch(verb: Verb, r: &DistrolessRollout) -> Result<Value, String> {
+/// Why a verb cannot be sent to a rollout in its phase.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerbRefused {
+    #[error("rollout {name} is {phase}: only `retry` starts it again")]
+    Finished { name: String, phase: &'static str },
+    #[error("rollout {name} is {phase}: retry starts a new attempt after a rollback")]
+    RetryBeforeRollback { name: String, phase: &'static str },
+}
+
+pub fn patch(verb: Verb, r: &DistrolessRollout) -> Result<Value, VerbRefused> {
     let status = r.status.clone().unwrap_or_default();
     let name = r.metadata.name.clone().unwrap_or_default();
     let final_phase = status.phase.is_final();
@@ -49,10 +58,10 @@ pub fn patch(verb: Verb, r: &DistrolessRollout) -> Result<Value, String> {
     };
     match verb {
         _ if final_phase && verb != Verb::Retry => {
-            return Err(format!(
-                "rollout {name} is {}: only `retry` starts it again",
-                status.phase.as_str()
-            ));
+            return Err(VerbRefused::Finished {
+                name,
+                phase: status.phase.as_str(),
+            });
         }
         Verb::Promote { full } => {
             let step = if full {
@@ -75,10 +84,10 @@ pub fn patch(verb: Verb, r: &DistrolessRollout) -> Result<Value, String> {
         }
         Verb::Abort => set(verbs::ABORT, json!("true")),
         Verb::Retry if status.phase != Phase::RolledBack => {
-            return Err(format!(
-                "rollout {name} is {}: retry starts a new attempt after a rollback",
-                status.phase.as_str()
-            ));
+            return Err(VerbRefused::RetryBeforeRollback {
+                name,
+                phase: status.phase.as_str(),
+            });
         }
         Verb::Retry => {
             set(verbs::RETRY, json!((r.verbs().retry + 1).to_string()));
@@ -129,7 +138,7 @@ pub async fn list(client: &kube::Client, namespace: Option<&str>) -> Result<Vec<
 /// Applies a verb; returns the rollout as patched.
 pub async fn act(client: &kube::Client, namespace: &str, name: &str, verb: Verb) -> Result<DistrolessRollout, Error> {
     let r = get(client, namespace, name).await?;
-    let body = patch(verb, &r).map_err(Error::Refused)?;
+    let body = patch(verb, &r).map_err(|e| Error::Refused(e.to_string()))?;
     api(client, Some(namespace))
         .patch(name, &PatchParams::default(), &Patch::Merge(&body))
         .await
@@ -394,7 +403,12 @@ mod tests {
         assert!(paused.verbs().paused);
         assert!(!after(Verb::Resume, &paused).verbs().paused);
         assert!(after(Verb::Abort, &r).verbs().abort);
-        assert!(patch(Verb::Retry, &r).unwrap_err().contains("after a rollback"));
+        assert!(
+            patch(Verb::Retry, &r)
+                .unwrap_err()
+                .to_string()
+                .contains("after a rollback")
+        );
     }
 
     #[test]
@@ -407,7 +421,12 @@ mod tests {
         let v = retried.verbs();
         assert_eq!((v.retry, v.abort, v.paused, v.promote_step), (4, false, false, None));
         assert_eq!(after(Verb::Retry, &retried_back(retried)).verbs().retry, 5);
-        assert!(patch(Verb::Pause, &back).unwrap_err().contains("only `retry`"));
+        assert!(
+            patch(Verb::Pause, &back)
+                .unwrap_err()
+                .to_string()
+                .contains("only `retry`")
+        );
     }
 
     fn retried_back(mut r: DistrolessRollout) -> DistrolessRollout {
