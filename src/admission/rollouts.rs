@@ -83,7 +83,7 @@ impl Question {
 /// Asks the API server whether a user may do something.
 pub trait Access: Send + Sync {
     /// `Ok(true)` when allowed; `Err` when the question could not be answered.
-    fn allows<'a>(&'a self, user: &'a RequestUser, question: &'a Question) -> BoxFuture<'a, Result<bool, String>>;
+    fn allows<'a>(&'a self, user: &'a RequestUser, question: &'a Question) -> BoxFuture<'a, Result<bool, kube::Error>>;
 }
 
 #[derive(Deserialize, Debug)]
@@ -235,7 +235,7 @@ pub async fn review(body: &[u8], access: Option<&dyn Access>) -> Result<Admissio
                     500,
                     "InternalError",
                     format!(
-                        "cannot check whether user {:?} may {what} ({e}); the rollout is refused until it can be checked",
+                        "cannot check whether user {:?} may {what} (SubjectAccessReview: {e}); the rollout is refused until it can be checked",
                         user.username
                     ),
                 ));
@@ -262,13 +262,15 @@ mod tests {
     }
 
     impl Access for Table {
-        fn allows<'a>(&'a self, user: &'a RequestUser, q: &'a Question) -> BoxFuture<'a, Result<bool, String>> {
+        fn allows<'a>(&'a self, user: &'a RequestUser, q: &'a Question) -> BoxFuture<'a, Result<bool, kube::Error>> {
             self.asked
                 .lock()
                 .unwrap()
                 .push((user.clone(), q.namespace.clone(), q.name.clone()));
             let answer = if self.fail {
-                Err("connection refused".into())
+                Err(kube::Error::Service(Box::new(std::io::Error::other(
+                    "connection refused",
+                ))))
             } else {
                 Ok(self.allowed.iter().any(|(u, n)| *u == user.username && *n == q.name))
             };

@@ -21,7 +21,7 @@ impl SubjectAccess {
 }
 
 impl Access for SubjectAccess {
-    fn allows<'a>(&'a self, user: &'a RequestUser, q: &'a Question) -> BoxFuture<'a, Result<bool, String>> {
+    fn allows<'a>(&'a self, user: &'a RequestUser, q: &'a Question) -> BoxFuture<'a, Result<bool, kube::Error>> {
         async move {
             let review = SubjectAccessReview {
                 spec: SubjectAccessReviewSpec {
@@ -43,8 +43,7 @@ impl Access for SubjectAccess {
             };
             let answer = Api::<SubjectAccessReview>::all(self.client.clone())
                 .create(&PostParams::default(), &review)
-                .await
-                .map_err(|e| format!("SubjectAccessReview: {e}"))?;
+                .await?;
             Ok(answer.status.is_some_and(|s| s.allowed && s.denied != Some(true)))
         }
         .boxed()
