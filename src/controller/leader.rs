@@ -61,7 +61,7 @@ pub(crate) struct Observed {
     seen: Option<(Record, Instant)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 struct Record {
     holder: String,
     renewed: Option<Timestamp>,

@@ -102,16 +102,24 @@ impl Credentials {
     /// A SHA-256 of these credentials (never printed), which tells two
     /// tenants' pull secrets apart where a 64-bit hash could collide.
     pub fn digest(&self) -> String {
-        use sha2::Digest;
-        let mut hash = sha2::Sha256::new();
-        for (host, (user, password)) in &self.by_host {
-            for part in [host, user, password] {
-                hash.update((part.len() as u64).to_le_bytes());
-                hash.update(part.as_bytes());
-            }
-        }
-        hex::encode(hash.finalize())
+        digest_of(
+            self.by_host
+                .iter()
+                .flat_map(|(host, (user, password))| [host.as_str(), user.as_str(), password.as_str()]),
+        )
     }
+}
+
+/// A SHA-256 (hex) of secret parts, each length-prefixed so that no two
+/// different lists of parts give the same input.
+pub(super) fn digest_of<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    hex::encode(hash.finalize())
 }
 
 #[cfg(test)]

@@ -46,15 +46,7 @@ impl Auth {
     fn digest(&self) -> String {
         match self {
             Auth::Anonymous => String::new(),
-            Auth::Basic { username, password } => {
-                use sha2::Digest;
-                let mut hash = sha2::Sha256::new();
-                for part in [username, password] {
-                    hash.update((part.len() as u64).to_le_bytes());
-                    hash.update(part.as_bytes());
-                }
-                hex::encode(hash.finalize())
-            }
+            Auth::Basic { username, password } => super::credentials::digest_of([username.as_str(), password.as_str()]),
         }
     }
 }

@@ -219,7 +219,7 @@ fn message(response: &Value) -> &str {
 }
 
 #[tokio::test]
-async fn reviews_captured_from_the_api_server_get_the_same_answers_as_the_hand_written_ones() {
+async fn reviews_captured_from_the_api_server_are_denied_warned_and_mutated_by_the_rules_they_break() {
     let s = state();
     // Denials, each with its rule, for the objects the API server encoded
     // (`&&`, `2>&1`, `<` and `>` arrive as \u0026, \u003e, \u003c).
