@@ -51,6 +51,8 @@ pub struct OperatorConfig {
     pub image_audit: crate::controller::images::ImageAuditConfig,
     /// Write the audit as PolicyReports with this name (when the cluster has their CRD).
     pub policy_reports: Option<String>,
+    /// How the watches read what exists; `None`: by the API server's version.
+    pub initial_list: Option<controller::watch::InitialList>,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -201,7 +203,18 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
     }
     let state = AppState::new(admission);
     let sink_state = state.clone();
-    controller::watch::spawn(&mut tasks, client.clone(), view.clone(), move |set| {
+    let initial_list = match config.initial_list {
+        Some(chosen) => chosen,
+        None => match client.apiserver_version().await {
+            Ok(v) => controller::watch::InitialList::for_server(&v.major, &v.minor),
+            Err(e) => {
+                warn!(error = %e, "cannot read the API server's version; the watches list in pages");
+                controller::watch::InitialList::Paged
+            }
+        },
+    };
+    info!(?initial_list, "watches read what exists");
+    controller::watch::spawn(&mut tasks, client.clone(), view.clone(), initial_list, move |set| {
         info!(policies = set.len(), "policies loaded");
         sink_state.admission.set_policies(set);
     });

@@ -79,6 +79,11 @@ pub(super) struct RunArgs {
     /// The name of the PolicyReports and the ClusterPolicyReport (one per installation).
     #[arg(long, default_value = crate::controller::REPORT_NAME)]
     report_name: String,
+    /// How the watches read what exists at start: streamed by a watch (the
+    /// WatchList feature) or listed in pages. Unset: streamed where the API
+    /// server's version turns WatchList on by default (1.32, 1.34 and later).
+    #[arg(long, value_enum)]
+    initial_list: Option<crate::controller::watch::InitialList>,
 }
 
 impl RunArgs {
@@ -118,6 +123,7 @@ impl RunArgs {
                 timeout: Duration::from_secs(self.audit_image_timeout_seconds.max(1)),
             },
             policy_reports: self.policy_reports.then(|| self.report_name.clone()),
+            initial_list: self.initial_list,
         })
     }
 }

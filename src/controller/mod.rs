@@ -26,6 +26,7 @@ use kube::api::ApiResource;
 pub(crate) use auditor::Auditor;
 pub use reports::REPORT_NAME;
 pub use view::ClusterView;
+pub use watch::InitialList;
 
 /// What a container failure most likely means for a distroless image, and the fix.
 pub fn failure_hint(reason: &str, exit_code: Option<i32>, message: &str) -> String {

@@ -3,23 +3,28 @@
 //! apply, delete or reset. A span per watch; an object the engine cannot read
 //! is logged and skipped without breaking the stream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, ApiResource};
+use kube::core::DynamicResourceScope;
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
+use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info_span, warn};
 
 use super::audit::AuditObject;
 use super::view::{ClusterView, Key};
 use crate::api::DistrolessPolicy;
+use crate::policy::workload::SpecShape;
 use crate::policy::{ObjectShape, PolicySet, WorkloadKind};
 
 /// What one feed does with the watch's events.
@@ -53,55 +58,189 @@ async fn drive<F: Feed>(
     }
 }
 
-/// The audit's view of a watched object; `None` when it cannot be read (logged, skipped).
-pub(crate) fn audit_object(kind: WorkloadKind, obj: &DynamicObject) -> Option<AuditObject> {
-    let controlled = obj
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && WorkloadKind::from_api_version_kind(&o.api_version, &o.kind).is_some());
-    let value = serde_json::to_value(obj).ok()?;
-    match serde::Deserialize::deserialize(&value) {
-        Ok(shape) => {
-            let shape: ObjectShape = shape;
-            let mut workload = shape.into_workload(kind);
-            workload.namespace = obj.namespace();
-            Some(AuditObject {
-                uid: obj.uid().unwrap_or_default(),
-                workload,
-                controlled,
-            })
-        }
-        Err(e) => {
-            warn!(%kind, name = %obj.name_any(), error = %e, "skipping an object the engine cannot read");
-            None
-        }
+/// A workload as the audit's watches read it off the wire: the metadata the
+/// audit and the watcher use, and the text of the spec. managedFields,
+/// status, annotations and the rest are skipped by the parser, never built,
+/// so a page of the initial list (or a streamed one) holds 500 specs as text
+/// rather than 500 whole parsed objects. The spec is parsed per object
+/// ([`audit_object`]), so one object the engine cannot read is skipped alone.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub(crate) struct WatchedWorkload {
+    #[serde(deserialize_with = "slim_meta")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<Box<RawValue>>,
+}
+
+/// The metadata fields [`WatchedWorkload`] keeps.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    generate_name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    owner_references: Option<Vec<OwnerReference>>,
+}
+
+fn slim_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = <SlimMeta as serde::Deserialize>::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        generate_name: m.generate_name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        labels: m.labels,
+        owner_references: m.owner_references,
+        ..ObjectMeta::default()
+    })
+}
+
+impl Resource for WatchedWorkload {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
     }
 }
 
-fn key(kind: WorkloadKind, obj: &DynamicObject) -> Key {
+/// The audit's view of a watched object; `None` when it cannot be read (logged, skipped).
+pub(crate) fn audit_object(kind: WorkloadKind, obj: &WatchedWorkload) -> Option<AuditObject> {
+    let spec = match obj
+        .spec
+        .as_deref()
+        .map(|raw| serde_json::from_str::<SpecShape>(raw.get()))
+    {
+        None => None,
+        Some(Ok(spec)) => Some(spec),
+        Some(Err(e)) => {
+            warn!(%kind, name = %obj.name_any(), error = %e, "skipping an object the engine cannot read");
+            return None;
+        }
+    };
+    let meta = &obj.metadata;
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    let controlled = owners
+        .iter()
+        .any(|o| o.controller == Some(true) && WorkloadKind::from_api_version_kind(&o.api_version, &o.kind).is_some());
+    let shape = ObjectShape {
+        metadata: crate::policy::model::ObjectMeta {
+            name: meta.name.clone(),
+            generate_name: meta.generate_name.clone(),
+            namespace: meta.namespace.clone(),
+            labels: meta.labels.clone(),
+            owner_references: Some(
+                owners
+                    .iter()
+                    .map(|o| crate::policy::model::OwnerReference {
+                        api_version: o.api_version.clone(),
+                        kind: o.kind.clone(),
+                        name: o.name.clone(),
+                        uid: o.uid.clone(),
+                        controller: o.controller,
+                    })
+                    .collect(),
+            ),
+        },
+        spec,
+    };
+    let mut workload = shape.into_workload(kind);
+    workload.shrink_to_fit();
+    Some(AuditObject {
+        uid: meta.uid.clone().unwrap_or_default(),
+        workload,
+        controlled,
+    })
+}
+
+type Labels = Arc<BTreeMap<String, String>>;
+
+/// Label sets seen, shared between the workloads that carry the same: the
+/// pods of one template do, and a map of one label takes a 528-byte node.
+/// Sets no workload uses any more are dropped once as many new ones came.
+#[derive(Default)]
+struct LabelSets {
+    sets: HashSet<Labels>,
+    added: usize,
+}
+
+impl LabelSets {
+    fn share(&mut self, labels: Labels) -> Labels {
+        if let Some(known) = self.sets.get(&labels) {
+            return known.clone();
+        }
+        self.added += 1;
+        if self.added > self.sets.len().max(1024) {
+            self.sets.retain(|s| Arc::strong_count(s) > 1);
+            self.added = 0;
+        }
+        self.sets.insert(labels.clone());
+        labels
+    }
+}
+
+fn key(kind: WorkloadKind, obj: &WatchedWorkload) -> Key {
     (kind, obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 struct Workloads {
     kind: WorkloadKind,
     fresh: HashMap<Key, AuditObject>,
+    labels: LabelSets,
+}
+
+impl Workloads {
+    fn read(&mut self, obj: &WatchedWorkload) -> Option<AuditObject> {
+        let mut o = audit_object(self.kind, obj)?;
+        o.workload.labels = self.labels.share(o.workload.labels);
+        Some(o)
+    }
 }
 
 impl Feed for Workloads {
-    type Object = DynamicObject;
-    fn apply(&mut self, view: &ClusterView, obj: DynamicObject) {
-        if let Some(o) = audit_object(self.kind, &obj) {
+    type Object = WatchedWorkload;
+    fn apply(&mut self, view: &ClusterView, obj: WatchedWorkload) {
+        if let Some(o) = self.read(&obj) {
             view.apply_workload(key(self.kind, &obj), o);
         }
     }
-    fn delete(&mut self, view: &ClusterView, obj: DynamicObject) {
+    fn delete(&mut self, view: &ClusterView, obj: WatchedWorkload) {
         view.delete_workload(&key(self.kind, &obj));
     }
     fn begin(&mut self) {
         self.fresh.clear();
     }
-    fn restart_apply(&mut self, obj: DynamicObject) {
-        if let Some(o) = audit_object(self.kind, &obj) {
+    fn restart_apply(&mut self, obj: WatchedWorkload) {
+        if let Some(o) = self.read(&obj) {
             self.fresh.insert(key(self.kind, &obj), o);
         }
     }
@@ -182,11 +321,43 @@ fn backoff() -> ResetTimerBackoff<ExponentialBackoff> {
     ResetTimerBackoff::new(ExponentialBackoff::from(quick), Duration::from_secs(60))
 }
 
-fn stream<K>(api: Api<K>) -> impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
+/// How a watch reads what exists before it follows changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialList {
+    /// A watch that streams the objects (`sendInitialEvents`, the WatchList
+    /// feature: on by default from Kubernetes 1.34, and in 1.32). The API
+    /// server sends them from its watch cache, one at a time, instead of
+    /// building pages of the whole list in memory.
+    Streaming,
+    /// Pages of 500 objects, then a watch: what every API server serves.
+    Paged,
+}
+
+impl InitialList {
+    /// The choice for an API server of this minor version (`1.N`): streaming
+    /// where WatchList is on by default, paged elsewhere (1.33 turned it off).
+    pub fn for_server(major: &str, minor: &str) -> Self {
+        let minor: u32 = minor.trim_end_matches('+').parse().unwrap_or(0);
+        if major == "1" && (minor == 32 || minor >= 34) {
+            InitialList::Streaming
+        } else {
+            InitialList::Paged
+        }
+    }
+}
+
+fn stream<K>(
+    api: Api<K>,
+    initial: InitialList,
+) -> impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    watcher(api, watcher::Config::default()).backoff(backoff())
+    let config = match initial {
+        InitialList::Streaming => watcher::Config::default().streaming_lists(),
+        InitialList::Paged => watcher::Config::default(),
+    };
+    watcher(api, config).backoff(backoff())
 }
 
 /// Starts every watch on `tasks`: the eight workload kinds, namespaces, and
@@ -195,19 +366,21 @@ pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
     client: kube::Client,
     view: Arc<ClusterView>,
+    initial: InitialList,
     policy_sink: impl Fn(PolicySet) + Send + Sync + 'static,
 ) {
     for kind in WorkloadKind::ALL {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &super::api_resource(kind));
+        let api: Api<WatchedWorkload> = Api::all_with(client.clone(), &super::api_resource(kind));
         let feed = Workloads {
             kind,
             fresh: HashMap::new(),
+            labels: LabelSets::default(),
         };
-        tasks.spawn(drive(stream(api), view.clone(), feed).instrument(info_span!("watch", %kind)));
+        tasks.spawn(drive(stream(api, initial), view.clone(), feed).instrument(info_span!("watch", %kind)));
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     tasks.spawn(
-        drive(stream(namespaces), view.clone(), Namespaces::default())
+        drive(stream(namespaces, initial), view.clone(), Namespaces::default())
             .instrument(info_span!("watch", kind = "Namespace")),
     );
     let policies: Api<DistrolessPolicy> = Api::all(client);
@@ -215,13 +388,50 @@ pub(crate) fn spawn(
         fresh: Vec::new(),
         sink: policy_sink,
     };
-    tasks.spawn(drive(stream(policies), view, feed).instrument(info_span!("watch", kind = "DistrolessPolicy")));
+    tasks
+        .spawn(drive(stream(policies, initial), view, feed).instrument(info_span!("watch", kind = "DistrolessPolicy")));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Workload;
     use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn equal_label_sets_are_shared_and_unused_ones_dropped() {
+        let mut sets = LabelSets::default();
+        let set = |n: usize| Arc::new(BTreeMap::from([("app".to_string(), format!("app-{n}"))]));
+        let a = sets.share(set(1));
+        let b = sets.share(set(1));
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second pod of a template shares the first one's labels"
+        );
+        drop((a, b));
+        // 1,025 new sets later, the unused first one is gone and the live ones stay.
+        let live: Vec<Labels> = (2..1027).map(|n| sets.share(set(n))).collect();
+        assert!(!sets.sets.contains(&set(1)));
+        assert!(live.iter().all(|l| sets.sets.contains(l)));
+    }
+
+    #[test]
+    fn streaming_lists_are_chosen_where_the_server_turns_watch_list_on_by_default() {
+        let choice = |minor| InitialList::for_server("1", minor);
+        assert_eq!(
+            ["30", "31", "32", "33", "34", "37", "37+", "x"].map(choice),
+            [
+                InitialList::Paged,
+                InitialList::Paged,
+                InitialList::Streaming,
+                InitialList::Paged,
+                InitialList::Streaming,
+                InitialList::Streaming,
+                InitialList::Streaming,
+                InitialList::Paged
+            ]
+        );
+    }
 
     #[test]
     fn the_watch_backoff_starts_quick_is_capped_and_resets() {
@@ -239,5 +449,55 @@ mod tests {
         );
         b.reset();
         assert!(b.next().unwrap() <= Duration::from_millis(200));
+    }
+
+    /// A Deployment as the API server sends it: managedFields, status and
+    /// annotations beside what the audit reads.
+    fn deployment(name: &str, command: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "team", "uid": format!("uid-{name}"), "resourceVersion": "42",
+                "labels": {"app": name}, "annotations": {"deployment.kubernetes.io/revision": "3"},
+                "ownerReferences": [{"apiVersion": "example.com/v1", "kind": "App", "name": "a", "uid": "u", "controller": true}],
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+            "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                "securityContext": {"runAsNonRoot": true},
+                "containers": [{"name": "app", "image": "registry.example/app:1", "command": command}]}}},
+            "status": {"replicas": 2, "conditions": [{"type": "Available", "status": "True"}]}
+        })
+    }
+
+    #[test]
+    fn a_watched_workload_reads_as_the_engine_reads_the_whole_object() {
+        let full = deployment("web", serde_json::json!(["sh", "-c", "exec /app"]));
+        let watched: WatchedWorkload = serde_json::from_value(full.clone()).unwrap();
+        assert_eq!(watched.metadata.resource_version.as_deref(), Some("42"));
+        assert!(watched.metadata.managed_fields.is_none() && watched.metadata.annotations.is_none());
+        let object = audit_object(WorkloadKind::Deployment, &watched).expect("readable");
+        let expected = Workload::from_value(&full).unwrap().unwrap();
+        assert_eq!(object.workload, expected);
+        assert_eq!(object.uid, "uid-web");
+        // Its controller is not a workload kind, so it is audited on its own.
+        assert!(!object.controlled);
+        assert_eq!(key(WorkloadKind::Deployment, &watched).1, "team");
+    }
+
+    #[test]
+    fn one_unreadable_workload_in_a_page_is_skipped_and_the_others_are_read() {
+        // runAsUser must be an integer: the API server would never send this,
+        // but if it did, only this object is lost, not the whole page.
+        let mut bad = deployment("bad", serde_json::json!(["/app"]));
+        bad["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = serde_json::json!("root");
+        let page = serde_json::json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {"resourceVersion": "7"},
+            "items": [deployment("good", serde_json::json!(["/app"])), bad]});
+        let list: kube::core::ObjectList<WatchedWorkload> = serde_json::from_value(page).expect("the page parses");
+        let read: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|o| audit_object(WorkloadKind::Deployment, o))
+            .map(|o| o.workload.name)
+            .collect();
+        assert_eq!(read, ["good"]);
     }
 }

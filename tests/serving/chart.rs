@@ -40,7 +40,10 @@ fn value_sets() -> Vec<(&'static str, Case)> {
                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}})),
         ),
         ("three replicas", Case::new(json!({"replicaCount": 3}))),
-        ("one replica", Case::new(json!({"replicaCount": 1}))),
+        (
+            "one replica listing in pages",
+            Case::new(json!({"replicaCount": 1, "watches": {"initialList": "paged"}})),
+        ),
         (
             "custom failure policy",
             Case::new(json!({"webhook": {
@@ -787,6 +790,11 @@ fn optional_objects_appear_only_when_asked_for() {
         let reports = values["policyReports"]["enabled"] != false;
         let args = r.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
         assert_eq!(args.contains("--policy-reports"), reports, "{name}");
+        // Unset, the operator chooses by the API server's version.
+        match values["watches"]["initialList"].as_str() {
+            Some(list) => assert!(args.contains(&format!("--initial-list={list}")), "{name}: {args}"),
+            None => assert!(!args.contains("--initial-list"), "{name}: {args}"),
+        }
         let rules = r.one("ClusterRole")["rules"].to_string();
         assert_eq!(rules.contains("policyreports"), reports, "{name}");
         assert_eq!(
