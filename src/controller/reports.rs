@@ -7,10 +7,12 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::audit::{AuditObject, Violating};
 use crate::api::{Action, RuleId};
+use crate::policy::Violation;
 
 /// The name of every report we write, unless the operator is told another
 /// (the chart gives its release's name, so two installations never share one).
@@ -47,13 +49,78 @@ fn resource(o: &AuditObject) -> Value {
            "namespace": o.namespace(), "uid": o.uid})
 }
 
-/// The desired reports: namespace -> its PolicyReport, and the ClusterPolicyReport.
-pub(crate) fn build(name: &str, outcomes: &[PolicyOutcome<'_>], now: Timestamp) -> (BTreeMap<String, Value>, Value) {
-    let timestamp = json!({"seconds": now.as_second(), "nanos": 0});
-    let mut results: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for o in outcomes {
-        for v in o.violating {
-            for violation in &v.violations {
+/// SHA-256 of a report without its timestamps: whether it changed.
+pub(crate) type Fingerprint = [u8; 32];
+
+/// The desired reports. Built one namespace at a time, so that no more than
+/// one namespace's results exist as JSON values at once; a report whose
+/// fingerprint says it is already written is not kept at all.
+#[derive(Debug)]
+pub(crate) struct Desired {
+    /// Every namespace that should have a report, with its fingerprint.
+    pub namespaces: BTreeMap<String, Fingerprint>,
+    /// The bodies of those not already written (as JSON text).
+    pub bodies: BTreeMap<String, Box<RawValue>>,
+    /// The ClusterPolicyReport.
+    pub cluster: (Fingerprint, Box<RawValue>),
+}
+
+/// One result before it is JSON: references into the audit's findings.
+enum Row<'a> {
+    Broken {
+        policy: &'a str,
+        object: &'a AuditObject,
+        violation: &'a Violation,
+    },
+    Passed {
+        policy: &'a str,
+        object: &'a AuditObject,
+    },
+}
+
+impl Row<'_> {
+    /// Stable order (the report changes only when a result does); failures
+    /// first, for the results kept when a report is cut.
+    fn order(&self) -> (bool, &'static str, &str, &str, &'static str) {
+        match self {
+            Row::Broken {
+                policy,
+                object,
+                violation,
+            } => (
+                false,
+                object.workload.kind.as_str(),
+                &object.workload.name,
+                policy,
+                violation.rule.as_str(),
+            ),
+            Row::Passed { policy, object } => (
+                true,
+                object.workload.kind.as_str(),
+                &object.workload.name,
+                policy,
+                "distroless",
+            ),
+        }
+    }
+
+    /// The `result` field.
+    fn result(&self) -> &'static str {
+        match self {
+            Row::Broken { violation, .. } if violation.action == Action::Warn => "warn",
+            Row::Broken { .. } => "fail",
+            Row::Passed { .. } => "pass",
+        }
+    }
+
+    /// The result as JSON, without its timestamp.
+    fn to_json(&self) -> Value {
+        match self {
+            Row::Broken {
+                policy,
+                object,
+                violation,
+            } => {
                 let (cause, fix) = crate::policy::cause_and_fix(&violation.message);
                 let mut properties = serde_json::Map::new();
                 properties.insert("path".into(), json!(violation.path));
@@ -64,27 +131,21 @@ pub(crate) fn build(name: &str, outcomes: &[PolicyOutcome<'_>], now: Timestamp) 
                 if !fix.is_empty() {
                     properties.insert("fix".into(), json!(fix));
                 }
-                results
-                    .entry(v.object.namespace().to_string())
-                    .or_default()
-                    .push(json!({
-                        "policy": o.policy,
-                        "rule": violation.rule.to_string(),
-                        "category": "distroless",
-                        "result": if violation.action == Action::Warn { "warn" } else { "fail" },
-                        "severity": severity(violation.rule),
-                        "message": cause,
-                        "properties": properties,
-                        "resources": [resource(v.object)],
-                        "source": "distroless-guard",
-                        "scored": true,
-                        "timestamp": timestamp,
-                    }));
+                json!({
+                    "policy": policy,
+                    "rule": violation.rule.as_str(),
+                    "category": "distroless",
+                    "result": self.result(),
+                    "severity": severity(violation.rule),
+                    "message": cause,
+                    "properties": properties,
+                    "resources": [resource(object)],
+                    "source": "distroless-guard",
+                    "scored": true,
+                })
             }
-        }
-        for object in o.compliant {
-            results.entry(object.namespace().to_string()).or_default().push(json!({
-                "policy": o.policy,
+            Row::Passed { policy, object } => json!({
+                "policy": policy,
                 "rule": "distroless",
                 "category": "distroless",
                 "result": "pass",
@@ -93,34 +154,65 @@ pub(crate) fn build(name: &str, outcomes: &[PolicyOutcome<'_>], now: Timestamp) 
                 "resources": [resource(object)],
                 "source": "distroless-guard",
                 "scored": true,
-                "timestamp": timestamp,
-            }));
+            }),
         }
     }
-    let mut totals = BTreeMap::<&str, u64>::new();
-    let mut reports = BTreeMap::new();
-    for (namespace, mut list) in results {
-        // Stable order (the report changes only when a result does); failures first when cut.
-        list.sort_by_key(|r| {
-            (
-                r["result"] == "pass",
-                r["resources"][0]["kind"].to_string(),
-                r["resources"][0]["name"].to_string(),
-                r["policy"].to_string(),
-                r["rule"].to_string(),
-            )
-        });
+}
+
+const RESULTS: [&str; 5] = ["pass", "fail", "warn", "error", "skip"];
+
+fn fingerprint(report: &Value) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    // Serializing a Value cannot fail (its keys are strings).
+    Sha256::digest(serde_json::to_vec(report).unwrap_or_default()).into()
+}
+
+fn raw(report: &Value) -> Box<RawValue> {
+    // As above: a Value always serializes.
+    serde_json::value::to_raw_value(report).unwrap_or_default()
+}
+
+/// The desired reports for these outcomes. `written(namespace, fingerprint)`
+/// says whether that report is already in the cluster as built; its body is
+/// then not kept.
+pub(crate) fn build(
+    name: &str,
+    outcomes: &[PolicyOutcome<'_>],
+    now: Timestamp,
+    written: impl Fn(&str, &Fingerprint) -> bool,
+) -> Desired {
+    let timestamp = json!({"seconds": now.as_second(), "nanos": 0});
+    let mut rows: BTreeMap<&str, Vec<Row<'_>>> = BTreeMap::new();
+    for o in outcomes {
+        for v in o.violating {
+            for violation in &v.violations {
+                rows.entry(v.object.namespace()).or_default().push(Row::Broken {
+                    policy: o.policy,
+                    object: v.object,
+                    violation,
+                });
+            }
+        }
+        for object in o.compliant {
+            rows.entry(object.namespace()).or_default().push(Row::Passed {
+                policy: o.policy,
+                object,
+            });
+        }
+    }
+    let mut totals = BTreeMap::<&str, u64>::from(RESULTS.map(|k| (k, 0)));
+    let mut desired = Desired {
+        namespaces: BTreeMap::new(),
+        bodies: BTreeMap::new(),
+        cluster: ([0; 32], Box::default()),
+    };
+    for (namespace, mut list) in rows {
+        list.sort_by(|a, b| a.order().cmp(&b.order()));
         let total = list.len();
         list.truncate(MAX_RESULTS);
-        let mut summary =
-            BTreeMap::<&str, u64>::from([("pass", 0), ("fail", 0), ("warn", 0), ("error", 0), ("skip", 0)]);
+        let mut summary = BTreeMap::<&str, u64>::from(RESULTS.map(|k| (k, 0)));
         for r in &list {
-            if let Some(k) = r["result"]
-                .as_str()
-                .and_then(|k| summary.keys().find(|s| **s == k).copied())
-            {
-                *summary.entry(k).or_default() += 1;
-            }
+            *summary.entry(r.result()).or_default() += 1;
         }
         for (k, n) in &summary {
             *totals.entry(k).or_default() += n;
@@ -132,43 +224,36 @@ pub(crate) fn build(name: &str, outcomes: &[PolicyOutcome<'_>], now: Timestamp) 
                 json!(format!("{} of {total} results kept", MAX_RESULTS)),
             );
         }
-        reports.insert(
-            namespace.clone(),
-            json!({
-                "apiVersion": "wgpolicyk8s.io/v1alpha2",
-                "kind": "PolicyReport",
-                "metadata": {"name": name, "namespace": namespace,
-                             "labels": {MANAGED_BY.0: MANAGED_BY.1}, "annotations": annotations},
-                "summary": summary,
-                "results": list,
-            }),
-        );
-    }
-    for k in ["pass", "fail", "warn", "error", "skip"] {
-        totals.entry(k).or_default();
+        let mut report = json!({
+            "apiVersion": "wgpolicyk8s.io/v1alpha2",
+            "kind": "PolicyReport",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {MANAGED_BY.0: MANAGED_BY.1}, "annotations": annotations},
+            "summary": summary,
+            "results": list.iter().map(Row::to_json).collect::<Vec<_>>(),
+        });
+        let print = fingerprint(&report);
+        desired.namespaces.insert(namespace.to_string(), print);
+        if written(namespace, &print) {
+            continue;
+        }
+        if let Some(results) = report["results"].as_array_mut() {
+            for r in results.iter_mut().filter_map(Value::as_object_mut) {
+                r.insert("timestamp".into(), timestamp.clone());
+            }
+        }
+        desired.bodies.insert(namespace.to_string(), raw(&report));
     }
     let cluster = json!({
         "apiVersion": "wgpolicyk8s.io/v1alpha2",
         "kind": "ClusterPolicyReport",
         "metadata": {"name": name, "labels": {MANAGED_BY.0: MANAGED_BY.1},
-                     "annotations": {"distrolessguard.dev/namespaces": reports.len().to_string()}},
+                     "annotations": {"distrolessguard.dev/namespaces": desired.namespaces.len().to_string()}},
         "summary": totals,
         "results": [],
     });
-    (reports, cluster)
-}
-
-/// A report without its timestamps, to tell whether it changed.
-pub(crate) fn fingerprint(report: &Value) -> String {
-    let mut r = report.clone();
-    if let Some(list) = r["results"].as_array_mut() {
-        for item in list {
-            if let Some(o) = item.as_object_mut() {
-                o.remove("timestamp");
-            }
-        }
-    }
-    r.to_string()
+    desired.cluster = (fingerprint(&cluster), raw(&cluster));
+    desired
 }
 
 #[cfg(test)]
@@ -215,17 +300,15 @@ mod tests {
             },
         ];
         let compliant = vec![&db];
-        let (reports, cluster) = build(
-            REPORT_NAME,
-            &[PolicyOutcome {
-                policy: "p",
-                violating: &violating,
-                compliant: &compliant,
-            }],
-            Timestamp::UNIX_EPOCH,
-        );
-        assert_eq!(reports.keys().collect::<Vec<_>>(), ["ops", "shop"]);
-        let shop = &reports["shop"];
+        let outcomes = [PolicyOutcome {
+            policy: "p",
+            violating: &violating,
+            compliant: &compliant,
+        }];
+        let desired = build(REPORT_NAME, &outcomes, Timestamp::UNIX_EPOCH, |_, _| false);
+        assert_eq!(desired.namespaces.keys().collect::<Vec<_>>(), ["ops", "shop"]);
+        let shop = &body(&desired, "shop");
+        let cluster = parse(&desired.cluster.1);
         assert_eq!(
             shop["summary"],
             json!({"pass": 1, "fail": 1, "warn": 1, "error": 0, "skip": 0})
@@ -250,25 +333,41 @@ mod tests {
             cluster["summary"],
             json!({"pass": 1, "fail": 2, "warn": 1, "error": 0, "skip": 0})
         );
-        // The same findings later: the same report but for its timestamps.
-        let (again, _) = build(
-            REPORT_NAME,
-            &[PolicyOutcome {
-                policy: "p",
-                violating: &violating,
-                compliant: &compliant,
-            }],
-            Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(60),
-        );
-        assert_eq!(fingerprint(&again["shop"]), fingerprint(shop));
-        assert_ne!(again["shop"], *shop);
+        assert_eq!(shop["results"][0]["timestamp"], json!({"seconds": 0, "nanos": 0}));
+        // The same findings later: the same fingerprint, the body with new timestamps.
+        let later = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(60);
+        let again = build(REPORT_NAME, &outcomes, later, |_, _| false);
+        assert_eq!(again.namespaces, desired.namespaces);
+        assert_ne!(body(&again, "shop"), *shop);
+        // Once written, an unchanged report is not built into a body again; a changed one is.
+        let written = |ns: &str, print: &Fingerprint| ns == "shop" && *print == desired.namespaces["shop"];
+        let third = build(REPORT_NAME, &outcomes, later, written);
+        assert_eq!(third.bodies.keys().collect::<Vec<_>>(), ["ops"]);
+        assert_eq!(third.namespaces, desired.namespaces);
+        // db is gone from shop: its report changed.
+        let fewer = [PolicyOutcome {
+            policy: "p",
+            violating: &violating,
+            compliant: &[],
+        }];
+        let changed = build(REPORT_NAME, &fewer, later, written);
+        assert_ne!(changed.namespaces["shop"], desired.namespaces["shop"]);
+        assert_eq!(changed.bodies.keys().collect::<Vec<_>>(), ["ops", "shop"]);
+    }
+
+    fn parse(raw: &RawValue) -> Value {
+        serde_json::from_str(raw.get()).unwrap()
+    }
+
+    fn body(desired: &Desired, namespace: &str) -> Value {
+        parse(&desired.bodies[namespace])
     }
 
     #[test]
     fn a_report_is_bounded() {
         let objects: Vec<AuditObject> = (0..MAX_RESULTS + 5).map(|i| object(&format!("w{i}"), "big")).collect();
         let compliant: Vec<&AuditObject> = objects.iter().collect();
-        let (reports, _) = build(
+        let desired = build(
             REPORT_NAME,
             &[PolicyOutcome {
                 policy: "p",
@@ -276,10 +375,12 @@ mod tests {
                 compliant: &compliant,
             }],
             Timestamp::UNIX_EPOCH,
+            |_, _| false,
         );
-        assert_eq!(reports["big"]["results"].as_array().unwrap().len(), MAX_RESULTS);
+        let big = body(&desired, "big");
+        assert_eq!(big["results"].as_array().unwrap().len(), MAX_RESULTS);
         assert!(
-            reports["big"]["metadata"]["annotations"]["distrolessguard.dev/truncated"]
+            big["metadata"]["annotations"]["distrolessguard.dev/truncated"]
                 .as_str()
                 .unwrap()
                 .contains("1005")
