@@ -15,6 +15,7 @@ use kube::api::{Api, ApiResource};
 use kube::core::DynamicResourceScope;
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::ExponentialBackoff;
+use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::value::RawValue;
@@ -255,17 +256,17 @@ struct Namespaces {
 }
 
 impl Feed for Namespaces {
-    type Object = Namespace;
-    fn apply(&mut self, view: &ClusterView, ns: Namespace) {
+    type Object = PartialObjectMeta<Namespace>;
+    fn apply(&mut self, view: &ClusterView, ns: Self::Object) {
         view.apply_namespace(&ns.name_any(), ns.labels());
     }
-    fn delete(&mut self, view: &ClusterView, ns: Namespace) {
+    fn delete(&mut self, view: &ClusterView, ns: Self::Object) {
         view.delete_namespace(&ns.name_any());
     }
     fn begin(&mut self) {
         self.fresh.clear();
     }
-    fn restart_apply(&mut self, ns: Namespace) {
+    fn restart_apply(&mut self, ns: Self::Object) {
         self.fresh.push((ns.name_any(), ns.labels().clone()));
     }
     fn reset(&mut self, view: &ClusterView) {
@@ -334,6 +335,13 @@ pub enum InitialList {
 }
 
 impl InitialList {
+    fn config(self) -> watcher::Config {
+        match self {
+            InitialList::Streaming => watcher::Config::default().streaming_lists(),
+            InitialList::Paged => watcher::Config::default(),
+        }
+    }
+
     /// The choice for an API server of this minor version (`1.N`): streaming
     /// where WatchList is on by default, paged elsewhere (1.33 turned it off).
     pub fn for_server(major: &str, minor: &str) -> Self {
@@ -353,12 +361,9 @@ fn stream<K>(
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    let config = match initial {
-        InitialList::Streaming => watcher::Config::default().streaming_lists(),
-        InitialList::Paged => watcher::Config::default(),
-    };
-    watcher(api, config).backoff(backoff())
+    watcher(api, initial.config()).backoff(backoff())
 }
+
 
 /// Starts every watch on `tasks`: the eight workload kinds, namespaces, and
 /// policies (each change of which also goes, compiled, to `policy_sink`).
@@ -378,7 +383,8 @@ pub(crate) fn spawn(
         };
         tasks.spawn(drive(stream(api, initial), view.clone(), feed).instrument(info_span!("watch", %kind)));
     }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
+    // Names and labels are all the namespace feed reads: metadata-only requests.
+    let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     tasks.spawn(
         drive(stream(namespaces, initial), view.clone(), Namespaces::default())
             .instrument(info_span!("watch", kind = "Namespace")),
