@@ -113,6 +113,9 @@ async fn preflight(client: &kube::Client) -> Result<(), StartError> {
         .map(|k| controller::api_resource(*k))
         .collect();
     resources.push(ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()));
+    // The watches may stream what exists (no list call), but in pages they
+    // list: both verbs are checked here, for every kind watched.
+    resources.push(ApiResource::erase::<crate::api::DistrolessPolicy>(&()));
     for ar in resources {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         match api.list_metadata(&ListParams::default().limit(1)).await {

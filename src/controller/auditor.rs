@@ -11,14 +11,14 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::FIELD_MANAGER;
 use super::audit;
-use super::events::{EventLog, PendingEvent};
+use super::events::{EventLog, EventQueue, PendingEvent};
 use super::images::ImageKnowledge;
 use super::reports;
 use super::status::{self, Finding};
@@ -62,7 +62,11 @@ pub(crate) struct Auditor {
     debounce: Duration,
     /// The statuses this replica wrote while leading.
     written: HashMap<String, DistrolessPolicyStatus>,
-    events: EventLog,
+    events: Arc<parking_lot::Mutex<EventLog>>,
+    /// The Event writer's queue (started by [`Auditor::run`]).
+    queue: Option<EventQueue>,
+    /// The writer asks for a pass: Events that did not fit are due.
+    more_events: Arc<tokio::sync::Notify>,
     /// What the image audit learned, when the operator reads images.
     images: Option<Arc<ImageKnowledge>>,
     /// The name of the PolicyReports written, when they are.
@@ -92,7 +96,9 @@ impl Auditor {
             leader,
             debounce: Duration::from_millis(100),
             written: HashMap::new(),
-            events: EventLog::default(),
+            events: Arc::default(),
+            queue: None,
+            more_events: Arc::default(),
             images: None,
             reports: None,
             written_reports: None,
@@ -119,6 +125,13 @@ impl Auditor {
 
     /// Runs until the task is cancelled.
     pub(crate) async fn run(mut self) {
+        self.queue = Some(super::events::spawn_writer(
+            self.client.clone(),
+            self.reporter.clone(),
+            self.leader.clone(),
+            self.events.clone(),
+            self.more_events.clone(),
+        ));
         let mut next_expiry: Option<Timestamp> = None;
         // The derived work (migration counts, PolicyReports) trails the
         // statuses: at most once every DERIVE_EVERY, after the changes of that
@@ -152,6 +165,7 @@ impl Auditor {
             let mut only_derive = false;
             tokio::select! {
                 _ = self.view.changed.notified() => {}
+                _ = self.more_events.notified() => {}
                 _ = learned => {}
                 _ = self.leader.changed() => {
                     // A new term: what the last one wrote may have been overwritten.
@@ -198,7 +212,7 @@ impl Auditor {
         let policies = self.view.policies();
         let (set, invalid) = status::compile_all(&policies);
         let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-        let events = &mut self.events;
+        let mut events = self.events.lock();
         let facts = self.images.as_ref().map(|k| k.facts());
         // Summaries are computed under the view's lock without copying workloads.
         let mut found: HashMap<String, (AuditSummary, Vec<PendingEvent>)> =
@@ -241,7 +255,7 @@ impl Auditor {
         }
         self.written.retain(|name, _| policies.contains_key(name));
         let names: HashSet<&str> = policies.keys().map(String::as_str).collect();
-        self.events.keep_policies(&names);
+        events.keep_policies(&names);
         plan
     }
 
@@ -297,9 +311,9 @@ impl Auditor {
         }
     }
 
-    /// Writes the plan while this replica leads; whether every write
-    /// succeeded. The statuses first: they are what people and tools read,
-    /// and a first pass over a large cluster has thousands of Events to write.
+    /// Writes the plan while this replica leads; whether every status write
+    /// succeeded. The Events go to their writer's queue: a first pass over a
+    /// large cluster has thousands, and no status should wait for them.
     async fn write(&mut self, plan: Plan) -> bool {
         if let Some(m) = &self.metrics {
             for (name, summary) in &plan.summaries {
@@ -328,36 +342,8 @@ impl Auditor {
                 }
             }
         }
-        let mut recorded = 0usize;
-        for e in plan.events {
-            if !*self.leader.borrow() {
-                break;
-            }
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "DistrolessViolation".into(),
-                note: Some(e.note.clone()),
-                action: "Audit".into(),
-                secondary: None,
-            };
-            // A Recorder per Event: kube's keeps every Event it published for
-            // six minutes to count repeats as a series, and scans them all on
-            // each publish. Ours never repeat (the EventLog records each set
-            // of violations once), and at 5,000 violating workloads that
-            // cache held 14.6 MiB (a heap profile of `cargo bench --bench
-            // audit`) and made a first pass quadratic.
-            let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-            match recorder.publish(&event, &e.reference).await {
-                Ok(()) => {
-                    debug!(policy = %e.policy, kind = ?e.reference.kind, name = ?e.reference.name, "violation event recorded");
-                    self.events.recorded(&e);
-                    recorded += 1;
-                }
-                Err(err) => warn!(error = %err, "cannot record an event"),
-            }
-        }
-        if recorded > 0 {
-            info!(events = recorded, "violation events recorded");
+        if let Some(queue) = &self.queue {
+            queue.send(plan.events);
         }
         ok
     }

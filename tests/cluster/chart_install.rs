@@ -198,7 +198,7 @@ async fn exercise(release: &Release) {
             .then_some(())
     })
     .await;
-    // Another set of violations on the same workload: the Event becomes a series.
+    // Another set of violations on the same workload: another Event, with them.
     kubectl_ok(&[
         "patch",
         "deployment",
@@ -210,14 +210,18 @@ async fn exercise(release: &Release) {
         r#"[{"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": ["bash", "-c", "run"]}]"#,
     ])
     .await;
-    wait_for("the Event's series", Duration::from_secs(30), || async {
-        let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
-        ev["items"]
-            .as_array()?
-            .iter()
-            .any(|e| e["series"]["count"].as_u64() >= Some(2))
-            .then_some(())
-    })
+    wait_for(
+        "an Event naming the new violations",
+        Duration::from_secs(30),
+        || async {
+            let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
+            ev["items"]
+                .as_array()?
+                .iter()
+                .any(|e| e["reason"] == "DistrolessViolation" && e["note"].as_str().is_some_and(|n| n.contains("bash")))
+                .then_some(())
+        },
+    )
     .await;
     // A forced certificate rotation: Secret update, caBundle patch.
     kubectl_ok(&[
