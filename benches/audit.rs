@@ -1,15 +1,26 @@
 //! The audit controller at scale, on the real control plane: the chart
 //! installed with Helm, the `distroless-guard` binary playing its pods (with
-//! the chart's ServiceAccount), 10,000 pods created through the API server
-//! (and through our webhooks) and run by kwok on fake nodes. Measures the
-//! operator's resident memory idle and with the pods, the API server's, and
-//! the time from a workload change to the updated policy status.
+//! the chart's ServiceAccount), and N pods (10,000 unless given:
+//! `cargo bench --bench audit -- 50000`), 500 per namespace, created through
+//! the API server and run by kwok on fake nodes.
 //!
-//! Last line: `RESULT audit pods=.. idle_rss_mib=.. rss_mib=.. status_p50_ms=.. status_p90_ms=.. apiserver_rss_mib=..`
+//! The order: the operator alone on the empty cluster (its idle memory), then
+//! uninstalled; the pods, and the API server's memory without the operator
+//! (the baseline); the operator installed again, the time from `helm install`
+//! to its first status counting every pod; its memory and the API server's with it; then the time from a
+//! workload change to the updated policy status, many times.
+//!
+//! `cargo bench --bench audit -- 50000 paged` has the watches list in pages
+//! (`streaming`: streamed; unset: as the operator chooses for the server).
+//!
+//! Last line: `RESULT audit pods=.. idle_rss_mib=.. rss_mib=.. status_p50_ms=.. status_p90_ms=..
+//! apiserver_rss_mib=.. apiserver_rss_baseline_mib=.. apiserver_start_peak_mib=.. first_summary_s=..
+//! initial_list=.. took_s=..`
 
 #[path = "support/cluster.rs"]
 mod cluster;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -18,9 +29,27 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use testcluster::{ControlPlane, Options};
 
-const PODS: usize = 10_000;
-const NAMESPACES: usize = 20;
+const PODS_PER_NAMESPACE: usize = 500;
 const CHANGES: usize = 60;
+
+/// The arguments after `--` (cargo passes `--bench` too): a pod count, and
+/// `paged` or `streaming` for how the operator's watches list (unset: the
+/// operator chooses by the API server's version).
+fn arguments() -> (usize, Option<String>) {
+    let mut pods = 10_000;
+    let mut list = None;
+    for a in std::env::args().skip(1).filter(|a| !a.starts_with('-')) {
+        match a.as_str() {
+            "paged" | "streaming" => list = Some(a),
+            _ => pods = a.parse().unwrap_or_else(|_| {
+                panic!(
+                    "{a:?} is neither a pod count nor paged/streaming; e.g. cargo bench --bench audit -- 50000 paged"
+                )
+            }),
+        }
+    }
+    (pods, list)
+}
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -57,7 +86,119 @@ fn main() {
     );
 }
 
+/// The API server's memory once it has settled: its Go runtime hands freed
+/// pages back to the system over minutes, so one sample after a burst of
+/// writes says more about timing than about what it holds. Sampled every 2 s
+/// until the last 20 s vary by less than 2% (at most 5 minutes); the lowest
+/// of those.
+async fn apiserver_rss(cp: &ControlPlane) -> f64 {
+    let started = Instant::now();
+    let mut samples: Vec<f64> = Vec::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        samples.push(cp.pid("kube-apiserver").map(rss_mib).unwrap_or(0.0));
+        let window = &samples[samples.len().saturating_sub(10)..];
+        let (low, high) = window
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(l, h), v| (l.min(*v), h.max(*v)));
+        if (window.len() == 10 && high - low < 0.02 * high) || started.elapsed() > Duration::from_secs(300) {
+            println!(
+                "kube-apiserver settled at {low:.0} MiB after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            return low;
+        }
+    }
+}
+
+/// With `DISTROLESS_GUARD_HEAP_PROFILE` set (and `--features heap-profile`):
+/// SIGUSR2 has the operator write its dhat profile, then the live bytes at that
+/// moment are printed per allocation site: the first frame of ours and what
+/// it called.
+async fn heap_profile(pid: u32) {
+    let Ok(file) = std::env::var("DISTROLESS_GUARD_HEAP_PROFILE") else {
+        return;
+    };
+    let _ = std::fs::remove_file(&file);
+    // SAFETY: kill(2) on the operator's pid; no memory is shared.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
+    let asked = Instant::now();
+    let profile: Value = loop {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Ok(v) = serde_json::from_str(&text)
+        {
+            break v;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(300),
+            "no heap profile in {file}: was the operator built with --features heap-profile?"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let frames: Vec<&str> = profile["ftbl"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap_or(""))
+        .collect();
+    // Our frames read `0x..: function (src/<module>/file.rs:line:col)`; the
+    // standard library's are trimmed to `src/vec/mod.rs` too, so ours are
+    // told by the modules under src/.
+    let modules: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .map(|name| format!("(src/{name}"))
+        .collect();
+    let function = |frame: &str| frame.split_once(": ").map_or(frame, |(_, f)| f).to_string();
+    let mut sites: std::collections::HashMap<String, (f64, f64)> = std::collections::HashMap::new();
+    for pp in profile["pps"].as_array().unwrap() {
+        let stack: Vec<&str> = pp["fs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| frames.get(i.as_u64()? as usize).copied())
+            .collect();
+        let ours = stack
+            .iter()
+            .position(|f| modules.iter().any(|m| f.contains(m.as_str())));
+        let site = match ours {
+            // Our frame, and what it called (which says what was allocated).
+            Some(i) if i > 0 => format!("{}  <- {}", function(stack[i]), function(stack[i - 1])),
+            Some(i) => function(stack[i]),
+            None => format!("(libraries) {}", stack.get(12).map(|f| function(f)).unwrap_or_default()),
+        };
+        let site: String = site.chars().take(200).collect();
+        let e = sites.entry(site).or_default();
+        e.0 += pp["eb"].as_f64().unwrap_or(0.0);
+        e.1 += pp["gb"].as_f64().unwrap_or(0.0);
+    }
+    let mut sites: Vec<_> = sites.into_iter().collect();
+    sites.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    let mib = |b: f64| b / 1048576.0;
+    let live: f64 = sites.iter().map(|s| s.1.0).sum();
+    let peak: f64 = sites.iter().map(|s| s.1.1).sum();
+    println!(
+        "heap: {:.1} MiB live now, {:.1} MiB at the peak; live bytes by site:",
+        mib(live),
+        mib(peak)
+    );
+    for (site, (now, at_peak)) in sites.iter().take(15) {
+        println!(
+            "  {:>7.2} MiB now {:>7.2} MiB at peak  {site}",
+            mib(*now),
+            mib(*at_peak)
+        );
+    }
+}
+
 async fn run(cp: &'static ControlPlane) {
+    let started = Instant::now();
+    let (pods_total, initial_list) = arguments();
+    let sets: Vec<String> = initial_list
+        .iter()
+        .map(|l| format!("watches.initialList={l}"))
+        .collect();
+    let namespaces = pods_total.div_ceil(PODS_PER_NAMESPACE);
     let client = cp.client().await.unwrap();
     let release = cluster::install(cp).await;
     let pid = release.operators[0].pid();
@@ -68,7 +209,8 @@ async fn run(cp: &'static ControlPlane) {
         "kind": "DistrolessPolicy", "metadata": {"name": "audit"}, "spec": {"action": "Audit"}}))
     .unwrap();
     policies(&client).create(&PostParams::default(), &policy).await.unwrap();
-    for n in 0..NAMESPACES {
+    release.uninstall().await.expect("helm uninstall");
+    for n in 0..namespaces {
         let ns: k8s_openapi::api::core::v1::Namespace =
             serde_json::from_value(json!({"metadata": {"name": format!("team-{n}")}})).unwrap();
         Api::all(client.clone())
@@ -78,7 +220,7 @@ async fn run(cp: &'static ControlPlane) {
     }
     // The default ServiceAccounts the pods need.
     let deadline = Instant::now() + Duration::from_secs(60);
-    for n in 0..NAMESPACES {
+    for n in 0..namespaces {
         let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
             Api::namespaced(client.clone(), &format!("team-{n}"));
         while sas.get_opt("default").await.ok().flatten().is_none() {
@@ -87,9 +229,10 @@ async fn run(cp: &'static ControlPlane) {
         }
     }
 
-    // 10,000 pods, half of them starting a shell, 16 creates in flight.
+    // The pods, half of them starting a shell, 16 creates in flight. Without
+    // the operator, so they carry the non-root context its webhook would add.
     let created = Instant::now();
-    futures_util::stream::iter(0..PODS)
+    futures_util::stream::iter(0..pods_total)
         .map(|i| {
             let client = client.clone();
             async move {
@@ -100,10 +243,11 @@ async fn run(cp: &'static ControlPlane) {
                 }
                 let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
                     "metadata": {"name": format!("pod-{i}"), "labels": {"app": format!("app-{}", i % 50)}},
-                    "spec": {"containers": [container]}}))
+                    "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532},
+                             "containers": [container]}}))
                 .unwrap();
                 let api: Api<k8s_openapi::api::core::v1::Pod> =
-                    Api::namespaced(client, &format!("team-{}", i % NAMESPACES));
+                    Api::namespaced(client, &format!("team-{}", i % namespaces));
                 for attempt in 0.. {
                     match api.create(&PostParams::default(), &pod).await {
                         Ok(_) => break,
@@ -119,7 +263,7 @@ async fn run(cp: &'static ControlPlane) {
         .buffer_unordered(16)
         .collect::<Vec<()>>()
         .await;
-    println!("created {PODS} pods in {:.1} s", created.elapsed().as_secs_f64());
+    println!("created {pods_total} pods in {:.1} s", created.elapsed().as_secs_f64());
     let running = Instant::now();
     loop {
         let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client.clone());
@@ -127,7 +271,7 @@ async fn run(cp: &'static ControlPlane) {
             .list_metadata(&kube::api::ListParams::default().fields("status.phase=Running"))
             .await
             .unwrap();
-        if list.items.len() >= PODS {
+        if list.items.len() >= pods_total {
             break;
         }
         assert!(
@@ -138,21 +282,53 @@ async fn run(cp: &'static ControlPlane) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     println!(
-        "all {PODS} pods running on kwok nodes after {:.1} s",
+        "all {pods_total} pods running on kwok nodes after {:.1} s",
         created.elapsed().as_secs_f64()
     );
+    let baseline = apiserver_rss(cp).await;
+    println!("kube-apiserver without the operator: {baseline:.0} MiB");
+
+    // From `helm install` to its first status counting the pods from before.
+    // The API server's memory is sampled meanwhile: the operator's initial
+    // lists are what it serves then.
     let summarized = Instant::now();
-    while violating(&client).await != Some((PODS / 2) as u64) {
+    let apiserver_pid = cp.pid("kube-apiserver").unwrap_or(0);
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
+    let sampling = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            loop {
+                let now = rss_mib(apiserver_pid);
+                {
+                    let mut p = peak.lock().unwrap();
+                    *p = p.max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let release = cluster::install_with(cp, &sets).await;
+    let pid = release.operators[0].pid();
+    while violating(&client).await != Some((pods_total / 2) as u64) {
         assert!(
-            summarized.elapsed() < Duration::from_secs(120),
-            "the operator never summarized {PODS} pods"
+            summarized.elapsed() < Duration::from_secs(300),
+            "the operator never summarized {pods_total} pods"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    sampling.abort();
+    let apiserver_peak = *peak.lock().unwrap();
+    let first_summary = summarized.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded = rss_mib(pid);
-    let apiserver = cp.pid("kube-apiserver").map(rss_mib).unwrap_or(0.0);
-    println!("operator RSS: {idle:.1} MiB idle, {loaded:.1} MiB with {PODS} pods; kube-apiserver {apiserver:.0} MiB");
+    let apiserver = apiserver_rss(cp).await;
+    heap_profile(pid).await;
+    println!(
+        "operator RSS: {idle:.1} MiB idle, {loaded:.1} MiB with {pods_total} pods (first summary after {first_summary:.1} s); \
+         kube-apiserver {apiserver:.0} MiB ({:+.0}% over {baseline:.0} MiB without the operator; \
+         {apiserver_peak:.0} MiB at most while the operator started)",
+        (apiserver / baseline - 1.0) * 100.0
+    );
 
     // A workload change -> the updated status, many times: a suspended CronJob
     // (no pods) toggles between starting a shell and not.
@@ -163,7 +339,7 @@ async fn run(cp: &'static ControlPlane) {
             "restartPolicy": "Never", "containers": [{"name": "c", "image": "registry.example.com/job:1"}]}}}}}}))
     .unwrap();
     cronjobs.create(&PostParams::default(), &cron).await.unwrap();
-    let mut expected = (PODS / 2) as u64;
+    let mut expected = (pods_total / 2) as u64;
     let mut latencies = Vec::new();
     for n in 0..CHANGES {
         let command: Value = if n % 2 == 0 {
@@ -196,8 +372,12 @@ async fn run(cp: &'static ControlPlane) {
     );
     let _ = release.uninstall().await;
     println!(
-        "RESULT audit pods={PODS} idle_rss_mib={idle:.0} rss_mib={loaded:.0} status_p50_ms={:.0} status_p90_ms={:.0} apiserver_rss_mib={apiserver:.0}",
+        "RESULT audit pods={pods_total} idle_rss_mib={idle:.0} rss_mib={loaded:.0} status_p50_ms={:.0} status_p90_ms={:.0} \
+         apiserver_rss_mib={apiserver:.0} apiserver_rss_baseline_mib={baseline:.0} apiserver_start_peak_mib={apiserver_peak:.0} \
+         first_summary_s={first_summary:.1} initial_list={} took_s={:.0}",
         p(0.5),
-        p(0.9)
+        p(0.9),
+        initial_list.as_deref().unwrap_or("auto"),
+        started.elapsed().as_secs_f64()
     );
 }
