@@ -7,6 +7,9 @@
 //!
 //! Last line: `RESULT image_inspect cold_ms=.. warm_us=.. rebuild_ms=.. bytes_fetched=.. image_bytes=.. naive_ms=..`
 
+#[path = "support/images.rs"]
+#[allow(dead_code)]
+mod images;
 #[path = "../tests/support/registry.rs"]
 #[allow(dead_code)]
 mod registry;
@@ -15,51 +18,11 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use distroless_guard::image::{Inspector, InspectorConfig, Platform};
+use images::{Filler, debian_base, layer};
 use oci_client::Reference;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use registry::{Blob, Compression, Image, Layer, TestRegistry, push};
-
-/// Text-like content (16 symbols): compresses about 2x, like binaries and libraries do.
-struct Filler(u64);
-
-impl Filler {
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                b"abcdefghijklmnop"[(self.0 & 15) as usize]
-            })
-            .collect()
-    }
-}
-
-/// A layer of `files` files of `size` bytes under `dir`, plus extra entries.
-fn layer(fill: &mut Filler, dir: &str, files: usize, size: usize, extra: impl FnOnce(Layer) -> Layer) -> Blob {
-    let mut l = extra(Layer::new());
-    for i in 0..files {
-        l = l.file(&format!("{dir}/{}/file-{i}.so", i % 64), &fill.bytes(size));
-    }
-    Blob::layer(l.tar(), Compression::Gzip)
-}
-
-fn debian_base(l: Layer) -> Layer {
-    l.symlink("bin", "usr/bin")
-        .symlink("sbin", "usr/sbin")
-        .file("usr/bin/dash", b"ELF dash")
-        .file("usr/bin/bash", b"ELF bash")
-        .symlink("usr/bin/sh", "dash")
-        .file("usr/bin/apt", b"ELF apt")
-        .file("usr/bin/apt-get", b"ELF apt-get")
-        .file("usr/bin/dpkg", b"ELF dpkg")
-        .file("var/lib/dpkg/status", b"Package: dash\n")
-        .file(
-            "etc/passwd",
-            b"root:x:0:0:root:/root:/bin/bash\napp:x:10001:10001::/home/app:/usr/sbin/nologin\n",
-        )
-}
+use registry::{Image, TestRegistry, push};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

@@ -9,10 +9,13 @@
 //!   and Debian packages, without Docker, pushed to a plain-HTTP registry.
 //! - `crds`: regenerate `crds/` and the chart's `crds/` from the Rust types.
 //! - `fuzz [--seconds N] [TARGET...]`: a fuzzing campaign over `fuzz/`'s targets.
+//! - `peers [NAME...]`: build the Kyverno CLI, syft and trivy into the cache for
+//!   `cargo bench --bench peers` (never in CI).
 
 mod cluster;
 mod fuzz;
 mod image;
+mod peers;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +72,12 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
         targets: Vec<String>,
+    },
+    /// Build the peers `cargo bench --bench peers` compares with (the Kyverno CLI,
+    /// syft, trivy) from their Go modules into the cache (about 35 minutes, once).
+    Peers {
+        /// Only these (kyverno, syft, trivy).
+        names: Vec<String>,
     },
 }
 
@@ -174,6 +183,7 @@ fn main() -> ExitCode {
         } => image::run(&registry, &repository, &tag, binary),
         Task::Crds => crds(),
         Task::Fuzz { seconds, targets } => fuzz::campaign(seconds, &targets),
+        Task::Peers { names } => peers::run(&names),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

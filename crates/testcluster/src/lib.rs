@@ -17,6 +17,7 @@ pub mod node;
 pub mod oci;
 pub mod operator;
 pub mod operator_image;
+pub mod peers;
 pub mod pki;
 pub mod process;
 pub mod release;
