@@ -12,7 +12,7 @@
 //! 5. A smoke run of every fuzz target (cargo-fuzz, installed when missing),
 //!    a few seconds each from its seeds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -70,6 +70,12 @@ pub fn run(cargo_args: &[String]) -> Result<(), String> {
     println!("tests: {passed} passed, {failed} failed; fuzz smoke runs: {fuzz_passed} passed, {fuzz_failed} failed");
     passed += fuzz_passed;
     failed += fuzz_failed;
+    let sizes_ok = release_sizes(&root)?;
+    if sizes_ok {
+        passed += 1;
+    } else {
+        failed += 1;
+    }
     println!(
         "{passed} passed, {failed} failed (tests {:.0} s, total {:.0} s)",
         tests.elapsed().as_secs_f64(),
@@ -79,9 +85,44 @@ pub fn run(cargo_args: &[String]) -> Result<(), String> {
         Err("cargo test failed".into())
     } else if fuzz_failed > 0 {
         Err("a fuzz target crashed".into())
+    } else if !sizes_ok {
+        Err("a release binary grew past its limit".into())
     } else {
         Ok(())
     }
+}
+
+/// The shipped binaries and the most each may weigh, stripped of debug info
+/// as the release profile builds them (29.0 and 22.8 MiB when the limits were
+/// set; 160 MiB each before, with debug info).
+const RELEASE_LIMITS_MIB: &[(&str, f64)] = &[("distroless-guard", 36.0), ("kubectl-distroless", 30.0)];
+
+/// `cargo build --release` of the shipped binaries; whether each stays within its limit.
+fn release_sizes(root: &Path) -> Result<bool, String> {
+    let mut cmd = crate::cargo();
+    cmd.current_dir(root).args(["build", "--release", "--quiet"]);
+    for (bin, _) in RELEASE_LIMITS_MIB {
+        cmd.args(["--bin", bin]);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run cargo build --release: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release failed".into());
+    }
+    let mut ok = true;
+    for (bin, limit) in RELEASE_LIMITS_MIB {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let path = target.join("release").join(bin);
+        let mib = std::fs::metadata(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len() as f64
+            / 1048576.0;
+        let verdict = if mib <= *limit { "ok" } else { "TOO LARGE" };
+        println!("release binary {bin}: {mib:.1} MiB (limit {limit:.0} MiB) {verdict}");
+        ok &= mib <= *limit;
+    }
+    Ok(ok)
 }
 
 /// `test result: ok. 12 passed; 0 failed; ...` → (12, 0).
