@@ -13,7 +13,7 @@
 //! `cargo bench --bench audit -- 50000 paged` has the watches list in pages
 //! (`streaming`: streamed; unset: as the operator chooses for the server).
 //!
-//! Last line: `RESULT audit pods=.. idle_rss_mib=.. rss_mib=.. status_p50_ms=.. status_p90_ms=..
+//! Last line: `RESULT audit pods=.. idle_rss_mib=.. rss_mib=.. rss_peak_mib=.. status_p50_ms=.. status_p90_ms=..
 //! apiserver_rss_mib=.. apiserver_rss_baseline_mib=.. apiserver_start_peak_mib=.. first_summary_s=..
 //! initial_list=.. took_s=..`
 
@@ -52,10 +52,15 @@ fn arguments() -> (usize, Option<String>) {
 }
 
 fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A memory figure of /proc/PID/status, in MiB (`VmHWM:` is the peak RSS).
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
@@ -86,24 +91,24 @@ fn main() {
     );
 }
 
-/// The API server's memory once it has settled: its Go runtime hands freed
-/// pages back to the system over minutes, so one sample after a burst of
-/// writes says more about timing than about what it holds. Sampled every 2 s
-/// until the last 20 s vary by less than 2% (at most 5 minutes); the lowest
-/// of those.
-async fn apiserver_rss(cp: &ControlPlane) -> f64 {
+/// A process's memory once it has settled: the API server's Go runtime hands
+/// freed pages back over minutes, and the operator writes its first pass's
+/// Events for a while after its first status, so one sample says more about
+/// timing than about what is held. Sampled every 2 s until the last 20 s vary
+/// by less than 2% (at most 5 minutes); the lowest of those.
+async fn settled_rss(name: &str, pid: u32) -> f64 {
     let started = Instant::now();
     let mut samples: Vec<f64> = Vec::new();
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        samples.push(cp.pid("kube-apiserver").map(rss_mib).unwrap_or(0.0));
+        samples.push(rss_mib(pid));
         let window = &samples[samples.len().saturating_sub(10)..];
         let (low, high) = window
             .iter()
             .fold((f64::MAX, 0.0f64), |(l, h), v| (l.min(*v), h.max(*v)));
         if (window.len() == 10 && high - low < 0.02 * high) || started.elapsed() > Duration::from_secs(300) {
             println!(
-                "kube-apiserver settled at {low:.0} MiB after {:.0} s",
+                "{name} settled at {low:.0} MiB after {:.0} s",
                 started.elapsed().as_secs_f64()
             );
             return low;
@@ -285,14 +290,14 @@ async fn run(cp: &'static ControlPlane) {
         "all {pods_total} pods running on kwok nodes after {:.1} s",
         created.elapsed().as_secs_f64()
     );
-    let baseline = apiserver_rss(cp).await;
+    let apiserver_pid = cp.pid("kube-apiserver").unwrap_or(0);
+    let baseline = settled_rss("kube-apiserver", apiserver_pid).await;
     println!("kube-apiserver without the operator: {baseline:.0} MiB");
 
     // From `helm install` to its first status counting the pods from before.
     // The API server's memory is sampled meanwhile: the operator's initial
     // lists are what it serves then.
     let summarized = Instant::now();
-    let apiserver_pid = cp.pid("kube-apiserver").unwrap_or(0);
     let peak = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
     let sampling = tokio::spawn({
         let peak = peak.clone();
@@ -319,12 +324,13 @@ async fn run(cp: &'static ControlPlane) {
     sampling.abort();
     let apiserver_peak = *peak.lock().unwrap();
     let first_summary = summarized.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let loaded = rss_mib(pid);
-    let apiserver = apiserver_rss(cp).await;
+    let loaded = settled_rss("the operator", pid).await;
+    let loaded_peak = status_mib(pid, "VmHWM:");
+    let apiserver = settled_rss("kube-apiserver", apiserver_pid).await;
     heap_profile(pid).await;
     println!(
-        "operator RSS: {idle:.1} MiB idle, {loaded:.1} MiB with {pods_total} pods (first summary after {first_summary:.1} s); \
+        "operator RSS: {idle:.1} MiB idle, {loaded:.1} MiB with {pods_total} pods ({loaded_peak:.0} MiB at most; \
+         first summary after {first_summary:.1} s); \
          kube-apiserver {apiserver:.0} MiB ({:+.0}% over {baseline:.0} MiB without the operator; \
          {apiserver_peak:.0} MiB at most while the operator started)",
         (apiserver / baseline - 1.0) * 100.0
@@ -372,7 +378,7 @@ async fn run(cp: &'static ControlPlane) {
     );
     let _ = release.uninstall().await;
     println!(
-        "RESULT audit pods={pods_total} idle_rss_mib={idle:.0} rss_mib={loaded:.0} status_p50_ms={:.0} status_p90_ms={:.0} \
+        "RESULT audit pods={pods_total} idle_rss_mib={idle:.0} rss_mib={loaded:.0} rss_peak_mib={loaded_peak:.0} status_p50_ms={:.0} status_p90_ms={:.0} \
          apiserver_rss_mib={apiserver:.0} apiserver_rss_baseline_mib={baseline:.0} apiserver_start_peak_mib={apiserver_peak:.0} \
          first_summary_s={first_summary:.1} initial_list={} took_s={:.0}",
         p(0.5),

@@ -281,8 +281,8 @@ fn main() {
     let debian = registry.image("peers/debian-like:1");
     let distroless = registry.image("peers/distroless-like:1");
     let busybox = registry.image("peers/busybox:1");
-    let busybox_binary = std::fs::read("/bin/busybox")
-        .expect("/bin/busybox: install Debian's busybox package (apt-get install busybox)");
+    let busybox_binary =
+        std::fs::read("/bin/busybox").expect("/bin/busybox: install Debian's busybox-static (cargo xtask test does)");
     runtime.block_on(async {
         let app = |fill: &mut Filler| layer(fill, "app", 8, 256 << 10, |l| l.file("app/server", b"ELF app"));
         let base = layer(&mut fill, "usr/lib/x86_64-linux-gnu", 1500, 8 << 10, debian_base);

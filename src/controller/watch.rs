@@ -13,9 +13,9 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ApiResource};
 use kube::core::DynamicResourceScope;
+use kube::core::PartialObjectMeta;
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::ExponentialBackoff;
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::value::RawValue;
@@ -363,7 +363,6 @@ where
 {
     watcher(api, initial.config()).backoff(backoff())
 }
-
 
 /// Starts every watch on `tasks`: the eight workload kinds, namespaces, and
 /// policies (each change of which also goes, compiled, to `policy_sink`).
