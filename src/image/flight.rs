@@ -16,8 +16,8 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 
-/// A shared outcome: the task's result, or why the task died.
-pub(super) type Flight<V> = Shared<BoxFuture<'static, Result<V, String>>>;
+/// A shared outcome: the task's result, or why the task died (a panic).
+pub(super) type Flight<V> = Shared<BoxFuture<'static, Result<V, Arc<tokio::task::JoinError>>>>;
 
 pub(super) struct Flights<K, V: Clone> {
     inflight: Arc<Mutex<HashMap<K, Flight<V>>>>,
@@ -53,7 +53,7 @@ where
             done.0.lock().remove(&done.1);
             value
         });
-        let flight: Flight<V> = async move { task.await.map_err(|e| e.to_string()) }.boxed().shared();
+        let flight: Flight<V> = async move { task.await.map_err(Arc::new) }.boxed().shared();
         inflight.insert(key, flight.clone());
         flight
     }
@@ -89,9 +89,9 @@ mod tests {
         let a = flights.join("img", start(runs.clone()));
         let b = flights.join("img", start(runs.clone()));
         assert_eq!(flights.len(), 1);
-        assert_eq!((a.await, b.await), (Ok(1), Ok(1)));
+        assert_eq!((a.await.unwrap(), b.await.unwrap()), (1, 1));
         assert!(flights.is_empty(), "a finished flight is forgotten");
-        assert_eq!(flights.join("img", start(runs.clone())).await, Ok(2));
+        assert_eq!(flights.join("img", start(runs.clone())).await.unwrap(), 2);
     }
 
     #[tokio::test]

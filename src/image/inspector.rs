@@ -184,9 +184,9 @@ impl Inspector {
             }
             .instrument(span)
         });
-        let crashed = |reason: String| ImageError::Malformed {
+        let crashed = |died: Arc<tokio::task::JoinError>| ImageError::Malformed {
             image: image.to_string(),
-            reason: format!("inspection crashed: {reason}"),
+            reason: format!("inspection crashed: {died}"),
         };
         match deadline {
             None => flight.await.unwrap_or_else(|e| Err(crashed(e))),

@@ -31,7 +31,58 @@ pub(crate) struct Credentials {
     pub ca_pem: Option<Vec<u8>>,
 }
 
-fn build(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+/// Why a gate has no value: it holds the step and counts against
+/// `consecutiveErrorLimit`. The texts of foreign errors are kept as their
+/// rendered chains, so a reading compares and clones as the planner needs.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub(crate) enum GateError {
+    #[error("{0}: not an http:// or https:// address")]
+    Address(String),
+    #[error("{0}: credentials are sent only over https://")]
+    PlainCredentials(String),
+    #[error("the gate's CA: {0}")]
+    Ca(String),
+    #[error("the gate's CA holds no PEM certificate")]
+    EmptyCa,
+    #[error("cannot build the HTTP client for metric gates: {0}")]
+    Client(String),
+    #[error("{url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url}: {status}: check the gate's credentials")]
+    Refused { url: String, status: reqwest::StatusCode },
+    #[error("{url}: an answer of more than {MAX_ANSWER} bytes")]
+    TooLarge { url: String },
+    #[error("{url}: {status}, not a Prometheus answer ({reason})")]
+    NotPrometheus {
+        url: String,
+        status: reqwest::StatusCode,
+        reason: String,
+    },
+    /// Prometheus answered with an error.
+    #[error("Prometheus: {0}")]
+    Query(String),
+    /// An answer without a usable value (no sample, NaN, a matrix).
+    #[error("inconclusive: {0}")]
+    Inconclusive(String),
+    /// The gate's Secret is missing or lacks a key.
+    #[error(transparent)]
+    Credentials(#[from] SecretProblem),
+}
+
+/// What is wrong with a gate's Secret.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub(crate) enum SecretProblem {
+    #[error("reading Secret {secret}: {reason}")]
+    Read { secret: String, reason: String },
+    #[error("Secret {secret} not found in namespace {namespace}")]
+    Missing { secret: String, namespace: String },
+    #[error("Secret {secret} has no key {key:?}")]
+    NoKey { secret: String, key: String },
+    #[error("Secret {secret} key {field:?} is not UTF-8 text")]
+    NotText { secret: String, field: &'static str },
+}
+
+fn build(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, GateError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(TIMEOUT)
@@ -39,32 +90,30 @@ fn build(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("distroless-guard/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = ca_pem {
-        let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("the gate's CA: {e}"))?;
+        let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| GateError::Ca(e.to_string()))?;
         if roots.is_empty() {
-            return Err("the gate's CA holds no PEM certificate".into());
+            return Err(GateError::EmptyCa);
         }
         builder = builder.tls_certs_only(roots);
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client for metric gates: {e}"))
+    builder.build().map_err(|e| GateError::Client(e.to_string()))
 }
 
 /// The client for gates without their own CA, built once. A gate with its
 /// own CA gets a client of its own at each reading (one every 5 s per gate:
 /// building one costs well under a millisecond).
-fn shared() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+fn shared() -> Result<&'static reqwest::Client, GateError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, GateError>> = OnceLock::new();
     CLIENT.get_or_init(|| build(None)).as_ref().map_err(Clone::clone)
 }
 
 /// An instant query against Prometheus at `address` (`http://` or `https://`).
-pub(crate) async fn query(address: &str, query: &str, credentials: &Credentials) -> Result<f64, String> {
+pub(crate) async fn query(address: &str, query: &str, credentials: &Credentials) -> Result<f64, GateError> {
     if !(address.starts_with("http://") || address.starts_with("https://")) {
-        return Err(format!("{address}: not an http:// or https:// address"));
+        return Err(GateError::Address(address.to_string()));
     }
     if (credentials.bearer.is_some() || credentials.basic.is_some()) && !address.starts_with("https://") {
-        return Err(format!("{address}: credentials are sent only over https://"));
+        return Err(GateError::PlainCredentials(address.to_string()));
     }
     let own;
     let client = match &credentials.ca_pem {
@@ -82,23 +131,27 @@ pub(crate) async fn query(address: &str, query: &str, credentials: &Credentials)
     if let Some((user, password)) = &credentials.basic {
         request = request.basic_auth(user, Some(password));
     }
-    let mut answer = request
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {}", crate::telemetry::error_chain(&e)))?;
+    let unreachable = |e: reqwest::Error| GateError::Unreachable {
+        url: url.clone(),
+        reason: crate::telemetry::error_chain(&e),
+    };
+    let mut answer = request.send().await.map_err(unreachable)?;
     let status = answer.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(format!("{url}: {status}: check the gate's credentials"));
+        return Err(GateError::Refused { url, status });
     }
     let mut body = Vec::new();
-    while let Some(chunk) = answer.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+    while let Some(chunk) = answer.chunk().await.map_err(unreachable)? {
         if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(format!("{url}: an answer of more than {MAX_ANSWER} bytes"));
+            return Err(GateError::TooLarge { url });
         }
         body.extend_from_slice(&chunk);
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("{url}: {status}, not a Prometheus answer ({e})"))?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| GateError::NotPrometheus {
+        url: url.clone(),
+        status,
+        reason: e.to_string(),
+    })?;
     value_of(&v)
 }
 
@@ -149,9 +202,11 @@ fn regex_escape(name: &str) -> String {
 }
 
 /// The gate's value in a Prometheus answer, or why there is none.
-pub(crate) fn value_of(v: &serde_json::Value) -> Result<f64, String> {
+pub(crate) fn value_of(v: &serde_json::Value) -> Result<f64, GateError> {
     if v["status"] != "success" {
-        return Err(format!("Prometheus: {}", v["error"].as_str().unwrap_or("query failed")));
+        return Err(GateError::Query(
+            v["error"].as_str().unwrap_or("query failed").to_string(),
+        ));
     }
     let samples: Vec<&str> = match v["data"]["resultType"].as_str() {
         Some("vector") => v["data"]["result"]
@@ -162,21 +217,23 @@ pub(crate) fn value_of(v: &serde_json::Value) -> Result<f64, String> {
             .collect(),
         Some("scalar") => v["data"]["result"][1].as_str().into_iter().collect(),
         other => {
-            return Err(format!(
-                "inconclusive: a {} answer, not a vector or scalar",
+            return Err(GateError::Inconclusive(format!(
+                "a {} answer, not a vector or scalar",
                 other.unwrap_or("missing")
-            ));
+            )));
         }
     };
     let mut worst: Option<f64> = None;
     for s in samples {
-        let x: f64 = s.parse().map_err(|e| format!("inconclusive: sample {s:?}: {e}"))?;
+        let x: f64 = s
+            .parse()
+            .map_err(|e| GateError::Inconclusive(format!("sample {s:?}: {e}")))?;
         if !x.is_finite() {
-            return Err(format!("inconclusive: the query gave {s} (no traffic yet?)"));
+            return Err(GateError::Inconclusive(format!("the query gave {s} (no traffic yet?)")));
         }
         worst = Some(worst.map_or(x, |w| w.max(x)));
     }
-    worst.ok_or_else(|| "inconclusive: the query returned no sample".to_string())
+    worst.ok_or_else(|| GateError::Inconclusive("the query returned no sample".into()))
 }
 
 #[cfg(test)]
@@ -267,19 +324,24 @@ mod tests {
             ..credentials.clone()
         };
         let e = query(&address, "errors", &wrong).await.unwrap_err();
-        assert!(e.contains("401") && e.contains("credentials"), "{e}");
+        assert!(matches!(e, GateError::Refused { status, .. } if status == 401), "{e:?}");
+        assert!(e.to_string().contains("check the gate's credentials"), "{e}");
         // Without the gate's CA the server is not trusted.
         let untrusted = Credentials {
             ca_pem: None,
             ..credentials.clone()
         };
         let e = query(&address, "errors", &untrusted).await.unwrap_err();
-        assert!(e.to_lowercase().contains("certificate"), "{e}");
+        assert!(
+            matches!(&e, GateError::Unreachable { reason, .. } if reason.to_lowercase().contains("certificate")),
+            "{e:?}"
+        );
         // A token is never sent in clear.
         let e = query(&address.replace("https://", "http://"), "errors", &credentials)
             .await
             .unwrap_err();
-        assert!(e.contains("only over https://"), "{e}");
+        assert!(matches!(e, GateError::PlainCredentials(_)), "{e:?}");
+        assert!(e.to_string().contains("only over https://"), "{e}");
     }
 
     #[tokio::test]
@@ -335,7 +397,8 @@ mod tests {
             vector(&[]),
         ] {
             let e = value_of(&v).unwrap_err();
-            assert!(e.starts_with("inconclusive"), "{e}");
+            assert!(matches!(e, GateError::Inconclusive(_)), "{e:?}");
+            assert!(e.to_string().starts_with("inconclusive"), "{e}");
         }
     }
 
@@ -344,8 +407,10 @@ mod tests {
         let scalar = json!({"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3"]}});
         assert_eq!(value_of(&scalar), Ok(3.0));
         let error = json!({"status": "error", "error": "parse error at char 3"});
-        assert_eq!(value_of(&error), Err("Prometheus: parse error at char 3".into()));
+        let e = value_of(&error).unwrap_err();
+        assert_eq!(e, GateError::Query("parse error at char 3".into()));
+        assert_eq!(e.to_string(), "Prometheus: parse error at char 3");
         let matrix = json!({"status": "success", "data": {"resultType": "matrix", "result": []}});
-        assert!(value_of(&matrix).unwrap_err().starts_with("inconclusive"));
+        assert!(matches!(value_of(&matrix), Err(GateError::Inconclusive(_))));
     }
 }

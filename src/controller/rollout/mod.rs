@@ -226,7 +226,7 @@ async fn snapshot(rollout: &DistrolessRollout, client: &kube::Client) -> Result<
                 None => analysis::query(&gate.address, &vars.apply(&gate.query), &Default::default()).await,
                 Some(auth) => match gate_credentials(client, &ns, auth).await {
                     Ok(credentials) => analysis::query(&gate.address, &vars.apply(&gate.query), &credentials).await,
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 },
             };
             metrics.push(MetricReading {
@@ -246,26 +246,44 @@ async fn snapshot(rollout: &DistrolessRollout, client: &kube::Client) -> Result<
 
 /// A gate's credentials from its Secret; a missing Secret or key is a
 /// reading that cannot be had (it holds the step, and counts as an error).
-async fn gate_credentials(client: &kube::Client, ns: &str, auth: &GateAuth) -> Result<analysis::Credentials, String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+async fn gate_credentials(
+    client: &kube::Client,
+    ns: &str,
+    auth: &GateAuth,
+) -> Result<analysis::Credentials, analysis::SecretProblem> {
+    use analysis::SecretProblem;
+    let secret = auth.secret_name.clone();
+    let found = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&auth.secret_name)
         .await
-        .map_err(|e| format!("reading Secret {}: {e}", auth.secret_name))?
-        .ok_or_else(|| format!("Secret {} not found in namespace {ns}", auth.secret_name))?;
-    let data = secret.data.unwrap_or_default();
-    let get = |key: &Option<String>| -> Result<Option<Vec<u8>>, String> {
+        .map_err(|e| SecretProblem::Read {
+            secret: secret.clone(),
+            reason: e.to_string(),
+        })?
+        .ok_or_else(|| SecretProblem::Missing {
+            secret: secret.clone(),
+            namespace: ns.to_string(),
+        })?;
+    let data = found.data.unwrap_or_default();
+    let get = |key: &Option<String>| -> Result<Option<Vec<u8>>, SecretProblem> {
         match key {
             None => Ok(None),
             Some(k) => data
                 .get(k)
                 .map(|v| Some(v.0.clone()))
-                .ok_or_else(|| format!("Secret {} has no key {k:?}", auth.secret_name)),
+                .ok_or_else(|| SecretProblem::NoKey {
+                    secret: secret.clone(),
+                    key: k.clone(),
+                }),
         }
     };
-    let text = |bytes: Vec<u8>, key: &str| -> Result<String, String> {
+    let text = |bytes: Vec<u8>, field: &'static str| -> Result<String, SecretProblem> {
         String::from_utf8(bytes)
             .map(|t| t.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|_| format!("Secret {} key {key:?} is not UTF-8 text", auth.secret_name))
+            .map_err(|_| SecretProblem::NotText {
+                secret: secret.clone(),
+                field,
+            })
     };
     let bearer = get(&auth.token_key)?.map(|b| text(b, "tokenKey")).transpose()?;
     let basic = match (get(&auth.username_key)?, get(&auth.password_key)?) {
@@ -375,7 +393,7 @@ async fn apply(
                 .await;
                 let (passed, message) = match result {
                     Ok(m) => (true, m),
-                    Err(m) => (false, m),
+                    Err(refusal) => (false, refusal.to_string()),
                 };
                 plan.status.preflight = Some(PreflightResult {
                     passed,

@@ -21,7 +21,7 @@ use crate::api::{CanaryStatus, DistrolessRollout, DistrolessRolloutStatus, Phase
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct MetricReading {
     pub name: String,
-    pub value: Result<f64, String>,
+    pub value: Result<f64, super::analysis::GateError>,
 }
 
 /// What exists now, as the reconciler read it.
@@ -1405,7 +1405,10 @@ mod tests {
     fn reading(value: Result<f64, &str>) -> Vec<MetricReading> {
         vec![MetricReading {
             name: "errors".into(),
-            value: value.map_err(str::to_string),
+            value: value.map_err(|reason| super::super::analysis::GateError::Unreachable {
+                url: "http://prometheus:9090/api/v1/query".into(),
+                reason: reason.into(),
+            }),
         }]
     }
 

@@ -13,6 +13,44 @@ use kube::api::{Api, ListParams, PostParams};
 use crate::image::credentials::Credentials;
 use crate::image::{ImageReport, Inspector, Platform};
 
+/// Why a canary pod would not run (the rollout's preflight message).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("a canary pod would be refused by the API server: {0}")]
+    Admission(String),
+    #[error("cannot dry-run a canary pod: {0}")]
+    DryRun(#[source] kube::Error),
+    #[error("cannot read the distroless image: {0}")]
+    Unreadable(#[source] crate::image::ImageError),
+    #[error("{image} is not distroless: it contains {}", found.join(", "))]
+    NotDistroless { image: String, found: Vec<String> },
+    #[error(
+        "{image} runs as root and the pod sets runAsNonRoot without runAsUser: the kubelet would refuse it \
+         (\"container has runAsNonRoot and image will run as root\"); use its :nonroot tag or set runAsUser: 65532"
+    )]
+    RootImage { image: String },
+    #[error(
+        "{image} runs as the user {user:?}, a name: with runAsNonRoot the kubelet refuses it \
+         (\"image has non-numeric user\"); set runAsUser: {uid} in the pod"
+    )]
+    NamedUser { image: String, user: String, uid: u32 },
+    #[error("{image}'s entrypoint starts a shell ({first}), which a distroless image cannot run")]
+    ShellEntrypoint { image: String, first: String },
+    #[error("cannot read ResourceQuotas: {0}")]
+    Quotas(#[source] kube::Error),
+    #[error(
+        "ResourceQuota {quota} has no room for {pods} canary pod(s): {resource} {used} used of {hard}, the canary needs {more} more"
+    )]
+    NoRoom {
+        quota: String,
+        pods: u32,
+        resource: String,
+        used: f64,
+        hard: f64,
+        more: f64,
+    },
+}
+
 /// Why a canary pod would not run, or `Ok` with what was checked. Only the
 /// images of `moved` containers are read (a sidecar the rollout leaves alone
 /// is not the migration's business), with `credentials` from the pods'
@@ -25,7 +63,7 @@ pub(crate) async fn check(
     canary_pods: u32,
     inspector: Option<&Arc<Inspector>>,
     credentials: Option<Arc<Credentials>>,
-) -> Result<String, String> {
+) -> Result<String, Refusal> {
     let mut checked = Vec::new();
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod = Pod {
@@ -49,13 +87,8 @@ pub(crate) async fn check(
         .await
     {
         Ok(_) => checked.push("admission (server-side dry run)".to_string()),
-        Err(kube::Error::Api(e)) => {
-            return Err(format!(
-                "a canary pod would be refused by the API server: {}",
-                e.message
-            ));
-        }
-        Err(e) => return Err(format!("cannot dry-run a canary pod: {e}")),
+        Err(kube::Error::Api(e)) => return Err(Refusal::Admission(e.message)),
+        Err(e) => return Err(Refusal::DryRun(e)),
     }
     let spec = template.spec.clone().unwrap_or_default();
     if let Some(inspector) = inspector {
@@ -69,7 +102,7 @@ pub(crate) async fn check(
                     credentials.clone(),
                 )
                 .await
-                .map_err(|e| format!("cannot read the distroless image: {e}"))?;
+                .map_err(Refusal::Unreadable)?;
             for report in reports.iter() {
                 image_problem(&spec, c, report)?;
             }
@@ -88,11 +121,11 @@ pub(crate) async fn check(
 
 /// What the kubelet (or the point of the migration) would object to in this
 /// container's image.
-pub(crate) fn image_problem(spec: &PodSpec, c: &Container, report: &ImageReport) -> Result<(), String> {
-    let image = &report.image;
+pub(crate) fn image_problem(spec: &PodSpec, c: &Container, report: &ImageReport) -> Result<(), Refusal> {
+    let image = report.image.clone();
     if !report.distroless {
         let found: Vec<String> = report.shells.iter().chain(&report.package_managers).cloned().collect();
-        return Err(format!("{image} is not distroless: it contains {}", found.join(", ")));
+        return Err(Refusal::NotDistroless { image, found });
     }
     let run_as_user = c
         .security_context
@@ -108,18 +141,14 @@ pub(crate) fn image_problem(spec: &PodSpec, c: &Container, report: &ImageReport)
     if non_root && run_as_user.is_none() {
         let numeric = report.user.split(':').next().is_some_and(|u| u.parse::<u32>().is_ok());
         if report.uid == Some(0) {
-            return Err(format!(
-                "{image} runs as root and the pod sets runAsNonRoot without runAsUser: the kubelet would refuse it \
-                 (\"container has runAsNonRoot and image will run as root\"); use its :nonroot tag or set runAsUser: 65532"
-            ));
+            return Err(Refusal::RootImage { image });
         }
         if !numeric {
-            return Err(format!(
-                "{image} runs as the user {:?}, a name: with runAsNonRoot the kubelet refuses it \
-                 (\"image has non-numeric user\"); set runAsUser: {} in the pod",
-                report.user,
-                report.uid.unwrap_or(65532)
-            ));
+            return Err(Refusal::NamedUser {
+                image,
+                user: report.user.clone(),
+                uid: report.uid.unwrap_or(65532),
+            });
         }
     }
     if c.command.as_ref().is_none_or(|c| c.is_empty()) {
@@ -127,9 +156,10 @@ pub(crate) fn image_problem(spec: &PodSpec, c: &Container, report: &ImageReport)
         if let Some(first) = argv.first()
             && crate::image::SHELL_NAMES.contains(&first.rsplit('/').next().unwrap_or_default())
         {
-            return Err(format!(
-                "{image}'s entrypoint starts a shell ({first}), which a distroless image cannot run"
-            ));
+            return Err(Refusal::ShellEntrypoint {
+                image,
+                first: first.clone(),
+            });
         }
     }
     Ok(())
@@ -178,12 +208,12 @@ fn per_pod(spec: &PodSpec) -> Vec<(String, f64)> {
     out.into_iter().collect()
 }
 
-async fn quota(client: &kube::Client, namespace: &str, spec: &PodSpec, canary_pods: u32) -> Result<(), String> {
+async fn quota(client: &kube::Client, namespace: &str, spec: &PodSpec, canary_pods: u32) -> Result<(), Refusal> {
     let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), namespace);
     let list = match quotas.list(&ListParams::default()).await {
         Ok(l) => l,
         Err(kube::Error::Api(e)) if e.code == 403 => return Ok(()),
-        Err(e) => return Err(format!("cannot read ResourceQuotas: {e}")),
+        Err(e) => return Err(Refusal::Quotas(e)),
     };
     let need = per_pod(spec);
     for q in list.items {
@@ -199,10 +229,14 @@ async fn quota(client: &kube::Client, namespace: &str, spec: &PodSpec, canary_po
             if let Some(hard) = hard {
                 let more = per * f64::from(canary_pods);
                 if used + more > hard + 1e-9 {
-                    return Err(format!(
-                        "ResourceQuota {} has no room for {canary_pods} canary pod(s): {res} {used} used of {hard}, the canary needs {more} more",
-                        q.metadata.name.unwrap_or_default()
-                    ));
+                    return Err(Refusal::NoRoom {
+                        quota: q.metadata.name.unwrap_or_default(),
+                        pods: canary_pods,
+                        resource: res.clone(),
+                        used,
+                        hard,
+                        more,
+                    });
                 }
             }
         }
@@ -246,11 +280,15 @@ mod tests {
     fn the_kubelets_objections_are_found_before_any_pod_exists() {
         let (s, c) = spec(json!({"runAsNonRoot": true}));
         let err = image_problem(&s, &c, &report("", Some(0), &[], &["/app"])).unwrap_err();
+        assert!(matches!(err, Refusal::RootImage { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(
             err.contains("image will run as root") && err.contains(":nonroot"),
             "{err}"
         );
         let err = image_problem(&s, &c, &report("nonroot", Some(65532), &[], &["/app"])).unwrap_err();
+        assert!(matches!(err, Refusal::NamedUser { uid: 65532, .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("non-numeric user") && err.contains("65532"), "{err}");
         assert!(image_problem(&s, &c, &report("65532", Some(65532), &[], &["/app"])).is_ok());
         let (s, c) = spec(json!({"runAsNonRoot": true, "runAsUser": 65532}));
@@ -264,9 +302,17 @@ mod tests {
     fn a_shell_in_the_image_or_its_entrypoint_is_refused() {
         let (s, c) = spec(json!({}));
         let err = image_problem(&s, &c, &report("65532", Some(65532), &["/bin/sh"], &["/app"])).unwrap_err();
-        assert!(err.contains("not distroless") && err.contains("/bin/sh"), "{err}");
+        assert!(
+            matches!(&err, Refusal::NotDistroless { found, .. } if found == &["/bin/sh"]),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("not distroless: it contains /bin/sh"), "{err}");
         let err = image_problem(&s, &c, &report("65532", Some(65532), &[], &["/bin/sh", "-c", "app"])).unwrap_err();
-        assert!(err.contains("entrypoint starts a shell"), "{err}");
+        assert!(
+            matches!(&err, Refusal::ShellEntrypoint { first, .. } if first == "/bin/sh"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("entrypoint starts a shell"), "{err}");
     }
 
     #[test]
