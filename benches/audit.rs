@@ -120,6 +120,7 @@ async fn settled_rss(name: &str, pid: u32) -> f64 {
 /// SIGUSR2 has the operator write its dhat profile, then the live bytes at that
 /// moment are printed per allocation site: the first frame of ours and what
 /// it called.
+#[allow(unsafe_code)] // libc::kill: see SAFETY below
 async fn heap_profile(pid: u32) {
     let Ok(file) = std::env::var("DISTROLESS_GUARD_HEAP_PROFILE") else {
         return;

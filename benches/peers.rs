@@ -49,6 +49,7 @@ struct Run {
     stderr: String,
 }
 
+#[allow(unsafe_code)] // libc::wait4: see SAFETY below
 fn run(cmd: &mut Command) -> Run {
     let out = tempfile::tempdir().unwrap();
     let (stdout, stderr) = (out.path().join("stdout"), out.path().join("stderr"));

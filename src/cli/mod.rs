@@ -217,6 +217,7 @@ fn exit(result: anyhow::Result<bool>) -> ExitCode {
 /// (`inspect IMAGE | head`): the default action of SIGPIPE, so the process
 /// ends quietly as `cat` would, instead of panicking on "Broken pipe". Not
 /// for the long-running servers, whose logs must never end them.
+#[allow(unsafe_code)] // libc::signal: see SAFETY below
 fn end_quietly_when_the_reader_goes() {
     #[cfg(unix)]
     // SAFETY: called once at start, before any thread exists; restoring a
