@@ -220,8 +220,13 @@ impl Auditor {
                 set.policies()
                     .iter()
                     .map(|compiled| {
-                        let (mut summary, violating, _) =
-                            audit::summarize(compiled, workloads.values(), namespaces, now, facts.as_ref());
+                        let (mut summary, violating, _) = audit::summarize(
+                            compiled,
+                            workloads.values().map(|o| &**o),
+                            namespaces,
+                            now,
+                            facts.as_ref(),
+                        );
                         status::full_by_rule(&mut summary);
                         let pending = events.pending(&compiled.name, &violating);
                         (compiled.name.clone(), (summary, pending))
@@ -281,8 +286,13 @@ impl Auditor {
                     .policies()
                     .iter()
                     .map(|compiled| {
-                        let (_, violating, compliant) =
-                            audit::summarize(compiled, workloads.values(), namespaces, now, facts.as_ref());
+                        let (_, violating, compliant) = audit::summarize(
+                            compiled,
+                            workloads.values().map(|o| &**o),
+                            namespaces,
+                            now,
+                            facts.as_ref(),
+                        );
                         (compiled, violating, compliant)
                     })
                     .collect();

@@ -85,7 +85,7 @@ fn wanted(view: &ClusterView, timeout: Duration) -> Vec<Wanted> {
     let (set, _) = status::compile_all(&policies);
     let mut out: BTreeMap<String, Wanted> = BTreeMap::new();
     view.with_workloads(|workloads, namespaces| {
-        for object in workloads.values().filter(|o| !o.controlled) {
+        for object in workloads.values().map(|o| &**o).filter(|o| !o.controlled) {
             let namespace = object.namespace();
             let labels = super::audit::labels_of(namespaces, namespace);
             let subject = object.subject(&labels, None);

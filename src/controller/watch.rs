@@ -215,7 +215,7 @@ fn key(kind: WorkloadKind, obj: &WatchedWorkload) -> Key {
 
 struct Workloads {
     kind: WorkloadKind,
-    fresh: HashMap<Key, AuditObject>,
+    fresh: super::view::Workloads,
     labels: LabelSets,
 }
 
@@ -242,7 +242,7 @@ impl Feed for Workloads {
     }
     fn restart_apply(&mut self, obj: WatchedWorkload) {
         if let Some(o) = self.read(&obj) {
-            self.fresh.insert(key(self.kind, &obj), o);
+            self.fresh.insert(key(self.kind, &obj), Box::new(o));
         }
     }
     fn reset(&mut self, view: &ClusterView) {
