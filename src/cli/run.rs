@@ -83,7 +83,23 @@ pub(super) struct RunArgs {
     /// WatchList feature) or listed in pages. Unset: streamed where the API
     /// server's version turns WatchList on by default (1.32, 1.34 and later).
     #[arg(long, value_enum)]
-    initial_list: Option<crate::controller::watch::InitialList>,
+    initial_list: Option<InitialListArg>,
+}
+
+/// `--initial-list`: the values of [`crate::controller::InitialList`].
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum InitialListArg {
+    Streaming,
+    Paged,
+}
+
+impl From<InitialListArg> for crate::controller::InitialList {
+    fn from(a: InitialListArg) -> Self {
+        match a {
+            InitialListArg::Streaming => crate::controller::InitialList::Streaming,
+            InitialListArg::Paged => crate::controller::InitialList::Paged,
+        }
+    }
 }
 
 impl RunArgs {
@@ -123,7 +139,7 @@ impl RunArgs {
                 timeout: Duration::from_secs(self.audit_image_timeout_seconds.max(1)),
             },
             policy_reports: self.policy_reports.then(|| self.report_name.clone()),
-            initial_list: self.initial_list,
+            initial_list: self.initial_list.map(Into::into),
         })
     }
 }
@@ -141,5 +157,35 @@ pub(super) fn run(args: RunArgs) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn initial_list_is_chosen_by_the_server_unless_named() {
+        let parse = |extra: &[&str]| {
+            let args = Wrapper::try_parse_from([&["run"][..], extra].concat()).unwrap();
+            args.run.config().unwrap().initial_list
+        };
+        assert_eq!(parse(&[]), None);
+        assert_eq!(
+            parse(&["--initial-list", "paged"]),
+            Some(crate::controller::InitialList::Paged)
+        );
+        assert_eq!(
+            parse(&["--initial-list=streaming"]),
+            Some(crate::controller::InitialList::Streaming)
+        );
+        assert!(Wrapper::try_parse_from(["run", "--initial-list", "pages"]).is_err());
     }
 }

@@ -323,7 +323,7 @@ fn backoff() -> ResetTimerBackoff<ExponentialBackoff> {
 }
 
 /// How a watch reads what exists before it follows changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InitialList {
     /// A watch that streams the objects (`sendInitialEvents`, the WatchList
     /// feature: on by default from Kubernetes 1.34, and in 1.32). The API
