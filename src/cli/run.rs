@@ -172,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn initial_list_is_chosen_by_the_server_unless_named() {
+    fn initial_list_is_unset_unless_named_and_only_its_two_values_parse() {
         let parse = |extra: &[&str]| {
             let args = Wrapper::try_parse_from([&["run"][..], extra].concat()).unwrap();
             args.run.config().unwrap().initial_list

@@ -201,11 +201,8 @@ pub(crate) fn build(
         }
     }
     let mut totals = BTreeMap::<&str, u64>::from(RESULTS.map(|k| (k, 0)));
-    let mut desired = Desired {
-        namespaces: BTreeMap::new(),
-        bodies: BTreeMap::new(),
-        cluster: ([0; 32], Box::default()),
-    };
+    let mut namespaces = BTreeMap::new();
+    let mut bodies = BTreeMap::new();
     for (namespace, mut list) in rows {
         list.sort_by(|a, b| a.order().cmp(&b.order()));
         let total = list.len();
@@ -233,7 +230,7 @@ pub(crate) fn build(
             "results": list.iter().map(Row::to_json).collect::<Vec<_>>(),
         });
         let print = fingerprint(&report);
-        desired.namespaces.insert(namespace.to_string(), print);
+        namespaces.insert(namespace.to_string(), print);
         if written(namespace, &print) {
             continue;
         }
@@ -242,18 +239,21 @@ pub(crate) fn build(
                 r.insert("timestamp".into(), timestamp.clone());
             }
         }
-        desired.bodies.insert(namespace.to_string(), raw(&report));
+        bodies.insert(namespace.to_string(), raw(&report));
     }
     let cluster = json!({
         "apiVersion": "wgpolicyk8s.io/v1alpha2",
         "kind": "ClusterPolicyReport",
         "metadata": {"name": name, "labels": {MANAGED_BY.0: MANAGED_BY.1},
-                     "annotations": {"distrolessguard.dev/namespaces": desired.namespaces.len().to_string()}},
+                     "annotations": {"distrolessguard.dev/namespaces": namespaces.len().to_string()}},
         "summary": totals,
         "results": [],
     });
-    desired.cluster = (fingerprint(&cluster), raw(&cluster));
-    desired
+    Desired {
+        namespaces,
+        bodies,
+        cluster: (fingerprint(&cluster), raw(&cluster)),
+    }
 }
 
 #[cfg(test)]

@@ -8,53 +8,15 @@
 //! `go install module@version` refuses, and building in place keeps every
 //! version exactly as the project pinned it.
 
-use std::path::{Path, PathBuf};
-
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
+
+use testcluster::bins::{download, go, run as output};
 use testcluster::peers::{PEERS, Peer, binary};
 
-fn go() -> Command {
-    let mut cmd = Command::new("go");
-    cmd.env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .env("GOFLAGS", "-mod=readonly -modcacherw -buildvcs=false");
-    cmd
-}
-
-fn output(cmd: &mut Command, step: &str) -> Result<Vec<u8>, String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{step}: cannot run go ({e}); Go 1.26 is needed to build the peers"))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
-        return Err(format!(
-            "{step} failed:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ));
-    }
-    Ok(out.stdout)
-}
-
-/// The module's directory in the Go module cache, downloading it if needed.
-fn module_dir(peer: &Peer) -> Result<PathBuf, String> {
-    let at = format!("{}@{}", peer.module, peer.version);
-    let step = format!("go mod download {at}");
-    let out = output(
-        go().current_dir(std::env::temp_dir())
-            .args(["mod", "download", "-json", &at]),
-        &step,
-    )?;
-    let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| format!("{step}: {e}"))?;
-    v["Dir"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or_else(|| format!("{step}: no Dir in {v}"))
-}
-
 fn build(peer: &Peer, out: &Path) -> Result<(), String> {
-    let dir = module_dir(peer)?;
+    let dir =
+        download(&std::env::temp_dir(), &format!("{}@{}", peer.module, peer.version)).map_err(|e| e.to_string())?;
     let tmp = out.with_extension("tmp");
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let mut cmd = go();
@@ -67,7 +29,7 @@ fn build(peer: &Peer, out: &Path) -> Result<(), String> {
         .arg("-o")
         .arg(&tmp)
         .arg(peer.package);
-    output(&mut cmd, &format!("go build {} in {}", peer.package, dir.display()))?;
+    output(&mut cmd, &format!("go build {} in {}", peer.package, dir.display())).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
 }
 

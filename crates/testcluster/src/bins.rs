@@ -194,7 +194,7 @@ pub enum BinsError {
         missing: String,
         files: String,
     },
-    #[error("cannot run `go` ({0}); Go 1.26 is needed to build the control-plane binaries")]
+    #[error("cannot run `go` ({0}); Go 1.26 is needed to build the control-plane binaries and the peers")]
     NoGo(String),
     #[error("{step} failed: {detail}")]
     Build { step: String, detail: String },
@@ -336,7 +336,9 @@ fn ldflags(module: &str) -> String {
     f
 }
 
-fn go() -> Command {
+/// `go` as every build here runs it: the installed Go, no cgo, read-only
+/// go.mod files, a module cache that can be deleted.
+pub fn go() -> Command {
     let mut cmd = Command::new("go");
     // The Go that is installed, not one a go.mod line would download.
     cmd.env("GOTOOLCHAIN", "local")
@@ -433,9 +435,14 @@ pub fn build(source: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BinsErro
 
 /// The directory of a downloaded module, as `go mod download -json` reports it.
 fn module_dir(source: &Path, module: &str, at: &str) -> Result<PathBuf, BinsError> {
+    download(&source.join(module), at)
+}
+
+/// Downloads `module@version` (run in `dir`) and returns where the module
+/// cache holds it.
+pub fn download(dir: &Path, at: &str) -> Result<PathBuf, BinsError> {
     let mut cmd = go();
-    cmd.current_dir(source.join(module))
-        .args(["mod", "download", "-json", at]);
+    cmd.current_dir(dir).args(["mod", "download", "-json", at]);
     let out = run(&mut cmd, &format!("go mod download {at}"))?;
     let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| BinsError::Build {
         step: format!("go mod download {at}"),
@@ -447,7 +454,8 @@ fn module_dir(source: &Path, module: &str, at: &str) -> Result<PathBuf, BinsErro
     })
 }
 
-fn run(cmd: &mut Command, step: &str) -> Result<Vec<u8>, BinsError> {
+/// Runs `cmd`; its output, or the last 30 lines of its errors.
+pub fn run(cmd: &mut Command, step: &str) -> Result<Vec<u8>, BinsError> {
     let out = cmd.output().map_err(|e| BinsError::NoGo(e.to_string()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
