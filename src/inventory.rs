@@ -16,7 +16,7 @@ use crate::policy::{self, ImageFacts, ImageStatus, PolicySet, Scope, Subject, Wo
 /// Where a workload stands in the migration.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
-pub enum State {
+pub(crate) enum State {
     /// Distroless images and nothing in its spec in the way.
     Done,
     /// Its images are distroless but its spec is not ready (shell commands, exec probes, root).
@@ -28,7 +28,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             State::Done => "done",
             State::SpecBlocked => "spec blocks the switch",
@@ -51,7 +51,7 @@ impl State {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct ImageEntry {
+pub(crate) struct ImageEntry {
     pub container: String,
     pub image: String,
     /// `distroless`, `not distroless`, `unverified` or `not read`.
@@ -62,7 +62,7 @@ pub struct ImageEntry {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct Blocker {
+pub(crate) struct Blocker {
     pub rule: String,
     pub container: Option<String>,
     pub cause: String,
@@ -71,7 +71,7 @@ pub struct Blocker {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct WorkloadEntry {
+pub(crate) struct WorkloadEntry {
     pub kind: String,
     pub name: String,
     pub state: State,
@@ -84,7 +84,7 @@ pub struct WorkloadEntry {
 
 #[derive(Clone, Debug, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct Counts {
+pub(crate) struct Counts {
     pub workloads: usize,
     pub done: usize,
     pub spec_blocked: usize,
@@ -115,7 +115,7 @@ impl Counts {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct NamespaceEntry {
+pub(crate) struct NamespaceEntry {
     pub name: String,
     pub counts: Counts,
     pub workloads: Vec<WorkloadEntry>,
@@ -123,7 +123,7 @@ pub struct NamespaceEntry {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct Inventory {
+pub(crate) struct Inventory {
     pub generated_at: String,
     /// What was looked at: a cluster context and namespaces, or files.
     pub source: String,
@@ -164,7 +164,7 @@ fn workload_state(images: State, has_images: bool, verdict: &policy::Verdict, fa
 
 /// Workloads per namespace and state: what [`build`] counts, without building
 /// the rows (the audit keeps these as metrics on every pass).
-pub fn counts<'a>(
+pub(crate) fn counts<'a>(
     workloads: impl IntoIterator<Item = &'a Workload>,
     namespace_labels: &dyn Fn(&str) -> Option<&'a BTreeMap<String, String>>,
     policies: &PolicySet,
@@ -312,7 +312,7 @@ fn next_step(w: &Workload, state: State, images: &[ImageEntry], blockers: &[Bloc
 
 /// One entry per workload that is not controlled by another (a Deployment,
 /// not its ReplicaSets and Pods). `facts`: what image inspection found (`None`: it was off).
-pub fn build<'a>(
+pub(crate) fn build<'a>(
     source: &str,
     workloads: impl IntoIterator<Item = &'a Workload>,
     namespaces: &BTreeMap<String, BTreeMap<String, String>>,
@@ -396,7 +396,7 @@ pub fn build<'a>(
 }
 
 /// The inventory as a table for a terminal.
-pub fn table(inv: &Inventory) -> String {
+pub(crate) fn table(inv: &Inventory) -> String {
     let mut rows: Vec<[String; 6]> = vec![[
         "NAMESPACE".into(),
         "WORKLOAD".into(),
@@ -457,7 +457,7 @@ fn esc(s: &str) -> String {
 
 /// One self-contained page (no script, no external resource): a progress
 /// chart per namespace and a table per namespace.
-pub fn html(inv: &Inventory) -> String {
+pub(crate) fn html(inv: &Inventory) -> String {
     let mut h = String::new();
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Distroless migration inventory</title>\n<style>\n");
     h.push_str("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;width:100%;margin-bottom:2em}");

@@ -19,8 +19,8 @@ pub mod controller;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod image;
-pub mod inventory;
-pub mod kubectl;
+mod inventory;
+mod kubectl;
 pub mod manifest;
 mod metrics;
 pub mod offline;

@@ -10,7 +10,7 @@ use crate::policy::{ImageFacts, ImageStatus};
 
 /// Inspects every image concurrently under `timeout`. A failure or timeout
 /// becomes `ImageStatus::Failed` (the rule `image-unverified`).
-pub async fn gather(
+pub(crate) async fn gather(
     inspector: &Arc<Inspector>,
     images: &[String],
     platform: &Platform,

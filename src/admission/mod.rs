@@ -1,9 +1,9 @@
 //! From an AdmissionRequest to an AdmissionResponse, through the policy
 //! engine. No HTTP here: the webhook server ([`crate::webhook`]) calls it.
 
-pub mod images;
+pub(crate) mod images;
 pub mod review;
-pub mod rollouts;
+pub(crate) mod rollouts;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;

@@ -158,7 +158,7 @@ impl Rollout {
 
 /// The review of one DistrolessRollout request. `Err` only for a body that
 /// is not an AdmissionReview (answered with HTTP 400).
-pub async fn review(body: &[u8], access: Option<&dyn Access>) -> Result<AdmissionResponse, serde_json::Error> {
+pub(crate) async fn review(body: &[u8], access: Option<&dyn Access>) -> Result<AdmissionResponse, serde_json::Error> {
     let review: Review = super::review::parse(body)?;
     let req = review.request;
     let uid = req.uid.as_str();

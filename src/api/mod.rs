@@ -1,7 +1,7 @@
 //! Custom resource types. Nothing but types, their schema and their defaults.
 
-pub mod policy;
-pub mod rollout;
+pub(crate) mod policy;
+pub(crate) mod rollout;
 
 pub use policy::{
     Action, AuditSummary, DEFAULT_NON_ROOT_USER, DistrolessPolicy, DistrolessPolicySpec, DistrolessPolicyStatus,

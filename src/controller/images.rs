@@ -57,7 +57,7 @@ struct Wanted {
 
 /// What the audit knows of images, shared with the auditor.
 #[derive(Default)]
-pub struct ImageKnowledge {
+pub(crate) struct ImageKnowledge {
     facts: RwLock<ImageFacts>,
     read_at: RwLock<HashMap<String, Instant>>,
     /// Signalled when a verdict is stored (a permit is kept when nobody waits).
@@ -66,7 +66,7 @@ pub struct ImageKnowledge {
 
 impl ImageKnowledge {
     /// A copy of the facts (the auditor evaluates with it).
-    pub fn facts(&self) -> ImageFacts {
+    pub(crate) fn facts(&self) -> ImageFacts {
         self.facts.read().clone()
     }
 }

@@ -9,7 +9,7 @@ pub(crate) mod audit;
 pub(crate) mod auditor;
 pub(crate) mod certs;
 pub(crate) mod events;
-pub mod images;
+pub(crate) mod images;
 pub(crate) mod leader;
 pub(crate) mod pull_secrets;
 pub(crate) mod reports;

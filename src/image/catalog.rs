@@ -9,7 +9,7 @@ pub const SHELL_NAMES: &[&str] = &["sh", "bash", "ash", "dash", "zsh", "ksh", "m
 pub const PACKAGE_MANAGERS: &[&str] = &["apt", "apt-get", "dpkg", "apk", "rpm", "yum", "dnf", "microdnf"];
 
 /// Directories a shell or package manager is looked for in.
-pub const BIN_DIRS: &[&str] = &[
+pub(crate) const BIN_DIRS: &[&str] = &[
     "bin",
     "sbin",
     "usr/bin",
@@ -20,7 +20,7 @@ pub const BIN_DIRS: &[&str] = &[
 ];
 
 /// Package databases, reported as information: the path to report for a tar path.
-pub fn package_database(path: &str) -> Option<&'static str> {
+pub(crate) fn package_database(path: &str) -> Option<&'static str> {
     match path {
         "var/lib/dpkg/status" => Some("/var/lib/dpkg/status"),
         p if p.starts_with("var/lib/dpkg/status.d/") => Some("/var/lib/dpkg/status.d"),

@@ -2,16 +2,16 @@
 //! distroless (no shell, no package manager) and which user it runs as.
 
 mod cache;
-pub mod catalog;
+pub(crate) mod catalog;
 pub mod credentials;
 mod flight;
 mod inspector;
 mod layer;
 mod manifest;
-pub mod reference;
+pub(crate) mod reference;
 mod registry;
 pub mod report;
-pub mod view;
+pub(crate) mod view;
 
 pub use catalog::{PACKAGE_MANAGERS, SHELL_NAMES};
 pub use inspector::{ClientError, Inspector, InspectorConfig, Reports, install_crypto_provider};

@@ -7,7 +7,7 @@ use super::ImageError;
 /// Parses an image reference: `nginx` is `docker.io/library/nginx:latest`,
 /// a first component with a dot, a colon or `localhost` is a registry host,
 /// `@sha256:...` pins a digest (a tag beside it is kept but not used).
-pub fn parse(image: &str) -> Result<Reference, ImageError> {
+pub(crate) fn parse(image: &str) -> Result<Reference, ImageError> {
     let trimmed = image.trim();
     if trimmed.is_empty() {
         return Err(ImageError::Reference {
@@ -32,7 +32,7 @@ pub fn parse(image: &str) -> Result<Reference, ImageError> {
 }
 
 /// The fully qualified form, e.g. `docker.io/library/nginx:latest`.
-pub fn normalize(image: &str) -> Result<String, ImageError> {
+pub(crate) fn normalize(image: &str) -> Result<String, ImageError> {
     parse(image).map(|r| r.whole())
 }
 

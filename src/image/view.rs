@@ -8,10 +8,10 @@ use super::catalog::{BIN_DIRS, PACKAGE_MANAGERS, SHELL_NAMES, package_database};
 use super::layer::{EntryKind, LayerFacts, clean_path};
 
 /// The longest chain of symlinks followed.
-pub const MAX_SYMLINK_HOPS: usize = 40;
+pub(crate) const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Layers merged: each path's entry and the digest of the layer it comes from.
-pub struct MergedView<'a> {
+pub(crate) struct MergedView<'a> {
     entries: BTreeMap<&'a str, (&'a EntryKind, &'a str)>,
     passwd: Option<(&'a str, &'a str)>,
 }
@@ -33,7 +33,7 @@ fn hidden_by(path: &str, prefixes: &BTreeSet<String>, exact_too: bool) -> bool {
 
 impl<'a> MergedView<'a> {
     /// Merges layers given bottom first (manifest order), with their digests.
-    pub fn merge(layers: &'a [(String, std::sync::Arc<LayerFacts>)]) -> Self {
+    pub(crate) fn merge(layers: &'a [(String, std::sync::Arc<LayerFacts>)]) -> Self {
         let mut entries: BTreeMap<&str, (&EntryKind, &str)> = BTreeMap::new();
         let mut passwd = None;
         // Paths an upper layer removed (whiteouts; also files replacing a directory).
@@ -69,7 +69,7 @@ impl<'a> MergedView<'a> {
     }
 
     /// Follows symlinks (in every component) to the entry a path names, if any.
-    pub fn resolve(&self, path: &str) -> Option<(String, &'a EntryKind, &'a str)> {
+    pub(crate) fn resolve(&self, path: &str) -> Option<(String, &'a EntryKind, &'a str)> {
         let mut pending: Vec<String> = path.split('/').filter(|p| !p.is_empty()).map(str::to_string).collect();
         pending.reverse();
         let mut current: Vec<String> = Vec::new();
@@ -130,7 +130,7 @@ impl<'a> MergedView<'a> {
     }
 
     /// Shells (including busybox, whose `sh` applet is a shell).
-    pub fn shells(&self) -> Vec<Evidence> {
+    pub(crate) fn shells(&self) -> Vec<Evidence> {
         let mut names: Vec<&str> = SHELL_NAMES.to_vec();
         names.push("busybox");
         self.programs(&names)
@@ -143,7 +143,7 @@ impl<'a> MergedView<'a> {
     }
 
     /// Package managers: their names, and evidence.
-    pub fn package_managers(&self) -> (Vec<String>, Vec<Evidence>) {
+    pub(crate) fn package_managers(&self) -> (Vec<String>, Vec<Evidence>) {
         let found = self.programs(PACKAGE_MANAGERS);
         let names: BTreeSet<String> = found.iter().map(|(_, n, _)| n.clone()).collect();
         let evidence = found
@@ -157,7 +157,7 @@ impl<'a> MergedView<'a> {
     }
 
     /// Package databases present, with evidence.
-    pub fn package_databases(&self) -> Vec<Evidence> {
+    pub(crate) fn package_databases(&self) -> Vec<Evidence> {
         let mut seen = BTreeMap::new();
         for (&path, &(kind, layer)) in &self.entries {
             if let Some(db) =
@@ -175,13 +175,13 @@ impl<'a> MergedView<'a> {
     }
 
     /// The final `/etc/passwd` and the layer it comes from.
-    pub fn passwd(&self) -> Option<(&'a str, &'a str)> {
+    pub(crate) fn passwd(&self) -> Option<(&'a str, &'a str)> {
         self.passwd
     }
 }
 
 /// The UID of a user name in an `/etc/passwd` text.
-pub fn uid_in_passwd(passwd: &str, name: &str) -> Option<u32> {
+pub(crate) fn uid_in_passwd(passwd: &str, name: &str) -> Option<u32> {
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');
         (fields.next()? == name).then_some(())?;

@@ -21,15 +21,15 @@ use super::{Error, describe};
 use crate::image::{ImageReport, Inspector, Platform};
 
 /// The distroless user and group.
-pub const NONROOT: i64 = 65532;
+pub(crate) const NONROOT: i64 = 65532;
 /// A debug image with a shell (busybox) whose user is numeric and non-root.
-pub const DEFAULT_IMAGE: &str = "gcr.io/distroless/base-debian12:debug-nonroot";
+pub(crate) const DEFAULT_IMAGE: &str = "gcr.io/distroless/base-debian12:debug-nonroot";
 /// Pod Security Admission's enforce label.
-pub const ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+pub(crate) const ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
 
 /// Who the debug container runs as, and where that came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub uid: i64,
     pub gid: i64,
     pub source: &'static str,
@@ -49,7 +49,7 @@ fn numeric_user(user: &str) -> Option<(i64, Option<i64>)> {
 /// The target's effective UID/GID: its container's securityContext, then the
 /// pod's, then the image's numeric `USER` (as read from the registry), then
 /// 65532 (distroless `nonroot`).
-pub fn effective_identity(pod: &Pod, container: &str, image_user: Option<&str>) -> Identity {
+pub(crate) fn effective_identity(pod: &Pod, container: &str, image_user: Option<&str>) -> Identity {
     let spec = pod.spec.as_ref();
     let c = spec.and_then(|s| s.containers.iter().find(|c| c.name == container));
     let csc = c.and_then(|c| c.security_context.as_ref());
@@ -74,7 +74,7 @@ pub fn effective_identity(pod: &Pod, container: &str, image_user: Option<&str>) 
 
 /// The debug profiles, kubectl's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Profile {
+pub(crate) enum Profile {
     Restricted,
     Netadmin,
     Sysadmin,
@@ -82,7 +82,7 @@ pub enum Profile {
 
 impl Profile {
     /// The Pod Security level a namespace must allow for this profile.
-    pub fn level(self) -> &'static str {
+    pub(crate) fn level(self) -> &'static str {
         match self {
             Profile::Restricted => "restricted",
             Profile::Netadmin | Profile::Sysadmin => "privileged",
@@ -90,7 +90,7 @@ impl Profile {
     }
 
     /// The debug container's securityContext.
-    pub fn security_context(self, who: &Identity) -> SecurityContext {
+    pub(crate) fn security_context(self, who: &Identity) -> SecurityContext {
         let mut sc = SecurityContext {
             run_as_non_root: Some(who.uid != 0),
             run_as_user: Some(who.uid),
@@ -133,13 +133,13 @@ fn rank(level: &str) -> u8 {
 }
 
 /// Whether a namespace enforcing `enforced` admits what needs `needed`.
-pub fn level_allows(enforced: Option<&str>, needed: &str) -> bool {
+pub(crate) fn level_allows(enforced: Option<&str>, needed: &str) -> bool {
     enforced.is_none_or(|e| rank(e) <= rank(needed))
 }
 
 /// What the user asked for.
 #[derive(Clone, Debug)]
-pub struct Request {
+pub(crate) struct Request {
     pub pod: String,
     pub container: Option<String>,
     pub image: String,
@@ -151,7 +151,7 @@ pub struct Request {
 
 /// The ephemeral container for a request against `target`, named after a
 /// hash of its spec so the same request finds the same container again.
-pub fn container(req: &Request, target: &Container, who: &Identity) -> EphemeralContainer {
+pub(crate) fn container(req: &Request, target: &Container, who: &Identity) -> EphemeralContainer {
     let mut c = EphemeralContainer {
         name: String::new(),
         image: Some(req.image.clone()),
@@ -192,7 +192,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// What to do about a container of the same spec already in the pod.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Existing {
+pub(crate) enum Existing {
     /// None there: add it under this name.
     Add(String),
     /// One is there and not terminated: attach to it.
@@ -201,7 +201,7 @@ pub enum Existing {
 
 /// Reuse a debug container of the same spec unless it has exited (an exited
 /// ephemeral container cannot be restarted: a new name is taken then).
-pub fn existing(pod: &Pod, name: &str) -> Existing {
+pub(crate) fn existing(pod: &Pod, name: &str) -> Existing {
     let specs: BTreeSet<&str> = pod
         .spec
         .as_ref()
@@ -303,7 +303,7 @@ fn breaks(level: &str, sc: Option<&SecurityContext>, pod: &Pod) -> Option<String
 /// ephemeral containers can never be removed, and Pod Security Admission
 /// judges the whole pod on every update, so no debug container can be added
 /// to this pod any more.
-pub fn poisoned(pod: &Pod, enforced: Option<&str>) -> Option<String> {
+pub(crate) fn poisoned(pod: &Pod, enforced: Option<&str>) -> Option<String> {
     let level = enforced?;
     if rank(level) == 0 {
         return None;
@@ -326,7 +326,7 @@ pub fn poisoned(pod: &Pod, enforced: Option<&str>) -> Option<String> {
 }
 
 /// What the user reads once the container is there.
-pub fn guide(pod: &str, name: &str, target: &Container, who: &Identity, pod_obj: &Pod) -> Vec<String> {
+pub(crate) fn guide(pod: &str, name: &str, target: &Container, who: &Identity, pod_obj: &Pod) -> Vec<String> {
     let mut lines = vec![
         format!(
             "debug container {name} in pod {pod}: UID {} GID {} ({}), sharing the process namespace of container {}",
@@ -357,7 +357,7 @@ pub fn guide(pod: &str, name: &str, target: &Container, who: &Identity, pod_obj:
 }
 
 /// The image's `USER`, read from its registry (`None` when it cannot be read).
-pub async fn image_user(inspector: &Arc<Inspector>, image: &str) -> Option<String> {
+pub(crate) async fn image_user(inspector: &Arc<Inspector>, image: &str) -> Option<String> {
     let reports = inspector
         .inspect(image, &Platform::default(), Some(Duration::from_secs(20)))
         .await
@@ -371,7 +371,7 @@ pub async fn image_user(inspector: &Arc<Inspector>, image: &str) -> Option<Strin
 }
 
 /// What `run` did.
-pub struct Debugged {
+pub(crate) struct Debugged {
     pub container: String,
     pub reused: bool,
     pub guide: Vec<String>,
@@ -379,7 +379,7 @@ pub struct Debugged {
 
 /// Adds (or finds) the debug container: checks the profile against the
 /// namespace, the pod for poisoning, then a server-side dry run, then the update.
-pub async fn run(
+pub(crate) async fn run(
     client: &kube::Client,
     namespace: &str,
     req: &Request,

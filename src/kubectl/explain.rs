@@ -33,7 +33,7 @@ fn resolve(kind: &str) -> Option<(&'static str, &'static str, &'static str, &'st
 }
 
 /// The API resource of a kind name kubectl accepts (`deploy`, `pods`, ...).
-pub fn api_resource(kind: &str) -> Option<ApiResource> {
+pub(crate) fn api_resource(kind: &str) -> Option<ApiResource> {
     let (group, version, kind, plural) = resolve(kind)?;
     Some(ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(group, version, kind),
@@ -42,7 +42,7 @@ pub fn api_resource(kind: &str) -> Option<ApiResource> {
 }
 
 /// `deployment/web` → (kind, name), or a usage error naming the kinds.
-pub fn parse_target(target: &str) -> Result<(String, String), Error> {
+pub(crate) fn parse_target(target: &str) -> Result<(String, String), Error> {
     let usage = || {
         Error::Usage(format!(
             "{target:?}: expected KIND/NAME with KIND one of pod, deployment, statefulset, daemonset, job, cronjob, replicaset"
@@ -59,7 +59,7 @@ pub fn parse_target(target: &str) -> Result<(String, String), Error> {
 /// A rule the policies in force find broken.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct RuleFinding {
+pub(crate) struct RuleFinding {
     pub rule: String,
     pub action: String,
     pub container: Option<String>,
@@ -72,7 +72,7 @@ pub struct RuleFinding {
 /// A Warning Event on the workload, its ReplicaSets, Jobs or pods.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct EventFinding {
+pub(crate) struct EventFinding {
     pub object: String,
     pub reason: String,
     pub message: String,
@@ -85,7 +85,7 @@ pub struct EventFinding {
 /// A container that is not running as it should.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct ContainerFinding {
+pub(crate) struct ContainerFinding {
     pub pod: String,
     pub container: String,
     pub reason: String,
@@ -96,7 +96,7 @@ pub struct ContainerFinding {
 /// The rollout moving this workload, where it stands.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct RolloutFinding {
+pub(crate) struct RolloutFinding {
     pub name: String,
     pub phase: String,
     /// The step under way, numbered from 1.
@@ -110,7 +110,7 @@ pub struct RolloutFinding {
 
 #[derive(Clone, Debug, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct Explanation {
+pub(crate) struct Explanation {
     pub object: String,
     pub namespace: String,
     /// Policies that match the workload, by name.
@@ -126,7 +126,7 @@ pub struct Explanation {
 }
 
 /// Who refused a pod, from the API server's message.
-pub fn refused_by(message: &str) -> Option<String> {
+pub(crate) fn refused_by(message: &str) -> Option<String> {
     if message.contains("violates PodSecurity") {
         return Some("PodSecurity".into());
     }
@@ -142,7 +142,7 @@ pub fn refused_by(message: &str) -> Option<String> {
 
 /// The rules our webhook named in a refusal the API server recorded (image
 /// rules among them, which only admission can judge): `[rule-id] cause. Fix: fix`.
-pub fn rules_in_refusal(message: &str) -> Vec<RuleFinding> {
+pub(crate) fn rules_in_refusal(message: &str) -> Vec<RuleFinding> {
     let ids: Vec<String> = crate::api::RuleId::ALL.iter().map(|r| format!("[{r}]")).collect();
     let mut starts: Vec<(usize, &str)> = ids
         .iter()
@@ -178,7 +178,7 @@ fn split_fix(message: &str) -> (String, String) {
 }
 
 /// The engine's view: rules broken under the policies in force.
-pub fn judge(
+pub(crate) fn judge(
     object: &Value,
     namespace: &str,
     labels: &BTreeMap<String, String>,
@@ -224,7 +224,12 @@ fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, o
 }
 
 /// Gathers everything for `kind/name` in `namespace`.
-pub async fn explain(client: &kube::Client, namespace: &str, kind: &str, name: &str) -> Result<Explanation, Error> {
+pub(crate) async fn explain(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Explanation, Error> {
     let (group, version, kind, plural) = resolve(kind).ok_or_else(|| Error::Usage(format!("unknown kind {kind}")))?;
     let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
     let objects: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
@@ -461,7 +466,7 @@ fn exemption_applies(e: &crate::api::Exemption, namespace: &str) -> bool {
 }
 
 /// The explanation, for people.
-pub fn render(x: &Explanation) -> Vec<String> {
+pub(crate) fn render(x: &Explanation) -> Vec<String> {
     let mut out = vec![format!("{} in namespace {}", x.object, x.namespace)];
     if x.policies.is_empty() {
         out.push("  no DistrolessPolicy matches it".into());

@@ -18,7 +18,7 @@ use crate::policy::{CompiledPolicy, ImageFacts, ImageStatus, PolicySet, Workload
 /// Lists the workloads of `namespace` (every namespace with `None`), judges
 /// them with the cluster's policies (the built-in default when it has none),
 /// and reads their images with `inspector` unless it is `None`.
-pub async fn gather(
+pub(crate) async fn gather(
     client: &kube::Client,
     namespace: Option<&str>,
     source: &str,
@@ -82,7 +82,7 @@ pub async fn gather(
 }
 
 /// Reads the distinct images of the workloads not controlled by another, eight at a time.
-pub async fn read_images(inspector: &Arc<Inspector>, workloads: &[Workload]) -> ImageFacts {
+pub(crate) async fn read_images(inspector: &Arc<Inspector>, workloads: &[Workload]) -> ImageFacts {
     let images: BTreeSet<String> = workloads
         .iter()
         .filter(|w| w.owner.is_none())

@@ -2,10 +2,10 @@
 //! kubectl does, debugging a pod with no shell, explaining a denial, driving
 //! a DistrolessRollout. Errors say what to do, in the words of kubectl.
 
-pub mod debug;
-pub mod explain;
-pub mod inventory;
-pub mod rollout;
+pub(crate) mod debug;
+pub(crate) mod explain;
+pub(crate) mod inventory;
+pub(crate) mod rollout;
 
 use std::path::PathBuf;
 
@@ -13,7 +13,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Why a plugin command could not do what was asked.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The command line names something that cannot be.
     #[error("{0}")]
     Usage(String),
@@ -37,7 +37,7 @@ pub enum Error {
 
 /// How to reach the cluster: kubectl's flags.
 #[derive(Clone, Debug, Default)]
-pub struct Connection {
+pub(crate) struct Connection {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
     pub namespace: Option<String>,
@@ -46,7 +46,7 @@ pub struct Connection {
 impl Connection {
     /// A client, and the namespace to use (the flag, else the context's, else `default`).
     /// Exec and OIDC credential plugins work through kube's config loading.
-    pub async fn connect(&self) -> Result<(kube::Client, String, String), Error> {
+    pub(crate) async fn connect(&self) -> Result<(kube::Client, String, String), Error> {
         let kubeconfig = match &self.kubeconfig {
             Some(path) => Kubeconfig::read_from(path)
                 .map_err(|e| Error::Config(format!("cannot read the kubeconfig {}: {e}", path.display())))?,
@@ -77,7 +77,7 @@ impl Connection {
 /// A kube error in the words a kubectl user expects: what was not found
 /// where, which verb on which resource RBAC refuses, a missing CRD, an API
 /// server that cannot be reached.
-pub fn describe(e: kube::Error, what: &str, namespace: &str) -> Error {
+pub(crate) fn describe(e: kube::Error, what: &str, namespace: &str) -> Error {
     match e {
         kube::Error::Api(status) => {
             // A missing object is `<kind> "<name>" not found`; a missing type is
@@ -114,7 +114,7 @@ pub fn describe(e: kube::Error, what: &str, namespace: &str) -> Error {
 
 /// What the kubelet and Pod Security Admission make of an image's user under
 /// `runAsNonRoot: true` (the restricted profile).
-pub fn kubelet_verdict(report: &crate::image::ImageReport) -> String {
+pub(crate) fn kubelet_verdict(report: &crate::image::ImageReport) -> String {
     let numeric = report.user.split(':').next().is_some_and(|u| u.parse::<u32>().is_ok());
     if report.user.is_empty() || report.uid == Some(0) {
         return "refused under runAsNonRoot unless the pod sets runAsUser: the kubelet reports \
@@ -137,7 +137,7 @@ pub fn kubelet_verdict(report: &crate::image::ImageReport) -> String {
 
 /// The `:nonroot` and `:debug-nonroot` tags next to an image (distroless's
 /// naming), and `<tag>-nonroot`, to look for in its repository.
-pub fn sibling_tags(image: &str) -> Vec<String> {
+pub(crate) fn sibling_tags(image: &str) -> Vec<String> {
     let without_digest = image.split('@').next().unwrap_or(image);
     let slash = without_digest.rfind('/').map_or(0, |i| i + 1);
     let (repo, tag) = match without_digest[slash..].rfind(':') {

@@ -29,7 +29,7 @@ use crate::api::{DistrolessRollout, Phase};
 
 /// A verb that changes a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verb {
+pub(crate) enum Verb {
     Promote { full: bool },
     Pause,
     Resume,
@@ -40,14 +40,14 @@ pub enum Verb {
 /// The merge patch for a verb on this rollout, or why it makes no sense now.
 /// Why a verb cannot be sent to a rollout in its phase.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum VerbRefused {
+pub(crate) enum VerbRefused {
     #[error("rollout {name} is {phase}: only `retry` starts it again")]
     Finished { name: String, phase: &'static str },
     #[error("rollout {name} is {phase}: retry starts a new attempt after a rollback")]
     RetryBeforeRollback { name: String, phase: &'static str },
 }
 
-pub fn patch(verb: Verb, r: &DistrolessRollout) -> Result<Value, VerbRefused> {
+pub(crate) fn patch(verb: Verb, r: &DistrolessRollout) -> Result<Value, VerbRefused> {
     let status = r.status.clone().unwrap_or_default();
     let name = r.metadata.name.clone().unwrap_or_default();
     let final_phase = status.phase.is_final();
@@ -119,7 +119,7 @@ fn api(client: &kube::Client, namespace: Option<&str>) -> Api<DistrolessRollout>
     }
 }
 
-pub async fn get(client: &kube::Client, namespace: &str, name: &str) -> Result<DistrolessRollout, Error> {
+pub(crate) async fn get(client: &kube::Client, namespace: &str, name: &str) -> Result<DistrolessRollout, Error> {
     api(client, Some(namespace))
         .get(name)
         .await
@@ -127,7 +127,7 @@ pub async fn get(client: &kube::Client, namespace: &str, name: &str) -> Result<D
 }
 
 /// Every rollout in `namespace` (all namespaces with `None`).
-pub async fn list(client: &kube::Client, namespace: Option<&str>) -> Result<Vec<DistrolessRollout>, Error> {
+pub(crate) async fn list(client: &kube::Client, namespace: Option<&str>) -> Result<Vec<DistrolessRollout>, Error> {
     api(client, namespace)
         .list(&ListParams::default())
         .await
@@ -136,7 +136,12 @@ pub async fn list(client: &kube::Client, namespace: Option<&str>) -> Result<Vec<
 }
 
 /// Applies a verb; returns the rollout as patched.
-pub async fn act(client: &kube::Client, namespace: &str, name: &str, verb: Verb) -> Result<DistrolessRollout, Error> {
+pub(crate) async fn act(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    verb: Verb,
+) -> Result<DistrolessRollout, Error> {
     let r = get(client, namespace, name).await?;
     let body = patch(verb, &r).map_err(|e| Error::Refused(e.to_string()))?;
     api(client, Some(namespace))
@@ -147,7 +152,7 @@ pub async fn act(client: &kube::Client, namespace: &str, name: &str, verb: Verb)
 
 /// How `status` ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Succeeded,
     RolledBack,
     Paused,
@@ -158,7 +163,7 @@ pub enum Outcome {
 
 /// Follows a rollout until it succeeds, rolls back, pauses or `timeout`
 /// passes, calling `progress` with each new status line.
-pub async fn wait(
+pub(crate) async fn wait(
     client: &kube::Client,
     namespace: &str,
     name: &str,
@@ -216,7 +221,7 @@ pub async fn wait(
 }
 
 /// `undo`: abort unless already rolled back, wait for the rollback, delete.
-pub async fn undo(client: &kube::Client, namespace: &str, name: &str, timeout: Duration) -> Result<(), Error> {
+pub(crate) async fn undo(client: &kube::Client, namespace: &str, name: &str, timeout: Duration) -> Result<(), Error> {
     let r = get(client, namespace, name).await?;
     let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
     if phase == Phase::Succeeded {
@@ -268,7 +273,7 @@ pub async fn undo(client: &kube::Client, namespace: &str, name: &str, timeout: D
 }
 
 /// One line: phase, step, weights, message.
-pub fn summary(r: &DistrolessRollout) -> String {
+pub(crate) fn summary(r: &DistrolessRollout) -> String {
     let s = r.status.clone().unwrap_or_default();
     let steps = r.spec.steps.len();
     let mut line = format!(
@@ -287,7 +292,7 @@ pub fn summary(r: &DistrolessRollout) -> String {
 }
 
 /// The detailed view of one rollout, for people.
-pub fn describe_rollout(r: &DistrolessRollout) -> Vec<String> {
+pub(crate) fn describe_rollout(r: &DistrolessRollout) -> Vec<String> {
     let s = r.status.clone().unwrap_or_default();
     let mut out = vec![
         format!(

@@ -2,12 +2,12 @@
 //! mutation patches. The webhook and the CLI call the same [`evaluate`].
 
 mod image_rules;
-pub mod model;
+pub(crate) mod model;
 mod mutate;
 mod rules;
-pub mod selector;
+pub(crate) mod selector;
 mod set;
-pub mod shell;
+pub(crate) mod shell;
 pub(crate) mod workload;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! with an empty list) and its messages do not name the operator or the key.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-pub use kube::core::{Selector, SelectorExt};
+pub(crate) use kube::core::{Selector, SelectorExt};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectorError {
@@ -18,7 +18,7 @@ pub enum SelectorError {
 
 /// Checks a selector and compiles it, so matching later cannot fail. An
 /// empty selector matches everything.
-pub fn compile(selector: &LabelSelector) -> Result<Selector, SelectorError> {
+pub(crate) fn compile(selector: &LabelSelector) -> Result<Selector, SelectorError> {
     for expr in selector.match_expressions.iter().flatten() {
         let has_values = expr.values.as_ref().is_some_and(|v| !v.is_empty());
         match expr.operator.as_str() {

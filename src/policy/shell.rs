@@ -1,7 +1,7 @@
 //! Does a container's `command`/`args` start a shell?
 
 /// Programs that are shells (the list image inspection looks for too).
-pub use crate::image::catalog::SHELL_NAMES as SHELLS;
+pub(crate) use crate::image::catalog::SHELL_NAMES as SHELLS;
 
 /// Programs that run the rest of their arguments as a command.
 const WRAPPERS: &[&str] = &[
@@ -18,13 +18,13 @@ const WRAPPERS: &[&str] = &[
 
 /// Which field of the container holds the shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArgvField {
+pub(crate) enum ArgvField {
     Command,
     Args,
 }
 
 impl ArgvField {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ArgvField::Command => "command",
             ArgvField::Args => "args",
@@ -34,7 +34,7 @@ impl ArgvField {
 
 /// A shell found in a container's argv.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShellInvocation {
+pub(crate) struct ShellInvocation {
     /// Where the shell program stands.
     pub field: ArgvField,
     pub index: usize,
@@ -57,7 +57,7 @@ fn is_shell(program: &str) -> bool {
 /// entrypoint wrapper (`tini --`, `docker-entrypoint.sh`) will exec.
 /// Flags that merely contain `c` for other programs (`python -c`, `nginx -c`)
 /// are not shells.
-pub fn find_shell(command: &[String], args: &[String]) -> Option<ShellInvocation> {
+pub(crate) fn find_shell(command: &[String], args: &[String]) -> Option<ShellInvocation> {
     let argv: Vec<(ArgvField, usize, &str)> = command
         .iter()
         .enumerate()
