@@ -24,8 +24,8 @@ use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use kube::api::ApiResource;
 
 pub(crate) use auditor::Auditor;
-pub use reports::REPORT_NAME;
-pub use view::ClusterView;
+pub(crate) use reports::REPORT_NAME;
+pub(crate) use view::ClusterView;
 pub use watch::InitialList;
 
 /// What a container failure most likely means for a distroless image, and the fix.
@@ -36,7 +36,7 @@ pub fn failure_hint(reason: &str, exit_code: Option<i32>, message: &str) -> Stri
 use crate::policy::WorkloadKind;
 
 /// The field manager of every write.
-pub const FIELD_MANAGER: &str = "distroless-guard";
+pub(crate) const FIELD_MANAGER: &str = "distroless-guard";
 
 pub fn api_resource(kind: WorkloadKind) -> ApiResource {
     match kind {

@@ -16,7 +16,7 @@ use crate::policy::Violation;
 
 /// The name of every report we write, unless the operator is told another
 /// (the chart gives its release's name, so two installations never share one).
-pub const REPORT_NAME: &str = "distroless-guard";
+pub(crate) const REPORT_NAME: &str = "distroless-guard";
 /// The label that marks them as ours.
 pub(crate) const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "distroless-guard");
 /// Results kept per report (the API server's object size limit is far above).
