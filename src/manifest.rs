@@ -31,11 +31,24 @@ pub struct RawDocument {
     pub list: bool,
 }
 
+/// Nodes (mappings, sequences, scalars) one YAML document may hold. The
+/// reader's default (250,000) refuses a legitimate 30 MB ConfigMap of
+/// 300,000 keys; what it guards against, aliases expanding, has its own
+/// limits (aliases, anchors, recorded anchor events).
+pub const MAX_NODES: usize = 2_000_000;
+
 /// How manifests are parsed: YAML 1.1 integers, as kubectl reads them
-/// (`defaultMode: 0400` is octal 256, not decimal 400).
+/// (`defaultMode: 0400` is octal 256, not decimal 400), and the reader's
+/// limits with room for every file up to [`MAX_FILE_BYTES`].
 pub fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.legacy_octal_numbers = true;
+    let mut budget = serde_saphyr::budget::Budget::default();
+    budget.max_nodes = MAX_NODES;
+    budget.max_events = 2 * MAX_NODES;
+    // Aliases replayed into anchored collections: what an alias bomb grows.
+    budget.max_recorded_anchor_events = 250_000;
+    options.budget = Some(budget);
     options
 }
 
@@ -66,8 +79,10 @@ pub enum ProblemKind {
     Limit,
     /// Not text: a NUL byte or bytes that are not UTF-8.
     Binary,
-    /// A directory reached again through a symlink.
+    /// A symlink to a directory that contains it.
     Loop,
+    /// A FIFO, socket or device named like a manifest.
+    NotAFile,
     /// The file or directory could not be read.
     Io,
 }
@@ -78,7 +93,7 @@ impl ProblemKind {
     pub fn is_error(self) -> bool {
         matches!(
             self,
-            ProblemKind::Limit | ProblemKind::Binary | ProblemKind::Loop | ProblemKind::Io
+            ProblemKind::Limit | ProblemKind::Binary | ProblemKind::Loop | ProblemKind::Io | ProblemKind::NotAFile
         )
     }
 }
@@ -129,7 +144,8 @@ impl Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("{path}: {source}")]
+    /// The cause is the source (printed by error chains once, not twice).
+    #[error("{path}")]
     Io {
         path: String,
         #[source]
@@ -160,14 +176,19 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + '_ {
 }
 
 /// The files below the paths, each once: directories are walked in a stable
-/// order, a directory reached again through a symlink (a loop) is reported and
-/// not entered, and unreadable entries are reported while the walk goes on.
+/// order and entries reached through a symlink are read after every real
+/// path, so a file is named by its real path and read once, whatever the
+/// names sort as. A symlink to a directory that contains it (a loop) is
+/// reported and not entered; a symlink to a directory read already is not
+/// read again. Only regular files are opened: a FIFO, socket or device named
+/// like a manifest is reported (reading a FIFO would wait forever).
 #[derive(Default)]
 struct Walk {
     dirs: std::collections::HashSet<PathBuf>,
     files: std::collections::HashSet<PathBuf>,
     out: Vec<PathBuf>,
     problems: Vec<Problem>,
+    links: std::collections::VecDeque<PathBuf>,
 }
 
 impl Walk {
@@ -178,7 +199,7 @@ impl Walk {
         }
     }
 
-    fn dir(&mut self, path: &Path, via_symlink: bool) {
+    fn dir(&mut self, path: &Path) {
         let real = match std::fs::canonicalize(path) {
             Ok(real) => real,
             Err(e) => {
@@ -187,11 +208,7 @@ impl Walk {
                 return;
             }
         };
-        if !self.dirs.insert(real.clone()) {
-            if via_symlink {
-                let message = format!("a symlink to {}, which is read already; not followed", real.display());
-                self.problems.push(Problem::at(path, None, ProblemKind::Loop, message));
-            }
+        if !self.dirs.insert(real) {
             return;
         }
         let mut entries = match std::fs::read_dir(path) {
@@ -207,12 +224,9 @@ impl Walk {
             if entry.file_name().is_some_and(|n| n == ".git") {
                 continue;
             }
-            let symlink = entry.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink());
-            match std::fs::metadata(&entry) {
-                Ok(m) if m.is_dir() => self.dir(&entry, symlink),
-                Ok(_) if is_manifest_file(&entry) => self.file(&entry),
-                Ok(_) => {}
-                // A manifest we cannot stat; a dangling link to something else is no business of ours.
+            match std::fs::symlink_metadata(&entry) {
+                Ok(m) if m.file_type().is_symlink() => self.links.push_back(entry),
+                Ok(m) => self.entry(&entry, &m),
                 Err(e) if is_manifest_file(&entry) => {
                     self.problems
                         .push(Problem::at(&entry, None, ProblemKind::Io, e.to_string()));
@@ -220,6 +234,67 @@ impl Walk {
                 Err(_) => {}
             }
         }
+    }
+
+    /// A directory entry that is not a symlink (or a symlink's target).
+    fn entry(&mut self, path: &Path, meta: &std::fs::Metadata) {
+        if meta.is_dir() {
+            self.dir(path);
+        } else if !is_manifest_file(path) {
+        } else if meta.is_file() {
+            self.file(path);
+        } else {
+            let message = format!("{}, not a regular file; not read", special_file(meta));
+            self.problems
+                .push(Problem::at(path, None, ProblemKind::NotAFile, message));
+        }
+    }
+
+    /// The symlinks met so far, and those met below them, after every real path.
+    fn follow_links(&mut self) {
+        while let Some(link) = self.links.pop_front() {
+            let meta = match std::fs::metadata(&link) {
+                Ok(meta) => meta,
+                // A manifest we cannot stat; a dangling link to something else is no business of ours.
+                Err(e) => {
+                    if is_manifest_file(&link) {
+                        self.problems
+                            .push(Problem::at(&link, None, ProblemKind::Io, e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                let target = std::fs::canonicalize(&link).ok();
+                let home = link.parent().and_then(|p| std::fs::canonicalize(p).ok());
+                if let (Some(target), Some(home)) = (target, home)
+                    && home.starts_with(&target)
+                {
+                    let message = format!(
+                        "a symlink to {}, which contains it (a loop); not followed",
+                        target.display()
+                    );
+                    self.problems.push(Problem::at(&link, None, ProblemKind::Loop, message));
+                    continue;
+                }
+            }
+            self.entry(&link, &meta);
+        }
+    }
+}
+
+/// What a file that is not a regular file or a directory is, in words.
+fn special_file(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "a special file"
     }
 }
 
@@ -233,13 +308,15 @@ pub fn read(paths: &[PathBuf]) -> Result<Loaded, ManifestError> {
             walk.out.push(path.clone());
             continue;
         }
+        // A path given by name is read whatever it is: `-f <(kustomize build)` is a pipe.
         let meta = std::fs::metadata(path).map_err(io_error(path))?;
         if meta.is_dir() {
-            walk.dir(path, false);
+            walk.dir(path);
         } else {
             walk.file(path);
         }
     }
+    walk.follow_links();
     let mut loaded = Loaded {
         docs: Vec::new(),
         problems: std::mem::take(&mut walk.problems),
@@ -371,7 +448,24 @@ fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String, Problem> {
         );
         return Err(Problem::at(path, None, ProblemKind::Limit, message));
     }
+    // Editors on Windows save UTF-16 with a byte-order mark; UTF-8 may carry one too.
+    let bytes = match bytes.as_slice() {
+        [0xEF, 0xBB, 0xBF, ..] => bytes[3..].to_vec(),
+        [0xFF, 0xFE, rest @ ..] => return utf16(path, rest, u16::from_le_bytes),
+        [0xFE, 0xFF, rest @ ..] => return utf16(path, rest, u16::from_be_bytes),
+        _ => bytes,
+    };
     if let Some(nul) = bytes.iter().position(|b| *b == 0) {
+        // ASCII text in UTF-16 without a byte-order mark: every other byte is NUL.
+        let half = bytes.len() / 2;
+        if bytes.len() >= 4 && bytes.iter().skip(nul % 2).step_by(2).take(half).all(|b| *b == 0) {
+            return Err(Problem::at(
+                path,
+                None,
+                ProblemKind::Binary,
+                "UTF-16 text without a byte-order mark; save it as UTF-8 (or UTF-16 with a BOM)",
+            ));
+        }
         return Err(Problem::at(
             path,
             Some(line_at(&bytes, nul)),
@@ -388,6 +482,31 @@ fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String, Problem> {
             "not UTF-8 text (an invalid byte on this line)",
         )
     })
+}
+
+/// UTF-16 text (after its byte-order mark) as a string.
+fn utf16(path: &Path, bytes: &[u8], unit: fn([u8; 2]) -> u16) -> Result<String, Problem> {
+    let bad = |line: Option<usize>, what: &str| {
+        Err(Problem::at(
+            path,
+            line,
+            ProblemKind::Binary,
+            format!("UTF-16 text with {what}"),
+        ))
+    };
+    if !bytes.len().is_multiple_of(2) {
+        return bad(None, "an odd number of bytes");
+    }
+    let units = bytes.chunks_exact(2).map(|pair| unit([pair[0], pair[1]]));
+    let mut text = String::with_capacity(bytes.len() / 2);
+    for c in char::decode_utf16(units) {
+        match c {
+            Ok('\0') => return bad(Some(1 + text.matches('\n').count()), "a NUL character"),
+            Ok(c) => text.push(c),
+            Err(_) => return bad(Some(1 + text.matches('\n').count()), "an unpaired surrogate"),
+        }
+    }
+    Ok(text)
 }
 
 /// Splits YAML text into documents at `---` lines, remembering where each starts.
@@ -474,15 +593,19 @@ fn limit_breached(mut e: &serde_saphyr::Error) -> Option<&'static str> {
     };
     Some(match breach {
         BudgetBreach::Depth { .. } => "collections nested more than 64 deep",
+        BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => {
+            "more than 2,000,000 nodes (keys, values, items) in one document"
+        }
         BudgetBreach::Aliases { .. }
         | BudgetBreach::Anchors { .. }
-        | BudgetBreach::Nodes { .. }
         | BudgetBreach::AliasAnchorRatio { .. }
-        | BudgetBreach::MergeKeys { .. } => {
-            "more than 250,000 nodes or 50,000 aliases (YAML aliases expanding, a \"billion laughs\")"
+        | BudgetBreach::RecordedAnchorEvents { .. }
+        | BudgetBreach::RecordedAnchorBytes { .. } => {
+            "more than 50,000 aliases or anchors, or aliases expanding far beyond their anchors (a \"billion laughs\")"
         }
+        BudgetBreach::MergeKeys { .. } => "more than 10,000 merge keys (<<)",
         BudgetBreach::ScalarBytes { .. } => "more than 64 MiB of scalar text",
-        _ => "too many YAML events, nodes or documents",
+        _ => "too many YAML documents, includes or property expansions",
     })
 }
 

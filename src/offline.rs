@@ -35,8 +35,7 @@ pub struct ObjectResult {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub results: Vec<ObjectResult>,
-    /// Files and objects that could not be read, each once.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Files and objects that could not be read, each once (always present).
     pub unreadable: Vec<Problem>,
 }
 

@@ -83,6 +83,9 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
         loaded.problems.extend(rendered.problems);
         loaded.raw.extend(rendered.raw);
     }
+    if loaded.docs.is_empty() {
+        return Err(nothing_to_check(args, &loaded.problems));
+    }
     let mut docs = loaded.docs;
     let raw = loaded.raw;
     let facts = match args.images.inspector_config()? {
@@ -113,6 +116,25 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(report.allowed())
+}
+
+/// No Kubernetes object in the input: a check of nothing is a mistake (a
+/// wrong path, an empty render), never a pass. Files that could not be read
+/// are said first.
+fn nothing_to_check(args: &CheckArgs, problems: &[manifest::Problem]) -> anyhow::Error {
+    let _ = report_unreadable(problems, args.strict);
+    let mut inputs: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
+    inputs.extend(args.helm.iter().map(|c| format!("the chart {c}")));
+    let charts = problems.iter().any(|p| p.kind == manifest::ProblemKind::Template);
+    anyhow::anyhow!(
+        "nothing to check: no Kubernetes object (a YAML or JSON document with a kind) in {}{}",
+        inputs.join(", "),
+        if charts {
+            "; render Helm charts first with --helm CHART"
+        } else {
+            ""
+        }
+    )
 }
 
 /// What `helm template` renders of a chart (a path or a repository reference).
@@ -277,7 +299,8 @@ fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         } else {
             paint.wrap("1;33", "!")
         };
-        writeln!(out, "{mark} {} {}/{}  ({})", r.kind, r.namespace, r.name, r.source)?;
+        let name = if r.name.is_empty() { "(no name)" } else { &r.name };
+        writeln!(out, "{mark} {} {}/{name}  ({})", r.kind, r.namespace, r.source)?;
         for v in &r.violations {
             *counts.entry(v.action).or_default() += 1;
             writeln!(
@@ -297,13 +320,22 @@ fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
     let count = |a| counts.get(&a).copied().unwrap_or(0);
     writeln!(
         out,
-        "\n{} objects checked: {} allowed, {} denied; {} violations ({} Deny, {} Warn, {} Audit)",
-        report.results.len(),
+        "\n{} checked: {} allowed, {} denied; {} ({} Deny, {} Warn, {} Audit)",
+        plural(report.results.len(), "object"),
         report.results.len() - denied,
         denied,
-        counts.values().sum::<usize>(),
+        plural(counts.values().sum::<usize>(), "violation"),
         count(Action::Deny),
         count(Action::Warn),
         count(Action::Audit),
     )
+}
+
+/// `1 object`, `2 objects`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }

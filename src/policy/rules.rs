@@ -3,7 +3,7 @@
 
 use super::model::{Container, PodSecurityContext, PodSpec};
 
-use super::shell::find_shell;
+use super::shell::{SHELLS, find_shell};
 use crate::api::RuleId;
 
 /// A rule broken by a pod spec, before any policy decides what to do about it.
@@ -165,17 +165,23 @@ fn check_container(c: &Located<'_>, spec_path: &str, uid: i64, out: &mut Vec<Fin
     for (field, probe) in probes {
         if let Some(exec) = probe.as_ref().and_then(|p| p.exec.as_ref()) {
             let argv = exec.command.as_deref().unwrap_or_default();
-            out.push(c.finding(
-                RuleId::ExecProbe,
-                c.path(spec_path, &format!("{field}.exec")),
-                format!(
+            let message = match purpose_built(argv) {
+                Some(program) => format!(
+                    "container {:?} has an exec {field} ({}); it runs {program:?}, a program of its own, which a \
+                     distroless image has only if it is copied in. Fix: copy {program} into the distroless image \
+                     (and keep this probe), or use a grpc, httpGet or tcpSocket probe",
+                    c.name(),
+                    show_argv(argv)
+                ),
+                None => format!(
                     "container {:?} has an exec {field} ({}); a distroless image has no shell and usually none of the \
                      tools a probe command needs, so the probe fails and the kubelet restarts or never readies the container. \
                      Fix: use httpGet, grpc or tcpSocket instead of exec",
                     c.name(),
                     show_argv(argv)
                 ),
-            ));
+            };
+            out.push(c.finding(RuleId::ExecProbe, c.path(spec_path, &format!("{field}.exec")), message));
         }
     }
 
@@ -220,6 +226,25 @@ fn check_container(c: &Located<'_>, spec_path: &str, uid: i64, out: &mut Vec<Fin
             ),
         ));
     }
+}
+
+/// The program an exec command runs when it is neither a shell nor one of
+/// the general-purpose tools a base image brings (`grpc_health_probe`,
+/// `/wait-shutdown`, `pilot-agent`): a binary that ships with the
+/// application and can be copied into a distroless image as well.
+fn purpose_built(argv: &[String]) -> Option<&str> {
+    /// Tools of coreutils, busybox and the like: what a distroless image lacks.
+    const GENERAL: &[&str] = &[
+        "cat", "curl", "wget", "test", "[", "ls", "ps", "pgrep", "pidof", "nc", "netcat", "ncat", "stat", "touch",
+        "rm", "echo", "true", "false", "sleep", "grep", "kill", "killall", "find", "env", "timeout", "busybox",
+        "nslookup", "ping", "python", "python3", "perl", "ruby", "node",
+    ];
+    let program = argv.first()?.trim();
+    let name = program.rsplit('/').next().unwrap_or(program);
+    if name.is_empty() || SHELLS.contains(&name) || GENERAL.contains(&name) {
+        return None;
+    }
+    Some(program)
 }
 
 fn show_argv(argv: &[String]) -> String {

@@ -62,6 +62,28 @@ fn exec_probe_is_reported_with_its_field_path_and_the_fix() {
 }
 
 #[test]
+fn an_exec_probe_running_its_own_program_says_to_ship_it_not_that_tools_are_missing() {
+    for program in ["/bin/grpc_health_probe", "/wait-shutdown", "pilot-agent"] {
+        let d = deployment(json!([{"name": "app", "image": "app:1",
+            "readinessProbe": {"exec": {"command": [program, "-addr=:5000"]}}}]));
+        let v = judge(&PolicySet::builtin_default(), &d);
+        assert_eq!(rules(&v), [(RuleId::ExecProbe, Action::Deny)], "{program}");
+        let message = &v.violations[0].message;
+        assert!(
+            message.contains(&format!("copy {program} into the distroless image")),
+            "{message}"
+        );
+        assert!(!message.contains("usually none of the tools"), "{message}");
+    }
+    for general in [["sh", "-c"], ["/usr/bin/curl", "-f"]] {
+        let d = deployment(json!([{"name": "app", "image": "app:1",
+            "readinessProbe": {"exec": {"command": general}}}]));
+        let message = &judge(&PolicySet::builtin_default(), &d).violations[0].message;
+        assert!(message.contains("usually none of the tools"), "{general:?}: {message}");
+    }
+}
+
+#[test]
 fn root_uid_on_pod_and_container_are_separate_violations() {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"securityContext": {"runAsUser": 0},
