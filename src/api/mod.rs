@@ -11,7 +11,7 @@ pub use policy::{
 
 pub use rollout::{
     CanaryStatus, ContainerImages, DistrolessRollout, DistrolessRolloutSpec, DistrolessRolloutStatus, FailurePolicy,
-    MetricGate, Phase, PreflightResult, Promotion, RolloutFailure, Staging, Step, TargetRef,
+    FailureReason, MetricGate, Phase, PreflightResult, Promotion, RolloutFailure, Staging, Step, TargetRef,
 };
 
 /// Each CRD this operator owns: the file it is kept in under `crds/`, and its YAML.

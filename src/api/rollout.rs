@@ -461,7 +461,8 @@ pub struct RolloutFailure {
     pub container: Option<String>,
     /// `CrashLoopBackOff`, `CreateContainerConfigError`, `OOMKilled`, `ReadyTimeout`,
     /// `Restarts`, `FailedCreate`, `PreflightFailed`, `MetricGate`, `Aborted`, ...
-    pub reason: String,
+    #[schemars(with = "String")]
+    pub reason: FailureReason,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(default)]
@@ -472,6 +473,126 @@ pub struct RolloutFailure {
     /// When the failure was seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detected_at: Option<Time>,
+}
+
+/// Why a rollout failed: the reasons the operator finds itself, the
+/// kubelet's and the scheduler's that it acts on, and any other reason the
+/// cluster gives, kept as written. Serialized as its name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(from = "String", into = "String")]
+pub enum FailureReason {
+    /// The kubelet's: the container keeps exiting.
+    CrashLoopBackOff,
+    /// The kubelet's: it cannot start the container as configured (a root image under `runAsNonRoot`).
+    CreateContainerConfigError,
+    /// The kernel's, through the kubelet: over the memory limit.
+    OOMKilled,
+    /// The scheduler's: no node fits the canary's pods.
+    Unschedulable,
+    /// The ReplicaSet controller's: the API server refused the canary's pods.
+    FailedCreate,
+    /// Containers not ready within `readyTimeoutSeconds`.
+    ReadyTimeout,
+    /// More restarts than `maxRestarts`.
+    Restarts,
+    /// The distroless images failed inspection before any pod moved.
+    PreflightFailed,
+    /// A metric gate's threshold was broken.
+    MetricGate,
+    /// A metric gate could not be read often enough in a row.
+    MetricUnavailable,
+    /// `kubectl distroless rollout abort`.
+    Aborted,
+    /// The rollout names what the Deployment does not have.
+    InvalidSpec,
+    /// A step or the promotion took longer than its deadline.
+    ProgressDeadlineExceeded,
+    /// The Git change did not arrive within the GitOps deadline.
+    GitOpsDeadlineExceeded,
+    /// Any other reason, as the cluster wrote it (`ErrImagePull`, `RunContainerError`, ...).
+    Other(String),
+}
+
+impl FailureReason {
+    const NAMED: [FailureReason; 14] = [
+        FailureReason::CrashLoopBackOff,
+        FailureReason::CreateContainerConfigError,
+        FailureReason::OOMKilled,
+        FailureReason::Unschedulable,
+        FailureReason::FailedCreate,
+        FailureReason::ReadyTimeout,
+        FailureReason::Restarts,
+        FailureReason::PreflightFailed,
+        FailureReason::MetricGate,
+        FailureReason::MetricUnavailable,
+        FailureReason::Aborted,
+        FailureReason::InvalidSpec,
+        FailureReason::ProgressDeadlineExceeded,
+        FailureReason::GitOpsDeadlineExceeded,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            FailureReason::CrashLoopBackOff => "CrashLoopBackOff",
+            FailureReason::CreateContainerConfigError => "CreateContainerConfigError",
+            FailureReason::OOMKilled => "OOMKilled",
+            FailureReason::Unschedulable => "Unschedulable",
+            FailureReason::FailedCreate => "FailedCreate",
+            FailureReason::ReadyTimeout => "ReadyTimeout",
+            FailureReason::Restarts => "Restarts",
+            FailureReason::PreflightFailed => "PreflightFailed",
+            FailureReason::MetricGate => "MetricGate",
+            FailureReason::MetricUnavailable => "MetricUnavailable",
+            FailureReason::Aborted => "Aborted",
+            FailureReason::InvalidSpec => "InvalidSpec",
+            FailureReason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            FailureReason::GitOpsDeadlineExceeded => "GitOpsDeadlineExceeded",
+            FailureReason::Other(reason) => reason,
+        }
+    }
+}
+
+impl Default for FailureReason {
+    fn default() -> Self {
+        FailureReason::Other(String::new())
+    }
+}
+
+impl From<&str> for FailureReason {
+    fn from(reason: &str) -> Self {
+        FailureReason::NAMED
+            .into_iter()
+            .find(|named| named.as_str() == reason)
+            .unwrap_or_else(|| FailureReason::Other(reason.to_string()))
+    }
+}
+
+impl From<String> for FailureReason {
+    fn from(reason: String) -> Self {
+        FailureReason::from(reason.as_str())
+    }
+}
+
+impl From<FailureReason> for String {
+    fn from(reason: FailureReason) -> Self {
+        match reason {
+            FailureReason::Other(reason) => reason,
+            named => named.as_str().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// For tests and messages that compare with the name as the cluster shows it.
+impl PartialEq<&str> for FailureReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -561,4 +682,23 @@ pub struct PreflightResult {
     /// `spec.retry` these checks were made for.
     #[serde(default)]
     pub retry: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_read_and_write_as_the_names_the_cluster_shows_and_keep_unknown_ones() {
+        for named in FailureReason::NAMED {
+            let json = serde_json::to_value(&named).unwrap();
+            assert_eq!(json, named.as_str(), "{named:?}");
+            assert_eq!(serde_json::from_value::<FailureReason>(json).unwrap(), named);
+        }
+        let pulled: FailureReason = serde_json::from_value("ErrImagePull".into()).unwrap();
+        assert_eq!(pulled, FailureReason::Other("ErrImagePull".into()));
+        assert_eq!(serde_json::to_value(&pulled).unwrap(), "ErrImagePull");
+        let failure: RolloutFailure = serde_json::from_value(serde_json::json!({"reason": "MetricGate"})).unwrap();
+        assert_eq!(failure.reason, FailureReason::MetricGate);
+    }
 }

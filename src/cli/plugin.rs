@@ -440,7 +440,7 @@ fn print_table(list: &[crate::api::DistrolessRollout], namespaces: bool) {
             ),
             format!("{}%", s.desired_weight),
             format!("{}%", s.effective_weight),
-            s.failure.map(|f| f.reason).unwrap_or_default(),
+            s.failure.map(|f| f.reason.to_string()).unwrap_or_default(),
         ];
         if namespaces {
             row.insert(0, r.metadata.namespace.clone().unwrap_or_default());

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{FailurePolicy, RolloutFailure};
+use crate::api::{FailurePolicy, FailureReason, RolloutFailure};
 
 /// Waiting reasons that never fix themselves.
 const FATAL_WAITING: &[&str] = &[
@@ -54,16 +54,16 @@ fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
 fn failure(
     pod: &Pod,
     c: &ContainerStatus,
-    reason: &str,
+    reason: FailureReason,
     exit_code: Option<i32>,
     message: String,
     now: Timestamp,
 ) -> RolloutFailure {
-    let hint = hint(reason, exit_code, &message);
+    let hint = hint(&reason, exit_code, &message);
     RolloutFailure {
         pod: pod.metadata.name.clone(),
         container: Some(c.name.clone()),
-        reason: reason.to_string(),
+        reason,
         exit_code,
         message,
         hint,
@@ -104,9 +104,9 @@ pub(crate) fn classify(
     Some(RolloutFailure {
         pod: None,
         container: None,
-        reason: c.reason.clone().unwrap_or_else(|| "FailedCreate".into()),
+        reason: c.reason.as_deref().unwrap_or("FailedCreate").into(),
         exit_code: None,
-        hint: hint("FailedCreate", None, &message),
+        hint: hint(&FailureReason::FailedCreate, None, &message),
         message,
         detected_at: Some(Time(now)),
     })
@@ -156,13 +156,20 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
                 && let Some(t) = last.filter(|t| t.reason.as_deref() == Some("OOMKilled"))
             {
                 // Back-off after an OOM kill: the kill is the cause.
-                return Some(failure(pod, c, "OOMKilled", Some(t.exit_code), message, now));
+                return Some(failure(
+                    pod,
+                    c,
+                    FailureReason::OOMKilled,
+                    Some(t.exit_code),
+                    message,
+                    now,
+                ));
             }
             if FATAL_WAITING.contains(&reason.as_str()) {
-                return Some(failure(pod, c, &reason, exit_code, message, now));
+                return Some(failure(pod, c, reason.as_str().into(), exit_code, message, now));
             }
             if PULL_WAITING.contains(&reason.as_str()) && age >= i64::from(policy.image_pull_grace_seconds) {
-                return Some(failure(pod, c, &reason, None, message, now));
+                return Some(failure(pod, c, reason.as_str().into(), None, message, now));
             }
         }
         let terminated_oom = c
@@ -175,7 +182,7 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
             return Some(failure(
                 pod,
                 c,
-                "OOMKilled",
+                FailureReason::OOMKilled,
                 Some(t.exit_code),
                 t.message.clone().unwrap_or_default(),
                 now,
@@ -189,7 +196,7 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
                 last.map(|t| format!("; last exit code {}", t.exit_code))
                     .unwrap_or_default()
             );
-            return Some(failure(pod, c, "Restarts", exit_code, message, now));
+            return Some(failure(pod, c, FailureReason::Restarts, exit_code, message, now));
         }
     }
     if !containers_ready(pod) && age >= i64::from(policy.ready_timeout_seconds) {
@@ -200,7 +207,7 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
             .and_then(|s| s.conditions.as_ref())
             .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False"));
         if let Some(c) = unschedulable {
-            let reason = c.reason.clone().unwrap_or_else(|| "Unschedulable".into());
+            let reason = c.reason.as_deref().unwrap_or("Unschedulable").into();
             let message = format!(
                 "not scheduled {age} s after the pod was created: {}",
                 c.message.as_deref().unwrap_or("no node fits")
@@ -208,7 +215,7 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
             return Some(RolloutFailure {
                 pod: pod.metadata.name.clone(),
                 container: None,
-                hint: hint("Unschedulable", None, &message),
+                hint: hint(&FailureReason::Unschedulable, None, &message),
                 reason,
                 exit_code: None,
                 message,
@@ -223,9 +230,9 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
         return Some(RolloutFailure {
             pod: pod.metadata.name.clone(),
             container: name,
-            reason: "ReadyTimeout".into(),
+            reason: FailureReason::ReadyTimeout,
             exit_code: None,
-            hint: hint("ReadyTimeout", None, &message),
+            hint: hint(&FailureReason::ReadyTimeout, None, &message),
             message,
             detected_at: Some(Time(now)),
         });
@@ -234,19 +241,20 @@ pub(crate) fn classify_pod(pod: &Pod, policy: &FailurePolicy, now: Timestamp) ->
 }
 
 /// What a failure most likely means for a distroless image, and the fix.
-pub(crate) fn hint(reason: &str, exit_code: Option<i32>, message: &str) -> String {
+pub(crate) fn hint(reason: &FailureReason, exit_code: Option<i32>, message: &str) -> String {
+    use FailureReason as R;
     // Failures the operator finds itself: their message is not the kubelet's.
     match reason {
-        "MetricGate" => {
+        R::MetricGate => {
             return "the canary made a metric worse than the threshold allows: compare its logs and errors with the standard pods".into();
         }
-        "MetricUnavailable" => {
+        R::MetricUnavailable => {
             return "a gate that cannot be read cannot vouch for the canary: check the Prometheus address and the query (no sample and NaN count as unreadable)".into();
         }
-        "ProgressDeadlineExceeded" => {
+        R::ProgressDeadlineExceeded => {
             return "the pods did not become ready in time though none failed outright: look for pods Pending (capacity, quota, a volume) or slow to start, then raise failure.progressDeadlineSeconds if the application needs longer".into();
         }
-        "GitOpsDeadlineExceeded" => {
+        R::GitOpsDeadlineExceeded => {
             return "the Git change that moves the Deployment to the distroless images did not arrive in time: merge and sync it, then `kubectl distroless rollout retry`".into();
         }
         _ => {}
@@ -268,28 +276,28 @@ pub(crate) fn hint(reason: &str, exit_code: Option<i32>, message: &str) -> Strin
         return "the image's USER is a name (e.g. nonroot) the kubelet cannot check against runAsNonRoot: set runAsUser: 65532 (numeric) in the pod".into();
     }
     match (reason, exit_code) {
-        ("CrashLoopBackOff" | "Restarts", Some(127)) => {
+        (R::CrashLoopBackOff | R::Restarts, Some(127)) => {
             "exit 127 (command not found): the entrypoint or a script calls a program the distroless image does not have; run the binary directly".into()
         }
-        ("CrashLoopBackOff" | "Restarts", Some(126)) => {
+        (R::CrashLoopBackOff | R::Restarts, Some(126)) => {
             "exit 126 (cannot execute): the file is not executable for UID 65532, or it is a script without an interpreter in the image".into()
         }
-        ("CrashLoopBackOff" | "Restarts", _) => {
+        (R::CrashLoopBackOff | R::Restarts, _) => {
             "the container keeps exiting: compare `kubectl logs --previous` of a canary pod with the standard one; distroless lacks a shell, package manager and most tools, and runs as UID 65532 (files it writes need a writable volume)".into()
         }
-        ("OOMKilled", _) => "the container exceeded its memory limit: the canary's limits are the Deployment's; compare its usage with the standard image".into(),
-        ("ErrImagePull" | "ImagePullBackOff", _) => {
+        (R::OOMKilled, _) => "the container exceeded its memory limit: the canary's limits are the Deployment's; compare its usage with the standard image".into(),
+        (R::Other(r), _) if r == "ErrImagePull" || r == "ImagePullBackOff" => {
             "the image cannot be pulled: check the distroless tag exists (e.g. :nonroot) and that the pods' imagePullSecrets reach its registry".into()
         }
-        ("InvalidImageName", _) => "the distroless image reference is not valid: fix spec.containers[].image of the rollout".into(),
-        ("CreateContainerConfigError", _) => "the kubelet cannot create the container from this spec and image (user, volumes, secrets): see the message".into(),
-        ("ReadyTimeout", _) => {
+        (R::Other(r), _) if r == "InvalidImageName" => "the distroless image reference is not valid: fix spec.containers[].image of the rollout".into(),
+        (R::CreateContainerConfigError, _) => "the kubelet cannot create the container from this spec and image (user, volumes, secrets): see the message".into(),
+        (R::ReadyTimeout, _) => {
             "the containers never became ready: an exec readiness probe cannot run without a shell (use httpGet, grpc or tcpSocket), or the application fails to start as UID 65532".into()
         }
-        ("Unschedulable", _) => {
+        (R::Unschedulable, _) => {
             "no node has room for the canary's pods, which come on top of the Deployment's: free capacity, lower the step's weight, or check the pods' requests, node selectors and taints; the image is not at fault".into()
         }
-        ("FailedCreate", _) => "the API server refused the canary's pods (Pod Security Admission or an admission webhook): fix the pod template or the policy, as the message says".into(),
+        (R::FailedCreate, _) => "the API server refused the canary's pods (Pod Security Admission or an admission webhook): fix the pod template or the policy, as the message says".into(),
         _ => String::new(),
     }
 }

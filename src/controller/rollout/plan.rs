@@ -15,7 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::canary::{self, SERVING_GATE};
 use super::classify;
-use crate::api::{CanaryStatus, DistrolessRollout, DistrolessRolloutStatus, Phase, Promotion, RolloutFailure, Step};
+use crate::api::{
+    CanaryStatus, DistrolessRollout, DistrolessRolloutStatus, FailureReason, Phase, Promotion, RolloutFailure, Step,
+};
 
 /// The latest value of a metric gate's query.
 #[derive(Clone, Debug, PartialEq)]
@@ -323,7 +325,7 @@ impl<'a> Planner<'a> {
                                 String::new()
                             }
                         );
-                        self.fail("MetricGate", message);
+                        self.fail(FailureReason::MetricGate, message);
                         return Gates::Failed;
                     }
                     holding.push(format!(
@@ -345,7 +347,7 @@ impl<'a> Planner<'a> {
                             "{} could not be read {errors} times in a row (consecutiveErrorLimit {}): {e}",
                             gate.name, gate.consecutive_error_limit
                         );
-                        self.fail("MetricUnavailable", message);
+                        self.fail(FailureReason::MetricUnavailable, message);
                         return Gates::Failed;
                     }
                     holding.push(format!(
@@ -376,7 +378,7 @@ impl<'a> Planner<'a> {
         &mut self,
         started: Option<&Time>,
         seconds: u32,
-        reason: &str,
+        reason: FailureReason,
         message: impl FnOnce() -> String,
     ) -> bool {
         let Some(started) = started.map(|t| t.0) else {
@@ -441,10 +443,10 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn fail(&mut self, reason: &str, message: String) {
-        let hint = classify::hint(reason, None, &message);
+    fn fail(&mut self, reason: FailureReason, message: String) {
+        let hint = classify::hint(&reason, None, &message);
         self.roll_back(RolloutFailure {
-            reason: reason.into(),
+            reason,
             message,
             hint,
             detected_at: Some(Time(self.o.now)),
@@ -511,7 +513,10 @@ impl<'a> Planner<'a> {
             for c in &spec.containers {
                 match (&c.standard_image, images.get(&c.name)) {
                     (_, None) => {
-                        self.fail("InvalidSpec", format!("the Deployment has no container {:?}", c.name));
+                        self.fail(
+                            FailureReason::InvalidSpec,
+                            format!("the Deployment has no container {:?}", c.name),
+                        );
                         return self.finish();
                     }
                     (Some(s), _) => {
@@ -544,7 +549,10 @@ impl<'a> Planner<'a> {
             return self.finish();
         }
         if verbs.abort {
-            self.fail("Aborted", "the rollout was aborted; back on the standard images".into());
+            self.fail(
+                FailureReason::Aborted,
+                "the rollout was aborted; back on the standard images".into(),
+            );
             return self.finish();
         }
         // Our own promotion patch, even when the status that says so has not
@@ -575,7 +583,7 @@ impl<'a> Planner<'a> {
             match &self.st.preflight {
                 Some(p) if p.retry == verbs.retry && !p.passed => {
                     let message = p.message.clone();
-                    self.fail("PreflightFailed", message);
+                    self.fail(FailureReason::PreflightFailed, message);
                     return self.finish();
                 }
                 Some(p) if p.retry == verbs.retry => {
@@ -713,7 +721,7 @@ impl<'a> Planner<'a> {
             if !verbs.paused {
                 let started = self.st.step_started_at.clone();
                 let deadline = spec.failure.progress_deadline_seconds;
-                self.past_deadline(started.as_ref(), deadline, "ProgressDeadlineExceeded", || {
+                self.past_deadline(started.as_ref(), deadline, FailureReason::ProgressDeadlineExceeded, || {
                     format!(
                         "step {number}: {ready}/{wanted} canary pods ready after {deadline} s (progressDeadlineSeconds)"
                     )
@@ -869,12 +877,17 @@ impl<'a> Planner<'a> {
         // pods themselves are still caught above.
         if !done && self.st.step_ready_at.is_none() {
             let deadline = spec.failure.progress_deadline_seconds;
-            if self.past_deadline(Some(&promoted_at), deadline, "ProgressDeadlineExceeded", || {
-                format!(
-                    "the Deployment's rolling update to the distroless images did not finish within {deadline} s \
+            if self.past_deadline(
+                Some(&promoted_at),
+                deadline,
+                FailureReason::ProgressDeadlineExceeded,
+                || {
+                    format!(
+                        "the Deployment's rolling update to the distroless images did not finish within {deadline} s \
                      (progressDeadlineSeconds): {progress}"
-                )
-            }) {
+                    )
+                },
+            ) {
                 return;
             }
             self.st.message = format!("the Deployment rolls out the distroless images: {progress}");
@@ -952,12 +965,17 @@ impl<'a> Planner<'a> {
         }
         let deadline = failure.git_ops_deadline_seconds;
         let started = self.st.step_started_at.clone();
-        if self.past_deadline(started.as_ref(), deadline, "GitOpsDeadlineExceeded", || {
-            format!(
-                "the Deployment's template did not carry the distroless images within {deadline} s \
+        if self.past_deadline(
+            started.as_ref(),
+            deadline,
+            FailureReason::GitOpsDeadlineExceeded,
+            || {
+                format!(
+                    "the Deployment's template did not carry the distroless images within {deadline} s \
                  (gitOpsDeadlineSeconds) of the hold"
-            )
-        }) {
+                )
+            },
+        ) {
             return;
         }
         let closed: Vec<String> = held
