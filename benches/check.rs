@@ -30,7 +30,8 @@ fn main() {
         objects = loaded.docs.len();
         let mut docs = loaded.docs;
         let started = Instant::now();
-        let report = distroless_guard::offline::check(&mut docs, &policies, jiff::Timestamp::now(), true, None);
+        let report =
+            distroless_guard::manifest::verdicts::check(&mut docs, &policies, jiff::Timestamp::now(), true, None);
         let check = started.elapsed().as_secs_f64();
         judged = report.results.len();
         best_read = best_read.min(read);

@@ -105,9 +105,9 @@ pub fn manifests(data: &[u8]) {
     let (mut docs, _) = crate::manifest::parse_lenient("fuzz.yaml", text);
     let policies = PolicySet::builtin_default();
     let now = jiff::Timestamp::UNIX_EPOCH;
-    let _ = crate::offline::check(&mut docs.clone(), &policies, now, false, None);
-    let fixed = crate::offline::check(&mut docs, &policies, now, true, None);
-    let again = crate::offline::check(&mut docs, &policies, now, false, None);
+    let _ = crate::manifest::verdicts::check(&mut docs.clone(), &policies, now, false, None);
+    let fixed = crate::manifest::verdicts::check(&mut docs, &policies, now, true, None);
+    let again = crate::manifest::verdicts::check(&mut docs, &policies, now, false, None);
     for (a, b) in fixed.results.iter().zip(&again.results) {
         assert_eq!(a.allowed, b.allowed, "a fixed object's verdict is stable: {}", a.source);
     }
@@ -136,7 +136,7 @@ pub fn policy(data: &[u8]) {
             raw: 0,
             changed: false,
         }];
-        let _ = crate::offline::check(&mut docs, &set, jiff::Timestamp::UNIX_EPOCH, true, None);
+        let _ = crate::manifest::verdicts::check(&mut docs, &set, jiff::Timestamp::UNIX_EPOCH, true, None);
     }
 }
 

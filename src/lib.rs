@@ -6,7 +6,7 @@
 //! `image::report`) ← `admission` (uses `image` to read registries) ←
 //! `webhook` (the HTTPS server) and `controller` ← `operator` (owns every
 //! task of `run`) ← `cli` (clap, output, exit codes; nothing imports it).
-//! `manifest` and `offline` serve `check`; `metrics` and `telemetry` are
+//! `manifest` (reading, and its `verdicts`) serves `check`; `metrics` and `telemetry` are
 //! leaves.
 
 // Items are crate-private unless the library's users need them.
@@ -23,7 +23,6 @@ mod inventory;
 mod kubectl;
 pub mod manifest;
 mod metrics;
-pub mod offline;
 pub mod operator;
 pub mod policy;
 mod telemetry;

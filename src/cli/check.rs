@@ -11,8 +11,8 @@ use json_patch::PatchOperation;
 
 use super::{ImageArgs, OutputFormat};
 use crate::api::Action;
+use crate::manifest::verdicts::{self, Report};
 use crate::manifest::{self, Document};
-use crate::offline::{self, Report};
 use crate::policy::ImageFacts;
 
 #[derive(Args, Debug)]
@@ -89,10 +89,10 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
     let mut docs = loaded.docs;
     let raw = loaded.raw;
     let facts = match args.images.inspector_config()? {
-        Some(config) => Some(gather_images(config, offline::inspection_plans(&docs, &policies))?),
+        Some(config) => Some(gather_images(config, verdicts::inspection_plans(&docs, &policies))?),
         None => None,
     };
-    let mut report = offline::check(&mut docs, &policies, jiff::Timestamp::now(), args.fix, facts.as_ref());
+    let mut report = verdicts::check(&mut docs, &policies, jiff::Timestamp::now(), args.fix, facts.as_ref());
     report.unreadable.splice(0..0, loaded.problems);
     let mut stdout = std::io::stdout().lock();
     let mut unsafe_fixes = Vec::new();

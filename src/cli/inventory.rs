@@ -61,7 +61,7 @@ pub(super) fn run(args: &InventoryArgs) -> anyhow::Result<bool> {
         }
     }
     super::check::report_unreadable(&problems, false)?;
-    let namespaces = crate::offline::namespace_labels(&docs);
+    let namespaces = crate::manifest::verdicts::namespace_labels(&docs);
     let facts = match args.images.inspector_config()? {
         Some(config) => {
             let runtime = crate::telemetry::runtime().context("cannot start the async runtime")?;

@@ -17,12 +17,12 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::FIELD_MANAGER;
-use super::audit;
+use super::audit_summary;
+use super::cluster_view::ClusterView;
 use super::events::{EventLog, EventQueue, PendingEvent};
 use super::images::ImageKnowledge;
-use super::reports;
+use super::policy_reports;
 use super::status::{self, Finding};
-use super::view::ClusterView;
 use crate::api::{AuditSummary, DistrolessPolicy, DistrolessPolicyStatus};
 use crate::metrics::Metrics;
 
@@ -48,7 +48,7 @@ pub(crate) struct Derived {
     /// Workloads per namespace and migration state (for the metrics).
     pub migration: Vec<(String, crate::inventory::Counts)>,
     /// The PolicyReports (per namespace) and the ClusterPolicyReport, when on.
-    pub reports: Option<reports::Desired>,
+    pub reports: Option<policy_reports::Desired>,
 }
 
 pub(crate) struct Auditor {
@@ -74,7 +74,7 @@ pub(crate) struct Auditor {
     /// Namespace (`""` for the ClusterPolicyReport) -> fingerprint of the report
     /// this term wrote (`None`: one of ours found in the cluster, content
     /// unknown); `None` until the first write of a term has listed them.
-    written_reports: Option<HashMap<String, Option<reports::Fingerprint>>>,
+    written_reports: Option<HashMap<String, Option<policy_reports::Fingerprint>>>,
 }
 
 impl Auditor {
@@ -220,7 +220,7 @@ impl Auditor {
                 set.policies()
                     .iter()
                     .map(|compiled| {
-                        let (mut summary, violating, _) = audit::summarize(
+                        let (mut summary, violating, _) = audit_summary::summarize(
                             compiled,
                             workloads.values().map(|o| &**o),
                             namespaces,
@@ -270,7 +270,7 @@ impl Auditor {
         let facts = self.images.as_ref().map(|k| k.facts());
         let with_reports = self.reports.clone();
         let written = self.written_reports.as_ref();
-        let already = |namespace: &str, print: &reports::Fingerprint| {
+        let already = |namespace: &str, print: &policy_reports::Fingerprint| {
             written.and_then(|w| w.get(namespace)) == Some(&Some(*print))
         };
         self.view.with_workloads(|workloads, namespaces| {
@@ -286,7 +286,7 @@ impl Auditor {
                     .policies()
                     .iter()
                     .map(|compiled| {
-                        let (_, violating, compliant) = audit::summarize(
+                        let (_, violating, compliant) = audit_summary::summarize(
                             compiled,
                             workloads.values().map(|o| &**o),
                             namespaces,
@@ -296,15 +296,15 @@ impl Auditor {
                         (compiled, violating, compliant)
                     })
                     .collect();
-                let views: Vec<reports::PolicyOutcome<'_>> = outcomes
+                let views: Vec<policy_reports::PolicyOutcome<'_>> = outcomes
                     .iter()
-                    .map(|(c, violating, compliant)| reports::PolicyOutcome {
+                    .map(|(c, violating, compliant)| policy_reports::PolicyOutcome {
                         policy: &c.name,
                         violating,
                         compliant,
                     })
                     .collect();
-                reports::build(&report_name, &views, now, already)
+                policy_reports::build(&report_name, &views, now, already)
             });
             Derived { migration, reports }
         })
@@ -360,15 +360,18 @@ impl Auditor {
 
     /// Applies the reports that changed and deletes ours that are no longer
     /// wanted (a namespace without audited workloads any more).
-    async fn write_reports(&mut self, desired: reports::Desired) -> bool {
-        let name = self.reports.clone().unwrap_or_else(|| reports::REPORT_NAME.to_string());
+    async fn write_reports(&mut self, desired: policy_reports::Desired) -> bool {
+        let name = self
+            .reports
+            .clone()
+            .unwrap_or_else(|| policy_reports::REPORT_NAME.to_string());
         let gvk = |kind: &str| GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", kind);
         let report = ApiResource::from_gvk_with_plural(&gvk("PolicyReport"), "policyreports");
         let cluster_report = ApiResource::from_gvk_with_plural(&gvk("ClusterPolicyReport"), "clusterpolicyreports");
         let mut ok = true;
         if self.written_reports.is_none() {
             // First write of this term: whatever reports of ours exist are candidates for deletion.
-            let selector = format!("{}={}", reports::MANAGED_BY.0, reports::MANAGED_BY.1);
+            let selector = format!("{}={}", policy_reports::MANAGED_BY.0, policy_reports::MANAGED_BY.1);
             let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &report);
             let ours = ListParams::default()
                 .labels(&selector)

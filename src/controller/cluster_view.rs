@@ -12,7 +12,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 
-use super::audit::AuditObject;
+use super::audit_summary::AuditObject;
 use crate::admission::{NamespaceLabels, Owners};
 use crate::api::DistrolessPolicy;
 use crate::policy::{Owner, Workload, WorkloadKind, namespace_name_labels};

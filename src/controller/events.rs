@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 
-use super::audit::Violating;
+use super::audit_summary::Violating;
 
 /// (policy, workload uid).
 type Subject = (String, String);
@@ -239,7 +239,7 @@ fn truncate(mut note: String) -> String {
 mod tests {
     use super::*;
     use crate::api::{Action, RuleId};
-    use crate::controller::audit::AuditObject;
+    use crate::controller::audit_summary::AuditObject;
     use crate::policy::{Violation, Workload};
     use serde_json::json;
 

@@ -14,8 +14,8 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use super::cluster_view::ClusterView;
 use super::status;
-use super::view::ClusterView;
 use crate::admission::PullSecrets;
 use crate::image::{Inspector, Platform};
 use crate::policy::{self, ImageFacts, ImageStatus};
@@ -87,7 +87,7 @@ fn wanted(view: &ClusterView, timeout: Duration) -> Vec<Wanted> {
     view.with_workloads(|workloads, namespaces| {
         for object in workloads.values().map(|o| &**o).filter(|o| !o.controlled) {
             let namespace = object.namespace();
-            let labels = super::audit::labels_of(namespaces, namespace);
+            let labels = super::audit_summary::labels_of(namespaces, namespace);
             let subject = object.subject(&labels, None);
             let Some(plan) = policy::inspection_plan(&set, &subject) else {
                 continue;

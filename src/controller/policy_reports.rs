@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::audit::{AuditObject, Violating};
+use super::audit_summary::{AuditObject, Violating};
 use crate::api::{Action, RuleId};
 use crate::policy::Violation;
 

@@ -22,8 +22,8 @@ use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info_span, warn};
 
-use super::audit::AuditObject;
-use super::view::{ClusterView, Key};
+use super::audit_summary::AuditObject;
+use super::cluster_view::{ClusterView, Key};
 use crate::api::DistrolessPolicy;
 use crate::policy::workload::SpecShape;
 use crate::policy::{ObjectShape, PolicySet, WorkloadKind};
@@ -215,7 +215,7 @@ fn key(kind: WorkloadKind, obj: &WatchedWorkload) -> Key {
 
 struct Workloads {
     kind: WorkloadKind,
-    fresh: super::view::Workloads,
+    fresh: super::cluster_view::Workloads,
     labels: LabelSets,
 }
 

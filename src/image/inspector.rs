@@ -14,11 +14,11 @@ use tracing::{Instrument, debug, info_span};
 
 use super::cache::{self, Bounded};
 use super::credentials::Credentials;
+use super::filesystem::MergedView;
 use super::flight::Flights;
 use super::layer::{LayerFacts, LayerLimits};
-use super::manifest::{self, BASE_NAME, Descriptor, ManifestDoc, RunConfig, user_uid};
+use super::oci::{self, BASE_NAME, Descriptor, ManifestDoc, RunConfig, user_uid};
 use super::registry::{self, Auth, Session};
-use super::view::MergedView;
 use super::{Evidence, ImageError, ImageReport, Platform, reference};
 
 /// How the inspector reaches registries and what it allows.
@@ -335,7 +335,7 @@ impl Inspector {
                 .inspect_manifest(image, reference, session, digest, manifest, None)
                 .await?;
             if let Platform::One(want) = platform
-                && !manifest::platform_matches(&report.platform, want)
+                && !oci::platform_matches(&report.platform, want)
                 && report.platform != "/"
             {
                 return Err(ImageError::NoPlatform {
@@ -347,7 +347,7 @@ impl Inspector {
             return Ok(vec![report]);
         }
         let entries: Vec<Descriptor> = manifest.manifests.unwrap_or_default();
-        let chosen = manifest::choose_platforms(&entries, platform).map_err(|available| ImageError::NoPlatform {
+        let chosen = oci::choose_platforms(&entries, platform).map_err(|available| ImageError::NoPlatform {
             image: image.into(),
             platform: match platform {
                 Platform::One(p) => p.clone(),
@@ -356,10 +356,10 @@ impl Inspector {
             available,
         })?;
         let mut reports = Vec::new();
-        for entry in chosen.into_iter().filter(|d| manifest::is_image_manifest(d)) {
+        for entry in chosen.into_iter().filter(|d| oci::is_image_manifest(d)) {
             let platform_ref = reference.clone_with_digest(entry.digest.clone());
             let (platform_manifest, _) = self.fetch_manifest(image, &platform_ref, session).await?;
-            let name = entry.platform.as_ref().map(manifest::PlatformSpec::name);
+            let name = entry.platform.as_ref().map(oci::PlatformSpec::name);
             reports.push(
                 self.inspect_manifest(image, reference, session, &entry.digest, platform_manifest, name)
                     .await?,

@@ -4,14 +4,14 @@
 mod cache;
 pub(crate) mod catalog;
 pub mod credentials;
+pub(crate) mod filesystem;
 mod flight;
 mod inspector;
 mod layer;
-mod manifest;
+mod oci;
 pub(crate) mod reference;
 mod registry;
 pub mod report;
-pub(crate) mod view;
 
 pub use catalog::{PACKAGE_MANAGERS, SHELL_NAMES};
 pub use inspector::{ClientError, Inspector, InspectorConfig, Reports, install_crypto_provider};

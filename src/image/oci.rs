@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use super::filesystem::uid_in_passwd;
 use super::report::Platform;
-use super::view::uid_in_passwd;
 
 pub(super) const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(super) const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";

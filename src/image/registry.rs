@@ -13,7 +13,7 @@ use oci_spec::distribution::Reference;
 
 use super::ImageError;
 use super::layer::{self, LayerFacts, LayerLimits};
-use super::manifest::{ACCEPTED, ConfigDoc, Descriptor, ManifestDoc};
+use super::oci::{ACCEPTED, ConfigDoc, Descriptor, ManifestDoc};
 
 /// The HTTP client (manifests and blobs, each read under its limit, and the
 /// token exchange), and the grants obtained so far for every set of

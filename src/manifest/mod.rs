@@ -1,5 +1,8 @@
 //! Reading manifests: files, directories (recursively), or stdin; multi-document
 //! YAML, JSON and `kind: List`. Parse errors name the file and the line.
+//! [`verdicts`] judges what was read, as `check` does.
+
+pub mod verdicts;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

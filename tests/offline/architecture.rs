@@ -152,15 +152,7 @@ fn modules_depend_one_way_and_nothing_imports_the_cli() {
     );
     below(
         "policy",
-        &[
-            "admission",
-            "webhook",
-            "controller",
-            "operator",
-            "cli",
-            "manifest",
-            "offline",
-        ],
+        &["admission", "webhook", "controller", "operator", "cli", "manifest"],
     );
     below(
         "image",

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::support::psa;
 use distroless_guard::api::{DistrolessPolicy, RuleId};
+use distroless_guard::manifest::verdicts as check;
 use distroless_guard::manifest::{self, Document};
-use distroless_guard::offline as check;
 use distroless_guard::policy::PolicySet;
 use serde_json::Value;
 
