@@ -274,12 +274,19 @@ impl Paint {
 
 /// A patch operation for people: `set spec.securityContext = {"runAsNonRoot":true}`.
 fn describe_op(op: &PatchOperation) -> String {
-    let path = op
-        .path()
-        .tokens()
-        .map(|t| t.decoded().into_owned())
-        .collect::<Vec<_>>()
-        .join(".");
+    // As the violations' paths read: `spec.nodeSets[0].podTemplate.spec`.
+    let mut path = String::new();
+    for token in op.path().tokens() {
+        let token = token.decoded();
+        if !path.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) {
+            path.push_str(&format!("[{token}]"));
+        } else {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&token);
+        }
+    }
     match op {
         PatchOperation::Add(a) => format!("set {path} = {}", a.value),
         PatchOperation::Replace(r) => format!("replace {path} with {}", r.value),
@@ -300,7 +307,12 @@ fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             paint.wrap("1;33", "!")
         };
         let name = if r.name.is_empty() { "(no name)" } else { &r.name };
-        writeln!(out, "{mark} {} {}/{name}  ({})", r.kind, r.namespace, r.source)?;
+        let at = r
+            .pod_spec_path
+            .as_deref()
+            .map(|p| format!(" at {p}"))
+            .unwrap_or_default();
+        writeln!(out, "{mark} {} {}/{name}{at}  ({})", r.kind, r.namespace, r.source)?;
         for v in &r.violations {
             *counts.entry(v.action).or_default() += 1;
             writeln!(

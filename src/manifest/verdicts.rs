@@ -30,6 +30,10 @@ pub struct ObjectResult {
     pub mutations: Vec<PatchOperation>,
     /// `file:line` of the object.
     pub source: String,
+    /// Where the pod spec was found in an object of a kind without a built-in
+    /// one (a custom resource: `spec.workerGroupSpecs[0].template.spec`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_spec_path: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -85,18 +89,160 @@ fn placement(
     (namespace, labels)
 }
 
-/// What image inspection `check --inspect-images` must do first, one plan per workload.
+/// A pod spec in an object: a workload kind's own, or one found inside an
+/// object of another kind (a custom resource).
+struct Found {
+    workload: Workload,
+    /// For a found one: its JSON pointer and its field path for people.
+    embedded: Option<(String, String)>,
+}
+
+/// The pod specs an object carries: a workload's own, else every one found
+/// inside it ([`embedded_pod_specs`]), each read as a Pod's; an object of a
+/// workload kind whose fields do not read is a problem.
+fn pod_specs(doc: &Document) -> Result<Vec<Found>, Problem> {
+    match Workload::from_value(&doc.value) {
+        Ok(Some(workload)) => Ok(vec![Found {
+            workload,
+            embedded: None,
+        }]),
+        Err(e) => Err(invalid(doc, &e)),
+        Ok(None) => embedded_pod_specs(&doc.value)
+            .into_iter()
+            .map(|(pointer, path)| {
+                let workload = embedded_workload(&doc.value, &pointer).map_err(|e| {
+                    Problem::new(
+                        &doc.source,
+                        Some(doc.line),
+                        ProblemKind::Invalid,
+                        format!("the pod spec at {path} does not read as one: {}", e.source),
+                    )
+                })?;
+                Ok(Found {
+                    workload,
+                    embedded: Some((pointer, path)),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The pod spec at `pointer` of an object, as a Pod with the object's name,
+/// namespace and labels.
+fn embedded_workload(object: &Value, pointer: &str) -> Result<Workload, policy::ExtractError> {
+    let meta = |field: &str| {
+        object
+            .pointer(&format!("/metadata/{field}"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": meta("name"), "namespace": meta("namespace"), "labels": meta("labels")},
+        "spec": object.pointer(pointer).cloned().unwrap_or(Value::Null),
+    });
+    Workload::from_value(&pod).map(|w| w.expect("a v1 Pod is a workload"))
+}
+
+/// The most pod specs looked for in one object, and how deep.
+const MAX_EMBEDDED: usize = 64;
+const MAX_DEPTH: usize = 32;
+
+/// Pod specs inside an object of a kind without a built-in one (Argo
+/// Rollouts, JobSets, Ray clusters, Knative Services, ECK, operators' own
+/// kinds): every mapping whose `containers` is a list of named containers,
+/// with an image or under a `spec` key (ECK leaves images to its operator).
+/// As (JSON pointer, field path) pairs; nothing below a pod spec is searched.
+fn embedded_pod_specs(object: &Value) -> Vec<(String, String)> {
+    fn is_pod_spec(map: &serde_json::Map<String, Value>, key: &str) -> bool {
+        let Some(containers) = map.get("containers").and_then(Value::as_array) else {
+            return false;
+        };
+        let named = |c: &Value| c.get("name").is_some_and(Value::is_string);
+        !containers.is_empty()
+            && containers.iter().all(named)
+            && (key == "spec" || containers.iter().any(|c| c.get("image").is_some_and(Value::is_string)))
+    }
+    fn walk(value: &Value, key: &str, pointer: String, path: String, depth: usize, out: &mut Vec<(String, String)>) {
+        if depth > MAX_DEPTH || out.len() >= MAX_EMBEDDED {
+            return;
+        }
+        match value {
+            Value::Object(map) if is_pod_spec(map, key) => out.push((pointer, path)),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let escaped = k.replace('~', "~0").replace('/', "~1");
+                    walk(
+                        v,
+                        k,
+                        format!("{pointer}/{escaped}"),
+                        format!("{path}.{k}"),
+                        depth + 1,
+                        out,
+                    );
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, key, format!("{pointer}/{i}"), format!("{path}[{i}]"), depth + 1, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if object.get("apiVersion").is_none() {
+        return out;
+    }
+    for (k, v) in object.as_object().into_iter().flatten() {
+        if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
+            walk(
+                v,
+                k,
+                format!("/{}", k.replace('~', "~0").replace('/', "~1")),
+                k.clone(),
+                1,
+                &mut out,
+            );
+        }
+    }
+    out
+}
+
+/// A Pod's field path (`spec.containers[0]...`) where its spec was found.
+fn rebase_path(path: &str, to: &str) -> String {
+    match path.strip_prefix("spec") {
+        Some(rest) if rest.is_empty() || rest.starts_with(['.', '[']) => format!("{to}{rest}"),
+        _ => path.to_string(),
+    }
+}
+
+/// A Pod's patch (`/spec/...`) applied where its spec was found.
+fn rebase_ops(ops: Vec<PatchOperation>, to: &str) -> Vec<PatchOperation> {
+    let mut json = serde_json::to_value(&ops).expect("patch operations serialize");
+    for op in json.as_array_mut().into_iter().flatten() {
+        for field in ["path", "from"] {
+            if let Some(Value::String(p)) = op.get_mut(field)
+                && let Some(rest) = p.strip_prefix("/spec")
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                *p = format!("{to}{rest}");
+            }
+        }
+    }
+    serde_json::from_value(json).expect("rebased operations read back")
+}
+
+/// What image inspection `check --inspect-images` must do first, one plan per pod spec.
 /// Objects that do not read are left to [`check`] to report.
 pub fn inspection_plans(docs: &[Document], policies: &PolicySet) -> Vec<InspectionPlan> {
     let namespaces = namespace_labels(docs);
     let mut plans = Vec::new();
-    for doc in docs {
-        let Ok(Some(workload)) = Workload::from_value(&doc.value) else {
-            continue;
-        };
-        let (namespace, labels) = placement(&workload, &namespaces);
+    for found in docs.iter().filter_map(|d| pod_specs(d).ok()).flatten() {
+        let (namespace, labels) = placement(&found.workload, &namespaces);
         let subject = Subject {
-            workload: &workload,
+            workload: &found.workload,
             namespace: &namespace,
             namespace_labels: &labels,
             scope: Scope::Full,
@@ -107,7 +253,9 @@ pub fn inspection_plans(docs: &[Document], policies: &PolicySet) -> Vec<Inspecti
     plans
 }
 
-/// Evaluates every workload in `docs`; other kinds are skipped. With `fix`,
+/// Evaluates every pod spec in `docs`: those of the workload kinds, and those
+/// found inside objects of other kinds (custom resources), each a result
+/// naming where it was found; objects without one are skipped. With `fix`,
 /// the documents are mutated in place and the verdict is on the fixed object.
 /// `images` holds what image inspection found, when it ran.
 pub fn check(
@@ -121,57 +269,80 @@ pub fn check(
     let mut report = Report::default();
     for doc in docs.iter_mut() {
         let location = doc.location();
-        let mut workload = match Workload::from_value(&doc.value) {
-            Ok(Some(workload)) => workload,
-            Ok(None) => continue,
-            Err(e) => {
-                report.unreadable.push(invalid(doc, &e));
+        let found = match pod_specs(doc) {
+            Ok(found) => found,
+            Err(problem) => {
+                report.unreadable.push(problem);
                 continue;
             }
         };
-        let (namespace, ns_labels) = placement(&workload, &namespaces);
-        let judge = |w: &Workload| {
-            let subject = Subject {
-                workload: w,
-                namespace: &namespace,
-                namespace_labels: &ns_labels,
-                scope: Scope::Full,
-                images,
+        for Found { mut workload, embedded } in found {
+            let (namespace, ns_labels) = placement(&workload, &namespaces);
+            let judge = |w: &Workload| {
+                let subject = Subject {
+                    workload: w,
+                    namespace: &namespace,
+                    namespace_labels: &ns_labels,
+                    scope: Scope::Full,
+                    images,
+                };
+                policy::evaluate(policies, &subject, now)
             };
-            policy::evaluate(policies, &subject, now)
-        };
-        let mut verdict = judge(&workload);
-        let mutations = verdict.mutation_patch(&workload);
-        if fix && !mutations.is_empty() {
-            let mut fixed = doc.value.clone();
-            match json_patch::patch(&mut fixed, &mutations) {
-                // The patch was computed from this very document; failing to apply it is a bug.
-                Err(e) => tracing::error!(error = %e, %location, "mutation patch does not apply to its own document"),
-                Ok(()) => {
-                    doc.value = fixed;
-                    doc.changed = true;
-                    if let Ok(Some(w)) = Workload::from_value(&doc.value) {
-                        workload = w;
-                        verdict = judge(&workload);
+            let reread = |value: &Value| match &embedded {
+                None => Workload::from_value(value).ok().flatten(),
+                Some((pointer, _)) => embedded_workload(value, pointer).ok(),
+            };
+            let mut verdict = judge(&workload);
+            let mut mutations = verdict.mutation_patch(&workload);
+            if let Some((pointer, _)) = &embedded {
+                mutations = rebase_ops(mutations, pointer);
+            }
+            if fix && !mutations.is_empty() {
+                let mut fixed = doc.value.clone();
+                match json_patch::patch(&mut fixed, &mutations) {
+                    // The patch was computed from this very document; failing to apply it is a bug.
+                    Err(e) => {
+                        tracing::error!(error = %e, %location, "mutation patch does not apply to its own document");
+                    }
+                    Ok(()) => {
+                        doc.value = fixed;
+                        doc.changed = true;
+                        if let Some(w) = reread(&doc.value) {
+                            workload = w;
+                            verdict = judge(&workload);
+                        }
                     }
                 }
             }
+            let allowed = verdict.allowed();
+            let mut violations = verdict.violations;
+            if let Some((_, path)) = &embedded {
+                for v in &mut violations {
+                    v.path = rebase_path(&v.path, path);
+                }
+            }
+            let field = |name: &str| {
+                doc.value
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            report.results.push(ObjectResult {
+                api_version: field("apiVersion"),
+                kind: match embedded {
+                    None => workload.kind.to_string(),
+                    Some(_) => field("kind"),
+                },
+                namespace,
+                name: workload.name.clone(),
+                allowed,
+                violations,
+                mutations: if fix { Vec::new() } else { mutations },
+                source: location.clone(),
+                pod_spec_path: embedded.map(|(_, path)| path),
+            });
         }
-        report.results.push(ObjectResult {
-            api_version: doc
-                .value
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            kind: workload.kind.to_string(),
-            namespace,
-            name: workload.name.clone(),
-            allowed: verdict.allowed(),
-            violations: verdict.violations,
-            mutations: if fix { Vec::new() } else { mutations },
-            source: location,
-        });
     }
     report
 }

@@ -10,6 +10,7 @@ mod support {
 
 mod architecture;
 mod check_cli;
+mod check_custom_resources;
 mod check_input;
 mod conformance_psa;
 mod crd;
