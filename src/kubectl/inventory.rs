@@ -36,7 +36,10 @@ pub(crate) async fn gather(
             .await
             .map_err(|e| describe(e, &ar.plural, namespace.unwrap_or("(all)")))?;
         for object in list.items {
-            let mut value = serde_json::to_value(&object).map_err(|e| Error::Api(e.to_string()))?;
+            let mut value = serde_json::to_value(&object).map_err(|source| Error::Shape {
+                what: "a workload".into(),
+                source,
+            })?;
             value["apiVersion"] = serde_json::Value::String(ar.api_version.clone());
             value["kind"] = serde_json::Value::String(ar.kind.clone());
             if let Ok(Some(w)) = Workload::from_value(&value) {

@@ -214,7 +214,11 @@ pub(crate) async fn wait(
                     }
                 }
                 Some(Err(_)) => {} // the watcher backs off and retries
-                None => return Err(Error::Api(format!("the watch of rollout {name} ended"))),
+                None => {
+                    return Err(Error::WatchEnded {
+                        what: format!("rollout {name}"),
+                    });
+                }
             }
         }
     }
@@ -242,7 +246,7 @@ pub(crate) async fn undo(client: &kube::Client, namespace: &str, name: &str, tim
         match wait(client, namespace, name, timeout, |_| {}).await? {
             Outcome::RolledBack => {}
             other => {
-                return Err(Error::Api(format!(
+                return Err(Error::TimedOut(format!(
                     "rollout {name} did not roll back within {} s ({other:?}); it is left aborted",
                     timeout.as_secs()
                 )));
@@ -262,7 +266,7 @@ pub(crate) async fn undo(client: &kube::Client, namespace: &str, name: &str, tim
         .is_some()
     {
         if start.elapsed() > timeout {
-            return Err(Error::Api(format!(
+            return Err(Error::TimedOut(format!(
                 "rollout {name} is still being deleted after {} s",
                 timeout.as_secs()
             )));

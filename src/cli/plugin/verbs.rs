@@ -10,7 +10,7 @@ use super::super::inventory;
 use super::args::{DataFormat, DebugArgs, ExplainArgs, Global, PluginInventoryArgs, ProfileArg, RolloutVerb};
 use crate::kubectl::{Error, debug, explain, rollout};
 
-pub(super) fn print_data<T: serde::Serialize>(value: &T, format: DataFormat) -> anyhow::Result<()> {
+fn print_data<T: serde::Serialize>(value: &T, format: DataFormat) -> anyhow::Result<()> {
     match format {
         DataFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
         DataFormat::Yaml => print!("{}", serde_saphyr::to_string(value)?),
@@ -20,10 +20,10 @@ pub(super) fn print_data<T: serde::Serialize>(value: &T, format: DataFormat) -> 
 }
 
 /// An error of ours with the server it concerned, when it is about reaching it.
-pub(super) fn with_server(e: Error, server: &str) -> anyhow::Error {
+fn with_server(e: Error, server: &str) -> anyhow::Error {
     match e {
-        Error::Unreachable(m) => {
-            anyhow::anyhow!("{m} (server {server}); is the cluster up and the kubeconfig current?")
+        e @ Error::Unreachable { .. } => {
+            anyhow::anyhow!("{e} (server {server}); is the cluster up and the kubeconfig current?")
         }
         other => anyhow::Error::new(other),
     }

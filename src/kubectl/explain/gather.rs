@@ -51,7 +51,10 @@ pub(super) async fn gather(client: &kube::Client, namespace: &str, kind: &str, n
         .get(name)
         .await
         .map_err(|e| describe(e, &format!("{} {name:?}", kind.to_ascii_lowercase()), namespace))?;
-    let mut object = serde_json::to_value(&object).map_err(|e| Error::Api(e.to_string()))?;
+    let mut object = serde_json::to_value(&object).map_err(|source| Error::Shape {
+        what: format!("{} {name:?}", kind.to_ascii_lowercase()),
+        source,
+    })?;
     object["apiVersion"] = Value::String(ar.api_version.clone());
     object["kind"] = Value::String(kind.to_string());
 
@@ -124,7 +127,7 @@ pub(super) async fn gather(client: &kube::Client, namespace: &str, kind: &str, n
         {
             Ok(list) => Ok(list.items),
             Err(e) => match describe(e, "distrolessrollouts", namespace) {
-                Error::NoCrd(_) => Ok(Vec::new()),
+                Error::NoCrd { .. } => Ok(Vec::new()),
                 e => Err(e),
             },
         }

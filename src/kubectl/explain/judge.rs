@@ -68,7 +68,10 @@ pub(super) fn rules(
     now: jiff::Timestamp,
 ) -> Result<(Vec<String>, Vec<RuleFinding>), Error> {
     let workload = Workload::from_value(object)
-        .map_err(|e| Error::Api(format!("the object cannot be read as a workload: {e}")))?
+        .map_err(|source| Error::NotAWorkload {
+            what: "the object".into(),
+            source,
+        })?
         .ok_or_else(|| Error::Usage("not a workload with a pod template".into()))?;
     let subject = Subject {
         workload: &workload,
@@ -286,7 +289,9 @@ mod tests {
                 event("other", "ReplicaSet", "not ours", "Warning"),
                 event("rs-1", "ReplicaSet", "scaled", "Normal"),
             ]),
-            rollouts: Err(Error::Forbidden("forbidden: distrolessrollouts".into())),
+            rollouts: Err(Error::Forbidden {
+                message: "distrolessrollouts".into(),
+            }),
         }
     }
 
