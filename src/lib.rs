@@ -16,6 +16,7 @@ pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod controller;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod image;

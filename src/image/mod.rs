@@ -18,7 +18,7 @@ pub use inspector::{ClientError, Inspector, InspectorConfig, Reports, install_cr
 pub use layer::{LayerError, LayerFacts, LayerLimits};
 
 /// Scans a layer blob as the inspector does (for the fuzz targets).
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub fn scan_layer(blob: &[u8], limits: LayerLimits) -> Result<LayerFacts, LayerError> {
     layer::scan(blob, limits)
 }
