@@ -135,6 +135,7 @@ pub fn policy(data: &[u8]) {
             value: pod,
             raw: 0,
             changed: false,
+            fixes: Vec::new(),
         }];
         let _ = crate::manifest::verdicts::check(&mut docs, &set, jiff::Timestamp::UNIX_EPOCH, true, None);
     }

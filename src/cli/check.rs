@@ -212,7 +212,12 @@ fn write_fixed(
             last_source = Some(&r.source);
         }
         match mine.iter().any(|d| d.changed).then(|| fixed_text(r, mine)) {
-            Some(Some(yaml)) => out.write_all(yaml.as_bytes())?,
+            Some(Some(yaml)) => {
+                out.write_all(yaml.as_bytes())?;
+                if !yaml.ends_with('\n') {
+                    writeln!(out)?;
+                }
+            }
             unchanged_or_unsafe => {
                 // A fix that cannot be written back exactly fails the run:
                 // the verdicts are of the fixed objects, not of this text.
@@ -229,9 +234,24 @@ fn write_fixed(
     Ok(())
 }
 
-/// The YAML of a changed document (a `List` with its items replaced), if
-/// it can be written and reads back as what was meant.
+/// The YAML of a changed document, if it can be written and reads back as
+/// what was meant: the original text with the fixes as their own lines
+/// ([`manifest::edit`]) where they can be placed, else printed from the
+/// fixed object (a `List` with its items replaced).
 fn fixed_text(r: &manifest::RawDocument, docs: &[&Document]) -> Option<String> {
+    let reads_as = |yaml: &str, value: &serde_json::Value| {
+        serde_saphyr::from_str_with_options::<serde_json::Value>(yaml, manifest::yaml_options())
+            .ok()
+            .as_ref()
+            == Some(value)
+    };
+    if let [doc] = docs
+        && !r.list
+        && let Some(edited) = manifest::edit::apply(&r.text, &doc.fixes)
+        && reads_as(&edited, &doc.value)
+    {
+        return Some(edited);
+    }
     let value = if r.list {
         let mut list: serde_json::Value =
             serde_saphyr::from_str_with_options(&r.text, manifest::yaml_options()).ok()?;

@@ -2,6 +2,7 @@
 //! YAML, JSON and `kind: List`. Parse errors name the file and the line.
 //! [`verdicts`] judges what was read, as `check` does.
 
+pub(crate) mod edit;
 pub mod verdicts;
 
 use std::io::Read;
@@ -21,6 +22,8 @@ pub struct Document {
     pub raw: usize,
     /// Whether `--fix` changed `value`.
     pub changed: bool,
+    /// What `--fix` applied to `value`, in order (for [`edit`]).
+    pub fixes: Vec<json_patch::PatchOperation>,
 }
 
 /// One YAML document as written, whatever it holds (an object, a `List`, a
@@ -715,6 +718,7 @@ fn parse_with_raw(source: &str, text: &str, first_raw: usize) -> (Vec<Document>,
                 value: item.clone(),
                 raw,
                 changed: false,
+                fixes: Vec::new(),
             }));
         } else {
             docs.push(Document {
@@ -723,6 +727,7 @@ fn parse_with_raw(source: &str, text: &str, first_raw: usize) -> (Vec<Document>,
                 value,
                 raw,
                 changed: false,
+                fixes: Vec::new(),
             });
         }
     }

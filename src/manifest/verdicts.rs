@@ -307,6 +307,7 @@ pub fn check(
                     Ok(()) => {
                         doc.value = fixed;
                         doc.changed = true;
+                        doc.fixes.extend(mutations.iter().cloned());
                         if let Some(w) = reread(&doc.value) {
                             workload = w;
                             verdict = judge(&workload);
