@@ -9,12 +9,15 @@
 //!   and Debian packages, without Docker, pushed to a plain-HTTP registry.
 //! - `crds`: regenerate `crds/` and the chart's `crds/` from the Rust types.
 //! - `fuzz [--seconds N] [TARGET...]`: a fuzzing campaign over `fuzz/`'s targets.
+//! - `mutants [--in-diff REV] [-f FILE...]`: mutation testing of the pure cores
+//!   with cargo-mutants (`.cargo/mutants.toml` says what and how).
 //! - `peers [NAME...]`: build the Kyverno CLI, syft and trivy into the cache for
 //!   `cargo bench --bench peers` (never in CI).
 
 mod cluster;
 mod fuzz;
 mod image;
+mod mutants;
 mod peers;
 mod test;
 
@@ -72,6 +75,16 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
         targets: Vec<String>,
+    },
+    /// Mutation testing of the pure cores with cargo-mutants (installed when missing);
+    /// prints a RESULT line and fails when a mutant is missed.
+    Mutants {
+        /// Only the mutants on lines changed since this revision (e.g. HEAD~1).
+        #[arg(long)]
+        in_diff: Option<String>,
+        /// Only these files (else the examine_globs of .cargo/mutants.toml).
+        #[arg(short = 'f', long = "file")]
+        files: Vec<String>,
     },
     /// Build the peers `cargo bench --bench peers` compares with (the Kyverno CLI,
     /// syft, trivy) from their Go modules into the cache (about 35 minutes, once).
@@ -183,6 +196,7 @@ fn main() -> ExitCode {
         } => image::run(&registry, &repository, &tag, binary),
         Task::Crds => crds(),
         Task::Fuzz { seconds, targets } => fuzz::campaign(seconds, &targets),
+        Task::Mutants { in_diff, files } => mutants::run(in_diff.as_deref(), &files),
         Task::Peers { names } => peers::run(&names),
     };
     match result {
