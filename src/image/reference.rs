@@ -31,6 +31,29 @@ pub(crate) fn parse(image: &str) -> Result<Reference, ImageError> {
     Ok(reference)
 }
 
+/// Whether a running image is the one asked for: the same repository as
+/// Kubernetes resolves it (`nginx` is `docker.io/library/nginx`), and the
+/// asked digest, or else the same tag; a tag pinned to a digest
+/// (`app:1@sha256:...`, as GitOps tools and image-resolving webhooks write
+/// it) is still that tag. References that do not parse compare as written.
+pub(crate) fn same_image(running: &str, wanted: &str) -> bool {
+    if running == wanted {
+        return true;
+    }
+    let (Ok(r), Ok(w)) = (parse(running), parse(wanted)) else {
+        return false;
+    };
+    if r.registry() != w.registry() || r.repository() != w.repository() {
+        return false;
+    }
+    match w.digest() {
+        Some(digest) => r.digest() == Some(digest),
+        None => {
+            r.tag().unwrap_or("latest") == w.tag().unwrap_or("latest") && (r.tag().is_some() || r.digest().is_none())
+        }
+    }
+}
+
 /// The fully qualified form, e.g. `docker.io/library/nginx:latest` (what the
 /// image_reference fuzz target checks is stable).
 #[cfg(any(test, feature = "fuzzing"))]
@@ -41,6 +64,32 @@ pub(crate) fn normalize(image: &str) -> Result<String, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_image_is_the_one_asked_for_by_repository_and_tag_or_digest() {
+        const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert!(same_image("reg/app:nonroot", "reg/app:nonroot"));
+        assert!(
+            same_image(&format!("reg/app:nonroot@{D}"), "reg/app:nonroot"),
+            "a pinned tag"
+        );
+        assert!(
+            same_image(&format!("reg/app@{D}"), &format!("reg/app:nonroot@{D}")),
+            "the asked digest"
+        );
+        assert!(same_image("docker.io/library/nginx:1", "nginx:1"));
+        assert!(same_image("nginx", "nginx:latest"));
+        assert!(
+            !same_image(&format!("reg/app@{D}"), "reg/app:nonroot"),
+            "a digest alone says no tag"
+        );
+        assert!(!same_image("reg/app:1.0", "reg/app:nonroot"));
+        assert!(!same_image("other/app:nonroot", "reg/app:nonroot"));
+        assert!(
+            !same_image("reg/app:nonroot", &format!("reg/app:nonroot@{D}")),
+            "the digest asked is not known"
+        );
+    }
 
     #[test]
     fn capitals_in_the_repository_are_refused_not_moved_to_docker_hub() {

@@ -18,6 +18,7 @@ use super::classify;
 use crate::api::{
     CanaryStatus, DistrolessRollout, DistrolessRolloutStatus, FailureReason, Phase, Promotion, RolloutFailure, Step,
 };
+use crate::image::reference::same_image;
 
 /// The latest value of a metric gate's query.
 #[derive(Clone, Debug, PartialEq)]
@@ -273,7 +274,7 @@ impl<'a> Planner<'a> {
             .spec
             .containers
             .iter()
-            .all(|c| images.get(&c.name) == Some(&c.image))
+            .all(|c| images.get(&c.name).is_some_and(|i| same_image(i, &c.image)))
     }
 
     /// The 100% step's bake: how long the promoted Deployment's own pods are
@@ -435,7 +436,10 @@ impl<'a> Planner<'a> {
         {
             let now = images_of(d);
             let standard = self.st.standard_images.clone();
-            if standard.iter().any(|(n, i)| now.get(n) != Some(i)) {
+            if standard
+                .iter()
+                .any(|(n, i)| !now.get(n).is_some_and(|now| same_image(now, i)))
+            {
                 self.actions.push(Action::PatchDeploymentImages(standard));
             } else {
                 self.st.deployment_patched = false;
@@ -1982,6 +1986,17 @@ mod tests {
         w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:distroless".into());
         w.run(10, 1);
         assert_eq!(w.status().phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn a_gitops_change_that_pins_the_distroless_tag_to_a_digest_is_the_promotion() {
+        let mut w = World::new(json!({"promotion": "AwaitGitOps"}), 9);
+        w.run(200, 5);
+        assert_eq!(w.status().phase, Phase::Promoting);
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image =
+            Some("reg/app:distroless@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into());
+        w.run(10, 1);
+        assert_eq!(w.status().phase, Phase::Succeeded, "{}", w.status().message);
     }
 
     proptest! {
