@@ -163,3 +163,35 @@ fn hardening_mutation_fixes_every_restricted_failure_it_can() {
     }
     assert_eq!(fixed_count, 8);
 }
+
+/// The oracle itself, against the fixtures it models: every `restricted/pass`
+/// pod passes all five controls, and every `restricted/fail` pod named for
+/// one of them fails that one (so the tests above cannot pass on a wrong oracle).
+#[test]
+fn the_psa_oracle_agrees_with_kubernetes_own_pass_and_fail_fixtures() {
+    let pod = |path: &Path| load(path).remove(0).value;
+    let mut checked = 0;
+    for path in fixtures("restricted", "pass") {
+        let pod = pod(&path);
+        for (control, passes) in psa::CONTROLS {
+            assert!(
+                passes(&pod),
+                "restricted/pass/{}: the oracle fails {control}",
+                name(&path)
+            );
+            checked += 1;
+        }
+    }
+    let mut failing = 0;
+    for path in fixtures("restricted", "fail") {
+        let file = name(&path);
+        if let Some(control) = psa::control_for(&file) {
+            assert!(!control(&pod(&path)), "restricted/fail/{file}: the oracle passes it");
+            failing += 1;
+        }
+    }
+    assert!(
+        checked >= 5 * 10 && failing >= 20,
+        "{checked} pass checks, {failing} fail checks"
+    );
+}
