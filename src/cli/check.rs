@@ -36,6 +36,13 @@ pub(super) struct CheckArgs {
     /// Print the manifests with mutation applied, as YAML, instead of a report.
     #[arg(long)]
     fix: bool,
+    /// With --fix: write each changed file in place (atomically, a file at a
+    /// time) instead of printing; nothing is printed.
+    #[arg(long, requires = "fix", conflicts_with = "diff")]
+    write: bool,
+    /// With --fix: print a unified diff of each changed file instead of the manifests.
+    #[arg(long, requires = "fix")]
+    diff: bool,
     /// Exit 2 when any file or object could not be read (Helm templates, YAML
     /// that does not parse, objects of the wrong shape); without it they are
     /// reported on stderr and the exit code follows the verdicts of what was read.
@@ -70,6 +77,11 @@ fn gather_images(
 /// (and in the JSON report); they are an error (exit 2) when hostile or broken
 /// beyond a template or a typo, or with `--strict`.
 pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
+    if args.write && (args.helm.is_some() || args.files.iter().any(|f| f.as_os_str() == "-")) {
+        anyhow::bail!(
+            "--write fixes files in place; stdin and --helm renders are not files (print the fix with --fix alone)"
+        );
+    }
     let policies = manifest::load_policies(&args.policies)?;
     let mut loaded = manifest::read(&args.files)?;
     if let Some(chart) = &args.helm {
@@ -96,7 +108,15 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<bool> {
     report.unreadable.splice(0..0, loaded.problems);
     let mut stdout = std::io::stdout().lock();
     let mut unsafe_fixes = Vec::new();
-    if args.fix {
+    if args.fix && (args.write || args.diff) {
+        let fixed = fixed_documents(&raw, &docs, &mut unsafe_fixes);
+        let files = fixed_files(&raw, &fixed)?;
+        if args.write {
+            files.iter().try_for_each(|f| f.write())
+        } else {
+            files.iter().try_for_each(|f| stdout.write_all(f.diff().as_bytes()))
+        }
+    } else if args.fix {
         write_fixed(&mut stdout, &raw, &docs, &mut unsafe_fixes)
     } else if args.output == OutputFormat::Json {
         serde_json::to_writer_pretty(&mut stdout, &report)
@@ -181,6 +201,119 @@ pub(super) fn report_unreadable(problems: &[manifest::Problem], strict: bool) ->
         );
     }
     Ok(())
+}
+
+/// The fixed text of each YAML document `--fix` changed (`None`: unchanged,
+/// or a fix that cannot be written back exactly, named in `unsafe_fixes`).
+fn fixed_documents(
+    raw: &[manifest::RawDocument],
+    docs: &[Document],
+    unsafe_fixes: &mut Vec<String>,
+) -> Vec<Option<String>> {
+    let mut by_raw: Vec<Vec<&Document>> = vec![Vec::new(); raw.len()];
+    for d in docs {
+        if let Some(mine) = by_raw.get_mut(d.raw) {
+            mine.push(d);
+        }
+    }
+    raw.iter()
+        .zip(&by_raw)
+        .map(|(r, mine)| {
+            if !mine.iter().any(|d| d.changed) {
+                return None;
+            }
+            let fixed = fixed_text(r, mine);
+            if fixed.is_none() {
+                unsafe_fixes.push(mine.first().map_or_else(|| r.source.clone(), |d| d.location()));
+            }
+            fixed
+        })
+        .collect()
+}
+
+/// A file `--fix` changed: its text as read and as fixed.
+struct FixedFile {
+    path: PathBuf,
+    before: String,
+    after: String,
+}
+
+impl FixedFile {
+    /// In place and atomically: a sibling temporary file with the same
+    /// permissions, renamed over the original.
+    fn write(&self) -> std::io::Result<()> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(self.after.as_bytes())?;
+        let permissions = std::fs::metadata(&self.path)?.permissions();
+        tmp.as_file().set_permissions(permissions)?;
+        tmp.persist(&self.path).map(drop).map_err(|e| e.error)
+    }
+
+    /// A unified diff, as `git diff` would print it.
+    fn diff(&self) -> String {
+        let name = self.path.display().to_string();
+        let (a, b) = if self.path.is_absolute() {
+            (name.clone(), name)
+        } else {
+            (format!("a/{name}"), format!("b/{name}"))
+        };
+        similar::TextDiff::from_lines(&self.before, &self.after)
+            .unified_diff()
+            .header(&a, &b)
+            .to_string()
+    }
+}
+
+/// Each file with a changed document: its text with every changed
+/// document's text replaced by the fixed one, found in order in the file
+/// (so everything between, separators and comments, stays as written).
+/// Input that is not a file (stdin, a Helm render) cannot be written back.
+fn fixed_files(raw: &[manifest::RawDocument], fixed: &[Option<String>]) -> anyhow::Result<Vec<FixedFile>> {
+    let mut files: Vec<FixedFile> = Vec::new();
+    let mut current: Option<&str> = None;
+    let mut cursor = 0;
+    for (r, fixed) in raw.iter().zip(fixed) {
+        if current != Some(r.source.as_str()) {
+            current = Some(&r.source);
+            cursor = 0;
+        }
+        let path = PathBuf::from(&r.source);
+        let Some(fixed) = fixed else {
+            continue;
+        };
+        if r.source == "-" || !path.is_file() {
+            anyhow::bail!(
+                "--write and --diff fix files; {} is not one (print the fix with --fix alone)",
+                r.source
+            );
+        }
+        if files.last().is_none_or(|f| f.path != path) {
+            let before = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+            files.push(FixedFile {
+                path: path.clone(),
+                after: before.clone(),
+                before,
+            });
+        }
+        let file = files.last_mut().expect("pushed above");
+        let at = file.after[cursor..]
+            .find(&r.text)
+            .map(|i| i + cursor)
+            .with_context(|| {
+                format!(
+                    "{}: a document is not found again in the file as read; not written",
+                    r.source
+                )
+            })?;
+        file.after.replace_range(at..at + r.text.len(), fixed);
+        cursor = at + fixed.len();
+    }
+    Ok(files)
 }
 
 /// Writes every YAML document read, in order: as written (byte for byte:

@@ -255,3 +255,65 @@ fn an_object_without_a_name_says_so_and_counts_read_in_the_singular() {
         "always present, as the README shows"
     );
 }
+
+#[test]
+fn fix_diff_shows_only_the_added_lines_and_fix_write_makes_that_change_in_place_keeping_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.yaml");
+    let original = "# the web tier\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n      containers:\n      - name: web\n        image: web:1  # pinned by CI\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\n";
+    std::fs::write(&file, original).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+    let diff = check(&["-f", path(&file), "--fix", "--diff"]);
+    assert_eq!(diff.status.code(), Some(0), "{}", stderr(&diff));
+    let diff = String::from_utf8(diff.stdout).unwrap();
+    let added: Vec<&str> = diff
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .collect();
+    assert_eq!(
+        added,
+        [
+            "+      securityContext:",
+            "+        runAsNonRoot: true",
+            "+        runAsUser: 65532",
+            "+        runAsGroup: 65532",
+            "+        fsGroup: 65532"
+        ],
+        "{diff}"
+    );
+    assert!(
+        !diff.lines().any(|l| l.starts_with('-') && !l.starts_with("---")),
+        "{diff}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        original,
+        "--diff writes nothing"
+    );
+
+    let write = check(&["-f", path(&file), "--fix", "--write"]);
+    assert_eq!(write.status.code(), Some(0), "{}", stderr(&write));
+    assert!(write.stdout.is_empty());
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        written,
+        original.replace("    spec:\n      containers:", "    spec:\n      securityContext:\n        runAsNonRoot: true\n        runAsUser: 65532\n        runAsGroup: 65532\n        fsGroup: 65532\n      containers:")
+    );
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
+    let again = check(&["-f", path(&file), "--fix", "--diff"]);
+    assert!(
+        again.stdout.is_empty(),
+        "fixed once is fixed: {}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+
+    let stdin = check(&["-f", "-", "--fix", "--write"]);
+    assert_eq!(stdin.status.code(), Some(2));
+    assert!(
+        stderr(&stdin).contains("stdin and --helm renders are not files"),
+        "{}",
+        stderr(&stdin)
+    );
+}
