@@ -86,19 +86,21 @@ pub(crate) fn find_shell(command: &[String], args: &[String]) -> Option<ShellInv
     }
 
     let &(field, index, word) = argv.get(pos)?;
-    let (program, rest_from) = if is_shell(word) {
-        (word.to_string(), pos + 1)
+    let program = if is_shell(word) {
+        word.to_string()
     } else if base_name(word) == "busybox" {
         let &(_, _, applet) = argv.get(pos + 1)?;
         if !is_shell(applet) {
             return None;
         }
-        (format!("{word} {applet}"), pos + 2)
+        format!("{word} {applet}")
     } else {
         return None;
     };
 
-    let rest = &argv[rest_from.min(argv.len())..];
+    // The flag is looked for from the program on: its own words (a shell's
+    // name, `busybox`) never start with `-`.
+    let rest = &argv[pos..];
     let inline_script = rest.iter().position(|&(_, _, a)| is_inline_flag(a)).and_then(|i| {
         let (_, _, flag) = rest[i];
         rest.get(i + 1)
@@ -115,8 +117,8 @@ pub(crate) fn find_shell(command: &[String], args: &[String]) -> Option<ShellInv
 
 /// `-c`, `-lc`, `-ec`, `-xec`: a cluster of short options that includes `c`.
 fn is_inline_flag(arg: &str) -> bool {
+    // Letters only (so not `--config`), one of them `c` (so not empty).
     arg.strip_prefix('-')
-        .filter(|flags| !flags.is_empty() && !flags.starts_with('-'))
         .is_some_and(|flags| flags.chars().all(|c| c.is_ascii_alphabetic()) && flags.contains('c'))
 }
 
@@ -179,6 +181,16 @@ mod tests {
     #[test]
     fn args_alone_starting_with_a_shell_are_caught() {
         assert!(find_shell(&[], &v(&["/bin/sh", "-c", "x"])).is_some());
+    }
+
+    #[test]
+    fn a_script_and_its_arguments_are_not_an_inline_script() {
+        let found = find_shell(&v(&["bash", "/entry.sh", "--verbose"]), &[]).unwrap();
+        assert_eq!(found.inline_script, None);
+        let found = find_shell(&v(&["sh", "--norc", "-x1", "-", "/s.sh"]), &[]).unwrap();
+        assert_eq!(found.inline_script, None, "--norc, -x1 and - are no -c");
+        let found = find_shell(&v(&["env", "-i", "A=1", "busybox", "sh", "-ec", "exec /app"]), &[]).unwrap();
+        assert_eq!(found.inline_script, Some(("-ec".into(), "exec /app".into())));
     }
 
     #[test]
