@@ -54,7 +54,7 @@ fn find(text: &str, target: &[String]) -> Option<Found> {
         let end = span.end.byte_offset()?;
         let is_key = matches!(stack.last(), Some(Frame::Map { awaiting_key: true, .. }));
         match event {
-            Event::Scalar(value, style, ..) if is_key => {
+            Event::Scalar(value, ..) if is_key => {
                 if let Some((depth, found)) = &mut open
                     && *depth == stack.len()
                     && found.first_key.is_none()
@@ -65,7 +65,6 @@ fn find(text: &str, target: &[String]) -> Option<Found> {
                     *key = Some(value.into_owned());
                     *awaiting_key = false;
                 }
-                let _ = style;
             }
             Event::MappingStart(..) | Event::SequenceStart(..) | Event::Alias(..) if is_key => return None,
             Event::Scalar(_, style, ..) => {

@@ -42,6 +42,27 @@ fn owned_by(meta: &ObjectMeta, owners: &BTreeSet<String>) -> bool {
     meta.owner_references.iter().flatten().any(|o| owners.contains(&o.uid))
 }
 
+/// The uids of the objects of kind `K` that `owners` own (none when they cannot be listed).
+async fn owned_uids<K>(client: &kube::Client, namespace: &str, owners: &BTreeSet<String>) -> Vec<String>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map(|list| {
+            list.items
+                .iter()
+                .filter(|o| owned_by(o.meta(), owners))
+                .filter_map(|o| o.meta().uid.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Reads what [`Gathered`] holds. Only a workload that cannot be read is an error.
 pub(super) async fn gather(client: &kube::Client, namespace: &str, kind: &str, name: &str) -> Result<Gathered, Error> {
     let (group, version, kind, plural) = resolve(kind).ok_or_else(|| Error::Usage(format!("unknown kind {kind}")))?;
@@ -75,32 +96,13 @@ pub(super) async fn gather(client: &kube::Client, namespace: &str, kind: &str, n
         .map(str::to_string)
         .into_iter()
         .collect();
-    if kind == "Deployment"
-        && let Ok(list) = Api::<ReplicaSet>::namespaced(client.clone(), namespace)
-            .list(&ListParams::default())
-            .await
-    {
-        let owned: Vec<String> = list
-            .items
-            .iter()
-            .filter(|r| owned_by(&r.metadata, &owners))
-            .filter_map(|r| r.metadata.uid.clone())
-            .collect();
-        owners.extend(owned);
-    }
-    if kind == "CronJob"
-        && let Ok(list) = Api::<Job>::namespaced(client.clone(), namespace)
-            .list(&ListParams::default())
-            .await
-    {
-        let owned: Vec<String> = list
-            .items
-            .iter()
-            .filter(|j| owned_by(&j.metadata, &owners))
-            .filter_map(|j| j.metadata.uid.clone())
-            .collect();
-        owners.extend(owned);
-    }
+    // A Deployment's pods belong to its ReplicaSets, a CronJob's to its Jobs.
+    let owned = match kind {
+        "Deployment" => owned_uids::<ReplicaSet>(client, namespace, &owners).await,
+        "CronJob" => owned_uids::<Job>(client, namespace, &owners).await,
+        _ => Vec::new(),
+    };
+    owners.extend(owned);
     let pods = if kind == "Pod" {
         Ok(serde_json::from_value(object.clone()).into_iter().collect())
     } else {
