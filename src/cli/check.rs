@@ -378,13 +378,6 @@ fn fixed_text(r: &manifest::RawDocument, docs: &[&Document]) -> Option<String> {
             .as_ref()
             == Some(value)
     };
-    if let [doc] = docs
-        && !r.list
-        && let Some(edited) = manifest::edit::apply(&r.text, &doc.fixes)
-        && reads_as(&edited, &doc.value)
-    {
-        return Some(edited);
-    }
     let value = if r.list {
         let mut list: serde_json::Value =
             serde_saphyr::from_str_with_options(&r.text, manifest::yaml_options()).ok()?;
@@ -394,6 +387,21 @@ fn fixed_text(r: &manifest::RawDocument, docs: &[&Document]) -> Option<String> {
     } else {
         docs.first()?.value.clone()
     };
+    // The fixes of a List's items, at the items' places in the List.
+    let ops: Option<Vec<json_patch::PatchOperation>> = if r.list {
+        manifest::list_item_pointers(&value)
+            .iter()
+            .zip(docs)
+            .flat_map(|(at, d)| d.fixes.iter().map(move |op| manifest::edit::rebase(op, at)))
+            .collect()
+    } else {
+        Some(docs.first()?.fixes.clone())
+    };
+    if let Some(edited) = ops.and_then(|ops| manifest::edit::apply(&r.text, &ops, &value))
+        && reads_as(&edited, &value)
+    {
+        return Some(edited);
+    }
     let yaml = serde_saphyr::to_string(&value).ok()?;
     let back: serde_json::Value = serde_saphyr::from_str_with_options(&yaml, manifest::yaml_options()).ok()?;
     (back == value).then_some(yaml)

@@ -624,32 +624,34 @@ fn is_list(value: &Value) -> bool {
         && value.get("items").is_some_and(Value::is_array)
 }
 
-/// The objects of a list, with the items of lists inside it (as deep as the
+/// The JSON pointers of a `List`'s objects, in the order they are read as
+/// documents (the items of a `List` inside it in its place, as deep as the
 /// YAML reader's own nesting limit allows).
-fn list_items<'a>(list: &'a Value, out: &mut Vec<&'a Value>, depth: usize) {
-    for item in list.get("items").and_then(Value::as_array).into_iter().flatten() {
-        if is_list(item) && depth < 64 {
-            list_items(item, out, depth + 1);
-        } else if item.is_object() {
-            out.push(item);
-        }
-    }
-}
-
-/// Puts `fixed` back into a list in the order [`list_items`] read them;
-/// `None` when there are fewer than the list holds.
-pub fn replace_list_items(list: &mut Value, fixed: &mut impl Iterator<Item = Value>) -> Option<()> {
-    fn walk(list: &mut Value, fixed: &mut dyn Iterator<Item = Value>, depth: usize) -> Option<()> {
-        for item in list.get_mut("items")?.as_array_mut()?.iter_mut() {
+pub fn list_item_pointers(list: &Value) -> Vec<String> {
+    fn walk(list: &Value, at: &str, out: &mut Vec<String>, depth: usize) {
+        let Some(items) = list.get("items").and_then(Value::as_array) else {
+            return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let pointer = format!("{at}/items/{i}");
             if is_list(item) && depth < 64 {
-                walk(item, fixed, depth + 1)?;
+                walk(item, &pointer, out, depth + 1);
             } else if item.is_object() {
-                *item = fixed.next()?;
+                out.push(pointer);
             }
         }
-        Some(())
     }
-    walk(list, fixed, 0)
+    let mut out = Vec::new();
+    walk(list, "", &mut out, 0);
+    out
+}
+
+/// Puts the fixed objects back into a `List` where [`list_item_pointers`] found them.
+pub fn replace_list_items(list: &mut Value, fixed: &mut impl Iterator<Item = Value>) -> Option<()> {
+    for pointer in list_item_pointers(list) {
+        *list.pointer_mut(&pointer)? = fixed.next()?;
+    }
+    Some(())
 }
 
 /// Parses one file's text into the documents that read, and the first problem.
@@ -710,9 +712,8 @@ fn parse_with_raw(source: &str, text: &str, first_raw: usize) -> (Vec<Document>,
             if let Some(r) = raws.last_mut() {
                 r.list = true;
             }
-            let mut items = Vec::new();
-            list_items(&value, &mut items, 0);
-            docs.extend(items.into_iter().map(|item| Document {
+            let items = list_item_pointers(&value);
+            docs.extend(items.iter().filter_map(|at| value.pointer(at)).map(|item| Document {
                 source: source.to_string(),
                 line: start + skipped,
                 value: item.clone(),

@@ -2,10 +2,12 @@
 //! (with property tests and Kubernetes' own PSA fixtures), the CRD, the real
 //! `distroless-guard` binary offline, the crate's architecture, the Dockerfile.
 
+#[path = "../support/corpus.rs"]
+mod corpus;
 #[path = "../support/psa.rs"]
 mod psa;
 mod support {
-    pub(crate) use super::psa;
+    pub(crate) use super::{corpus, psa};
 }
 
 mod architecture;
@@ -16,5 +18,6 @@ mod conformance_psa;
 mod crd;
 mod dockerfile;
 mod engine;
+mod fix_corpus;
 mod fuzz_regressions;
 mod mutation;
