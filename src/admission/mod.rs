@@ -190,9 +190,9 @@ impl Admission {
 
     /// Evaluates a workload; with `inspect`, images are read from their
     /// registries first (under the policies' deadline) for the image rules.
-    async fn judge(
+    async fn judge<O>(
         &self,
-        req: &AdmissionRequest,
+        req: &AdmissionRequest<O>,
         workload: &Workload,
         scope: Scope<'_>,
         now: Timestamp,
@@ -258,19 +258,8 @@ impl Admission {
             .as_ref()
             .filter(|_| req.operation == Operation::Update && !ephemeral && has_denials)
         {
-            let before: HashSet<(RuleId, String)> = self
-                .judge(req, old, Scope::Full, now, true)
-                .await
-                .violations
-                .into_iter()
-                .map(|v| (v.rule, v.path))
-                .collect();
-            for v in verdict.violations.iter_mut().filter(|v| v.action == Action::Deny) {
-                if before.contains(&(v.rule, v.path.clone())) {
-                    v.action = Action::Warn;
-                    v.message = format!("already present before this update: {}", v.message);
-                }
-            }
+            let before = self.judge(req, old, Scope::Full, now, true).await.violations;
+            warn_where_present_before(&mut verdict.violations, before);
         }
         // What a workload controller creates for its owner (a Deployment's
         // ReplicaSet, a ReplicaSet's Pod) carries the owner's pod template: a
@@ -308,7 +297,73 @@ impl Admission {
                 }
             }
         }
-        Ok(decide(req, &workload, verdict))
+        Ok(decide(&req.uid, || workload_label(req, &workload), verdict))
+    }
+
+    /// The validating webhook for custom resources (the chart's
+    /// `webhook.customResources`): every pod spec found inside the object
+    /// ([`policy::embedded`]) is judged as a Pod's, its violations named at
+    /// the path it sits; an update keeps what the old object had at the same
+    /// paths as warnings. Images are inspected as for Pods.
+    pub async fn validate_resource(
+        &self,
+        req: &mut AdmissionRequest<serde_json::Value>,
+        now: Timestamp,
+    ) -> Result<Decision, ReviewError> {
+        let sub = req.sub_resource.as_deref().unwrap_or_default();
+        if !sub.is_empty() || !matches!(req.operation, Operation::Create | Operation::Update) {
+            return Ok(allowed(req));
+        }
+        let Some(object) = req.object.take() else {
+            return Err(ReviewError::MissingObject {
+                operation: req.operation.clone(),
+                kind: req.kind.kind.clone(),
+            });
+        };
+        let label = || {
+            let name = req.name.as_deref().filter(|n| !n.is_empty());
+            let name = name.or(object.pointer("/metadata/name").and_then(|n| n.as_str()));
+            match req.namespace.as_deref().filter(|n| !n.is_empty()) {
+                Some(ns) => format!("{} {ns}/{}", req.kind.kind, name.unwrap_or_default()),
+                None => format!("{} {}", req.kind.kind, name.unwrap_or_default()),
+            }
+        };
+        let mut violations = Vec::new();
+        let mut before = Vec::new();
+        let old = req.old_object.take().filter(|_| req.operation == Operation::Update);
+        for (pointer, path) in policy::embedded::pod_specs(&object) {
+            let workload = match policy::embedded::workload(&object, &pointer) {
+                Ok(w) => w,
+                Err(e) => {
+                    let message = format!(
+                        "{} is denied by distroless-guard: the pod spec at {path} does not read as one: {}",
+                        label(),
+                        e.source
+                    );
+                    return Ok(Decision {
+                        response: AdmissionResponse::deny(&req.uid, 400, "BadRequest", message),
+                        outcome: Outcome::Denied,
+                        violations: Vec::new(),
+                    });
+                }
+            };
+            let rebase = |mut v: Violation| {
+                v.path = policy::embedded::rebase_path(&v.path, &path);
+                v
+            };
+            let verdict = self.judge(req, &workload, Scope::Full, now, true).await;
+            violations.extend(verdict.violations.into_iter().map(rebase));
+            if let Some(old) = old.as_ref().and_then(|o| policy::embedded::workload(o, &pointer).ok()) {
+                let had = self.judge(req, &old, Scope::Full, now, true).await;
+                before.extend(had.violations.into_iter().map(rebase));
+            }
+        }
+        warn_where_present_before(&mut violations, before);
+        let verdict = Verdict {
+            violations,
+            ..Verdict::default()
+        };
+        Ok(decide(&req.uid, label, verdict))
     }
 
     /// The mutating webhook: Pods at CREATE only, so workload templates never drift from Git.
@@ -344,7 +399,19 @@ fn template_path(kind: WorkloadKind, path: &str) -> Option<&str> {
     path.strip_prefix(kind.spec_path())?.strip_prefix('.')
 }
 
-fn allowed(req: &AdmissionRequest) -> Decision {
+/// Violations the object had before an update, at the same rule and path,
+/// become warnings.
+fn warn_where_present_before(violations: &mut [Violation], before: Vec<Violation>) {
+    let before: HashSet<(RuleId, String)> = before.into_iter().map(|v| (v.rule, v.path)).collect();
+    for v in violations.iter_mut().filter(|v| v.action == Action::Deny) {
+        if before.contains(&(v.rule, v.path.clone())) {
+            v.action = Action::Warn;
+            v.message = format!("already present before this update: {}", v.message);
+        }
+    }
+}
+
+fn allowed<O>(req: &AdmissionRequest<O>) -> Decision {
     Decision {
         response: AdmissionResponse::allow(&req.uid),
         outcome: Outcome::Allowed,
@@ -372,28 +439,32 @@ fn object_name(req: &AdmissionRequest, workload: &Workload) -> String {
     }
 }
 
-fn decide(req: &AdmissionRequest, workload: &Workload, verdict: Verdict) -> Decision {
+/// `Deployment team/web`, for messages.
+fn workload_label(req: &AdmissionRequest, workload: &Workload) -> String {
+    format!("{} {}", workload.kind, object_name(req, workload))
+}
+
+fn decide(uid: &str, label: impl FnOnce() -> String, verdict: Verdict) -> Decision {
     // Named only in a message: an allowed review without warnings builds no text.
-    let object = std::cell::OnceCell::new();
-    let object = || object.get_or_init(|| format!("{} {}", workload.kind, object_name(req, workload)));
+    let object = std::cell::LazyCell::new(label);
     let denied: Vec<&Violation> = verdict.with_action(Action::Deny).collect();
     let mut response = if denied.is_empty() {
-        AdmissionResponse::allow(&req.uid)
+        AdmissionResponse::allow(uid)
     } else {
         let mut message = format!(
             "{} is denied by distroless-guard ({} violation{}):",
-            object(),
+            *object,
             denied.len(),
             if denied.len() == 1 { "" } else { "s" }
         );
         for v in &denied {
             let _ = write!(message, "\n- {v}");
         }
-        AdmissionResponse::deny(&req.uid, 403, "Forbidden", message)
+        AdmissionResponse::deny(uid, 403, "Forbidden", message)
     };
     response.warnings = verdict
         .with_action(Action::Warn)
-        .map(|v| format!("distroless-guard: {}: {v}", object()))
+        .map(|v| format!("distroless-guard: {}: {v}", *object))
         .collect();
     let audited: Vec<String> = verdict
         .with_action(Action::Audit)
@@ -530,5 +601,77 @@ mod tests {
             Some("containers[1]")
         );
         assert_eq!(template_path(WorkloadKind::Deployment, "spec.containers[1]"), None);
+    }
+
+    fn rollout(
+        operation: &str,
+        probe: serde_json::Value,
+        old: Option<serde_json::Value>,
+    ) -> AdmissionRequest<serde_json::Value> {
+        let object = |probe: serde_json::Value| {
+            json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "checkout", "namespace": "shop"},
+                "spec": {"strategy": {"canary": {"steps": [{"setWeight": 25}]}}, "template": {"spec": {
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532},
+                    "containers": [{"name": "app", "image": "app:1", "livenessProbe": probe}]}}}})
+        };
+        serde_json::from_value(json!({
+            "uid": "r2", "kind": {"group": "argoproj.io", "version": "v1alpha1", "kind": "Rollout"}, "operation": operation,
+            "namespace": "shop", "name": "checkout", "userInfo": {"username": "alice"},
+            "object": object(probe), "oldObject": old.map(object),
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_custom_resources_pod_template_is_judged_and_its_violations_named_where_they_sit() {
+        let exec = json!({"exec": {"command": ["sh", "-c", "curl localhost"]}});
+        let mut req = rollout("CREATE", exec.clone(), None);
+        let d = admission().validate_resource(&mut req, Timestamp::now()).await.unwrap();
+        assert!(!d.response.allowed);
+        let message = &d.response.status.as_ref().unwrap().message;
+        assert!(
+            message.starts_with("Rollout shop/checkout is denied by distroless-guard")
+                && message.contains("(at spec.template.spec.containers[0].livenessProbe.exec;"),
+            "{message}"
+        );
+        // An update that keeps the probe it had: a warning, not a denial.
+        let mut req = rollout("UPDATE", exec.clone(), Some(exec));
+        let d = admission().validate_resource(&mut req, Timestamp::now()).await.unwrap();
+        assert!(d.response.allowed, "{:?}", d.response.status);
+        assert!(
+            d.response.warnings[0].contains("already present before this update"),
+            "{:?}",
+            d.response.warnings
+        );
+        // An HTTP probe: nothing to say.
+        let mut req = rollout("CREATE", json!({"httpGet": {"path": "/healthz", "port": 8080}}), None);
+        let d = admission().validate_resource(&mut req, Timestamp::now()).await.unwrap();
+        assert!(d.response.allowed && d.response.warnings.is_empty(), "{:?}", d.response);
+    }
+
+    #[tokio::test]
+    async fn a_custom_resource_without_a_pod_spec_is_allowed_and_one_that_does_not_read_is_denied() {
+        let mut req: AdmissionRequest<serde_json::Value> = serde_json::from_value(json!({
+            "uid": "r3", "kind": {"group": "cert-manager.io", "version": "v1", "kind": "Certificate"}, "operation": "CREATE",
+            "namespace": "shop", "object": {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+                "metadata": {"name": "tls"}, "spec": {"secretName": "tls", "dnsNames": ["shop.example"]}}}))
+        .unwrap();
+        let d = admission().validate_resource(&mut req, Timestamp::now()).await.unwrap();
+        assert!(d.response.allowed);
+        let mut req = rollout("CREATE", json!("not a probe"), None);
+        let d = admission().validate_resource(&mut req, Timestamp::now()).await.unwrap();
+        assert_eq!(
+            d.response.status.as_ref().map(|s| s.code),
+            Some(400),
+            "{:?}",
+            d.response
+        );
+        assert!(
+            d.response
+                .status
+                .unwrap()
+                .message
+                .contains("the pod spec at spec.template.spec does not read as one"),
+        );
     }
 }

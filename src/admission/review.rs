@@ -12,13 +12,15 @@ use crate::policy::ObjectShape;
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
 
+/// A review whose object is read as `O`: the engine's shape for the kinds it
+/// knows, a JSON value for custom resources.
 #[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-pub struct AdmissionReview {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+pub struct AdmissionReview<O = ObjectShape> {
     pub api_version: String,
     pub kind: String,
-    #[serde(default)]
-    pub request: Option<AdmissionRequest>,
+    #[serde(default = "Option::default")]
+    pub request: Option<AdmissionRequest<O>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -32,8 +34,8 @@ pub struct GroupVersionKind {
 }
 
 #[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-pub struct AdmissionRequest {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+pub struct AdmissionRequest<O = ObjectShape> {
     pub uid: String,
     pub kind: GroupVersionKind,
     #[serde(default)]
@@ -45,10 +47,10 @@ pub struct AdmissionRequest {
     pub operation: Operation,
     /// The object, read straight into the shape the engine needs (one pass
     /// over the body; everything else is skipped).
-    #[serde(default)]
-    pub object: Option<ObjectShape>,
-    #[serde(default)]
-    pub old_object: Option<ObjectShape>,
+    #[serde(default = "Option::default")]
+    pub object: Option<O>,
+    #[serde(default = "Option::default")]
+    pub old_object: Option<O>,
     #[serde(default)]
     pub dry_run: Option<bool>,
     /// Who makes the request, as the API server authenticated it.

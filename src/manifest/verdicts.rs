@@ -98,7 +98,7 @@ struct Found {
 }
 
 /// The pod specs an object carries: a workload's own, else every one found
-/// inside it ([`embedded_pod_specs`]), each read as a Pod's; an object of a
+/// inside it ([`policy::embedded::pod_specs`]), each read as a Pod's; an object of a
 /// workload kind whose fields do not read is a problem.
 fn pod_specs(doc: &Document) -> Result<Vec<Found>, Problem> {
     match Workload::from_value(&doc.value) {
@@ -107,10 +107,10 @@ fn pod_specs(doc: &Document) -> Result<Vec<Found>, Problem> {
             embedded: None,
         }]),
         Err(e) => Err(invalid(doc, &e)),
-        Ok(None) => embedded_pod_specs(&doc.value)
+        Ok(None) => policy::embedded::pod_specs(&doc.value)
             .into_iter()
             .map(|(pointer, path)| {
-                let workload = embedded_workload(&doc.value, &pointer).map_err(|e| {
+                let workload = policy::embedded::workload(&doc.value, &pointer).map_err(|e| {
                     Problem::new(
                         &doc.source,
                         Some(doc.line),
@@ -124,97 +124,6 @@ fn pod_specs(doc: &Document) -> Result<Vec<Found>, Problem> {
                 })
             })
             .collect(),
-    }
-}
-
-/// The pod spec at `pointer` of an object, as a Pod with the object's name,
-/// namespace and labels.
-fn embedded_workload(object: &Value, pointer: &str) -> Result<Workload, policy::ExtractError> {
-    let meta = |field: &str| {
-        object
-            .pointer(&format!("/metadata/{field}"))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    let pod = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": meta("name"), "namespace": meta("namespace"), "labels": meta("labels")},
-        "spec": object.pointer(pointer).cloned().unwrap_or(Value::Null),
-    });
-    Workload::from_value(&pod).map(|w| w.expect("a v1 Pod is a workload"))
-}
-
-/// The most pod specs looked for in one object, and how deep.
-const MAX_EMBEDDED: usize = 64;
-const MAX_DEPTH: usize = 32;
-
-/// Pod specs inside an object of a kind without a built-in one (Argo
-/// Rollouts, JobSets, Ray clusters, Knative Services, ECK, operators' own
-/// kinds): every mapping whose `containers` is a list of named containers,
-/// with an image or under a `spec` key (ECK leaves images to its operator).
-/// As (JSON pointer, field path) pairs; nothing below a pod spec is searched.
-fn embedded_pod_specs(object: &Value) -> Vec<(String, String)> {
-    fn is_pod_spec(map: &serde_json::Map<String, Value>, key: &str) -> bool {
-        let Some(containers) = map.get("containers").and_then(Value::as_array) else {
-            return false;
-        };
-        let named = |c: &Value| c.get("name").is_some_and(Value::is_string);
-        !containers.is_empty()
-            && containers.iter().all(named)
-            && (key == "spec" || containers.iter().any(|c| c.get("image").is_some_and(Value::is_string)))
-    }
-    fn walk(value: &Value, key: &str, pointer: String, path: String, depth: usize, out: &mut Vec<(String, String)>) {
-        if depth > MAX_DEPTH || out.len() >= MAX_EMBEDDED {
-            return;
-        }
-        match value {
-            Value::Object(map) if is_pod_spec(map, key) => out.push((pointer, path)),
-            Value::Object(map) => {
-                for (k, v) in map {
-                    let escaped = k.replace('~', "~0").replace('/', "~1");
-                    walk(
-                        v,
-                        k,
-                        format!("{pointer}/{escaped}"),
-                        format!("{path}.{k}"),
-                        depth + 1,
-                        out,
-                    );
-                }
-            }
-            Value::Array(items) => {
-                for (i, v) in items.iter().enumerate() {
-                    walk(v, key, format!("{pointer}/{i}"), format!("{path}[{i}]"), depth + 1, out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    if object.get("apiVersion").is_none() {
-        return out;
-    }
-    for (k, v) in object.as_object().into_iter().flatten() {
-        if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
-            walk(
-                v,
-                k,
-                format!("/{}", k.replace('~', "~0").replace('/', "~1")),
-                k.clone(),
-                1,
-                &mut out,
-            );
-        }
-    }
-    out
-}
-
-/// A Pod's field path (`spec.containers[0]...`) where its spec was found.
-fn rebase_path(path: &str, to: &str) -> String {
-    match path.strip_prefix("spec") {
-        Some(rest) if rest.is_empty() || rest.starts_with(['.', '[']) => format!("{to}{rest}"),
-        _ => path.to_string(),
     }
 }
 
@@ -290,7 +199,7 @@ pub fn check(
             };
             let reread = |value: &Value| match &embedded {
                 None => Workload::from_value(value).ok().flatten(),
-                Some((pointer, _)) => embedded_workload(value, pointer).ok(),
+                Some((pointer, _)) => policy::embedded::workload(value, pointer).ok(),
             };
             let mut verdict = judge(&workload);
             let mut mutations = verdict.mutation_patch(&workload);
@@ -319,7 +228,7 @@ pub fn check(
             let mut violations = verdict.violations;
             if let Some((_, path)) = &embedded {
                 for v in &mut violations {
-                    v.path = rebase_path(&v.path, path);
+                    v.path = policy::embedded::rebase_path(&v.path, path);
                 }
             }
             let field = |name: &str| {

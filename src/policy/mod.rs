@@ -1,6 +1,7 @@
 //! The pure policy engine: pod specs from workloads, rules, verdicts and
 //! mutation patches. The webhook and the CLI call the same [`evaluate`].
 
+pub(crate) mod embedded;
 mod image_rules;
 pub(crate) mod model;
 mod mutate;

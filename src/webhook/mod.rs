@@ -24,6 +24,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::admission::review::{self, AdmissionReview};
 use crate::admission::{self, Admission};
 use crate::metrics::Metrics;
+use crate::policy::ObjectShape;
 
 /// The largest AdmissionReview accepted. The API server limits an object to
 /// 3 MiB and a review carries at most the object and its old version.
@@ -62,6 +63,8 @@ fn json_error(status: StatusCode, message: String) -> Response {
 enum Endpoint {
     Validate,
     Mutate,
+    /// Custom resources with pod templates (the chart's `webhook.customResources`).
+    ValidateResources,
 }
 
 impl Endpoint {
@@ -69,11 +72,53 @@ impl Endpoint {
         match self {
             Endpoint::Validate => "validate",
             Endpoint::Mutate => "mutate",
+            Endpoint::ValidateResources => "validate-resources",
         }
     }
 }
 
-async fn handle_review(state: &AppState, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> Response {
+/// How a review's object is read, and who decides on it.
+trait Reviewed: for<'de> serde::Deserialize<'de> + Send + Sync + Sized {
+    fn decide<'a>(
+        admission: &'a admission::Admission,
+        endpoint: Endpoint,
+        request: &'a mut review::AdmissionRequest<Self>,
+        now: jiff::Timestamp,
+    ) -> impl std::future::Future<Output = Result<admission::Decision, admission::ReviewError>> + Send + 'a;
+}
+
+/// Pods and the built-in workload kinds: read straight into the engine's shape.
+impl Reviewed for crate::policy::ObjectShape {
+    async fn decide<'a>(
+        admission: &'a admission::Admission,
+        endpoint: Endpoint,
+        request: &'a mut review::AdmissionRequest<Self>,
+        now: jiff::Timestamp,
+    ) -> Result<admission::Decision, admission::ReviewError> {
+        match endpoint {
+            Endpoint::Mutate => admission.mutate(request, now).await,
+            _ => admission.validate(request, now).await,
+        }
+    }
+}
+
+/// Custom resources: any shape, searched for pod specs.
+impl Reviewed for serde_json::Value {
+    fn decide<'a>(
+        admission: &'a admission::Admission,
+        _: Endpoint,
+        request: &'a mut review::AdmissionRequest<Self>,
+        now: jiff::Timestamp,
+    ) -> impl std::future::Future<Output = Result<admission::Decision, admission::ReviewError>> + Send + 'a {
+        admission.validate_resource(request, now)
+    }
+}
+
+async fn handle_review<O: Reviewed>(
+    state: &AppState,
+    endpoint: Endpoint,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
     let name = endpoint.as_str();
     let bad = |status: StatusCode, message: String| {
@@ -85,7 +130,7 @@ async fn handle_review(state: &AppState, endpoint: Endpoint, body: Result<Bytes,
         Ok(body) => body,
         Err(rejection) => return bad(rejection.status(), rejection.body_text()),
     };
-    let review: AdmissionReview = match review::parse(&body) {
+    let review: AdmissionReview<O> = match review::parse(&body) {
         Ok(r) => r,
         Err(e) => {
             // A review whose envelope is fine but whose object is not readable
@@ -123,10 +168,9 @@ async fn handle_review(state: &AppState, endpoint: Endpoint, body: Result<Bytes,
         namespace = request.namespace.as_deref().unwrap_or_default(),
         name = request.name.as_deref().unwrap_or_default(),
     );
-    let decision = match endpoint {
-        Endpoint::Validate => state.admission.validate(&mut request, now).instrument(span).await,
-        Endpoint::Mutate => state.admission.mutate(&mut request, now).instrument(span).await,
-    };
+    let decision = O::decide(&state.admission, endpoint, &mut request, now)
+        .instrument(span)
+        .await;
     let decision = match decision {
         Ok(d) => d,
         Err(e) => return bad(StatusCode::BAD_REQUEST, e.to_string()),
@@ -178,7 +222,7 @@ async fn handle_rollout(state: &AppState, body: Result<Bytes, BytesRejection>) -
     }
 }
 
-/// The router: `/validate`, `/mutate`, `/rollouts`, `/healthz`, `/readyz`, `/metrics`.
+/// The router: `/validate`, `/mutate`, `/validate-resources`, `/rollouts`, `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
@@ -193,7 +237,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/validate",
             post(
                 |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
-                    handle_review(&s, Endpoint::Validate, body).await
+                    handle_review::<ObjectShape>(&s, Endpoint::Validate, body).await
                 },
             ),
         )
@@ -201,7 +245,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/mutate",
             post(
                 |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
-                    handle_review(&s, Endpoint::Mutate, body).await
+                    handle_review::<ObjectShape>(&s, Endpoint::Mutate, body).await
+                },
+            ),
+        )
+        .route(
+            "/validate-resources",
+            post(
+                |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
+                    handle_review::<serde_json::Value>(&s, Endpoint::ValidateResources, body).await
                 },
             ),
         )

@@ -56,6 +56,12 @@ fn value_sets() -> Vec<(&'static str, Case)> {
                 "matchConditions": [{"name": "not-a-node", "expression": "!request.userInfo.username.startsWith('system:node:')"}]}})),
         ),
         (
+            "custom resources",
+            Case::new(json!({"webhook": {"customResources": [
+                {"apiGroups": ["argoproj.io"], "resources": ["rollouts"]},
+                {"apiGroups": ["jobset.x-k8s.io"], "apiVersions": ["v1alpha2"], "resources": ["jobsets"]}]}})),
+        ),
+        (
             "no mutation",
             Case::new(json!({"webhook": {"mutating": {"enabled": false}}})),
         ),
@@ -234,6 +240,14 @@ fn the_values_schema_rejects_wrong_types_and_unknown_keys() {
         (json!({"image": {"digest": "latest"}}), "digest"),
         (json!({"replicas": 2}), "replicas"),
         (json!({"logging": {"format": "xml"}}), "format"),
+        (
+            json!({"webhook": {"customResources": [{"apiGroups": ["*"], "resources": ["rollouts"]}]}}),
+            "apiGroups",
+        ),
+        (
+            json!({"webhook": {"customResources": [{"apiGroups": ["argoproj.io"]}]}}),
+            "resources",
+        ),
     ];
     let answer = render(&bad.iter().map(|(v, _)| Case::new(v.clone())).collect::<Vec<_>>());
     for ((values, key), rendered) in bad.iter().zip(&answer.cases) {
@@ -383,6 +397,30 @@ fn webhook_settings_come_from_values_and_cover_every_kind_the_engine_handles() {
         assert!(covered.contains(&("".into(), "pods/ephemeralcontainers".into(), "UPDATE".into())));
         for (_, res, _) in &covered {
             assert!(!res.contains('*'), "{name}: no wildcard resources");
+        }
+
+        // Custom resources: their own webhook, the same settings, exactly the kinds listed.
+        let custom: Vec<&Value> = webhooks(validating)
+            .iter()
+            .filter(|w| w["name"] == "resources.distrolessguard.dev")
+            .collect();
+        match values["webhook"]["customResources"].as_array() {
+            None => assert!(custom.is_empty(), "{name}: no custom resources, no webhook for them"),
+            Some(listed) => {
+                let c = custom[0];
+                assert_eq!(c["clientConfig"]["service"]["path"], "/validate-resources");
+                for field in ["failurePolicy", "timeoutSeconds", "namespaceSelector", "matchPolicy"] {
+                    assert_eq!(c[field], w[field], "{name}: {field}");
+                }
+                let rules: Vec<Value> = listed
+                    .iter()
+                    .map(|l| {
+                        json!({"apiGroups": l["apiGroups"], "apiVersions": l.get("apiVersions").cloned().unwrap_or(json!(["*"])),
+                            "operations": ["CREATE", "UPDATE"], "resources": l["resources"], "scope": "Namespaced"})
+                    })
+                    .collect();
+                assert_eq!(c["rules"], json!(rules), "{name}");
+            }
         }
 
         let mutating = r.all("MutatingWebhookConfiguration");

@@ -68,6 +68,29 @@ async fn validate_denies_with_the_rule_the_path_and_the_fix() {
 }
 
 #[tokio::test]
+async fn validate_resources_judges_each_pod_template_inside_a_custom_resource_and_answers_bad_input_with_400() {
+    let s = state();
+    let jobset = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "c1", "kind": {"group": "jobset.x-k8s.io", "version": "v1alpha2", "kind": "JobSet"},
+        "operation": "CREATE", "namespace": "ml", "name": "train",
+        "object": {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": {"name": "train", "namespace": "ml"},
+            "spec": {"replicatedJobs": [{"name": "workers", "template": {"spec": {"template": {"spec": {
+                "containers": [{"name": "w", "image": "trainer:1", "command": ["bash", "-c", "python train.py"]}]}}}}}]}}}});
+    let resp = review(&s, "/validate-resources", &jobset).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("JobSet ml/train is denied")
+            && message.contains("[shell-command]")
+            && message.contains("spec.replicatedJobs[0].template.spec.template.spec.containers[0].command"),
+        "{message}"
+    );
+    // A body that is not a review at all is a 400, as on /validate.
+    let (status, _, text) = call(&s, "POST", "/validate-resources", b"{not json".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+}
+
+#[tokio::test]
 async fn mutate_patches_a_pod_and_never_a_workload_template() {
     let s = state();
     let resp = review(&s, "/mutate", &data("pod-compliant.json")).await;
