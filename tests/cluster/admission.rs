@@ -341,3 +341,81 @@ async fn the_real_pod_security_admission_agrees_with_our_mutation_and_our_denial
         kubectl_ok(&["delete", "namespace", n, "--wait=false"]).await;
     }
 }
+
+/// A CustomResourceDefinition as Argo Rollouts ships it, reduced to what
+/// the API server needs: any spec is kept.
+fn rollout_crd() -> Value {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "rollouts.argoproj.io"},
+        "spec": {"group": "argoproj.io", "scope": "Namespaced",
+            "names": {"kind": "Rollout", "plural": "rollouts", "singular": "rollout", "listKind": "RolloutList"},
+            "versions": [{"name": "v1alpha1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}})
+}
+
+#[tokio::test]
+async fn custom_resources_listed_in_the_chart_have_their_pod_templates_judged_through_the_real_api_server() {
+    let out = kubectl_stdin(&["apply", "-f", "-"], &rollout_crd().to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/rollouts.argoproj.io",
+        "--timeout=60s",
+    ])
+    .await;
+    let release = Release::install(
+        "distroless-guard-cr",
+        &[
+            "--set-json",
+            r#"webhook.customResources=[{"apiGroups":["argoproj.io"],"resources":["rollouts"]}]"#,
+        ],
+    )
+    .await;
+    let ns = release.namespace("cr", &[]).await;
+    let deny = testcluster::unique("cr-deny");
+    create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;
+    release.wait_serving(&ns).await;
+
+    let file = root().join(crate::corpus::CORPUS).join("rollout.yaml");
+    let mut rollout: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    rollout["metadata"]["namespace"] = json!(ns);
+    // As written, plus a root user: refused by name and path at `kubectl apply`.
+    let mut root_rollout = rollout.clone();
+    root_rollout["spec"]["template"]["spec"]["securityContext"] = json!({"runAsUser": 0});
+    let out = kubectl_stdin(&["apply", "-f", "-"], &root_rollout.to_string()).await;
+    let (_, err) = text(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("admission webhook \"resources.distrolessguard.dev\" denied the request")
+            && err.contains(&format!("Rollout {ns}/checkout is denied"))
+            && err.contains("[root-uid]")
+            && err.contains("spec.template.spec.securityContext.runAsUser"),
+        "{err}"
+    );
+    // What `check --fix` writes for it is admitted.
+    let fixed = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
+        .args(["check", "--fix", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(serde_json::to_string(&rollout).unwrap().as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let out = kubectl_stdin(&["apply", "-f", "-"], &String::from_utf8(fixed.stdout).unwrap()).await;
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("distroless-guard"),
+        "no warning for the fixed rollout: {err}"
+    );
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+    delete_policy(&deny).await;
+}

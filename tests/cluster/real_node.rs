@@ -822,3 +822,102 @@ async fn the_charts_pods_run_the_operators_own_image_on_the_real_node_serve_admi
     let _ = output(helm).await;
     kubectl_ok(&["delete", "namespace", &ns, &work_ns, "--wait=false"]).await;
 }
+
+/// The objects `check --fix` prints for a corpus file, with every hardening mutation.
+fn hardened(file: &std::path::Path) -> Vec<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
+        .args(["check", "--fix", "--policy", crate::corpus::HARDENING, "-f"])
+        .arg(file)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", text(&out).1);
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = dir.path().join("fixed.yaml");
+    std::fs::write(&fixed, &out.stdout).unwrap();
+    distroless_guard::manifest::read(&[fixed])
+        .unwrap()
+        .docs
+        .into_iter()
+        .map(|d| d.value)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_pod_template_check_fix_hardens_in_the_corpus_is_admitted_under_restricted_and_runs_as_its_user() {
+    let (_, distroless) = images();
+    // No webhook of ours sees this namespace: what is admitted is the text
+    // `--fix` wrote, judged by the real Pod Security admission.
+    let ns = namespace("fix-corpus", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+    let mut pods = Vec::new();
+    for file in crate::corpus::manifests() {
+        // Left as written on purpose (explicit root, Windows): check reports them.
+        if file.ends_with("explicit-root.yaml") || file.ends_with("windows.yaml") {
+            continue;
+        }
+        for object in hardened(&file) {
+            if matches!(object["kind"].as_str(), Some("ConfigMap" | "Secret")) {
+                let mut o = object.clone();
+                o["metadata"]["namespace"] = json!(ns);
+                let out = kubectl_stdin(&["create", "-f", "-"], &o.to_string()).await;
+                assert!(out.status.success(), "{}", text(&out).1);
+            }
+            let Some(spec) = crate::corpus::pod_spec(&object) else {
+                continue;
+            };
+            let name = object["metadata"]["name"].as_str().unwrap().to_string();
+            let mut spec = spec.clone();
+            assert!(
+                spec.get("initContainers").is_none(),
+                "{name}: init containers would need a program that ends"
+            );
+            // The corpus' images are not on this machine: each container runs
+            // the test app (its own port), with everything `--fix` wrote kept.
+            for (i, c) in spec["containers"].as_array_mut().unwrap().iter_mut().enumerate() {
+                let c = c.as_object_mut().unwrap();
+                for field in ["command", "args", "livenessProbe", "readinessProbe", "ports"] {
+                    c.remove(field);
+                }
+                c.insert("image".into(), json!(distroless));
+                c.insert("env".into(), json!([{"name": "PORT", "value": (8080 + i).to_string()}]));
+            }
+            pods.push((name, spec));
+        }
+    }
+    let names: Vec<&str> = pods.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "cache",
+            "payments",
+            "api",
+            "guestbook",
+            "debug-shell",
+            "orders",
+            "nightly-report",
+            "checkout",
+            "web"
+        ]
+    );
+    for (name, spec) in &pods {
+        let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+            "spec": on_real_node(spec.clone())});
+        let out = kubectl_stdin(&["create", "-f", "-"], &p.to_string()).await;
+        let (_, err) = text(&out);
+        assert!(
+            out.status.success(),
+            "Pod Security refused {name} as --fix wrote it: {err}"
+        );
+        assert!(!err.contains("PodSecurity"), "{name}: {err}");
+    }
+    for (name, spec) in &pods {
+        wait_running_ready(&ns, name).await;
+        let id = app_get(&ns, name, "/id").await;
+        let sc = &spec["securityContext"];
+        let first = &spec["containers"][0]["securityContext"];
+        let uid = first.get("runAsUser").unwrap_or(&sc["runAsUser"]);
+        assert_eq!(&id["uid"], uid, "{name} runs as the user the fix chose or kept: {id}");
+        assert_ne!(id["uid"], 0, "{name}");
+    }
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
