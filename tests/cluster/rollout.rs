@@ -93,8 +93,8 @@ async fn ours_in(ns: &str, deployment: &str) -> (String, Value) {
     (ours, d)
 }
 
-/// The pod IPs a Service's EndpointSlices list as ready.
-async fn ready_endpoints(ns: &str, service: &str) -> Vec<String> {
+/// The pod IPs a Service's EndpointSlices list, each with whether it is ready.
+async fn endpoints(ns: &str, service: &str) -> Vec<(String, bool)> {
     let Some(slices) = get_json(&[
         "endpointslices",
         "-n",
@@ -111,9 +111,24 @@ async fn ready_endpoints(ns: &str, service: &str) -> Vec<String> {
         .into_iter()
         .flatten()
         .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
-        .filter(|e| e["conditions"]["ready"] == true)
-        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a.as_str().map(str::to_string))
+        .flat_map(|e| {
+            let ready = e["conditions"]["ready"] == true;
+            e["addresses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |a| Some((a.as_str()?.to_string(), ready)))
+        })
+        .collect()
+}
+
+/// The pod IPs a Service's EndpointSlices list as ready.
+async fn ready_endpoints(ns: &str, service: &str) -> Vec<String> {
+    endpoints(ns, service)
+        .await
+        .into_iter()
+        .filter_map(|(ip, ready)| ready.then_some(ip))
         .collect()
 }
 
@@ -158,8 +173,13 @@ async fn a_healthy_rollout_moves_through_staging_and_weights_without_touching_th
     let distroless = format!("registry.test/{ns}/web:1.0-distroless");
     app(&ns, "web", 4, &standard, Value::Null).await;
     let before = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
-    let stable_ips = ready_endpoints(&ns, "web").await;
-    assert_eq!(stable_ips.len(), 4);
+    // The EndpointSlice controller lists the pods after the Deployment counts them ready.
+    wait_for(
+        "the four stable pods in the endpoints",
+        Duration::from_secs(30),
+        || async { (ready_endpoints(&ns, "web").await.len() == 4).then_some(()) },
+    )
+    .await;
 
     create_rollout(
         &ns,
@@ -188,11 +208,14 @@ async fn a_healthy_rollout_moves_through_staging_and_weights_without_touching_th
     .await;
     let canary_ip = pod["status"]["podIP"].as_str().unwrap().to_string();
     assert_eq!(pod["spec"]["containers"][0]["image"], distroless.as_str());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        !ready_endpoints(&ns, "web").await.contains(&canary_ip),
-        "a staging pod took traffic"
-    );
+    // Proof the EndpointSlice controller had its chance: it lists the pod.
+    let (_, ready) = wait_for(
+        "the staging pod listed in the EndpointSlice",
+        Duration::from_secs(30),
+        || async { endpoints(&ns, "web").await.into_iter().find(|(ip, _)| *ip == canary_ip) },
+    )
+    .await;
+    assert!(!ready, "a staging pod took traffic");
     let during = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
     assert_eq!(during["metadata"]["generation"], before["metadata"]["generation"]);
     assert_eq!(
@@ -549,8 +572,25 @@ async fn exporter() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<f6
     (addr, value)
 }
 
-#[tokio::test]
-async fn a_rising_error_rate_in_prometheus_rolls_the_canary_back() {
+/// A real Prometheus (Debian's `prometheus`) scraping the test [`exporter`]
+/// every second; with `web`, behind TLS and basic authentication.
+struct Prometheus {
+    address: String,
+    errors: std::sync::Arc<std::sync::Mutex<f64>>,
+    _process: testcluster::process::Process,
+    _dir: tempfile::TempDir,
+}
+
+/// How a test Prometheus is protected: its serving certificate, its CA (PEM)
+/// and one user's name and password.
+struct PrometheusWeb {
+    cert: crate::tls::ServingCert,
+    ca_pem: String,
+    user: &'static str,
+    password: &'static str,
+}
+
+async fn prometheus(web: Option<&PrometheusWeb>) -> Prometheus {
     let (exporter, errors) = exporter().await;
     let dir = tempfile::tempdir().unwrap();
     let prom_port = testcluster::free_port();
@@ -563,13 +603,36 @@ async fn a_rising_error_rate_in_prometheus_rolls_the_canary_back() {
     cmd.arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
+    let mut curl = vec!["-sf".to_string()];
+    let scheme = match web {
+        None => "http",
+        Some(web) => {
+            let (cert, key) = web.cert.write(dir.path());
+            let ca = dir.path().join("ca.crt");
+            std::fs::write(&ca, &web.ca_pem).unwrap();
+            // Prometheus keeps only bcrypt hashes of its users' passwords.
+            let hash = bcrypt::hash(web.password, 4).unwrap();
+            let config = json!({"tls_server_config": {"cert_file": cert, "key_file": key},
+                "basic_auth_users": {web.user: hash}});
+            std::fs::write(dir.path().join("web.yml"), config.to_string()).unwrap();
+            cmd.arg(format!("--web.config.file={}", dir.path().join("web.yml").display()));
+            curl.extend([
+                "--cacert".into(),
+                ca.display().to_string(),
+                "-u".into(),
+                format!("{}:{}", web.user, web.password),
+            ]);
+            "https"
+        }
+    };
     let log = dir.path().join("prometheus.log");
-    let _prometheus = testcluster::process::Process::spawn("prometheus", cmd, &log)
+    let process = testcluster::process::Process::spawn("prometheus", cmd, &log)
         .unwrap_or_else(|e| panic!("cannot start prometheus ({e}); install it with: apt-get install prometheus"));
-    let address = format!("http://127.0.0.1:{prom_port}");
+    let address = format!("{scheme}://127.0.0.1:{prom_port}");
     wait_for("Prometheus to scrape the exporter", Duration::from_secs(60), || async {
         let out = std::process::Command::new("curl")
-            .args(["-sf", &format!("{address}/api/v1/query?query=app_error_ratio")])
+            .args(&curl)
+            .arg(format!("{address}/api/v1/query?query=app_error_ratio"))
             .output()
             .ok()?;
         String::from_utf8_lossy(&out.stdout)
@@ -577,7 +640,18 @@ async fn a_rising_error_rate_in_prometheus_rolls_the_canary_back() {
             .then_some(())
     })
     .await;
+    Prometheus {
+        address,
+        errors,
+        _process: process,
+        _dir: dir,
+    }
+}
 
+#[tokio::test]
+async fn a_rising_error_rate_in_prometheus_rolls_the_canary_back() {
+    let prom = prometheus(None).await;
+    let (address, errors) = (&prom.address, &prom.errors);
     let release = Release::install("distroless-guard-metric", &[]).await;
     let ns = release.namespace("metric", &[]).await;
     app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
@@ -594,16 +668,198 @@ async fn a_rising_error_rate_in_prometheus_rolls_the_canary_back() {
         status(&ns, "web").await.filter(|s| s["stepReadyAt"].is_string())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(
-        status(&ns, "web").await.unwrap()["phase"],
-        "Canary",
-        "a healthy error rate passes"
-    );
+    // Proof the gate had its chance: two readings counted while baking.
+    let since = status(&ns, "web").await.unwrap()["metricsReadAt"].clone();
+    let s = two_readings_after(&ns, &since).await;
+    assert_eq!(s["phase"], "Canary", "a healthy error rate passes: {s:#}");
+    assert!(s.get("metricFailures").is_none(), "{s:#}");
     *errors.lock().unwrap() = 0.4;
     let s = wait_phase(&ns, "web", "RolledBack", 60).await;
     assert_eq!(s["failure"]["reason"], "MetricGate", "{s:#}");
     assert!(s["failure"]["message"].as_str().unwrap().contains("0.4"), "{s:#}");
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// Two metric readings counted (`metricsReadAt` moved twice) after `since`:
+/// proof the gate had its chance.
+async fn two_readings_after(ns: &str, since: &Value) -> Value {
+    let mut read_at = since.clone();
+    for reading in 1..=2 {
+        read_at = wait_for(
+            &format!("metric reading {reading}"),
+            Duration::from_secs(60),
+            || async {
+                let s = status(ns, "web").await?;
+                (s["metricsReadAt"].is_string() && s["metricsReadAt"] != read_at).then(|| s["metricsReadAt"].clone())
+            },
+        )
+        .await;
+    }
+    status(ns, "web").await.unwrap()
+}
+
+#[tokio::test]
+async fn a_metric_gate_reads_a_real_prometheus_over_https_with_basic_auth_and_the_ca_from_a_secret() {
+    let ca = crate::tls::TestCa::new("prometheus-ca");
+    let web = PrometheusWeb {
+        cert: ca.serving_cert(1),
+        ca_pem: ca.cert_pem.clone(),
+        user: "prom",
+        password: "pa ss",
+    };
+    let prom = prometheus(Some(&web)).await;
+    // Without the password Prometheus refuses: the gate below reads only with it.
+    let anonymous = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-k"])
+        .arg(format!("{}/api/v1/query?query=up", prom.address))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401");
+
+    let release = Release::install("distroless-guard-promauth", &[]).await;
+    let ns = release.namespace("promauth", &[]).await;
+    let secret = |password: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prom", "namespace": ns},
+            "stringData": {"username": "prom", "password": password, "ca.crt": web.ca_pem}})
+        .to_string()
+    };
+    let out = kubectl_stdin(&["apply", "-f", "-"], &secret("wrong")).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &format!("registry.test/{ns}/web:1-distroless"),
+        json!({"steps": [{"weight": 50, "bakeSeconds": 300}, {"weight": 100}],
+               "metrics": [{"name": "errors", "address": prom.address, "query": "app_error_ratio", "threshold": 0.05,
+                            "consecutiveErrorLimit": 100,
+                            "auth": {"secretName": "prom", "usernameKey": "username", "passwordKey": "password", "caKey": "ca.crt"}}]}),
+    )
+    .await;
+    // A wrong password: each reading is an error that holds the step.
+    let held = wait_for("a refused reading", Duration::from_secs(90), || async {
+        status(&ns, "web")
+            .await
+            .filter(|s| s["metricErrors"]["errors"].as_u64().is_some_and(|n| n >= 1))
+    })
+    .await;
+    assert!(
+        held["message"]
+            .as_str()
+            .unwrap()
+            .contains("401 Unauthorized: check the gate's credentials"),
+        "{held:#}"
+    );
+    assert_eq!(held["phase"], "Canary", "{held:#}");
+    // The right one: readings count as healthy, the errors are forgotten.
+    let out = kubectl_stdin(&["apply", "-f", "-"], &secret(web.password)).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let healthy = wait_for("a healthy reading", Duration::from_secs(90), || async {
+        status(&ns, "web").await.filter(|s| s.get("metricErrors").is_none())
+    })
+    .await;
+    let s = two_readings_after(&ns, &healthy["metricsReadAt"]).await;
+    assert_eq!(s["phase"], "Canary", "{s:#}");
+    assert!(
+        s.get("metricErrors").is_none() && s.get("metricFailures").is_none(),
+        "{s:#}"
+    );
+    *prom.errors.lock().unwrap() = 0.4;
+    let s = wait_phase(&ns, "web", "RolledBack", 60).await;
+    assert_eq!(s["failure"]["reason"], "MetricGate", "{s:#}");
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// The chart's ClusterRole of `release` without the verb `verb` on ReplicaSets
+/// (`None`: as the chart made it), replaced in the cluster.
+async fn replica_set_verbs(role: &Value, without: Option<&str>) {
+    let mut role = role.clone();
+    role["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+    if let Some(verb) = without {
+        for rule in role["rules"].as_array_mut().unwrap() {
+            if rule["resources"] == json!(["replicasets"]) {
+                rule["verbs"].as_array_mut().unwrap().retain(|v| v != verb);
+            }
+        }
+    }
+    let out = kubectl_stdin(&["replace", "-f", "-"], &role.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+#[tokio::test]
+async fn a_rollback_decided_on_a_one_off_metric_spike_survives_the_operator_being_killed_before_it_scaled_the_canary_down()
+ {
+    let prom = prometheus(None).await;
+    let mut release = Release::install("distroless-guard-oneoff", &[]).await;
+    let ns = release.namespace("oneoff", &[]).await;
+    let standard = format!("registry.test/{ns}/web:1");
+    app(&ns, "web", 2, &standard, Value::Null).await;
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &format!("registry.test/{ns}/web:1-distroless"),
+        json!({"steps": [{"weight": 50, "bakeSeconds": 300}, {"weight": 100}],
+               "metrics": [{"name": "errors", "address": prom.address, "query": "app_error_ratio", "threshold": 0.05}]}),
+    )
+    .await;
+    let baking = wait_for("the step to bake", Duration::from_secs(60), || async {
+        status(&ns, "web").await.filter(|s| s["stepReadyAt"].is_string())
+    })
+    .await;
+    let canary = baking["canary"]["replicaSet"].as_str().unwrap().to_string();
+    // The operator may no longer scale ReplicaSets: whatever it decides, it
+    // can only write down, not carry out.
+    let role = get_json(&[
+        "clusterrole",
+        "-l",
+        &format!("app.kubernetes.io/instance={}", release.name),
+    ])
+    .await
+    .unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["rules"].as_array().unwrap().iter().any(|rule| {
+                rule["resources"] == json!(["replicasets"])
+                    && rule["verbs"].as_array().unwrap().contains(&json!("patch"))
+            })
+        })
+        .expect("the chart's ClusterRole that patches ReplicaSets")
+        .clone();
+    replica_set_verbs(&role, Some("patch")).await;
+    // One spike, seen once, then gone.
+    *prom.errors.lock().unwrap() = 0.4;
+    let decided = wait_phase(&ns, "web", "RolledBack", 60).await;
+    *prom.errors.lock().unwrap() = 0.0;
+    assert_eq!(decided["failure"]["reason"], "MetricGate", "{decided:#}");
+    let rs = get_json(&["replicaset", &canary, "-n", &ns]).await.unwrap();
+    assert_ne!(
+        rs["spec"]["replicas"], 0,
+        "the canary is still up: the decision was written first"
+    );
+    // Killed now, and a new operator with its rights back: the spike is gone,
+    // the decision is not.
+    release.stop_operators();
+    replica_set_verbs(&role, None).await;
+    release.start_operators().await.unwrap();
+    wait_for("the canary scaled down", Duration::from_secs(60), || async {
+        let rs = get_json(&["replicaset", &canary, "-n", &ns]).await?;
+        (rs["spec"]["replicas"] == 0).then_some(())
+    })
+    .await;
+    let s = status(&ns, "web").await.unwrap();
+    assert_eq!(
+        (s["phase"].clone(), s["failure"]["reason"].clone()),
+        (json!("RolledBack"), json!("MetricGate")),
+        "{s:#}"
+    );
+    let d = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(image_of(&d), standard);
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }

@@ -18,6 +18,9 @@ use tokio_rustls::TlsConnector;
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     pub cert_der: CertificateDer<'static>,
+    /// The same certificate as PEM (the cluster tests put it in a Secret).
+    #[allow(dead_code)]
+    pub cert_pem: String,
 }
 
 /// A serving certificate and its key, as PEM.
@@ -35,6 +38,7 @@ impl TestCa {
         let cert = params.self_signed(&key).unwrap();
         TestCa {
             cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
