@@ -404,6 +404,79 @@ async fn every_kind_of_canary_failure_rolls_back_within_seconds_with_its_reason_
 }
 
 #[tokio::test]
+async fn a_canary_that_starts_crash_looping_while_the_git_change_is_awaited_rolls_back() {
+    let release = Release::install("distroless-guard-gitops", &[]).await;
+    let ns = release.namespace("gitops", &[]).await;
+    // Pods labelled `crash=now` crash as a shell in a distroless image does:
+    // the label is set only once the hold has begun.
+    let stage = format!("{ns}-crash");
+    let crash = Target::Label("test.distrolessguard.dev/crash".into(), "now".into());
+    cp().create_stage(&observed::shell_in_distroless(300).stage(&stage, &crash))
+        .await
+        .unwrap();
+    let standard = format!("registry.test/{ns}/web:1");
+    app(&ns, "web", 2, &standard, Value::Null).await;
+    create_rollout(
+        &ns,
+        "web",
+        "web",
+        &format!("registry.test/{ns}/web:1-distroless"),
+        json!({"promotion": "AwaitGitOps", "steps": [{"weight": 50, "bakeSeconds": 1}, {"weight": 100}]}),
+    )
+    .await;
+    wait_phase(&ns, "web", "Promoting", 60).await;
+    wait_for("the hold for the Git change", Duration::from_secs(30), || async {
+        status(&ns, "web").await.filter(|s| {
+            s["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("until the Deployment's template carries the distroless images"))
+        })
+    })
+    .await;
+    let serving = canary_pods(&ns, "web").await;
+    assert!(!serving.is_empty(), "the held canary runs");
+    wait_for("the held canary in the endpoints", Duration::from_secs(30), || async {
+        let ips = ready_endpoints(&ns, "web").await;
+        serving
+            .iter()
+            .all(|p| {
+                p["status"]["podIP"]
+                    .as_str()
+                    .is_some_and(|ip| ips.iter().any(|i| i == ip))
+            })
+            .then_some(())
+    })
+    .await;
+    // Hours into the hold, as far as the canary knows: it starts crashing.
+    for p in &serving {
+        let name = p["metadata"]["name"].as_str().unwrap();
+        kubectl_ok(&["label", "pod", name, "-n", &ns, "test.distrolessguard.dev/crash=now"]).await;
+    }
+    let s = wait_phase(&ns, "web", "RolledBack", 60).await;
+    assert_eq!(s["failure"]["reason"], "CrashLoopBackOff", "{s:#}");
+    let d = get_json(&["deployment", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(
+        image_of(&d),
+        standard,
+        "the Deployment was never patched in AwaitGitOps"
+    );
+    wait_for("the canary out of the endpoints", Duration::from_secs(30), || async {
+        let ips = ready_endpoints(&ns, "web").await;
+        (ips.len() == 2
+            && !serving.iter().any(|p| {
+                p["status"]["podIP"]
+                    .as_str()
+                    .is_some_and(|ip| ips.iter().any(|i| i == ip))
+            }))
+        .then_some(())
+    })
+    .await;
+    cp().delete_stage(&stage).await.unwrap();
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+#[tokio::test]
 async fn a_failed_promotion_patches_the_standard_images_back() {
     let release = Release::install("distroless-guard-promo", &[]).await;
     let ns = release.namespace("promo", &[]).await;
