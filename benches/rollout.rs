@@ -7,19 +7,25 @@
 //! bench sets): crash loop, CreateContainerConfigError, OOM kill, restarts
 //! while Ready, in turn.
 //!
-//! Three watches time each run from the moment the API server shows the
-//! failure in a canary pod's status: to `status.phase: RolledBack` (detect)
-//! and to the last canary pod leaving the ready endpoints (rollback).
+//! Watches time each run from the moment the API server shows the failure in
+//! a canary pod's status: to `status.phase: RolledBack` (detect: the
+//! operator's decision, written before it acts), to every canary pod's
+//! serving gate closed (the operator's action done), and from there to the
+//! last canary pod leaving the ready endpoints (the EndpointSlice
+//! controller's part). A time-based failure is timed too: a canary that never
+//! becomes ready, `RolledBack` how long after `readyTimeoutSeconds` ran out.
 //!
 //! Then the same on a real node (kubelet, containerd, runc): a 2-replica
 //! Deployment of the standard test image rolls to a distroless image whose
 //! entrypoint is a shell, which the runtime cannot start. Detect runs from
 //! the kubelet's first failed status of a canary pod to `RolledBack`;
-//! rollback to the last canary pod gone. Times are differences of the
+//! rollback to the last canary pod gone; the kubelet's own part is the time
+//! from a canary pod first seen to that failed status. Times are differences of the
 //! watches' clocks, never clamped.
 //!
-//! Last lines: `RESULT rollout runs=.. detect_p50_ms=.. detect_max_ms=.. rollback_p50_ms=.. rollback_max_ms=..`
-//! (kwok) and `RESULT rollout node=real runs=.. detect_p50_ms=.. ...` (real node).
+//! Last lines: `RESULT rollout runs=.. detect_p50_ms=.. operator_act_p50_ms=.. endpoints_p50_ms=.. ...`
+//! and `RESULT rollout ready_timeout_s=.. late_p50_ms=..` (kwok), and
+//! `RESULT rollout node=real runs=.. kubelet_p50_ms=.. detect_p50_ms=.. ...` (real node).
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -44,6 +50,10 @@ use testcluster::{ControlPlane, Options};
 const RUNS: usize = 12;
 const REAL_RUNS: usize = 6;
 const REPLICAS: i32 = 4;
+const TIMEOUT_RUNS: usize = 4;
+const READY_TIMEOUT_S: u32 = 4;
+/// The canary image whose pods never become ready (a kwok Stage).
+const NOT_READY_IMAGE: &str = "registry.example.com/web:1-notready";
 
 fn failures() -> Vec<(&'static str, Failure)> {
     vec![
@@ -109,30 +119,45 @@ async fn run(cp: &'static ControlPlane) {
             .await
             .unwrap();
     }
-    let mut detect = Vec::new();
-    let mut rollback = Vec::new();
+    cp.create_stage(&Failure::NotReady.stage("bench-notready", &Target::Image(NOT_READY_IMAGE.into())))
+        .await
+        .unwrap();
+    let (mut detect, mut act, mut endpoints) = (Vec::new(), Vec::new(), Vec::new());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for i in 0..RUNS {
         let (kind, _) = &kinds[i % kinds.len()];
-        let (d, r) = one_run(&client, &format!("run-{i}"), kind).await;
+        let (d, a, e) = one_run(&client, &format!("run-{i}"), kind).await;
         println!(
-            "run {i} ({kind}): detect {:.0} ms, rollback {:.0} ms",
-            d.as_secs_f64() * 1e3,
-            r.as_secs_f64() * 1e3
+            "run {i} ({kind}): detect {:.0} ms, gates closed {:.0} ms, then out of the endpoints {:.0} ms",
+            ms(d),
+            ms(a),
+            ms(e)
         );
         detect.push(d);
-        rollback.push(r);
+        act.push(a);
+        endpoints.push(e);
+    }
+    let mut late = Vec::new();
+    for i in 0..TIMEOUT_RUNS {
+        let l = one_timeout_run(&client, &format!("timeout-{i}")).await;
+        println!(
+            "ready-timeout run {i}: RolledBack {:.0} ms after the timeout ran out",
+            ms(l)
+        );
+        late.push(l);
     }
     let stat = |v: &mut Vec<Duration>| {
         v.sort();
-        (
-            v[(v.len() - 1) / 2].as_secs_f64() * 1e3,
-            v[v.len() - 1].as_secs_f64() * 1e3,
-        )
+        (ms(v[(v.len() - 1) / 2]), ms(v[v.len() - 1]))
     };
     let (d50, dmax) = stat(&mut detect);
-    let (r50, rmax) = stat(&mut rollback);
+    let (a50, amax) = stat(&mut act);
+    let (e50, emax) = stat(&mut endpoints);
+    let (l50, lmax) = stat(&mut late);
     let kwok_line = format!(
-        "RESULT rollout runs={RUNS} detect_p50_ms={d50:.0} detect_max_ms={dmax:.0} rollback_p50_ms={r50:.0} rollback_max_ms={rmax:.0}"
+        "RESULT rollout runs={RUNS} detect_p50_ms={d50:.0} detect_max_ms={dmax:.0} operator_act_p50_ms={a50:.0} \
+         operator_act_max_ms={amax:.0} endpoints_p50_ms={e50:.0} endpoints_max_ms={emax:.0}\n\
+         RESULT rollout ready_timeout_s={READY_TIMEOUT_S} runs={TIMEOUT_RUNS} late_p50_ms={l50:.0} late_max_ms={lmax:.0}"
     );
     println!("{kwok_line}");
 
@@ -144,10 +169,13 @@ async fn run(cp: &'static ControlPlane) {
     let mut broken = test_images::distroless(&app).unwrap();
     broken.entrypoint = vec!["/bin/sh".into(), "-c".into(), "exec /app serve".into()];
     let broken = cp.push_image("bench/app", "broken", &broken).unwrap();
-    let (mut detect, mut gone) = (Vec::new(), Vec::new());
+    let (mut kubelet, mut detect, mut gone) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..REAL_RUNS {
-        let (d, r) = one_real_run(&client, &format!("real-{i}"), &standard, &broken).await;
-        println!("real run {i}: detect {d:.0} ms, rollback {r:.0} ms");
+        let (k, d, r) = one_real_run(&client, &format!("real-{i}"), &standard, &broken).await;
+        println!(
+            "real run {i}: kubelet {k:.0} ms (canary pod seen to its failed status), detect {d:.0} ms, rollback {r:.0} ms"
+        );
+        kubelet.push(k);
         detect.push(d);
         gone.push(r);
     }
@@ -156,11 +184,13 @@ async fn run(cp: &'static ControlPlane) {
         v.sort_by(f64::total_cmp);
         (v[(v.len() - 1) / 2], v[v.len() - 1])
     };
+    let (k50, kmax) = stat(&mut kubelet);
     let (d50, dmax) = stat(&mut detect);
     let (r50, rmax) = stat(&mut gone);
     println!("{kwok_line}");
     println!(
-        "RESULT rollout node=real runs={REAL_RUNS} detect_p50_ms={d50:.0} detect_max_ms={dmax:.0} rollback_p50_ms={r50:.0} rollback_max_ms={rmax:.0}"
+        "RESULT rollout node=real runs={REAL_RUNS} kubelet_p50_ms={k50:.0} kubelet_max_ms={kmax:.0} detect_p50_ms={d50:.0} \
+         detect_max_ms={dmax:.0} rollback_p50_ms={r50:.0} rollback_max_ms={rmax:.0}"
     );
 }
 
@@ -202,7 +232,7 @@ fn kubelet_failed(p: &Pod) -> bool {
 
 /// One rollout on the real node to an image the runtime cannot start:
 /// (first failed status → RolledBack, → last canary pod gone), in ms.
-async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &str) -> (f64, f64) {
+async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &str) -> (f64, f64, f64) {
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &namespace)
@@ -235,8 +265,10 @@ async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let failed_at = Arc::new(Mutex::new(None::<Instant>));
+    let seen_at = Arc::new(Mutex::new(None::<Instant>));
     let all_gone = {
         let failed_at = failed_at.clone();
+        let seen_at = seen_at.clone();
         let pods = pods.clone();
         let stream = watcher(
             pods.clone(),
@@ -247,10 +279,11 @@ async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &
             let canary = ListParams::default().labels("distrolessguard.dev/rollout=web");
             loop {
                 let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
-                if let Ok(Some(Ok(p))) = next
-                    && kubelet_failed(&p)
-                {
-                    failed_at.lock().get_or_insert(Instant::now());
+                if let Ok(Some(Ok(p))) = next {
+                    seen_at.lock().get_or_insert(Instant::now());
+                    if kubelet_failed(&p) {
+                        failed_at.lock().get_or_insert(Instant::now());
+                    }
                 }
                 if failed_at.lock().is_some() {
                     let live = pods.list(&canary).await.map(|l| l.items.len()).unwrap_or(usize::MAX);
@@ -288,15 +321,18 @@ async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &
             -(failed.duration_since(later).as_secs_f64() * 1e3)
         }
     };
+    // Seen before it failed: the difference is negative, the kubelet's time its opposite.
+    let kubelet = -ms(seen_at.lock().expect("a canary pod seen"));
     Api::<Namespace>::all(client.clone())
         .delete(ns, &Default::default())
         .await
         .unwrap();
-    (ms(rolled_back), ms(gone))
+    (kubelet, ms(rolled_back), ms(gone))
 }
 
-/// One rollout to a failing canary: (failure shown → RolledBack, failure shown → out of the endpoints).
-async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Duration) {
+/// A namespace `ns` with a `REPLICAS`-pod Deployment `web` (kwok's nodes)
+/// behind a Service, ready, and a rollout of it to `image` at 50%.
+async fn rollout_at_half(client: &kube::Client, ns: &str, image: &str, failure: serde_json::Value) {
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &namespace)
@@ -329,11 +365,52 @@ async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Dura
     .await;
     let rollout: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "metadata": {"name": "web"},
-        "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": "registry.example.com/web:1-distroless"}],
-                 "steps": [{"weight": 50, "bakeSeconds": 600}, {"weight": 100}]}}))
+        "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": image}],
+                 "steps": [{"weight": 50, "bakeSeconds": 600}, {"weight": 100}], "failure": failure}}))
     .unwrap();
+    rollouts(client, ns)
+        .create(&PostParams::default(), &rollout)
+        .await
+        .unwrap();
+}
+
+/// When every canary pod watched through `pods` has its serving gate closed
+/// (the operator's own action on a rollback), once one was open.
+fn when_gates_closed(pods: Api<Pod>) -> tokio::task::JoinHandle<Instant> {
+    let stream = watcher(
+        pods.clone(),
+        watcher::Config::default().labels("distrolessguard.dev/rollout=web"),
+    );
+    tokio::spawn(async move {
+        let open = |p: &Pod| {
+            p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "distrolessguard.dev/serving" && c.status == "True")
+            })
+        };
+        let mut was_open = false;
+        let mut stream = std::pin::pin!(stream.applied_objects());
+        while let Some(Ok(p)) = stream.next().await {
+            was_open |= open(&p);
+            if was_open {
+                let canary = ListParams::default().labels("distrolessguard.dev/rollout=web");
+                let Ok(list) = pods.list(&canary).await else {
+                    continue;
+                };
+                if !list.items.iter().any(open) {
+                    return Instant::now();
+                }
+            }
+        }
+        panic!("the canary pod watch ended");
+    })
+}
+
+/// One rollout to a failing canary: (failure shown → RolledBack, failure
+/// shown → every serving gate closed, gates closed → out of the endpoints).
+async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Duration, Duration) {
+    rollout_at_half(client, ns, "registry.example.com/web:1-distroless", json!({})).await;
     let rollouts = rollouts(client, ns);
-    rollouts.create(&PostParams::default(), &rollout).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let canary = ListParams::default().labels("distrolessguard.dev/rollout=web");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
@@ -373,6 +450,7 @@ async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Dura
         })
     };
     let rolled_back = when_rolled_back(rollouts.clone());
+    let closed = when_gates_closed(pods.clone());
     let out_of_endpoints = {
         let stream = watcher(
             slices.clone(),
@@ -415,12 +493,57 @@ async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Dura
         .await
         .expect("the canary stayed in the endpoints")
         .unwrap();
+    let closed = tokio::time::timeout(timeout, closed)
+        .await
+        .expect("the serving gates stayed open")
+        .unwrap();
     let failed = failed_at.lock().expect("failure time");
     let detect = rolled_back.saturating_duration_since(failed);
-    let back = gone.saturating_duration_since(failed);
+    let act = closed.saturating_duration_since(failed);
+    let endpoints = gone.saturating_duration_since(closed);
     Api::<Namespace>::all(client.clone())
         .delete(ns, &Default::default())
         .await
         .unwrap();
-    (detect, back)
+    (detect, act, endpoints)
+}
+
+/// One rollout whose canary never becomes ready (a time-based failure,
+/// `readyTimeoutSeconds`): how long after the timeout ran out, counted from
+/// the first canary pod seen, the rollout was `RolledBack`.
+async fn one_timeout_run(client: &kube::Client, ns: &str) -> Duration {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let rolled_back = when_rolled_back(rollouts(client, ns));
+    let first_seen = {
+        let stream = watcher(
+            pods.clone(),
+            watcher::Config::default().labels("distrolessguard.dev/rollout=web"),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream.default_backoff().applied_objects());
+            let _ = stream.next().await;
+            Instant::now()
+        })
+    };
+    rollout_at_half(
+        client,
+        ns,
+        NOT_READY_IMAGE,
+        json!({"readyTimeoutSeconds": READY_TIMEOUT_S}),
+    )
+    .await;
+    let timeout = Duration::from_secs(60);
+    let first_seen = tokio::time::timeout(timeout, first_seen)
+        .await
+        .expect("no canary pod")
+        .unwrap();
+    let rolled_back = tokio::time::timeout(timeout, rolled_back)
+        .await
+        .expect("never RolledBack")
+        .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .delete(ns, &Default::default())
+        .await
+        .unwrap();
+    rolled_back.saturating_duration_since(first_seen + Duration::from_secs(READY_TIMEOUT_S.into()))
 }
