@@ -140,10 +140,7 @@ async fn run(cp: &'static ControlPlane) {
     let mut late = Vec::new();
     for i in 0..TIMEOUT_RUNS {
         let l = one_timeout_run(&client, &format!("timeout-{i}")).await;
-        println!(
-            "ready-timeout run {i}: RolledBack {:.0} ms after the timeout ran out",
-            ms(l)
-        );
+        println!("ready-timeout run {i}: RolledBack {l:.0} ms after the timeout ran out");
         late.push(l);
     }
     let stat = |v: &mut Vec<Duration>| {
@@ -153,11 +150,12 @@ async fn run(cp: &'static ControlPlane) {
     let (d50, dmax) = stat(&mut detect);
     let (a50, amax) = stat(&mut act);
     let (e50, emax) = stat(&mut endpoints);
-    let (l50, lmax) = stat(&mut late);
+    late.sort_by(f64::total_cmp);
+    let (l50, lmin, lmax) = (late[(late.len() - 1) / 2], late[0], late[late.len() - 1]);
     let kwok_line = format!(
         "RESULT rollout runs={RUNS} detect_p50_ms={d50:.0} detect_max_ms={dmax:.0} operator_act_p50_ms={a50:.0} \
          operator_act_max_ms={amax:.0} endpoints_p50_ms={e50:.0} endpoints_max_ms={emax:.0}\n\
-         RESULT rollout ready_timeout_s={READY_TIMEOUT_S} runs={TIMEOUT_RUNS} late_p50_ms={l50:.0} late_max_ms={lmax:.0}"
+         RESULT rollout ready_timeout_s={READY_TIMEOUT_S} runs={TIMEOUT_RUNS} late_p50_ms={l50:.0} late_min_ms={lmin:.0} late_max_ms={lmax:.0}"
     );
     println!("{kwok_line}");
 
@@ -510,8 +508,9 @@ async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Dura
 
 /// One rollout whose canary never becomes ready (a time-based failure,
 /// `readyTimeoutSeconds`): how long after the timeout ran out, counted from
-/// the first canary pod seen, the rollout was `RolledBack`.
-async fn one_timeout_run(client: &kube::Client, ns: &str) -> Duration {
+/// the first canary pod seen, the rollout was `RolledBack`, in ms (negative:
+/// before; pods' ages are whole seconds since their creation second).
+async fn one_timeout_run(client: &kube::Client, ns: &str) -> f64 {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let rolled_back = when_rolled_back(rollouts(client, ns));
     let first_seen = {
@@ -545,5 +544,10 @@ async fn one_timeout_run(client: &kube::Client, ns: &str) -> Duration {
         .delete(ns, &Default::default())
         .await
         .unwrap();
-    rolled_back.saturating_duration_since(first_seen + Duration::from_secs(READY_TIMEOUT_S.into()))
+    let deadline = first_seen + Duration::from_secs(READY_TIMEOUT_S.into());
+    if rolled_back >= deadline {
+        rolled_back.duration_since(deadline).as_secs_f64() * 1e3
+    } else {
+        -(deadline.duration_since(rolled_back).as_secs_f64() * 1e3)
+    }
 }

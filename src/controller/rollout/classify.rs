@@ -38,8 +38,16 @@ pub(crate) fn ready(pod: &Pod) -> bool {
     condition_true(pod, "Ready")
 }
 
-fn created(pod: &Pod) -> Option<Timestamp> {
-    pod.metadata.creation_timestamp.as_ref().map(|t| t.0)
+/// When a pod was created, for its grace periods: the end of the second its
+/// `creationTimestamp` names (the API server truncates it to the second, so
+/// the pod may be up to a second younger; counting from the second's start
+/// cut `readyTimeoutSeconds` short by up to a second, measured by the rollout
+/// bench).
+pub(crate) fn created(pod: &Pod) -> Option<Timestamp> {
+    pod.metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| t.0.checked_add(jiff::SignedDuration::from_secs(1)).ok())
 }
 
 fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
@@ -412,6 +420,11 @@ mod tests {
             )
         };
         assert!(classify_pod(&running(5), &policy, now()).is_none());
+        // Created in the second the timeout's count starts from: it may be
+        // up to a second younger than its whole-second creationTimestamp says,
+        // so it still has its grace.
+        let exact = i64::from(policy.ready_timeout_seconds);
+        assert!(classify_pod(&running(exact), &policy, now()).is_none());
         let late = i64::from(policy.ready_timeout_seconds) + 1;
         let f = classify_pod(&running(late), &policy, now()).unwrap();
         assert_eq!(f.reason, "ReadyTimeout");

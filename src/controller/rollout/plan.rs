@@ -699,7 +699,7 @@ impl<'a> Planner<'a> {
         }
         // Timers: pods not ready in time, images not pulled in time.
         for p in &pods {
-            if let Some(created) = p.metadata.creation_timestamp.as_ref().map(|t| t.0) {
+            if let Some(created) = classify::created(p) {
                 let age = o.now.duration_since(created).unsigned_abs();
                 for limit in [
                     spec.failure.ready_timeout_seconds,
