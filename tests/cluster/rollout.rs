@@ -573,12 +573,27 @@ async fn a_restarted_leader_resumes_mid_bake_and_a_git_change_rebuilds_the_canar
     release.operators.remove(i).kill();
     let webhook = format!("{}-webhook", release.name);
     wait_out_of_endpoints(&release.namespace, &webhook, holder.as_str().unwrap()).await;
-    wait_for("another leader", Duration::from_secs(30), || async {
+    let leader = wait_for("another leader", Duration::from_secs(30), || async {
         let l = get_json(&["lease", &lease, "-n", &release.namespace]).await?;
-        (!l["spec"]["holderIdentity"].is_null() && l["spec"]["holderIdentity"] != holder).then_some(())
+        let h = &l["spec"]["holderIdentity"];
+        (!h.is_null() && *h != holder).then(|| h.as_str().unwrap().to_string())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Proof the new leader looked at the rollout: its own process reports the phase.
+    let health = release.operators.iter().find(|o| o.pod == leader).unwrap().health;
+    let seen = format!("distroless_guard_rollout_phase{{namespace=\"{ns}\",name=\"web\",phase=\"Canary\"}} 1");
+    wait_for(
+        "the new leader's reconcile of the rollout",
+        Duration::from_secs(30),
+        || async {
+            let out = std::process::Command::new("curl")
+                .args(["-sf", &format!("http://{health}/metrics")])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout).contains(&seen).then_some(())
+        },
+    )
+    .await;
     let s = status(&ns, "web").await.unwrap();
     assert_eq!(
         (s["stepStartedAt"].clone(), s["stepReadyAt"].clone()),
