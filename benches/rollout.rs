@@ -192,6 +192,48 @@ async fn run(cp: &'static ControlPlane) {
     );
 }
 
+/// Creates namespace `ns` and waits for its default ServiceAccount (pods need it).
+async fn create_namespace(client: &kube::Client, ns: &str) {
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    wait("the default ServiceAccount", Duration::from_secs(60), || async {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+        sas.get_opt("default").await.ok().flatten()
+    })
+    .await;
+}
+
+async fn delete_namespace(client: &kube::Client, ns: &str) {
+    Api::<Namespace>::all(client.clone())
+        .delete(ns, &Default::default())
+        .await
+        .unwrap();
+}
+
+/// A rollout `web` of the Deployment `web` to `image` at 50% (a long bake), with `failure` settings.
+async fn create_rollout(client: &kube::Client, ns: &str, image: &str, failure: serde_json::Value) {
+    let rollout: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "metadata": {"name": "web"},
+        "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": image}],
+                 "steps": [{"weight": 50, "bakeSeconds": 600}, {"weight": 100}], "failure": failure}}))
+    .unwrap();
+    rollouts(client, ns)
+        .create(&PostParams::default(), &rollout)
+        .await
+        .unwrap();
+}
+
+/// What a watch task returns, waited for at most `timeout`.
+async fn within<T>(timeout: Duration, task: tokio::task::JoinHandle<T>, what: &str) -> T {
+    tokio::time::timeout(timeout, task)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what} ({timeout:?})"))
+        .unwrap()
+}
+
 /// When the rollout watched through `rollouts` first shows `RolledBack`.
 fn when_rolled_back(rollouts: Api<DynamicObject>) -> tokio::task::JoinHandle<Instant> {
     let stream = watcher(rollouts, watcher::Config::default());
@@ -231,16 +273,7 @@ fn kubelet_failed(p: &Pod) -> bool {
 /// One rollout on the real node to an image the runtime cannot start:
 /// (first failed status → RolledBack, → last canary pod gone), in ms.
 async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &str) -> (f64, f64, f64) {
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap();
-    wait("the default ServiceAccount", Duration::from_secs(60), || async {
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-        sas.get_opt("default").await.ok().flatten()
-    })
-    .await;
+    create_namespace(client, ns).await;
     let placement = testcluster::node::real_node_placement();
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web"},
@@ -293,24 +326,10 @@ async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &
         })
     };
     let rolled_back = when_rolled_back(rollouts(client, ns));
-    let rollout: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "metadata": {"name": "web"},
-        "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": broken}],
-                 "steps": [{"weight": 50, "bakeSeconds": 600}, {"weight": 100}]}}))
-    .unwrap();
-    rollouts(client, ns)
-        .create(&PostParams::default(), &rollout)
-        .await
-        .unwrap();
+    create_rollout(client, ns, broken, json!({})).await;
     let timeout = Duration::from_secs(120);
-    let rolled_back = tokio::time::timeout(timeout, rolled_back)
-        .await
-        .expect("never RolledBack")
-        .unwrap();
-    let gone = tokio::time::timeout(timeout, all_gone)
-        .await
-        .expect("the canary pods stayed")
-        .unwrap();
+    let rolled_back = within(timeout, rolled_back, "RolledBack").await;
+    let gone = within(timeout, all_gone, "the canary pods gone").await;
     let failed = failed_at.lock().expect("failure time");
     let ms = |later: Instant| {
         if later >= failed {
@@ -321,21 +340,14 @@ async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &
     };
     // Seen before it failed: the difference is negative, the kubelet's time its opposite.
     let kubelet = -ms(seen_at.lock().expect("a canary pod seen"));
-    Api::<Namespace>::all(client.clone())
-        .delete(ns, &Default::default())
-        .await
-        .unwrap();
+    delete_namespace(client, ns).await;
     (kubelet, ms(rolled_back), ms(gone))
 }
 
 /// A namespace `ns` with a `REPLICAS`-pod Deployment `web` (kwok's nodes)
 /// behind a Service, ready, and a rollout of it to `image` at 50%.
 async fn rollout_at_half(client: &kube::Client, ns: &str, image: &str, failure: serde_json::Value) {
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap();
+    create_namespace(client, ns).await;
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"replicas": REPLICAS, "selector": {"matchLabels": {"app": "web"}},
@@ -350,26 +362,13 @@ async fn rollout_at_half(client: &kube::Client, ns: &str, image: &str, failure: 
         .await
         .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    wait("the default ServiceAccount", Duration::from_secs(60), || async {
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-        sas.get_opt("default").await.ok().flatten()
-    })
-    .await;
     deployments.create(&PostParams::default(), &deployment).await.unwrap();
     wait("the Deployment's pods", Duration::from_secs(60), || async {
         let d = deployments.get("web").await.ok()?;
         (d.status?.ready_replicas? == REPLICAS).then_some(())
     })
     .await;
-    let rollout: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessRollout", "metadata": {"name": "web"},
-        "spec": {"targetRef": {"name": "web"}, "containers": [{"name": "app", "image": image}],
-                 "steps": [{"weight": 50, "bakeSeconds": 600}, {"weight": 100}], "failure": failure}}))
-    .unwrap();
-    rollouts(client, ns)
-        .create(&PostParams::default(), &rollout)
-        .await
-        .unwrap();
+    create_rollout(client, ns, image, failure).await;
 }
 
 /// When every canary pod watched through `pods` has its serving gate closed
@@ -479,30 +478,15 @@ async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Dura
         let _ = pods.patch(&name, &PatchParams::default(), &Patch::Merge(&label)).await;
     }
     let timeout = Duration::from_secs(60);
-    tokio::time::timeout(timeout, shown)
-        .await
-        .expect("no failure shown")
-        .unwrap();
-    let rolled_back = tokio::time::timeout(timeout, rolled_back)
-        .await
-        .expect("never RolledBack")
-        .unwrap();
-    let gone = tokio::time::timeout(timeout, out_of_endpoints)
-        .await
-        .expect("the canary stayed in the endpoints")
-        .unwrap();
-    let closed = tokio::time::timeout(timeout, closed)
-        .await
-        .expect("the serving gates stayed open")
-        .unwrap();
+    within(timeout, shown, "a failure shown").await;
+    let rolled_back = within(timeout, rolled_back, "RolledBack").await;
+    let gone = within(timeout, out_of_endpoints, "the canary out of the endpoints").await;
+    let closed = within(timeout, closed, "the serving gates closed").await;
     let failed = failed_at.lock().expect("failure time");
     let detect = rolled_back.saturating_duration_since(failed);
     let act = closed.saturating_duration_since(failed);
     let endpoints = gone.saturating_duration_since(closed);
-    Api::<Namespace>::all(client.clone())
-        .delete(ns, &Default::default())
-        .await
-        .unwrap();
+    delete_namespace(client, ns).await;
     (detect, act, endpoints)
 }
 
@@ -532,18 +516,9 @@ async fn one_timeout_run(client: &kube::Client, ns: &str) -> f64 {
     )
     .await;
     let timeout = Duration::from_secs(60);
-    let first_seen = tokio::time::timeout(timeout, first_seen)
-        .await
-        .expect("no canary pod")
-        .unwrap();
-    let rolled_back = tokio::time::timeout(timeout, rolled_back)
-        .await
-        .expect("never RolledBack")
-        .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .delete(ns, &Default::default())
-        .await
-        .unwrap();
+    let first_seen = within(timeout, first_seen, "a canary pod").await;
+    let rolled_back = within(timeout, rolled_back, "RolledBack").await;
+    delete_namespace(client, ns).await;
     let deadline = first_seen + Duration::from_secs(READY_TIMEOUT_S.into());
     if rolled_back >= deadline {
         rolled_back.duration_since(deadline).as_secs_f64() * 1e3

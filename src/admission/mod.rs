@@ -328,11 +328,10 @@ impl Admission {
                 None => format!("{} {}", req.kind.kind, name.unwrap_or_default()),
             }
         };
+        let specs = policy::embedded::pod_specs(&object);
         let mut violations = Vec::new();
-        let mut before = Vec::new();
-        let old = req.old_object.take().filter(|_| req.operation == Operation::Update);
-        for (pointer, path) in policy::embedded::pod_specs(&object) {
-            let workload = match policy::embedded::workload(&object, &pointer) {
+        for (pointer, path) in &specs {
+            let workload = match policy::embedded::workload(&object, pointer) {
                 Ok(w) => w,
                 Err(e) => {
                     let message = format!(
@@ -347,18 +346,25 @@ impl Admission {
                     });
                 }
             };
-            let rebase = |mut v: Violation| {
-                v.path = policy::embedded::rebase_path(&v.path, &path);
-                v
-            };
             let verdict = self.judge(req, &workload, Scope::Full, now, true).await;
-            violations.extend(verdict.violations.into_iter().map(rebase));
-            if let Some(old) = old.as_ref().and_then(|o| policy::embedded::workload(o, &pointer).ok()) {
-                let had = self.judge(req, &old, Scope::Full, now, true).await;
-                before.extend(had.violations.into_iter().map(rebase));
-            }
+            violations.extend(rebased(verdict.violations, path));
         }
-        warn_where_present_before(&mut violations, before);
+        // As for the built-in kinds: an update keeps what was already there.
+        let has_denials = violations.iter().any(|v| v.action == Action::Deny);
+        if let Some(old) = req
+            .old_object
+            .take()
+            .filter(|_| req.operation == Operation::Update && has_denials)
+        {
+            let mut before = Vec::new();
+            for (pointer, path) in &specs {
+                if let Ok(old) = policy::embedded::workload(&old, pointer) {
+                    let had = self.judge(req, &old, Scope::Full, now, true).await;
+                    before.extend(rebased(had.violations, path));
+                }
+            }
+            warn_where_present_before(&mut violations, before);
+        }
         let verdict = Verdict {
             violations,
             ..Verdict::default()
@@ -397,6 +403,14 @@ impl Admission {
 /// whatever kind carries the spec.
 fn template_path(kind: WorkloadKind, path: &str) -> Option<&str> {
     path.strip_prefix(kind.spec_path())?.strip_prefix('.')
+}
+
+/// Violations of a pod spec found at `path` inside an object, named there.
+fn rebased(violations: Vec<Violation>, path: &str) -> impl Iterator<Item = Violation> + '_ {
+    violations.into_iter().map(move |mut v| {
+        v.path = policy::embedded::rebase_path(&v.path, path);
+        v
+    })
 }
 
 /// Violations the object had before an update, at the same rule and path,

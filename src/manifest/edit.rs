@@ -183,10 +183,7 @@ fn apply_one(text: &str, op: &PatchOperation, fixed: &Value) -> Option<String> {
                 if text.as_bytes().get(found.end) != Some(&b'}') {
                     return None;
                 }
-                let pointer = parent.iter().fold(String::new(), |p, t| {
-                    format!("{p}/{}", t.replace('~', "~0").replace('/', "~1"))
-                });
-                let mapping = flow(fixed.pointer(&pointer)?)?;
+                let mapping = flow(fixed.pointer(op.path().parent()?.as_str())?)?;
                 return Some(format!("{}{mapping}{}", &text[..found.start], &text[found.end + 1..]));
             }
             let (first, col) = found.first_key?;

@@ -3,6 +3,7 @@
 //! kinds), found by shape wherever they sit. `check` and the validating
 //! webhook's custom-resource endpoint judge each as a Pod.
 
+use json_patch::jsonptr::Token;
 use serde_json::Value;
 
 use super::{ExtractError, Workload};
@@ -52,11 +53,10 @@ pub(crate) fn pod_specs(object: &Value) -> Vec<(String, String)> {
             Value::Object(map) if is_pod_spec(map, key) => out.push((pointer, path)),
             Value::Object(map) => {
                 for (k, v) in map {
-                    let escaped = k.replace('~', "~0").replace('/', "~1");
                     walk(
                         v,
                         k,
-                        format!("{pointer}/{escaped}"),
+                        format!("{pointer}/{}", Token::new(k).encoded()),
                         format!("{path}.{k}"),
                         depth + 1,
                         out,
@@ -80,7 +80,7 @@ pub(crate) fn pod_specs(object: &Value) -> Vec<(String, String)> {
             walk(
                 v,
                 k,
-                format!("/{}", k.replace('~', "~0").replace('/', "~1")),
+                format!("/{}", Token::new(k).encoded()),
                 k.clone(),
                 1,
                 &mut out,

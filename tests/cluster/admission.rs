@@ -394,22 +394,9 @@ async fn custom_resources_listed_in_the_chart_have_their_pod_templates_judged_th
         "{err}"
     );
     // What `check --fix` writes for it is admitted.
-    let fixed = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
-        .args(["check", "--fix", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(serde_json::to_string(&rollout).unwrap().as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    let out = kubectl_stdin(&["apply", "-f", "-"], &String::from_utf8(fixed.stdout).unwrap()).await;
+    let mut fixed = crate::corpus::objects_in(&crate::corpus::fix(&file, None)).remove(0);
+    fixed["metadata"]["namespace"] = json!(ns);
+    let out = kubectl_stdin(&["apply", "-f", "-"], &fixed.to_string()).await;
     let (_, err) = text(&out);
     assert!(out.status.success(), "{err}");
     assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::rollout::{app, create_rollout, wait_phase};
+use crate::rollout::{app, create_rollout, wait_phase, web_to_distroless};
 use crate::support::*;
 
 fn plugin_dir() -> PathBuf {
@@ -360,11 +360,8 @@ async fn rollout_verbs_drive_a_rollout_through_pause_promote_abort_retry_and_und
     assert!(text(&status).0.contains("Succeeded"), "{}", text(&status).0);
 
     app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
-    create_rollout(
+    web_to_distroless(
         &ns,
-        "web",
-        "web",
-        &format!("registry.test/{ns}/web:1-distroless"),
         json!({"steps": [{"weight": 50, "bakeSeconds": 3600}, {"weight": 100}]}),
     )
     .await;

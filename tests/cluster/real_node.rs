@@ -68,11 +68,14 @@ pub fn on_real_node(mut spec: Value) -> Value {
     spec
 }
 
-async fn create_pod(ns: &str, name: &str, spec: Value) {
+/// Creates the pod on the real node; what kubectl said on stderr (warnings).
+async fn create_pod(ns: &str, name: &str, spec: Value) -> String {
     let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
         "spec": on_real_node(spec)});
     let out = kubectl_stdin(&["create", "-f", "-"], &p.to_string()).await;
-    assert!(out.status.success(), "creating pod {ns}/{name}: {}", text(&out).1);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "creating pod {ns}/{name}: {err}");
+    err
 }
 
 /// `GET <path>` of the app in `pod` (port 8080) through the API server's pod proxy.
@@ -823,26 +826,6 @@ async fn the_charts_pods_run_the_operators_own_image_on_the_real_node_serve_admi
     kubectl_ok(&["delete", "namespace", &ns, &work_ns, "--wait=false"]).await;
 }
 
-/// The objects `check --fix` prints for a corpus file, with every hardening mutation.
-fn hardened(file: &std::path::Path) -> Vec<Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
-        .args(["check", "--fix", "--policy", crate::corpus::HARDENING, "-f"])
-        .arg(file)
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", text(&out).1);
-    let dir = tempfile::tempdir().unwrap();
-    let fixed = dir.path().join("fixed.yaml");
-    std::fs::write(&fixed, &out.stdout).unwrap();
-    distroless_guard::manifest::read(&[fixed])
-        .unwrap()
-        .docs
-        .into_iter()
-        .map(|d| d.value)
-        .collect()
-}
-
 #[tokio::test]
 async fn every_pod_template_check_fix_hardens_in_the_corpus_is_admitted_under_restricted_and_runs_as_its_user() {
     let (_, distroless) = images();
@@ -855,7 +838,7 @@ async fn every_pod_template_check_fix_hardens_in_the_corpus_is_admitted_under_re
         if file.ends_with("explicit-root.yaml") || file.ends_with("windows.yaml") {
             continue;
         }
-        for object in hardened(&file) {
+        for object in crate::corpus::objects_in(&crate::corpus::fix(&file, Some(crate::corpus::HARDENING))) {
             if matches!(object["kind"].as_str(), Some("ConfigMap" | "Secret")) {
                 let mut o = object.clone();
                 o["metadata"]["namespace"] = json!(ns);
@@ -900,14 +883,8 @@ async fn every_pod_template_check_fix_hardens_in_the_corpus_is_admitted_under_re
         ]
     );
     for (name, spec) in &pods {
-        let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
-            "spec": on_real_node(spec.clone())});
-        let out = kubectl_stdin(&["create", "-f", "-"], &p.to_string()).await;
-        let (_, err) = text(&out);
-        assert!(
-            out.status.success(),
-            "Pod Security refused {name} as --fix wrote it: {err}"
-        );
+        // Refused by Pod Security as --fix wrote it: create_pod fails.
+        let err = create_pod(&ns, name, spec.clone()).await;
         assert!(!err.contains("PodSecurity"), "{name}: {err}");
     }
     for (name, spec) in &pods {

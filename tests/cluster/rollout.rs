@@ -44,6 +44,11 @@ pub(crate) async fn create_rollout(ns: &str, name: &str, deployment: &str, image
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
+/// A rollout `web` of the Deployment `web` to `registry.test/{ns}/web:1-distroless`.
+pub(crate) async fn web_to_distroless(ns: &str, extra: Value) {
+    create_rollout(ns, "web", "web", &format!("registry.test/{ns}/web:1-distroless"), extra).await;
+}
+
 async fn status(ns: &str, name: &str) -> Option<Value> {
     get_json(&["distrolessrollout", name, "-n", ns])
         .await
@@ -416,11 +421,8 @@ async fn a_canary_that_starts_crash_looping_while_the_git_change_is_awaited_roll
         .unwrap();
     let standard = format!("registry.test/{ns}/web:1");
     app(&ns, "web", 2, &standard, Value::Null).await;
-    create_rollout(
+    web_to_distroless(
         &ns,
-        "web",
-        "web",
-        &format!("registry.test/{ns}/web:1-distroless"),
         json!({"promotion": "AwaitGitOps", "steps": [{"weight": 50, "bakeSeconds": 1}, {"weight": 100}]}),
     )
     .await;
@@ -520,11 +522,8 @@ async fn a_namespace_made_stricter_mid_rollout_fails_on_the_replica_sets_failed_
     let release = Release::install("distroless-guard-psa-roll", &[]).await;
     let ns = release.namespace("stricter", &[]).await;
     app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
-    create_rollout(
+    web_to_distroless(
         &ns,
-        "web",
-        "web",
-        &format!("registry.test/{ns}/web:1-distroless"),
         json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 4}, {"weight": 50, "bakeSeconds": 60}, {"weight": 100}]}),
     )
     .await;
@@ -551,11 +550,8 @@ async fn a_restarted_leader_resumes_mid_bake_and_a_git_change_rebuilds_the_canar
     let mut release = Release::install("distroless-guard-resume", &[]).await;
     let ns = release.namespace("resume", &[]).await;
     app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
-    create_rollout(
+    web_to_distroless(
         &ns,
-        "web",
-        "web",
-        &format!("registry.test/{ns}/web:1-distroless"),
         json!({"steps": [{"weight": 50, "bakeSeconds": 20}, {"weight": 100}]}),
     )
     .await;
@@ -743,11 +739,8 @@ async fn a_rising_error_rate_in_prometheus_rolls_the_canary_back() {
     let release = Release::install("distroless-guard-metric", &[]).await;
     let ns = release.namespace("metric", &[]).await;
     app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
-    create_rollout(
+    web_to_distroless(
         &ns,
-        "web",
-        "web",
-        &format!("registry.test/{ns}/web:1-distroless"),
         json!({"steps": [{"weight": 50, "bakeSeconds": 300}, {"weight": 100}],
                "metrics": [{"name": "errors", "address": address, "query": "app_error_ratio", "threshold": 0.05}]}),
     )
@@ -767,6 +760,16 @@ async fn a_rising_error_rate_in_prometheus_rolls_the_canary_back() {
     assert!(s["failure"]["message"].as_str().unwrap().contains("0.4"), "{s:#}");
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}
+
+/// The rollout `web`'s status once a metric gate's reading failed (holding the step).
+async fn wait_metric_error(ns: &str, what: &str) -> Value {
+    wait_for(what, Duration::from_secs(90), || async {
+        status(ns, "web")
+            .await
+            .filter(|s| s["metricErrors"]["errors"].as_u64().is_some_and(|n| n >= 1))
+    })
+    .await
 }
 
 /// Two metric readings counted (`metricsReadAt` moved twice) after `since`:
@@ -815,11 +818,8 @@ async fn a_metric_gate_reads_a_real_prometheus_over_https_with_basic_auth_and_th
     let out = kubectl_stdin(&["apply", "-f", "-"], &secret("wrong")).await;
     assert!(out.status.success(), "{}", text(&out).1);
     app(&ns, "web", 2, &format!("registry.test/{ns}/web:1"), Value::Null).await;
-    create_rollout(
+    web_to_distroless(
         &ns,
-        "web",
-        "web",
-        &format!("registry.test/{ns}/web:1-distroless"),
         json!({"steps": [{"weight": 50, "bakeSeconds": 300}, {"weight": 100}],
                "metrics": [{"name": "errors", "address": prom.address, "query": "app_error_ratio", "threshold": 0.05,
                             "consecutiveErrorLimit": 100,
@@ -827,12 +827,7 @@ async fn a_metric_gate_reads_a_real_prometheus_over_https_with_basic_auth_and_th
     )
     .await;
     // A wrong password: each reading is an error that holds the step.
-    let held = wait_for("a refused reading", Duration::from_secs(90), || async {
-        status(&ns, "web")
-            .await
-            .filter(|s| s["metricErrors"]["errors"].as_u64().is_some_and(|n| n >= 1))
-    })
-    .await;
+    let held = wait_metric_error(&ns, "a refused reading").await;
     assert!(
         held["message"]
             .as_str()
@@ -885,11 +880,8 @@ async fn a_rollback_decided_on_a_one_off_metric_spike_survives_the_operator_bein
     let ns = release.namespace("oneoff", &[]).await;
     let standard = format!("registry.test/{ns}/web:1");
     app(&ns, "web", 2, &standard, Value::Null).await;
-    create_rollout(
+    web_to_distroless(
         &ns,
-        "web",
-        "web",
-        &format!("registry.test/{ns}/web:1-distroless"),
         json!({"steps": [{"weight": 50, "bakeSeconds": 300}, {"weight": 100}],
                "metrics": [{"name": "errors", "address": prom.address, "query": "app_error_ratio", "threshold": 0.05}]}),
     )
@@ -1009,23 +1001,15 @@ async fn with_prometheus_down_the_step_holds_and_then_rolls_back_instead_of_prom
     let ns = release.namespace("promdown", &[]).await;
     let standard = format!("registry.test/{ns}/web:1");
     app(&ns, "web", 2, &standard, Value::Null).await;
-    create_rollout(
+    web_to_distroless(
         &ns,
-        "web",
-        "web",
-        &format!("registry.test/{ns}/web:1-distroless"),
         // A one-second bake: an unreadable gate must still hold it.
         json!({"steps": [{"weight": 50, "bakeSeconds": 1}, {"weight": 100}],
                "metrics": [{"name": "errors", "address": address, "query": "app_error_ratio",
                             "threshold": 0.05, "consecutiveErrorLimit": 2}]}),
     )
     .await;
-    let held = wait_for("the step held on the unread gate", Duration::from_secs(90), || async {
-        status(&ns, "web")
-            .await
-            .filter(|s| s["metricErrors"]["errors"].as_u64().is_some_and(|n| n >= 1))
-    })
-    .await;
+    let held = wait_metric_error(&ns, "the step held on the unread gate").await;
     assert_eq!(held["currentStep"], 0, "{held:#}");
     assert!(held["message"].as_str().unwrap().contains("the step holds"), "{held:#}");
     let s = wait_phase(&ns, "web", "RolledBack", 90).await;
@@ -1142,11 +1126,8 @@ async fn a_rollout_deleted_mid_promotion_puts_the_standard_images_back_before_it
     let ns = release.namespace("final", &[]).await;
     let standard = format!("registry.test/{ns}/web:1");
     app(&ns, "web", 2, &standard, Value::Null).await;
-    create_rollout(
+    web_to_distroless(
         &ns,
-        "web",
-        "web",
-        &format!("registry.test/{ns}/web:1-distroless"),
         json!({"steps": [{"weight": 50, "bakeSeconds": 1}, {"weight": 100, "bakeSeconds": 3600}]}),
     )
     .await;

@@ -5,30 +5,12 @@
 //! needs no fix (or must not be fixed) is printed byte for byte.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::support::corpus::{CORPUS, HARDENING, manifests, pod_spec, root};
+use crate::support::corpus::{CORPUS, HARDENING, fix, manifests, objects_in, pod_spec, root};
 use crate::support::psa;
 use distroless_guard::manifest::{self, verdicts};
 use serde_json::Value;
-
-/// `check -f FILE --fix [--policy P]`: what it prints.
-fn fix(file: &Path, policy: Option<&str>) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
-    cmd.args(["check", "--fix", "-f"]).arg(file).current_dir(root());
-    if let Some(p) = policy {
-        cmd.args(["--policy", p]);
-    }
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    assert!(
-        matches!(out.status.code(), Some(0 | 1)),
-        "{}: {:?} {}",
-        file.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn indent(line: &str) -> usize {
     line.len() - line.trim_start_matches([' ', '-']).len()
@@ -92,18 +74,6 @@ fn fixed_objects(file: &Path, policy: Option<&str>) -> Vec<Value> {
     let mut docs = manifest::read(&[file.to_path_buf()]).unwrap().docs;
     verdicts::check(&mut docs, &set, jiff::Timestamp::now(), true, None);
     docs.into_iter().map(|d| d.value).collect()
-}
-
-fn objects_in(text: &str) -> Vec<Value> {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fixed.yaml");
-    std::fs::write(&file, text).unwrap();
-    manifest::read(&[file])
-        .unwrap()
-        .docs
-        .into_iter()
-        .map(|d| d.value)
-        .collect()
 }
 
 #[test]
@@ -217,7 +187,7 @@ fn explicit_root_is_reported_and_never_given_run_as_non_root() {
 }
 
 #[test]
-fn every_pod_the_hardening_fix_leaves_allowed_passes_the_restricted_controls_it_sets() {
+fn every_pod_the_hardening_fix_writes_passes_the_restricted_controls_but_windows_and_explicit_root_pods() {
     // The real API server's verdict is in tests/cluster/fix_corpus.rs; this is
     // the vendored oracle's, for every pod spec the fix touched or kept.
     let mut passed = Vec::new();

@@ -2,6 +2,7 @@
 //! fixed object's pod spec is found (the offline and the cluster tests).
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -18,7 +19,7 @@ pub fn manifests() -> Vec<PathBuf> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .filter(|p| !root().join(HARDENING).ends_with(p.file_name().unwrap()))
+        .filter(|p| p.file_name() != Path::new(HARDENING).file_name())
         .collect();
     files.sort();
     assert!(files.len() >= 10, "the corpus is in {CORPUS}");
@@ -35,4 +36,35 @@ pub fn pod_spec(object: &Value) -> Option<&Value> {
         _ => return None,
     };
     object.pointer(pointer)
+}
+
+/// `check -f FILE --fix [--policy P]`: what it prints (exit 0 or 1).
+pub fn fix(file: &Path, policy: Option<&str>) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+    cmd.args(["check", "--fix", "-f"]).arg(file).current_dir(root());
+    if let Some(p) = policy {
+        cmd.args(["--policy", p]);
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}: {:?} {}",
+        file.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The objects `check` reads from `text`.
+pub fn objects_in(text: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fixed.yaml");
+    std::fs::write(&file, text).unwrap();
+    distroless_guard::manifest::read(&[file])
+        .unwrap()
+        .docs
+        .into_iter()
+        .map(|d| d.value)
+        .collect()
 }
