@@ -10,8 +10,9 @@ pub use policy::{
 };
 
 pub use rollout::{
-    CanaryStatus, ContainerImages, DistrolessRollout, DistrolessRolloutSpec, DistrolessRolloutStatus, FailurePolicy,
-    FailureReason, MetricGate, Phase, PreflightResult, Promotion, RolloutFailure, Staging, Step, TargetRef,
+    CanaryCapacity, CanaryStatus, ContainerImages, DistrolessRollout, DistrolessRolloutSpec, DistrolessRolloutStatus,
+    FailurePolicy, FailureReason, MetricGate, Phase, PreflightResult, Promotion, RolloutFailure, StableScale, Staging,
+    Step, TargetRef,
 };
 
 /// Each CRD this operator owns: the file it is kept in under `crds/`, and its YAML.

@@ -80,6 +80,33 @@ pub struct DistrolessRolloutSpec {
     /// Keep one failed canary pod (out of the Service's endpoints) for `kubectl distroless debug`.
     #[serde(default)]
     pub keep_failed_pod: bool,
+    /// Where the canary's pods come from in weighted steps: `Added` (the
+    /// default) beside all of the Deployment's, or `FromDeployment`, taken
+    /// out of its count.
+    #[serde(default)]
+    pub canary_capacity: CanaryCapacity,
+}
+
+/// Where a weighted step's canary pods come from.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CanaryCapacity {
+    /// The canary adds its pods beside all of the Deployment's, whose
+    /// `replicas` stay untouched (HPAs and GitOps keep owning them): extra
+    /// pods and quota for the rollout's length, and a rollback that removes
+    /// the canary at once with no loss of capacity.
+    #[default]
+    Added,
+    /// The Deployment is scaled down by the canary's ready, serving pods
+    /// (never below one pod of its own), so the total stays what it was
+    /// (Argo Rollouts' `dynamicStableScale`). Its replicas before the canary
+    /// took any are written to `status.stableScale` before it is scaled, and
+    /// every exit (rollback, promotion, deletion of the rollout) puts them
+    /// back. The cost: a rollback or abort runs short of the taken pods until
+    /// the Deployment's replacements are ready. Refused in preflight when a
+    /// HorizontalPodAutoscaler scales the Deployment; if anyone else changes
+    /// its replicas mid-rollout, their number stands and the canary adds its
+    /// pods for the rest of the attempt (Event `CapacityReleased`).
+    FromDeployment,
 }
 
 /// The annotations that act as verbs. `kubectl distroless rollout` writes
@@ -655,6 +682,16 @@ pub struct DistrolessRolloutStatus {
     /// Whether the Deployment's images were patched (a rollback restores them).
     #[serde(default)]
     pub deployment_patched: bool,
+    /// `canaryCapacity: FromDeployment`: the Deployment's own replicas and
+    /// what the canary took them down to. Written before the Deployment is
+    /// scaled; every exit puts `replicas` back, then clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_scale: Option<StableScale>,
+    /// Someone else set the Deployment's replicas while the canary held some
+    /// of them: their number stands, and the canary adds its pods for the
+    /// rest of this attempt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capacity_released: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Why the rollout waits, or what it did last, for people.
@@ -663,6 +700,21 @@ pub struct DistrolessRolloutStatus {
     /// `Ready`, `Progressing`, `Stalled` (GitOps health checks read them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The Deployment's replicas while a `FromDeployment` canary holds some.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StableScale {
+    /// The Deployment's replicas before the canary took any.
+    pub replicas: u32,
+    /// What the operator scales it to now.
+    pub scaled_to: u32,
+    /// The Deployment was seen at a number the operator set (its field
+    /// manager owns `spec.replicas`): from then on, another owner means
+    /// someone else scaled it.
+    #[serde(default)]
+    pub held: bool,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]

@@ -351,6 +351,15 @@ pub(crate) fn describe_rollout(r: &DistrolessRollout) -> Vec<String> {
             c.replica_set, c.ready, c.replicas
         ));
     }
+    if let Some(t) = &s.stable_scale {
+        out.push(format!(
+            "Capacity:   the canary stands in for {} of the Deployment's {} replicas (put back on every exit)",
+            t.replicas.saturating_sub(t.scaled_to),
+            t.replicas
+        ));
+    } else if s.capacity_released {
+        out.push("Capacity:   released: someone else set the Deployment's replicas; the canary adds its pods".into());
+    }
     if let Some(f) = &s.failure {
         out.push(format!(
             "Failure:    {}{}{}: {}",
@@ -449,5 +458,14 @@ mod tests {
         assert!(summary(&r).starts_with("Canary step 2/4"), "{}", summary(&r));
         let text = describe_rollout(&r).join("\n");
         assert!(text.contains("-> 2: 10%") && text.contains("1: staging"), "{text}");
+        assert!(!text.contains("Capacity:"), "{text}");
+        let mut r = r;
+        r.status.as_mut().unwrap().stable_scale = Some(crate::api::StableScale {
+            replicas: 10,
+            scaled_to: 9,
+            held: true,
+        });
+        let text = describe_rollout(&r).join("\n");
+        assert!(text.contains("stands in for 1 of the Deployment's 10 replicas"), "{text}");
     }
 }

@@ -77,14 +77,7 @@ pub(crate) fn pod_specs(object: &Value) -> Vec<(String, String)> {
     }
     for (k, v) in object.as_object().into_iter().flatten() {
         if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
-            walk(
-                v,
-                k,
-                format!("/{}", Token::new(k).encoded()),
-                k.clone(),
-                1,
-                &mut out,
-            );
+            walk(v, k, format!("/{}", Token::new(k).encoded()), k.clone(), 1, &mut out);
         }
     }
     out

@@ -250,14 +250,30 @@ async fn exercise(release: &Release) {
     // preflight dry-run and quota, the Deployment patched, the canary deleted)
     // and one that fails (the canary scaled to zero).
     use crate::rollout::{app, create_rollout, wait_phase};
-    app(&ns, "good", 1, "registry.test/rbac/good:1", Value::Null).await;
+    // The good one takes its canary out of the Deployment's count (its HPAs
+    // listed, its replicas scaled down and back).
+    app(&ns, "good", 2, "registry.test/rbac/good:1", Value::Null).await;
     create_rollout(
         &ns,
         "good",
         "good",
         "registry.test/rbac/good:1-distroless",
-        json!({"steps": [{"weight": 50, "bakeSeconds": 1}, {"weight": 100}]}),
+        json!({"steps": [{"weight": 50, "pause": true}, {"weight": 100}], "canaryCapacity": "FromDeployment"}),
     )
+    .await;
+    wait_for("the good Deployment scaled down", Duration::from_secs(60), || async {
+        let r = get_json(&["distrolessrollout", "good", "-n", &ns]).await?;
+        (r.pointer("/status/stableScale/held")? == true).then_some(())
+    })
+    .await;
+    kubectl_ok(&[
+        "annotate",
+        "distrolessrollout",
+        "good",
+        "-n",
+        &ns,
+        "distrolessguard.dev/promote=1",
+    ])
     .await;
     app(&ns, "bad", 1, "registry.test/rbac/bad:1", Value::Null).await;
     let stage = format!("{ns}-crash");
@@ -298,6 +314,8 @@ async fn exercise(release: &Release) {
     )
     .await;
     wait_phase(&ns, "good", "Succeeded", 90).await;
+    let good = get_json(&["deployment", "good", "-n", &ns]).await.unwrap();
+    assert_eq!(good["spec"]["replicas"], 2, "{good:#}");
     wait_phase(&ns, "bad", "RolledBack", 60).await;
     let gated = wait_phase(&ns, "gated", "RolledBack", 60).await;
     assert_eq!(gated["failure"]["reason"], "MetricUnavailable", "{gated:#}");

@@ -1202,3 +1202,144 @@ async fn preflight_reads_only_the_moved_containers_images_so_a_sidecar_with_a_sh
     let _ = release.uninstall().await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
 }
+
+/// `spec.replicas` of a Deployment.
+async fn replicas_of(ns: &str, deployment: &str) -> Value {
+    get_json(&["deployment", deployment, "-n", ns]).await.unwrap()["spec"]["replicas"].clone()
+}
+
+#[tokio::test]
+async fn a_canary_taking_from_the_deployment_keeps_the_serving_count_and_every_exit_gives_the_replicas_back() {
+    let release = Release::install("distroless-guard-take", &[]).await;
+    let ns = release.namespace("take", &[]).await;
+    let take = |steps: Value| json!({"canaryCapacity": "FromDeployment", "steps": steps});
+    // 50% of 4: two canary pods serve in place of two of the Deployment's.
+    app(&ns, "web", 4, &format!("registry.test/{ns}/web:1"), Value::Null).await;
+    web_to_distroless(&ns, take(json!([{"weight": 50, "pause": true}, {"weight": 100}]))).await;
+    let s = wait_for("the Deployment scaled to 2", Duration::from_secs(60), || async {
+        let s = status(&ns, "web").await?;
+        (s["stableScale"]["held"] == true && s["stableScale"]["scaledTo"] == 2).then_some(s)
+    })
+    .await;
+    assert_eq!(s["stableScale"]["replicas"], 4, "{s:#}");
+    assert_eq!(replicas_of(&ns, "web").await, 2);
+    let r = get_json(&["distrolessrollout", "web", "-n", &ns]).await.unwrap();
+    assert_eq!(
+        r["metadata"]["finalizers"],
+        json!(["distrolessguard.dev/restore-standard-images"]),
+        "{r:#}"
+    );
+    let canary: Vec<String> = canary_pods(&ns, "web")
+        .await
+        .iter()
+        .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(canary.len(), 2);
+    let serving = wait_for(
+        "4 ready endpoints, 2 of them canary",
+        Duration::from_secs(30),
+        || async {
+            let ready = ready_endpoints(&ns, "web").await;
+            (ready.len() == 4).then_some(ready)
+        },
+    )
+    .await;
+    assert_eq!(
+        serving.iter().filter(|ip| canary.contains(ip)).count(),
+        2,
+        "{serving:?}"
+    );
+    // Someone scales the Deployment by hand: their number stands, the canary
+    // adds its pods instead (3 beside 3 for 50%).
+    kubectl_ok(&["scale", "deployment/web", "-n", &ns, "--replicas=3"]).await;
+    let s = wait_for("the canary to add its pods", Duration::from_secs(30), || async {
+        status(&ns, "web").await.filter(|s| s["canary"]["replicas"] == 3)
+    })
+    .await;
+    assert_eq!(s["capacityReleased"], true, "{s:#}");
+    assert!(s["stableScale"].is_null(), "{s:#}");
+    assert_eq!(
+        replicas_of(&ns, "web").await,
+        3,
+        "the operator overwrote the hand-set replicas"
+    );
+    let reasons: Vec<String> = events_of(&ns, "web")
+        .await
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect();
+    assert!(reasons.contains(&"CapacityTaken".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"CapacityReleased".to_string()), "{reasons:?}");
+
+    // An abort puts the Deployment's own replicas back and lets the rollout go.
+    app(&ns, "api", 4, &format!("registry.test/{ns}/api:1"), Value::Null).await;
+    create_rollout(
+        &ns,
+        "api",
+        "api",
+        &format!("registry.test/{ns}/api:1-distroless"),
+        take(json!([{"weight": 25, "pause": true}, {"weight": 100}])),
+    )
+    .await;
+    wait_for("the api Deployment scaled to 3", Duration::from_secs(60), || async {
+        let s = status(&ns, "api").await?;
+        (s["stableScale"]["held"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(replicas_of(&ns, "api").await, 3);
+    kubectl_ok(&[
+        "annotate",
+        "distrolessrollout",
+        "api",
+        "-n",
+        &ns,
+        "distrolessguard.dev/abort=true",
+    ])
+    .await;
+    let s = wait_phase(&ns, "api", "RolledBack", 60).await;
+    let s = if s["stableScale"].is_null() {
+        s
+    } else {
+        wait_for("the replicas confirmed back", Duration::from_secs(30), || async {
+            status(&ns, "api").await.filter(|s| s["stableScale"].is_null())
+        })
+        .await
+    };
+    assert_eq!(s["failure"]["reason"], "Aborted");
+    assert_eq!(replicas_of(&ns, "api").await, 4);
+    wait_for("the finalizer removed", Duration::from_secs(30), || async {
+        let r = get_json(&["distrolessrollout", "api", "-n", &ns]).await?;
+        r["metadata"]["finalizers"].is_null().then_some(())
+    })
+    .await;
+
+    // A HorizontalPodAutoscaler owns the replicas: refused before any pod exists.
+    app(&ns, "scaled", 2, &format!("registry.test/{ns}/scaled:1"), Value::Null).await;
+    let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "scaled", "namespace": ns},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "scaled"},
+                 "minReplicas": 2, "maxReplicas": 2,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]}});
+    let out = kubectl_stdin(&["create", "-f", "-"], &hpa.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    create_rollout(
+        &ns,
+        "scaled",
+        "scaled",
+        &format!("registry.test/{ns}/scaled:1-distroless"),
+        take(json!([{"weight": 50}, {"weight": 100}])),
+    )
+    .await;
+    let s = wait_phase(&ns, "scaled", "RolledBack", 60).await;
+    assert_eq!(s["failure"]["reason"], "PreflightFailed", "{s:#}");
+    assert!(
+        s["failure"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("HorizontalPodAutoscaler scaled")),
+        "{s:#}"
+    );
+    assert!(canary_pods(&ns, "scaled").await.is_empty());
+    assert_eq!(replicas_of(&ns, "scaled").await, 2);
+    let _ = release.uninstall().await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+}

@@ -35,6 +35,23 @@ pub(crate) fn replicas_for(replicas: u32, weight: u32) -> u32 {
     u32::try_from((2 * n + d) / (2 * d)).unwrap_or(u32::MAX).max(1)
 }
 
+/// Canary pods for `weight` percent of a Deployment of `replicas` pods that
+/// gives up that many of its own (`canaryCapacity: FromDeployment`):
+/// `round(replicas × weight / 100)`, at least 1, and at most `replicas − 1`
+/// (the Deployment keeps a pod of its own; with one replica the canary's pod
+/// is added, not taken).
+pub(crate) fn replicas_taking(replicas: u32, weight: u32) -> u32 {
+    if weight == 0 {
+        return 0;
+    }
+    if weight >= 100 {
+        return replicas.max(1);
+    }
+    let share = (2 * u64::from(replicas) * u64::from(weight) + 100) / 200;
+    let most = u64::from(replicas.saturating_sub(1).max(1));
+    u32::try_from(share.clamp(1, most)).unwrap_or(u32::MAX)
+}
+
 /// The weight `canary` pods next to `stable` ones make, in percent (rounded).
 pub(crate) fn weight_of(canary: u32, stable: u32) -> u32 {
     let total = u64::from(canary) + u64::from(stable);
@@ -179,6 +196,20 @@ pub(crate) fn images_applied_by_us(d: &Deployment) -> bool {
     })
 }
 
+/// Whether our field manager set the Deployment's `spec.replicas` (a
+/// `canaryCapacity: FromDeployment` scale, or its restore) and nobody has
+/// set them since: another writer (`kubectl scale`, an HPA, a GitOps sync)
+/// takes the field's ownership.
+pub(crate) fn replicas_set_by_us(d: &Deployment) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(crate::controller::FIELD_MANAGER)
+            && m.operation.as_deref() == Some("Update")
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +232,27 @@ mod tests {
         }
         assert_eq!(replicas_for(5, 100), 5);
         assert_eq!(replicas_for(5, 0), 0);
+    }
+
+    #[test]
+    fn a_canary_taking_from_the_deployment_is_its_share_and_leaves_it_a_pod() {
+        // (Deployment replicas, weight) -> canary pods taken out of them.
+        for (n, w, c) in [
+            (10, 10, 1),
+            (10, 50, 5),
+            (4, 50, 2),
+            (4, 25, 1),
+            (9, 10, 1),
+            (20, 10, 2),
+            (4, 90, 3),
+            (2, 50, 1),
+            (1, 50, 1),
+            (0, 10, 1),
+        ] {
+            assert_eq!(replicas_taking(n, w), c, "{n} replicas at {w}%");
+        }
+        assert_eq!(replicas_taking(5, 0), 0);
+        assert_eq!(replicas_taking(5, 100), 5);
     }
 
     #[test]
@@ -252,5 +304,19 @@ mod tests {
         assert!(images_applied_by_us(&d("distroless-guard", "Apply")));
         assert!(!images_applied_by_us(&d("argocd-controller", "Apply")));
         assert!(!images_applied_by_us(&d("distroless-guard", "Update")));
+    }
+
+    #[test]
+    fn our_replicas_are_recognised_until_another_manager_sets_them() {
+        let d = |manager: &str| -> Deployment {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "web", "managedFields": [{
+                "manager": manager, "operation": "Update", "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+                "spec": {"selector": {}, "template": {}}}))
+            .unwrap()
+        };
+        assert!(replicas_set_by_us(&d("distroless-guard")));
+        assert!(!replicas_set_by_us(&d("kubectl")));
+        assert!(!replicas_set_by_us(&d("kube-controller-manager")));
     }
 }

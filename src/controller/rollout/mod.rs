@@ -34,7 +34,7 @@ use self::plan::{Action, MetricReading, Observed, Plan};
 use super::FIELD_MANAGER;
 use crate::admission::PullSecrets;
 use crate::api::rollout::GateAuth;
-use crate::api::{DistrolessRollout, Phase, PreflightResult};
+use crate::api::{CanaryCapacity, DistrolessRollout, Phase, PreflightResult};
 use crate::image::Inspector;
 use crate::metrics::Metrics;
 
@@ -345,8 +345,9 @@ async fn apply(
     if plan.finalizer && !has_finalizer && rollout.metadata.deletion_timestamp.is_none() {
         version = set_finalizer(client, rollout, version, true).await?;
     }
-    // A rollback is decided, persisted, then carried out (see Plan::decides_rollback).
-    if plan.decides_rollback(&rollout.status.clone().unwrap_or_default()) {
+    // A rollback, or the Deployment's own replicas before it is scaled, is
+    // persisted, then carried out (see Plan::status_first).
+    if plan.status_first(&rollout.status.clone().unwrap_or_default()) {
         version = write_status(client, rollout, &plan.status).await?;
     }
     for action in std::mem::take(&mut plan.actions) {
@@ -358,12 +359,14 @@ async fn apply(
                     .and_then(|d| d.spec.replicas)
                     .unwrap_or(1)
                     .max(0) as u32;
+                let takes = rollout.spec.canary_capacity == CanaryCapacity::FromDeployment;
                 let most = rollout
                     .spec
                     .steps
                     .iter()
                     .map(|s| match (&s.staging, s.weight) {
                         (Some(st), _) => st.replicas,
+                        (None, Some(w)) if w < 100 && takes => canary::replicas_taking(stable, w),
                         (None, Some(w)) if w < 100 => canary::replicas_for(stable, w),
                         _ => 0,
                     })
@@ -381,16 +384,25 @@ async fn apply(
                     (Some(_), false) => ctx.pull_secrets.credentials(&ns, &secrets).await.map(Arc::new),
                     _ => None,
                 };
-                let result = preflight::check(
-                    client,
-                    &ns,
-                    &template,
-                    &moved,
-                    most,
-                    ctx.inspector.as_ref(),
-                    credentials,
-                )
-                .await;
+                let result = match takes {
+                    true => preflight::no_autoscaler(client, &ns, &rollout.spec.target_ref.name).await,
+                    false => Ok(()),
+                };
+                let result = match result {
+                    Ok(()) => {
+                        preflight::check(
+                            client,
+                            &ns,
+                            &template,
+                            &moved,
+                            most,
+                            ctx.inspector.as_ref(),
+                            credentials,
+                        )
+                        .await
+                    }
+                    Err(refusal) => Err(refusal),
+                };
                 let (passed, message) = match result {
                     Ok(m) => (true, m),
                     Err(refusal) => (false, refusal.to_string()),
@@ -467,6 +479,19 @@ async fn apply(
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(kerr(format!("keeping the failed pod {name}"))(e)),
                 }
+            }
+            Action::ScaleDeployment { replicas } => {
+                // An update of `spec.replicas` alone by our field manager: its
+                // ownership is how a later change by anyone else is told apart.
+                let d = &rollout.spec.target_ref.name;
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                Api::<Deployment>::namespaced(client.clone(), &ns)
+                    .patch(d, &params, &Patch::Merge(json!({"spec": {"replicas": replicas}})))
+                    .await
+                    .map_err(kerr(format!("scaling Deployment {d} to {replicas}")))?;
             }
             Action::PatchDeploymentImages(images) => {
                 let d = &rollout.spec.target_ref.name;

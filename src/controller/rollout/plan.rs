@@ -16,7 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::canary::{self, SERVING_GATE};
 use super::classify;
 use crate::api::{
-    CanaryStatus, DistrolessRollout, DistrolessRolloutStatus, FailureReason, Phase, Promotion, RolloutFailure, Step,
+    CanaryCapacity, CanaryStatus, DistrolessRollout, DistrolessRolloutStatus, FailureReason, Phase, Promotion,
+    RolloutFailure, StableScale, Step,
 };
 use crate::image::reference::same_image;
 
@@ -73,6 +74,11 @@ pub(crate) enum Action {
     },
     /// Server-side apply of only these container images on the Deployment.
     PatchDeploymentImages(BTreeMap<String, String>),
+    /// Set the Deployment's `spec.replicas` (`canaryCapacity:
+    /// FromDeployment`, and putting them back), as our field manager.
+    ScaleDeployment {
+        replicas: u32,
+    },
     Event {
         warning: bool,
         reason: String,
@@ -87,8 +93,9 @@ pub(crate) struct Plan {
     /// Look again after this long (timers: bake, ready timeout, pull grace, metrics).
     pub requeue: Option<Duration>,
     /// Whether the rollout must carry [`FINALIZER`]: while the Deployment
-    /// runs images we patched in and the rollout has not succeeded, deleting
-    /// the rollout must first put the standard images back. Added before any
+    /// runs images we patched in and the rollout has not succeeded, or the
+    /// canary holds some of its replicas, deleting the rollout must first put
+    /// the standard images, and its own replicas, back. Added before any
     /// action of the plan, removed after all of them.
     pub finalizer: bool,
 }
@@ -105,6 +112,15 @@ impl Plan {
     /// `RolledBack` phase redoes whatever undo is left, idempotently.
     pub(crate) fn decides_rollback(&self, previous: &DistrolessRolloutStatus) -> bool {
         self.status.phase.is_stopped() && !previous.phase.is_stopped()
+    }
+
+    /// Whether the status goes to the API server before any action: a
+    /// rollback decided (above), or the Deployment about to be scaled to a
+    /// number the status does not record yet, so its own count
+    /// (`stableScale.replicas`) is never known only to a process that may die.
+    pub(crate) fn status_first(&self, previous: &DistrolessRolloutStatus) -> bool {
+        self.decides_rollback(previous)
+            || (self.status.stable_scale.is_some() && self.status.stable_scale != previous.stable_scale)
     }
 }
 
@@ -165,6 +181,11 @@ fn pod_hash(pod: &Pod) -> Option<&str> {
         .as_ref()?
         .get("pod-template-hash")
         .map(String::as_str)
+}
+
+/// The Deployment's `spec.replicas` (1 when unset, as the API server defaults it).
+fn replicas(d: &Deployment) -> u32 {
+    u32::try_from(d.spec.replicas.unwrap_or(1)).unwrap_or(0)
 }
 
 fn live(pod: &&Pod) -> bool {
@@ -286,6 +307,123 @@ impl<'a> Planner<'a> {
             .map_or(0, |s| s.bake_seconds)
     }
 
+    /// Whether this attempt's canary takes its pods out of the Deployment's
+    /// count (`canaryCapacity: FromDeployment`, not released).
+    fn takes_capacity(&self) -> bool {
+        self.o.rollout.spec.canary_capacity == CanaryCapacity::FromDeployment && !self.st.capacity_released
+    }
+
+    /// The Deployment's own count: its replicas before the canary took any.
+    fn own_replicas(&self, d: &Deployment) -> u32 {
+        self.st
+            .stable_scale
+            .as_ref()
+            .map_or_else(|| replicas(d), |s| s.replicas)
+    }
+
+    /// Canary pods for `weight` percent of a Deployment of `total` pods.
+    fn canary_size(&self, total: u32, weight: u32) -> u32 {
+        if self.takes_capacity() {
+            canary::replicas_taking(total, weight)
+        } else {
+            canary::replicas_for(total, weight)
+        }
+    }
+
+    /// Notices the Deployment's replicas set by someone else while the canary
+    /// holds some of them (`kubectl scale`, an autoscaler, a GitOps sync): their
+    /// number stands, nothing is put back over it, and the canary adds its pods
+    /// for the rest of the attempt, so the two never fight over `spec.replicas`.
+    /// Before our scale was first seen in place, only a number that is neither
+    /// the Deployment's own nor ours is someone else's (the scale may not have
+    /// been made yet: the status is written before it).
+    fn watch_scale(&mut self, d: &Deployment) {
+        let Some(s) = self.st.stable_scale.clone() else {
+            return;
+        };
+        let now = replicas(d);
+        let ours = canary::replicas_set_by_us(d);
+        let outside = if s.held {
+            !ours
+        } else {
+            now != s.replicas && now != s.scaled_to
+        };
+        if outside {
+            self.st.stable_scale = None;
+            self.st.capacity_released = true;
+            self.actions.push(event(
+                true,
+                "CapacityReleased",
+                format!(
+                    "the Deployment's replicas were set to {now} by someone else while the canary held it at {} of its {}:                      that number stands, and for the rest of this attempt the canary adds its pods instead of taking                      the Deployment's (canaryCapacity: FromDeployment does not mix with another owner of spec.replicas)",
+                    s.scaled_to, s.replicas
+                ),
+            ));
+        } else if !s.held && ours && now == s.scaled_to {
+            self.st.stable_scale = Some(StableScale { held: true, ..s });
+        }
+    }
+
+    /// Scales the Deployment to its own count less the `take` pods the canary
+    /// stands in for (0: its own count back). The first scale records the own
+    /// count in the status, which is written before the scale is made.
+    fn take_capacity(&mut self, d: &Deployment, take: u32) {
+        let now = replicas(d);
+        let Some(mut s) = self.st.stable_scale.clone() else {
+            if take > 0 {
+                let to = now.saturating_sub(take);
+                self.st.stable_scale = Some(StableScale {
+                    replicas: now,
+                    scaled_to: to,
+                    held: false,
+                });
+                self.actions.push(Action::ScaleDeployment { replicas: to });
+                self.actions.push(event(
+                    false,
+                    "CapacityTaken",
+                    format!(
+                        "the Deployment is scaled from {now} to {to} replicas: {take} ready canary pod(s) serve in                          their place (canaryCapacity: FromDeployment); every exit puts {now} back"
+                    ),
+                ));
+            }
+            return;
+        };
+        if take == 0 {
+            self.restore_stable(Some(d));
+            return;
+        }
+        let to = s.replicas.saturating_sub(take);
+        if s.scaled_to != to {
+            s.scaled_to = to;
+            self.st.stable_scale = Some(s);
+        }
+        if now != to {
+            self.actions.push(Action::ScaleDeployment { replicas: to });
+        }
+    }
+
+    /// Puts the Deployment's own replicas back, and forgets them once it has
+    /// them (or is gone).
+    fn restore_stable(&mut self, d: Option<&Deployment>) {
+        let Some(s) = self.st.stable_scale.clone() else {
+            return;
+        };
+        match d {
+            Some(d) if replicas(d) != s.replicas => {
+                self.actions.push(Action::ScaleDeployment { replicas: s.replicas });
+            }
+            Some(_) => {
+                self.st.stable_scale = None;
+                self.actions.push(event(
+                    false,
+                    "CapacityRestored",
+                    format!("the Deployment has its own {} replicas back", s.replicas),
+                ));
+            }
+            None => self.st.stable_scale = None,
+        }
+    }
+
     /// The metric gates' readings judged: a reading above the threshold past
     /// `failureLimit` rolls back, as do more than `consecutiveErrorLimit`
     /// unreadable ones in a row; anything short of every gate read and
@@ -396,6 +534,8 @@ impl<'a> Planner<'a> {
 
     /// The rollback's actions for what still differs from "rolled back".
     fn undo(&mut self) {
+        // The Deployment's own replicas first: the canary is not serving well.
+        self.restore_stable(self.o.deployment);
         let open: Vec<String> = self
             .o
             .canary_pods
@@ -464,6 +604,9 @@ impl<'a> Planner<'a> {
         let verbs = o.rollout.verbs();
         self.st.observed_generation = o.rollout.metadata.generation;
         self.st.observed_verbs = o.rollout.verb_annotations();
+        if let Some(d) = o.deployment {
+            self.watch_scale(d);
+        }
 
         // Deleted: whatever we patched into the Deployment goes back (the
         // canary ReplicaSets are the garbage collector's, as we own them).
@@ -479,7 +622,7 @@ impl<'a> Planner<'a> {
             if o.deployment.is_none() {
                 self.st.deployment_patched = false;
             }
-            if self.st.deployment_patched {
+            if self.st.deployment_patched || self.st.stable_scale.is_some() {
                 self.after(Duration::from_secs(2));
             }
             return self.finish();
@@ -493,6 +636,7 @@ impl<'a> Planner<'a> {
                 observed_generation: o.rollout.metadata.generation,
                 standard_images: standard,
                 deployment_patched: self.st.deployment_patched,
+                stable_scale: self.st.stable_scale.take(),
                 conditions: std::mem::take(&mut self.st.conditions),
                 ..DistrolessRolloutStatus::default()
             };
@@ -500,6 +644,7 @@ impl<'a> Planner<'a> {
                 .push(event(false, "Retry", format!("attempt {} begins", verbs.retry + 1)));
         }
         if self.st.phase == Phase::Succeeded {
+            self.restore_stable(o.deployment);
             for rs in o.canaries {
                 self.actions.push(Action::DeleteCanary {
                     name: rs.metadata.name.clone().unwrap_or_default(),
@@ -645,12 +790,12 @@ impl<'a> Planner<'a> {
             self.st.phase = Phase::Promoting;
             return self.promote(d, distroless, false);
         }
-        let stable = d.spec.replicas.unwrap_or(1).max(0) as u32;
+        let total = self.own_replicas(d);
         let (wanted, weight) = match (&step.staging, step.weight) {
             (Some(s), _) => (s.replicas, 0),
             // A share of no pods: one canary pod would take all the traffic.
-            (None, Some(w)) if stable == 0 => (0, w),
-            (None, Some(w)) => (canary::replicas_for(stable, w), w),
+            (None, Some(w)) if total == 0 => (0, w),
+            (None, Some(w)) => (self.canary_size(total, w), w),
             (None, None) => (0, 0),
         };
         self.st.desired_weight = weight;
@@ -687,12 +832,18 @@ impl<'a> Planner<'a> {
             ready,
         });
         let serving_ready = pods.iter().filter(|p| classify::ready(p)).count() as u32;
+        self.size_stable(d, total, wanted, serving_ready, serving);
         let stable_ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0).max(0) as u32;
         self.st.effective_weight = canary::weight_of(serving_ready, stable_ready);
-        if serving && canary::unachievable(weight, canary::weight_of(wanted, stable)) {
+        let beside = if self.takes_capacity() && total > 1 {
+            total - wanted
+        } else {
+            total
+        };
+        if serving && canary::unachievable(weight, canary::weight_of(wanted, beside)) {
             self.st.message = format!(
-                "WeightUnachievable: {wanted} canary pod(s) next to {stable} make {}%, not {weight}%",
-                canary::weight_of(wanted, stable)
+                "WeightUnachievable: {wanted} canary pod(s) next to {beside} make {}%, not {weight}%",
+                canary::weight_of(wanted, beside)
             );
         } else {
             self.st.message = format!("step {number}: {ready}/{wanted} canary pods ready");
@@ -712,7 +863,7 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        if stable == 0 && step.staging.is_none() {
+        if total == 0 && step.staging.is_none() {
             self.st.message = format!(
                 "step {number}: the Deployment has 0 replicas, so there is no traffic to give the canary {weight}% of; \
                  the step holds with no canary pod until the Deployment is scaled up (or `rollout promote --full`)"
@@ -771,6 +922,19 @@ impl<'a> Planner<'a> {
             .push(event(false, "StepCompleted", format!("step {number} baked healthy")));
         self.enter_step(index + 1);
         self.after(Duration::from_millis(500));
+    }
+
+    /// `canaryCapacity: FromDeployment`: the Deployment gives up one pod for
+    /// each canary pod that serves (ready, gate open), up to the step's
+    /// canary and never its last pod, so the pods serving never fall below
+    /// its own count while the canary grows. Anything else gives them back.
+    fn size_stable(&mut self, d: &Deployment, total: u32, wanted: u32, serving_ready: u32, serving: bool) {
+        let take = if serving && self.takes_capacity() {
+            serving_ready.min(wanted).min(total.saturating_sub(1))
+        } else {
+            0
+        };
+        self.take_capacity(d, take);
     }
 
     /// Ensures the canary ReplicaSet of the current template at `wanted`
@@ -838,6 +1002,11 @@ impl<'a> Planner<'a> {
         }
         self.st.phase = Phase::Promoting;
         self.st.desired_weight = 100;
+        // The Deployment rolls out with its own count of pods (the GitOps
+        // hold keeps the last step's canary, and its share, until then).
+        if template_distroless || spec.promotion == Promotion::PatchDeployment {
+            self.restore_stable(Some(d));
+        }
         if !template_distroless {
             match spec.promotion {
                 Promotion::PatchDeployment => {
@@ -904,7 +1073,7 @@ impl<'a> Planner<'a> {
         let ready_at = self.st.step_ready_at.get_or_insert(Time(o.now)).0;
         let bake = self.promotion_bake();
         let bake_end = ready_at + jiff::SignedDuration::from_secs(i64::from(bake));
-        if o.now < bake_end || gates.is_some() || !done {
+        if o.now < bake_end || gates.is_some() || !done || self.st.stable_scale.is_some() {
             let mut message = format!(
                 "the Deployment runs the distroless images ({progress}); its pods are watched for the 100% step's \
                  bake of {bake} s before the canary is removed"
@@ -949,12 +1118,8 @@ impl<'a> Planner<'a> {
             .filter_map(|s| s.weight.filter(|w| *w < 100))
             .next_back()
             .unwrap_or(0);
-        let stable = d.spec.replicas.unwrap_or(1).max(0) as u32;
-        let wanted = if stable == 0 {
-            0
-        } else {
-            canary::replicas_for(stable, last)
-        };
+        let total = self.own_replicas(d);
+        let wanted = if total == 0 { 0 } else { self.canary_size(total, last) };
         let hash = self.ensure_canary(d, distroless, wanted);
         let held: Vec<Pod> = o
             .canary_pods
@@ -993,6 +1158,8 @@ impl<'a> Planner<'a> {
                 serving: true,
             });
         }
+        let serving_ready = held.iter().filter(|p| classify::ready(p)).count() as u32;
+        self.size_stable(d, total, wanted, serving_ready, last > 0);
         self.st.message =
             "holding at the last weight until the Deployment's template carries the distroless images (the Git change)"
                 .into();
@@ -1007,7 +1174,8 @@ impl<'a> Planner<'a> {
         self.st.step = format!("{}/{steps}", (self.st.current_step + 1).min(steps));
         self.st.conditions = conditions(&self.st, &prev.conditions, self.o.now);
         Plan {
-            finalizer: self.st.deployment_patched && self.st.phase != Phase::Succeeded,
+            finalizer: (self.st.deployment_patched && self.st.phase != Phase::Succeeded)
+                || self.st.stable_scale.is_some(),
             actions: self.actions,
             status: self.st,
             requeue: self.requeue,
@@ -1241,6 +1409,10 @@ mod tests {
                         }
                         self.deployment.metadata.generation = Some(self.deployment.metadata.generation.unwrap() + 1);
                     }
+                    Action::ScaleDeployment { replicas } => {
+                        self.deployment.spec.replicas = Some(*replicas as i32);
+                        self.deployment.metadata.managed_fields = Some(vec![replicas_owner("distroless-guard")]);
+                    }
                     Action::KeepPod { name } => {
                         for p in self.pods.iter_mut().filter(|p| p.metadata.name.as_ref() == Some(name)) {
                             p.metadata
@@ -1285,6 +1457,8 @@ mod tests {
             let updated = if self.stalled { 0 } else { replicas };
             status.updated_replicas = Some(updated);
             status.available_replicas = Some(if self.stalled { replicas } else { updated });
+            status.ready_replicas = Some(replicas);
+            status.replicas = Some(replicas);
             self.promoted = if distroless && !self.stalled {
                 (0..replicas)
                     .map(|i| {
@@ -1302,7 +1476,7 @@ mod tests {
         fn step(&mut self) -> Plan {
             self.cluster_tick();
             let p = self.plan();
-            if p.decides_rollback(&self.status()) {
+            if p.status_first(&self.status()) {
                 self.rollout.status = Some(p.status.clone());
             }
             let mut status = p.status.clone();
@@ -1324,6 +1498,15 @@ mod tests {
                 .clone()
                 .unwrap()
         }
+    }
+
+    /// A managedFields entry: `manager` set `spec.replicas` (an update).
+    fn replicas_owner(manager: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+        serde_json::from_value(
+            json!({"manager": manager, "operation": "Update", "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}),
+        )
+        .unwrap()
     }
 
     fn set_condition(p: &mut Pod, kind: &str, on: bool) {
@@ -1714,6 +1897,151 @@ mod tests {
         assert_eq!(w.deployment_image(), "reg/app:distroless", "{:?}", w.status());
     }
 
+    /// Pods that serve now: the Deployment's (all ready in this world) and the
+    /// canary's ready ones with their gate open.
+    fn serving(w: &World) -> u32 {
+        w.deployment.spec.replicas.unwrap_or(0) as u32 + w.pods.iter().filter(|p| classify::ready(p)).count() as u32
+    }
+
+    fn taking(steps: serde_json::Value) -> serde_json::Value {
+        json!({"canaryCapacity": "FromDeployment", "steps": steps})
+    }
+
+    #[test]
+    fn a_canary_taking_from_the_deployment_shrinks_it_only_by_serving_pods_and_promotion_gives_them_back() {
+        let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 30}, {"weight": 100}])), 4);
+        let mut scaled_before_recorded = false;
+        for _ in 0..12 {
+            let before = w.status();
+            let p = w.step();
+            // The Deployment's own count is on record before it is first scaled.
+            if p.actions.iter().any(|a| matches!(a, Action::ScaleDeployment { .. })) && before.stable_scale.is_none() {
+                scaled_before_recorded |= !p.status_first(&before);
+                assert!(p.finalizer, "scaled down without the finalizer that puts it back");
+            }
+            assert!(serving(&w) >= 4, "fewer than 4 pods serve: {:?}", w.status());
+            w.now += jiff::SignedDuration::from_secs(2);
+        }
+        assert!(!scaled_before_recorded, "scaled before its own count was written");
+        let s = w.status();
+        assert_eq!((s.phase, s.desired_weight), (Phase::Canary, 50), "{s:?}");
+        assert_eq!(w.canaries[0].spec.replicas, Some(2), "50% of 4 is 2 of them");
+        assert_eq!(
+            w.deployment.spec.replicas,
+            Some(2),
+            "the Deployment gave up the 2 the canary serves for"
+        );
+        assert_eq!(
+            s.stable_scale,
+            Some(StableScale {
+                replicas: 4,
+                scaled_to: 2,
+                held: true
+            })
+        );
+        assert!(w.events.iter().any(|e| e == "CapacityTaken"), "{:?}", w.events);
+        w.run(60, 2);
+        let s = w.status();
+        assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
+        assert_eq!(
+            w.deployment.spec.replicas,
+            Some(4),
+            "promotion rolls out with the Deployment's own count"
+        );
+        assert_eq!(
+            (s.stable_scale, w.deployment_image().as_str()),
+            (None, "reg/app:distroless")
+        );
+        assert!(w.events.iter().any(|e| e == "CapacityRestored"), "{:?}", w.events);
+    }
+
+    #[test]
+    fn a_rollback_of_a_taking_canary_gives_the_deployment_its_replicas_before_removing_the_canary() {
+        let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 6);
+        w.run(20, 2);
+        assert_eq!(w.deployment.spec.replicas, Some(3), "{:?}", w.status());
+        w.rollout.spec.abort = true;
+        let p = w.step();
+        let order: Vec<&str> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ScaleDeployment { .. } => Some("deployment"),
+                Action::ScaleCanary { .. } => Some("canary"),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(order, ["deployment", "canary"]);
+        assert!(p.finalizer, "the replicas are not confirmed back yet");
+        w.run(10, 2);
+        let s = w.status();
+        assert_eq!((s.phase, s.stable_scale.clone()), (Phase::RolledBack, None), "{s:?}");
+        assert_eq!(w.deployment.spec.replicas, Some(6));
+        assert!(!w.step().finalizer);
+        // A retry starts taking again from the Deployment's own count.
+        w.rollout.spec.abort = false;
+        w.rollout.spec.retry = 1;
+        w.run(30, 2);
+        assert_eq!(w.deployment.spec.replicas, Some(3), "{:?}", w.status());
+        assert_eq!(w.status().stable_scale.map(|s| s.replicas), Some(6));
+    }
+
+    #[test]
+    fn someone_else_scaling_a_taken_deployment_keeps_their_number_and_the_canary_adds_its_pods() {
+        let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 4);
+        w.run(20, 2);
+        assert_eq!(w.deployment.spec.replicas, Some(2));
+        // `kubectl scale --replicas 5`: their manager owns spec.replicas now.
+        w.deployment.spec.replicas = Some(5);
+        w.deployment.metadata.managed_fields = Some(vec![replicas_owner("kubectl")]);
+        w.run(10, 2);
+        let s = w.status();
+        assert!(s.capacity_released && s.stable_scale.is_none(), "{s:?}");
+        assert_eq!(w.deployment.spec.replicas, Some(5), "their number was overwritten");
+        assert_eq!(w.canaries[0].spec.replicas, Some(5), "5 added beside 5 is 50%");
+        assert!(w.events.iter().any(|e| e == "CapacityReleased"), "{:?}", w.events);
+        assert!(!w.step().finalizer, "nothing of the Deployment's is held any more");
+        // The same number written back by a GitOps sync (4, its own count) also stands.
+        let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 4);
+        w.run(20, 2);
+        w.deployment.spec.replicas = Some(4);
+        w.deployment.metadata.managed_fields = Some(vec![replicas_owner("argocd-controller")]);
+        w.run(10, 2);
+        assert_eq!(
+            w.deployment.spec.replicas,
+            Some(4),
+            "a fight with the sync over spec.replicas"
+        );
+        assert!(w.status().capacity_released);
+    }
+
+    #[test]
+    fn a_rollout_deleted_while_its_canary_holds_replicas_gives_them_back_before_it_goes() {
+        let mut w = World::new(taking(json!([{"weight": 25, "bakeSeconds": 600}, {"weight": 100}])), 8);
+        w.run(20, 2);
+        assert_eq!(w.deployment.spec.replicas, Some(6), "{:?}", w.status());
+        w.rollout.metadata.deletion_timestamp = Some(Time(w.now));
+        let p = w.step();
+        assert!(p.finalizer, "released before the replicas were back");
+        assert_eq!(w.deployment.spec.replicas, Some(8));
+        assert!(!w.step().finalizer, "the replicas are back: the rollout may go");
+    }
+
+    #[test]
+    fn a_one_replica_deployment_keeps_its_pod_and_a_staging_step_takes_nothing() {
+        let mut w = World::new(taking(json!([{"staging": {"replicas": 2}, "bakeSeconds": 600}])), 3);
+        w.run(20, 2);
+        assert_eq!((w.deployment.spec.replicas, w.status().stable_scale), (Some(3), None));
+        let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}])), 1);
+        w.run(20, 2);
+        assert_eq!(
+            w.deployment.spec.replicas,
+            Some(1),
+            "the Deployment's last pod was taken"
+        );
+        assert_eq!(w.canaries[0].spec.replicas, Some(1));
+    }
+
     #[test]
     fn a_rollout_deleted_mid_promotion_holds_its_finalizer_until_the_standard_images_are_back() {
         let mut w = World::new(
@@ -2005,12 +2333,14 @@ mod tests {
         #[test]
         fn a_crash_halfway_through_any_reconcile_changes_nothing_in_the_end(
             crash_at in 0usize..60, keep in 0usize..6, replicas in 1i32..12, failing in any::<bool>(),
-            spike in any::<bool>()
+            spike in any::<bool>(), taking in any::<bool>()
         ) {
             // A metric gate that spikes once, in the reconcile that crashes: a
             // one-off signal the next reconcile would not see again.
+            let capacity = if taking { "FromDeployment" } else { "Added" };
             let spec = json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 10}, {"weight": 25, "bakeSeconds": 10}, {"weight": 100}],
-                "metrics": [{"name": "errors", "address": "http://prometheus:9090", "query": "q", "threshold": 0.5}]});
+                "metrics": [{"name": "errors", "address": "http://prometheus:9090", "query": "q", "threshold": 0.5}],
+                "canaryCapacity": capacity});
             let mut clean = World::new(spec.clone(), replicas);
             let mut crashed = World::new(spec, replicas);
             if failing {
@@ -2024,7 +2354,7 @@ mod tests {
                 clean.step();
                 crashed.cluster_tick();
                 let p = crashed.plan();
-                if p.decides_rollback(&crashed.status()) {
+                if p.status_first(&crashed.status()) {
                     crashed.rollout.status = Some(p.status.clone());
                 }
                 let mut status = p.status.clone();
@@ -2042,6 +2372,8 @@ mod tests {
             let (a, b) = (clean.status(), crashed.status());
             prop_assert_eq!(a.phase, b.phase);
             prop_assert_eq!(clean.deployment_image(), crashed.deployment_image());
+            prop_assert_eq!(crashed.deployment.spec.replicas, Some(replicas), "the Deployment's own replicas are back");
+            prop_assert_eq!(&b.stable_scale, &None);
             prop_assert_eq!(clean.canaries.len(), crashed.canaries.len());
             prop_assert_eq!(
                 clean.canaries.iter().map(|c| c.spec.replicas).collect::<Vec<_>>(),

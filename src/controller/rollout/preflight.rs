@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ListParams, PostParams};
@@ -36,6 +37,13 @@ pub(crate) enum Refusal {
     NamedUser { image: String, user: String, uid: u32 },
     #[error("{image}'s entrypoint starts a shell ({first}), which a distroless image cannot run")]
     ShellEntrypoint { image: String, first: String },
+    #[error("cannot read HorizontalPodAutoscalers: {0}")]
+    Autoscalers(#[source] kube::Error),
+    #[error(
+        "HorizontalPodAutoscaler {hpa} scales Deployment {deployment}: canaryCapacity: FromDeployment would fight it \
+         over spec.replicas; use canaryCapacity: Added (the default), which leaves the replicas to the autoscaler"
+    )]
+    Autoscaled { hpa: String, deployment: String },
     #[error("cannot read ResourceQuotas: {0}")]
     Quotas(#[source] kube::Error),
     #[error(
@@ -117,6 +125,28 @@ pub(crate) async fn check(
     quota(client, namespace, &spec, canary_pods).await?;
     checked.push(format!("quota for {canary_pods} canary pod(s)"));
     Ok(format!("checked: {}", checked.join("; ")))
+}
+
+/// `canaryCapacity: FromDeployment` scales the Deployment itself: refused
+/// when a HorizontalPodAutoscaler owns its replicas.
+pub(crate) async fn no_autoscaler(client: &kube::Client, namespace: &str, deployment: &str) -> Result<(), Refusal> {
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(Refusal::Autoscalers)?;
+    let scaling = hpas.items.iter().find(|h| {
+        let t = &h.spec.scale_target_ref;
+        t.kind == "Deployment"
+            && t.name == deployment
+            && t.api_version.as_deref().is_none_or(|v| v.starts_with("apps/"))
+    });
+    match scaling {
+        Some(h) => Err(Refusal::Autoscaled {
+            hpa: h.metadata.name.clone().unwrap_or_default(),
+            deployment: deployment.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// What the kubelet (or the point of the migration) would object to in this
