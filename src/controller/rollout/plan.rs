@@ -405,6 +405,13 @@ impl<'a> Planner<'a> {
     /// Puts the Deployment's own replicas back, and forgets them once it has
     /// them (or is gone).
     fn restore_stable(&mut self, d: Option<&Deployment>) {
+        // A scale this same plan decided before (a step's take, then a gate
+        // failing) is not made.
+        self.actions.retain(|a| match a {
+            Action::ScaleDeployment { .. } => false,
+            Action::Event { reason, .. } => reason != "CapacityTaken",
+            _ => true,
+        });
         let Some(s) = self.st.stable_scale.clone() else {
             return;
         };
@@ -414,11 +421,14 @@ impl<'a> Planner<'a> {
             }
             Some(_) => {
                 self.st.stable_scale = None;
-                self.actions.push(event(
-                    false,
-                    "CapacityRestored",
-                    format!("the Deployment has its own {} replicas back", s.replicas),
-                ));
+                let recorded = self.o.rollout.status.as_ref().is_some_and(|s| s.stable_scale.is_some());
+                if recorded {
+                    self.actions.push(event(
+                        false,
+                        "CapacityRestored",
+                        format!("the Deployment has its own {} replicas back", s.replicas),
+                    ));
+                }
             }
             None => self.st.stable_scale = None,
         }
