@@ -53,6 +53,8 @@ pub struct OperatorConfig {
     pub policy_reports: Option<String>,
     /// How the watches read what exists; `None`: by the API server's version.
     pub initial_list: Option<controller::watch::InitialList>,
+    /// Custom resources whose pod specs the audit judges (the chart's `webhook.customResources`).
+    pub custom_resources: Vec<controller::CustomResource>,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -217,10 +219,32 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
         },
     };
     info!(?initial_list, "watches read what exists");
-    controller::watch::spawn(&mut tasks, client.clone(), view.clone(), initial_list, move |set| {
-        info!(policies = set.len(), "policies loaded");
-        sink_state.admission.set_policies(set);
-    });
+    // Custom kinds first: what they control is counted through them from the
+    // built-in watches' first list.
+    let custom = controller::custom_resources::Controllers::default();
+    let found = controller::custom_resources::resolve_now(&client, &config.custom_resources).await;
+    for ar in found.iter().flatten() {
+        custom.write().insert((ar.group.clone(), ar.kind.clone()));
+    }
+    controller::watch::spawn(
+        &mut tasks,
+        client.clone(),
+        view.clone(),
+        initial_list,
+        custom.clone(),
+        move |set| {
+            info!(policies = set.len(), "policies loaded");
+            sink_state.admission.set_policies(set);
+        },
+    );
+    controller::custom_resources::spawn(
+        &mut tasks,
+        client.clone(),
+        view.clone(),
+        initial_list,
+        config.custom_resources.iter().cloned().zip(found).collect(),
+        custom,
+    );
 
     let lease_config = LeaseConfig {
         duration: config.lease_duration.max(Duration::from_secs(2)),

@@ -84,6 +84,11 @@ pub(super) struct RunArgs {
     /// server's version turns WatchList on by default (1.32, 1.34 and later).
     #[arg(long, value_enum)]
     initial_list: Option<InitialListArg>,
+    /// A custom resource whose pod specs the audit judges, as GROUP/RESOURCE
+    /// (argoproj.io/rollouts); repeatable. The chart passes its
+    /// `webhook.customResources`.
+    #[arg(long = "custom-resource", value_name = "GROUP/RESOURCE")]
+    custom_resources: Vec<crate::controller::CustomResource>,
 }
 
 /// `--initial-list`: the values of [`crate::controller::InitialList`].
@@ -140,6 +145,7 @@ impl RunArgs {
             },
             policy_reports: self.policy_reports.then(|| self.report_name.clone()),
             initial_list: self.initial_list.map(Into::into),
+            custom_resources: self.custom_resources.clone(),
         })
     }
 }

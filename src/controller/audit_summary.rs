@@ -15,6 +15,17 @@ use crate::policy::{
 /// How many violating workloads the status lists.
 pub(crate) const TOP_VIOLATIONS: usize = 20;
 
+/// Where a pod spec found inside a custom resource sits: the object's kind
+/// and the field path of the spec (`spec.workerGroupSpecs[0].template.spec`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EmbeddedIn {
+    /// The resource, as `plural.group` (what a relist replaces).
+    pub resource: String,
+    pub api_version: String,
+    pub kind: String,
+    pub path: String,
+}
+
 /// A workload as the audit sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuditObject {
@@ -23,9 +34,37 @@ pub struct AuditObject {
     /// Owned by a workload controller (a Deployment's ReplicaSet, a ReplicaSet's
     /// Pod...): counted through its owner, not on its own.
     pub controlled: bool,
+    /// A pod spec inside a custom resource, judged as a Pod's: the object's
+    /// kind and where the spec sits. `None` for the built-in kinds.
+    pub embedded: Option<std::sync::Arc<EmbeddedIn>>,
 }
 
 impl AuditObject {
+    /// `apiVersion` and `kind` of the object, as an Event or a report names it.
+    pub(crate) fn api_version_kind(&self) -> (std::borrow::Cow<'_, str>, &str) {
+        match &self.embedded {
+            Some(e) => (e.api_version.as_str().into(), e.kind.as_str()),
+            None => {
+                let kind = self.workload.kind;
+                let api_version = match kind.group() {
+                    "" => "v1".into(),
+                    group => format!("{group}/v1").into(),
+                };
+                (api_version, kind.as_str())
+            }
+        }
+    }
+
+    /// What one Event or set of findings is about: the object's uid, and for
+    /// a pod spec inside a custom resource, its path too (an object may hold
+    /// several).
+    pub(crate) fn identity(&self) -> std::borrow::Cow<'_, str> {
+        match &self.embedded {
+            Some(e) => format!("{}#{}", self.uid, e.path).into(),
+            None => self.uid.as_str().into(),
+        }
+    }
+
     pub fn namespace(&self) -> &str {
         self.workload.namespace.as_deref().unwrap_or("default")
     }
@@ -109,15 +148,18 @@ pub(crate) fn summarize<'a>(
             *summary.by_rule.entry(*r).or_default() += 1;
         }
         summary.top_violations.push(WorkloadViolations {
-            kind: object.workload.kind.to_string(),
+            kind: object.api_version_kind().1.to_string(),
             namespace: namespace.to_string(),
             name: object.workload.name.clone(),
             rules: rules.iter().map(|r| r.to_string()).collect(),
         });
-        violating.push(Violating {
-            object,
-            violations: verdict.violations,
-        });
+        let mut violations = verdict.violations;
+        if let Some(e) = &object.embedded {
+            for v in &mut violations {
+                v.path = policy::embedded::rebase_path(&v.path, &e.path);
+            }
+        }
+        violating.push(Violating { object, violations });
     }
     summary
         .top_violations
@@ -170,6 +212,7 @@ mod tests {
             uid: name.into(),
             workload: Workload::from_value(&value).unwrap().unwrap(),
             controlled,
+            embedded: None,
         }
     }
 

@@ -12,13 +12,17 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 
-use super::audit_summary::AuditObject;
+use std::sync::Arc;
+
+use super::audit_summary::{AuditObject, EmbeddedIn};
 use crate::admission::{NamespaceLabels, Owners};
 use crate::api::DistrolessPolicy;
 use crate::policy::{Owner, Workload, WorkloadKind, namespace_name_labels};
 
-/// (kind, namespace, name) of a workload.
-pub(crate) type Key = (WorkloadKind, String, String);
+/// (kind, namespace, name) of a workload; a pod spec inside a custom
+/// resource is judged as a Pod and keyed by where it sits as well (one
+/// object may hold several).
+pub(crate) type Key = (WorkloadKind, String, String, Option<Arc<EmbeddedIn>>);
 
 /// The workloads by key. Boxed: an entry is then a key and a pointer, and
 /// the table, which keeps room for an eighth more entries than it holds,
@@ -120,10 +124,21 @@ impl ClusterView {
     /// Replaces every workload of `kind` with a fresh list.
     pub fn reset_workloads(&self, kind: WorkloadKind, fresh: Workloads) {
         let mut all = self.workloads.lock();
-        all.retain(|k, _| k.0 != kind);
+        all.retain(|k, _| k.0 != kind || k.3.is_some());
         all.extend(fresh);
         drop(all);
         self.mark_synced(Feed::Workloads(kind));
+        self.touched();
+    }
+
+    /// Replaces every pod spec found in objects of a custom `resource`
+    /// (`plural.group`) with a fresh list. Custom resources do not hold the
+    /// view's readiness back: their CRD may be installed after the operator.
+    pub fn reset_embedded(&self, resource: &str, fresh: Workloads) {
+        let mut all = self.workloads.lock();
+        all.retain(|k, _| k.3.as_ref().is_none_or(|e| e.resource != resource));
+        all.extend(fresh);
+        drop(all);
         self.touched();
     }
 
@@ -178,7 +193,7 @@ impl ClusterView {
     }
 
     fn owner_now(&self, namespace: &str, owner: &Owner) -> Option<Workload> {
-        let key = (owner.kind, namespace.to_string(), owner.name.clone());
+        let key = (owner.kind, namespace.to_string(), owner.name.clone(), None);
         self.workloads
             .lock()
             .get(&key)
@@ -235,11 +250,12 @@ mod tests {
         let value = json!({"apiVersion": api, "kind": kind.as_str(), "metadata": {"name": name, "namespace": "shop"}, "spec": {}});
         let workload = Workload::from_value(&value).unwrap().unwrap();
         (
-            (kind, "shop".into(), name.into()),
+            (kind, "shop".into(), name.into(), None),
             AuditObject {
                 uid: uid.into(),
                 workload,
                 controlled: false,
+                embedded: None,
             },
         )
     }

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 
 use super::audit_summary::Violating;
 
-/// (policy, workload uid).
+/// (policy, workload uid; for a pod spec inside a custom resource, uid#path).
 type Subject = (String, String);
 
 /// An Event not yet recorded: the violations of one workload under one policy.
@@ -59,9 +59,9 @@ impl EventLog {
     /// of violations was not recorded yet. Forgets the workloads of `policy`
     /// that no longer violate.
     pub(crate) fn pending(&mut self, policy: &str, violating: &[Violating<'_>]) -> Vec<PendingEvent> {
-        let live: HashSet<&str> = violating.iter().map(|v| v.object.uid.as_str()).collect();
+        let live: HashSet<std::borrow::Cow<'_, str>> = violating.iter().map(|v| v.object.identity()).collect();
         self.recorded
-            .retain(|(p, uid), _| p != policy || live.contains(uid.as_str()));
+            .retain(|(p, id), _| p != policy || live.contains(id.as_str()));
         violating
             .iter()
             .filter_map(|v| {
@@ -69,17 +69,13 @@ impl EventLog {
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
                 lines.hash(&mut hasher);
                 let hash = hasher.finish();
-                let subject = (policy.to_string(), v.object.uid.clone());
+                let subject = (policy.to_string(), v.object.identity().into_owned());
                 if self.recorded.get(&subject).is_some_and(|(h, _)| *h == hash) {
                     return None;
                 }
-                let kind = v.object.workload.kind;
+                let (api_version, kind) = v.object.api_version_kind();
                 let reference = ObjectReference {
-                    api_version: Some(if kind.group().is_empty() {
-                        "v1".into()
-                    } else {
-                        format!("{}/v1", kind.group())
-                    }),
+                    api_version: Some(api_version.into_owned()),
                     kind: Some(kind.to_string()),
                     name: Some(v.object.workload.name.clone()),
                     namespace: Some(v.object.namespace().to_string()),
@@ -249,6 +245,7 @@ mod tests {
             uid: uid.into(),
             workload: Workload::from_value(&value).unwrap().unwrap(),
             controlled: false,
+            embedded: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub(crate) mod audit_summary;
 pub(crate) mod auditor;
 pub(crate) mod certs;
 pub(crate) mod cluster_view;
+pub(crate) mod custom_resources;
 pub(crate) mod events;
 pub(crate) mod images;
 pub(crate) mod leader;
@@ -25,6 +26,7 @@ use kube::api::ApiResource;
 
 pub(crate) use auditor::Auditor;
 pub(crate) use cluster_view::ClusterView;
+pub use custom_resources::CustomResource;
 pub(crate) use policy_reports::REPORT_NAME;
 pub use watch::InitialList;
 

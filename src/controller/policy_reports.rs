@@ -39,13 +39,8 @@ pub(crate) fn severity(rule: RuleId) -> &'static str {
 }
 
 fn resource(o: &AuditObject) -> Value {
-    let kind = o.workload.kind;
-    let api_version = if kind.group().is_empty() {
-        "v1".to_string()
-    } else {
-        format!("{}/v1", kind.group())
-    };
-    json!({"apiVersion": api_version, "kind": kind.to_string(), "name": o.workload.name,
+    let (api_version, kind) = o.api_version_kind();
+    json!({"apiVersion": api_version, "kind": kind, "name": o.workload.name,
            "namespace": o.namespace(), "uid": o.uid})
 }
 
@@ -81,7 +76,7 @@ enum Row<'a> {
 impl Row<'_> {
     /// Stable order (the report changes only when a result does); failures
     /// first, for the results kept when a report is cut.
-    fn order(&self) -> (bool, &'static str, &str, &str, &'static str) {
+    fn order(&self) -> (bool, &str, &str, &str, &'static str, &str) {
         match self {
             Row::Broken {
                 policy,
@@ -89,17 +84,19 @@ impl Row<'_> {
                 violation,
             } => (
                 false,
-                object.workload.kind.as_str(),
+                object.api_version_kind().1,
                 &object.workload.name,
                 policy,
                 violation.rule.as_str(),
+                &violation.path,
             ),
             Row::Passed { policy, object } => (
                 true,
-                object.workload.kind.as_str(),
+                object.api_version_kind().1,
                 &object.workload.name,
                 policy,
                 "distroless",
+                object.embedded.as_ref().map_or("", |e| e.path.as_str()),
             ),
         }
     }
@@ -268,6 +265,7 @@ mod tests {
             uid: format!("uid-{name}"),
             workload: Workload::from_value(&value).unwrap().unwrap(),
             controlled: false,
+            embedded: None,
         }
     }
 

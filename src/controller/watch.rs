@@ -29,7 +29,7 @@ use crate::policy::workload::SpecShape;
 use crate::policy::{ObjectShape, PolicySet, WorkloadKind};
 
 /// What one feed does with the watch's events.
-trait Feed: Send + 'static {
+pub(crate) trait Feed: Send + 'static {
     type Object: Clone + std::fmt::Debug + Send + 'static;
     /// An object seen (added or changed).
     fn apply(&mut self, view: &ClusterView, object: Self::Object);
@@ -40,7 +40,7 @@ trait Feed: Send + 'static {
     fn reset(&mut self, view: &ClusterView);
 }
 
-async fn drive<F: Feed>(
+pub(crate) async fn drive<F: Feed>(
     stream: impl futures_util::Stream<Item = Result<watcher::Event<F::Object>, watcher::Error>>,
     view: Arc<ClusterView>,
     mut feed: F,
@@ -135,7 +135,11 @@ impl Resource for WatchedWorkload {
 }
 
 /// The audit's view of a watched object; `None` when it cannot be read (logged, skipped).
-pub(crate) fn audit_object(kind: WorkloadKind, obj: &WatchedWorkload) -> Option<AuditObject> {
+pub(crate) fn audit_object(
+    kind: WorkloadKind,
+    obj: &WatchedWorkload,
+    custom: &super::custom_resources::Controllers,
+) -> Option<AuditObject> {
     let spec = match obj
         .spec
         .as_deref()
@@ -150,9 +154,11 @@ pub(crate) fn audit_object(kind: WorkloadKind, obj: &WatchedWorkload) -> Option<
     };
     let meta = &obj.metadata;
     let owners = meta.owner_references.as_deref().unwrap_or_default();
-    let controlled = owners
-        .iter()
-        .any(|o| o.controller == Some(true) && WorkloadKind::from_api_version_kind(&o.api_version, &o.kind).is_some());
+    let controlled = owners.iter().any(|o| {
+        o.controller == Some(true)
+            && (WorkloadKind::from_api_version_kind(&o.api_version, &o.kind).is_some()
+                || super::custom_resources::is_custom_controller(custom, &o.api_version, &o.kind))
+    });
     let shape = ObjectShape {
         metadata: crate::policy::model::ObjectMeta {
             name: meta.name.clone(),
@@ -180,6 +186,7 @@ pub(crate) fn audit_object(kind: WorkloadKind, obj: &WatchedWorkload) -> Option<
         uid: meta.uid.clone().unwrap_or_default(),
         workload,
         controlled,
+        embedded: None,
     })
 }
 
@@ -210,18 +217,20 @@ impl LabelSets {
 }
 
 fn key(kind: WorkloadKind, obj: &WatchedWorkload) -> Key {
-    (kind, obj.namespace().unwrap_or_default(), obj.name_any())
+    (kind, obj.namespace().unwrap_or_default(), obj.name_any(), None)
 }
 
 struct Workloads {
     kind: WorkloadKind,
     fresh: super::cluster_view::Workloads,
     labels: LabelSets,
+    /// Custom kinds found (an object one of them controls is counted through it).
+    custom: super::custom_resources::Controllers,
 }
 
 impl Workloads {
     fn read(&mut self, obj: &WatchedWorkload) -> Option<AuditObject> {
-        let mut o = audit_object(self.kind, obj)?;
+        let mut o = audit_object(self.kind, obj, &self.custom)?;
         o.workload.labels = self.labels.share(o.workload.labels);
         Some(o)
     }
@@ -354,7 +363,7 @@ impl InitialList {
     }
 }
 
-fn stream<K>(
+pub(crate) fn stream<K>(
     api: Api<K>,
     initial: InitialList,
 ) -> impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
@@ -366,11 +375,13 @@ where
 
 /// Starts every watch on `tasks`: the eight workload kinds, namespaces, and
 /// policies (each change of which also goes, compiled, to `policy_sink`).
+/// `custom`: the custom kinds found so far, whose objects count what they control.
 pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
     client: kube::Client,
     view: Arc<ClusterView>,
     initial: InitialList,
+    custom: super::custom_resources::Controllers,
     policy_sink: impl Fn(PolicySet) + Send + Sync + 'static,
 ) {
     for kind in WorkloadKind::ALL {
@@ -379,6 +390,7 @@ pub(crate) fn spawn(
             kind,
             fresh: HashMap::new(),
             labels: LabelSets::default(),
+            custom: custom.clone(),
         };
         tasks.spawn(drive(stream(api, initial), view.clone(), feed).instrument(info_span!("watch", %kind)));
     }
@@ -479,7 +491,7 @@ mod tests {
         let watched: WatchedWorkload = serde_json::from_value(full.clone()).unwrap();
         assert_eq!(watched.metadata.resource_version.as_deref(), Some("42"));
         assert!(watched.metadata.managed_fields.is_none() && watched.metadata.annotations.is_none());
-        let object = audit_object(WorkloadKind::Deployment, &watched).expect("readable");
+        let object = audit_object(WorkloadKind::Deployment, &watched, &Default::default()).expect("readable");
         let expected = Workload::from_value(&full).unwrap().unwrap();
         assert_eq!(object.workload, expected);
         assert_eq!(object.uid, "uid-web");
@@ -500,7 +512,7 @@ mod tests {
         let read: Vec<String> = list
             .items
             .iter()
-            .filter_map(|o| audit_object(WorkloadKind::Deployment, o))
+            .filter_map(|o| audit_object(WorkloadKind::Deployment, o, &Default::default()))
             .map(|o| o.workload.name)
             .collect();
         assert_eq!(read, ["good"]);

@@ -466,6 +466,9 @@ mod tests {
             held: true,
         });
         let text = describe_rollout(&r).join("\n");
-        assert!(text.contains("stands in for 1 of the Deployment's 10 replicas"), "{text}");
+        assert!(
+            text.contains("stands in for 1 of the Deployment's 10 replicas"),
+            "{text}"
+        );
     }
 }

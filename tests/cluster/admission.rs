@@ -353,17 +353,28 @@ fn rollout_crd() -> Value {
                 "type": "object", "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}})
 }
 
+/// The Rollout CRD, installed once for the tests that use it (two creating
+/// it at once would race).
+async fn install_rollout_crd() {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            let out = kubectl_stdin(&["apply", "-f", "-"], &rollout_crd().to_string()).await;
+            assert!(out.status.success(), "{}", text(&out).1);
+            kubectl_ok(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/rollouts.argoproj.io",
+                "--timeout=60s",
+            ])
+            .await;
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn custom_resources_listed_in_the_chart_have_their_pod_templates_judged_through_the_real_api_server() {
-    let out = kubectl_stdin(&["apply", "-f", "-"], &rollout_crd().to_string()).await;
-    assert!(out.status.success(), "{}", text(&out).1);
-    kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/rollouts.argoproj.io",
-        "--timeout=60s",
-    ])
-    .await;
+    install_rollout_crd().await;
     let release = Release::install(
         "distroless-guard-cr",
         &[
@@ -405,4 +416,147 @@ async fn custom_resources_listed_in_the_chart_have_their_pod_templates_judged_th
     );
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
     delete_policy(&deny).await;
+}
+
+#[tokio::test]
+async fn the_audit_names_a_custom_resources_pod_spec_in_the_policy_status_events_and_policy_report() {
+    install_rollout_crd().await;
+    let release = Release::install(
+        "distroless-guard-craudit",
+        &[
+            "--set-json",
+            r#"webhook.customResources=[{"apiGroups":["argoproj.io"],"resources":["rollouts"]}]"#,
+        ],
+    )
+    .await;
+    let ns = release.namespace("craudit", &[]).await;
+    let audit = testcluster::unique("cr-audit");
+    create_policy(&policy(&audit, &ns, json!({"action": "Audit"}))).await;
+    // A Rollout whose pod template runs as root: admitted (Audit), then found.
+    let file = root().join(crate::corpus::CORPUS).join("rollout.yaml");
+    let mut rollout: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    rollout["metadata"]["namespace"] = json!(ns);
+    rollout["spec"]["template"]["spec"]["securityContext"] = json!({"runAsUser": 0});
+    let out = kubectl_stdin(&["apply", "-f", "-"], &rollout.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    let status = wait_for(
+        "the policy status to count the Rollout",
+        Duration::from_secs(60),
+        || async {
+            let p = get_json(&["distrolesspolicy", &audit]).await?;
+            (p.pointer("/status/audit/violating")? == 1).then_some(p)
+        },
+    )
+    .await;
+    let top = &status["status"]["audit"]["topViolations"][0];
+    assert_eq!(
+        (&top["kind"], &top["name"]),
+        (&json!("Rollout"), &json!("checkout")),
+        "{status:#}"
+    );
+    let event = wait_for(
+        "the Rollout's DistrolessViolation Event",
+        Duration::from_secs(30),
+        || async {
+            let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
+            ev["items"]
+                .as_array()?
+                .iter()
+                .find(|e| e["reason"] == "DistrolessViolation" && e["regarding"]["kind"] == "Rollout")
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(event["regarding"]["apiVersion"], "argoproj.io/v1alpha1", "{event:#}");
+    assert_eq!(event["regarding"]["name"], "checkout");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("spec.template.spec.securityContext.runAsUser"),
+        "{event:#}"
+    );
+    let report = wait_for(
+        "the PolicyReport row of the Rollout",
+        Duration::from_secs(30),
+        || async {
+            let r = get_json(&["policyreports.wgpolicyk8s.io", &release.name, "-n", &ns]).await?;
+            r["results"]
+                .as_array()?
+                .iter()
+                .find(|row| row["rule"] == "root-uid" && row["resources"][0]["kind"] == "Rollout")
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(
+        (
+            &report["resources"][0]["apiVersion"],
+            &report["result"],
+            &report["properties"]["path"]
+        ),
+        (
+            &json!("argoproj.io/v1alpha1"),
+            &json!("fail"),
+            &json!("spec.template.spec.securityContext.runAsUser")
+        ),
+        "{report:#}"
+    );
+    // A ReplicaSet the Rollout controls (as Argo's controller makes them) is
+    // counted through it; a bare one is counted on its own. The bare one is
+    // created second: once it is counted, the first one was read too (one
+    // watch, in order).
+    let uid = get_json(&["rollouts.argoproj.io", "checkout", "-n", &ns])
+        .await
+        .unwrap()["metadata"]["uid"]
+        .clone();
+    let replica_set = |name: &str, owner: Value| {
+        let mut rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": rollout["spec"]["template"]["spec"].clone()}}});
+        if !owner.is_null() {
+            rs["metadata"]["ownerReferences"] = json!([owner]);
+        }
+        rs.to_string()
+    };
+    let owner = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "checkout", "uid": uid,
+        "controller": true});
+    for (name, owner) in [("checkout-6d4f", owner), ("bare", Value::Null)] {
+        let out = kubectl_stdin(&["create", "-f", "-"], &replica_set(name, owner)).await;
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    let status = wait_for("the bare ReplicaSet counted", Duration::from_secs(60), || async {
+        let p = get_json(&["distrolesspolicy", &audit]).await?;
+        (p.pointer("/status/audit/violating")? == 2).then_some(p)
+    })
+    .await;
+    let listed: Vec<&Value> = status["status"]["audit"]["topViolations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["name"])
+        .collect();
+    assert_eq!(listed, [&json!("bare"), &json!("checkout")], "{status:#}");
+    kubectl_ok(&["delete", "replicaset", "bare", "checkout-6d4f", "-n", &ns]).await;
+    // What `check --fix` writes for it passes, and the report says so.
+    let mut fixed = crate::corpus::objects_in(&crate::corpus::fix(&file, None)).remove(0);
+    fixed["metadata"]["namespace"] = json!(ns);
+    let out = kubectl_stdin(&["apply", "-f", "-"], &fixed.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    wait_for("the fixed Rollout to pass", Duration::from_secs(60), || async {
+        let p = get_json(&["distrolesspolicy", &audit]).await?;
+        (p.pointer("/status/audit/violating")? == 0 && p.pointer("/status/audit/compliant")? == 1).then_some(())
+    })
+    .await;
+    // Deleted, it leaves the audit.
+    kubectl_ok(&["delete", "rollouts.argoproj.io", "checkout", "-n", &ns]).await;
+    wait_for("the Rollout gone from the audit", Duration::from_secs(60), || async {
+        let p = get_json(&["distrolesspolicy", &audit]).await?;
+        (p.pointer("/status/audit/matched")? == 0).then_some(())
+    })
+    .await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]).await;
+    delete_policy(&audit).await;
 }

@@ -540,6 +540,7 @@ async fn two_replicas_in_one_process_hand_the_lease_over_on_shutdown() {
         policy_reports: None,
         // The chart's replicas choose streaming on this API server; these two list in pages.
         initial_list: Some(distroless_guard::controller::InitialList::Paged),
+        custom_resources: Vec::new(),
     };
     let a = operator::start(config("replica-a")).await.unwrap();
     let mut a_leads = a.leading.clone();

@@ -422,6 +422,40 @@ fn webhook_settings_come_from_values_and_cover_every_kind_the_engine_handles() {
                 assert_eq!(c["rules"], json!(rules), "{name}");
             }
         }
+        // The audit reads the same custom resources: a flag per group and
+        // resource, and list/watch on exactly those in the operator's role.
+        let container = &r.one("Deployment")["spec"]["template"]["spec"]["containers"][0];
+        let flags: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str()?.strip_prefix("--custom-resource="))
+            .collect();
+        let mut wanted = Vec::new();
+        let mut granted = Vec::new();
+        for l in values["webhook"]["customResources"].as_array().into_iter().flatten() {
+            for g in l["apiGroups"].as_array().unwrap() {
+                for res in l["resources"].as_array().unwrap() {
+                    wanted.push(format!("{}/{}", g.as_str().unwrap(), res.as_str().unwrap()));
+                }
+            }
+            granted.push(json!({"apiGroups": l["apiGroups"], "resources": l["resources"], "verbs": ["list", "watch"]}));
+        }
+        assert_eq!(flags, wanted, "{name}");
+        let role = r.one("ClusterRole")["rules"].as_array().unwrap().clone();
+        for rule in &granted {
+            assert!(role.contains(rule), "{name}: {rule} not in the role");
+        }
+        let custom_rules = role
+            .iter()
+            .filter(|r| !["", "apps", "batch"].contains(&r["apiGroups"][0].as_str().unwrap_or_default()))
+            .filter(|r| r["verbs"] == json!(["list", "watch"]))
+            .count();
+        assert_eq!(
+            custom_rules,
+            granted.len() + 1,
+            "{name}: only the listed ones (and policies) are watched"
+        );
 
         let mutating = r.all("MutatingWebhookConfiguration");
         if values["webhook"]["mutating"]["enabled"] == false {
