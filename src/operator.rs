@@ -221,7 +221,7 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
     info!(?initial_list, "watches read what exists");
     // Custom kinds first: what they control is counted through them from the
     // built-in watches' first list.
-    let custom = controller::custom_resources::Controllers::default();
+    let custom = controller::watch::Controllers::default();
     let found = controller::custom_resources::resolve_now(&client, &config.custom_resources).await;
     for ar in found.iter().flatten() {
         custom.write().insert((ar.group.clone(), ar.kind.clone()));

@@ -9,20 +9,19 @@
 //! A kind whose CRD is not installed yet is looked up again every 30 s; until
 //! then it is left out (logged), and the view's readiness does not wait for it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::discovery;
 use kube::{Resource, ResourceExt};
-use parking_lot::RwLock;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::audit_summary::{AuditObject, EmbeddedIn};
 use super::cluster_view::{ClusterView, Key, Workloads};
-use super::watch::{self, InitialList};
+use super::watch::{self, Controllers, InitialList, is_custom_controller};
 use crate::policy::{WorkloadKind, embedded};
 
 /// A custom resource to audit: its API group and plural resource name.
@@ -57,17 +56,6 @@ impl std::fmt::Display for CustomResource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.resource, self.group)
     }
-}
-
-/// The (API group, kind) of every custom kind found so far: a built-in object
-/// one of them controls (an Argo Rollout's ReplicaSets) is counted through it,
-/// not again on its own.
-pub(crate) type Controllers = Arc<RwLock<HashSet<(String, String)>>>;
-
-/// Whether an owner reference names a found custom kind.
-pub(crate) fn is_custom_controller(controllers: &Controllers, api_version: &str, kind: &str) -> bool {
-    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    controllers.read().contains(&(group.to_string(), kind.to_string()))
 }
 
 /// The served kind of a custom resource, from discovery.

@@ -134,12 +134,19 @@ impl Resource for WatchedWorkload {
     }
 }
 
+/// The (API group, kind) of every custom kind found so far: a built-in object
+/// one of them controls (an Argo Rollout's ReplicaSets) is counted through it,
+/// not again on its own.
+pub(crate) type Controllers = Arc<parking_lot::RwLock<HashSet<(String, String)>>>;
+
+/// Whether an owner reference names a found custom kind.
+pub(crate) fn is_custom_controller(controllers: &Controllers, api_version: &str, kind: &str) -> bool {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    controllers.read().contains(&(group.to_string(), kind.to_string()))
+}
+
 /// The audit's view of a watched object; `None` when it cannot be read (logged, skipped).
-pub(crate) fn audit_object(
-    kind: WorkloadKind,
-    obj: &WatchedWorkload,
-    custom: &super::custom_resources::Controllers,
-) -> Option<AuditObject> {
+pub(crate) fn audit_object(kind: WorkloadKind, obj: &WatchedWorkload, custom: &Controllers) -> Option<AuditObject> {
     let spec = match obj
         .spec
         .as_deref()
@@ -157,7 +164,7 @@ pub(crate) fn audit_object(
     let controlled = owners.iter().any(|o| {
         o.controller == Some(true)
             && (WorkloadKind::from_api_version_kind(&o.api_version, &o.kind).is_some()
-                || super::custom_resources::is_custom_controller(custom, &o.api_version, &o.kind))
+                || is_custom_controller(custom, &o.api_version, &o.kind))
     });
     let shape = ObjectShape {
         metadata: crate::policy::model::ObjectMeta {
@@ -225,7 +232,7 @@ struct Workloads {
     fresh: super::cluster_view::Workloads,
     labels: LabelSets,
     /// Custom kinds found (an object one of them controls is counted through it).
-    custom: super::custom_resources::Controllers,
+    custom: Controllers,
 }
 
 impl Workloads {
@@ -381,7 +388,7 @@ pub(crate) fn spawn(
     client: kube::Client,
     view: Arc<ClusterView>,
     initial: InitialList,
-    custom: super::custom_resources::Controllers,
+    custom: Controllers,
     policy_sink: impl Fn(PolicySet) + Send + Sync + 'static,
 ) {
     for kind in WorkloadKind::ALL {
