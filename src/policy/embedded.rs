@@ -30,12 +30,154 @@ pub(crate) fn workload(object: &Value, pointer: &str) -> Result<Workload, Extrac
 const MAX_EMBEDDED: usize = 64;
 const MAX_DEPTH: usize = 32;
 
-/// Pod specs inside an object of a kind without a built-in one (Argo
-/// Rollouts, JobSets, Ray clusters, Knative Services, ECK, operators' own
-/// kinds): every mapping whose `containers` is a list of named containers,
-/// with an image or under a `spec` key (ECK leaves images to its operator).
-/// As (JSON pointer, field path) pairs; nothing below a pod spec is searched.
+/// Where the pod specs of common custom resources sit, by API group and
+/// kind (`*`: every item of a list, or every value of a map). For these the
+/// paths are exact: a pod spec there counts even when the shape alone would
+/// not say so (Knative's unnamed containers, ECK's image-less ones), and
+/// nothing elsewhere in the object is taken for one.
+const KNOWN: &[(&str, &str, &[&str])] = &[
+    ("argoproj.io", "Rollout", &["spec/template/spec"]),
+    ("serving.knative.dev", "Service", &["spec/template/spec"]),
+    ("serving.knative.dev", "Configuration", &["spec/template/spec"]),
+    ("serving.knative.dev", "Revision", &["spec"]),
+    (
+        "jobset.x-k8s.io",
+        "JobSet",
+        &["spec/replicatedJobs/*/template/spec/template/spec"],
+    ),
+    (
+        "leaderworkerset.x-k8s.io",
+        "LeaderWorkerSet",
+        &[
+            "spec/leaderWorkerTemplate/leaderTemplate/spec",
+            "spec/leaderWorkerTemplate/workerTemplate/spec",
+        ],
+    ),
+    (
+        "ray.io",
+        "RayCluster",
+        &[
+            "spec/headGroupSpec/template/spec",
+            "spec/workerGroupSpecs/*/template/spec",
+        ],
+    ),
+    (
+        "ray.io",
+        "RayJob",
+        &[
+            "spec/rayClusterSpec/headGroupSpec/template/spec",
+            "spec/rayClusterSpec/workerGroupSpecs/*/template/spec",
+            "spec/submitterPodTemplate/spec",
+        ],
+    ),
+    (
+        "ray.io",
+        "RayService",
+        &[
+            "spec/rayClusterConfig/headGroupSpec/template/spec",
+            "spec/rayClusterConfig/workerGroupSpecs/*/template/spec",
+        ],
+    ),
+    ("kubeflow.org", "MPIJob", &["spec/mpiReplicaSpecs/*/template/spec"]),
+    (
+        "kubeflow.org",
+        "PyTorchJob",
+        &["spec/pytorchReplicaSpecs/*/template/spec"],
+    ),
+    ("kubeflow.org", "TFJob", &["spec/tfReplicaSpecs/*/template/spec"]),
+    (
+        "elasticsearch.k8s.elastic.co",
+        "Elasticsearch",
+        &["spec/nodeSets/*/podTemplate/spec"],
+    ),
+    ("kibana.k8s.elastic.co", "Kibana", &["spec/podTemplate/spec"]),
+    (
+        "beat.k8s.elastic.co",
+        "Beat",
+        &["spec/deployment/podTemplate/spec", "spec/daemonSet/podTemplate/spec"],
+    ),
+    (
+        "agent.k8s.elastic.co",
+        "Agent",
+        &[
+            "spec/deployment/podTemplate/spec",
+            "spec/daemonSet/podTemplate/spec",
+            "spec/statefulSet/podTemplate/spec",
+        ],
+    ),
+    ("core.strimzi.io", "StrimziPodSet", &["spec/pods/*/spec"]),
+];
+
+/// The known paths of an object's kind, if it is one of [`KNOWN`].
+fn known_paths(object: &Value) -> Option<&'static [&'static str]> {
+    let api_version = object.get("apiVersion")?.as_str()?;
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let kind = object.get("kind")?.as_str()?;
+    KNOWN
+        .iter()
+        .find(|(g, k, _)| *g == group && *k == kind)
+        .map(|(_, _, paths)| *paths)
+}
+
+/// The pod specs at a known path pattern: mappings with a `containers` list.
+fn at_pattern(value: &Value, segments: &[&str], pointer: String, path: String, out: &mut Vec<(String, String)>) {
+    if out.len() >= MAX_EMBEDDED {
+        return;
+    }
+    let Some((first, rest)) = segments.split_first() else {
+        if value.get("containers").is_some_and(Value::is_array) {
+            out.push((pointer, path));
+        }
+        return;
+    };
+    let dot = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (*first, value) {
+        ("*", Value::Array(items)) => {
+            for (i, v) in items.iter().enumerate() {
+                at_pattern(v, rest, format!("{pointer}/{i}"), format!("{path}[{i}]"), out);
+            }
+        }
+        ("*", Value::Object(map)) => {
+            for (k, v) in map {
+                at_pattern(v, rest, format!("{pointer}/{}", Token::new(k).encoded()), dot(k), out);
+            }
+        }
+        (key, Value::Object(map)) => {
+            if let Some(v) = map.get(key) {
+                at_pattern(
+                    v,
+                    rest,
+                    format!("{pointer}/{}", Token::new(key).encoded()),
+                    dot(key),
+                    out,
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Pod specs inside an object of a kind without a built-in one: at the
+/// known paths of the common custom resources ([`KNOWN`]); for any other
+/// kind (operators' own), every mapping whose `containers` is a list of
+/// named containers, with an image or under a `spec` key (ECK leaves images
+/// to its operator). As (JSON pointer, field path) pairs; nothing below a
+/// pod spec is searched.
 pub(crate) fn pod_specs(object: &Value) -> Vec<(String, String)> {
+    if let Some(patterns) = known_paths(object) {
+        let mut out = Vec::new();
+        for pattern in patterns {
+            let segments: Vec<&str> = pattern.split('/').collect();
+            at_pattern(object, &segments, String::new(), String::new(), &mut out);
+        }
+        return out;
+    }
     fn is_pod_spec(map: &serde_json::Map<String, Value>, key: &str) -> bool {
         let Some(containers) = map.get("containers").and_then(Value::as_array) else {
             return false;
@@ -88,5 +230,58 @@ pub(crate) fn rebase_path(path: &str, to: &str) -> String {
     match path.strip_prefix("spec") {
         Some(rest) if rest.is_empty() || rest.starts_with(['.', '[']) => format!("{to}{rest}"),
         _ => path.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn known_kinds_are_read_at_their_paths_even_where_the_shape_alone_would_not_say() {
+        // Knative's single container is often unnamed; the generic finder
+        // wants names, the known path does not.
+        let knative = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "hello"},
+            "spec": {"template": {"spec": {"containers": [{"image": "ghcr.io/knative/helloworld-go"}]}}}});
+        assert_eq!(
+            pod_specs(&knative),
+            [("/spec/template/spec".to_string(), "spec.template.spec".to_string())]
+        );
+        // MPIJob's replica specs are a map: each value's template.
+        let mpi = json!({"apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "metadata": {"name": "pi"},
+            "spec": {"mpiReplicaSpecs": {
+                "Launcher": {"template": {"spec": {"containers": [{"name": "l", "image": "mpi"}]}}},
+                "Worker": {"template": {"spec": {"containers": [{"name": "w", "image": "mpi"}]}}}}}});
+        let paths: Vec<String> = pod_specs(&mpi).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.mpiReplicaSpecs.Launcher.template.spec",
+                "spec.mpiReplicaSpecs.Worker.template.spec"
+            ]
+        );
+        // StrimziPodSet holds whole Pods; a LeaderWorkerSet two templates.
+        let pods = json!({"apiVersion": "core.strimzi.io/v1beta2", "kind": "StrimziPodSet", "metadata": {"name": "kafka"},
+            "spec": {"pods": [{"metadata": {"name": "kafka-0"}, "spec": {"containers": [{"name": "kafka", "image": "strimzi/kafka"}]}}]}});
+        assert_eq!(pod_specs(&pods)[0].1, "spec.pods[0].spec");
+        let lws = json!({"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "metadata": {"name": "llm"},
+            "spec": {"leaderWorkerTemplate": {
+                "leaderTemplate": {"spec": {"containers": [{"name": "leader", "image": "vllm"}]}},
+                "workerTemplate": {"spec": {"containers": [{"name": "worker", "image": "vllm"}]}}}}});
+        assert_eq!(pod_specs(&lws).len(), 2);
+    }
+
+    #[test]
+    fn a_known_kind_takes_nothing_outside_its_paths_for_a_pod_spec() {
+        // A Rollout's analysis template-like field with containers is not its pod spec.
+        let rollout = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:1"}]}},
+                     "strategy": {"canary": {"analysis": {"job": {"containers": [{"name": "probe", "image": "curl"}]}}}}}});
+        assert_eq!(pod_specs(&rollout).len(), 1);
+        // The same object under another group is read by shape: both found.
+        let mut other = rollout.clone();
+        other["apiVersion"] = json!("example.com/v1");
+        assert_eq!(pod_specs(&other).len(), 2);
     }
 }
