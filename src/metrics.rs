@@ -79,6 +79,9 @@ pub struct Metrics {
     migration: Family<MigrationLabels, Gauge>,
     /// How long an audit pass takes to evaluate everything (without its writes).
     audit_evaluation: Histogram,
+    /// Passes of the audit's image reader, and the images each read.
+    image_audit_passes: Counter,
+    image_audit_reads: Counter,
     /// The admission series, resolved once (see [`ENDPOINTS`], [`VERDICTS`]).
     admission: AdmissionSeries,
     registry: Registry,
@@ -193,8 +196,22 @@ impl Default for Metrics {
             "Time an audit pass spends evaluating every workload, image and policy (its writes excluded)",
             audit_evaluation.clone(),
         );
+        let image_audit_passes = Counter::default();
+        registry.register(
+            "image_audit_passes",
+            "Passes of the audit's image reader (the leader's), whether or not an image was due",
+            image_audit_passes.clone(),
+        );
+        let image_audit_reads = Counter::default();
+        registry.register(
+            "image_audit_reads",
+            "Images the audit's image reader read from their registry (due: never read, or older than the refresh interval)",
+            image_audit_reads.clone(),
+        );
         Metrics {
             admission: AdmissionSeries::resolve(&reviews, &latency),
+            image_audit_passes,
+            image_audit_reads,
             audit_evaluation,
             migration,
             rollout_phases,
@@ -261,6 +278,12 @@ impl Metrics {
     /// How long a pass's evaluation took.
     pub(crate) fn audit_evaluation(&self, seconds: f64) {
         self.audit_evaluation.observe(seconds);
+    }
+
+    /// One pass of the audit's image reader, which read `read` images.
+    pub fn image_audit_pass(&self, read: usize) {
+        self.image_audit_passes.inc();
+        self.image_audit_reads.inc_by(read as u64);
     }
 
     pub fn audit_pass(&self, ok: bool) {

@@ -336,6 +336,7 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
             knowledge,
             leader: leading.clone(),
             config: config.image_audit.clone(),
+            metrics: Some(state.metrics.clone()),
         };
         tasks.spawn(images.run().instrument(info_span!("image_audit")));
     }

@@ -134,6 +134,9 @@ pub(crate) struct ImageAudit {
     pub(crate) knowledge: Arc<ImageKnowledge>,
     pub(crate) leader: watch::Receiver<bool>,
     pub(crate) config: ImageAuditConfig,
+    /// Counts passes and reads (a test, or a person, can tell "nothing was
+    /// due" from "no pass ran").
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl ImageAudit {
@@ -144,6 +147,9 @@ impl ImageAudit {
         loop {
             if *self.leader.borrow() && self.view.synced() {
                 let learned = self.pass(&limit).await;
+                if let Some(m) = &self.metrics {
+                    m.image_audit_pass(learned);
+                }
                 if learned > 0 {
                     info!(images = learned, "image verdicts for the audit");
                 }

@@ -340,18 +340,31 @@ async fn a_thousand_workloads_over_fifty_images_read_each_image_once() {
     assert_eq!(counts.len(), 50, "{counts:?}");
     // One inspection of a one-layer image: the manifest (by tag), the config, the layer.
     assert!(counts.values().all(|n| *n == 3), "{counts:?}");
-    // More audit passes within the refresh interval read nothing again. (The
-    // passes are caused by namespace label changes: workload updates would go
-    // through admission, which reads images on its own.)
+    // More passes of the image reader within the refresh interval read
+    // nothing again. (The passes are caused by namespace label changes:
+    // workload updates would go through admission, which reads images on its
+    // own.) Each touch waits for a pass that began after it: the reader's own
+    // counter is the proof it had its chance.
+    let passes = "distroless_guard_image_audit_passes_total";
+    let reads_before = metric_sum(&release, "distroless_guard_image_audit_reads_total").await;
     for i in 0..5 {
+        let before = metric_sum(&release, passes).await;
         kubectl_ok(&["label", "namespace", &ns, &format!("touched={i}"), "--overwrite"]).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        wait_for(
+            "an image-reader pass after the touch",
+            Duration::from_secs(30),
+            || async { (metric_sum(&release, passes).await > before).then_some(()) },
+        )
+        .await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         front.requests().len(),
         first.len(),
         "an image was read again within the refresh interval"
+    );
+    assert_eq!(
+        metric_sum(&release, "distroless_guard_image_audit_reads_total").await,
+        reads_before
     );
     delete_policy(&name).await;
     let _ = release.uninstall().await;

@@ -320,3 +320,43 @@ pub async fn wait_out_of_endpoints(namespace: &str, service: &str, pod: &str) {
     )
     .await;
 }
+
+/// `GET path` over plain HTTP (the operators' health and metrics port): status and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// The sum of a metric's samples (every label set) over the release's
+/// operator processes, as their `/metrics` report it now.
+pub async fn metric_sum(release: &Release, name: &str) -> f64 {
+    let mut sum = 0.0;
+    for op in &release.operators {
+        let body = http_get(op.health, "/metrics").await.1;
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix(name) else { continue };
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                continue;
+            }
+            sum += line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    sum
+}
