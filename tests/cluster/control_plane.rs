@@ -73,19 +73,31 @@ async fn deployments_run_on_kwok_nodes_and_readiness_gates_decide_the_endpoints(
         (condition(&ns, "gated", "ContainersReady").await.as_deref() == Some("True")).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The kubelet writes ContainersReady and Ready together: read together,
+    // Ready is its verdict with the containers ready.
     assert_eq!(condition(&ns, "gated", "Ready").await.as_deref(), Some("False"));
-    let ready_endpoints = |ns: String| async move {
+    let endpoints = |ns: String, ready: bool| async move {
         let slices = get_json(&["endpointslices", "-n", &ns, "-l", "kubernetes.io/service-name=gated"]).await?;
         Some(
             slices["items"]
                 .as_array()?
                 .iter()
                 .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
-                .filter(|e| e["conditions"]["ready"] == true)
+                .filter(|e| !ready || e["conditions"]["ready"] == true)
                 .count(),
         )
     };
+    let ready_endpoints = |ns: String| endpoints(ns, true);
+    // The EndpointSlice controller has seen the pod (it lists it), and not as ready.
+    wait_for(
+        "the gated pod listed in its EndpointSlice",
+        Duration::from_secs(30),
+        || {
+            let ns = ns.clone();
+            async move { (endpoints(ns, false).await? == 1).then_some(()) }
+        },
+    )
+    .await;
     assert_eq!(ready_endpoints(ns.clone()).await, Some(0));
     set_gate(&ns, "gated", "True").await;
     wait_for("the gated pod in the endpoints", Duration::from_secs(30), || {

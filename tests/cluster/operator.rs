@@ -139,9 +139,25 @@ spec:
             })
             .count()
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Passes made to run (a namespace label changes, which changes no
+    // verdict), each waited for on the leader's pass counter: the first lets
+    // anything pending be written, the next three must write nothing.
+    let pass = |i: usize| {
+        let (release, ns) = (&release, &ns);
+        async move {
+            let before = metric_sum(release, "distroless_guard_audit_passes_total").await;
+            kubectl_ok(&["label", "namespace", ns, &format!("touched={i}"), "--overwrite"]).await;
+            wait_for("an audit pass after the touch", Duration::from_secs(30), || async {
+                (metric_sum(release, "distroless_guard_audit_passes_total").await > before).then_some(())
+            })
+            .await;
+        }
+    };
+    pass(0).await;
     let writes = status_writes();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 1..4 {
+        pass(i).await;
+    }
     assert_eq!(
         status_writes(),
         writes,
@@ -188,24 +204,6 @@ async fn holder_of(release: &Release) -> String {
 }
 
 /// A plain HTTP/1.1 GET: status and body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (
-        status,
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    )
-}
-
 async fn holder(release: &Release) -> Option<String> {
     let lease = get_json(&["lease", &format!("{}-leader", release.name), "-n", &release.namespace]).await?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_string)
@@ -381,7 +379,15 @@ async fn a_flapping_api_server_loses_no_update_and_admission_goes_on() {
         "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "registry.test/job:1", "command": ["bash", "-c", "x"]}]}}}});
     let out = kubectl_stdin(&["create", "-f", "-"], &job.to_string()).await;
     assert!(out.status.success(), "{}", text(&out).1);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The operator tries to reach the API server after the change and is
+    // turned away (its watches retry within 5 s).
+    let turned_away = proxy.refused();
+    wait_for(
+        "the operator refused after the change",
+        Duration::from_secs(30),
+        || async { (proxy.refused() >= turned_away + 2).then_some(()) },
+    )
+    .await;
     let refused = proxy.accepted();
     proxy.refuse(false);
     // After the outage the operator catches up without a restart.

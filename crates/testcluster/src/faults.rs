@@ -16,6 +16,7 @@ pub struct FaultProxy {
     delay_ms: Arc<AtomicU64>,
     cut: watch::Sender<u64>,
     accepted: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,8 +28,9 @@ impl FaultProxy {
         let refuse = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let accepted = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
         let (cut, cut_rx) = watch::channel(0u64);
-        let (r, d, a) = (refuse.clone(), delay_ms.clone(), accepted.clone());
+        let (r, d, a, n) = (refuse.clone(), delay_ms.clone(), accepted.clone(), refused.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut conn, _)) = listener.accept().await else {
@@ -36,6 +38,7 @@ impl FaultProxy {
                 };
                 if r.load(Ordering::SeqCst) {
                     drop(conn);
+                    n.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 a.fetch_add(1, Ordering::SeqCst);
@@ -62,6 +65,7 @@ impl FaultProxy {
             delay_ms,
             cut,
             accepted,
+            refused,
             task,
         })
     }
@@ -88,6 +92,11 @@ impl FaultProxy {
     /// Connections accepted (and forwarded) so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed at once while refusing.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 }
 
