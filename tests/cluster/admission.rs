@@ -372,25 +372,37 @@ async fn install_rollout_crd() {
         .await;
 }
 
-#[tokio::test]
-async fn custom_resources_listed_in_the_chart_have_their_pod_templates_judged_through_the_real_api_server() {
+/// A release whose chart lists Argo Rollouts in `webhook.customResources`,
+/// with the Rollout CRD installed.
+async fn release_judging_rollouts(name: &str) -> Release {
     install_rollout_crd().await;
-    let release = Release::install(
-        "distroless-guard-cr",
+    Release::install(
+        name,
         &[
             "--set-json",
             r#"webhook.customResources=[{"apiGroups":["argoproj.io"],"resources":["rollouts"]}]"#,
         ],
     )
-    .await;
+    .await
+}
+
+/// The fix corpus' Rollout (its file and the object, moved to `ns`).
+fn corpus_rollout(ns: &str) -> (std::path::PathBuf, Value) {
+    let file = root().join(crate::corpus::CORPUS).join("rollout.yaml");
+    let mut rollout: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    rollout["metadata"]["namespace"] = json!(ns);
+    (file, rollout)
+}
+
+#[tokio::test]
+async fn custom_resources_listed_in_the_chart_have_their_pod_templates_judged_through_the_real_api_server() {
+    let release = release_judging_rollouts("distroless-guard-cr").await;
     let ns = release.namespace("cr", &[]).await;
     let deny = testcluster::unique("cr-deny");
     create_policy(&policy(&deny, &ns, json!({"action": "Deny"}))).await;
     release.wait_serving(&ns).await;
 
-    let file = root().join(crate::corpus::CORPUS).join("rollout.yaml");
-    let mut rollout: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    rollout["metadata"]["namespace"] = json!(ns);
+    let (file, rollout) = corpus_rollout(&ns);
     // As written, plus a root user: refused by name and path at `kubectl apply`.
     let mut root_rollout = rollout.clone();
     root_rollout["spec"]["template"]["spec"]["securityContext"] = json!({"runAsUser": 0});
@@ -420,22 +432,12 @@ async fn custom_resources_listed_in_the_chart_have_their_pod_templates_judged_th
 
 #[tokio::test]
 async fn the_audit_names_a_custom_resources_pod_spec_in_the_policy_status_events_and_policy_report() {
-    install_rollout_crd().await;
-    let release = Release::install(
-        "distroless-guard-craudit",
-        &[
-            "--set-json",
-            r#"webhook.customResources=[{"apiGroups":["argoproj.io"],"resources":["rollouts"]}]"#,
-        ],
-    )
-    .await;
+    let release = release_judging_rollouts("distroless-guard-craudit").await;
     let ns = release.namespace("craudit", &[]).await;
     let audit = testcluster::unique("cr-audit");
     create_policy(&policy(&audit, &ns, json!({"action": "Audit"}))).await;
     // A Rollout whose pod template runs as root: admitted (Audit), then found.
-    let file = root().join(crate::corpus::CORPUS).join("rollout.yaml");
-    let mut rollout: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    rollout["metadata"]["namespace"] = json!(ns);
+    let (file, mut rollout) = corpus_rollout(&ns);
     rollout["spec"]["template"]["spec"]["securityContext"] = json!({"runAsUser": 0});
     let out = kubectl_stdin(&["apply", "-f", "-"], &rollout.to_string()).await;
     assert!(out.status.success(), "{}", text(&out).1);
@@ -455,18 +457,9 @@ async fn the_audit_names_a_custom_resources_pod_spec_in_the_policy_status_events
         (&json!("Rollout"), &json!("checkout")),
         "{status:#}"
     );
-    let event = wait_for(
-        "the Rollout's DistrolessViolation Event",
-        Duration::from_secs(30),
-        || async {
-            let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
-            ev["items"]
-                .as_array()?
-                .iter()
-                .find(|e| e["reason"] == "DistrolessViolation" && e["regarding"]["kind"] == "Rollout")
-                .cloned()
-        },
-    )
+    let event = wait_event(&ns, "the Rollout's DistrolessViolation Event", |e| {
+        e["reason"] == "DistrolessViolation" && e["regarding"]["kind"] == "Rollout"
+    })
     .await;
     assert_eq!(event["regarding"]["apiVersion"], "argoproj.io/v1alpha1", "{event:#}");
     assert_eq!(event["regarding"]["name"], "checkout");

@@ -189,13 +189,8 @@ async fn exercise(release: &Release) {
         (p.pointer("/status/audit/violating")? == 1).then_some(())
     })
     .await;
-    wait_for("a DistrolessViolation Event", Duration::from_secs(30), || async {
-        let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
-        ev["items"]
-            .as_array()?
-            .iter()
-            .any(|e| e["reason"] == "DistrolessViolation")
-            .then_some(())
+    wait_event(&ns, "a DistrolessViolation Event", |e| {
+        e["reason"] == "DistrolessViolation"
     })
     .await;
     // Another set of violations on the same workload: another Event, with them.
@@ -210,18 +205,9 @@ async fn exercise(release: &Release) {
         r#"[{"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": ["bash", "-c", "run"]}]"#,
     ])
     .await;
-    wait_for(
-        "an Event naming the new violations",
-        Duration::from_secs(30),
-        || async {
-            let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
-            ev["items"]
-                .as_array()?
-                .iter()
-                .any(|e| e["reason"] == "DistrolessViolation" && e["note"].as_str().is_some_and(|n| n.contains("bash")))
-                .then_some(())
-        },
-    )
+    wait_event(&ns, "an Event naming the new violations", |e| {
+        e["reason"] == "DistrolessViolation" && e["note"].as_str().is_some_and(|n| n.contains("bash"))
+    })
     .await;
     // A forced certificate rotation: Secret update, caBundle patch.
     kubectl_ok(&[

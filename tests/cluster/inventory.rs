@@ -96,18 +96,9 @@ async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_u
         "an unreadable image is never compliant: {audit:#}"
     );
     // The Event on the Debian-based workload names the shell's path.
-    let event = wait_for(
-        "the violation Event of the debian workload",
-        Duration::from_secs(30),
-        || async {
-            let ev = get_json(&["events.events.k8s.io", "-n", &ns]).await?;
-            ev["items"]
-                .as_array()?
-                .iter()
-                .find(|e| e["regarding"]["name"] == "debian" && e["reason"] == "DistrolessViolation")
-                .cloned()
-        },
-    )
+    let event = wait_event(&ns, "the violation Event of the debian workload", |e| {
+        e["regarding"]["name"] == "debian" && e["reason"] == "DistrolessViolation"
+    })
     .await;
     assert!(event["note"].as_str().unwrap().contains("/usr/bin/dash"), "{event:#}");
 

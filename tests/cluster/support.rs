@@ -360,3 +360,12 @@ pub async fn metric_sum(release: &Release, name: &str) -> f64 {
     }
     sum
 }
+
+/// Waits for an Event (events.k8s.io) in `ns` that `matches`, and returns it.
+pub async fn wait_event(ns: &str, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, Duration::from_secs(30), || async {
+        let ev = get_json(&["events.events.k8s.io", "-n", ns]).await?;
+        ev["items"].as_array()?.iter().find(|e| matches(e)).cloned()
+    })
+    .await
+}
