@@ -56,6 +56,12 @@ pub(crate) struct MigrationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PolicyLabels {
+    pub(crate) policy: String,
+    pub(crate) action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabels {
     pub(crate) reason: String,
 }
@@ -68,6 +74,12 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Audit passes (reconciles) by result.
     pub audit_passes: Family<ResultLabels, Counter>,
+    /// Audit wake-ups that wrote nothing because another replica leads.
+    audit_skipped: Counter,
+    /// Reads of the leader Lease, by what this replica found.
+    lease_checks: Family<ResultLabels, Counter>,
+    /// 1 for each DistrolessPolicy this replica enforces.
+    policies: Family<PolicyLabels, Gauge>,
     pub reviews: Family<ReviewLabels, Counter>,
     pub violations: Family<ViolationLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
@@ -158,6 +170,25 @@ impl Default for Metrics {
             "Audit passes over every policy, by result",
             audit_passes.clone(),
         );
+        let audit_skipped = Counter::default();
+        registry.register(
+            "audit_skipped",
+            "Audit wake-ups (a change seen, an expiry due) that wrote nothing because another replica leads",
+            audit_skipped.clone(),
+        );
+        let lease_checks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "leader_lease_checks",
+            "Reads of the leader Lease by this replica, by what it found: held (by this replica, renewed or taken), \
+             other (another replica holds a live lease) or error",
+            lease_checks.clone(),
+        );
+        let policies = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "1 for each DistrolessPolicy this replica enforces at admission and audits (when it leads), by name and action",
+            policies.clone(),
+        );
         let audit_workloads = Family::<AuditLabels, Gauge>::default();
         registry.register(
             "audit_workloads",
@@ -220,6 +251,9 @@ impl Default for Metrics {
             audit_workloads,
             leader,
             audit_passes,
+            audit_skipped,
+            lease_checks,
+            policies,
             reviews,
             violations,
             latency,
@@ -293,6 +327,32 @@ impl Metrics {
             .inc();
     }
 
+    /// The audit woke while another replica leads, and wrote nothing.
+    pub(crate) fn audit_skipped(&self) {
+        self.audit_skipped.inc();
+    }
+
+    /// This replica read the leader Lease and found it `held` (by itself),
+    /// held by `other`, or could not (`error`).
+    pub(crate) fn lease_check(&self, result: &'static str) {
+        self.lease_checks
+            .get_or_create(&ResultLabels { result: result.into() })
+            .inc();
+    }
+
+    /// The DistrolessPolicies this replica enforces now, replacing the last set.
+    pub(crate) fn set_policies(&self, set: &crate::policy::PolicySet) {
+        self.policies.clear();
+        for p in set.policies() {
+            self.policies
+                .get_or_create(&PolicyLabels {
+                    policy: p.name.clone(),
+                    action: p.spec.action.as_str().into(),
+                })
+                .set(1);
+        }
+    }
+
     /// A rollout is in `phase` now.
     pub(crate) fn rollout_phase(&self, namespace: &str, name: &str, phase: crate::api::Phase) {
         for p in crate::api::Phase::ALL {
@@ -347,5 +407,43 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicySet;
+
+    #[test]
+    fn policy_info_lists_exactly_the_policies_of_the_last_set() {
+        let m = Metrics::default();
+        m.set_policies(&PolicySet::builtin_default());
+        assert!(
+            m.encode()
+                .contains("distroless_guard_policy_info{policy=\"builtin-default\",action=\"Deny\"} 1"),
+            "{}",
+            m.encode()
+        );
+        m.set_policies(&PolicySet::default());
+        assert!(!m.encode().contains("builtin-default"), "{}", m.encode());
+    }
+
+    #[test]
+    fn lease_checks_and_skipped_audits_are_counted_by_what_was_found() {
+        let m = Metrics::default();
+        for found in ["held", "other", "other", "error"] {
+            m.lease_check(found);
+        }
+        m.audit_skipped();
+        let text = m.encode();
+        for line in [
+            "distroless_guard_leader_lease_checks_total{result=\"held\"} 1",
+            "distroless_guard_leader_lease_checks_total{result=\"other\"} 2",
+            "distroless_guard_leader_lease_checks_total{result=\"error\"} 1",
+            "distroless_guard_audit_skipped_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
     }
 }

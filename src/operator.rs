@@ -234,6 +234,7 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
         custom.clone(),
         move |set| {
             info!(policies = set.len(), "policies loaded");
+            sink_state.metrics.set_policies(&set);
             sink_state.admission.set_policies(set);
         },
     );
@@ -253,17 +254,15 @@ pub async fn start(config: OperatorConfig) -> Result<Running, StartError> {
     };
     let (leading_tx, leading) = watch::channel(false);
     let lease = tokio::spawn(
-        leader::run(client.clone(), lease_config, leading_tx, stop.clone()).instrument(info_span!("lease")),
+        leader::run(
+            client.clone(),
+            lease_config,
+            leading_tx,
+            stop.clone(),
+            state.metrics.clone(),
+        )
+        .instrument(info_span!("lease")),
     );
-    let (gauge, mut leader_changes) = (state.metrics.clone(), leading.clone());
-    tasks.spawn(async move {
-        loop {
-            gauge.set_leader(*leader_changes.borrow_and_update());
-            if leader_changes.changed().await.is_err() {
-                return;
-            }
-        }
-    });
 
     let check = config.cert_check.max(Duration::from_secs(1));
     let certs = match &config.certificates {

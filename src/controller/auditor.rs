@@ -179,7 +179,13 @@ impl Auditor {
             if !only_derive {
                 tokio::time::sleep(self.debounce).await;
             }
-            if !*self.leader.borrow() || !self.view.synced() {
+            if !*self.leader.borrow() {
+                if let Some(m) = &self.metrics {
+                    m.audit_skipped();
+                }
+                continue;
+            }
+            if !self.view.synced() {
                 continue;
             }
             let mut ok = true;

@@ -68,13 +68,13 @@ impl Default for ClusterView {
 }
 
 impl ClusterView {
-    /// Whether every feed has listed once.
     /// Wakes whoever waits for changes.
     fn touched(&self) {
         self.changed.notify_one();
         self.images_changed.notify_one();
     }
 
+    /// Whether every feed has listed once.
     pub fn synced(&self) -> bool {
         *self.ready.borrow()
     }

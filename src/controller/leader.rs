@@ -147,12 +147,14 @@ pub(crate) async fn try_hold(
 
 /// Competes for the lease until `stop`; `leading` says whether this replica
 /// leads now. On `stop` a held lease is released, so another replica takes
-/// over at once instead of after the lease duration.
+/// over at once instead of after the lease duration. `metrics` show whether
+/// this replica leads and count each read of the lease by what it found.
 pub(crate) async fn run(
     client: kube::Client,
     config: LeaseConfig,
     leading: watch::Sender<bool>,
     stop: tokio_util::sync::CancellationToken,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut last_renewal: Option<tokio::time::Instant> = None;
@@ -160,7 +162,13 @@ pub(crate) async fn run(
     // Stop leading well before others may take over.
     let margin = config.duration.mul_f32(2.0 / 3.0);
     loop {
-        let now_leading = match try_hold(&api, &config, &mut observed, Timestamp::now(), Instant::now()).await {
+        let held = try_hold(&api, &config, &mut observed, Timestamp::now(), Instant::now()).await;
+        let found = match held {
+            Ok(true) => "held",
+            Ok(false) => "other",
+            Err(_) => "error",
+        };
+        let now_leading = match held {
             Ok(true) => {
                 last_renewal = Some(tokio::time::Instant::now());
                 true
@@ -175,6 +183,9 @@ pub(crate) async fn run(
             info!(identity = %config.identity, leading = now_leading, "leadership changed");
             let _ = leading.send(now_leading);
         }
+        // Counted once writing is on or off as this check decided.
+        metrics.set_leader(now_leading);
+        metrics.lease_check(found);
         if !now_leading {
             last_renewal = None;
         }
@@ -185,6 +196,7 @@ pub(crate) async fn run(
     }
     if *leading.borrow() {
         let _ = leading.send(false);
+        metrics.set_leader(false);
         match release(&api, &config).await {
             Ok(()) => info!(identity = %config.identity, lease = %config.name, "lease released"),
             Err(e) => warn!(error = %e, lease = %config.name, "cannot release the lease"),

@@ -203,7 +203,7 @@ async fn holder_of(release: &Release) -> String {
     wait_for("a lease holder", Duration::from_secs(30), || holder(release)).await
 }
 
-/// A plain HTTP/1.1 GET: status and body.
+/// The Lease's holder now.
 async fn holder(release: &Release) -> Option<String> {
     let lease = get_json(&["lease", &format!("{}-leader", release.name), "-n", &release.namespace]).await?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_string)
@@ -404,9 +404,15 @@ async fn a_flapping_api_server_loses_no_update_and_admission_goes_on() {
 }
 
 #[tokio::test]
-async fn a_leader_that_loses_its_lease_stops_writing_at_once() {
+async fn a_leader_that_loses_its_lease_stops_writing_at_its_next_lease_check_and_no_replica_audits() {
+    const LEADER: &str = "distroless_guard_leader";
+    const FOUND_OTHER: &str = "distroless_guard_leader_lease_checks_total{result=\"other\"}";
+    const SKIPPED: &str = "distroless_guard_audit_skipped_total";
+    const PASSES: &str = "distroless_guard_audit_passes_total";
     let release = Release::install("distroless-guard-lost", &[]).await;
     let first = holder_of(&release).await;
+    let op = release.operators.iter().find(|o| o.pod == first).unwrap();
+    let found_other = metric(op.health, FOUND_OTHER).await;
     // Someone else takes the lease (as after a partition): neither replica may write.
     let lease = format!("{}-leader", release.name);
     let far = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600))
@@ -423,22 +429,54 @@ async fn a_leader_that_loses_its_lease_stops_writing_at_once() {
         &json!({"spec": {"holderIdentity": "intruder", "renewTime": far, "leaseDurationSeconds": 3600}}).to_string(),
     ])
     .await;
-    let metrics_of = |addr| async move { http_get(addr, "/metrics").await.1 };
-    let op = release.operators.iter().find(|o| o.pod == first).unwrap();
-    wait_for("the leader to step down", Duration::from_secs(10), || async {
-        metrics_of(op.health)
-            .await
-            .contains("distroless_guard_leader 0")
-            .then_some(())
+    // The leader's next read of the Lease finds the intruder; by the time
+    // that read is counted, it no longer leads.
+    wait_for("the leader's next lease check", Duration::from_secs(30), || async {
+        (metric(op.health, FOUND_OTHER).await > found_other).then_some(())
     })
     .await;
+    assert_eq!(
+        metric(op.health, LEADER).await,
+        0.0,
+        "still leading after finding another holder"
+    );
+    let passes = metric_sum(&release, PASSES).await;
+
     let ns = release.namespace("lost", &[]).await;
     let name = testcluster::unique("lost");
     create_policy(&policy(&name, &ns, json!({"action": "Audit"}))).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Proof that each replica had its chance to write a status: it enforces
+    // the new policy, and its audit then woke on a later change (the
+    // namespace relabelled) and let it pass.
+    let info = format!("distroless_guard_policy_info{{policy=\"{name}\",action=\"Audit\"}}");
+    let mut skipped = Vec::new();
+    for o in &release.operators {
+        wait_for(
+            "every replica to enforce the policy",
+            Duration::from_secs(30),
+            || async { (metric(o.health, &info).await == 1.0).then_some(()) },
+        )
+        .await;
+        skipped.push(metric(o.health, SKIPPED).await);
+    }
+    kubectl_ok(&["label", "namespace", &ns, "distroless-guard.test/poke=1"]).await;
+    for (o, before) in release.operators.iter().zip(skipped) {
+        wait_for(
+            "every replica's audit to wake and skip",
+            Duration::from_secs(30),
+            || async { (metric(o.health, SKIPPED).await > before).then_some(()) },
+        )
+        .await;
+    }
+    let written = get_json(&["distrolesspolicy", &name]).await.unwrap();
     assert!(
-        audit(&name).await.is_none(),
-        "a replica that does not lead wrote a status"
+        written["status"].is_null(),
+        "a replica that does not lead wrote a status: {written}"
+    );
+    assert_eq!(
+        metric_sum(&release, PASSES).await,
+        passes,
+        "a replica that does not lead ran an audit pass"
     );
     assert_eq!(holder(&release).await.as_deref(), Some("intruder"));
     delete_policy(&name).await;
@@ -556,8 +594,14 @@ async fn two_replicas_in_one_process_hand_the_lease_over_on_shutdown() {
         .unwrap();
     let b = operator::start(config("replica-b")).await.unwrap();
     let mut b_leads = b.leading.clone();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // b's first read of the Lease finds a holding it.
+    let found_other = "distroless_guard_leader_lease_checks_total{result=\"other\"}";
+    wait_for("b's first lease check", Duration::from_secs(20), || async {
+        (metric(b.health_addr, found_other).await >= 1.0).then_some(())
+    })
+    .await;
     assert!(!*b_leads.borrow(), "b leads while a holds the lease");
+    assert_eq!(metric(b.health_addr, "distroless_guard_leader").await, 0.0);
 
     // a stops: its tasks end and it gives the lease up, so b takes over at once,
     // not after the 15 s lease runs out.

@@ -345,18 +345,26 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 pub async fn metric_sum(release: &Release, name: &str) -> f64 {
     let mut sum = 0.0;
     for op in &release.operators {
-        let body = http_get(op.health, "/metrics").await.1;
-        for line in body.lines() {
-            let Some(rest) = line.strip_prefix(name) else { continue };
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                continue;
-            }
-            sum += line
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
+        sum += metric(op.health, name).await;
+    }
+    sum
+}
+
+/// The sum of the series of `name` one replica serves on `/metrics`; `name`
+/// may end in labels (`name{result="other"}`) to pick one series.
+pub async fn metric(health: std::net::SocketAddr, name: &str) -> f64 {
+    let body = http_get(health, "/metrics").await.1;
+    let mut sum = 0.0;
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
         }
+        sum += line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     }
     sum
 }
