@@ -47,6 +47,8 @@ pub(crate) struct Context {
     pub(crate) metrics: Arc<Metrics>,
     /// Registry credentials from the pods' imagePullSecrets, for preflight.
     pub(crate) pull_secrets: Arc<dyn PullSecrets>,
+    /// Reconciles of each rollout that failed in a row (none once one succeeds).
+    failures: parking_lot::Mutex<std::collections::HashMap<ObjectRef<DistrolessRollout>, u32>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,7 @@ impl Context {
             client,
             inspector,
             metrics,
+            failures: parking_lot::Mutex::default(),
         }
     }
 }
@@ -139,9 +142,45 @@ async fn controller(ctx: Arc<Context>, stop: impl std::future::Future<Output = (
         .await;
 }
 
-fn error_policy(rollout: Arc<DistrolessRollout>, error: &ReconcileError, _ctx: Arc<Context>) -> Requeue {
-    warn!(rollout = %rollout.name_any(), error = %error, "rollout reconcile failed; retrying");
-    Requeue::requeue(Duration::from_secs(2))
+fn error_policy(rollout: Arc<DistrolessRollout>, error: &ReconcileError, ctx: Arc<Context>) -> Requeue {
+    let failures = {
+        let mut all = ctx.failures.lock();
+        let n = all.entry(ObjectRef::from_obj(&*rollout)).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let after = retry_after(error, failures);
+    warn!(rollout = %rollout.name_any(), error = %error, failures, retry_in = ?after, "rollout reconcile failed");
+    Requeue::requeue(after)
+}
+
+/// How long to wait before reconciling a rollout again after `error`, its
+/// `failures`-th failed reconcile in a row. What is only stale or briefly
+/// unavailable is retried soon; what a person must change (RBAC, the
+/// Deployment's selector) waits longer, and the watches bring the rollout
+/// back as soon as the Deployment changes anyway.
+fn retry_after(error: &ReconcileError, failures: u32) -> Duration {
+    /// Doubling from 1 s up to a minute: the API server is overloaded,
+    /// restarting or unreachable.
+    fn backoff(failures: u32) -> Duration {
+        Duration::from_secs(1 << failures.clamp(1, 7).saturating_sub(1)).min(Duration::from_secs(60))
+    }
+    match error {
+        ReconcileError::Kube {
+            source: kube::Error::Api(e),
+            ..
+        } => match e.code {
+            // Written over by someone else since it was read: read again.
+            409 => Duration::from_millis(500),
+            // Gone between the read and the write.
+            404 => Duration::from_secs(1),
+            // Not allowed, or refused as invalid: a person has to act.
+            401 | 403 | 400 | 422 => Duration::from_secs(30).max(backoff(failures)),
+            _ => backoff(failures),
+        },
+        ReconcileError::Kube { .. } => backoff(failures),
+        ReconcileError::Selector { .. } => Duration::from_secs(300),
+    }
 }
 
 /// Reads what exists for one rollout.
@@ -301,7 +340,10 @@ async fn reconcile(rollout: Arc<DistrolessRollout>, ctx: Arc<Context>) -> Result
     let ns = rollout.namespace().unwrap_or_default();
     let name = rollout.name_any();
     let span = info_span!("reconcile", rollout = %name, namespace = %ns);
-    async move {
+    let key = ObjectRef::from_obj(&*rollout);
+    let failures_ctx = ctx.clone();
+    let failures = &failures_ctx.failures;
+    let result = async move {
         // The latest rollout, not the watch cache's: a reconcile right after our
         // own status write must not plan from (and write back) the status before it.
         let Some(rollout) = Api::<DistrolessRollout>::namespaced(ctx.client.clone(), &ns)
@@ -325,7 +367,11 @@ async fn reconcile(rollout: Arc<DistrolessRollout>, ctx: Arc<Context>) -> Result
         apply(&rollout, &ctx, &snap, plan).await
     }
     .instrument(span)
-    .await
+    .await;
+    if result.is_ok() {
+        failures.lock().remove(&key);
+    }
+    result
 }
 
 /// Does what the plan says, in its order, then writes the status.
@@ -615,5 +661,50 @@ fn record_metrics(
             let seconds = detected.0.duration_since(started.0).as_secs_f64().max(0.0);
             ctx.metrics.time_to_detect(seconds);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> ReconcileError {
+        ReconcileError::Kube {
+            what: "writing".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("refused", "Refused")
+                    .with_code(code)
+                    .boxed(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_conflict_or_a_vanished_object_is_retried_soon_whatever_came_before() {
+        for failures in [1, 5, 50] {
+            assert_eq!(retry_after(&api(409), failures), Duration::from_millis(500));
+            assert_eq!(retry_after(&api(404), failures), Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn an_unavailable_api_server_is_retried_with_a_doubling_wait_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| retry_after(&api(503), n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_after(&api(429), 3), Duration::from_secs(4));
+        assert_eq!(retry_after(&api(500), u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn what_a_person_must_fix_waits_at_least_thirty_seconds() {
+        for code in [400, 401, 403, 422] {
+            assert_eq!(retry_after(&api(code), 1), Duration::from_secs(30), "{code}");
+            assert_eq!(retry_after(&api(code), 8), Duration::from_secs(60), "{code}");
+        }
+        let selector = ReconcileError::Selector {
+            deployment: "web".into(),
+            message: "bad".into(),
+        };
+        assert_eq!(retry_after(&selector, 1), Duration::from_secs(300));
     }
 }
