@@ -256,3 +256,75 @@ pub fn check(
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inspection_plans_one_plan_per_pod_spec_with_its_images_and_none_for_other_objects() {
+        let text = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: 'registry.example/web:2'}
+      - {name: proxy, image: 'registry.example/proxy:1'}
+      - {name: again, image: 'registry.example/web:2'}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: shop}
+data: {a: b}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: job, namespace: shop}
+spec:
+  containers:
+  - {name: job, image: 'registry.example/job:1'}
+";
+        let docs = crate::manifest::parse("shop.yaml", text).unwrap();
+        let plans = inspection_plans(&docs, &PolicySet::builtin_default());
+        let images: Vec<Vec<String>> = plans.into_iter().map(|p| p.images).collect();
+        assert_eq!(
+            images,
+            [
+                vec!["registry.example/proxy:1".to_string(), "registry.example/web:2".into()],
+                vec!["registry.example/job:1".into()],
+            ]
+        );
+        // No policy reads images: nothing to inspect.
+        assert!(inspection_plans(&docs, &PolicySet::default()).is_empty());
+    }
+
+    #[test]
+    fn check_without_fix_leaves_every_document_as_it_was_and_with_fix_records_what_it_changed() {
+        let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: shop}
+spec:
+  containers:
+  - {name: app, image: 'registry.example/app:1'}
+";
+        let original = crate::manifest::parse("app.yaml", text).unwrap();
+        let mut docs = original.clone();
+        check(&mut docs, &PolicySet::builtin_default(), Timestamp::now(), false, None);
+        assert_eq!(docs[0].value, original[0].value);
+        assert!(!docs[0].changed && docs[0].fixes.is_empty());
+
+        check(&mut docs, &PolicySet::builtin_default(), Timestamp::now(), true, None);
+        assert!(docs[0].changed && !docs[0].fixes.is_empty());
+        assert_eq!(
+            docs[0].value["spec"]["securityContext"]["runAsNonRoot"], true,
+            "{}",
+            docs[0].value
+        );
+    }
+}
