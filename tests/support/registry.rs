@@ -4,7 +4,7 @@
 //! manifest, index), pushed with oci-client.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,10 @@ pub struct TestRegistry {
     _dir: tempfile::TempDir,
 }
 
+/// A free port from outside the kernel's ephemeral range, so no outgoing
+/// connection takes it before the registry binds it (see `testcluster::free_port`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    testcluster::free_port()
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {

@@ -119,8 +119,34 @@ struct RealNodes {
     kube_proxy: bool,
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that is free now, for a child process to listen on.
+///
+/// Taken from below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), never from it: a port the
+/// kernel handed out for `bind(0)` and that was released goes back to the pool
+/// outgoing connections draw from, and with a thousand API requests in flight
+/// one of them took it before the child bound it (`Address already in use`).
+/// Below the range only an explicit bind takes a port; each process starts at
+/// its own place (by pid) and never offers the same port twice.
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // The ports from 10000 up to the ephemeral range (22768 by default).
+    let (first, count) = (10_000u32, low.saturating_sub(10_000));
+    if count >= 1000 {
+        let start = std::process::id().wrapping_mul(2_654_435_761) % count;
+        for _ in 0..count {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = first + (start + n) % count;
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
+    // No room below the range (a machine that widened it): ask the kernel.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -1025,3 +1051,28 @@ rules:
   users: [\"system:kube-controller-manager\", \"system:kube-scheduler\", \"system:apiserver\", \"kwok\"]
 - level: Metadata
 ";
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_bindable_distinct_and_below_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        for p in ports {
+            assert!((10_000..low).contains(&p), "{p} (ephemeral range from {low})");
+            TcpListener::bind(("127.0.0.1", p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        }
+    }
+}
