@@ -436,8 +436,8 @@ async fn a_leader_that_loses_its_lease_stops_writing_at_its_next_lease_check_and
     })
     .await;
     assert_eq!(
-        metric(op.health, LEADER).await,
-        0.0,
+        series(op.health, LEADER).await,
+        Some(0.0),
         "still leading after finding another holder"
     );
     let passes = metric_sum(&release, PASSES).await;
@@ -601,7 +601,7 @@ async fn two_replicas_in_one_process_hand_the_lease_over_on_shutdown() {
     })
     .await;
     assert!(!*b_leads.borrow(), "b leads while a holds the lease");
-    assert_eq!(metric(b.health_addr, "distroless_guard_leader").await, 0.0);
+    assert_eq!(series(b.health_addr, "distroless_guard_leader").await, Some(0.0));
 
     // a stops: its tasks end and it gives the lease up, so b takes over at once,
     // not after the 15 s lease runs out.

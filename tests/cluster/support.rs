@@ -350,6 +350,14 @@ pub async fn metric_sum(release: &Release, name: &str) -> f64 {
     sum
 }
 
+/// The value of exactly the series `series` (a name, with labels if it has
+/// any) one replica serves on `/metrics`; `None` when it serves no such line.
+pub async fn series(health: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let body = http_get(health, "/metrics").await.1;
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The sum of the series of `name` one replica serves on `/metrics`; `name`
 /// may end in labels (`name{result="other"}`) to pick one series.
 pub async fn metric(health: std::net::SocketAddr, name: &str) -> f64 {
