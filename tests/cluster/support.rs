@@ -385,3 +385,24 @@ pub async fn wait_event(ns: &str, what: &str, matches: impl Fn(&Value) -> bool) 
     })
     .await
 }
+
+/// Waits until the webhook judges `image` afresh and finds a shell in it: a
+/// server-side dry run of a pod with that image in `ns` (which a Deny
+/// policy covers) is refused for `image-has-shell`. Used after a tag was
+/// pushed again, instead of sleeping out the tag cache's TTL: the refusal is
+/// the proof the cached verdict for the old image is gone.
+pub async fn wait_until_denied_for_shell(ns: &str, image: &str) {
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe-shell", "namespace": ns},
+        "spec": {"containers": [{"name": "probe", "image": image}]}})
+    .to_string();
+    wait_for(
+        "the webhook to read the re-pushed tag (a dry-run pod refused for image-has-shell)",
+        Duration::from_secs(30),
+        || async {
+            let out = kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &pod).await;
+            (!out.status.success() && text(&out).1.contains("[image-has-shell]")).then_some(())
+        },
+    )
+    .await;
+}
