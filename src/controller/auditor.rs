@@ -3,6 +3,14 @@
 //! beyond reading the view), then, only while this replica leads, writes
 //! them: statuses with server-side apply under our field manager, only when
 //! they changed.
+//!
+//! Not a kube-runtime `Controller`: its unit of work is one pass over the
+//! whole [`ClusterView`] (every policy against every workload, the Events
+//! planned across policies, PolicyReports per namespace), not one object.
+//! The view is fed by kube-runtime watchers (`watch.rs`); a reconciler per
+//! policy would read the same view once per policy and split the Event plan.
+//! What this loop keeps is the wake-up (a change, an exemption's expiry, a
+//! new term) and the debounce.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -3,6 +3,12 @@
 //! the same one. The leader creates and rotates them and writes the CA into
 //! the `caBundle` of the webhook configurations; every replica reloads the
 //! serving certificate from the Secret without a restart.
+//!
+//! A timer, not a kube-runtime `Controller` or watcher: what it keeps is one
+//! Secret that changes only at a rotation, which the leader's own round
+//! starts well before `rotate_before` runs out. A watch would only shorten a
+//! follower's reload from `interval` to the moment, at the price of one more
+//! long-lived watch per replica.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

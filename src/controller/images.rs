@@ -4,6 +4,11 @@
 //! requests per second per registry, with the pods' imagePullSecrets, and
 //! again every refresh interval. What it learns feeds the same engine as
 //! admission; an image that cannot be read counts as `image-unverified`.
+//!
+//! Not a kube-runtime `Controller`: its unit is an image, not an API object,
+//! and what it schedules are registry reads (a rate per registry, a refresh
+//! per verdict, a few at a time). Its input, the images in use, comes from
+//! the [`ClusterView`], which kube-runtime watchers feed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
