@@ -2,7 +2,9 @@
 //! baseline server on the same stack (rustls + hyper + axum) that only parses
 //! the AdmissionReview and answers allowed. 64 keep-alive connections to
 //! each, kept open; the two are measured in alternating short windows. Both
-//! run with the allocator of the shipped binary (mimalloc, src/main.rs).
+//! run with the allocator of the shipped binary (mimalloc, src/main.rs) and
+//! its logging as the chart sets it (JSON, `info`): every line the webhook
+//! would log is formatted, then dropped instead of written to stderr.
 //!
 //! What is sent is the mix the real API server sends our webhooks, from the
 //! reviews it sent in `tests/data/captured` (`tests/cluster/captured.rs`
@@ -30,6 +32,7 @@ use axum::routing::post;
 use distroless_guard::admission::review::AdmissionResponse;
 use distroless_guard::admission::{Admission, NameOnly};
 use distroless_guard::policy::PolicySet;
+use distroless_guard::telemetry::LogFormat;
 use distroless_guard::webhook::{self, ServeOptions};
 use serde_json::Value;
 use tls::{HttpsConn, TestCa};
@@ -266,6 +269,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    distroless_guard::telemetry::init_logging_to(LogFormat::Json, Some("info"), std::io::sink, false);
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = TestCa::new("bench CA");

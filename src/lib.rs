@@ -26,5 +26,5 @@ pub mod manifest;
 mod metrics;
 pub mod operator;
 pub mod policy;
-mod telemetry;
+pub mod telemetry;
 pub mod webhook;

@@ -1,5 +1,6 @@
 //! Prometheus metrics: admission, the audit, leader election and rollouts.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -8,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::api::{Action, RuleId};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReviewLabels {
@@ -104,9 +107,16 @@ pub struct Metrics {
 pub(crate) const ENDPOINTS: [&str; 2] = ["validate", "mutate"];
 pub(crate) const VERDICTS: [&str; 4] = ["allowed", "warned", "denied", "error"];
 
+/// The actions a violation can carry, in the order of [`AdmissionSeries::violations`].
+const ACTIONS: [Action; 3] = [Action::Audit, Action::Warn, Action::Deny];
+
 struct AdmissionSeries {
     reviews: [[Counter; VERDICTS.len()]; ENDPOINTS.len()],
     latency: [Histogram; ENDPOINTS.len()],
+    /// Violations by endpoint, rule and action: each series is taken from the
+    /// family the first time it counts (so none is shown before it happens)
+    /// and then counted without building its labels again.
+    violations: [[[OnceLock<Counter>; ACTIONS.len()]; RuleId::ALL.len()]; ENDPOINTS.len()],
 }
 
 impl AdmissionSeries {
@@ -132,6 +142,7 @@ impl AdmissionSeries {
                     })
                     .clone()
             }),
+            violations: Default::default(),
         }
     }
 }
@@ -284,14 +295,21 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn violation(&self, endpoint: &str, rule: &str, action: &str) {
-        self.violations
-            .get_or_create(&ViolationLabels {
-                endpoint: endpoint.into(),
-                rule: rule.into(),
-                action: action.into(),
-            })
-            .inc();
+    pub fn violation(&self, endpoint: &str, rule: RuleId, action: Action) {
+        let labels = || ViolationLabels {
+            endpoint: endpoint.into(),
+            rule: rule.as_str().into(),
+            action: action.as_str().into(),
+        };
+        let e = ENDPOINTS.iter().position(|e| *e == endpoint);
+        let r = RuleId::ALL.iter().position(|r| *r == rule);
+        let a = ACTIONS.iter().position(|a| *a == action);
+        match (e, r, a) {
+            (Some(e), Some(r), Some(a)) => self.admission.violations[e][r][a]
+                .get_or_init(|| self.violations.get_or_create(&labels()).clone())
+                .inc(),
+            _ => self.violations.get_or_create(&labels()).inc(),
+        };
     }
 
     pub fn audit_summary(&self, policy: &str, summary: &crate::api::AuditSummary) {
@@ -445,5 +463,32 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn violations_are_counted_by_endpoint_rule_and_action_and_shown_only_once_seen() {
+        let m = Metrics::default();
+        assert!(!m.encode().contains("admission_violations_total{"), "{}", m.encode());
+        m.violation("validate", RuleId::ShellCommand, Action::Deny);
+        m.violation("validate", RuleId::ShellCommand, Action::Deny);
+        m.violation("validate", RuleId::ShellCommand, Action::Warn);
+        m.violation("mutate", RuleId::ImageUnverified, Action::Audit);
+        m.violation("validate-resources", RuleId::RootUid, Action::Deny);
+        let text = m.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("distroless_guard_admission_violations_total{"))
+            .collect();
+        let mut expected = [
+            "{endpoint=\"validate\",rule=\"shell-command\",action=\"Deny\"} 2",
+            "{endpoint=\"validate\",rule=\"shell-command\",action=\"Warn\"} 1",
+            "{endpoint=\"mutate\",rule=\"image-unverified\",action=\"Audit\"} 1",
+            "{endpoint=\"validate-resources\",rule=\"root-uid\",action=\"Deny\"} 1",
+        ]
+        .map(|l| format!("distroless_guard_admission_violations_total{l}"));
+        let mut got: Vec<String> = series.iter().map(|l| l.to_string()).collect();
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected, "{text}");
     }
 }

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 /// How log lines are written.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum LogFormat {
+pub enum LogFormat {
     Text,
     Json,
 }
@@ -14,6 +14,16 @@ pub(crate) enum LogFormat {
 /// `distroless_guard=debug`); `RUST_LOG` wins when `level` is `None`; `info`
 /// when neither parses.
 pub(crate) fn init_logging(format: LogFormat, level: Option<&str>) {
+    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    init_logging_to(format, level, std::io::stderr, colours);
+}
+
+/// [`init_logging`] to another writer: the benches log what the binary
+/// logs, formatted the same way, to a writer that drops it.
+pub fn init_logging_to<W>(format: LogFormat, level: Option<&str>, writer: W, colours: bool)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = match level {
         Some(l) => {
             tracing_subscriber::EnvFilter::try_new(l).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
@@ -21,10 +31,9 @@ pub(crate) fn init_logging(format: LogFormat, level: Option<&str>) {
         None => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
     };
-    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(colours);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::admission::review::{self, AdmissionReview};
 use crate::admission::{self, Admission};
@@ -159,8 +159,11 @@ async fn handle_review<O: Reviewed>(
         return bad(StatusCode::BAD_REQUEST, "AdmissionReview has no request".into());
     };
     let now = jiff::Timestamp::now();
-    // Everything logged while deciding (a slow registry, say) carries the request.
-    let span = info_span!(
+    // Everything logged while deciding (a slow registry, say) carries the
+    // request. Only debug events are logged in there, so the span is a debug
+    // one too: at the default level it costs nothing (it cost 3-4% of the
+    // requests per second in `admission_http`, formatting five fields each time).
+    let span = tracing::debug_span!(
         "review",
         endpoint = name,
         uid = %request.uid,
@@ -176,7 +179,7 @@ async fn handle_review<O: Reviewed>(
         Err(e) => return bad(StatusCode::BAD_REQUEST, e.to_string()),
     };
     for v in &decision.violations {
-        state.metrics.violation(name, v.rule.as_str(), v.action.as_str());
+        state.metrics.violation(name, v.rule, v.action);
     }
     if decision.outcome != admission::Outcome::Allowed {
         info!(
