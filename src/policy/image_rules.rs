@@ -131,3 +131,51 @@ pub fn check_images(spec: &PodSpec, spec_path: &str, scope: Scope<'_>, facts: &I
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::report::Evidence;
+
+    fn report(paths: &[&str]) -> ImageReport {
+        ImageReport {
+            image: "registry.example/app:1".into(),
+            digest: "sha256:aa".into(),
+            platform: "linux/amd64".into(),
+            user: String::new(),
+            uid: Some(0),
+            shells: paths.iter().map(|p| p.to_string()).collect(),
+            package_managers: Vec::new(),
+            package_databases: Vec::new(),
+            distroless: false,
+            evidence: paths
+                .iter()
+                .map(|p| Evidence {
+                    path: p.to_string(),
+                    layer: "sha256:0123456789abcdef0123".into(),
+                })
+                .collect(),
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
+            base_image: None,
+        }
+    }
+
+    #[test]
+    fn evidence_names_up_to_three_paths_with_their_layer_and_counts_the_rest() {
+        let paths = ["/bin/sh", "/bin/bash", "/bin/dash", "/usr/bin/ash", "/bin/zsh"];
+        let all: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        let r = report(&paths);
+        assert_eq!(
+            evidence_of(&r, &all),
+            "/bin/sh in layer sha256:0123456789ab, /bin/bash in layer sha256:0123456789ab, \
+             /bin/dash in layer sha256:0123456789ab and 2 more"
+        );
+        assert_eq!(
+            evidence_of(&r, &all[..3]),
+            "/bin/sh in layer sha256:0123456789ab, /bin/bash in layer sha256:0123456789ab, \
+             /bin/dash in layer sha256:0123456789ab"
+        );
+        assert_eq!(evidence_of(&r, &["/bin/other".to_string()]), "/bin/other in layer ?");
+    }
+}

@@ -220,3 +220,21 @@ pub struct Lifecycle {
     #[serde(default)]
     pub pre_stop: Option<Probe>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_secret_names_are_the_named_references_in_order_without_empty_ones() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{"name": "app", "image": "app:1"}],
+            "imagePullSecrets": [{"name": "regcred"}, {"name": ""}, {}, {"name": "mirror"}]
+        }))
+        .expect("a pod spec");
+        assert_eq!(spec.pull_secret_names(), ["regcred", "mirror"]);
+        let none: PodSpec =
+            serde_json::from_value(serde_json::json!({"containers": [{"name": "app"}]})).expect("a pod spec");
+        assert!(none.pull_secret_names().is_empty());
+    }
+}
