@@ -475,7 +475,7 @@ mod tests {
         m.violation("mutate", RuleId::ImageUnverified, Action::Audit);
         m.violation("validate-resources", RuleId::RootUid, Action::Deny);
         let text = m.encode();
-        let series: Vec<&str> = text
+        let mut got: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("distroless_guard_admission_violations_total{"))
             .collect();
@@ -486,7 +486,6 @@ mod tests {
             "{endpoint=\"validate-resources\",rule=\"root-uid\",action=\"Deny\"} 1",
         ]
         .map(|l| format!("distroless_guard_admission_violations_total{l}"));
-        let mut got: Vec<String> = series.iter().map(|l| l.to_string()).collect();
         expected.sort();
         got.sort();
         assert_eq!(got, expected, "{text}");
