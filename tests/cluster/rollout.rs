@@ -995,7 +995,8 @@ async fn a_canary_image_that_runs_as_root_in_a_restricted_namespace_is_stopped_b
 
 #[tokio::test]
 async fn with_prometheus_down_the_step_holds_and_then_rolls_back_instead_of_promoting() {
-    // A port nobody listens on: every reading is "connection refused".
+    // A port this process holds and nobody listens on (see free_port):
+    // every reading is "connection refused".
     let address = format!("http://127.0.0.1:{}", testcluster::free_port());
     let release = Release::install("distroless-guard-promdown", &[]).await;
     let ns = release.namespace("promdown", &[]).await;

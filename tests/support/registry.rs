@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oci_client::Reference;
@@ -13,65 +13,96 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use testcluster::process::Process;
 
 pub const REGISTRY_BINARY: &str = "docker-registry";
 
-/// A running registry; stopped when dropped.
+/// The header each test registry adds to its answers, with a value of its own,
+/// so the harness knows the registry answering is the one it started.
+const IDENTITY_HEADER: &str = "X-Distroless-Guard-Test-Registry";
+
+/// A running registry; stopped when dropped (and killed with the test
+/// process: it runs under `testcluster::process`'s parent-death signal).
 pub struct TestRegistry {
     pub addr: SocketAddr,
-    child: Child,
+    process: Option<Process>,
     _dir: tempfile::TempDir,
 }
 
-/// A free port from outside the kernel's ephemeral range, so no outgoing
-/// connection takes it before the registry binds it (see `testcluster::free_port`).
-fn free_port() -> u16 {
-    testcluster::free_port()
-}
-
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+/// The status of `GET path` and the value of the identity header, if any.
+fn probe(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    let head = std::str::from_utf8(&buf[..n]).ok()?;
-    head.split_whitespace().nth(1)?.parse().ok()
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let identity = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case(IDENTITY_HEADER)
+            .then(|| value.trim().to_string())
+    });
+    Some((status, identity))
 }
 
 impl TestRegistry {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        // Held by this process until it ends (see testcluster::free_port).
+        let port = testcluster::free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let identity = format!("{}-{port}", std::process::id());
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {addr}\n  headers:\n    {IDENTITY_HEADER}: [\"{identity}\"]\n",
                 dir.path().join("data").display()
             ),
         )
         .unwrap();
-        let child = Command::new(REGISTRY_BINARY)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {REGISTRY_BINARY} ({e}); install it with: apt-get install docker-registry")
-            });
-        let registry = TestRegistry { addr, child, _dir: dir };
+        let mut command = Command::new(REGISTRY_BINARY);
+        command.arg("serve").arg(&config);
+        let log = dir.path().join("registry.log");
+        let mut process = Process::spawn("registry", command, &log).unwrap_or_else(|e| {
+            panic!("cannot start {REGISTRY_BINARY} ({e}); install it with: apt-get install docker-registry")
+        });
         let started = Instant::now();
-        while http_status(addr, "/v2/") != Some(200) {
+        loop {
+            match probe(addr, "/v2/") {
+                Some((200, Some(id))) if id == identity => break,
+                Some((status, id)) if id.as_deref() != Some(identity.as_str()) => {
+                    panic!("{addr} answered {status} but is not the registry this test started (identity {id:?})")
+                }
+                _ => {}
+            }
+            if let Some(status) = process.exited() {
+                panic!(
+                    "{REGISTRY_BINARY} on {addr} exited ({status}) before it served:\n{}",
+                    testcluster::process::tail(&log, 20).join("\n")
+                );
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "registry on {addr} did not come up"
+                "registry on {addr} did not come up:\n{}",
+                testcluster::process::tail(&log, 20).join("\n")
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        registry
+        TestRegistry {
+            addr,
+            process: Some(process),
+            _dir: dir,
+        }
     }
 
     pub fn host(&self) -> String {
@@ -84,8 +115,9 @@ impl TestRegistry {
 
     /// Stops the registry now (for "registry down" tests).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(process) = self.process.take() {
+            process.kill();
+        }
     }
 }
 

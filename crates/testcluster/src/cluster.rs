@@ -4,7 +4,7 @@
 //! selector), kube-controller-manager, kube-scheduler, and kwok with fake
 //! Nodes.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -119,7 +119,8 @@ struct RealNodes {
     kube_proxy: bool,
 }
 
-/// A port on 127.0.0.1 that is free now, for a child process to listen on.
+/// A port on 127.0.0.1 for a child process to listen on, held for the life
+/// of this process so no one else takes it before (or after) the child binds.
 ///
 /// Taken from below the kernel's ephemeral range
 /// (`/proc/sys/net/ipv4/ip_local_port_range`), never from it: a port the
@@ -128,6 +129,15 @@ struct RealNodes {
 /// one of them took it before the child bound it (`Address already in use`).
 /// Below the range only an explicit bind takes a port; each process starts at
 /// its own place (by pid) and never offers the same port twice.
+///
+/// The port is held by a socket bound without `SO_REUSEADDR` (so the bind
+/// fails when anyone holds or serves the port, another test process's hold
+/// included) that then turns `SO_REUSEADDR` on and never listens. Linux lets
+/// a listener bind beside it only when both sockets have `SO_REUSEADDR`, as
+/// every child here sets it (Go's and tokio's listeners do): the child binds,
+/// a plain `bind` by anyone else keeps failing, and a restarted child gets
+/// the same port back. Connections to the port before the child listens are
+/// refused, as on a free port.
 pub fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -141,16 +151,29 @@ pub fn free_port() -> u16 {
         for _ in 0..count {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let port = first + (start + n) % count;
-            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-                return port as u16;
+            if let Some(port) = hold_port(port as u16) {
+                return port;
             }
         }
     }
     // No room below the range (a machine that widened it): ask the kernel.
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    hold_port(0).unwrap_or(0)
+}
+
+/// Binds `port` (0: one the kernel picks) on 127.0.0.1 and keeps the socket
+/// until this process ends; `None` when the port is taken. See [`free_port`].
+fn hold_port(port: u16) -> Option<u16> {
+    use socket2::{Domain, Socket, Type};
+    static HELD: std::sync::Mutex<Vec<Socket>> = std::sync::Mutex::new(Vec::new());
+    // socket2 opens it close-on-exec: children do not inherit the hold.
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    socket
+        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())
+        .ok()?;
+    socket.set_reuse_address(true).ok()?;
+    let port = socket.local_addr().ok()?.as_socket()?.port();
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
+    Some(port)
 }
 
 fn work_dir(opts: &Options) -> std::io::Result<(PathBuf, bool)> {
@@ -1055,9 +1078,10 @@ rules:
 #[cfg(test)]
 mod port_tests {
     use super::*;
+    use std::net::TcpListener;
 
     #[test]
-    fn free_ports_are_bindable_distinct_and_below_the_ephemeral_range() {
+    fn free_ports_are_distinct_below_the_ephemeral_range_held_against_others_and_bindable_by_the_child() {
         let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .unwrap()
             .split_whitespace()
@@ -1072,7 +1096,18 @@ mod port_tests {
         assert_eq!(unique.len(), ports.len(), "{ports:?}");
         for p in ports {
             assert!((10_000..low).contains(&p), "{p} (ephemeral range from {low})");
-            TcpListener::bind(("127.0.0.1", p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+            // A child's listener (SO_REUSEADDR, as std, Go and tokio set it) binds.
+            let child = TcpListener::bind(("127.0.0.1", p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+            drop(child);
+            // Someone else's plain bind, as another test process's free_port
+            // makes it, is refused while this process holds the port.
+            let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            let refused = other.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, p)).into());
+            assert_eq!(
+                refused.map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::AddrInUse),
+                "port {p} was not held"
+            );
         }
     }
 }
