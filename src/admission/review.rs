@@ -38,11 +38,8 @@ pub struct GroupVersionKind {
 pub struct AdmissionRequest<O = ObjectShape> {
     pub uid: String,
     pub kind: GroupVersionKind,
-    #[serde(default)]
     pub sub_resource: Option<String>,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub namespace: Option<String>,
     pub operation: Operation,
     /// The object, read straight into the shape the engine needs (one pass
@@ -51,7 +48,6 @@ pub struct AdmissionRequest<O = ObjectShape> {
     pub object: Option<O>,
     #[serde(default = "Option::default")]
     pub old_object: Option<O>,
-    #[serde(default)]
     pub dry_run: Option<bool>,
     /// Who makes the request, as the API server authenticated it.
     #[serde(default)]

@@ -25,15 +25,11 @@ const VERB_PREFIX: &str = "distrolessguard.dev/";
 /// Who made a request, as the API server authenticated it: everything a
 /// SubjectAccessReview needs to ask about the same user.
 #[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct RequestUser {
-    #[serde(default)]
     pub username: String,
-    #[serde(default)]
     pub uid: String,
-    #[serde(default)]
     pub groups: Vec<String>,
-    #[serde(default)]
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
@@ -96,22 +92,18 @@ struct Review {
 struct Request {
     uid: String,
     kind: GroupVersionKind,
-    #[serde(default)]
     namespace: Option<String>,
     operation: Operation,
     #[serde(default)]
     user_info: RequestUser,
-    #[serde(default)]
     object: Option<Rollout>,
-    #[serde(default)]
     old_object: Option<Rollout>,
 }
 
 #[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(default)]
 struct Rollout {
-    #[serde(default)]
     metadata: Metadata,
-    #[serde(default)]
     spec: Value,
 }
 

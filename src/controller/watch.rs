@@ -69,7 +69,6 @@ pub(crate) async fn drive<F: Feed>(
 pub(crate) struct WatchedWorkload {
     #[serde(deserialize_with = "slim_meta")]
     metadata: ObjectMeta,
-    #[serde(default)]
     spec: Option<Box<RawValue>>,
 }
 
@@ -77,19 +76,12 @@ pub(crate) struct WatchedWorkload {
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SlimMeta {
-    #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
     generate_name: Option<String>,
-    #[serde(default)]
     namespace: Option<String>,
-    #[serde(default)]
     uid: Option<String>,
-    #[serde(default)]
     resource_version: Option<String>,
-    #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
     owner_references: Option<Vec<OwnerReference>>,
 }
 

@@ -13,12 +13,10 @@ struct DockerConfig {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(default)]
 struct AuthEntry {
-    #[serde(default)]
     auth: Option<String>,
-    #[serde(default)]
     username: Option<String>,
-    #[serde(default)]
     password: Option<String>,
 }
 

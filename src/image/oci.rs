@@ -28,7 +28,6 @@ pub(super) struct Descriptor {
     pub(super) digest: String,
     #[serde(default)]
     pub(super) size: u64,
-    #[serde(default)]
     pub(super) platform: Option<PlatformSpec>,
 }
 
@@ -38,7 +37,6 @@ pub(super) struct PlatformSpec {
     pub(super) os: String,
     #[serde(default)]
     pub(super) architecture: String,
-    #[serde(default)]
     pub(super) variant: Option<String>,
 }
 
@@ -54,15 +52,10 @@ impl PlatformSpec {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ManifestDoc {
-    #[serde(default)]
     pub(super) media_type: Option<String>,
-    #[serde(default)]
     pub(super) manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
     pub(super) config: Option<Descriptor>,
-    #[serde(default)]
     pub(super) layers: Option<Vec<Descriptor>>,
-    #[serde(default)]
     pub(super) annotations: Option<HashMap<String, String>>,
 }
 
@@ -71,7 +64,6 @@ pub(super) struct ConfigDoc {
     /// `os`, `architecture` and `variant`, as in an index entry.
     #[serde(flatten)]
     pub(super) platform: PlatformSpec,
-    #[serde(default)]
     pub(super) config: Option<RunConfig>,
 }
 

@@ -11,54 +11,37 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct ObjectMeta {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub generate_name: Option<String>,
-    #[serde(default)]
     pub namespace: Option<String>,
-    #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
     pub owner_references: Option<Vec<OwnerReference>>,
 }
 
 /// An entry of `metadata.ownerReferences`.
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct OwnerReference {
-    #[serde(default)]
     pub api_version: String,
-    #[serde(default)]
     pub kind: String,
-    #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub uid: String,
-    #[serde(default)]
     pub controller: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct PodSpec {
-    #[serde(default)]
     pub security_context: Option<PodSecurityContext>,
-    #[serde(default)]
     pub os: Option<PodOs>,
-    #[serde(default)]
     pub init_containers: Option<Vec<Container>>,
-    #[serde(default)]
     pub containers: Option<Vec<Container>>,
-    #[serde(default)]
     pub ephemeral_containers: Option<Vec<Container>>,
     /// Secrets with registry credentials for the pod's images.
-    #[serde(default)]
     pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
     /// Read for `kubernetes.io/os` (a Windows pod).
-    #[serde(default)]
     pub node_selector: Option<std::collections::BTreeMap<String, String>>,
 }
 
@@ -100,7 +83,6 @@ impl PodSpec {
             .chain(self.ephemeral_containers())
     }
 
-    /// Whether `spec.os.name` says the pod runs on Windows.
     /// Whether the pod runs on Windows: `spec.os.name: windows`, a node
     /// selector for Windows nodes, or `windowsOptions` anywhere (which only
     /// Windows pods carry).
@@ -123,101 +105,72 @@ impl PodSpec {
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct PodOs {
-    #[serde(default)]
     pub name: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct PodSecurityContext {
-    #[serde(default)]
     pub run_as_user: Option<i64>,
-    #[serde(default)]
     pub run_as_group: Option<i64>,
-    #[serde(default)]
     pub run_as_non_root: Option<bool>,
-    #[serde(default)]
     pub fs_group: Option<i64>,
-    #[serde(default)]
     pub seccomp_profile: Option<IgnoredAny>,
     /// Only whether it is set: a Windows pod.
-    #[serde(default)]
     pub windows_options: Option<IgnoredAny>,
 }
 
 /// A container of any of the three lists (init, regular, ephemeral).
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct Container {
-    #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub image: Option<String>,
-    #[serde(default)]
     pub command: Option<Vec<String>>,
-    #[serde(default)]
     pub args: Option<Vec<String>>,
-    #[serde(default)]
     pub security_context: Option<SecurityContext>,
-    #[serde(default)]
     pub liveness_probe: Option<Probe>,
-    #[serde(default)]
     pub readiness_probe: Option<Probe>,
-    #[serde(default)]
     pub startup_probe: Option<Probe>,
-    #[serde(default)]
     pub lifecycle: Option<Lifecycle>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct SecurityContext {
-    #[serde(default)]
     pub run_as_user: Option<i64>,
-    #[serde(default)]
     pub run_as_group: Option<i64>,
-    #[serde(default)]
     pub run_as_non_root: Option<bool>,
-    #[serde(default)]
     pub allow_privilege_escalation: Option<bool>,
-    #[serde(default)]
     pub privileged: Option<bool>,
-    #[serde(default)]
     pub capabilities: Option<Capabilities>,
-    #[serde(default)]
     pub seccomp_profile: Option<IgnoredAny>,
     /// Only whether it is set: a Windows pod.
-    #[serde(default)]
     pub windows_options: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
 pub struct Capabilities {
-    #[serde(default)]
     pub add: Option<Vec<String>>,
-    #[serde(default)]
     pub drop: Option<Vec<String>>,
 }
 
 /// A probe or lifecycle handler; only whether it runs a command matters.
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Probe {
-    #[serde(default)]
     pub exec: Option<ExecAction>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct ExecAction {
-    #[serde(default)]
     pub command: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct Lifecycle {
-    #[serde(default)]
     pub post_start: Option<Probe>,
-    #[serde(default)]
     pub pre_stop: Option<Probe>,
 }
 

@@ -140,56 +140,43 @@ pub struct ExtractError {
 /// and those field names never clash. Fields the engine does not read are
 /// skipped without being stored.
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
 pub struct ObjectShape {
-    #[serde(default)]
     pub metadata: ObjectMeta,
-    #[serde(default)]
     pub(crate) spec: Option<SpecShape>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub(crate) struct SpecShape {
     // A Pod's own spec.
-    #[serde(default)]
     pub(crate) security_context: Option<PodSecurityContext>,
-    #[serde(default)]
     pub(crate) os: Option<PodOs>,
-    #[serde(default)]
     pub(crate) init_containers: Option<Vec<Container>>,
-    #[serde(default)]
     pub(crate) containers: Option<Vec<Container>>,
-    #[serde(default)]
     pub(crate) ephemeral_containers: Option<Vec<Container>>,
-    #[serde(default)]
     pub(crate) image_pull_secrets: Option<Vec<LocalObjectReference>>,
-    #[serde(default)]
     pub(crate) node_selector: Option<std::collections::BTreeMap<String, String>>,
     // Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job.
     // Boxed, as the rarer shapes: a Pod's spec is read without moving room
     // for two more pod specs around.
-    #[serde(default)]
     pub(crate) template: Option<Box<TemplateShape>>,
     // CronJob.
-    #[serde(default)]
     pub(crate) job_template: Option<Box<JobTemplateShape>>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 pub(crate) struct TemplateShape {
-    #[serde(default)]
     pub(crate) spec: Option<PodSpec>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 pub(crate) struct JobTemplateShape {
-    #[serde(default)]
     pub(crate) spec: Option<JobSpecShape>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 pub(crate) struct JobSpecShape {
-    #[serde(default)]
     pub(crate) template: Option<Box<TemplateShape>>,
 }
 
