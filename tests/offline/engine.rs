@@ -53,6 +53,13 @@ fn exec_probe_is_reported_with_its_field_path_and_the_fix() {
     assert_eq!(violation.path, "spec.template.spec.containers[0].livenessProbe.exec");
     assert_eq!(violation.container.as_deref(), Some("app"));
     assert!(
+        violation
+            .message
+            .starts_with("container \"app\" has an exec livenessProbe"),
+        "{}",
+        violation.message
+    );
+    assert!(
         violation.message.contains("use httpGet, grpc or tcpSocket"),
         "{}",
         violation.message
@@ -199,17 +206,19 @@ spec:
 fn the_strictest_action_of_all_matching_policies_wins() {
     let set = policies(TWO_POLICIES);
     let d = deployment(json!([{"name": "app", "image": "a", "command": ["sh", "-c", "x"],
-        "readinessProbe": {"exec": {"command": ["true"]}}}]));
+        "readinessProbe": {"exec": {"command": ["true"]}}, "securityContext": {"runAsUser": 0}}]));
     let v = judge(&set, &d);
     let got: Vec<(RuleId, Action, &str)> = v
         .violations
         .iter()
         .map(|v| (v.rule, v.action, v.policy.as_str()))
         .collect();
-    // exec-probe: Deny (a-audit's override) beats Warn; shell-command: a-audit ignores it, b-warn warns.
+    // exec-probe: Deny (a-audit's override) beats Warn; shell-command: a-audit ignores it, b-warn warns;
+    // root-uid: b-warn's Warn beats the Audit of a-audit, the first by name.
     assert_eq!(
         got,
         [
+            (RuleId::RootUid, Action::Warn, "b-warn"),
             (RuleId::ExecProbe, Action::Deny, "a-audit"),
             (RuleId::ShellCommand, Action::Warn, "b-warn")
         ]
@@ -514,7 +523,7 @@ fn an_unverified_image_follows_on_error_unless_a_rule_override_says_otherwise() 
 }
 
 #[test]
-fn inspection_is_planned_only_when_a_matching_policy_checks_images() {
+fn inspection_plans_take_the_shortest_timeout_all_platforms_only_when_asked_and_none_without_an_image_policy() {
     let pod = pod_with("b:1", json!({}));
     let mut two = pod.clone();
     two["spec"]["initContainers"] = json!([{"name": "i", "image": "a:1"}, {"name": "j", "image": "b:1"}]);
@@ -543,6 +552,17 @@ spec: {timeoutSeconds: 2, platform: all}
     let plan = inspection_plan(&set, &subject).unwrap();
     assert_eq!(plan.images, ["a:1", "b:1"]);
     assert_eq!((plan.platform.to_string().as_str(), plan.timeout.as_secs()), ("all", 2));
+    // No policy asks for all: the first policy's platform.
+    let one_platform = policies(
+        r#"
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: arm}
+spec: {platform: linux/arm64}
+"#,
+    );
+    let plan = inspection_plan(&one_platform, &subject).unwrap();
+    assert_eq!(plan.platform.to_string(), "linux/arm64");
     let no_images = policies(
         r#"
 apiVersion: distrolessguard.dev/v1alpha1
