@@ -331,6 +331,45 @@ fn an_exemption_covers_only_its_rules_namespaces_and_images() {
 }
 
 #[test]
+fn an_exemption_by_image_covers_a_pod_level_finding_only_when_every_container_image_matches() {
+    let set = policies(
+        r#"
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {name: p}
+spec:
+  exemptions:
+  - reason: vendor pods run as root, TICKET-9
+    images: ["registry.example.com/vendor/*"]
+    rules: [root-uid]
+"#,
+    );
+    let pod = |images: &[&str]| {
+        let containers: Vec<Value> = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+            .collect();
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "v"},
+            "spec": {"securityContext": {"runAsUser": 0}, "containers": containers}})
+    };
+    let vendor = judge(
+        &set,
+        &pod(&[
+            "registry.example.com/vendor/db:7",
+            "registry.example.com/vendor/agent:1",
+        ]),
+    );
+    assert_eq!(rules(&vendor), [], "every image is the vendor's");
+    let mixed = judge(
+        &set,
+        &pod(&["registry.example.com/vendor/db:7", "registry.example.com/ours/app:1"]),
+    );
+    let got: Vec<(RuleId, &str)> = mixed.violations.iter().map(|v| (v.rule, v.path.as_str())).collect();
+    assert_eq!(got, [(RuleId::RootUid, "spec.securityContext.runAsUser")]);
+}
+
+#[test]
 fn an_exemption_applies_through_its_expiry_day_and_not_after() {
     let ns = namespace_name_labels("legacy");
     let pod = vendor_pod("registry.example.com/vendor/db:7");
