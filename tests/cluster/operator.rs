@@ -498,9 +498,12 @@ async fn run_until_exit(kubeconfig: &std::path::Path) -> (bool, String) {
         "--kubeconfig",
     ])
     .arg(kubeconfig);
-    let out = tokio::time::timeout(Duration::from_secs(30), output(cmd))
-        .await
-        .expect("run did not exit");
+    // Bounded: past 30 s the process group is killed and the test fails saying so.
+    let out =
+        tokio::task::spawn_blocking(move || testcluster::process::output_within(cmd, None, Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("run did not exit: {e}"));
     (out.status.success(), text(&out).1)
 }
 

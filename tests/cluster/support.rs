@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, PostParams};
@@ -24,31 +24,26 @@ pub fn chart_dir() -> PathBuf {
     root().join("charts/distroless-guard")
 }
 
+/// How long any one command of a cluster test may run (helm, kubectl, the
+/// plugin): far beyond what each needs, so that a hung command fails its test
+/// with what it printed instead of holding the run until CI's limit.
+const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
 /// Runs a command off the async runtime and returns its output.
-pub async fn output(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || {
-        cmd.stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-    })
-    .await
-    .unwrap()
+pub async fn output(cmd: Command) -> Output {
+    run(cmd, None).await
 }
 
 /// Runs a command with `input` on its standard input.
-pub async fn output_with_input(mut cmd: Command, input: String) -> Output {
+pub async fn output_with_input(cmd: Command, input: String) -> Output {
+    run(cmd, Some(input.into_bytes())).await
+}
+
+/// Runs `cmd` under testcluster's guard (killed with the test process, its
+/// whole group killed past `COMMAND_LIMIT`).
+async fn run(cmd: Command, input: Option<Vec<u8>>) -> Output {
     tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(input.as_bytes());
-        }
-        child.wait_with_output().unwrap()
+        testcluster::process::output_within(cmd, input, COMMAND_LIMIT).unwrap_or_else(|e| panic!("{e}"))
     })
     .await
     .unwrap()

@@ -19,6 +19,13 @@ fn chromium() -> &'static str {
     panic!("no chromium on the PATH; install it with: apt-get install chromium (or run `cargo xtask test`)");
 }
 
+/// Runs the browser under testcluster's guard: its whole process group is
+/// killed with the test, or after two minutes (the test then fails saying so).
+fn bounded(cmd: Command) -> std::process::Output {
+    testcluster::process::output_within(cmd, None, std::time::Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn manifests(dir: &std::path::Path, images: &[(&str, &str, String)]) {
     for (ns, name, image) in images {
         let doc = format!(
@@ -105,11 +112,9 @@ fn the_html_inventory_renders_its_chart_and_tables_in_a_real_browser() {
         "--hide-scrollbars",
         "--window-size=1200,900",
     ];
-    let dom = Command::new(browser)
-        .args(common)
-        .args(["--dump-dom", &url])
-        .output()
-        .unwrap();
+    let mut dump = Command::new(browser);
+    dump.args(common).args(["--dump-dom", &url]);
+    let dom = bounded(dump);
     assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert_eq!(
@@ -125,12 +130,12 @@ fn the_html_inventory_renders_its_chart_and_tables_in_a_real_browser() {
     assert!(dom.contains("2 of 4 workloads done"), "{dom}");
 
     let shot = dir.path().join("shot.png");
-    let run = Command::new(browser)
+    let mut screenshot = Command::new(browser);
+    screenshot
         .args(common)
         .arg(format!("--screenshot={}", shot.display()))
-        .arg(&url)
-        .output()
-        .unwrap();
+        .arg(&url);
+    let run = bounded(screenshot);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let png_bytes = std::fs::read(&shot).unwrap();
     // The bars are drawn: green (done) and red (not distroless), each 300 px wide at least in one row.

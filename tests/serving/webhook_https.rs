@@ -372,9 +372,10 @@ async fn the_binary_serves_policies_from_files_and_exits_cleanly_on_sigterm() {
         .arg(&key)
         .stderr(std::process::Stdio::piped())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -409,18 +410,35 @@ async fn the_binary_serves_policies_from_files_and_exits_cleanly_on_sigterm() {
     );
 
     let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the webhook did not exit within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(status.success(), "exit status after SIGTERM: {status}");
     let rest: Vec<String> = rx.iter().collect();
     assert!(
         rest.iter().any(|l| l.contains("termination signal received")),
         "{rest:?}"
     );
+}
+
+/// A child killed and reaped when the test ends, passing or failing.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

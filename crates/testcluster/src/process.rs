@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -166,33 +166,8 @@ impl Process {
     /// Spawns `command` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, mut command: Command, log: &Path) -> std::io::Result<Process> {
         let out = File::options().create(true).append(true).open(log)?;
-        command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .process_group(0);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                let parent = libc::getppid();
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent died between fork and prctl: do not start orphaned.
-                if parent == 1 {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        let (reply, rx) = mpsc::channel();
-        lock(supervisor())
-            .send(Request { command, reply })
-            .map_err(|_| std::io::Error::other("the process supervisor is gone"))?;
-        let child = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the process supervisor is gone"))??;
-        lock(registry()).groups.push((child.id() as i32, name.to_string()));
+        command.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        let child = spawn_guarded(name, command)?;
         Ok(Process {
             name: name.to_string(),
             child,
@@ -253,6 +228,101 @@ impl Process {
         }
         let _ = self.child.try_wait();
     }
+}
+
+/// Spawns `command` from the supervisor thread, in a process group of its
+/// own, with the parent-death signal, and registers the group for the exit hook.
+fn spawn_guarded(name: &str, mut command: Command) -> std::io::Result<Child> {
+    command.process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let parent = libc::getppid();
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: do not start orphaned.
+            if parent == 1 {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let (reply, rx) = mpsc::channel();
+    lock(supervisor())
+        .send(Request { command, reply })
+        .map_err(|_| std::io::Error::other("the process supervisor is gone"))?;
+    let child = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the process supervisor is gone"))??;
+    lock(registry()).groups.push((child.id() as i32, name.to_string()));
+    Ok(child)
+}
+
+/// Runs `command` to its end under the same guard as [`Process`] (its own
+/// process group, killed with the test process), with `input` on its standard
+/// input and its output collected. When it has not ended within `limit`, its
+/// whole group is killed and the error (`TimedOut`) says what it had printed.
+pub fn output_within(mut command: Command, input: Option<Vec<u8>>, limit: Duration) -> std::io::Result<Output> {
+    use std::io::{Read, Write};
+    let shown = format!("{command:?}");
+    command
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn_guarded(&shown, command)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {shown}: {e}")))?;
+    let pid = child.id() as i32;
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        // A writer of its own: a child that does not read its input must not block us.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The group goes either way: nothing it started outlives the command.
+    // SAFETY: signalling the group this function created.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    lock(registry()).groups.retain(|(p, _)| *p != pid);
+    let timed_out = status.is_none();
+    let status = match status {
+        Some(status) => status,
+        None => child.wait()?,
+    };
+    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    if timed_out {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "{shown} did not end within {limit:?} and was killed; it printed:\n{}{}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            ),
+        ));
+    }
+    Ok(Output { status, stdout, stderr })
 }
 
 impl Drop for Process {
@@ -341,5 +411,54 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+}
+
+#[cfg(test)]
+mod output_within_tests {
+    use super::*;
+
+    #[test]
+    fn output_within_collects_the_output_and_feeds_the_input() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "cat; echo err >&2; exit 3"]);
+        let out = output_within(cmd, Some(b"in\n".to_vec()), Duration::from_secs(20)).unwrap();
+        assert_eq!(
+            (out.status.code(), &out.stdout[..], &out.stderr[..]),
+            (Some(3), &b"in\n"[..], &b"err\n"[..])
+        );
+    }
+
+    #[test]
+    fn output_within_kills_the_whole_group_past_its_limit_and_says_so() {
+        let dir = std::env::temp_dir().join(format!("dg-output-within-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("grandchild.pid");
+        let mut cmd = Command::new("sh");
+        // A grandchild holding the output pipe open, as a forked daemon would.
+        cmd.arg("-c").arg(format!(
+            "sleep 600 & echo $! > {}; echo started; wait",
+            pid_file.display()
+        ));
+        let started = Instant::now();
+        let err = output_within(cmd, None, Duration::from_millis(500)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("started"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the limit freed the caller"
+        );
+        let grandchild: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // Gone, or a zombie waiting for whoever reaps orphans here: not running.
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+        };
+        let waited = Instant::now();
+        while running() && waited.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!running(), "the grandchild {grandchild} outlived the limit");
     }
 }
