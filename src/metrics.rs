@@ -33,7 +33,7 @@ pub struct EndpointLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// ok or error.
+    /// ok or error (certificate reloads: reloaded or rejected).
     pub result: String,
 }
 
@@ -97,6 +97,9 @@ pub struct Metrics {
     /// Passes of the audit's image reader, and the images each read.
     image_audit_passes: Counter,
     image_audit_reads: Counter,
+    /// Serving certificates that changed on disk: reloaded, or rejected (the
+    /// previous one kept).
+    tls_reloads: Family<ResultLabels, Counter>,
     /// The admission series, resolved once (see [`ENDPOINTS`], [`VERDICTS`]).
     admission: AdmissionSeries,
     registry: Registry,
@@ -250,7 +253,16 @@ impl Default for Metrics {
             "Images the audit's image reader read from their registry (due: never read, or older than the refresh interval)",
             image_audit_reads.clone(),
         );
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Reads of serving certificate files that changed on disk, by result: reloaded, or rejected (unreadable, \
+             or a key that does not match: the previous certificate is still served and the files are read again at \
+             the next check)",
+            tls_reloads.clone(),
+        );
         Metrics {
+            tls_reloads,
             admission: AdmissionSeries::resolve(&reviews, &latency),
             image_audit_passes,
             image_audit_reads,
@@ -346,6 +358,14 @@ impl Metrics {
     }
 
     /// The audit woke while another replica leads, and wrote nothing.
+    /// The serving certificate changed on disk and was `reloaded` (or not).
+    pub(crate) fn tls_reload(&self, reloaded: bool) {
+        let result = if reloaded { "reloaded" } else { "rejected" };
+        self.tls_reloads
+            .get_or_create(&ResultLabels { result: result.into() })
+            .inc();
+    }
+
     pub(crate) fn audit_skipped(&self) {
         self.audit_skipped.inc();
     }

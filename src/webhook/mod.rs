@@ -374,15 +374,20 @@ pub async fn start_with_certs(
         shutdown_grace,
         limits,
     ));
+    let metrics = state.metrics.clone();
     let reloader = tokio::spawn(async move {
         let mut tick = tokio::time::interval(tls_reload);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             match certs.reload_if_changed() {
-                Ok(true) => info!("tls certificate changed on disk and was reloaded"),
+                Ok(true) => {
+                    metrics.tls_reload(true);
+                    info!("tls certificate changed on disk and was reloaded")
+                }
                 Ok(false) => {}
                 Err(e) => {
+                    metrics.tls_reload(false);
                     warn!(error = %e, "tls certificate files changed but cannot be used; serving the previous one")
                 }
             }

@@ -330,14 +330,26 @@ async fn health_readiness_and_metrics_are_served() {
 }
 
 #[tokio::test]
-async fn a_rotated_certificate_is_served_without_restart_or_dropping_connections() {
+async fn a_rotated_certificate_is_served_without_restart_or_dropping_connections_and_a_half_written_pair_is_rejected() {
     let hook = TestWebhook::start(PolicySet::builtin_default()).await;
     let mut old_conn = hook.connect().await;
     let first = old_conn.peer_cert.clone();
     let rotated = hook.ca.serving_cert(2);
-    // A half-written pair (new cert, old key) must not replace the working one.
+    // A half-written pair (new cert, old key) must not replace the working one:
+    // once the reloader has read and rejected it, the old certificate is served.
     std::fs::write(&hook.cert_path, &rotated.cert_pem).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rejected = "distroless_guard_tls_reloads_total{result=\"rejected\"}";
+    let mut metrics_conn = hook.connect().await;
+    let mut seen = false;
+    for _ in 0..100 {
+        let (_, text) = metrics_conn.get("/metrics").await;
+        if String::from_utf8_lossy(&text).lines().any(|l| l.starts_with(rejected)) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the reloader never read the half-written pair");
     assert_eq!(hook.connect().await.peer_cert, first, "a mismatched pair is ignored");
     std::fs::write(&hook.key_path, &rotated.key_pem).unwrap();
     let mut served = None;
@@ -355,6 +367,11 @@ async fn a_rotated_certificate_is_served_without_restart_or_dropping_connections
     assert_eq!(served, expected);
     // The connection opened before the rotation still works.
     assert_eq!(old_conn.get("/healthz").await.0, StatusCode::OK);
+    let (_, text) = metrics_conn.get("/metrics").await;
+    assert!(
+        String::from_utf8_lossy(&text).contains("distroless_guard_tls_reloads_total{result=\"reloaded\"} 1"),
+        "the reload is counted once"
+    );
 }
 
 #[tokio::test]
