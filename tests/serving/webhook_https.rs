@@ -277,30 +277,54 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
-async fn other_kinds_subresources_and_operations_are_allowed_untouched() {
+async fn other_kinds_subresources_and_operations_are_allowed_untouched_by_validate_and_mutate() {
     let hook = TestWebhook::start(PolicySet::builtin_default()).await;
     let mut conn = hook.connect().await;
-    let mut review = data("deployment-exec-probe.json");
-    review["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "ControllerRevision"});
-    assert_eq!(
-        response(&conn.post("/validate", body(&review)).await.1)["allowed"],
-        true
-    );
+    // Allowed, with nothing added: no patch, no warning, no status.
+    let untouched = |resp: &Value, what: &str| {
+        assert_eq!(resp["allowed"], true, "{what}: {resp}");
+        for field in ["patch", "patchType", "warnings", "status"] {
+            assert!(resp.get(field).is_none(), "{what}: {field} in {resp}");
+        }
+    };
+    let mut cases = Vec::new();
+    let mut revision = data("deployment-exec-probe.json");
+    revision["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "ControllerRevision"});
+    cases.push(("a ControllerRevision", revision));
     let mut scale = data("deployment-exec-probe.json");
     scale["request"]["subResource"] = json!("scale");
-    assert_eq!(response(&conn.post("/validate", body(&scale)).await.1)["allowed"], true);
+    cases.push(("a Deployment's scale", scale));
     let mut delete = data("deployment-exec-probe.json");
     delete["request"]["operation"] = json!("DELETE");
     delete["request"]["object"] = Value::Null;
-    assert_eq!(
-        response(&conn.post("/validate", body(&delete)).await.1)["allowed"],
-        true
-    );
+    cases.push(("a Deployment's delete", delete));
     let mut other_group = data("cronjob-shell.json");
     other_group["request"]["kind"]["group"] = json!("batch.example.com");
+    cases.push(("a CronJob of another group", other_group));
+    // The pod the mutating webhook patches on creation (checked below), on
+    // anything but a creation: untouched.
+    let pod = data("captured/pod-create.json");
+    let mut update = pod.clone();
+    update["request"]["operation"] = json!("UPDATE");
+    update["request"]["oldObject"] = update["request"]["object"].clone();
+    cases.push(("a Pod's update", update));
+    let mut status = pod.clone();
+    status["request"]["operation"] = json!("UPDATE");
+    status["request"]["subResource"] = json!("status");
+    status["request"]["oldObject"] = status["request"]["object"].clone();
+    cases.push(("a Pod's status", status));
+    cases.push(("a Pod's delete", data("captured/pod-delete.json")));
+    for (what, review) in &cases {
+        for endpoint in ["/validate", "/mutate"] {
+            let resp = response(&conn.post(endpoint, body(review)).await.1);
+            untouched(&resp, &format!("{what} on {endpoint}"));
+        }
+    }
+    // The control: the same pod's creation is patched.
+    let created = response(&conn.post("/mutate", body(&pod)).await.1);
     assert_eq!(
-        response(&conn.post("/validate", body(&other_group)).await.1)["allowed"],
-        true
+        (created["allowed"].as_bool(), created["patchType"].as_str()),
+        (Some(true), Some("JSONPatch"))
     );
 }
 
