@@ -55,7 +55,7 @@ fn exec_probe_is_reported_with_its_field_path_and_the_fix() {
     assert!(
         violation
             .message
-            .starts_with("container \"app\" has an exec livenessProbe"),
+            .starts_with("container \"app\" has an exec livenessProbe (exec: \"cat /tmp/ok\");"),
         "{}",
         violation.message
     );
