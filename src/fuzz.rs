@@ -12,21 +12,23 @@ use crate::policy::PolicySet;
 
 /// The policies the admission target runs with: the built-in default plus the
 /// examples (selectors, exceptions, image rules, every action).
+/// The example policies; a target fails at its first input when they stop
+/// reading or compiling, rather than fuzz fewer rules unnoticed.
 fn policies() -> PolicySet {
     let mut policies = Vec::new();
-    for text in [
-        include_str!("../examples/policies/enforce.yaml"),
-        include_str!("../examples/policies/audit.yaml"),
+    for (name, text) in [
+        ("enforce.yaml", include_str!("../examples/policies/enforce.yaml")),
+        ("audit.yaml", include_str!("../examples/policies/audit.yaml")),
     ] {
-        if let Ok(docs) = crate::manifest::parse("example.yaml", text) {
-            policies.extend(
-                docs.into_iter()
-                    .filter(|d| d.kind() == "DistrolessPolicy")
-                    .filter_map(|d| serde_json::from_value::<crate::api::DistrolessPolicy>(d.value).ok()),
-            );
+        let docs = crate::manifest::parse(name, text).unwrap_or_else(|e| panic!("examples/policies/{name}: {e}"));
+        for doc in docs.into_iter().filter(|d| d.kind() == "DistrolessPolicy") {
+            let policy = serde_json::from_value::<crate::api::DistrolessPolicy>(doc.value)
+                .unwrap_or_else(|e| panic!("examples/policies/{name}: {e}"));
+            policies.push(policy);
         }
     }
-    PolicySet::new(&policies).unwrap_or_else(|_| PolicySet::builtin_default())
+    assert!(!policies.is_empty(), "examples/policies holds no DistrolessPolicy");
+    PolicySet::new(&policies).unwrap_or_else(|e| panic!("examples/policies do not compile: {e}"))
 }
 
 struct Webhook {

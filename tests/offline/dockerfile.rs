@@ -51,8 +51,13 @@ fn the_final_stage_is_distroless_and_non_root() {
 }
 
 #[test]
-fn entrypoint_and_cmd_are_exec_form() {
-    for line in final_stage() {
+fn the_final_stage_has_an_entrypoint_and_its_entrypoint_and_cmd_are_exec_form() {
+    let stage = final_stage();
+    assert!(
+        stage.iter().any(|l| l.to_uppercase().starts_with("ENTRYPOINT ")),
+        "no ENTRYPOINT in the final stage: {stage:?}"
+    );
+    for line in stage {
         let upper = line.to_uppercase();
         if upper.starts_with("ENTRYPOINT ") || upper.starts_with("CMD ") {
             let args = line.split_once(' ').unwrap().1.trim();
