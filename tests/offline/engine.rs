@@ -203,6 +203,24 @@ spec:
 "#;
 
 #[test]
+fn a_long_script_is_quoted_on_one_line_and_cut_at_sixty_characters() {
+    let script = format!("echo\n  {}", "x".repeat(100));
+    let d = deployment(json!([{"name": "app", "image": "a", "command": ["sh", "-c", script]}]));
+    let v = judge(&PolicySet::builtin_default(), &d);
+    let message = &v.violations[0].message;
+    let shown = format!("(sh -c \"echo {}\"...)", "x".repeat(55));
+    assert!(message.contains(&shown), "{message}");
+    // Sixty characters exactly are shown whole.
+    let d =
+        deployment(json!([{"name": "app", "image": "a", "command": ["sh", "-c", format!("echo {}", "x".repeat(55))]}]));
+    let message = &judge(&PolicySet::builtin_default(), &d).violations[0].message;
+    assert!(
+        message.contains(&format!("(sh -c \"echo {}\")", "x".repeat(55))),
+        "{message}"
+    );
+}
+
+#[test]
 fn the_strictest_action_of_all_matching_policies_wins() {
     let set = policies(TWO_POLICIES);
     let d = deployment(json!([{"name": "app", "image": "a", "command": ["sh", "-c", "x"],
