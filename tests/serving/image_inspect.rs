@@ -317,7 +317,7 @@ async fn a_decompression_bomb_is_stopped_with_a_clear_error() {
 }
 
 #[tokio::test]
-async fn a_missing_tag_and_a_down_registry_are_named_errors() {
+async fn a_missing_tag_and_a_down_registry_are_named_errors_and_a_refused_connection_is_not_waited_out() {
     let mut registry = TestRegistry::start();
     let insp = inspector(&registry);
     let err = insp
@@ -327,13 +327,15 @@ async fn a_missing_tag_and_a_down_registry_are_named_errors() {
     assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
     let image = registry.image("gone/app:1");
     registry.stop();
+    // A refused connection is reported as such, not waited out: the deadline
+    // is a minute, the bound (generous, for a busy machine) a sixth of it.
     let started = Instant::now();
     let err = insp
-        .inspect(&image, &Platform::default(), Some(Duration::from_secs(5)))
+        .inspect(&image, &Platform::default(), Some(Duration::from_secs(60)))
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::Unreachable { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
 
 /// A TCP proxy that waits before forwarding each connection.
