@@ -123,16 +123,10 @@ async fn run(cp: &'static ControlPlane) {
         .await
         .unwrap();
     let (mut detect, mut act, mut endpoints) = (Vec::new(), Vec::new(), Vec::new());
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for i in 0..RUNS {
         let (kind, _) = &kinds[i % kinds.len()];
         let (d, a, e) = one_run(&client, &format!("run-{i}"), kind).await;
-        println!(
-            "run {i} ({kind}): detect {:.0} ms, gates closed {:.0} ms, then out of the endpoints {:.0} ms",
-            ms(d),
-            ms(a),
-            ms(e)
-        );
+        println!("run {i} ({kind}): detect {d:.0} ms, gates closed {a:.0} ms, then out of the endpoints {e:.0} ms");
         detect.push(d);
         act.push(a);
         endpoints.push(e);
@@ -143,9 +137,9 @@ async fn run(cp: &'static ControlPlane) {
         println!("ready-timeout run {i}: RolledBack {l:.0} ms after the timeout ran out");
         late.push(l);
     }
-    let stat = |v: &mut Vec<Duration>| {
-        v.sort();
-        (ms(v[(v.len() - 1) / 2]), ms(v[v.len() - 1]))
+    let stat = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[(v.len() - 1) / 2], v[v.len() - 1])
     };
     let (d50, dmax) = stat(&mut detect);
     let (a50, amax) = stat(&mut act);
@@ -331,17 +325,10 @@ async fn one_real_run(client: &kube::Client, ns: &str, standard: &str, broken: &
     let rolled_back = within(timeout, rolled_back, "RolledBack").await;
     let gone = within(timeout, all_gone, "the canary pods gone").await;
     let failed = failed_at.lock().expect("failure time");
-    let ms = |later: Instant| {
-        if later >= failed {
-            later.duration_since(failed).as_secs_f64() * 1e3
-        } else {
-            -(failed.duration_since(later).as_secs_f64() * 1e3)
-        }
-    };
-    // Seen before it failed: the difference is negative, the kubelet's time its opposite.
-    let kubelet = -ms(seen_at.lock().expect("a canary pod seen"));
+    // Seen before it failed: the kubelet's time.
+    let kubelet = signed_ms(failed, seen_at.lock().expect("a canary pod seen"));
     delete_namespace(client, ns).await;
-    (kubelet, ms(rolled_back), ms(gone))
+    (kubelet, signed_ms(rolled_back, failed), signed_ms(gone, failed))
 }
 
 /// A namespace `ns` with a `REPLICAS`-pod Deployment `web` (kwok's nodes)
@@ -405,7 +392,9 @@ fn when_gates_closed(pods: Api<Pod>) -> tokio::task::JoinHandle<Instant> {
 
 /// One rollout to a failing canary: (failure shown → RolledBack, failure
 /// shown → every serving gate closed, gates closed → out of the endpoints).
-async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Duration, Duration) {
+/// Signed, in ms: each instant is taken by a watch of its own, and a later
+/// event may be seen first; a negative figure says so instead of a 0.
+async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (f64, f64, f64) {
     rollout_at_half(client, ns, "registry.example.com/web:1-distroless", json!({})).await;
     let rollouts = rollouts(client, ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -483,9 +472,9 @@ async fn one_run(client: &kube::Client, ns: &str, kind: &str) -> (Duration, Dura
     let gone = within(timeout, out_of_endpoints, "the canary out of the endpoints").await;
     let closed = within(timeout, closed, "the serving gates closed").await;
     let failed = failed_at.lock().expect("failure time");
-    let detect = rolled_back.saturating_duration_since(failed);
-    let act = closed.saturating_duration_since(failed);
-    let endpoints = gone.saturating_duration_since(closed);
+    let detect = signed_ms(rolled_back, failed);
+    let act = signed_ms(closed, failed);
+    let endpoints = signed_ms(gone, closed);
     delete_namespace(client, ns).await;
     (detect, act, endpoints)
 }
@@ -524,5 +513,13 @@ async fn one_timeout_run(client: &kube::Client, ns: &str) -> f64 {
         rolled_back.duration_since(deadline).as_secs_f64() * 1e3
     } else {
         -(deadline.duration_since(rolled_back).as_secs_f64() * 1e3)
+    }
+}
+
+/// `later - earlier` in ms, negative when `later` came first.
+fn signed_ms(later: Instant, earlier: Instant) -> f64 {
+    match later.checked_duration_since(earlier) {
+        Some(d) => d.as_secs_f64() * 1e3,
+        None => -(earlier.duration_since(later).as_secs_f64() * 1e3),
     }
 }
