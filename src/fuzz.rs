@@ -110,6 +110,11 @@ pub fn manifests(data: &[u8]) {
     let _ = crate::manifest::verdicts::check(&mut docs.clone(), &policies, now, false, None);
     let fixed = crate::manifest::verdicts::check(&mut docs, &policies, now, true, None);
     let again = crate::manifest::verdicts::check(&mut docs, &policies, now, false, None);
+    assert_eq!(
+        fixed.results.len(),
+        again.results.len(),
+        "a fixed file reads as as many objects"
+    );
     for (a, b) in fixed.results.iter().zip(&again.results) {
         assert_eq!(a.allowed, b.allowed, "a fixed object's verdict is stable: {}", a.source);
     }

@@ -363,6 +363,9 @@ proptest! {
                     // Appending ALL to a drop list keeps every entry that was there.
                     if b.iter().all(|x| a.contains(x)) { Ok(()) } else { Err(format!("{path} lost entries")) }
                 }
+                (Value::Array(b), Value::Array(a)) if b.len() != a.len() => {
+                    Err(format!("{path} went from {} to {} entries", b.len(), a.len()))
+                }
                 (Value::Array(b), Value::Array(a)) => b.iter().zip(a).enumerate()
                     .try_for_each(|(i, (bv, av))| walk(bv, av, &format!("{path}/{i}"), fs_override)),
                 _ if path == "/spec/securityContext/fsGroup" && fs_override => Ok(()),
