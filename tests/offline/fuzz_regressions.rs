@@ -7,6 +7,9 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
+/// How long one input may take before the replay calls it a hang.
+const INPUT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 const TARGETS: &[(&str, Target)] = &[
     ("admission_review", distroless_guard::fuzz::admission_review),
     ("manifests", distroless_guard::fuzz::manifests),
@@ -31,7 +34,7 @@ fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn every_fuzz_target_has_seeds_and_its_seeds_and_regressions_replay_cleanly() {
+fn every_fuzz_target_has_seeds_and_its_seeds_and_regressions_replay_without_a_panic_or_a_hang() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let declared = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
     for (name, target) in TARGETS {
@@ -44,8 +47,19 @@ fn every_fuzz_target_has_seeds_and_its_seeds_and_regressions_replay_cleanly() {
         let regressions = inputs(&fuzz.join("regressions").join(name));
         for input in seeds.iter().chain(&regressions) {
             let data = std::fs::read(input).unwrap();
-            let outcome = std::panic::catch_unwind(|| target(&data));
-            assert!(outcome.is_ok(), "{name} panicked on {}", input.display());
+            // On a thread of its own, so that a hang regression fails the test
+            // (naming the input) instead of holding it: each input takes
+            // milliseconds; the bound is far above that.
+            let (done, outcome) = std::sync::mpsc::channel();
+            let target = *target;
+            std::thread::spawn(move || {
+                let _ = done.send(std::panic::catch_unwind(|| target(&data)).is_ok());
+            });
+            match outcome.recv_timeout(INPUT_LIMIT) {
+                Ok(true) => {}
+                Ok(false) => panic!("{name} panicked on {}", input.display()),
+                Err(_) => panic!("{name} did not finish {} within {INPUT_LIMIT:?}", input.display()),
+            }
         }
     }
     let targets_in_toml = declared.matches("[[bin]]").count();
