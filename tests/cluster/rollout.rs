@@ -292,7 +292,7 @@ async fn a_healthy_rollout_moves_through_staging_and_weights_without_touching_th
 }
 
 #[tokio::test]
-async fn every_kind_of_canary_failure_rolls_back_within_seconds_with_its_reason_and_hint() {
+async fn every_kind_of_canary_failure_rolls_back_long_before_its_bake_ends_with_its_reason_and_hint() {
     let release = Release::install("distroless-guard-fail", &[]).await;
     let ns = release.namespace("fail", &[]).await;
     let sh = "exec: \"sh\": executable file not found in $PATH";
@@ -363,6 +363,9 @@ async fn every_kind_of_canary_failure_rolls_back_within_seconds_with_its_reason_
         .await;
     }
     for (case, _, reason, hint) in &cases {
+        // The bound (60 s, generous for a busy machine) is half the bake: the
+        // failure rolled it back, not the bake's end. How fast is the rollout
+        // bench's figure (`detect_p50_ms`).
         let s = wait_phase(&ns, case, "RolledBack", 60).await;
         let f = &s["failure"];
         assert_eq!(f["reason"], *reason, "{case}: {s:#}");
