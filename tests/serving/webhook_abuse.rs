@@ -210,7 +210,14 @@ async fn an_http2_rapid_reset_flood_ends_that_connection_and_reviews_go_on() {
         .unwrap();
     let e = outcome.expect_err("the server ends the flooding connection with an error");
     eprintln!("after {sent} streams sent and reset: {e:?}");
-    // A GOAWAY (ENHANCE_YOUR_CALM), or the socket closed under the client's writes.
-    assert!(e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(), "{e:?}");
+    // A GOAWAY (ENHANCE_YOUR_CALM), or the socket closed under the client's
+    // writes (the server ended it while 20,000 resets were still being sent).
+    let closed = e.get_io().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )
+    });
+    assert!(e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || closed, "{e:?}");
     still_serving(&w).await;
 }
