@@ -286,6 +286,25 @@ mod tests {
     }
 
     #[test]
+    fn deployments_daemon_sets_and_replica_sets_of_the_old_extensions_group_are_the_apps_ones() {
+        for (kind, expected) in [
+            ("Deployment", WorkloadKind::Deployment),
+            ("DaemonSet", WorkloadKind::DaemonSet),
+            ("ReplicaSet", WorkloadKind::ReplicaSet),
+        ] {
+            assert_eq!(
+                WorkloadKind::from_api_version_kind("extensions/v1beta1", kind),
+                Some(expected)
+            );
+        }
+        // Nothing else of that group carries a pod spec.
+        assert_eq!(
+            WorkloadKind::from_api_version_kind("extensions/v1beta1", "Ingress"),
+            None
+        );
+    }
+
+    #[test]
     fn a_job_of_another_api_group_is_not_a_batch_job() {
         let obj = json!({"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job", "metadata": {"name": "j"}});
         assert!(Workload::from_value(&obj).unwrap().is_none());
