@@ -227,38 +227,30 @@ async fn handle_rollout(state: &AppState, body: Result<Bytes, BytesRejection>) -
 
 /// The router: `/validate`, `/mutate`, `/validate-resources`, `/rollouts`, `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
+    type Shared = State<Arc<AppState>>;
+    type Body = Result<Bytes, BytesRejection>;
     Router::new()
         .route(
             "/rollouts",
-            post(
-                |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
-                    handle_rollout(&s, body).await
-                },
-            ),
+            post(|State(s): Shared, body: Body| async move { handle_rollout(&s, body).await }),
         )
         .route(
             "/validate",
-            post(
-                |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
-                    handle_review::<ObjectShape>(&s, Endpoint::Validate, body).await
-                },
-            ),
+            post(|State(s): Shared, body: Body| async move {
+                handle_review::<ObjectShape>(&s, Endpoint::Validate, body).await
+            }),
         )
         .route(
             "/mutate",
-            post(
-                |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
-                    handle_review::<ObjectShape>(&s, Endpoint::Mutate, body).await
-                },
-            ),
+            post(|State(s): Shared, body: Body| async move {
+                handle_review::<ObjectShape>(&s, Endpoint::Mutate, body).await
+            }),
         )
         .route(
             "/validate-resources",
-            post(
-                |State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>| async move {
-                    handle_review::<serde_json::Value>(&s, Endpoint::ValidateResources, body).await
-                },
-            ),
+            post(|State(s): Shared, body: Body| async move {
+                handle_review::<serde_json::Value>(&s, Endpoint::ValidateResources, body).await
+            }),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone())
