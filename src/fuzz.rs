@@ -113,7 +113,7 @@ pub fn manifests(data: &[u8]) {
     assert_eq!(
         fixed.results.len(),
         again.results.len(),
-        "a fixed file reads as as many objects"
+        "a fixed file reads as as many objects as before"
     );
     for (a, b) in fixed.results.iter().zip(&again.results) {
         assert_eq!(a.allowed, b.allowed, "a fixed object's verdict is stable: {}", a.source);

@@ -97,8 +97,8 @@ pub struct Metrics {
     /// Passes of the audit's image reader, and the images each read.
     image_audit_passes: Counter,
     image_audit_reads: Counter,
-    /// Serving certificates that changed on disk: reloaded, or rejected (the
-    /// previous one kept).
+    /// Reads of serving certificate files that changed on disk: reloaded, or
+    /// rejected (the previous certificate kept, the files read again next check).
     tls_reloads: Family<ResultLabels, Counter>,
     /// The admission series, resolved once (see [`ENDPOINTS`], [`VERDICTS`]).
     admission: AdmissionSeries,
