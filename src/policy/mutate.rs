@@ -191,3 +191,64 @@ fn mutate_container(ops: &mut Vec<PatchOperation>, base: &str, sc: Option<&Secur
     }
     add_fields(ops, base, sc.is_some(), fields);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(uid: i64, mutation: crate::api::Mutation) -> DistrolessPolicySpec {
+        DistrolessPolicySpec {
+            non_root_user: uid,
+            mutation,
+            ..DistrolessPolicySpec::default()
+        }
+    }
+
+    #[test]
+    fn merging_turns_each_hardening_on_when_any_policy_asks_and_takes_the_first_policys_uid() {
+        let off = crate::api::Mutation {
+            run_as_non_root: false,
+            ..Default::default()
+        };
+        // Each option asked for by one policy only, first or second by name.
+        let asks = [
+            crate::api::Mutation {
+                run_as_non_root: true,
+                ..off.clone()
+            },
+            crate::api::Mutation {
+                allow_privilege_escalation: Some(false),
+                ..off.clone()
+            },
+            crate::api::Mutation {
+                seccomp_runtime_default: true,
+                ..off.clone()
+            },
+            crate::api::Mutation {
+                drop_all_capabilities: true,
+                ..off.clone()
+            },
+        ];
+        let on = |m: &MutationSettings| {
+            [
+                m.run_as_non_root,
+                m.disallow_privilege_escalation,
+                m.seccomp_runtime_default,
+                m.drop_all_capabilities,
+            ]
+        };
+        for (i, ask) in asks.iter().enumerate() {
+            let mut expected = [false; 4];
+            expected[i] = true;
+            let first = [spec(1000, ask.clone()), spec(2000, off.clone())];
+            let second = [spec(1000, off.clone()), spec(2000, ask.clone())];
+            for specs in [first, second] {
+                let merged = MutationSettings::merge(&specs).unwrap();
+                assert_eq!((on(&merged), merged.uid), (expected, 1000), "option {i}");
+            }
+        }
+        let none = MutationSettings::merge(&[spec(1000, off.clone()), spec(2000, off)]).unwrap();
+        assert_eq!(on(&none), [false; 4]);
+        assert_eq!(MutationSettings::merge(&[]), None);
+    }
+}
