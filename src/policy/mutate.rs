@@ -251,4 +251,56 @@ mod tests {
         assert_eq!(on(&none), [false; 4]);
         assert_eq!(MutationSettings::merge(&[]), None);
     }
+
+    fn settings(fs_group: FsGroupMode) -> MutationSettings {
+        MutationSettings {
+            uid: 65532,
+            run_as_non_root: false,
+            run_as_user: RunAsUserMode::Never,
+            fs_group,
+            disallow_privilege_escalation: false,
+            seccomp_runtime_default: false,
+            drop_all_capabilities: false,
+        }
+    }
+
+    /// The fsGroup operations of the patch, as (op, value).
+    fn fs_group_ops(pod_security_context: Value, fs_group: FsGroupMode) -> Vec<(String, Value)> {
+        let spec: PodSpec =
+            serde_json::from_value(json!({"securityContext": pod_security_context, "containers": [{"name": "a"}]}))
+                .unwrap();
+        let patch = serde_json::to_value(mutation_patch(&spec, "/spec", &settings(fs_group))).unwrap();
+        patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|op| {
+                let value = match op["path"].as_str()? {
+                    "/spec/securityContext/fsGroup" => op["value"].clone(),
+                    "/spec/securityContext" => op["value"].get("fsGroup")?.clone(),
+                    _ => return None,
+                };
+                Some((op["op"].as_str()?.to_string(), value))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fs_group_override_sets_or_replaces_it_even_beside_another_user_and_if_unset_leaves_that_user_alone() {
+        let add = |v: i64| vec![("add".to_string(), json!(v))];
+        assert_eq!(
+            fs_group_ops(json!({"runAsUser": 999}), FsGroupMode::Override),
+            add(65532)
+        );
+        assert_eq!(fs_group_ops(json!({}), FsGroupMode::Override), add(65532));
+        assert_eq!(
+            fs_group_ops(json!({"fsGroup": 2000}), FsGroupMode::Override),
+            vec![("replace".to_string(), json!(65532))]
+        );
+        assert_eq!(fs_group_ops(json!({"fsGroup": 65532}), FsGroupMode::Override), vec![]);
+        assert_eq!(fs_group_ops(json!({}), FsGroupMode::IfUnset), add(65532));
+        assert_eq!(fs_group_ops(json!({"runAsUser": 999}), FsGroupMode::IfUnset), vec![]);
+        assert_eq!(fs_group_ops(json!({"fsGroup": 2000}), FsGroupMode::IfUnset), vec![]);
+        assert_eq!(fs_group_ops(json!({}), FsGroupMode::Never), vec![]);
+    }
 }
