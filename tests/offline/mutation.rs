@@ -87,15 +87,27 @@ fn fs_group_override_replaces_a_different_value() {
 }
 
 #[test]
-fn privileged_containers_do_not_get_allow_privilege_escalation_false() {
-    // The API server rejects allowPrivilegeEscalation: false next to privileged: true.
+fn privileged_and_sys_admin_containers_do_not_get_allow_privilege_escalation_false_and_others_do() {
+    // The API server rejects allowPrivilegeEscalation: false next to privileged: true
+    // or an added SYS_ADMIN, however the capability is spelled.
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [
         {"name": "a", "image": "a", "securityContext": {"privileged": true}},
-        {"name": "b", "image": "b", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}});
+        {"name": "b", "image": "b", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}},
+        {"name": "c", "image": "c", "securityContext": {"capabilities": {"add": ["CAP_SYS_ADMIN"]}}},
+        {"name": "d", "image": "d", "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}]}});
     let out = apply(&pod, &settings_all_on(65532));
-    for c in out["spec"]["containers"].as_array().unwrap() {
-        assert!(c["securityContext"].get("allowPrivilegeEscalation").is_none(), "{c}");
-    }
+    let set: Vec<(&str, Option<&Value>)> = out["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap(),
+                c["securityContext"].get("allowPrivilegeEscalation"),
+            )
+        })
+        .collect();
+    assert_eq!(set, [("a", None), ("b", None), ("c", None), ("d", Some(&json!(false)))]);
 }
 
 #[test]
