@@ -58,10 +58,11 @@ async fn pods_of_a_tag_repushed_with_a_shell_are_denied_and_the_replica_set_says
     })
     .await;
 
-    // The same tag now holds an image with a shell; the webhook judges it
-    // afresh once the tag's cache entry (1 s in tests) has gone.
+    // The same tag now holds an image with a shell; each replica of the
+    // webhook judges it afresh once its own cache entry for the tag (1 s in
+    // tests) has gone.
     push_with_shell(&image).await;
-    wait_until_denied_for_shell(&ns, &image).await;
+    wait_until_denied_for_shell(&release, &ns, &image).await;
     let out = kubectl(&["scale", "deployment/web", "-n", &ns, "--replicas=2"]).await;
     assert!(out.status.success(), "{}", text(&out).1);
 

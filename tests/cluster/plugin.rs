@@ -288,7 +288,7 @@ async fn explain_shows_rule_container_and_fix_from_the_replica_sets_failed_creat
         &Image::new(vec![Blob::layer(shell, Compression::Gzip)]).user("65532"),
     )
     .await;
-    wait_until_denied_for_shell(&ns, &image).await;
+    wait_until_denied_for_shell(&release, &ns, &image).await;
     kubectl_ok(&["scale", "deployment/web", "-n", &ns, "--replicas=2"]).await;
     wait_for("the FailedCreate Event", Duration::from_secs(60), || async {
         let ev = get_json(&["events", "-n", &ns, "--field-selector", "reason=FailedCreate"]).await?;

@@ -381,23 +381,49 @@ pub async fn wait_event(ns: &str, what: &str, matches: impl Fn(&Value) -> bool) 
     .await
 }
 
-/// Waits until the webhook judges `image` afresh and finds a shell in it: a
-/// server-side dry run of a pod with that image in `ns` (which a Deny
-/// policy covers) is refused for `image-has-shell`. Used after a tag was
-/// pushed again, instead of sleeping out the tag cache's TTL: the refusal is
-/// the proof the cached verdict for the old image is gone.
-pub async fn wait_until_denied_for_shell(ns: &str, image: &str) {
-    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "probe-shell", "namespace": ns},
-        "spec": {"containers": [{"name": "probe", "image": image}]}})
+/// Waits until every replica of `release` judges `image` afresh and finds a
+/// shell in it. Used after a tag was pushed again, instead of sleeping out
+/// the tag cache's TTL: each replica keeps its own cache, so an
+/// AdmissionReview of a pod with that image in `ns` (which a Deny policy
+/// covers) is sent to each replica's webhook directly, and each must refuse
+/// it for `image-has-shell`. (One refusal through the API server proves only
+/// that the replica it reached has read the new image.)
+pub async fn wait_until_denied_for_shell(release: &Release, ns: &str, image: &str) {
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "probe-shell", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": ns, "name": "probe-shell", "operation": "CREATE",
+        "userInfo": {"username": "test"},
+        "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe-shell", "namespace": ns},
+            "spec": {"containers": [{"name": "probe", "image": image}]}}}})
     .to_string();
-    wait_for(
-        "the webhook to read the re-pushed tag (a dry-run pod refused for image-has-shell)",
-        Duration::from_secs(30),
-        || async {
-            let out = kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &pod).await;
-            (!out.status.success() && text(&out).1.contains("[image-has-shell]")).then_some(())
-        },
-    )
-    .await;
+    for operator in &release.operators {
+        let url = format!("https://{}/validate", operator.webhook);
+        wait_for(
+            &format!(
+                "{} to read the re-pushed tag (refused for image-has-shell)",
+                operator.pod
+            ),
+            Duration::from_secs(30),
+            || async {
+                // The replica's own serving certificate, from the chart's CA:
+                // -k, since this talks to the test's own process on 127.0.0.1.
+                let mut curl = Command::new("curl");
+                curl.args([
+                    "-sk",
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    "@-",
+                    &url,
+                ]);
+                let out = output_with_input(curl, review.clone()).await;
+                let answer: Value = serde_json::from_slice(&out.stdout).ok()?;
+                let response = &answer["response"];
+                (response["allowed"] == false && response["status"]["message"].as_str()?.contains("[image-has-shell]"))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
 }
