@@ -477,12 +477,12 @@ fn check_helm_renders_the_chart_with_helm_and_judges_what_it_renders() {
     let safe = chart.path().join("safe.yaml");
     std::fs::write(&safe, "uid: 65532\n").unwrap();
     let check = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
+        let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+        check
             .args(["check", "--helm", chart.path().to_str().unwrap(), "-o", "json"])
             .args(extra)
-            .env("HELM", bins.path("helm"))
-            .output()
-            .unwrap()
+            .env("HELM", bins.path("helm"));
+        crate::command::output(check)
     };
     let out = check(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));

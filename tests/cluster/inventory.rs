@@ -185,10 +185,9 @@ async fn the_audit_reads_running_images_and_counts_shells_package_managers_and_u
     // And the same as a metric for a migration dashboard.
     let metrics = wait_for("the workloads metric", Duration::from_secs(30), || async {
         for o in &release.operators {
-            let out = std::process::Command::new("curl")
-                .args(["-sf", &format!("http://{}/metrics", o.health)])
-                .output()
-                .ok()?;
+            let mut curl = std::process::Command::new("curl");
+            curl.args(["-sf", "--max-time", "10", &format!("http://{}/metrics", o.health)]);
+            let out = output(curl).await;
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             if text.contains(&format!(
                 "distroless_guard_workloads{{namespace=\"{ns}\",state=\"not_distroless\"}} 2"

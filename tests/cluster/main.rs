@@ -4,6 +4,9 @@
 //! One control plane serves the whole binary; tests isolate themselves by
 //! namespace and release. Build the binaries once with `cargo xtask bins`.
 
+#[path = "../support/command.rs"]
+#[allow(dead_code)]
+mod command;
 #[path = "../support/corpus.rs"]
 mod corpus;
 #[path = "../support/registry.rs"]

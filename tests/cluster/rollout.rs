@@ -585,10 +585,9 @@ async fn a_restarted_leader_resumes_mid_bake_and_a_git_change_rebuilds_the_canar
         "the new leader's reconcile of the rollout",
         Duration::from_secs(30),
         || async {
-            let out = std::process::Command::new("curl")
-                .args(["-sf", &format!("http://{health}/metrics")])
-                .output()
-                .ok()?;
+            let mut curl = std::process::Command::new("curl");
+            curl.args(["-sf", "--max-time", "10", &format!("http://{health}/metrics")]);
+            let out = output(curl).await;
             String::from_utf8_lossy(&out.stdout).contains(&seen).then_some(())
         },
     )
@@ -717,11 +716,12 @@ async fn prometheus(web: Option<&PrometheusWeb>) -> Prometheus {
         .unwrap_or_else(|e| panic!("cannot start prometheus ({e}); install it with: apt-get install prometheus"));
     let address = format!("{scheme}://127.0.0.1:{prom_port}");
     wait_for("Prometheus to scrape the exporter", Duration::from_secs(60), || async {
-        let out = std::process::Command::new("curl")
+        let mut query = std::process::Command::new("curl");
+        query
+            .args(["--max-time", "10"])
             .args(&curl)
-            .arg(format!("{address}/api/v1/query?query=app_error_ratio"))
-            .output()
-            .ok()?;
+            .arg(format!("{address}/api/v1/query?query=app_error_ratio"));
+        let out = output(query).await;
         String::from_utf8_lossy(&out.stdout)
             .contains("\"app_error_ratio\"")
             .then_some(())
@@ -804,11 +804,11 @@ async fn a_metric_gate_reads_a_real_prometheus_over_https_with_basic_auth_and_th
     };
     let prom = prometheus(Some(&web)).await;
     // Without the password Prometheus refuses: the gate below reads only with it.
-    let anonymous = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-k"])
-        .arg(format!("{}/api/v1/query?query=up", prom.address))
-        .output()
-        .unwrap();
+    let mut anonymous = std::process::Command::new("curl");
+    anonymous
+        .args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "-k"])
+        .arg(format!("{}/api/v1/query?query=up", prom.address));
+    let anonymous = output(anonymous).await;
     assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401");
 
     let release = Release::install("distroless-guard-promauth", &[]).await;

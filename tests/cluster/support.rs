@@ -24,11 +24,6 @@ pub fn chart_dir() -> PathBuf {
     root().join("charts/distroless-guard")
 }
 
-/// How long any one command of a cluster test may run (helm, kubectl, the
-/// plugin): far beyond what each needs, so that a hung command fails its test
-/// with what it printed instead of holding the run until CI's limit.
-const COMMAND_LIMIT: Duration = Duration::from_secs(300);
-
 /// Runs a command off the async runtime and returns its output.
 pub async fn output(cmd: Command) -> Output {
     run(cmd, None).await
@@ -39,14 +34,12 @@ pub async fn output_with_input(cmd: Command, input: String) -> Output {
     run(cmd, Some(input.into_bytes())).await
 }
 
-/// Runs `cmd` under testcluster's guard (killed with the test process, its
-/// whole group killed past `COMMAND_LIMIT`).
+/// Runs `cmd` bounded, under testcluster's guard (`crate::command`), off the
+/// async runtime.
 async fn run(cmd: Command, input: Option<Vec<u8>>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        testcluster::process::output_within(cmd, input, COMMAND_LIMIT).unwrap_or_else(|e| panic!("{e}"))
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || crate::command::within(cmd, input, crate::command::LIMIT))
+        .await
+        .unwrap()
 }
 
 pub fn text(out: &Output) -> (String, String) {

@@ -13,19 +13,15 @@ fn bin() -> Command {
 }
 
 fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
+    let mut cmd = bin();
+    cmd.args(args);
+    crate::command::output(cmd)
 }
 
 fn run_stdin(args: &[&str], input: &str) -> Output {
-    let mut child = bin()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    let mut cmd = bin();
+    cmd.args(args);
+    crate::command::output_with_input(cmd, input)
 }
 
 fn json_results(out: &Output) -> Vec<Value> {
@@ -482,6 +478,15 @@ fn a_reader_that_stops_early_ends_check_quietly_not_with_a_panic() {
     // `| head -c 16`: read a little, then go away.
     let mut first = [0u8; 16];
     child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // Bounded: a check that blocks on its closed output is killed and fails here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("check still running 60 s after its reader went away");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -1,21 +1,19 @@
 //! Pod templates inside custom resources (Argo Rollouts, Ray, ECK, JobSet):
 //! found by `check` wherever they sit, judged as pods, fixed in place.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
 const CORPUS: &str = "tests/data/custom-resources/workloads.yaml";
 
 fn check(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
-        .arg("check")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+    cmd.arg("check")
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .env("NO_COLOR", "1");
+    crate::command::output(cmd)
 }
 
 fn results(out: &Output) -> Vec<Value> {

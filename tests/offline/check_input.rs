@@ -3,38 +3,26 @@
 //! objects at all, an object without a name.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 
 const ROOT_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: root\nspec:\n  securityContext:\n    runAsUser: 0\n  containers:\n  - name: app\n    image: app:1\n";
 
-/// Runs `check` and kills it if it has not ended within a minute (a
-/// generous bound, so a hang fails the test instead of holding up the run).
+/// Runs `check`; past a minute (a generous bound: a FIFO nobody writes must
+/// not hang it) it is killed and the test fails with what it printed.
 fn check(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
-        .arg("check")
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "check {args:?} still running after 60 s: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+    cmd.arg("check").args(args).env("NO_COLOR", "1");
+    crate::command::within(cmd, None, Duration::from_secs(60))
+}
+
+fn mkfifo(path: &Path) {
+    let mut cmd = Command::new("mkfifo");
+    cmd.arg(path);
+    let out = crate::command::output(cmd);
+    assert!(out.status.success(), "mkfifo (coreutils): {}", stderr(&out));
 }
 
 fn stderr(out: &Output) -> String {
@@ -65,10 +53,7 @@ fn a_fifo_named_like_a_manifest_is_reported_not_opened_and_the_files_beside_it_a
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a-root.yaml"), ROOT_POD).unwrap();
     let fifo = dir.path().join("b-pipe.yaml");
-    assert!(
-        Command::new("mkfifo").arg(&fifo).status().unwrap().success(),
-        "mkfifo (coreutils) is needed"
-    );
+    mkfifo(&fifo);
     let out = check(&["-f", path(dir.path()), "-o", "json"]);
     assert_eq!(
         out.status.code(),
@@ -92,7 +77,7 @@ fn a_fifo_named_like_a_manifest_is_reported_not_opened_and_the_files_beside_it_a
 fn a_fifo_named_on_the_command_line_is_read_as_process_substitution_gives_it() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("rendered");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    mkfifo(&fifo);
     let writer = {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::write(fifo, ROOT_POD).unwrap())

@@ -160,11 +160,9 @@ fn explicit_root_is_reported_and_never_given_run_as_non_root() {
             assert!(text.contains("\"runAsUser\":0"), "the explicit root is kept: {text}");
         }
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
-        .args(["check", "-o", "json", "-f"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let mut check = Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+    check.args(["check", "-o", "json", "-f"]).arg(&path);
+    let out = crate::command::output(check);
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rules: Vec<(&str, &str)> = report["results"]

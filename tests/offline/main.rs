@@ -2,6 +2,8 @@
 //! (with property tests and Kubernetes' own PSA fixtures), the CRD, the real
 //! `distroless-guard` binary offline, the crate's architecture, the Dockerfile.
 
+#[path = "../support/command.rs"]
+mod command;
 #[path = "../support/corpus.rs"]
 mod corpus;
 #[path = "../support/psa.rs"]

@@ -203,13 +203,9 @@ fn every_value_set_renders_objects_valid_against_the_kubernetes_schemas() {
 fn the_validator_in_these_tests_catches_a_broken_template() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("distroless-guard");
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(chart_dir())
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let mut cp = Command::new("cp");
+    cp.arg("-r").arg(chart_dir()).arg(&copy);
+    assert!(crate::command::output(cp).status.success());
     let deployment = copy.join("templates/deployment.yaml");
     let text = std::fs::read_to_string(&deployment).unwrap();
     let broken = text.replace(
@@ -627,11 +623,9 @@ fn the_operators_own_pod_passes_its_own_default_policy() {
         // The same engine the webhook runs, over the rendered chart: nothing to report.
         let file = dir.path().join(format!("{}.json", name.replace(' ', "-")));
         std::fs::write(&file, serde_json::to_vec(&r.as_list()).unwrap()).unwrap();
-        let out = Command::new(bin)
-            .args(["check", "-o", "json", "-f"])
-            .arg(&file)
-            .output()
-            .unwrap();
+        let mut check = Command::new(bin);
+        check.args(["check", "-o", "json", "-f"]).arg(&file);
+        let out = crate::command::output(check);
         let report: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|_| panic!("{name}: {}", String::from_utf8_lossy(&out.stderr)));
         let results = report["results"].as_array().unwrap();

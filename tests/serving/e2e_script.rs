@@ -16,11 +16,9 @@ fn read(path: &str) -> String {
 #[test]
 fn the_scripts_pass_shellcheck() {
     for script in ["e2e/run.sh", ".ci/run", "plugins/render-krew.sh"] {
-        let out = Command::new(shellcheck())
-            .arg("--severity=style")
-            .arg(root().join(script))
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(shellcheck());
+        cmd.arg("--severity=style").arg(root().join(script));
+        let out = crate::command::output(cmd);
         assert!(
             out.status.success(),
             "shellcheck {script}:\n{}",
@@ -108,11 +106,12 @@ fn the_script_checks_what_users_see() {
 #[test]
 fn the_krew_manifest_rendered_for_a_release_installs_the_plugin_from_its_archive() {
     let sum = "a".repeat(64);
-    let out = Command::new("bash")
-        .arg(root().join("plugins/render-krew.sh"))
-        .args(["1.2.3", "example/distroless-guard", &sum, &"b".repeat(64)])
-        .output()
-        .unwrap();
+    let render = |args: &[&str]| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(root().join("plugins/render-krew.sh")).args(args);
+        crate::command::output(cmd)
+    };
+    let out = render(&["1.2.3", "example/distroless-guard", &sum, &"b".repeat(64)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains('@'), "a placeholder is left: {text}");
@@ -155,10 +154,6 @@ fn the_krew_manifest_rendered_for_a_release_installs_the_plugin_from_its_archive
             );
         }
     }
-    let bad = Command::new("bash")
-        .arg(root().join("plugins/render-krew.sh"))
-        .args(["1.2.3", "example/x", "nope", &sum])
-        .output()
-        .unwrap();
+    let bad = render(&["1.2.3", "example/x", "nope", &sum]);
     assert_eq!(bad.status.code(), Some(2));
 }

@@ -532,11 +532,11 @@ fn the_inspect_command_prints_json_and_exits_by_verdict() {
         push(&bad, &Image::new(vec![debian_layer(Compression::Gzip)])).await;
     });
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
+        let mut inspect = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+        inspect
             .args(["inspect", "--insecure-registry", &registry.host()])
-            .args(args)
-            .output()
-            .unwrap()
+            .args(args);
+        crate::command::output(inspect)
     };
     let out = run(&[&good, "-o", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

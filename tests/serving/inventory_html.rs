@@ -8,11 +8,9 @@ use crate::support::registry::{Blob, Compression, Image, Layer, TestRegistry, pu
 
 fn chromium() -> &'static str {
     for c in ["chromium", "chromium-browser"] {
-        if Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        let mut version = Command::new(c);
+        version.arg("--version");
+        if testcluster::process::output_within(version, None, crate::command::LIMIT).is_ok_and(|o| o.status.success()) {
             return c;
         }
     }
@@ -22,8 +20,7 @@ fn chromium() -> &'static str {
 /// Runs the browser under testcluster's guard: its whole process group is
 /// killed with the test, or after two minutes (the test then fails saying so).
 fn bounded(cmd: Command) -> std::process::Output {
-    testcluster::process::output_within(cmd, None, std::time::Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"))
+    crate::command::within(cmd, None, std::time::Duration::from_secs(120))
 }
 
 fn manifests(dir: &std::path::Path, images: &[(&str, &str, String)]) {
@@ -80,7 +77,8 @@ fn the_html_inventory_renders_its_chart_and_tables_in_a_real_browser() {
             ("ops", "cron", distroless.clone()),
         ],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
+    let mut inventory = Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+    inventory
         .args([
             "inventory",
             "-o",
@@ -90,9 +88,8 @@ fn the_html_inventory_renders_its_chart_and_tables_in_a_real_browser() {
             &registry.host(),
             "-f",
         ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+        .arg(dir.path());
+    let out = crate::command::output(inventory);
     assert_eq!(
         out.status.code(),
         Some(1),

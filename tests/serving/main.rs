@@ -5,6 +5,8 @@
 
 #[path = "../support/chart.rs"]
 mod chart_support;
+#[path = "../support/command.rs"]
+mod command;
 #[path = "../support/registry.rs"]
 mod registry;
 #[path = "../support/tls.rs"]

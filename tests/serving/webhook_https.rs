@@ -450,11 +450,9 @@ async fn the_binary_serves_policies_from_files_and_exits_cleanly_on_sigterm() {
             .contains("exec-probe")
     );
 
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    let mut kill = std::process::Command::new("kill");
+    kill.args(["-TERM", &child.0.id().to_string()]);
+    assert!(crate::command::output(kill).status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {

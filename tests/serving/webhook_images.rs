@@ -157,12 +157,9 @@ fn check_inspect_images_applies_the_image_rules_offline() {
     )
     .unwrap();
     let run = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"))
-            .args(["check", "-o", "json", "-f"])
-            .arg(&manifest)
-            .args(extra)
-            .output()
-            .unwrap()
+        let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_distroless-guard"));
+        check.args(["check", "-o", "json", "-f"]).arg(&manifest).args(extra);
+        crate::command::output(check)
     };
     let offline = run(&[]);
     assert_eq!(

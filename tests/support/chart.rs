@@ -6,9 +6,8 @@
 //! `tests/chart/requirements.txt`; `.ci/run` creates it up front), or the
 //! interpreter named by `DISTROLESS_GUARD_CHART_PYTHON`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
@@ -22,22 +21,21 @@ pub fn chart_dir() -> PathBuf {
 }
 
 fn has_packages(python: &Path) -> bool {
+    let mut import = Command::new(python);
+    import.args(["-c", "import helm_python, kubernetes_validate, jsonschema, yaml"]);
     python.with_file_name("shellcheck").exists()
-        && Command::new(python)
-            .args(["-c", "import helm_python, kubernetes_validate, jsonschema, yaml"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        && testcluster::process::output_within(import, None, crate::command::LIMIT).is_ok_and(|o| o.status.success())
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (python3 with venv is needed for the chart tests)"));
+/// Runs a step of the virtualenv's set-up (a download of the packages may take
+/// minutes; a hang fails with what it printed).
+fn run(cmd: Command) {
+    let shown = format!("{cmd:?}");
+    let out = testcluster::process::output_within(cmd, None, std::time::Duration::from_secs(1200))
+        .unwrap_or_else(|e| panic!("{e} (python3 with venv is needed for the chart tests)"));
     assert!(
         out.status.success(),
-        "{cmd:?} failed:\n{}{}",
+        "{shown} failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -55,10 +53,13 @@ pub fn python() -> &'static Path {
         let venv = root().join("target/chart-venv");
         let python = venv.join("bin/python");
         if !has_packages(&python) {
-            run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
-            run(Command::new(&python)
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-                .arg(root().join("tests/chart/requirements.txt")));
+            let mut venv_cmd = Command::new("python3");
+            venv_cmd.args(["-m", "venv"]).arg(&venv);
+            run(venv_cmd);
+            let mut pip = Command::new(&python);
+            pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(root().join("tests/chart/requirements.txt"));
+            run(pip);
         }
         assert!(
             has_packages(&python),
@@ -145,20 +146,9 @@ pub fn render_chart(chart: &Path, cases: &[Case]) -> Answer {
         "kubeVersion": "1.37.0",
         "cases": cases.iter().map(|c| json!({"values": c.values, "release": c.release, "namespace": c.namespace})).collect::<Vec<_>>(),
     });
-    let mut child = Command::new(python())
-        .arg(root().join("tests/chart/render.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut render = Command::new(python());
+    render.arg(root().join("tests/chart/render.py"));
+    let out = crate::command::output_with_input(render, request.to_string());
     assert!(
         out.status.success(),
         "render.py failed: {}",

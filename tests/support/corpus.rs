@@ -2,7 +2,7 @@
 //! fixed object's pod spec is found (the offline and the cluster tests).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -45,7 +45,7 @@ pub fn fix(file: &Path, policy: Option<&str>) -> String {
     if let Some(p) = policy {
         cmd.args(["--policy", p]);
     }
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let out = crate::command::output(cmd);
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
         "{}: {:?} {}",
