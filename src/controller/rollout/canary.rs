@@ -265,6 +265,139 @@ mod tests {
         assert!(!unachievable(50, weight_of(replicas_for(3, 50), 3)));
     }
 
+    fn deployment() -> Deployment {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web", "pod-template-hash": "5d8f"}},
+                                  "spec": {"containers": [{"name": "app", "image": "reg/app:1.0"}, {"name": "proxy", "image": "reg/proxy:2"}],
+                                           "readinessGates": [{"conditionType": "example.com/lb"}]}}}}))
+        .unwrap()
+    }
+
+    fn distroless() -> BTreeMap<String, String> {
+        BTreeMap::from([("app".to_string(), "reg/app:1.0-distroless".to_string())])
+    }
+
+    #[test]
+    fn the_canary_template_swaps_the_named_images_adds_the_gate_once_and_drops_the_deployments_hash() {
+        let t = template(&deployment(), &distroless(), "web-distroless");
+        let labels = t.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(
+            labels,
+            &BTreeMap::from([
+                ("app".into(), "web".into()),
+                (ROLLOUT_LABEL.into(), "web-distroless".into())
+            ])
+        );
+        let spec = t.spec.as_ref().unwrap();
+        let images: Vec<_> = spec.containers.iter().map(|c| c.image.as_deref().unwrap()).collect();
+        assert_eq!(images, ["reg/app:1.0-distroless", "reg/proxy:2"]);
+        let gates: Vec<_> = spec
+            .readiness_gates
+            .iter()
+            .flatten()
+            .map(|g| g.condition_type.as_str())
+            .collect();
+        assert_eq!(gates, ["example.com/lb", SERVING_GATE]);
+        // A template that has the gate already (a canary's own) keeps one.
+        let mut again = deployment();
+        again.spec.template = t.clone();
+        let twice = template(&again, &distroless(), "web-distroless");
+        assert_eq!(twice.spec.unwrap().readiness_gates.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_canary_replica_set_is_the_rollouts_selects_only_its_own_pods_and_names_its_deployment() {
+        let spec: crate::api::DistrolessRolloutSpec = serde_json::from_value(serde_json::json!({
+            "targetRef": {"name": "web"}, "containers": [{"name": "app", "image": "reg/app:1.0-distroless"}]}))
+        .unwrap();
+        let mut rollout = DistrolessRollout::new("web-distroless", spec);
+        rollout.metadata.namespace = Some("shop".into());
+        rollout.metadata.uid = Some("r-uid".into());
+        let d = deployment();
+        let t = template(&d, &distroless(), "web-distroless");
+        let hash = template_hash(&t);
+        let rs = replica_set(&rollout, &d, t, 3);
+        let meta = &rs.metadata;
+        assert_eq!(meta.name.as_deref(), Some(format!("web-distroless-{hash}").as_str()));
+        assert_eq!(meta.namespace.as_deref(), Some("shop"));
+        assert_eq!(hash_of(&rs), Some(hash.as_str()));
+        assert_eq!(meta.labels.as_ref().unwrap()[ROLLOUT_LABEL], "web-distroless");
+        assert_eq!(meta.annotations.as_ref().unwrap()[CANARY_OF], "web");
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.name.as_str(),
+                owner.uid.as_str(),
+                owner.controller
+            ),
+            ("DistrolessRollout", "web-distroless", "r-uid", Some(true))
+        );
+        let spec = rs.spec;
+        assert_eq!(spec.replicas, Some(3));
+        let selector = spec.selector.match_labels.unwrap();
+        assert_eq!(
+            selector,
+            BTreeMap::from([
+                ("app".into(), "web".into()),
+                (ROLLOUT_LABEL.into(), "web-distroless".into()),
+                ("pod-template-hash".into(), hash.clone()),
+            ])
+        );
+        // Its pods carry every label it selects on.
+        let pod_labels = spec.template.unwrap().metadata.unwrap().labels.unwrap();
+        assert!(
+            selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{pod_labels:?}"
+        );
+    }
+
+    #[test]
+    fn template_hashes_are_ten_hex_digits_and_differ_with_the_template() {
+        let t = template(&deployment(), &distroless(), "web-distroless");
+        let h = template_hash(&t);
+        assert_eq!(h.len(), 10);
+        assert!(h.chars().all(|c| c.is_ascii_hexdigit()), "{h}");
+        assert_eq!(template_hash(&t.clone()), h);
+        let other = template(&deployment(), &BTreeMap::new(), "web-distroless");
+        assert_ne!(template_hash(&other), h);
+    }
+
+    #[test]
+    fn a_replica_set_fails_to_create_only_with_a_true_replica_failure_condition() {
+        let rs = |type_: &str, status: &str| -> ReplicaSet {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "c"},
+                "status": {"replicas": 0, "conditions": [{"type": type_, "status": status}]}}))
+            .unwrap()
+        };
+        assert!(failing_to_create(&rs("ReplicaFailure", "True")));
+        assert!(!failing_to_create(&rs("ReplicaFailure", "False")));
+        assert!(!failing_to_create(&rs("Available", "True")));
+        assert!(!failing_to_create(&ReplicaSet::default()));
+    }
+
+    #[test]
+    fn a_pod_is_kept_for_debugging_only_with_the_kept_hash() {
+        let pod = |hash: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"labels": {"pod-template-hash": hash}}})).unwrap()
+        };
+        assert!(is_kept(&pod(KEPT)));
+        assert!(!is_kept(&pod("5d8f")));
+        assert!(!is_kept(&Pod::default()));
+    }
+
+    #[test]
+    fn a_weight_is_unachievable_when_off_by_more_than_half_and_never_at_0_or_100() {
+        assert!(!unachievable(10, 15), "off by exactly half");
+        assert!(unachievable(10, 16));
+        assert!(unachievable(10, 4));
+        assert!(!unachievable(10, 5));
+        assert!(!unachievable(0, 50), "no canary asked for");
+        assert!(!unachievable(100, 0), "promotion is the Deployment's own");
+        assert!(unachievable(99, 0));
+    }
+
     #[test]
     fn canary_names_fit_a_label_value() {
         let long = "a".repeat(80);
