@@ -2142,6 +2142,7 @@ mod tests {
         let s = w.status();
         assert_eq!((s.phase, s.desired_weight), (Phase::Staging, 0));
         assert!(w.pods.iter().all(|p| !gate_open(p)), "no traffic in staging");
+        assert_eq!(s.effective_weight, 0, "a ready pod behind a closed gate serves nothing");
         assert_eq!(
             w.deployment_image(),
             "reg/app:1.0",
