@@ -542,15 +542,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_webhook_is_tolerated_for_the_ready_timeout_a_refusal_is_not() {
-        let rs = |message: &str, age_s: i64| -> ReplicaSet {
-            let since = (now() - jiff::SignedDuration::from_secs(age_s)).to_string();
-            serde_json::from_value(
-                json!({"metadata": {"name": "c"}, "status": {"replicas": 0, "conditions": [
-                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message,
-                 "lastTransitionTime": since}]}}),
-            )
-            .unwrap()
-        };
+        let rs = |message: &str, age_s: i64| -> ReplicaSet { replica_failure("True", message, age_s) };
         let policy = FailurePolicy {
             ready_timeout_seconds: 60,
             ..FailurePolicy::default()
@@ -558,11 +550,31 @@ mod tests {
         let down =
             "Internal error occurred: failed calling webhook \"mutate.distrolessguard.dev\": 503 Service Unavailable";
         assert!(classify(&[], Some(&rs(down, 5)), &policy, now()).is_none());
+        assert!(classify(&[], Some(&rs(down, 59)), &policy, now()).is_none());
         assert_eq!(
-            classify(&[], Some(&rs(down, 61)), &policy, now()).unwrap().reason,
-            "FailedCreate"
+            classify(&[], Some(&rs(down, 60)), &policy, now()).unwrap().reason,
+            "FailedCreate",
+            "the ready timeout is reached"
         );
         let denied = "admission webhook \"validate.distrolessguard.dev\" denied the request: [root-uid]";
         assert!(classify(&[], Some(&rs(denied, 0)), &policy, now()).is_some());
+    }
+
+    fn replica_failure(status: &str, message: &str, age_s: i64) -> ReplicaSet {
+        let since = (now() - jiff::SignedDuration::from_secs(age_s)).to_string();
+        serde_json::from_value(
+            json!({"metadata": {"name": "c"}, "status": {"replicas": 0, "conditions": [
+            {"type": "ReplicaFailure", "status": status, "reason": "FailedCreate", "message": message,
+             "lastTransitionTime": since}]}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_replica_failure_condition_that_is_not_true_is_no_failure() {
+        let denied = "admission webhook \"validate.distrolessguard.dev\" denied the request: [root-uid]";
+        let policy = FailurePolicy::default();
+        assert!(classify(&[], Some(&replica_failure("False", denied, 0)), &policy, now()).is_none());
+        assert!(classify(&[], Some(&replica_failure("True", denied, 0)), &policy, now()).is_some());
     }
 }
