@@ -571,6 +571,27 @@ mod tests {
     }
 
     #[test]
+    fn a_create_error_is_transient_only_when_it_names_unavailability_and_no_refusal() {
+        for transient in [
+            "Internal error occurred: failed calling webhook \"mutate.distrolessguard.dev\": context deadline exceeded",
+            "the server is currently unable to handle the request",
+            "Too Many Requests",
+        ] {
+            assert!(transient_create_error(transient), "{transient}");
+        }
+        for not in [
+            // A refusal that also names a timeout is a refusal.
+            "admission webhook \"validate.distrolessguard.dev\" denied the request: [exec-probe] timeoutSeconds",
+            "pods \"web-1\" is forbidden: violates PodSecurity \"restricted:latest\"",
+            // Neither: not known to pass, so not waited out.
+            "pods \"web-1\" already exists",
+            "",
+        ] {
+            assert!(!transient_create_error(not), "{not}");
+        }
+    }
+
+    #[test]
     fn a_replica_failure_condition_that_is_not_true_is_no_failure() {
         let denied = "admission webhook \"validate.distrolessguard.dev\" denied the request: [root-uid]";
         let policy = FailurePolicy::default();
