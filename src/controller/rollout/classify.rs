@@ -541,6 +541,22 @@ mod tests {
     }
 
     #[test]
+    fn an_oom_kill_in_the_current_state_is_a_failure_and_another_exit_is_not() {
+        let terminated = |reason: &str, code: i32| {
+            pod(
+                json!({"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                       "state": {"terminated": {"exitCode": code, "reason": reason}}}]}),
+                5,
+                now(),
+            )
+        };
+        let f = classify_pod(&terminated("OOMKilled", 137), &FailurePolicy::default(), now()).unwrap();
+        assert_eq!((f.reason.as_str(), f.exit_code), ("OOMKilled", Some(137)));
+        assert!(classify_pod(&terminated("Completed", 0), &FailurePolicy::default(), now()).is_none());
+        assert!(classify_pod(&terminated("Error", 1), &FailurePolicy::default(), now()).is_none());
+    }
+
+    #[test]
     fn an_unreachable_webhook_is_tolerated_for_the_ready_timeout_a_refusal_is_not() {
         let rs = |message: &str, age_s: i64| -> ReplicaSet { replica_failure("True", message, age_s) };
         let policy = FailurePolicy {
