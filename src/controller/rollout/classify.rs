@@ -541,6 +541,23 @@ mod tests {
     }
 
     #[test]
+    fn failures_the_operator_finds_itself_get_their_own_hint_whatever_the_message_says() {
+        let shell = "exec: \"sh\": executable file not found in $PATH";
+        for (reason, words) in [
+            (FailureReason::MetricGate, "metric worse than the threshold"),
+            (FailureReason::MetricUnavailable, "Prometheus address and the query"),
+            (
+                FailureReason::ProgressDeadlineExceeded,
+                "failure.progressDeadlineSeconds",
+            ),
+            (FailureReason::GitOpsDeadlineExceeded, "rollout retry"),
+        ] {
+            let h = hint(&reason, None, shell);
+            assert!(h.contains(words), "{reason:?}: {h}");
+        }
+    }
+
+    #[test]
     fn an_oom_kill_in_the_current_state_is_a_failure_and_another_exit_is_not() {
         let terminated = |reason: &str, code: i32| {
             pod(
