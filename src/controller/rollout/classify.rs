@@ -558,6 +558,71 @@ mod tests {
     }
 
     #[test]
+    fn each_kubelet_failure_gets_the_hint_for_its_reason_exit_code_and_message() {
+        use FailureReason as R;
+        let other = |r: &str| R::Other(r.into());
+        for (reason, exit_code, message, words) in [
+            (
+                R::CrashLoopBackOff,
+                None,
+                "exec: \"/bin/bash\": no such file or directory",
+                "start a shell",
+            ),
+            (
+                R::CrashLoopBackOff,
+                None,
+                "exec: \"curl\": executable file not found",
+                "not in the distroless image",
+            ),
+            (
+                R::CrashLoopBackOff,
+                None,
+                "open /etc/app.conf: no such file or directory",
+                "not in the distroless image",
+            ),
+            (
+                R::CreateContainerConfigError,
+                None,
+                "container has runAsNonRoot and image will run as root",
+                ":nonroot tag",
+            ),
+            (
+                R::CreateContainerConfigError,
+                None,
+                "image has non-numeric user (nonroot)",
+                "runAsUser: 65532 (numeric)",
+            ),
+            (R::CrashLoopBackOff, Some(127), "", "exit 127"),
+            (R::Restarts, Some(127), "", "exit 127"),
+            (R::CrashLoopBackOff, Some(126), "", "exit 126"),
+            (R::Restarts, Some(126), "", "exit 126"),
+            (R::CrashLoopBackOff, Some(1), "", "keeps exiting"),
+            (R::Restarts, None, "", "keeps exiting"),
+            (R::OOMKilled, Some(137), "", "memory limit"),
+            (other("ErrImagePull"), None, "", "cannot be pulled"),
+            (other("ImagePullBackOff"), None, "", "cannot be pulled"),
+            (other("InvalidImageName"), None, "", "not valid"),
+            (
+                R::CreateContainerConfigError,
+                None,
+                "secret \"db\" not found",
+                "cannot create the container",
+            ),
+            (R::ReadyTimeout, None, "", "exec readiness probe"),
+            (R::Unschedulable, None, "", "no node has room"),
+            (R::FailedCreate, None, "", "refused the canary's pods"),
+            (other("RunContainerError"), None, "", ""),
+        ] {
+            let h = hint(&reason, exit_code, message);
+            if words.is_empty() {
+                assert_eq!(h, "", "{reason:?}");
+            } else {
+                assert!(h.contains(words), "{reason:?} {exit_code:?} {message:?}: {h}");
+            }
+        }
+    }
+
+    #[test]
     fn an_oom_kill_in_the_current_state_is_a_failure_and_another_exit_is_not() {
         let terminated = |reason: &str, code: i32| {
             pod(
