@@ -289,7 +289,10 @@ async fn explain_shows_rule_container_and_fix_from_the_replica_sets_failed_creat
     )
     .await;
     wait_until_denied_for_shell(&release, &ns, &image).await;
-    kubectl_ok(&["scale", "deployment/web", "-n", &ns, "--replicas=2"]).await;
+    // The ReplicaSet replaces a deleted pod without a change to its own spec
+    // (scaling would update the ReplicaSet, which the webhook judges and now
+    // refuses, so no pod would be tried).
+    kubectl_ok(&["delete", "pods", "-l", "app=web", "-n", &ns, "--wait=false"]).await;
     wait_for("the FailedCreate Event", Duration::from_secs(60), || async {
         let ev = get_json(&["events", "-n", &ns, "--field-selector", "reason=FailedCreate"]).await?;
         (!ev["items"].as_array()?.is_empty()).then_some(())
