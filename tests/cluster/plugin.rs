@@ -278,6 +278,14 @@ async fn explain_shows_rule_container_and_fix_from_the_replica_sets_failed_creat
         "spec": {"containers": [{"name": "web", "image": image}]}}}});
     let out = kubectl_stdin(&["create", "-f", "-"], &deployment.to_string()).await;
     assert!(out.status.success(), "{}", text(&out).1);
+    // The ReplicaSet and its pod exist before the tag changes: a ReplicaSet
+    // created after it would itself be refused (its image is judged afresh),
+    // and no pod would ever be tried.
+    wait_for("the distroless pod", Duration::from_secs(60), || async {
+        let d = get_json(&["deployment", "web", "-n", &ns]).await?;
+        (d["status"]["readyReplicas"] == 1).then_some(())
+    })
+    .await;
     let shell = Layer::new()
         .symlink("bin", "usr/bin")
         .file("usr/bin/dash", b"ELF")
@@ -289,10 +297,7 @@ async fn explain_shows_rule_container_and_fix_from_the_replica_sets_failed_creat
     )
     .await;
     wait_until_denied_for_shell(&release, &ns, &image).await;
-    // The ReplicaSet replaces a deleted pod without a change to its own spec
-    // (scaling would update the ReplicaSet, which the webhook judges and now
-    // refuses, so no pod would be tried).
-    kubectl_ok(&["delete", "pods", "-l", "app=web", "-n", &ns, "--wait=false"]).await;
+    kubectl_ok(&["scale", "deployment/web", "-n", &ns, "--replicas=2"]).await;
     wait_for("the FailedCreate Event", Duration::from_secs(60), || async {
         let ev = get_json(&["events", "-n", &ns, "--field-selector", "reason=FailedCreate"]).await?;
         (!ev["items"].as_array()?.is_empty()).then_some(())
