@@ -3,6 +3,7 @@
 //! `distroless-guard` binary offline, the crate's architecture, the Dockerfile.
 
 #[path = "../support/command.rs"]
+#[allow(dead_code)]
 mod command;
 #[path = "../support/corpus.rs"]
 mod corpus;

@@ -10,7 +10,7 @@ fn chromium() -> &'static str {
     for c in ["chromium", "chromium-browser"] {
         let mut version = Command::new(c);
         version.arg("--version");
-        if testcluster::process::output_within(version, None, crate::command::LIMIT).is_ok_and(|o| o.status.success()) {
+        if crate::command::succeeds(version) {
             return c;
         }
     }

@@ -23,8 +23,7 @@ pub fn chart_dir() -> PathBuf {
 fn has_packages(python: &Path) -> bool {
     let mut import = Command::new(python);
     import.args(["-c", "import helm_python, kubernetes_validate, jsonschema, yaml"]);
-    python.with_file_name("shellcheck").exists()
-        && testcluster::process::output_within(import, None, crate::command::LIMIT).is_ok_and(|o| o.status.success())
+    python.with_file_name("shellcheck").exists() && crate::command::succeeds(import)
 }
 
 /// Runs a step of the virtualenv's set-up (a download of the packages may take

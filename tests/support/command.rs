@@ -26,3 +26,9 @@ pub fn output_with_input(cmd: Command, input: impl Into<Vec<u8>>) -> Output {
 pub fn within(cmd: Command, input: Option<Vec<u8>>, limit: Duration) -> Output {
     testcluster::process::output_within(cmd, input, limit).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Whether `cmd` runs and succeeds within [`LIMIT`] (a probe for a tool:
+/// one that is missing or fails is `false`, for the caller to explain).
+pub fn succeeds(cmd: Command) -> bool {
+    testcluster::process::output_within(cmd, None, LIMIT).is_ok_and(|o| o.status.success())
+}

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetCondition, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::{Pod, PodReadinessGate, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -176,12 +176,20 @@ pub(crate) fn hash_of(rs: &ReplicaSet) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// The ReplicaSet controller's report that it cannot create pods: its
+/// `ReplicaFailure` condition, when `True`.
+pub(crate) fn replica_failure(rs: &ReplicaSet) -> Option<&ReplicaSetCondition> {
+    rs.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True"))
+}
+
 /// Whether the ReplicaSet controller reports that it cannot create pods.
 pub(crate) fn failing_to_create(rs: &ReplicaSet) -> bool {
-    rs.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-        c.iter()
-            .any(|c| c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True"))
-    })
+    replica_failure(rs).is_some()
 }
 
 /// Whether our field manager applied the container images of the Deployment
@@ -359,7 +367,7 @@ mod tests {
         let h = template_hash(&t);
         assert_eq!(h.len(), 10);
         assert!(h.chars().all(|c| c.is_ascii_hexdigit()), "{h}");
-        assert_eq!(template_hash(&t.clone()), h);
+        assert_eq!(template_hash(&t), h);
         let other = template(&deployment(), &BTreeMap::new(), "web-distroless");
         assert_ne!(template_hash(&other), h);
     }

@@ -91,14 +91,7 @@ pub(crate) fn classify(
             return Some(f);
         }
     }
-    let failed_create = rs
-        .and_then(|rs| rs.status.as_ref())
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| {
-            c.iter()
-                .find(|c| c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True"))
-        });
-    let c = failed_create?;
+    let c = rs.and_then(super::canary::replica_failure)?;
     let message = c.message.clone().unwrap_or_default();
     // A refusal (Pod Security, a webhook's denial, quota) is final; an
     // unreachable webhook or an overloaded API server is not, and the
