@@ -233,8 +233,8 @@ impl PolicySet {
     /// The policy used when none is configured: every rule denies, pods are
     /// mutated to UID 65532, and the control plane's namespaces are left alone.
     pub fn builtin_default() -> Self {
+        // `action` is Deny by default (a test below holds it there).
         let spec = DistrolessPolicySpec {
-            action: Action::Deny,
             match_: Match {
                 exclude_namespaces: SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect(),
                 ..Match::default()
@@ -301,6 +301,15 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_builtin_default_denies_and_leaves_the_control_plane_namespaces_alone() {
+        let set = PolicySet::builtin_default();
+        let p = &set.policies()[0];
+        assert_eq!(p.spec.action, Action::Deny);
+        assert_eq!(p.action_for(RuleId::RootUid), Some(Action::Deny));
+        assert_eq!(p.spec.match_.exclude_namespaces, SYSTEM_NAMESPACES);
+    }
 
     #[test]
     fn wildcards_match_like_globs_across_slashes() {

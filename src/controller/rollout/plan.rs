@@ -639,15 +639,17 @@ impl<'a> Planner<'a> {
         }
         // A new attempt, asked for explicitly.
         if verbs.retry != self.st.observed_retry {
-            let standard = std::mem::take(&mut self.st.standard_images);
+            // What the cluster still carries from earlier attempts stays on
+            // record (a rollback not yet carried out must still be undone);
+            // the conditions are made afresh by `finish`.
+            let kept = std::mem::take(&mut self.st);
             self.st = DistrolessRolloutStatus {
                 observed_retry: verbs.retry,
-                observed_verbs: std::mem::take(&mut self.st.observed_verbs),
-                observed_generation: o.rollout.metadata.generation,
-                standard_images: standard,
-                deployment_patched: self.st.deployment_patched,
-                stable_scale: self.st.stable_scale.take(),
-                conditions: std::mem::take(&mut self.st.conditions),
+                observed_verbs: kept.observed_verbs,
+                observed_generation: kept.observed_generation,
+                standard_images: kept.standard_images,
+                deployment_patched: kept.deployment_patched,
+                stable_scale: kept.stable_scale,
                 ..DistrolessRolloutStatus::default()
             };
             self.actions
@@ -1373,7 +1375,7 @@ mod tests {
                             } else {
                                 "refused by PSA".into()
                             },
-                            retry: self.rollout.spec.retry,
+                            retry: self.rollout.verbs().retry,
                         });
                     }
                     Action::ApplyCanary(rs) => {
@@ -2206,6 +2208,78 @@ mod tests {
         w.rollout.spec.retry = 1;
         w.run(400, 5);
         assert_eq!(w.status().phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn a_retry_asked_before_a_rollback_is_carried_out_keeps_the_standard_images_and_the_patch_to_undo() {
+        let mut w = World::new(json!({"steps": [{"weight": 100}]}), 3);
+        w.step();
+        w.step();
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
+        // The promoted pods crash: the rollback is decided and on record, but
+        // the standard images are not back yet when a retry is asked for.
+        w.promoted_failing = Some("CrashLoopBackOff");
+        w.cluster_tick();
+        let p = w.plan();
+        assert_eq!((p.status.phase, p.status.deployment_patched), (Phase::RolledBack, true));
+        w.rollout.status = Some(p.status);
+        // `kubectl distroless rollout retry` writes the annotation and waits
+        // for it in observedVerbs; a spec edit bumps the generation.
+        w.rollout.metadata.annotations =
+            Some([(crate::api::rollout::verbs::RETRY.to_string(), "1".to_string())].into());
+        w.rollout.metadata.generation = Some(2);
+        let s = w.plan().status;
+        assert_eq!(
+            s.standard_images.get("app").map(String::as_str),
+            Some("reg/app:1.0"),
+            "the standard tag must not be read again from a Deployment that carries the distroless one"
+        );
+        assert!(s.deployment_patched, "the Deployment still carries our patch: {s:?}");
+        assert_eq!(s.observed_generation, Some(2), "the retry's generation is observed");
+        assert_eq!(s.observed_verbs, w.rollout.verb_annotations(), "the verbs are observed");
+        // The new attempt fails the same way and still puts the standard tag back.
+        w.run(400, 5);
+        assert_eq!(w.status().phase, Phase::RolledBack, "{:?}", w.status());
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+    }
+
+    #[test]
+    fn a_retry_asked_before_a_taken_deployment_gets_its_replicas_back_keeps_its_count() {
+        let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 6);
+        w.run(20, 2);
+        assert_eq!(w.deployment.spec.replicas, Some(3), "{:?}", w.status());
+        w.rollout.spec.abort = true;
+        let p = w.plan();
+        assert_eq!(p.status.phase, Phase::RolledBack);
+        // On record, not carried out: the Deployment still has 3 of its 6.
+        w.rollout.status = Some(p.status);
+        w.rollout.spec.abort = false;
+        w.rollout.spec.retry = 1;
+        let s = w.plan().status;
+        assert_eq!(
+            s.stable_scale.map(|s| s.replicas),
+            Some(6),
+            "the Deployment's own count is forgotten"
+        );
+        w.run(1400, 5);
+        assert_eq!(w.status().phase, Phase::Succeeded, "{:?}", w.status());
+        assert_eq!(
+            w.deployment.spec.replicas,
+            Some(6),
+            "the Deployment did not get its replicas back"
+        );
+    }
+
+    #[test]
+    fn a_failure_the_planner_finds_itself_says_when_it_was_found() {
+        let mut w = World::new(
+            json!({"containers": [{"name": "nope", "image": "reg/app:distroless"}]}),
+            3,
+        );
+        w.step();
+        let f = w.status().failure.expect("an invalid spec is a failure");
+        assert_eq!(f.reason, "InvalidSpec");
+        assert_eq!(f.detected_at, Some(Time(t0())));
     }
 
     #[test]
