@@ -284,4 +284,83 @@ mod tests {
         other["apiVersion"] = json!("example.com/v1");
         assert_eq!(pod_specs(&other).len(), 2);
     }
+
+    /// The pointers the shape finder gives for `body` in an unknown kind.
+    fn found(body: serde_json::Value) -> Vec<String> {
+        let mut object = json!({"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "t"}});
+        object
+            .as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        pod_specs(&object).into_iter().map(|(pointer, _)| pointer).collect()
+    }
+
+    #[test]
+    fn a_mapping_is_a_pod_spec_only_with_named_containers_and_an_image_or_under_a_spec_key() {
+        let named = json!([{"name": "a"}]);
+        // ECK's shape: named containers with no image, under `spec`.
+        assert_eq!(found(json!({"spec": {"containers": named}})), ["/spec"]);
+        // The same under another key is not a pod spec; with an image it is.
+        assert!(found(json!({"workers": {"containers": named}})).is_empty());
+        assert_eq!(
+            found(json!({"workers": {"containers": [{"name": "a", "image": "app:1"}]}})),
+            ["/workers"]
+        );
+        // No containers, or one without a name, is not a pod spec anywhere.
+        assert!(found(json!({"spec": {"containers": []}})).is_empty());
+        assert!(
+            found(json!({"spec": {"containers": [{"image": "app:1"}, {"name": "b", "image": "app:1"}]}})).is_empty()
+        );
+    }
+
+    #[test]
+    fn the_shape_finder_reads_down_to_its_depth_limit_and_stops_at_its_count_limit() {
+        let spec = json!({"containers": [{"name": "a", "image": "app:1"}]});
+        // A top-level field is depth 1: nested `depth` mappings deep.
+        let nested = |depth: usize| {
+            let mut value = spec.clone();
+            for _ in 1..depth {
+                value = json!({"x": value});
+            }
+            json!({ "x": value })
+        };
+        assert_eq!(
+            found(nested(MAX_DEPTH)).len(),
+            1,
+            "a pod spec at the depth limit is read"
+        );
+        assert!(
+            found(nested(MAX_DEPTH + 1)).is_empty(),
+            "nothing below the depth limit is read"
+        );
+        // Lists count as levels too.
+        let listed = |depth: usize| {
+            let mut value = spec.clone();
+            for _ in 1..depth {
+                value = json!([value]);
+            }
+            json!({ "x": value })
+        };
+        assert_eq!(found(listed(MAX_DEPTH)), [format!("/x{}", "/0".repeat(MAX_DEPTH - 1))]);
+        assert!(
+            found(listed(MAX_DEPTH + 1)).is_empty(),
+            "nothing below the depth limit is read"
+        );
+        let many = json!({"items": vec![spec; MAX_EMBEDDED + 10]});
+        assert_eq!(found(many).len(), MAX_EMBEDDED);
+    }
+
+    #[test]
+    fn a_field_path_is_rebased_only_when_it_starts_with_the_spec_field_itself() {
+        assert_eq!(rebase_path("spec", "spec.template.spec"), "spec.template.spec");
+        assert_eq!(
+            rebase_path("spec.containers[0].image", "spec.job.spec"),
+            "spec.job.spec.containers[0].image"
+        );
+        assert_eq!(rebase_path("spec[0]", "spec.x"), "spec.x[0]");
+        assert_eq!(
+            rebase_path("specification.containers", "spec.x"),
+            "specification.containers"
+        );
+    }
 }

@@ -312,6 +312,33 @@ mod tests {
     }
 
     #[test]
+    fn a_set_counts_its_policies_and_reads_namespace_labels_only_when_one_selects_by_them() {
+        let spec = |selector: serde_json::Value| -> DistrolessPolicySpec {
+            serde_json::from_value(serde_json::json!({"match": {"namespaceSelector": selector}})).unwrap()
+        };
+        let empty = PolicySet::from_compiled(Vec::new()).unwrap();
+        assert!(empty.is_empty() && !empty.reads_namespace_labels());
+        assert_eq!(empty.len(), 0);
+        let plain = CompiledPolicy::from_spec("a".into(), DistrolessPolicySpec::default()).unwrap();
+        let by_labels =
+            CompiledPolicy::from_spec("b".into(), spec(serde_json::json!({"matchLabels": {"team": "x"}}))).unwrap();
+        let one = PolicySet::from_compiled(vec![plain.clone()]).unwrap();
+        assert!(!one.is_empty() && one.len() == 1 && !one.reads_namespace_labels());
+        let two = PolicySet::from_compiled(vec![plain, by_labels]).unwrap();
+        assert_eq!(two.len(), 2);
+        assert!(two.reads_namespace_labels());
+    }
+
+    #[test]
+    fn a_trailing_star_matches_nothing_and_a_star_backtracks_over_partial_matches() {
+        assert!(wildcard_match("reg/app*", "reg/app"));
+        assert!(wildcard_match("reg/app:*", "reg/app:"));
+        assert!(!wildcard_match("reg/app:?", "reg/app:"));
+        assert!(wildcard_match("*:debug", "reg/app:debug-old:debug"));
+        assert!(!wildcard_match("*:debug", "reg/app:debug-old"));
+    }
+
+    #[test]
     fn wildcards_match_like_globs_across_slashes() {
         assert!(wildcard_match(
             "registry.example.com/vendor/*",
