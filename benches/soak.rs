@@ -1,6 +1,8 @@
 //! The webhook over a long run: a steady load over HTTPS on 127.0.0.1 that
-//! mixes real reviews (Pods, Deployments, CronJobs, updates, ephemeral
-//! containers; with and without violations) and bad input (not JSON, the wrong
+//! mixes the reviews of `tests/data/captured` (sent by the real API server) and
+//! of `tests/data` (hand-written): Pods, Deployments, CronJobs, updates,
+//! deletions, dry runs, ephemeral containers, with and without violations; and
+//! bad input (not JSON, the wrong
 //! apiVersion, no request, a truncated body), with the serving certificate
 //! rotated on disk half-way. Connections are re-opened now and then, as the API
 //! server does. `SOAK_MINUTES` (default 10, at least 3) sets the length.
@@ -41,11 +43,16 @@ const REQUESTS_PER_CONNECTION: u64 = 5_000;
 /// What to send and whether it is a valid review (answered 200 with an
 /// AdmissionReview) or bad input (answered 4xx).
 fn bodies() -> Vec<(Bytes, bool)> {
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&data).expect("tests/data") {
-        let path = entry.expect("entry").path();
-        out.push((Bytes::from(std::fs::read(&path).expect("review")), true));
+    // The hand-written reviews beside the ones the real API server sent.
+    for dir in ["tests/data", "tests/data/captured"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "json") {
+                out.push((Bytes::from(std::fs::read(&path).expect("review")), true));
+            }
+        }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     let first = out[0].0.clone();
