@@ -21,7 +21,7 @@ use serde::Serialize;
 pub use image_rules::{ImageFacts, ImageStatus, check_images};
 pub use mutate::{MutationSettings, mutation_patch};
 pub use rules::{Finding, Scope, check_pod_spec};
-pub use set::{CompiledExemption, CompiledPolicy, PolicyError, PolicySet, SYSTEM_NAMESPACES, wildcard_match};
+pub use set::{CompiledExemption, CompiledPolicy, PolicyError, PolicySet, SYSTEM_NAMESPACES};
 pub use workload::{ExtractError, ObjectShape, Owner, Workload, WorkloadKind};
 
 use crate::api::{Action, DEFAULT_NON_ROOT_USER, RuleId};

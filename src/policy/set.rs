@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::civil::Date;
+use wildmatch::WildMatch;
 
 use super::selector::{self, Selector, SelectorError, SelectorExt};
 use crate::api::{Action, DistrolessPolicy, DistrolessPolicySpec, Exemption, Match, OnError, RuleId};
@@ -36,22 +37,41 @@ pub enum PolicyError {
     Unnamed,
 }
 
-/// An exemption with its expiry parsed.
+/// An exemption with its expiry parsed and its image patterns compiled.
 #[derive(Clone, Debug)]
 pub struct CompiledExemption {
     pub exemption: Exemption,
     pub expires: Option<Date>,
+    /// `exemption.images` as glob patterns: `*` matches any run of characters
+    /// (slashes included), `?` any one character.
+    images: Vec<WildMatch>,
 }
 
 impl CompiledExemption {
+    fn new(exemption: Exemption, expires: Option<Date>) -> Self {
+        let images = exemption.images.iter().map(|p| WildMatch::new(p)).collect();
+        Self {
+            exemption,
+            expires,
+            images,
+        }
+    }
+
+    /// Whether this exemption names `namespace` (or names none, so covers every one).
+    /// Namespaces are matched exactly; only images take patterns.
+    pub fn covers_namespace(&self, namespace: &str) -> bool {
+        let names = &self.exemption.namespaces;
+        names.is_empty() || names.iter().any(|n| n == namespace)
+    }
+
     /// Whether this exemption covers `rule` for the given namespace and images on `today`.
     pub fn covers(&self, rule: RuleId, namespace: &str, images: &[String], today: Date) -> bool {
         let e = &self.exemption;
         self.expires.is_none_or(|last| today <= last)
             && (e.rules.is_empty() || e.rules.contains(&rule))
-            && (e.namespaces.is_empty() || e.namespaces.iter().any(|n| n == namespace))
-            && (e.images.is_empty()
-                || (!images.is_empty() && images.iter().all(|i| e.images.iter().any(|p| wildcard_match(p, i)))))
+            && self.covers_namespace(namespace)
+            && (self.images.is_empty()
+                || (!images.is_empty() && images.iter().all(|i| self.images.iter().any(|p| p.matches(i)))))
     }
 }
 
@@ -123,10 +143,7 @@ impl CompiledPolicy {
                         })
                     })
                     .transpose()?;
-                Ok(CompiledExemption {
-                    exemption: e.clone(),
-                    expires,
-                })
+                Ok(CompiledExemption::new(e.clone(), expires))
             })
             .collect::<Result<_, _>>()?;
         Ok(CompiledPolicy {
@@ -275,29 +292,6 @@ impl PolicySet {
     }
 }
 
-/// `*` matches any run of characters (slashes included), `?` any one character.
-pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,28 +323,56 @@ mod tests {
         assert!(two.reads_namespace_labels());
     }
 
-    #[test]
-    fn a_trailing_star_matches_nothing_and_a_star_backtracks_over_partial_matches() {
-        assert!(wildcard_match("reg/app*", "reg/app"));
-        assert!(wildcard_match("reg/app:*", "reg/app:"));
-        assert!(!wildcard_match("reg/app:?", "reg/app:"));
-        assert!(wildcard_match("*:debug", "reg/app:debug-old:debug"));
-        assert!(!wildcard_match("*:debug", "reg/app:debug-old"));
+    /// Whether an exemption for `pattern` alone covers a pod of the one image `image`.
+    fn exempts(pattern: &str, image: &str) -> bool {
+        let exemption = Exemption {
+            reason: "vendor image".into(),
+            images: vec![pattern.into()],
+            ..Exemption::default()
+        };
+        let today = Date::constant(2026, 1, 1);
+        CompiledExemption::new(exemption, None).covers(RuleId::RootUid, "team-a", &[image.into()], today)
     }
 
     #[test]
-    fn wildcards_match_like_globs_across_slashes() {
-        assert!(wildcard_match(
+    fn exemption_image_patterns_match_like_globs_across_slashes_and_must_match_the_whole_reference() {
+        assert!(exempts(
             "registry.example.com/vendor/*",
             "registry.example.com/vendor/db:1.2"
         ));
-        assert!(wildcard_match("*:debug", "gcr.io/distroless/base:debug"));
-        assert!(wildcard_match("nginx", "nginx"));
-        assert!(wildcard_match("ngin?:1.2?", "nginx:1.27"));
-        assert!(!wildcard_match(
+        assert!(exempts("*:debug", "gcr.io/distroless/base:debug"));
+        assert!(exempts("nginx", "nginx"));
+        assert!(exempts("ngin?:1.2?", "nginx:1.27"));
+        assert!(!exempts(
             "registry.example.com/vendor/*",
             "registry.example.com/other/db"
         ));
-        assert!(!wildcard_match("nginx", "nginx:1"));
+        assert!(!exempts("nginx", "nginx:1"));
+        assert!(!exempts("nginx", "my-nginx"));
+    }
+
+    #[test]
+    fn a_trailing_star_matches_nothing_and_a_star_backtracks_over_partial_matches() {
+        assert!(exempts("reg/app*", "reg/app"));
+        assert!(exempts("reg/app:*", "reg/app:"));
+        assert!(!exempts("reg/app:?", "reg/app:"));
+        assert!(exempts("*:debug", "reg/app:debug-old:debug"));
+        assert!(!exempts("*:debug", "reg/app:debug-old"));
+    }
+
+    #[test]
+    fn exemption_namespaces_are_names_not_patterns() {
+        let exemption = |namespaces: &[&str]| {
+            let e = Exemption {
+                reason: "migration".into(),
+                namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+                ..Exemption::default()
+            };
+            CompiledExemption::new(e, None)
+        };
+        assert!(exemption(&[]).covers_namespace("anything"));
+        assert!(exemption(&["team-a", "team-b"]).covers_namespace("team-b"));
+        assert!(!exemption(&["team-*"]).covers_namespace("team-a"));
+        assert!(!exemption(&["team-a"]).covers_namespace("team-ab"));
     }
 }

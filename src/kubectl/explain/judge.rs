@@ -13,9 +13,9 @@ use super::gather::Gathered;
 use super::{
     ContainerFinding, EventFinding, Explanation, RolloutFinding, RuleFinding, refused_by, rules_in_refusal, split_fix,
 };
-use crate::api::{DistrolessPolicy, DistrolessRollout, Exemption};
+use crate::api::DistrolessRollout;
 use crate::kubectl::Error;
-use crate::policy::{CompiledPolicy, PolicySet, Scope, Subject, Workload, wildcard_match};
+use crate::policy::{CompiledPolicy, PolicySet, Scope, Subject, Workload};
 
 /// The most Warning Events shown (newest first, each message once).
 const MAX_EVENTS: usize = 10;
@@ -34,7 +34,7 @@ pub(super) fn explain(g: &Gathered, now: jiff::Timestamp) -> Result<Explanation,
                 .collect();
             let set = PolicySet::from_compiled(compiled).unwrap_or_default();
             let (matched, rules) = rules(&g.object, &g.namespace, &g.namespace_labels, &set, now)?;
-            out.exemptions = exemptions(policies, &matched, &g.namespace);
+            out.exemptions = exemptions(&set, &matched, &g.namespace);
             out.policies = matched;
             out.rules = rules;
         }
@@ -100,9 +100,9 @@ pub(super) fn rules(
     Ok((verdict.matched, rules))
 }
 
-/// The exemptions of the matching policies that cover this namespace, in words.
-fn exemptions(policies: &[DistrolessPolicy], matched: &[String], namespace: &str) -> Vec<String> {
-    let applies = |e: &Exemption| e.namespaces.is_empty() || e.namespaces.iter().any(|p| wildcard_match(p, namespace));
+/// The exemptions of the matching policies that cover this namespace, in words
+/// (by the engine's own rule: namespaces by name, images by pattern).
+fn exemptions(set: &PolicySet, matched: &[String], namespace: &str) -> Vec<String> {
     let every = |what: &str, items: Vec<String>| {
         if items.is_empty() {
             format!("every {what}")
@@ -110,14 +110,15 @@ fn exemptions(policies: &[DistrolessPolicy], matched: &[String], namespace: &str
             items.join(", ")
         }
     };
-    policies
+    matched
         .iter()
-        .filter(|p| matched.iter().any(|m| Some(m) == p.metadata.name.as_ref()))
+        .filter_map(|name| set.get(name))
         .flat_map(|p| {
-            p.spec.exemptions.iter().filter(|e| applies(e)).map(|e| {
+            p.exemptions.iter().filter(|e| e.covers_namespace(namespace)).map(|c| {
+                let e = &c.exemption;
                 format!(
                     "policy {}: {} for {}{}: {}",
-                    p.metadata.name.as_deref().unwrap_or_default(),
+                    p.name,
                     every("rule", e.rules.iter().map(ToString::to_string).collect()),
                     every("image", e.images.clone()),
                     e.expires.as_deref().map(|x| format!(" until {x}")).unwrap_or_default(),
@@ -235,6 +236,7 @@ fn rollouts_moving(rollouts: &[DistrolessRollout], name: &str) -> Vec<RolloutFin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::DistrolessPolicy;
     use crate::policy::namespace_name_labels;
     use serde_json::json;
 
@@ -250,7 +252,8 @@ mod tests {
             "apiVersion": "distrolessguard.dev/v1alpha1", "kind": "DistrolessPolicy",
             "metadata": {"name": "strict"},
             "spec": {"exemptions": [{"rules": ["shell-command"], "images": ["legacy:*"], "namespaces": ["shop"],
-                "reason": "migrating", "expires": "2999-01-01"}]}}))
+                "reason": "migrating", "expires": "2999-01-01"},
+                {"namespaces": ["sho*"], "reason": "a namespace name, never a pattern"}]}}))
         .unwrap();
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "web-1", "uid": "p-1", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -319,6 +322,7 @@ mod tests {
         let x = explain(&gathered(), "2026-12-05T00:00:00Z".parse().unwrap()).unwrap();
         assert_eq!((x.object.as_str(), x.namespace.as_str()), ("deployment/web", "shop"));
         assert_eq!(x.policies, ["strict"]);
+        // Only the exemption that names this namespace: the engine reads `sho*` as a name.
         assert_eq!(
             x.exemptions,
             ["policy strict: shell-command for legacy:* until 2999-01-01: migrating"]
