@@ -561,4 +561,294 @@ mod tests {
             "{page}"
         );
     }
+
+    /// An inspected image of one platform: `uid` as the image's config gives it.
+    fn inspected(image: &str, shells: &[&str], user: &str, uid: Option<u32>) -> ImageStatus {
+        let ImageStatus::Inspected(reports) = report(image, shells, user, 0) else {
+            unreachable!()
+        };
+        let mut r = (*reports[0]).clone();
+        r.uid = uid;
+        ImageStatus::Inspected(Arc::new(vec![Arc::new(r)]))
+    }
+
+    #[test]
+    fn each_state_has_its_own_label_and_colour() {
+        let labels: BTreeSet<&str> = State::ALL.iter().map(|s| s.label()).collect();
+        let colours: BTreeSet<&str> = State::ALL.iter().map(|s| s.color()).collect();
+        assert_eq!(labels.len(), 4, "{labels:?}");
+        assert_eq!(colours.len(), 4, "{colours:?}");
+        assert_eq!(State::SpecBlocked.label(), "spec blocks the switch");
+        assert!(
+            colours.iter().all(|c| c.len() == 7 && c.starts_with('#')),
+            "{colours:?}"
+        );
+    }
+
+    #[test]
+    fn counts_add_one_workload_to_its_state_and_give_each_state_back() {
+        let mut counts = Counts::default();
+        for (state, times) in State::ALL.into_iter().zip(1..) {
+            for _ in 0..times {
+                counts.add(state);
+            }
+        }
+        assert_eq!(
+            counts,
+            Counts {
+                workloads: 10,
+                done: 1,
+                spec_blocked: 2,
+                not_distroless: 3,
+                unverified: 4
+            }
+        );
+        let of: Vec<usize> = State::ALL.iter().map(|s| counts.of(*s)).collect();
+        assert_eq!(of, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn an_image_entry_gives_the_verdict_and_its_evidence_for_each_way_an_image_can_be_known() {
+        let mut facts = ImageFacts::new();
+        facts.insert("failed:1".into(), ImageStatus::Failed("manifest unknown".into()));
+        facts.insert("root:1".into(), inspected("root:1", &[], "", Some(0)));
+        facts.insert("user:1".into(), inspected("user:1", &[], "65532", Some(65532)));
+        facts.insert("unset:1".into(), inspected("unset:1", &[], "", None));
+        let entry = |image: &str, facts: Option<&ImageFacts>| {
+            let (e, state) = image_entry("app", image, facts);
+            assert_eq!((e.container.as_str(), e.image.as_str()), ("app", image));
+            (e.verdict, e.why, state)
+        };
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Inspection off: nothing known, nothing in the way.
+        assert_eq!(entry("any:1", None), ("not read".into(), vec![], State::Done));
+        // Inspection on, this image not among what it read.
+        assert_eq!(
+            entry("missing:1", Some(&facts)),
+            ("not read".into(), strings(&["not read"]), State::Unverified)
+        );
+        assert_eq!(
+            entry("failed:1", Some(&facts)),
+            ("unverified".into(), strings(&["manifest unknown"]), State::Unverified)
+        );
+        assert_eq!(
+            entry("root:1", Some(&facts)),
+            (
+                "distroless".into(),
+                strings(&["runs as root (USER unset or 0)"]),
+                State::NotDistroless
+            )
+        );
+        assert_eq!(
+            entry("user:1", Some(&facts)),
+            ("distroless".into(), strings(&["user 65532"]), State::Done)
+        );
+        // No USER and no UID known: nothing to say of the user.
+        assert_eq!(
+            entry("unset:1", Some(&facts)),
+            ("distroless".into(), vec![], State::Done)
+        );
+    }
+
+    #[test]
+    fn an_image_is_distroless_only_when_every_platform_is() {
+        let ImageStatus::Inspected(amd64) = report("multi:1", &[], "65532", 65532) else {
+            unreachable!()
+        };
+        let ImageStatus::Inspected(arm64) = report("multi:1", &["/bin/sh"], "65532", 65532) else {
+            unreachable!()
+        };
+        let mut pm = (*arm64[0]).clone();
+        pm.package_managers = vec!["/usr/bin/dpkg".into()];
+        let mut facts = ImageFacts::new();
+        facts.insert(
+            "multi:1".into(),
+            ImageStatus::Inspected(Arc::new(vec![amd64[0].clone(), Arc::new(pm)])),
+        );
+        let (e, state) = image_entry("app", "multi:1", Some(&facts));
+        assert_eq!(e.verdict, "not distroless");
+        assert_eq!(state, State::NotDistroless);
+        assert!(
+            e.why.contains(&"package manager /usr/bin/dpkg".to_string()),
+            "{:?}",
+            e.why
+        );
+        assert_eq!(image_state("multi:1", Some(&facts)), State::NotDistroless);
+    }
+
+    #[test]
+    fn the_nonroot_tag_is_offered_only_for_a_tagged_distroless_repository_not_yet_nonroot() {
+        assert_eq!(
+            nonroot_tag("gcr.io/distroless/static-debian12:latest").as_deref(),
+            Some("gcr.io/distroless/static-debian12:nonroot")
+        );
+        assert_eq!(
+            nonroot_tag("registry:5000/distroless/base:debug").as_deref(),
+            Some("registry:5000/distroless/base:nonroot")
+        );
+        assert_eq!(nonroot_tag("gcr.io/distroless/static-debian12:nonroot"), None);
+        assert_eq!(nonroot_tag("gcr.io/distroless/base:debug-nonroot"), None);
+        // A port is not a tag; an untagged reference gets no suggestion.
+        assert_eq!(nonroot_tag("registry:5000/distroless/base"), None);
+        assert_eq!(nonroot_tag("docker.io/library/nginx:1.27"), None);
+    }
+
+    fn entry(image: &str, verdict: &str) -> ImageEntry {
+        ImageEntry {
+            container: image.split(':').next().unwrap_or_default().into(),
+            image: image.into(),
+            verdict: verdict.into(),
+            why: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_next_step_of_an_unverified_workload_says_whether_to_read_its_images_or_make_them_readable() {
+        let w = workload("web", "shop", "a:1", None);
+        let unread = [entry("a:1", "not read"), entry("b:1", "not read")];
+        assert!(next_step(&w, State::Unverified, &unread, &[]).contains("--inspect-images"));
+        let failed = [entry("a:1", "not read"), entry("b:1", "unverified")];
+        assert_eq!(
+            next_step(&w, State::Unverified, &failed, &[]),
+            "make the image readable (registry reachable, imagePullSecrets), then look again"
+        );
+    }
+
+    #[test]
+    fn the_next_step_of_a_blocked_spec_lists_each_fix_once_in_order_and_skips_empty_ones() {
+        let w = workload("web", "shop", "a:1", None);
+        let blocker = |fix: &str| Blocker {
+            rule: "exec-probe".into(),
+            container: None,
+            cause: "c".into(),
+            fix: fix.into(),
+        };
+        let blockers = [
+            blocker("use an httpGet probe"),
+            blocker(""),
+            blocker("drop the shell"),
+            blocker("use an httpGet probe"),
+        ];
+        assert_eq!(
+            next_step(&w, State::SpecBlocked, &[], &blockers),
+            "change the manifest: drop the shell; use an httpGet probe"
+        );
+    }
+
+    #[test]
+    fn the_next_step_of_an_image_to_rebuild_names_only_the_containers_not_distroless() {
+        let images = [entry("side:1", "distroless"), entry("app:1", "not distroless")];
+        let deployment = workload("web", "shop", "app:1", None);
+        assert_eq!(
+            next_step(&deployment, State::NotDistroless, &images, &[]),
+            "build a distroless image, then roll it out: DistrolessRollout {targetRef: {name: web}, \
+             containers: [{name: app, image: <app:1, built FROM a distroless base>}]}"
+        );
+        let mut job = deployment.clone();
+        job.kind = crate::policy::WorkloadKind::StatefulSet;
+        let step = next_step(&job, State::NotDistroless, &images, &[]);
+        assert!(step.starts_with("build the image FROM a distroless base"), "{step}");
+        assert!(
+            step.ends_with("{name: app, image: <app:1, built FROM a distroless base>}"),
+            "{step}"
+        );
+    }
+
+    #[test]
+    fn counts_agree_with_the_inventory_and_leave_out_owned_workloads_and_empty_images() {
+        let mut owned = workload("web-7d9f", "shop", "r/app:1-debian", None);
+        owned.owner = Some(crate::policy::Owner {
+            kind: crate::policy::WorkloadKind::Deployment,
+            name: "web".into(),
+            uid: "u1".into(),
+        });
+        let mut no_namespace = workload("loose", "x", "r/app:1-distroless", None);
+        no_namespace.namespace = None;
+        let imageless = workload("imageless", "ops", "", None);
+        let workloads = vec![
+            workload("done", "shop", "r/app:1-distroless", None),
+            workload("shell", "shop", "r/app:1-debian", None),
+            workload("script", "ops", "r/app:1-distroless", Some("exec /app")),
+            owned,
+            no_namespace,
+            imageless.clone(),
+        ];
+        let mut facts = ImageFacts::new();
+        facts.insert(
+            "r/app:1-distroless".into(),
+            report("r/app:1-distroless", &[], "65532", 65532),
+        );
+        facts.insert(
+            "r/app:1-debian".into(),
+            report("r/app:1-debian", &["/bin/sh"], "65532", 65532),
+        );
+        let policies = PolicySet::builtin_default();
+        fn no_labels<'a>(_: &str) -> Option<&'a BTreeMap<String, String>> {
+            None
+        }
+        for facts in [Some(&facts), None] {
+            let inv = build(
+                "t",
+                &workloads,
+                &BTreeMap::new(),
+                &policies,
+                facts,
+                Timestamp::UNIX_EPOCH,
+            );
+            let from_build: Vec<(String, Counts)> = inv
+                .namespaces
+                .iter()
+                .map(|n| (n.name.clone(), n.counts.clone()))
+                .collect();
+            assert_eq!(
+                counts(&workloads, &no_labels, &policies, facts, Timestamp::UNIX_EPOCH),
+                from_build
+            );
+            let names: Vec<&str> = inv.namespaces.iter().map(|n| n.name.as_str()).collect();
+            assert_eq!(names, ["default", "ops", "shop"]);
+            assert_eq!(inv.totals.workloads, 5, "the ReplicaSet is its Deployment's");
+            let imageless = inv.namespaces[1]
+                .workloads
+                .iter()
+                .find(|w| w.name == "imageless")
+                .unwrap();
+            assert!(imageless.images.is_empty(), "{imageless:?}");
+            // Nothing to read and nothing in the spec's way, inspection or not.
+            assert_eq!(imageless.state, State::Done);
+        }
+    }
+
+    #[test]
+    fn a_workload_lists_spec_blockers_only_and_sorts_worst_first_then_by_kind_and_name() {
+        let workloads = vec![
+            workload("b-done", "shop", "r/app:1", None),
+            workload("a-done", "shop", "r/app:1", None),
+            workload("script", "shop", "r/app:1-debian", Some("exec /app")),
+        ];
+        let mut facts = ImageFacts::new();
+        facts.insert("r/app:1".into(), report("r/app:1", &[], "65532", 65532));
+        facts.insert(
+            "r/app:1-debian".into(),
+            report("r/app:1-debian", &["/bin/sh"], "65532", 65532),
+        );
+        let inv = build(
+            "t",
+            &workloads,
+            &BTreeMap::new(),
+            &PolicySet::builtin_default(),
+            Some(&facts),
+            Timestamp::UNIX_EPOCH,
+        );
+        let order: Vec<&str> = inv.namespaces[0].workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(order, ["script", "a-done", "b-done"]);
+        let script = &inv.namespaces[0].workloads[0];
+        // image-has-shell is the image's, not the manifest's: not a blocker.
+        let rules: Vec<&str> = script.blockers.iter().map(|b| b.rule.as_str()).collect();
+        assert_eq!(rules, ["shell-command"]);
+        assert_eq!(script.state, State::NotDistroless);
+        assert_eq!(
+            (inv.source.as_str(), inv.generated_at.as_str()),
+            ("t", "1970-01-01T00:00:00Z")
+        );
+    }
 }
