@@ -442,6 +442,15 @@ mod tests {
         ImageStatus::Inspected(Arc::new(vec![Arc::new(r)]))
     }
 
+    /// Each image inspected, running as 65532, with the shells given.
+    fn nonroot_facts(images: &[(&str, &[&str])]) -> ImageFacts {
+        let mut facts = ImageFacts::new();
+        for (image, shells) in images {
+            facts.insert(image.to_string(), report(image, shells, "65532", 65532));
+        }
+        facts
+    }
+
     #[test]
     fn each_workload_gets_its_state_evidence_and_next_step() {
         let workloads = vec![
@@ -451,15 +460,7 @@ mod tests {
             workload("gone", "ops", "r/app:missing", None),
             workload("rootless", "ops", "gcr.io/distroless/static-debian12:latest", None),
         ];
-        let mut facts = ImageFacts::new();
-        facts.insert(
-            "r/app:1-distroless".into(),
-            report("r/app:1-distroless", &[], "65532", 65532),
-        );
-        facts.insert(
-            "r/app:1-debian".into(),
-            report("r/app:1-debian", &["/usr/bin/dash"], "65532", 65532),
-        );
+        let mut facts = nonroot_facts(&[("r/app:1-distroless", &[]), ("r/app:1-debian", &["/usr/bin/dash"])]);
         facts.insert("r/app:missing".into(), ImageStatus::Failed("manifest unknown".into()));
         facts.insert(
             "gcr.io/distroless/static-debian12:latest".into(),
@@ -773,15 +774,7 @@ mod tests {
             no_namespace,
             imageless.clone(),
         ];
-        let mut facts = ImageFacts::new();
-        facts.insert(
-            "r/app:1-distroless".into(),
-            report("r/app:1-distroless", &[], "65532", 65532),
-        );
-        facts.insert(
-            "r/app:1-debian".into(),
-            report("r/app:1-debian", &["/bin/sh"], "65532", 65532),
-        );
+        let facts = nonroot_facts(&[("r/app:1-distroless", &[]), ("r/app:1-debian", &["/bin/sh"])]);
         let policies = PolicySet::builtin_default();
         fn no_labels<'a>(_: &str) -> Option<&'a BTreeMap<String, String>> {
             None
@@ -825,12 +818,7 @@ mod tests {
             workload("a-done", "shop", "r/app:1", None),
             workload("script", "shop", "r/app:1-debian", Some("exec /app")),
         ];
-        let mut facts = ImageFacts::new();
-        facts.insert("r/app:1".into(), report("r/app:1", &[], "65532", 65532));
-        facts.insert(
-            "r/app:1-debian".into(),
-            report("r/app:1-debian", &["/bin/sh"], "65532", 65532),
-        );
+        let facts = nonroot_facts(&[("r/app:1", &[]), ("r/app:1-debian", &["/bin/sh"])]);
         let inv = build(
             "t",
             &workloads,
