@@ -259,10 +259,11 @@ fn image_entry(container: &str, image: &str, facts: Option<&ImageFacts>) -> (Ima
     )
 }
 
-/// The `:nonroot` form of a distroless image that runs as root, when its repository is a distroless one.
+/// The `:nonroot` form of a distroless image that runs as root, when its
+/// repository is a distroless one (a digest, which pins the root image, is dropped).
 fn nonroot_tag(image: &str) -> Option<String> {
-    let repo_end = image.rfind(':').filter(|i| !image[*i..].contains('/'))?;
-    let (repo, tag) = (&image[..repo_end], &image[repo_end + 1..]);
+    let named = image.split('@').next().unwrap_or(image);
+    let (repo, tag) = named.rsplit_once(':').filter(|(_, tag)| !tag.contains('/'))?;
     (repo.contains("distroless") && !tag.contains("nonroot")).then(|| format!("{repo}:nonroot"))
 }
 
@@ -691,6 +692,11 @@ mod tests {
         assert_eq!(nonroot_tag("gcr.io/distroless/base:debug-nonroot"), None);
         // A port is not a tag; an untagged reference gets no suggestion.
         assert_eq!(nonroot_tag("registry:5000/distroless/base"), None);
+        assert_eq!(nonroot_tag("gcr.io/distroless/base@sha256:0123abcd"), None);
+        assert_eq!(
+            nonroot_tag("gcr.io/distroless/base:latest@sha256:0123abcd").as_deref(),
+            Some("gcr.io/distroless/base:nonroot")
+        );
         assert_eq!(nonroot_tag("docker.io/library/nginx:1.27"), None);
     }
 
