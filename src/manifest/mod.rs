@@ -801,6 +801,18 @@ mod tests {
     }
 
     #[test]
+    fn a_document_of_empty_collections_reads_while_its_nodes_are_within_the_limit() {
+        // Each empty list is one node and two events (its start and end):
+        // the event budget must leave room for twice as many events as nodes.
+        let lists = 1_100_000;
+        let text = format!("kind: List\nitems:\n{}", "- []\n".repeat(lists));
+        assert!(lists < MAX_NODES && 2 * lists > MAX_NODES);
+        let (docs, problem) = parse_lenient("big.yaml", &text);
+        assert!(problem.is_none(), "{problem:?}");
+        assert_eq!(docs.len(), 0, "a List of lists holds no objects");
+    }
+
+    #[test]
     fn lists_are_flattened() {
         let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod}\n- {apiVersion: apps/v1, kind: Deployment}\n";
         let kinds: Vec<String> = parse("l.yaml", text)
