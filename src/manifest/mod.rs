@@ -813,6 +813,25 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_is_read_for_its_yaml_and_json_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = |kind: &str| format!("apiVersion: v1\nkind: {kind}\nmetadata: {{name: x}}\n");
+        std::fs::write(dir.path().join("a.yaml"), pod("Pod")).unwrap();
+        std::fs::write(dir.path().join("b.yml"), pod("Service")).unwrap();
+        std::fs::write(
+            dir.path().join("c.json"),
+            r#"{"apiVersion": "v1", "kind": "ConfigMap"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("logo.png"), b"\x89PNG\r\n\x1a\n\0\0\0").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "kind: [not yaml").unwrap();
+        let loaded = read(&[dir.path().to_path_buf()]).unwrap();
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let kinds: Vec<&str> = loaded.docs.iter().map(Document::kind).collect();
+        assert_eq!(kinds, ["Pod", "Service", "ConfigMap"]);
+    }
+
+    #[test]
     fn lists_are_flattened() {
         let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod}\n- {apiVersion: apps/v1, kind: Deployment}\n";
         let kinds: Vec<String> = parse("l.yaml", text)
