@@ -174,6 +174,12 @@ fn is_manifest_file(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
+/// A file below a directory that could not be looked at: a problem when it
+/// is named like a manifest, none of our business otherwise.
+fn unreadable(path: &Path, e: &std::io::Error) -> Option<Problem> {
+    is_manifest_file(path).then(|| Problem::at(path, None, ProblemKind::Io, e.to_string()))
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + '_ {
     move |source| ManifestError::Io {
         path: path.display().to_string(),
@@ -233,11 +239,7 @@ impl Walk {
             match std::fs::symlink_metadata(&entry) {
                 Ok(m) if m.file_type().is_symlink() => self.links.push_back(entry),
                 Ok(m) => self.entry(&entry, &m),
-                Err(e) if is_manifest_file(&entry) => {
-                    self.problems
-                        .push(Problem::at(&entry, None, ProblemKind::Io, e.to_string()));
-                }
-                Err(_) => {}
+                Err(e) => self.problems.extend(unreadable(&entry, &e)),
             }
         }
     }
@@ -263,10 +265,7 @@ impl Walk {
                 Ok(meta) => meta,
                 // A manifest we cannot stat; a dangling link to something else is no business of ours.
                 Err(e) => {
-                    if is_manifest_file(&link) {
-                        self.problems
-                            .push(Problem::at(&link, None, ProblemKind::Io, e.to_string()));
-                    }
+                    self.problems.extend(unreadable(&link, &e));
                     continue;
                 }
             };
@@ -829,6 +828,14 @@ mod tests {
         assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
         let kinds: Vec<&str> = loaded.docs.iter().map(Document::kind).collect();
         assert_eq!(kinds, ["Pod", "Service", "ConfigMap"]);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_looked_at_is_a_problem_only_when_named_like_a_manifest() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let p = unreadable(Path::new("deploy/web.yaml"), &denied).expect("a manifest");
+        assert_eq!((p.kind, p.path.as_str()), (ProblemKind::Io, "deploy/web.yaml"));
+        assert!(unreadable(Path::new("deploy/logo.png"), &denied).is_none());
     }
 
     #[test]
