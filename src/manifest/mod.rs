@@ -839,6 +839,18 @@ mod tests {
     }
 
     #[test]
+    fn a_device_named_like_a_manifest_is_reported_as_a_device_and_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("null.yaml")).unwrap();
+        let loaded = read(&[dir.path().to_path_buf()]).unwrap();
+        let messages: Vec<(ProblemKind, &str)> = loaded.problems.iter().map(|p| (p.kind, p.message.as_str())).collect();
+        assert_eq!(
+            messages,
+            [(ProblemKind::NotAFile, "a device, not a regular file; not read")]
+        );
+    }
+
+    #[test]
     fn lists_are_flattened() {
         let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod}\n- {apiVersion: apps/v1, kind: Deployment}\n";
         let kinds: Vec<String> = parse("l.yaml", text)
