@@ -2,10 +2,9 @@
 //! mixes the reviews of `tests/data/captured` (sent by the real API server) and
 //! of `tests/data` (hand-written): Pods, Deployments, CronJobs, updates,
 //! deletions, dry runs, ephemeral containers, with and without violations; and
-//! bad input (not JSON, the wrong
-//! apiVersion, no request, a truncated body), with the serving certificate
-//! rotated on disk half-way. Connections are re-opened now and then, as the API
-//! server does. `SOAK_MINUTES` (default 10, at least 3) sets the length.
+//! bad input (not JSON, the wrong apiVersion, no request, a truncated body),
+//! with the serving certificate rotated on disk half-way. Connections are
+//! re-opened now and then, as the API server does. `SOAK_MINUTES` (default 10, at least 3) sets the length.
 //!
 //! Goals: no error on a valid review, resident memory growing less than 5%
 //! after the first minute (the warm-up), the last minute's p99 within 20% of

@@ -771,14 +771,13 @@ mod tests {
         });
         let mut no_namespace = workload("loose", "x", "r/app:1-distroless", None);
         no_namespace.namespace = None;
-        let imageless = workload("imageless", "ops", "", None);
         let workloads = vec![
             workload("done", "shop", "r/app:1-distroless", None),
             workload("shell", "shop", "r/app:1-debian", None),
             workload("script", "ops", "r/app:1-distroless", Some("exec /app")),
             owned,
             no_namespace,
-            imageless.clone(),
+            workload("imageless", "ops", "", None),
         ];
         let facts = nonroot_facts(&[("r/app:1-distroless", &[]), ("r/app:1-debian", &["/bin/sh"])]);
         let policies = PolicySet::builtin_default();
@@ -819,8 +818,12 @@ mod tests {
 
     #[test]
     fn a_workload_lists_spec_blockers_only_and_sorts_worst_first_then_by_kind_and_name() {
+        // A StatefulSet sorts after the Deployments of its state, whatever its name.
+        let mut stateful = workload("0-done", "shop", "r/app:1", None);
+        stateful.kind = crate::policy::WorkloadKind::StatefulSet;
         let workloads = vec![
             workload("b-done", "shop", "r/app:1", None),
+            stateful,
             workload("a-done", "shop", "r/app:1", None),
             workload("script", "shop", "r/app:1-debian", Some("exec /app")),
         ];
@@ -834,7 +837,7 @@ mod tests {
             Timestamp::UNIX_EPOCH,
         );
         let order: Vec<&str> = inv.namespaces[0].workloads.iter().map(|w| w.name.as_str()).collect();
-        assert_eq!(order, ["script", "a-done", "b-done"]);
+        assert_eq!(order, ["script", "a-done", "b-done", "0-done"]);
         let script = &inv.namespaces[0].workloads[0];
         // image-has-shell is the image's, not the manifest's: not a blocker.
         let rules: Vec<&str> = script.blockers.iter().map(|b| b.rule.as_str()).collect();
