@@ -166,6 +166,49 @@ fn workload_state(images: State, has_images: bool, verdict: &policy::Verdict, fa
     state
 }
 
+/// A workload's verdict and its state in the migration: the one judgement
+/// behind both [`counts`] and [`build`]. `labels`: the namespace's labels, if known.
+fn assess(
+    w: &Workload,
+    namespace: &str,
+    labels: Option<&BTreeMap<String, String>>,
+    policies: &PolicySet,
+    facts: Option<&ImageFacts>,
+    now: Timestamp,
+) -> (policy::Verdict, State) {
+    let fallback;
+    let namespace_labels = match labels {
+        Some(l) => l,
+        None => {
+            fallback = namespace_name_labels(namespace);
+            &fallback
+        }
+    };
+    let subject = Subject {
+        workload: w,
+        namespace,
+        namespace_labels,
+        scope: Scope::Full,
+        images: facts,
+    };
+    let verdict = policy::evaluate(policies, &subject, now);
+    let mut images = State::Done;
+    let mut has_images = false;
+    for (_, image) in images_of(w) {
+        has_images = true;
+        images = images.max(image_state(image, facts));
+    }
+    let state = workload_state(images, has_images, &verdict, facts);
+    (verdict, state)
+}
+
+/// Each container's name and image, leaving out containers without one.
+fn images_of(w: &Workload) -> impl Iterator<Item = (&str, &str)> {
+    w.spec
+        .all_containers()
+        .filter_map(|c| Some((c.name.as_str(), c.image.as_deref().filter(|i| !i.is_empty())?)))
+}
+
 /// Workloads per namespace and state: what [`build`] counts, without building
 /// the rows (the audit keeps these as metrics on every pass).
 pub(crate) fn counts<'a>(
@@ -178,46 +221,17 @@ pub(crate) fn counts<'a>(
     let mut by_namespace: BTreeMap<&str, Counts> = BTreeMap::new();
     for w in workloads.into_iter().filter(|w| w.owner.is_none()) {
         let namespace = w.namespace.as_deref().unwrap_or("default");
-        let fallback;
-        let labels = match namespace_labels(namespace) {
-            Some(l) => l,
-            None => {
-                fallback = namespace_name_labels(namespace);
-                &fallback
-            }
-        };
-        let subject = Subject {
-            workload: w,
-            namespace,
-            namespace_labels: labels,
-            scope: Scope::Full,
-            images: facts,
-        };
-        let verdict = policy::evaluate(policies, &subject, now);
-        let mut images = State::Done;
-        let mut has_images = false;
-        for image in w
-            .spec
-            .all_containers()
-            .filter_map(|c| c.image.as_deref())
-            .filter(|i| !i.is_empty())
-        {
-            has_images = true;
-            images = images.max(image_state(image, facts));
-        }
-        by_namespace
-            .entry(namespace)
-            .or_default()
-            .add(workload_state(images, has_images, &verdict, facts));
+        let (_, state) = assess(w, namespace, namespace_labels(namespace), policies, facts, now);
+        by_namespace.entry(namespace).or_default().add(state);
     }
     by_namespace.into_iter().map(|(n, c)| (n.to_string(), c)).collect()
 }
 
-fn image_entry(container: &str, image: &str, facts: Option<&ImageFacts>) -> (ImageEntry, State) {
-    let (verdict, why, state) = match facts.map(|f| f.get(image)) {
-        None => ("not read".to_string(), Vec::new(), State::Done),
-        Some(None) => ("not read".to_string(), vec!["not read".to_string()], State::Unverified),
-        Some(Some(ImageStatus::Failed(reason))) => ("unverified".to_string(), vec![reason.clone()], State::Unverified),
+fn image_entry(container: &str, image: &str, facts: Option<&ImageFacts>) -> ImageEntry {
+    let (verdict, why) = match facts.map(|f| f.get(image)) {
+        None => ("not read".to_string(), Vec::new()),
+        Some(None) => ("not read".to_string(), vec!["not read".to_string()]),
+        Some(Some(ImageStatus::Failed(reason))) => ("unverified".to_string(), vec![reason.clone()]),
         Some(Some(ImageStatus::Inspected(reports))) => {
             let mut why = Vec::new();
             let mut distroless = true;
@@ -245,18 +259,15 @@ fn image_entry(container: &str, image: &str, facts: Option<&ImageFacts>) -> (Ima
             }
             why.dedup();
             let verdict = if distroless { "distroless" } else { "not distroless" };
-            (verdict.to_string(), why, image_state(image, facts))
+            (verdict.to_string(), why)
         }
     };
-    (
-        ImageEntry {
-            container: container.to_string(),
-            image: image.to_string(),
-            verdict,
-            why,
-        },
-        state,
-    )
+    ImageEntry {
+        container: container.to_string(),
+        image: image.to_string(),
+        verdict,
+        why,
+    }
 }
 
 /// The `:nonroot` form of a distroless image that runs as root, when its
@@ -328,18 +339,7 @@ pub(crate) fn build<'a>(
     let mut by_namespace: BTreeMap<String, Vec<WorkloadEntry>> = BTreeMap::new();
     for w in workloads.into_iter().filter(|w| w.owner.is_none()) {
         let namespace = w.namespace.clone().unwrap_or_else(|| "default".into());
-        let labels = namespaces
-            .get(&namespace)
-            .cloned()
-            .unwrap_or_else(|| namespace_name_labels(&namespace));
-        let subject = Subject {
-            workload: w,
-            namespace: &namespace,
-            namespace_labels: &labels,
-            scope: Scope::Full,
-            images: facts,
-        };
-        let verdict = policy::evaluate(policies, &subject, now);
+        let (verdict, state) = assess(w, &namespace, namespaces.get(&namespace), policies, facts, now);
         let blockers: Vec<Blocker> = verdict
             .violations
             .iter()
@@ -354,17 +354,9 @@ pub(crate) fn build<'a>(
                 }
             })
             .collect();
-        let mut images = Vec::new();
-        let mut state = State::Done;
-        for c in w.spec.all_containers() {
-            let Some(image) = c.image.as_deref().filter(|i| !i.is_empty()) else {
-                continue;
-            };
-            let (entry, s) = image_entry(&c.name, image, facts);
-            state = state.max(s);
-            images.push(entry);
-        }
-        let state = workload_state(state, !images.is_empty(), &verdict, facts);
+        let images: Vec<ImageEntry> = images_of(w)
+            .map(|(container, image)| image_entry(container, image, facts))
+            .collect();
         let next_step = next_step(w, state, &images, &blockers);
         by_namespace.entry(namespace).or_default().push(WorkloadEntry {
             kind: w.kind.to_string(),
@@ -617,7 +609,7 @@ mod tests {
         facts.insert("user:1".into(), inspected("user:1", &[], "65532", Some(65532)));
         facts.insert("unset:1".into(), inspected("unset:1", &[], "", None));
         let entry = |image: &str, facts: Option<&ImageFacts>| {
-            let (e, state) = image_entry("app", image, facts);
+            let (e, state) = (image_entry("app", image, facts), image_state(image, facts));
             assert_eq!((e.container.as_str(), e.image.as_str()), ("app", image));
             (e.verdict, e.why, state)
         };
@@ -667,9 +659,8 @@ mod tests {
             "multi:1".into(),
             ImageStatus::Inspected(Arc::new(vec![amd64[0].clone(), Arc::new(pm)])),
         );
-        let (e, state) = image_entry("app", "multi:1", Some(&facts));
+        let e = image_entry("app", "multi:1", Some(&facts));
         assert_eq!(e.verdict, "not distroless");
-        assert_eq!(state, State::NotDistroless);
         assert!(
             e.why.contains(&"package manager /usr/bin/dpkg".to_string()),
             "{:?}",
