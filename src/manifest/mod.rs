@@ -331,11 +331,7 @@ pub fn read(paths: &[PathBuf]) -> Result<Loaded, ManifestError> {
     let mut charts: std::collections::BTreeMap<PathBuf, usize> = Default::default();
     for file in walk.out {
         let text = if file.as_os_str() == "-" {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .take(MAX_FILE_BYTES + 1)
-                .read_to_end(&mut bytes)
-                .map_err(io_error(&file))?;
+            let bytes = bounded(std::io::stdin()).map_err(io_error(&file))?;
             text_of(&file, bytes)
         } else {
             read_text(&file)
@@ -439,9 +435,15 @@ fn chart_of(file: &Path) -> Option<PathBuf> {
 fn read_text(path: &Path) -> Result<String, Problem> {
     let io = |e: std::io::Error| Problem::at(path, None, ProblemKind::Io, e.to_string());
     let file = std::fs::File::open(path).map_err(io)?;
+    text_of(path, bounded(file).map_err(io)?)
+}
+
+/// What `reader` holds, up to one byte past [`MAX_FILE_BYTES`]: enough for
+/// [`text_of`] to tell a file over the limit without reading all of it.
+fn bounded(reader: impl Read) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
-    text_of(path, bytes)
+    reader.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String, Problem> {

@@ -376,6 +376,26 @@ fn hostile_files_are_errors_with_file_and_line_and_the_others_are_still_checked(
 }
 
 #[test]
+fn standard_input_past_the_size_limit_is_reported_as_too_large_and_not_judged() {
+    // A pod first, so a reader that cut the input at the limit would judge it.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c, image: x, command: [sh, -c, x]}]}\n";
+    let mut input = pod.as_bytes().to_vec();
+    input.resize(33 * 1024 * 1024, b'#');
+    let mut cmd = bin();
+    cmd.args(["check", "-f", "-", "-o", "json"]);
+    let out = crate::command::output_with_input(cmd, input);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing judged: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains("-: larger than 32 MiB"), "{err}");
+    assert!(err.contains("nothing to check"), "{err}");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     assert_eq!(run(&["check"]).status.code(), Some(2), "-f is required");
     assert_eq!(run(&["check", "-f", "no/such/dir"]).status.code(), Some(2));
