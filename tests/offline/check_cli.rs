@@ -273,6 +273,13 @@ fn a_repository_is_checked_by_what_reads_and_each_unreadable_file_is_named_once(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [pod.yaml]\n",
     );
     w("base/patch.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p\n");
+    // Beside the kustomization, a template keeps its own hint; a broken file
+    // elsewhere gets no kustomization hint.
+    w(
+        "base/job-template.yaml",
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\nspec:\n  template:\n    spec:\n      containers:\n      - image: {{ .Image }}\n",
+    );
+    w("deploy/broken.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p\n");
 
     let out = run(&["check", "-f", repo.path().to_str().unwrap(), "-o", "json"]);
     assert_eq!(out.status.code(), Some(1), "the root Pod is denied: {}", stderr(&out));
@@ -285,15 +292,23 @@ fn a_repository_is_checked_by_what_reads_and_each_unreadable_file_is_named_once(
     assert_eq!(
         problems,
         [
+            (
+                format!("{root}/base/job-template.yaml"),
+                Some(9),
+                "template".to_string()
+            ),
             (format!("{root}/base/patch.yaml"), Some(3), "syntax".to_string()),
             (format!("{root}/chart"), None, "template".to_string()),
+            (format!("{root}/deploy/broken.yaml"), Some(3), "syntax".to_string()),
             (format!("{root}/ops/job-template.yaml"), Some(9), "template".to_string()),
         ]
     );
     let err = stderr(&out);
     assert!(err.contains("a Helm chart; its 2 template files"), "{err}");
     assert!(err.contains("check --helm"), "{err}");
-    assert!(err.contains("kustomize build"), "{err}");
+    let kustomize: Vec<&str> = err.lines().filter(|l| l.contains("kustomize build")).collect();
+    assert_eq!(kustomize.len(), 1, "{err}");
+    assert!(kustomize[0].contains("base/patch.yaml"), "{err}");
     assert!(
         !err.contains("ci.yml") && !err.contains("values.yaml") && !err.contains("settings.json"),
         "{err}"
@@ -301,7 +316,7 @@ fn a_repository_is_checked_by_what_reads_and_each_unreadable_file_is_named_once(
 
     let strict = run(&["check", "-f", repo.path().to_str().unwrap(), "--strict"]);
     assert_eq!(strict.status.code(), Some(2));
-    assert!(stderr(&strict).contains("3 of 3 unreadable"), "{}", stderr(&strict));
+    assert!(stderr(&strict).contains("5 of 5 unreadable"), "{}", stderr(&strict));
 }
 
 /// Each hostile file is an error (exit 2) naming the file and line, found in
