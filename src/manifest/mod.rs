@@ -464,8 +464,7 @@ fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String, Problem> {
     };
     if let Some(nul) = bytes.iter().position(|b| *b == 0) {
         // ASCII text in UTF-16 without a byte-order mark: every other byte is NUL.
-        let half = bytes.len() / 2;
-        if bytes.len() >= 4 && bytes.iter().skip(nul % 2).step_by(2).take(half).all(|b| *b == 0) {
+        if bytes.len() >= 4 && bytes.iter().skip(nul % 2).step_by(2).all(|b| *b == 0) {
             return Err(Problem::at(
                 path,
                 None,
@@ -850,6 +849,48 @@ mod tests {
             messages,
             [(ProblemKind::NotAFile, "a device, not a regular file; not read")]
         );
+    }
+
+    #[test]
+    fn a_file_is_text_up_to_the_size_limit_and_a_byte_past_it_is_too_large() {
+        let path = Path::new("f.yaml");
+        let limit = usize::try_from(MAX_FILE_BYTES).unwrap();
+        let at_limit = text_of(path, vec![b'#'; limit]).unwrap();
+        assert_eq!(at_limit.len(), limit);
+        let past = text_of(path, vec![b'#'; limit + 1]).unwrap_err();
+        assert_eq!(past.kind, ProblemKind::Limit);
+        assert_eq!(past.message, "larger than 32 MiB, the limit for a manifest file");
+    }
+
+    #[test]
+    fn a_utf8_byte_order_mark_is_not_part_of_the_text() {
+        let text = text_of(Path::new("f.yaml"), b"\xEF\xBB\xBFkind: Pod\n".to_vec()).unwrap();
+        assert_eq!(text, "kind: Pod\n");
+    }
+
+    #[test]
+    fn a_nul_byte_is_utf16_only_when_every_other_byte_from_its_side_is_nul() {
+        let text_of = |bytes: &[u8]| text_of(Path::new("f.yaml"), bytes.to_vec()).unwrap_err();
+        let bare: Vec<u8> = "kind: Pod\n".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let utf16 = text_of(&bare);
+        assert_eq!((utf16.kind, utf16.line), (ProblemKind::Binary, None));
+        assert!(
+            utf16.message.starts_with("UTF-16 text without a byte-order mark"),
+            "{}",
+            utf16.message
+        );
+        // Text, then NULs: the bytes before the first NUL, on its side, are
+        // not NUL, so this is a binary file (of even and of odd length).
+        for bytes in [&b"kind: Pod\n\0\x01"[..], b"kind: x\0\0\0\0", b"kind: x\0\0\0\0\0"] {
+            let binary = text_of(bytes);
+            assert_eq!(binary.kind, ProblemKind::Binary, "{bytes:?}");
+            assert!(
+                binary.message.starts_with("a binary file (a NUL byte)"),
+                "{bytes:?}: {}",
+                binary.message
+            );
+        }
+        assert_eq!(text_of(b"kind: Pod\n\0\x01").line, Some(2));
     }
 
     #[test]
