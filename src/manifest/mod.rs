@@ -506,10 +506,11 @@ fn utf16(path: &Path, bytes: &[u8], unit: fn([u8; 2]) -> u16) -> Result<String, 
     let units = bytes.chunks_exact(2).map(|pair| unit([pair[0], pair[1]]));
     let mut text = String::with_capacity(bytes.len() / 2);
     for c in char::decode_utf16(units) {
+        let line = || Some(1 + text.matches('\n').count());
         match c {
-            Ok('\0') => return bad(Some(1 + text.matches('\n').count()), "a NUL character"),
+            Ok('\0') => return bad(line(), "a NUL character"),
             Ok(c) => text.push(c),
-            Err(_) => return bad(Some(1 + text.matches('\n').count()), "an unpaired surrogate"),
+            Err(_) => return bad(line(), "an unpaired surrogate"),
         }
     }
     Ok(text)
@@ -891,6 +892,55 @@ mod tests {
             );
         }
         assert_eq!(text_of(b"kind: Pod\n\0\x01").line, Some(2));
+    }
+
+    #[test]
+    fn utf16_with_a_byte_order_mark_names_the_line_of_a_nul_or_an_unpaired_surrogate() {
+        let le = |units: &[u16]| -> Vec<u8> {
+            [0xFF, 0xFE]
+                .into_iter()
+                .chain(units.iter().flat_map(|u| u.to_le_bytes()))
+                .collect()
+        };
+        let error = |bytes: Vec<u8>| {
+            let p = text_of(Path::new("f.yaml"), bytes).unwrap_err();
+            (p.kind, p.line, p.message)
+        };
+        let mut units: Vec<u16> = "kind: Pod\nmetadata:\n".encode_utf16().collect();
+        assert_eq!(
+            text_of(Path::new("f.yaml"), le(&units)).unwrap(),
+            "kind: Pod\nmetadata:\n"
+        );
+        let mut nul = units.clone();
+        nul.push(0);
+        assert_eq!(
+            error(le(&nul)),
+            (
+                ProblemKind::Binary,
+                Some(3),
+                "UTF-16 text with a NUL character".to_string()
+            )
+        );
+        units.truncate("kind: Pod\nme".len());
+        units.push(0xD800);
+        assert_eq!(
+            error(le(&units)),
+            (
+                ProblemKind::Binary,
+                Some(2),
+                "UTF-16 text with an unpaired surrogate".to_string()
+            )
+        );
+        let mut odd = le(&units[..2]);
+        odd.push(b'x');
+        assert_eq!(
+            error(odd),
+            (
+                ProblemKind::Binary,
+                None,
+                "UTF-16 text with an odd number of bytes".to_string()
+            )
+        );
     }
 
     #[test]
