@@ -799,6 +799,15 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert_eq!((docs[0].line, docs[0].kind()), (2, "Pod"));
         assert_eq!((docs[1].line, docs[1].kind()), (5, "Service"));
+        // A separator may carry a comment after a space or a tab, or the
+        // document itself; `...` ends a document.
+        let text = "kind: Pod\n--- # a\nkind: Service\n---\t# b\nkind: Secret\n...\nkind: Job\n--- {kind: ConfigMap}\n";
+        let docs = parse("x.yaml", text).unwrap();
+        let found: Vec<(usize, &str)> = docs.iter().map(|d| (d.line, d.kind())).collect();
+        assert_eq!(
+            found,
+            [(1, "Pod"), (3, "Service"), (5, "Secret"), (7, "Job"), (8, "ConfigMap")]
+        );
     }
 
     #[test]
