@@ -557,23 +557,15 @@ fn has_template_action(text: &str) -> bool {
 /// A parser error as one line, without its position (the caller gives `file:line`),
 /// and whether a reader limit was what stopped it.
 fn describe_parse_error(e: &serde_saphyr::Error) -> (ProblemKind, String) {
-    let text = e.without_snippet().to_string();
-    let text = text.lines().next().unwrap_or_default().trim();
-    let text = text.strip_prefix("error: ").unwrap_or(text);
-    // "line 6 column 18: message"
-    let text = match text.strip_prefix("line ").and_then(|t| t.split_once(": ")) {
-        Some((position, rest)) if position.contains("column") => rest,
-        _ => text,
-    };
-    // The position again at the end, and advice meant for programmers using the parser.
-    let text = match text.rfind(" at line ") {
-        Some(i) if text[i..].contains("column") => &text[..i],
-        _ => text,
-    };
-    let text = text.split(", set DuplicateKeyPolicy").next().unwrap_or(text);
+    use serde_saphyr::MessageFormatter;
     match limit_breached(e) {
         Some(what) => (ProblemKind::Limit, format!("over the reader's limits: {what}")),
-        None => (ProblemKind::Syntax, text.to_string()),
+        // serde-saphyr's wording for users: no position (ours comes from the
+        // error's location), no advice meant for programmers using the parser.
+        None => (
+            ProblemKind::Syntax,
+            serde_saphyr::UserMessageFormatter.format_message(e).into_owned(),
+        ),
     }
 }
 
@@ -970,6 +962,28 @@ mod tests {
         assert!(err.starts_with("bad.yaml:"), "{err}");
         let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
         assert!((7..=8).contains(&line), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_is_described_in_the_parsers_words_for_users_without_its_position() {
+        let message = |text: &str| {
+            let e = serde_saphyr::from_str_with_options::<serde_json::Value>(text, yaml_options()).unwrap_err();
+            describe_parse_error(&e)
+        };
+        let syntax = |m: &str| (ProblemKind::Syntax, m.to_string());
+        assert_eq!(message("a: [unclosed\n"), syntax("unclosed bracket '['"));
+        assert_eq!(
+            message("a: 1\na: 2\n"),
+            syntax("duplicate mapping key `a` is not allowed here")
+        );
+        assert_eq!(
+            message("a: b: c\n"),
+            syntax("mapping values are not allowed in this context")
+        );
+        assert_eq!(
+            message("a:\n\t- x\n"),
+            syntax("tabs disallowed within this context (block indentation)")
+        );
     }
 
     #[test]
