@@ -815,6 +815,41 @@ mod tests {
     }
 
     #[test]
+    fn a_document_past_the_depth_or_node_limit_is_a_limit_problem_that_names_that_limit() {
+        use serde_saphyr::budget::BudgetBreach;
+        let limit = |text: &str| {
+            let (_, problem) = parse_lenient("big.yaml", text);
+            let p = problem.expect("over a limit");
+            (p.kind, p.message)
+        };
+        let nested: String = (0..70).map(|depth| format!("{}a:\n", "  ".repeat(depth))).collect();
+        assert_eq!(
+            limit(&format!("{nested}{}b: 1\n", "  ".repeat(70))),
+            (
+                ProblemKind::Limit,
+                "over the reader's limits: collections nested more than 64 deep".to_string()
+            )
+        );
+        // A real breach of the node or event budget takes seconds to build;
+        // serde-saphyr's typed errors for both, as its parser returns them.
+        for breach in [
+            BudgetBreach::Nodes { nodes: MAX_NODES + 1 },
+            BudgetBreach::Events {
+                events: 2 * MAX_NODES + 1,
+            },
+        ] {
+            let e = serde_saphyr::Error::Budget {
+                breach,
+                location: serde_saphyr::Location::UNKNOWN,
+            };
+            assert_eq!(
+                limit_breached(&e),
+                Some("more than 2,000,000 nodes (keys, values, items) in one document")
+            );
+        }
+    }
+
+    #[test]
     fn a_directory_is_read_for_its_yaml_and_json_files_only() {
         let dir = tempfile::tempdir().unwrap();
         let pod = |kind: &str| format!("apiVersion: v1\nkind: {kind}\nmetadata: {{name: x}}\n");
