@@ -815,7 +815,7 @@ mod tests {
     }
 
     #[test]
-    fn a_document_past_the_depth_or_node_limit_is_a_limit_problem_that_names_that_limit() {
+    fn a_document_past_a_limit_of_the_reader_is_a_limit_problem_that_names_that_limit() {
         use serde_saphyr::budget::BudgetBreach;
         let limit = |text: &str| {
             let (_, problem) = parse_lenient("big.yaml", text);
@@ -830,22 +830,46 @@ mod tests {
                 "over the reader's limits: collections nested more than 64 deep".to_string()
             )
         );
-        // A real breach of the node or event budget takes seconds to build;
-        // serde-saphyr's typed errors for both, as its parser returns them.
-        for breach in [
-            BudgetBreach::Nodes { nodes: MAX_NODES + 1 },
-            BudgetBreach::Events {
-                events: 2 * MAX_NODES + 1,
-            },
+        // Real breaches of the other budgets take seconds to build (or
+        // megabytes); serde-saphyr's typed errors, as its parser returns them.
+        let nodes = "more than 2,000,000 nodes (keys, values, items) in one document";
+        let laughs =
+            "more than 50,000 aliases or anchors, or aliases expanding far beyond their anchors (a \"billion laughs\")";
+        for (breach, want) in [
+            (BudgetBreach::Nodes { nodes: MAX_NODES + 1 }, nodes),
+            (
+                BudgetBreach::Events {
+                    events: 2 * MAX_NODES + 1,
+                },
+                nodes,
+            ),
+            (BudgetBreach::Aliases { aliases: 50_001 }, laughs),
+            (
+                BudgetBreach::RecordedAnchorEvents {
+                    recorded_anchor_events: 250_001,
+                },
+                laughs,
+            ),
+            (
+                BudgetBreach::MergeKeys { merge_keys: 10_001 },
+                "more than 10,000 merge keys (<<)",
+            ),
+            (
+                BudgetBreach::ScalarBytes {
+                    total_scalar_bytes: 64 << 20,
+                },
+                "more than 64 MiB of scalar text",
+            ),
+            (
+                BudgetBreach::Documents { documents: 1 },
+                "too many YAML documents, includes or property expansions",
+            ),
         ] {
             let e = serde_saphyr::Error::Budget {
                 breach,
                 location: serde_saphyr::Location::UNKNOWN,
             };
-            assert_eq!(
-                limit_breached(&e),
-                Some("more than 2,000,000 nodes (keys, values, items) in one document")
-            );
+            assert_eq!(limit_breached(&e), Some(want));
         }
     }
 
@@ -988,6 +1012,14 @@ mod tests {
             .map(|d| d.kind().to_string())
             .collect();
         assert_eq!(kinds, ["Pod", "Deployment"]);
+        // A List needs both: a kind ending in List, and items that are a list.
+        let text = "kind: PodList\nitems: {a: {kind: Pod}}\n---\nkind: Foo\nitems:\n- {kind: Pod}\n";
+        let kinds: Vec<String> = parse("l.yaml", text)
+            .unwrap()
+            .iter()
+            .map(|d| d.kind().to_string())
+            .collect();
+        assert_eq!(kinds, ["PodList", "Foo"]);
     }
 
     #[test]
