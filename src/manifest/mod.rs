@@ -1023,6 +1023,19 @@ mod tests {
     }
 
     #[test]
+    fn lists_nested_past_64_deep_are_not_opened_further() {
+        // The YAML reader stops nesting first; a List built another way is
+        // walked 64 levels down and no further.
+        let mut value = serde_json::json!({"apiVersion": "v1", "kind": "Pod"});
+        for _ in 0..70 {
+            value = serde_json::json!({"kind": "List", "items": [value]});
+        }
+        assert_eq!(list_item_pointers(&value), ["/items/0".repeat(65)]);
+        let shallow = serde_json::json!({"kind": "List", "items": [{"kind": "List", "items": [{"kind": "Pod"}, 1]}, {"kind": "Service"}]});
+        assert_eq!(list_item_pointers(&shallow), ["/items/0/items/0", "/items/1"]);
+    }
+
+    #[test]
     fn parse_errors_name_the_file_and_the_line_in_the_file() {
         let text = "apiVersion: v1\nkind: Pod\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n";
         let err = parse("bad.yaml", text).unwrap_err().to_string();
