@@ -1036,6 +1036,16 @@ mod tests {
     }
 
     #[test]
+    fn each_documents_raw_text_is_as_written_with_a_leading_blank_line_kept_and_no_separator() {
+        let text = "\nkind: Pod\n---\nkind: Service\n";
+        let (docs, problem, raw) = parse_with_raw("x.yaml", text, 0);
+        assert!(problem.is_none(), "{problem:?}");
+        assert_eq!(docs.len(), 2);
+        let written: Vec<&str> = raw.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(written, ["\nkind: Pod\n", "kind: Service\n"]);
+    }
+
+    #[test]
     fn parse_errors_name_the_file_and_the_line_in_the_file() {
         let text = "apiVersion: v1\nkind: Pod\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n";
         let err = parse("bad.yaml", text).unwrap_err().to_string();
