@@ -1005,21 +1005,24 @@ mod tests {
 
     #[test]
     fn lists_are_flattened() {
-        let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod}\n- {apiVersion: apps/v1, kind: Deployment}\n";
-        let kinds: Vec<String> = parse("l.yaml", text)
-            .unwrap()
-            .iter()
-            .map(|d| d.kind().to_string())
-            .collect();
-        assert_eq!(kinds, ["Pod", "Deployment"]);
+        let kinds = |text: &str| -> Vec<String> {
+            parse("l.yaml", text)
+                .unwrap()
+                .iter()
+                .map(|d| d.kind().to_string())
+                .collect()
+        };
+        assert_eq!(
+            kinds(
+                "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod}\n- {apiVersion: apps/v1, kind: Deployment}\n"
+            ),
+            ["Pod", "Deployment"]
+        );
         // A List needs both: a kind ending in List, and items that are a list.
-        let text = "kind: PodList\nitems: {a: {kind: Pod}}\n---\nkind: Foo\nitems:\n- {kind: Pod}\n";
-        let kinds: Vec<String> = parse("l.yaml", text)
-            .unwrap()
-            .iter()
-            .map(|d| d.kind().to_string())
-            .collect();
-        assert_eq!(kinds, ["PodList", "Foo"]);
+        assert_eq!(
+            kinds("kind: PodList\nitems: {a: {kind: Pod}}\n---\nkind: Foo\nitems:\n- {kind: Pod}\n"),
+            ["PodList", "Foo"]
+        );
     }
 
     #[test]
