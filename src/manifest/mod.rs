@@ -558,15 +558,22 @@ fn has_template_action(text: &str) -> bool {
 /// and whether a reader limit was what stopped it.
 fn describe_parse_error(e: &serde_saphyr::Error) -> (ProblemKind, String) {
     use serde_saphyr::MessageFormatter;
-    match limit_breached(e) {
-        Some(what) => (ProblemKind::Limit, format!("over the reader's limits: {what}")),
-        // serde-saphyr's wording for users: no position (ours comes from the
-        // error's location), no advice meant for programmers using the parser.
-        None => (
-            ProblemKind::Syntax,
-            serde_saphyr::UserMessageFormatter.format_message(e).into_owned(),
-        ),
+    if let Some(what) = limit_breached(e) {
+        return (ProblemKind::Limit, format!("over the reader's limits: {what}"));
     }
+    // serde-saphyr's wording for users: no position (ours comes from the
+    // error's location), no advice meant for programmers using the parser.
+    // It quotes the file (a duplicate key), and only its renderers escape
+    // control characters: a key must not move the terminal's cursor.
+    let mut message = String::new();
+    for c in serde_saphyr::UserMessageFormatter.format_message(e).chars() {
+        if c.is_control() {
+            message.extend(c.escape_debug());
+        } else {
+            message.push(c);
+        }
+    }
+    (ProblemKind::Syntax, message)
 }
 
 /// Which of the reader's limits stopped it, from serde-saphyr's own error
@@ -1076,6 +1083,11 @@ mod tests {
         assert_eq!(
             message("a:\n\t- x\n"),
             syntax("tabs disallowed within this context (block indentation)")
+        );
+        // Quoted from the file, with its control characters escaped.
+        assert_eq!(
+            message("\"a\\nb\\e[31m\": 1\n\"a\\nb\\e[31m\": 2\n"),
+            syntax("duplicate mapping key `a\\nb\\u{1b}[31m` is not allowed here")
         );
     }
 
