@@ -142,10 +142,10 @@ mod tests {
 
     #[test]
     fn named_files_replace_the_examined_globs_and_keep_the_rest_of_the_configuration() {
-        let config = "# c\nexamine_globs = [\n    \"src/a/**/*.rs\",\n]\nadditional_cargo_test_args = [\"--lib\"]\n";
+        let config = "# c\nexamine_globs = [\n    \"src/a/**/*.rs\",\n]\nadditional_cargo_args = [\"--lib\"]\n";
         assert_eq!(
             narrow(config, &["src/b.rs".into()]).unwrap(),
-            "# c\nexamine_globs = [\"src/b.rs\"]\nadditional_cargo_test_args = [\"--lib\"]\n"
+            "# c\nexamine_globs = [\"src/b.rs\"]\nadditional_cargo_args = [\"--lib\"]\n"
         );
         assert!(narrow("exclude_re = []", &["x".into()]).is_err());
     }

@@ -863,14 +863,13 @@ impl<'a> Planner<'a> {
         // Timers: pods not ready in time, images not pulled in time.
         for p in &pods {
             if let Some(created) = classify::created(p) {
-                let age = o.now.duration_since(created).unsigned_abs();
                 for limit in [
                     spec.failure.ready_timeout_seconds,
                     spec.failure.image_pull_grace_seconds,
                 ] {
-                    let limit = Duration::from_secs(u64::from(limit));
-                    if age < limit {
-                        self.after(limit - age);
+                    let end = created + jiff::SignedDuration::from_secs(i64::from(limit));
+                    if o.now < end {
+                        self.after(o.now.duration_until(end).unsigned_abs());
                     }
                 }
             }
@@ -2176,6 +2175,57 @@ mod tests {
         }
         let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "True");
+    }
+
+    /// The reconciler comes back after `requeue` when no watch event wakes it
+    /// sooner: a timer missed here is a step that waits for an unrelated event.
+    #[test]
+    fn the_plan_asks_to_look_again_when_its_earliest_timer_ends() {
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        let at = |w: &World, s: i64| w.now + jiff::SignedDuration::from_secs(s);
+        // Staging: 1 pod, bake 30 s; readyTimeoutSeconds 60, imagePullGraceSeconds 10.
+        let mut w = World::new(json!({}), 4);
+        assert_eq!(w.step().requeue, secs(1), "the preflight's answer");
+        w.now = at(&w, 1);
+        assert_eq!(
+            w.step().requeue,
+            secs(600),
+            "no canary pod yet: the step's progressDeadlineSeconds"
+        );
+        w.now = at(&w, 1);
+        let created = w.now;
+        // A pod's grace periods count from the end of the second its
+        // creationTimestamp names (classify::created).
+        assert_eq!(w.step().requeue, secs(11), "a new pod: its image pull grace");
+        let mut look = |w: &mut World, age: i64| {
+            w.now = created + jiff::SignedDuration::from_secs(age);
+            w.plan().requeue
+        };
+        assert_eq!(look(&mut w, 4), secs(7), "the pull grace's rest");
+        assert_eq!(look(&mut w, 20), secs(10), "the bake's rest (ready at 0, 30 s)");
+        assert_eq!(look(&mut w, 29), secs(1));
+        assert_eq!(
+            look(&mut w, 31),
+            Some(Duration::from_millis(500)),
+            "baked: the next step at once (half a second, the shortest look)"
+        );
+
+        // The 100% step's bake, once the Deployment has rolled out.
+        let mut w = World::new(json!({"steps": [{"weight": 50, "bakeSeconds": 5}, {"weight": 100, "bakeSeconds": 40}]}), 4);
+        for _ in 0..30 {
+            w.step();
+            if w.status().phase == Phase::Promoting && w.status().step_ready_at.is_some() {
+                break;
+            }
+            w.now = at(&w, 1);
+        }
+        let ready = w.status().step_ready_at.expect("the promoted pods were ready").0;
+        w.now = ready + jiff::SignedDuration::from_secs(15);
+        assert_eq!(w.plan().requeue, secs(25), "the rest of the 100% step's bake");
+        w.now = ready + jiff::SignedDuration::from_secs(40);
+        let p = w.plan();
+        assert_eq!(p.status.phase, Phase::Succeeded);
+        assert_eq!(p.requeue, None, "nothing left to time");
     }
 
     #[test]
