@@ -2177,6 +2177,143 @@ mod tests {
         assert_eq!(ready.status, "True");
     }
 
+    #[test]
+    fn the_status_is_written_first_for_a_new_rollback_or_a_deployment_scale_it_does_not_record_yet() {
+        let st = |phase: Phase, scale: Option<(u32, u32)>| DistrolessRolloutStatus {
+            phase,
+            stable_scale: scale.map(|(replicas, scaled_to)| StableScale {
+                replicas,
+                scaled_to,
+                held: false,
+            }),
+            ..DistrolessRolloutStatus::default()
+        };
+        let plan = |status| Plan {
+            status,
+            ..Plan::default()
+        };
+        let first = |new, previous| {
+            let p = plan(new);
+            (p.decides_rollback(&previous), p.status_first(&previous))
+        };
+        // A rollback decided now, and one already on record.
+        assert_eq!(
+            first(st(Phase::RolledBack, None), st(Phase::Canary, None)),
+            (true, true)
+        );
+        assert_eq!(
+            first(st(Phase::GitRevertNeeded, None), st(Phase::Promoting, None)),
+            (true, true)
+        );
+        assert_eq!(
+            first(st(Phase::RolledBack, None), st(Phase::RolledBack, None)),
+            (false, false)
+        );
+        assert_eq!(
+            first(st(Phase::Canary, None), st(Phase::RolledBack, None)),
+            (false, false),
+            "a retry"
+        );
+        assert_eq!(first(st(Phase::Canary, None), st(Phase::Staging, None)), (false, false));
+        // The Deployment's own count, recorded before the scale that needs it.
+        assert_eq!(
+            first(st(Phase::Canary, Some((6, 5))), st(Phase::Canary, None)),
+            (false, true)
+        );
+        assert_eq!(
+            first(st(Phase::Canary, Some((6, 4))), st(Phase::Canary, Some((6, 5)))),
+            (false, true)
+        );
+        assert_eq!(
+            first(st(Phase::Canary, Some((6, 5))), st(Phase::Canary, Some((6, 5)))),
+            (false, false)
+        );
+        assert_eq!(
+            first(st(Phase::Canary, None), st(Phase::Canary, Some((6, 5)))),
+            (false, false),
+            "given back"
+        );
+    }
+
+    #[test]
+    fn conditions_follow_the_phase_and_keep_the_time_of_their_last_change() {
+        let now = t0();
+        let then = Time(now - jiff::SignedDuration::from_secs(300));
+        let status = |phase: Phase, failure: Option<FailureReason>| DistrolessRolloutStatus {
+            phase,
+            failure: failure.map(|reason| RolloutFailure {
+                reason,
+                ..RolloutFailure::default()
+            }),
+            message: "what happened".into(),
+            observed_generation: Some(7),
+            ..DistrolessRolloutStatus::default()
+        };
+        let seen = |cs: &[Condition]| -> Vec<(String, String, String)> {
+            cs.iter()
+                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+                .collect()
+        };
+        let expect = |r: &str, p: &str, s: &str, reason: &str, stalled: &str| -> Vec<(String, String, String)> {
+            [
+                ("Ready", r, reason),
+                ("Progressing", p, reason),
+                ("Stalled", s, stalled),
+            ]
+            .iter()
+            .map(|(t, v, why)| (t.to_string(), v.to_string(), why.to_string()))
+            .collect()
+        };
+        let cases = [
+            (
+                status(Phase::Succeeded, None),
+                expect("True", "False", "False", "Succeeded", "Succeeded"),
+            ),
+            (
+                status(Phase::Canary, None),
+                expect("False", "True", "False", "Canary", "Canary"),
+            ),
+            (
+                status(Phase::Paused, None),
+                expect("False", "False", "False", "Paused", "Paused"),
+            ),
+            (
+                status(Phase::RolledBack, Some(FailureReason::OOMKilled)),
+                expect("False", "False", "True", "RolledBack", "OOMKilled"),
+            ),
+            (
+                status(Phase::GitRevertNeeded, Some(FailureReason::MetricGate)),
+                expect("False", "False", "True", "GitRevertNeeded", "MetricGate"),
+            ),
+        ];
+        for (st, want) in cases {
+            let made = conditions(&st, &[], now);
+            assert_eq!(seen(&made), want, "{:?}", st.phase);
+            for c in &made {
+                assert_eq!((c.message.as_str(), c.observed_generation), ("what happened", Some(7)));
+                assert_eq!(c.last_transition_time, Time(now), "new conditions start now");
+            }
+        }
+        // A condition keeps its time while its status and reason stay; a
+        // change of either (or of the type they are found under) starts it anew.
+        let before = |kind: &str, on: &str, why: &str| Condition {
+            type_: kind.into(),
+            status: on.into(),
+            reason: why.into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: then.clone(),
+        };
+        let previous = [
+            before("Ready", "False", "Canary"),
+            before("Progressing", "True", "Staging"),
+            before("Stalled", "True", "Canary"),
+        ];
+        let made = conditions(&status(Phase::Canary, None), &previous, now);
+        let times: Vec<&Time> = made.iter().map(|c| &c.last_transition_time).collect();
+        assert_eq!(times, [&then, &Time(now), &Time(now)]);
+    }
+
     /// The reconciler comes back after `requeue` when no watch event wakes it
     /// sooner: a timer missed here is a step that waits for an unrelated event.
     #[test]
@@ -2211,7 +2348,10 @@ mod tests {
         );
 
         // The 100% step's bake, once the Deployment has rolled out.
-        let mut w = World::new(json!({"steps": [{"weight": 50, "bakeSeconds": 5}, {"weight": 100, "bakeSeconds": 40}]}), 4);
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 5}, {"weight": 100, "bakeSeconds": 40}]}),
+            4,
+        );
         for _ in 0..30 {
             w.step();
             if w.status().phase == Phase::Promoting && w.status().step_ready_at.is_some() {
@@ -2449,6 +2589,98 @@ mod tests {
         w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:distroless".into());
         w.run(10, 1);
         assert_eq!(w.status().phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn a_git_change_to_the_distroless_images_mid_canary_is_the_promotion_announced_once_and_never_patched() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 10, "bakeSeconds": 60}, {"weight": 100, "bakeSeconds": 20}]}),
+            9,
+        );
+        w.run(20, 5);
+        assert_eq!(w.status().phase, Phase::Canary);
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:distroless".into());
+        w.step();
+        let s = w.status();
+        assert_eq!(s.phase, Phase::Promoting);
+        assert_eq!(s.step_started_at, Some(Time(w.now)), "the promotion's own clock");
+        w.run(30, 1);
+        let s = w.status();
+        assert_eq!(s.phase, Phase::Succeeded, "{}", s.message);
+        assert!(!s.deployment_patched, "Git made the change, not the operator");
+        let told = w.events.iter().filter(|e| *e == "DeploymentCarriesDistroless").count();
+        assert_eq!(told, 1, "{:?}", w.events);
+    }
+
+    #[test]
+    fn promote_full_moves_a_canary_step_to_the_promotion_at_once_and_says_so_once() {
+        let mut w = World::new(json!({}), 9);
+        w.run(60, 5);
+        assert_eq!((w.status().phase, w.status().current_step), (Phase::Canary, 1));
+        w.rollout.spec.promote_full = true;
+        w.step();
+        let s = w.status();
+        assert_eq!(s.phase, Phase::Promoting);
+        assert_eq!(s.step_started_at, Some(Time(w.now)), "the promotion's own clock");
+        assert_eq!(w.deployment_image(), "reg/app:distroless", "the Deployment is patched");
+        w.run(10, 1);
+        assert_eq!(w.status().phase, Phase::Succeeded, "{}", w.status().message);
+        let told = w.events.iter().filter(|e| *e == "PromotedFull").count();
+        assert_eq!(told, 1, "{:?}", w.events);
+    }
+
+    #[test]
+    fn terminating_canary_pods_are_not_counted_served_or_kept() {
+        let mut w = World::new(
+            json!({"keepFailedPod": true, "steps": [{"weight": 50, "bakeSeconds": 60}, {"weight": 100}]}),
+            2,
+        );
+        w.run(5, 1);
+        assert_eq!(w.status().canary.as_ref().map(|c| (c.replicas, c.ready)), Some((2, 2)));
+        // A pod the ReplicaSet let go of, still shutting down, gate closed.
+        let mut going = w.pods[0].clone();
+        going.metadata.name = Some("web-going".into());
+        going.metadata.deletion_timestamp = Some(Time(w.now));
+        set_condition(&mut going, SERVING_GATE, false);
+        let observe = |w: &World, pods: &[Pod]| {
+            plan(&Observed {
+                rollout: &w.rollout,
+                deployment: Some(&w.deployment),
+                canaries: &w.canaries,
+                canary_pods: pods,
+                promoted_pods: &w.promoted,
+                metrics: &w.metrics,
+                now: w.now,
+            })
+        };
+        let mut pods = w.pods.clone();
+        pods.push(going.clone());
+        let p = observe(&w, &pods);
+        assert_eq!(p.status.canary.map(|c| c.ready), Some(2), "only the live pods count");
+        let opened: Vec<&Action> = p
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::SetServing { .. }))
+            .collect();
+        assert!(opened.is_empty(), "a terminating pod's gate is not opened: {opened:?}");
+        // Aborted: a live pod is kept for debugging, the live pods' gates are
+        // closed; the terminating pod is neither kept nor closed.
+        w.rollout.spec.abort = true;
+        set_condition(&mut going, SERVING_GATE, true);
+        pods.pop();
+        pods.insert(0, going);
+        let p = observe(&w, &pods);
+        let live: Vec<String> = w.pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        let kept = Action::KeepPod { name: live[0].clone() };
+        assert!(p.actions.contains(&kept), "{:?}", p.actions);
+        assert!(
+            p.actions.contains(&Action::SetServing {
+                pods: live,
+                serving: false
+            }),
+            "{:?}",
+            p.actions
+        );
     }
 
     #[test]
