@@ -2339,6 +2339,7 @@ mod tests {
             w.plan().requeue
         };
         assert_eq!(look(&mut w, 4), secs(7), "the pull grace's rest");
+        assert_eq!(look(&mut w, 11), secs(19), "the pull grace just over: the bake's rest");
         assert_eq!(look(&mut w, 20), secs(10), "the bake's rest (ready at 0, 30 s)");
         assert_eq!(look(&mut w, 29), secs(1));
         assert_eq!(
@@ -2573,6 +2574,63 @@ mod tests {
         assert_eq!(
             w.status().standard_images.get("app").map(String::as_str),
             Some("reg/app:1.1")
+        );
+    }
+
+    /// Our field manager's server-side apply of the images (a promotion
+    /// patch or a restore), as the API server records it.
+    fn images_applied_by_us() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+        serde_json::from_value(
+            json!({"manager": crate::controller::FIELD_MANAGER, "operation": "Apply", "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {
+                "k:{\"name\":\"app\"}": {".": {}, "f:image": {}, "f:name": {}}}}}}}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn its_own_promotion_patch_is_known_from_the_managed_fields_when_the_status_saying_so_was_lost() {
+        let steps = json!({"steps": [{"weight": 50, "bakeSeconds": 5}, {"weight": 100, "bakeSeconds": 60}]});
+        let mut w = World::new(steps, 2);
+        w.run(30, 1);
+        assert_eq!(w.status().phase, Phase::Promoting);
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
+        // The status that recorded the patch was lost (a crash after the
+        // patch, or a replica whose cache has not seen the write yet).
+        let mut st = w.status();
+        st.deployment_patched = false;
+        w.rollout.status = Some(st);
+        w.deployment.metadata.managed_fields = Some(vec![images_applied_by_us()]);
+        w.promoted_failing = Some("CreateContainerConfigError");
+        w.run(5, 1);
+        let s = w.status();
+        assert_eq!(s.phase, Phase::RolledBack, "{}", s.message);
+        assert_eq!(
+            w.deployment_image(),
+            "reg/app:1.0",
+            "our patch is ours to undo, not Git's to revert"
+        );
+    }
+
+    #[test]
+    fn our_restore_in_the_managed_fields_does_not_hide_a_new_standard_tag_from_git_after_a_retry() {
+        let mut w = World::new(json!({}), 9);
+        w.run(20, 5);
+        w.rollout.spec.abort = true;
+        w.run(5, 1);
+        assert_eq!(w.status().phase, Phase::RolledBack);
+        // The image fields stay ours after a restore; then a release in Git.
+        w.deployment.metadata.managed_fields = Some(vec![images_applied_by_us()]);
+        w.rollout.spec.abort = false;
+        w.rollout.spec.retry = 1;
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:1.1".into());
+        w.run(5, 1);
+        let s = w.status();
+        assert!(!s.deployment_patched, "the Deployment runs Git's standard images");
+        assert_eq!(
+            s.standard_images.get("app").map(String::as_str),
+            Some("reg/app:1.1"),
+            "what a rollback restores"
         );
     }
 
