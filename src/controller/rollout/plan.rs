@@ -1967,6 +1967,43 @@ mod tests {
     }
 
     #[test]
+    fn a_gate_failing_in_the_reconcile_that_would_first_take_capacity_scales_nothing_and_announces_nothing() {
+        let mut spec = gated(0);
+        spec["canaryCapacity"] = json!("FromDeployment");
+        let mut w = World::new(spec, 4);
+        w.metrics = reading(Ok(0.0));
+        for _ in 0..10 {
+            if !w.pods.is_empty() && w.pods.iter().all(gate_open) {
+                break;
+            }
+            w.step();
+            w.now += jiff::SignedDuration::from_secs(1);
+        }
+        assert!(w.pods.iter().all(gate_open), "the gates opened: {:?}", w.status());
+        assert_eq!(
+            w.status().stable_scale,
+            None,
+            "nothing taken while no canary pod served"
+        );
+        // The pods serve now, so this reconcile would take the Deployment's
+        // pods; the gate fails in it.
+        w.metrics = reading(Ok(1.0));
+        let p = w.step();
+        assert_eq!(p.status.phase, Phase::RolledBack, "{}", p.status.message);
+        let scale_or_taken: Vec<&Action> = p
+            .actions
+            .iter()
+            .filter(|a| match a {
+                Action::ScaleDeployment { .. } => true,
+                Action::Event { reason, .. } => reason.starts_with("Capacity"),
+                _ => false,
+            })
+            .collect();
+        assert!(scale_or_taken.is_empty(), "{scale_or_taken:?}");
+        assert_eq!((p.status.stable_scale, w.deployment.spec.replicas), (None, Some(4)));
+    }
+
+    #[test]
     fn a_rollback_of_a_taking_canary_gives_the_deployment_its_replicas_before_removing_the_canary() {
         let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 6);
         w.run(20, 2);
