@@ -2407,6 +2407,66 @@ mod tests {
     }
 
     #[test]
+    fn each_step_is_announced_by_its_number_from_1_and_what_it_runs() {
+        let steps = json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 3}, {"bakeSeconds": 3},
+            {"weight": 20, "bakeSeconds": 3}, {"bakeSeconds": 3}, {"weight": 100}]});
+        let mut w = World::new(steps, 4);
+        let mut told = Vec::new();
+        for _ in 0..40 {
+            for a in w.step().actions {
+                if let Action::Event { reason, message, .. } = a
+                    && reason == "StepStarted"
+                {
+                    told.push(message);
+                }
+            }
+            w.now += jiff::SignedDuration::from_secs(1);
+        }
+        assert_eq!(
+            told,
+            [
+                "step 1: staging (no traffic)",
+                "step 2: holding at staging (no traffic)",
+                "step 3: 20% of the traffic",
+                "step 4: holding at 20% of the traffic",
+                "step 5: promotion to 100%",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_weighted_step_reports_its_ready_pods_or_the_weight_its_pods_cannot_make() {
+        let at_first_weight = |spec: serde_json::Value, replicas: i32| {
+            let mut w = World::new(spec, replicas);
+            while w.status().current_step < 1 {
+                w.step();
+                w.now += jiff::SignedDuration::from_secs(5);
+            }
+            w.run(10, 5);
+            w.status().message
+        };
+        let steps = |capacity: &str| {
+            json!({"canaryCapacity": capacity, "steps": [{"staging": {"replicas": 1}, "bakeSeconds": 5},
+                {"weight": 10, "bakeSeconds": 600}, {"weight": 100}]})
+        };
+        assert_eq!(at_first_weight(steps("Added"), 9), "step 2: 1/1 canary pods ready");
+        assert_eq!(
+            at_first_weight(steps("Added"), 2),
+            "WeightUnachievable: 1 canary pod(s) next to 2 make 33%, not 10%"
+        );
+        assert_eq!(
+            at_first_weight(steps("FromDeployment"), 4),
+            "WeightUnachievable: 1 canary pod(s) next to 3 make 25%, not 10%",
+            "the canary's pod stands in for one of the Deployment's"
+        );
+        assert_eq!(
+            at_first_weight(steps("FromDeployment"), 1),
+            "WeightUnachievable: 1 canary pod(s) next to 1 make 50%, not 10%",
+            "a Deployment's last pod is never taken"
+        );
+    }
+
+    #[test]
     fn a_crash_looping_canary_is_rolled_back_in_the_same_reconcile_with_a_hint() {
         let mut w = World::new(json!({}), 9);
         w.failing = Some("CrashLoopBackOff");
