@@ -2663,6 +2663,68 @@ mod tests {
     }
 
     #[test]
+    fn a_template_change_whose_status_write_was_lost_still_restarts_the_step() {
+        let mut w = World::new(json!({}), 9);
+        w.run(20, 5);
+        let old = w.status().canary.expect("the step's canary").replica_set;
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].env = Some(vec![
+            serde_json::from_value(json!({"name": "X", "value": "1"})).unwrap(),
+        ]);
+        // The reconcile that saw the change deleted the old canary, then
+        // crashed: no new canary, and the status still names the old one.
+        w.cluster_tick();
+        let p = w.plan();
+        assert!(
+            matches!(&p.actions[0], Action::DeleteCanary { name } if *name == old),
+            "{:?}",
+            p.actions
+        );
+        let mut lost = DistrolessRolloutStatus::default();
+        w.apply(&p.actions[..1], &mut lost);
+        assert!(w.canaries.is_empty());
+        w.now += jiff::SignedDuration::from_secs(5);
+        let p = w.step();
+        assert!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Event { reason, .. } if reason == "TemplateChanged")),
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(w.status().step_started_at, Some(Time(w.now)), "the step starts over");
+    }
+
+    #[test]
+    fn the_promotion_succeeds_only_after_its_bake_with_every_pod_available_and_the_gates_passing() {
+        let spec = json!({"steps": [{"weight": 50, "bakeSeconds": 5}, {"weight": 100, "bakeSeconds": 10}],
+            "metrics": [{"name": "errors", "address": "http://p:9090", "query": "q", "threshold": 0.05, "failureLimit": 50}]});
+        let mut w = World::new(spec, 4);
+        w.metrics = reading(Ok(0.0));
+        for _ in 0..40 {
+            if w.status().phase == Phase::Promoting && w.status().step_ready_at.is_some() {
+                break;
+            }
+            w.step();
+            w.now += jiff::SignedDuration::from_secs(1);
+        }
+        let ready = w.status().step_ready_at.expect("the promoted pods were ready").0;
+        w.now = ready + jiff::SignedDuration::from_secs(11);
+        // A pod gone after the rollout (a node drained): no deadline, but no success either.
+        w.deployment.status.as_mut().unwrap().available_replicas = Some(3);
+        let p = w.plan();
+        assert_eq!(p.status.phase, Phase::Promoting, "{}", p.status.message);
+        assert!(p.status.message.contains("3/4 available"), "{}", p.status.message);
+        w.deployment.status.as_mut().unwrap().available_replicas = Some(4);
+        // A gate above its threshold, within its failureLimit, holds too.
+        w.metrics = reading(Ok(1.0));
+        let p = w.plan();
+        assert_eq!(p.status.phase, Phase::Promoting, "{}", p.status.message);
+        assert!(p.status.message.contains("tolerated"), "{}", p.status.message);
+        w.metrics = reading(Ok(0.0));
+        assert_eq!(w.plan().status.phase, Phase::Succeeded);
+    }
+
+    #[test]
     fn a_new_standard_tag_in_the_deployment_becomes_what_a_rollback_restores() {
         let mut w = World::new(json!({}), 9);
         w.run(10, 5);
