@@ -2371,7 +2371,7 @@ mod tests {
         // A pod's grace periods count from the end of the second its
         // creationTimestamp names (classify::created).
         assert_eq!(w.step().requeue, secs(11), "a new pod: its image pull grace");
-        let mut look = |w: &mut World, age: i64| {
+        let look = |w: &mut World, age: i64| {
             w.now = created + jiff::SignedDuration::from_secs(age);
             w.plan().requeue
         };
