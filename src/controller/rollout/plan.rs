@@ -2901,6 +2901,39 @@ mod tests {
     }
 
     #[test]
+    fn the_gitops_hold_keeps_the_last_weighted_steps_canary_serving() {
+        let spec = json!({"promotion": "AwaitGitOps", "steps": [{"weight": 20, "bakeSeconds": 5}, {"weight": 100}]});
+        let mut w = World::new(spec, 8);
+        w.run(30, 1);
+        assert_eq!(w.status().phase, Phase::Promoting);
+        assert!(
+            w.status().message.contains("holding at the last weight"),
+            "{}",
+            w.status().message
+        );
+        assert_eq!(
+            w.canaries[0].spec.replicas,
+            Some(2),
+            "20% of 8: 2 canary pods, as in the last weighted step"
+        );
+        assert!(w.pods.iter().all(gate_open), "they serve");
+        let p = w.plan();
+        assert!(
+            !p.actions.iter().any(|a| matches!(a, Action::SetServing { .. })),
+            "{:?}",
+            p.actions
+        );
+        // A pod whose gate is closed (a new pod, say) is opened.
+        set_condition(&mut w.pods[1], SERVING_GATE, false);
+        let closed = w.pods[1].metadata.name.clone().unwrap();
+        let opened = Action::SetServing {
+            pods: vec![closed],
+            serving: true,
+        };
+        assert!(w.plan().actions.contains(&opened));
+    }
+
+    #[test]
     fn a_gitops_change_that_pins_the_distroless_tag_to_a_digest_is_the_promotion() {
         let mut w = World::new(json!({"promotion": "AwaitGitOps"}), 9);
         w.run(200, 5);
