@@ -1680,6 +1680,41 @@ mod tests {
     }
 
     #[test]
+    fn readings_above_the_threshold_count_once_per_interval_however_often_the_rollout_is_reconciled() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 60}, {"weight": 100}],
+            "metrics": [{"name": "errors", "address": "http://p:9090", "query": "q", "threshold": 0.05, "failureLimit": 3}]}),
+            4,
+        );
+        w.metrics = reading(Ok(0.5));
+        for _ in 0..20 {
+            w.step();
+            if w.status().metric_failures.contains_key("errors") {
+                break;
+            }
+            w.now += jiff::SignedDuration::from_secs(1);
+        }
+        let counted_at = w.now;
+        assert_eq!(w.status().metric_failures.get("errors"), Some(&1), "{:?}", w.status());
+        // A burst of pod events: twenty reconciles within a second.
+        for _ in 0..20 {
+            w.now += jiff::SignedDuration::from_millis(50);
+            w.step();
+        }
+        assert_eq!(w.status().metric_failures["errors"], 1, "counted once in its interval");
+        // The interval runs from the reading that counted, not from the burst.
+        w.now = counted_at + METRIC_INTERVAL;
+        w.step();
+        let s = w.status();
+        assert_eq!(
+            (s.metric_failures["errors"], s.phase),
+            (2, Phase::Canary),
+            "{}",
+            s.message
+        );
+    }
+
+    #[test]
     fn a_gate_read_again_after_errors_lets_the_bake_end_and_forgets_them() {
         let mut w = World::new(gated(4), 4);
         w.metrics = reading(Err("inconclusive: the query gave NaN (no traffic yet?)"));
