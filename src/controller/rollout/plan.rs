@@ -2039,6 +2039,19 @@ mod tests {
     }
 
     #[test]
+    fn a_taking_canary_that_grows_records_each_new_scale_of_the_deployment() {
+        let steps = json!([{"weight": 25, "bakeSeconds": 10}, {"weight": 50, "bakeSeconds": 600}, {"weight": 100}]);
+        let mut w = World::new(taking(steps), 4);
+        let scale = |w: &World| w.status().stable_scale.map(|s| (s.replicas, s.scaled_to, s.held));
+        w.run(8, 1);
+        assert_eq!(w.status().current_step, 0);
+        assert_eq!((scale(&w), w.deployment.spec.replicas), (Some((4, 3, true)), Some(3)));
+        w.run(30, 1);
+        assert_eq!(w.status().current_step, 1);
+        assert_eq!((scale(&w), w.deployment.spec.replicas), (Some((4, 2, true)), Some(2)));
+    }
+
+    #[test]
     fn a_rollback_of_a_taking_canary_gives_the_deployment_its_replicas_before_removing_the_canary() {
         let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 6);
         w.run(20, 2);
