@@ -2119,8 +2119,15 @@ mod tests {
         w.rollout.metadata.deletion_timestamp = Some(Time(w.now));
         let p = w.step();
         assert!(p.finalizer, "released before the replicas were back");
+        assert_eq!(
+            p.requeue,
+            Some(Duration::from_secs(2)),
+            "it looks again until they are back"
+        );
         assert_eq!(w.deployment.spec.replicas, Some(8));
-        assert!(!w.step().finalizer, "the replicas are back: the rollout may go");
+        let p = w.step();
+        assert!(!p.finalizer, "the replicas are back: the rollout may go");
+        assert_eq!(p.requeue, None);
     }
 
     #[test]
@@ -2166,10 +2173,16 @@ mod tests {
         w.rollout.metadata.deletion_timestamp = Some(Time(w.now));
         let p = w.step();
         assert!(p.finalizer, "released before the images were restored");
+        assert_eq!(
+            p.requeue,
+            Some(Duration::from_secs(2)),
+            "it looks again until they are back"
+        );
         assert!(p.status.message.contains("deleted mid-rollout"), "{}", p.status.message);
         assert_eq!(w.deployment_image(), "reg/app:1.0");
         let p = w.step();
         assert!(!p.finalizer, "the images are back: the rollout may go");
+        assert_eq!(p.requeue, None);
         // A rollout that succeeded leaves the Deployment as it is.
         let mut w = World::new(
             json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100}]}),
