@@ -2833,6 +2833,40 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_recorded_before_its_actions_is_carried_out_next_time_and_looked_at_again_in_2_s() {
+        let steps = json!({"steps": [{"weight": 50, "bakeSeconds": 5}, {"weight": 100, "bakeSeconds": 60}]});
+        let mut w = World::new(steps, 2);
+        w.run(30, 1);
+        assert_eq!(w.deployment_image(), "reg/app:distroless");
+        w.rollout.spec.abort = true;
+        // The status is written first; then the process dies.
+        let decided = w.plan();
+        assert!(decided.status_first(&w.status()));
+        w.rollout.status = Some(decided.status);
+        let p = w.step();
+        assert_eq!(p.status.phase, Phase::RolledBack);
+        assert!(
+            p.actions.iter().any(|a| matches!(a, Action::PatchDeploymentImages(_))),
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(
+            p.requeue,
+            Some(Duration::from_secs(2)),
+            "it looks again until all is undone"
+        );
+        assert_eq!(w.deployment_image(), "reg/app:1.0");
+        w.step();
+        let p = w.step();
+        assert!(
+            p.actions.iter().all(|a| matches!(a, Action::Event { .. })),
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(p.requeue, None, "nothing left to undo");
+    }
+
+    #[test]
     fn our_restore_in_the_managed_fields_does_not_hide_a_new_standard_tag_from_git_after_a_retry() {
         let mut w = World::new(json!({}), 9);
         w.run(20, 5);
