@@ -1618,6 +1618,13 @@ mod tests {
                          "threshold": 0.05, "consecutiveErrorLimit": limit}]})
     }
 
+    /// A 50% step baking `bake` seconds behind a gate that tolerates
+    /// `failure_limit` readings above its threshold.
+    fn tolerating(bake: u32, failure_limit: u32) -> serde_json::Value {
+        json!({"steps": [{"weight": 50, "bakeSeconds": bake}, {"weight": 100}],
+            "metrics": [{"name": "errors", "address": "http://p:9090", "query": "q", "threshold": 0.05, "failureLimit": failure_limit}]})
+    }
+
     fn reading(value: Result<f64, &str>) -> Vec<MetricReading> {
         vec![MetricReading {
             name: "errors".into(),
@@ -1681,11 +1688,7 @@ mod tests {
 
     #[test]
     fn readings_above_the_threshold_count_once_per_interval_however_often_the_rollout_is_reconciled() {
-        let mut w = World::new(
-            json!({"steps": [{"weight": 50, "bakeSeconds": 60}, {"weight": 100}],
-            "metrics": [{"name": "errors", "address": "http://p:9090", "query": "q", "threshold": 0.05, "failureLimit": 3}]}),
-            4,
-        );
+        let mut w = World::new(tolerating(60, 3), 4);
         w.metrics = reading(Ok(0.5));
         for _ in 0..20 {
             w.step();
@@ -1795,11 +1798,7 @@ mod tests {
 
     #[test]
     fn a_reading_above_the_threshold_within_the_failure_limit_holds_and_the_next_one_past_it_rolls_back() {
-        let mut w = World::new(
-            json!({"steps": [{"weight": 50, "bakeSeconds": 10}, {"weight": 100}],
-            "metrics": [{"name": "errors", "address": "http://p:9090", "query": "q", "threshold": 0.05, "failureLimit": 2}]}),
-            4,
-        );
+        let mut w = World::new(tolerating(10, 2), 4);
         w.metrics = reading(Ok(0.5));
         let mut held = 0;
         for _ in 0..10 {
