@@ -867,8 +867,10 @@ impl<'a> Planner<'a> {
                     spec.failure.ready_timeout_seconds,
                     spec.failure.image_pull_grace_seconds,
                 ] {
-                    let end = created + jiff::SignedDuration::from_secs(i64::from(limit));
-                    if o.now < end {
+                    let end = created.checked_add(jiff::SignedDuration::from_secs(i64::from(limit)));
+                    if let Ok(end) = end
+                        && o.now < end
+                    {
                         self.after(o.now.duration_until(end).unsigned_abs());
                     }
                 }
