@@ -1380,6 +1380,14 @@ mod tests {
                         });
                     }
                     Action::ApplyCanary(rs) => {
+                        // The API server's validation: the selector must select the template.
+                        let selector = rs.spec.selector.match_labels.clone().unwrap();
+                        let template = &rs.spec.template.as_ref().unwrap().metadata;
+                        let labels = template.as_ref().unwrap().labels.clone().unwrap();
+                        assert!(
+                            selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+                            "the API server refuses a ReplicaSet whose selector {selector:?} does not select its template {labels:?}"
+                        );
                         self.canaries.retain(|c| c.metadata.name != rs.metadata.name);
                         let mut rs = (**rs).clone();
                         rs.metadata.creation_timestamp = Some(Time(self.now));
@@ -2274,6 +2282,42 @@ mod tests {
         }
         let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "True");
+    }
+
+    #[test]
+    fn the_canary_and_its_preflight_pod_carry_the_rollouts_name_which_the_replica_sets_selector_selects() {
+        let mut w = World::new(json!({}), 10);
+        let preflight = w.step();
+        let Some(Action::RunPreflight { template }) = preflight.actions.first() else {
+            panic!("the first reconcile runs the preflight: {:?}", preflight.actions)
+        };
+        let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels[canary::ROLLOUT_LABEL], "web-distroless");
+        let applied = w.step();
+        let Some(rs) = applied.actions.iter().find_map(|a| match a {
+            Action::ApplyCanary(rs) => Some(rs),
+            _ => None,
+        }) else {
+            panic!("the staging step applies the canary: {:?}", applied.actions)
+        };
+        let spec = &rs.spec;
+        let labels = spec
+            .template
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        assert_eq!(labels[canary::ROLLOUT_LABEL], "web-distroless");
+        assert_eq!(selector[canary::ROLLOUT_LABEL], "web-distroless");
+        assert!(
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "{selector:?} selects {labels:?}"
+        );
     }
 
     #[test]
