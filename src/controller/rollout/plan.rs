@@ -2544,10 +2544,14 @@ mod tests {
     fn a_weighted_step_reports_its_ready_pods_or_the_weight_its_pods_cannot_make() {
         let at_first_weight = |spec: serde_json::Value, replicas: i32| {
             let mut w = World::new(spec, replicas);
-            while w.status().current_step < 1 {
+            for _ in 0..20 {
+                if w.status().current_step >= 1 {
+                    break;
+                }
                 w.step();
                 w.now += jiff::SignedDuration::from_secs(5);
             }
+            assert_eq!(w.status().current_step, 1, "the staging step is over within 100 s");
             w.run(10, 5);
             w.status().message
         };
