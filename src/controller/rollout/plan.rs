@@ -355,7 +355,9 @@ impl<'a> Planner<'a> {
                 true,
                 "CapacityReleased",
                 format!(
-                    "the Deployment's replicas were set to {now} by someone else while the canary held it at {} of its {}:                      that number stands, and for the rest of this attempt the canary adds its pods instead of taking                      the Deployment's (canaryCapacity: FromDeployment does not mix with another owner of spec.replicas)",
+                    "the Deployment's replicas were set to {now} by someone else while the canary held it at {} of its {}: \
+                     that number stands, and for the rest of this attempt the canary adds its pods instead of taking \
+                     the Deployment's (canaryCapacity: FromDeployment does not mix with another owner of spec.replicas)",
                     s.scaled_to, s.replicas
                 ),
             ));
@@ -382,7 +384,8 @@ impl<'a> Planner<'a> {
                     false,
                     "CapacityTaken",
                     format!(
-                        "the Deployment is scaled from {now} to {to} replicas: {take} ready canary pod(s) serve in                          their place (canaryCapacity: FromDeployment); every exit puts {now} back"
+                        "the Deployment is scaled from {now} to {to} replicas: {take} ready canary pod(s) serve in \
+                         their place (canaryCapacity: FromDeployment); every exit puts {now} back"
                     ),
                 ));
             }
@@ -1443,7 +1446,16 @@ mod tests {
                                 .insert("pod-template-hash".into(), canary::KEPT.into());
                         }
                     }
-                    Action::Event { reason, .. } => self.events.push(reason.clone()),
+                    Action::Event { reason, message, .. } => {
+                        // Users read these in `kubectl describe`: one line of
+                        // single-spaced prose (a lost `\` continuation once put
+                        // runs of spaces into two of them).
+                        assert!(
+                            !message.is_empty() && !message.contains("  ") && !message.contains('\n'),
+                            "{reason} event message is not one line of single-spaced prose: {message:?}"
+                        );
+                        self.events.push(reason.clone())
+                    }
                 }
             }
         }
