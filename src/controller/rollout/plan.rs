@@ -744,13 +744,15 @@ impl<'a> Planner<'a> {
         }
 
         if self.st.phase == Phase::Preflight {
+            // A preflight on record is this attempt's: a retry clears it above,
+            // and it is written with the status of the plan that asked for it.
             match &self.st.preflight {
-                Some(p) if p.retry == verbs.retry && !p.passed => {
+                Some(p) if !p.passed => {
                     let message = p.message.clone();
                     self.fail(FailureReason::PreflightFailed, message);
                     return self.finish();
                 }
-                Some(p) if p.retry == verbs.retry => {
+                Some(p) => {
                     self.actions.push(event(false, "PreflightPassed", p.message.clone()));
                     self.enter_step(0);
                 }
@@ -1175,7 +1177,8 @@ impl<'a> Planner<'a> {
             });
         }
         let serving_ready = held.iter().filter(|p| classify::ready(p)).count() as u32;
-        self.size_stable(d, total, wanted, serving_ready, last > 0);
+        // It serves: a hold after staging alone wants no canary pods, so takes none.
+        self.size_stable(d, total, wanted, serving_ready, true);
         self.st.message =
             "holding at the last weight until the Deployment's template carries the distroless images (the Git change)"
                 .into();
