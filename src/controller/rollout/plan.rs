@@ -2220,6 +2220,15 @@ mod tests {
         assert_eq!(w.deployment_image(), "reg/app:distroless");
     }
 
+    /// The pod's container crash-loops.
+    fn crash(p: &mut Pod) {
+        let status = p.status.as_mut().unwrap();
+        status.container_statuses.as_mut().unwrap()[0].state = Some(
+            serde_json::from_value(json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}})).unwrap(),
+        );
+        status.container_statuses.as_mut().unwrap()[0].ready = false;
+    }
+
     #[test]
     fn keep_failed_pod_keeps_the_pod_that_failed_out_of_the_replica_set_and_the_traffic() {
         let mut w = World::new(
@@ -2230,11 +2239,7 @@ mod tests {
         assert_eq!(w.pods.len(), 3);
         // One pod of three fails; the ReplicaSet controller would spare a healthy one.
         let failing = w.pods[1].metadata.name.clone().unwrap();
-        let status = w.pods[1].status.as_mut().unwrap();
-        status.container_statuses.as_mut().unwrap()[0].state = Some(
-            serde_json::from_value(json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}})).unwrap(),
-        );
-        status.container_statuses.as_mut().unwrap()[0].ready = false;
+        crash(&mut w.pods[1]);
         let p = w.plan();
         assert!(
             p.actions
@@ -2965,6 +2970,12 @@ mod tests {
         w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:distroless".into());
         w.run(10, 1);
         assert_eq!(w.status().phase, Phase::Succeeded);
+        assert_eq!(
+            w.status().standard_images.get("app").map(String::as_str),
+            Some("reg/app:1.0"),
+            "the distroless tag from Git is no new standard tag"
+        );
+        assert!(!w.events.iter().any(|e| e == "StandardImageChanged"), "{:?}", w.events);
     }
 
     #[test]
@@ -3101,6 +3112,292 @@ mod tests {
             Some("reg/app:distroless@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into());
         w.run(10, 1);
         assert_eq!(w.status().phase, Phase::Succeeded, "{}", w.status().message);
+    }
+
+    fn started(p: &Plan) -> bool {
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::Event { reason, .. } if reason == "StepStarted"))
+    }
+
+    #[test]
+    fn the_status_written_as_a_step_starts_names_that_steps_phase_and_weight() {
+        let steps = json!({"steps": [{"staging": {"replicas": 1}, "bakeSeconds": 3}, {"bakeSeconds": 3},
+            {"weight": 20, "bakeSeconds": 3}, {"weight": 100}]});
+        let mut w = World::new(steps, 4);
+        let mut seen = Vec::new();
+        for _ in 0..40 {
+            let p = w.step();
+            if started(&p) {
+                seen.push((p.status.current_step, p.status.phase, p.status.desired_weight));
+            }
+            w.now += jiff::SignedDuration::from_secs(1);
+        }
+        assert_eq!(
+            seen,
+            [
+                (0, Phase::Staging, 0),
+                (1, Phase::Staging, 0),
+                (2, Phase::Canary, 20),
+                (3, Phase::Promoting, 100),
+            ],
+            "a bare bake step holds at staging; a 100% step is the promotion"
+        );
+    }
+
+    #[test]
+    fn a_step_ends_in_the_reconcile_its_bake_ends_which_is_when_the_plan_looks_again() {
+        let mut w = World::new(
+            json!({"steps": [{"weight": 50, "bakeSeconds": 30}, {"weight": 100}]}),
+            4,
+        );
+        for _ in 0..20 {
+            if w.status().step_ready_at.is_some() {
+                break;
+            }
+            w.step();
+            w.now += jiff::SignedDuration::from_secs(1);
+        }
+        let ready = w
+            .status()
+            .step_ready_at
+            .expect("the canary's pods are ready within 20 s")
+            .0;
+        let bake_end = ready + jiff::SignedDuration::from_secs(30);
+        w.now = bake_end - jiff::SignedDuration::from_secs(1);
+        let p = w.step();
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Event { reason, .. } if reason == "StepCompleted"))
+        );
+        assert_eq!(p.requeue, Some(Duration::from_secs(1)), "look again when the bake ends");
+        w.now = bake_end;
+        let p = w.step();
+        assert!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Event { reason, .. } if reason == "StepCompleted")),
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(p.status.current_step, 1);
+    }
+
+    #[test]
+    fn the_promotions_bake_over_with_the_rolling_update_undone_looks_again_in_1_s() {
+        let mut w = World::new(json!({"steps": [{"weight": 100, "bakeSeconds": 30}]}), 3);
+        for _ in 0..20 {
+            if w.status().step_ready_at.is_some() {
+                break;
+            }
+            w.step();
+            w.now += jiff::SignedDuration::from_secs(1);
+        }
+        assert_eq!(w.status().phase, Phase::Promoting);
+        let ready = w
+            .status()
+            .step_ready_at
+            .expect("the promoted pods are available within 20 s")
+            .0;
+        // An HPA scales the Deployment up; the new pod is not available yet.
+        w.stalled = true;
+        w.now = ready + jiff::SignedDuration::from_secs(30);
+        let p = w.step();
+        assert_eq!(p.status.phase, Phase::Promoting, "{}", p.status.message);
+        assert_eq!(p.requeue, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_reading_equal_to_the_threshold_passes_the_gate() {
+        let mut w = World::new(tolerating(10, 0), 4);
+        w.metrics = reading(Ok(0.05));
+        w.run(200, 5);
+        let s = w.status();
+        assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
+        assert!(s.metric_failures.is_empty(), "{:?}", s.metric_failures);
+    }
+
+    #[test]
+    fn without_keep_failed_pod_a_rollback_keeps_no_pod() {
+        let mut w = World::new(
+            json!({"steps": [{"staging": {"replicas": 3}, "bakeSeconds": 60}, {"weight": 100}]}),
+            4,
+        );
+        w.run(20, 5);
+        assert_eq!(w.pods.len(), 3);
+        crash(&mut w.pods[1]);
+        w.run(20, 5);
+        stopped_with(&w, Phase::RolledBack, "CrashLoopBackOff");
+        assert!(w.pods.is_empty(), "{:?}", w.pods);
+    }
+
+    /// The ReplicaSet controller reports that the API server refuses the pods.
+    fn refuse_pods(rs: &mut ReplicaSet) {
+        rs.status = Some(
+            serde_json::from_value(json!({"replicas": 0, "conditions": [{"type": "ReplicaFailure", "status": "True",
+                "reason": "FailedCreate", "message": "pods \"web-x\" is forbidden: violates PodSecurity \"restricted:latest\""}]}))
+            .unwrap(),
+        );
+    }
+
+    #[test]
+    fn a_canary_whose_pods_the_api_server_refuses_rolls_back_in_a_step_and_in_the_gitops_hold() {
+        for promotion in ["PatchDeployment", "AwaitGitOps"] {
+            let spec = json!({"promotion": promotion, "steps": [{"weight": 20, "bakeSeconds": 5}, {"weight": 100, "bakeSeconds": 600}]});
+            let mut w = World::new(spec, 8);
+            w.run(4, 1);
+            assert_eq!(w.status().phase, Phase::Canary);
+            if promotion == "AwaitGitOps" {
+                w.run(20, 1);
+                assert!(
+                    w.status().message.contains("holding at the last weight"),
+                    "{:?}",
+                    w.status()
+                );
+            }
+            refuse_pods(&mut w.canaries[0]);
+            let p = w.plan();
+            let failure = p.status.failure.clone();
+            assert_eq!(
+                (p.status.phase, failure.map(|f| f.reason)),
+                (Phase::RolledBack, Some("FailedCreate".into())),
+                "{promotion}: {:?}",
+                p.status
+            );
+        }
+    }
+
+    #[test]
+    fn the_promotion_patch_comes_after_the_taken_deployment_gets_its_own_count_back() {
+        let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 10}, {"weight": 100}])), 4);
+        for _ in 0..40 {
+            let p = w.step();
+            let patch = p
+                .actions
+                .iter()
+                .position(|a| matches!(a, Action::PatchDeploymentImages(_)));
+            if let Some(patch) = patch {
+                let scale = p
+                    .actions
+                    .iter()
+                    .position(|a| *a == Action::ScaleDeployment { replicas: 4 });
+                assert!(scale.is_some_and(|s| s < patch), "{:?}", p.actions);
+                return;
+            }
+            w.now += jiff::SignedDuration::from_secs(2);
+        }
+        panic!("no promotion within 80 s: {:?}", w.status());
+    }
+
+    #[test]
+    fn the_gitops_hold_of_a_taking_canary_keeps_the_deployment_short_by_the_pods_it_serves() {
+        let mut spec = taking(json!([{"weight": 50, "bakeSeconds": 5}, {"weight": 100}]));
+        spec["promotion"] = json!("AwaitGitOps");
+        let mut w = World::new(spec, 4);
+        w.run(40, 1);
+        assert!(
+            w.status().message.contains("holding at the last weight"),
+            "{:?}",
+            w.status()
+        );
+        assert_eq!(
+            (w.deployment.spec.replicas, w.canaries[0].spec.replicas),
+            (Some(2), Some(2))
+        );
+        w.deployment.spec.template.spec.as_mut().unwrap().containers[0].image = Some("reg/app:distroless".into());
+        w.run(20, 1);
+        assert_eq!(w.status().phase, Phase::Succeeded);
+        assert_eq!(w.deployment.spec.replicas, Some(4), "its own count back");
+    }
+
+    #[test]
+    fn a_gitops_hold_after_staging_alone_opens_no_gate_of_the_staging_pods() {
+        let spec = json!({"promotion": "AwaitGitOps", "steps": [{"staging": {"replicas": 2}, "bakeSeconds": 5}, {"weight": 100}]});
+        let mut w = World::new(spec, 4);
+        for _ in 0..30 {
+            let p = w.step();
+            assert!(
+                !p.actions
+                    .iter()
+                    .any(|a| matches!(a, Action::SetServing { serving: true, .. })),
+                "{:?}",
+                p.actions
+            );
+            w.now += jiff::SignedDuration::from_secs(1);
+        }
+        assert!(
+            w.status().message.contains("holding at the last weight"),
+            "{:?}",
+            w.status()
+        );
+    }
+
+    #[test]
+    fn a_scale_on_record_but_not_yet_made_is_made_again_and_not_taken_for_someone_elses() {
+        let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 4);
+        let mut lost = 0;
+        for _ in 0..30 {
+            w.cluster_tick();
+            let mut p = w.plan();
+            if p.status_first(&w.status()) {
+                w.rollout.status = Some(p.status.clone());
+            }
+            // The status is written; the scale itself is lost, twice.
+            if lost < 2 && p.actions.iter().any(|a| matches!(a, Action::ScaleDeployment { .. })) {
+                p.actions.retain(|a| !matches!(a, Action::ScaleDeployment { .. }));
+                lost += 1;
+            }
+            let mut status = p.status.clone();
+            w.apply(&p.actions, &mut status);
+            w.rollout.status = Some(status);
+            w.now += jiff::SignedDuration::from_secs(2);
+        }
+        assert_eq!(lost, 2);
+        let s = w.status();
+        assert!(!s.capacity_released, "{s:?}");
+        assert!(!w.events.iter().any(|e| e == "CapacityReleased"), "{:?}", w.events);
+        assert_eq!(w.deployment.spec.replicas, Some(2));
+        assert_eq!(
+            s.stable_scale,
+            Some(StableScale {
+                replicas: 4,
+                scaled_to: 2,
+                held: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_count_set_by_someone_else_to_the_one_on_record_before_our_scale_lands_is_not_taken_for_a_change() {
+        // Our scale to 2 is on record and lost; before it is made again,
+        // someone else's write puts the Deployment at that same 2. Their write
+        // changes nothing the rollout must give way to: no capacity is
+        // released, and every exit still puts the Deployment's own 4 back.
+        let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 4);
+        let mut lost = false;
+        for _ in 0..30 {
+            w.cluster_tick();
+            let mut p = w.plan();
+            if p.status_first(&w.status()) {
+                w.rollout.status = Some(p.status.clone());
+            }
+            if !lost && p.actions.iter().any(|a| matches!(a, Action::ScaleDeployment { .. })) {
+                p.actions.retain(|a| !matches!(a, Action::ScaleDeployment { .. }));
+                lost = true;
+                w.deployment.spec.replicas = Some(2);
+                w.deployment.metadata.managed_fields = Some(vec![replicas_owner("kubectl")]);
+            }
+            let mut status = p.status.clone();
+            w.apply(&p.actions, &mut status);
+            w.rollout.status = Some(status);
+            w.now += jiff::SignedDuration::from_secs(2);
+        }
+        assert!(lost);
+        let s = w.status();
+        assert!(!s.capacity_released, "{s:?}");
+        assert!(!w.events.iter().any(|e| e == "CapacityReleased"), "{:?}", w.events);
+        assert_eq!(s.stable_scale.as_ref().map(|s| s.replicas), Some(4), "{s:?}");
     }
 
     proptest! {
