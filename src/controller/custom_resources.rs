@@ -58,15 +58,27 @@ impl std::fmt::Display for CustomResource {
     }
 }
 
+/// Why a custom resource's kind is not known (yet).
+#[derive(Debug, thiserror::Error)]
+enum Unresolved {
+    #[error("discovery of the API group failed: {0}")]
+    Discovery(#[from] kube::Error),
+    #[error("the API group {group} serves no resource {resource}")]
+    NotServed { group: String, resource: String },
+}
+
 /// The served kind of a custom resource, from discovery.
-async fn resolve(client: &kube::Client, r: &CustomResource) -> Result<ApiResource, String> {
-    let group = discovery::group(client, &r.group).await.map_err(|e| e.to_string())?;
+async fn resolve(client: &kube::Client, r: &CustomResource) -> Result<ApiResource, Unresolved> {
+    let group = discovery::group(client, &r.group).await?;
     group
         .recommended_resources()
         .into_iter()
         .map(|(ar, _)| ar)
         .find(|ar| ar.plural == r.resource)
-        .ok_or_else(|| format!("the API group {} serves no resource {}", r.group, r.resource))
+        .ok_or_else(|| Unresolved::NotServed {
+            group: r.group.clone(),
+            resource: r.resource.clone(),
+        })
 }
 
 /// Looks each resource up once now, so the kinds found are known as owners
