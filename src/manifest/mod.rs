@@ -1011,6 +1011,15 @@ mod tests {
     }
 
     #[test]
+    fn a_lists_items_carry_the_line_its_object_starts_on_past_comments_and_blank_lines() {
+        let text =
+            "kind: Pod\n---\n# the list\n\napiVersion: v1\nkind: List\nitems:\n- {kind: Pod}\n- {kind: Service}\n";
+        let docs = parse("l.yaml", text).unwrap();
+        let found: Vec<(usize, &str)> = docs.iter().map(|d| (d.line, d.kind())).collect();
+        assert_eq!(found, [(1, "Pod"), (5, "Pod"), (5, "Service")]);
+    }
+
+    #[test]
     fn lists_are_flattened() {
         let kinds = |text: &str| -> Vec<String> {
             parse("l.yaml", text)
