@@ -2814,13 +2814,7 @@ mod tests {
         assert!(w.canaries.is_empty());
         w.now += jiff::SignedDuration::from_secs(5);
         let p = w.step();
-        assert!(
-            p.actions
-                .iter()
-                .any(|a| matches!(a, Action::Event { reason, .. } if reason == "TemplateChanged")),
-            "{:?}",
-            p.actions
-        );
+        assert!(emits(&p, "TemplateChanged"), "{:?}", p.actions);
         assert_eq!(w.status().step_started_at, Some(Time(w.now)), "the step starts over");
     }
 
@@ -3114,10 +3108,11 @@ mod tests {
         assert_eq!(w.status().phase, Phase::Succeeded, "{}", w.status().message);
     }
 
-    fn started(p: &Plan) -> bool {
+    /// Whether the plan emits an event with this reason.
+    fn emits(p: &Plan, wanted: &str) -> bool {
         p.actions
             .iter()
-            .any(|a| matches!(a, Action::Event { reason, .. } if reason == "StepStarted"))
+            .any(|a| matches!(a, Action::Event { reason, .. } if reason == wanted))
     }
 
     #[test]
@@ -3128,7 +3123,7 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..40 {
             let p = w.step();
-            if started(&p) {
+            if emits(&p, "StepStarted") {
                 seen.push((p.status.current_step, p.status.phase, p.status.desired_weight));
             }
             w.now += jiff::SignedDuration::from_secs(1);
@@ -3166,21 +3161,11 @@ mod tests {
         let bake_end = ready + jiff::SignedDuration::from_secs(30);
         w.now = bake_end - jiff::SignedDuration::from_secs(1);
         let p = w.step();
-        assert!(
-            !p.actions
-                .iter()
-                .any(|a| matches!(a, Action::Event { reason, .. } if reason == "StepCompleted"))
-        );
+        assert!(!emits(&p, "StepCompleted"));
         assert_eq!(p.requeue, Some(Duration::from_secs(1)), "look again when the bake ends");
         w.now = bake_end;
         let p = w.step();
-        assert!(
-            p.actions
-                .iter()
-                .any(|a| matches!(a, Action::Event { reason, .. } if reason == "StepCompleted")),
-            "{:?}",
-            p.actions
-        );
+        assert!(emits(&p, "StepCompleted"), "{:?}", p.actions);
         assert_eq!(p.status.current_step, 1);
     }
 
