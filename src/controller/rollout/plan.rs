@@ -1510,11 +1510,18 @@ mod tests {
 
         /// One reconcile: plan, apply everything, write the status (first, for a rollback).
         fn step(&mut self) -> Plan {
+            self.step_losing(|_| {})
+        }
+
+        /// [`World::step`], with `lose` taking actions out of the plan after a
+        /// status it writes first is written (lost on their way to the API server).
+        fn step_losing(&mut self, lose: impl FnOnce(&mut Plan)) -> Plan {
             self.cluster_tick();
-            let p = self.plan();
+            let mut p = self.plan();
             if p.status_first(&self.status()) {
                 self.rollout.status = Some(p.status.clone());
             }
+            lose(&mut p);
             let mut status = p.status.clone();
             self.apply(&p.actions, &mut status);
             self.rollout.status = Some(status);
@@ -3318,24 +3325,24 @@ mod tests {
         );
     }
 
+    /// Takes the plan's scale of the Deployment out; whether it had one.
+    fn lose_scale(p: &mut Plan) -> bool {
+        let before = p.actions.len();
+        p.actions.retain(|a| !matches!(a, Action::ScaleDeployment { .. }));
+        p.actions.len() < before
+    }
+
     #[test]
     fn a_scale_on_record_but_not_yet_made_is_made_again_and_not_taken_for_someone_elses() {
         let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 4);
         let mut lost = 0;
         for _ in 0..30 {
-            w.cluster_tick();
-            let mut p = w.plan();
-            if p.status_first(&w.status()) {
-                w.rollout.status = Some(p.status.clone());
-            }
             // The status is written; the scale itself is lost, twice.
-            if lost < 2 && p.actions.iter().any(|a| matches!(a, Action::ScaleDeployment { .. })) {
-                p.actions.retain(|a| !matches!(a, Action::ScaleDeployment { .. }));
-                lost += 1;
-            }
-            let mut status = p.status.clone();
-            w.apply(&p.actions, &mut status);
-            w.rollout.status = Some(status);
+            w.step_losing(|p| {
+                if lost < 2 && lose_scale(p) {
+                    lost += 1;
+                }
+            });
             w.now += jiff::SignedDuration::from_secs(2);
         }
         assert_eq!(lost, 2);
@@ -3362,20 +3369,13 @@ mod tests {
         let mut w = World::new(taking(json!([{"weight": 50, "bakeSeconds": 600}, {"weight": 100}])), 4);
         let mut lost = false;
         for _ in 0..30 {
-            w.cluster_tick();
-            let mut p = w.plan();
-            if p.status_first(&w.status()) {
-                w.rollout.status = Some(p.status.clone());
-            }
-            if !lost && p.actions.iter().any(|a| matches!(a, Action::ScaleDeployment { .. })) {
-                p.actions.retain(|a| !matches!(a, Action::ScaleDeployment { .. }));
+            let mut now_lost = false;
+            w.step_losing(|p| now_lost = !lost && lose_scale(p));
+            if now_lost {
                 lost = true;
                 w.deployment.spec.replicas = Some(2);
                 w.deployment.metadata.managed_fields = Some(vec![replicas_owner("kubectl")]);
             }
-            let mut status = p.status.clone();
-            w.apply(&p.actions, &mut status);
-            w.rollout.status = Some(status);
             w.now += jiff::SignedDuration::from_secs(2);
         }
         assert!(lost);
