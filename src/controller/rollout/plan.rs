@@ -3350,13 +3350,11 @@ mod tests {
         assert!(!s.capacity_released, "{s:?}");
         assert!(!w.events.iter().any(|e| e == "CapacityReleased"), "{:?}", w.events);
         assert_eq!(w.deployment.spec.replicas, Some(2));
+        let scale = s.stable_scale.map(|s| (s.replicas, s.scaled_to, s.held));
         assert_eq!(
-            s.stable_scale,
-            Some(StableScale {
-                replicas: 4,
-                scaled_to: 2,
-                held: true
-            })
+            scale,
+            Some((4, 2, true)),
+            "4 of its own, scaled to 2, our scale seen in place"
         );
     }
 
