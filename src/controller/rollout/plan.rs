@@ -1177,7 +1177,7 @@ impl<'a> Planner<'a> {
             });
         }
         let serving_ready = held.iter().filter(|p| classify::ready(p)).count() as u32;
-        // It serves: a hold after staging alone wants no canary pods, so takes none.
+        // The held pods serve; after staging alone `wanted` is 0, so none are taken.
         self.size_stable(d, total, wanted, serving_ready, true);
         self.st.message =
             "holding at the last weight until the Deployment's template carries the distroless images (the Git change)"
@@ -3177,7 +3177,7 @@ mod tests {
     }
 
     #[test]
-    fn the_promotions_bake_over_with_the_rolling_update_undone_looks_again_in_1_s() {
+    fn the_promotions_bake_over_with_the_rolling_update_unfinished_looks_again_in_1_s() {
         let mut w = World::new(json!({"steps": [{"weight": 100, "bakeSeconds": 30}]}), 3);
         for _ in 0..20 {
             if w.status().step_ready_at.is_some() {
@@ -3381,6 +3381,9 @@ mod tests {
         assert!(!s.capacity_released, "{s:?}");
         assert!(!w.events.iter().any(|e| e == "CapacityReleased"), "{:?}", w.events);
         assert_eq!(s.stable_scale.as_ref().map(|s| s.replicas), Some(4), "{s:?}");
+        w.run(700, 10);
+        assert_eq!(w.status().phase, Phase::Succeeded, "{:?}", w.status());
+        assert_eq!(w.deployment.spec.replicas, Some(4), "the exit puts its own 4 back");
     }
 
     proptest! {
