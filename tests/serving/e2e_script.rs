@@ -38,6 +38,24 @@ fn the_workflows_run_the_scripts() {
 }
 
 #[test]
+fn the_ci_workflow_checks_out_the_commit_before_which_the_mutation_run_diffs_against() {
+    // actions/checkout fetches one commit unless told; `cargo xtask test`
+    // runs `cargo xtask mutants --in-diff HEAD~1`.
+    let ci = read(".github/workflows/ci.yml");
+    let checkout = ci
+        .split("- uses: actions/checkout@v4")
+        .nth(1)
+        .and_then(|rest| rest.split("\n      - ").next())
+        .expect("ci.yml checks out the repository");
+    assert!(checkout.contains("fetch-depth: 2"), "{checkout}");
+    let test = read("xtask/src/test.rs");
+    assert!(
+        test.contains("const MUTANTS_SINCE: &str = \"HEAD~1\";"),
+        "the test command diffs against another revision"
+    );
+}
+
+#[test]
 fn the_script_uses_the_names_the_chart_gives_its_objects() {
     let script = read("e2e/run.sh");
     assert!(script.contains("helm install distroless-guard charts/distroless-guard -n \"$NS\""));

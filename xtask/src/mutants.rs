@@ -100,7 +100,7 @@ pub fn run(in_diff: Option<&str>, files: &[String]) -> Result<(), String> {
             .map_err(|e| format!("git diff {rev}: {e}"))?;
         if !diff.status.success() {
             return Err(format!(
-                "git diff {rev}: {}",
+                "git diff {rev}: {} (a shallow clone lacks older commits: `git fetch --deepen=1` fetches one more)",
                 String::from_utf8_lossy(&diff.stderr).trim()
             ));
         }

@@ -11,6 +11,11 @@
 //! 4. `cargo test --workspace`.
 //! 5. A smoke run of every fuzz target (cargo-fuzz, installed when missing),
 //!    a few seconds each from its seeds.
+//! 6. The release binaries, each within its size limit.
+//! 7. Mutation testing of the pure cores' lines the last commit changed
+//!    (`cargo xtask mutants --in-diff HEAD~1`): no time when it changed none
+//!    of them, minutes when it did. The whole run is a documented command of
+//!    its own (hours), never part of this one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,6 +38,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 /// How long the smoke run gives each fuzz target.
 const FUZZ_SMOKE_SECONDS: u64 = 5;
+
+/// The revision the mutation run compares with: the commit before this one.
+const MUTANTS_SINCE: &str = "HEAD~1";
 
 pub fn run(cargo_args: &[String]) -> Result<(), String> {
     let started = Instant::now();
@@ -76,6 +84,13 @@ pub fn run(cargo_args: &[String]) -> Result<(), String> {
     } else {
         failed += 1;
     }
+    let mutants = crate::mutants::run(Some(MUTANTS_SINCE), &[]);
+    if let Err(e) = &mutants {
+        eprintln!("xtask test: {e}");
+        failed += 1;
+    } else {
+        passed += 1;
+    }
     println!(
         "{passed} passed, {failed} failed (tests {:.0} s, total {:.0} s)",
         tests.elapsed().as_secs_f64(),
@@ -87,6 +102,10 @@ pub fn run(cargo_args: &[String]) -> Result<(), String> {
         Err("a fuzz target crashed".into())
     } else if !sizes_ok {
         Err("a release binary grew past its limit".into())
+    } else if mutants.is_err() {
+        Err(format!(
+            "the mutation run of the lines changed since {MUTANTS_SINCE} failed"
+        ))
     } else {
         Ok(())
     }
