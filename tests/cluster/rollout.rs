@@ -1220,13 +1220,16 @@ async fn a_canary_taking_from_the_deployment_keeps_the_serving_count_and_every_e
     // 50% of 4: two canary pods serve in place of two of the Deployment's.
     app(&ns, "web", 4, &format!("registry.test/{ns}/web:1"), Value::Null).await;
     web_to_distroless(&ns, take(json!([{"weight": 50, "pause": true}, {"weight": 100}]))).await;
+    // As the canary's pods turn ready the Deployment goes from 4 to 2 (through
+    // 3 when one is ready first); each count is written to the status before
+    // its scale is made, so the wait is for both.
     let s = wait_for("the Deployment scaled to 2", Duration::from_secs(60), || async {
         let s = status(&ns, "web").await?;
-        (s["stableScale"]["held"] == true && s["stableScale"]["scaledTo"] == 2).then_some(s)
+        let recorded = s["stableScale"]["held"] == true && s["stableScale"]["scaledTo"] == 2;
+        (recorded && replicas_of(&ns, "web").await == 2).then_some(s)
     })
     .await;
     assert_eq!(s["stableScale"]["replicas"], 4, "{s:#}");
-    assert_eq!(replicas_of(&ns, "web").await, 2);
     let r = get_json(&["distrolessrollout", "web", "-n", &ns]).await.unwrap();
     assert_eq!(
         r["metadata"]["finalizers"],
