@@ -188,6 +188,15 @@ impl Admission {
         }
     }
 
+    /// The namespace's labels when a policy's selector reads them.
+    fn namespace_labels(&self, policies: &PolicySet, namespace: &str) -> BTreeMap<String, String> {
+        if policies.reads_namespace_labels() {
+            self.namespaces.labels(namespace)
+        } else {
+            BTreeMap::new()
+        }
+    }
+
     /// Evaluates a workload; with `inspect`, images are read from their
     /// registries first (under the policies' deadline) for the image rules.
     async fn judge<O>(
@@ -198,18 +207,9 @@ impl Admission {
         now: Timestamp,
         inspect: bool,
     ) -> Verdict {
-        let namespace = req
-            .namespace
-            .as_deref()
-            .or(workload.namespace.as_deref())
-            .filter(|n| !n.is_empty())
-            .unwrap_or("default");
+        let namespace = namespace_of(req, workload);
         let policies = self.policies();
-        let labels = if policies.reads_namespace_labels() {
-            self.namespaces.labels(namespace)
-        } else {
-            BTreeMap::new()
-        };
+        let labels = self.namespace_labels(&policies, namespace);
         let mut subject = Subject {
             workload,
             namespace,
@@ -372,16 +372,29 @@ impl Admission {
         Ok(decide(&req.uid, label, verdict))
     }
 
-    /// The mutating webhook: Pods at CREATE only, so workload templates never drift from Git.
-    pub async fn mutate(&self, req: &mut AdmissionRequest, now: Timestamp) -> Result<Decision, ReviewError> {
+    /// The mutating webhook: Pods at CREATE only, so workload templates never
+    /// drift from Git. Nothing is awaited: images are not read for mutation.
+    pub fn mutate(&self, req: &mut AdmissionRequest) -> Result<Decision, ReviewError> {
         let Some(workload) = Self::workload_of(req)? else {
             return Ok(allowed(req));
         };
         if workload.kind != WorkloadKind::Pod || req.operation != Operation::Create || req.sub_resource.is_some() {
             return Ok(allowed(req));
         }
-        let verdict = self.judge(req, &workload, Scope::Full, now, false).await;
-        let ops = verdict.mutation_patch(&workload);
+        // Only which policies match matters here: no rule is checked.
+        let policies = self.policies();
+        let namespace = namespace_of(req, &workload);
+        let labels = self.namespace_labels(&policies, namespace);
+        let subject = Subject {
+            workload: &workload,
+            namespace,
+            namespace_labels: &labels,
+            scope: Scope::Full,
+            images: None,
+        };
+        let ops = policy::mutation_for(&policies, &subject)
+            .map(|m| policy::mutation_patch(&workload.spec, workload.kind.spec_pointer(), &m))
+            .unwrap_or_default();
         let response = match AdmissionResponse::allow(&req.uid).with_patch(&ops) {
             Ok(r) => r,
             Err(e) => AdmissionResponse::deny(
@@ -397,6 +410,16 @@ impl Admission {
             violations: Vec::new(),
         })
     }
+}
+
+/// The namespace a request's object lives in (`default` when neither the
+/// request nor the object names one).
+fn namespace_of<'r, O>(req: &'r AdmissionRequest<O>, workload: &'r Workload) -> &'r str {
+    req.namespace
+        .as_deref()
+        .or(workload.namespace.as_deref())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
 }
 
 /// A violation's field path relative to the pod spec (`containers[0].command`),

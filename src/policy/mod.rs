@@ -158,6 +158,14 @@ pub fn inspection_plan(policies: &PolicySet, subject: &Subject<'_>) -> Option<In
     })
 }
 
+/// What mutation does for the subject: the merged settings of the policies
+/// that match it, `None` when none does. The same as [`evaluate`]'s
+/// `mutation`, without checking a rule (the mutating webhook reads no
+/// violation).
+pub fn mutation_for(policies: &PolicySet, subject: &Subject<'_>) -> Option<MutationSettings> {
+    MutationSettings::merge(matching(policies, subject).into_iter().map(|p| &p.spec))
+}
+
 /// Evaluates one object against every policy in force. Several matching
 /// policies: for each finding, the strictest action wins (Deny > Warn >
 /// Audit); a policy that ignores the rule or exempts the finding has no say;

@@ -96,7 +96,7 @@ impl Reviewed for crate::policy::ObjectShape {
         now: jiff::Timestamp,
     ) -> Result<admission::Decision, admission::ReviewError> {
         match endpoint {
-            Endpoint::Mutate => admission.mutate(request, now).await,
+            Endpoint::Mutate => admission.mutate(request),
             _ => admission.validate(request, now).await,
         }
     }

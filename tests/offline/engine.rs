@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use distroless_guard::api::{Action, DistrolessPolicy, RuleId};
-use distroless_guard::policy::{PolicySet, Scope, Subject, Verdict, Workload, evaluate, namespace_name_labels};
+use distroless_guard::policy::{
+    PolicySet, Scope, Subject, Verdict, Workload, evaluate, mutation_for, namespace_name_labels,
+};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -283,6 +285,67 @@ spec:
     let mut legacy = bad.clone();
     legacy["metadata"]["labels"] = json!({"legacy": "yes"});
     assert!(judge_in(&set, &legacy, "shop", &labelled).violations.is_empty());
+}
+
+/// The mutating webhook asks `mutation_for` alone; it must say what
+/// `evaluate` says, matched or not, for one policy or several merged.
+#[test]
+fn mutation_for_gives_the_settings_evaluate_gives_with_one_policy_several_or_none() {
+    let set = policies(&format!(
+        r#"{TWO_POLICIES}---
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {{name: c-shop}}
+spec:
+  match: {{namespaceSelector: {{matchLabels: {{team: shop}}}}, excludeNamespaces: [quiet]}}
+  mutation: {{seccompRuntimeDefault: true}}
+---
+apiVersion: distrolessguard.dev/v1alpha1
+kind: DistrolessPolicy
+metadata: {{name: only-quiet}}
+spec:
+  match: {{objectSelector: {{matchLabels: {{only: quiet}}}}}}
+"#
+    ));
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "a", "image": "a"}]}});
+    let workload = Workload::from_value(&pod).unwrap().unwrap();
+    let mut shop = namespace_name_labels("shop");
+    shop.insert("team".into(), "shop".into());
+    let mut seen = Vec::new();
+    for (namespace, labels) in [("default", namespace_name_labels("default")), ("shop", shop)] {
+        let subject = Subject {
+            workload: &workload,
+            namespace,
+            namespace_labels: &labels,
+            scope: Scope::Full,
+            images: None,
+        };
+        let settings = mutation_for(&set, &subject);
+        assert_eq!(settings, evaluate(&set, &subject, now()).mutation, "{namespace}");
+        seen.push(settings.expect("the two unselective policies match everywhere"));
+    }
+    // Merged: a-audit's uid (first by name) and dropAllCapabilities, and in
+    // shop c-shop's seccompRuntimeDefault on top.
+    assert_eq!((seen[0].uid, seen[1].uid), (20002, 20002));
+    assert!(seen[0].drop_all_capabilities && seen[1].drop_all_capabilities);
+    assert_eq!(
+        (seen[0].seccomp_runtime_default, seen[1].seccomp_runtime_default),
+        (false, true)
+    );
+
+    // No policy matches: none, as evaluate says.
+    let builtin = PolicySet::builtin_default();
+    let labels = namespace_name_labels("kube-system");
+    let subject = Subject {
+        workload: &workload,
+        namespace: "kube-system",
+        namespace_labels: &labels,
+        scope: Scope::Full,
+        images: None,
+    };
+    assert_eq!(mutation_for(&builtin, &subject), None);
+    assert_eq!(evaluate(&builtin, &subject, now()).mutation, None);
 }
 
 #[test]
