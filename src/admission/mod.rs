@@ -385,13 +385,7 @@ impl Admission {
         let policies = self.policies();
         let namespace = namespace_of(req, &workload);
         let labels = self.namespace_labels(&policies, namespace);
-        let subject = Subject {
-            workload: &workload,
-            namespace,
-            namespace_labels: &labels,
-            scope: Scope::Full,
-            images: None,
-        };
+        let subject = Subject::new(&workload, namespace, &labels);
         let ops = policy::mutation_for(&policies, &subject)
             .map(|m| policy::mutation_patch(&workload.spec, workload.kind.spec_pointer(), &m))
             .unwrap_or_default();

@@ -8,8 +8,7 @@ use jiff::Timestamp;
 
 use crate::api::{AuditSummary, ImageCounts, WorkloadViolations};
 use crate::policy::{
-    self, CompiledPolicy, ImageFacts, ImageStatus, PolicySet, Scope, Subject, Violation, Workload,
-    namespace_name_labels,
+    self, CompiledPolicy, ImageFacts, ImageStatus, PolicySet, Subject, Violation, Workload, namespace_name_labels,
 };
 
 /// How many violating workloads the status lists.
@@ -75,13 +74,7 @@ impl AuditObject {
         labels: &'a BTreeMap<String, String>,
         images: Option<&'a ImageFacts>,
     ) -> Subject<'a> {
-        Subject {
-            workload: &self.workload,
-            namespace: self.namespace(),
-            namespace_labels: labels,
-            scope: Scope::Full,
-            images,
-        }
+        Subject::new(&self.workload, self.namespace(), labels).with_images(images)
     }
 }
 

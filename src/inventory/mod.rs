@@ -15,7 +15,7 @@ mod render;
 pub(crate) use render::{html, table};
 
 use crate::api::RuleId;
-use crate::policy::{self, ImageFacts, ImageStatus, PolicySet, Scope, Subject, Workload, namespace_name_labels};
+use crate::policy::{self, ImageFacts, ImageStatus, PolicySet, Subject, Workload, namespace_name_labels};
 
 /// Where a workload stands in the migration.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -184,13 +184,7 @@ fn assess(
             &fallback
         }
     };
-    let subject = Subject {
-        workload: w,
-        namespace,
-        namespace_labels,
-        scope: Scope::Full,
-        images: facts,
-    };
+    let subject = Subject::new(w, namespace, namespace_labels).with_images(facts);
     let verdict = policy::evaluate(policies, &subject, now);
     let mut images = State::Done;
     let mut has_images = false;

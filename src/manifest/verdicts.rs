@@ -9,9 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::manifest::{Document, Problem, ProblemKind};
-use crate::policy::{
-    self, ImageFacts, InspectionPlan, PolicySet, Scope, Subject, Violation, Workload, namespace_name_labels,
-};
+use crate::policy::{self, ImageFacts, InspectionPlan, PolicySet, Subject, Violation, Workload, namespace_name_labels};
 
 /// The namespace `kubectl apply` would use for an object that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -150,13 +148,7 @@ pub fn inspection_plans(docs: &[Document], policies: &PolicySet) -> Vec<Inspecti
     let mut plans = Vec::new();
     for found in docs.iter().filter_map(|d| pod_specs(d).ok()).flatten() {
         let (namespace, labels) = placement(&found.workload, &namespaces);
-        let subject = Subject {
-            workload: &found.workload,
-            namespace: &namespace,
-            namespace_labels: &labels,
-            scope: Scope::Full,
-            images: None,
-        };
+        let subject = Subject::new(&found.workload, &namespace, &labels);
         plans.extend(policy::inspection_plan(policies, &subject));
     }
     plans
@@ -188,13 +180,7 @@ pub fn check(
         for Found { mut workload, embedded } in found {
             let (namespace, ns_labels) = placement(&workload, &namespaces);
             let judge = |w: &Workload| {
-                let subject = Subject {
-                    workload: w,
-                    namespace: &namespace,
-                    namespace_labels: &ns_labels,
-                    scope: Scope::Full,
-                    images,
-                };
+                let subject = Subject::new(w, &namespace, &ns_labels).with_images(images);
                 policy::evaluate(policies, &subject, now)
             };
             let reread = |value: &Value| match &embedded {

@@ -46,6 +46,24 @@ pub struct Subject<'a> {
     pub images: Option<&'a ImageFacts>,
 }
 
+impl<'a> Subject<'a> {
+    /// The whole pod spec of `workload` in `namespace`, images not inspected.
+    pub fn new(workload: &'a Workload, namespace: &'a str, namespace_labels: &'a BTreeMap<String, String>) -> Self {
+        Subject {
+            workload,
+            namespace,
+            namespace_labels,
+            scope: Scope::Full,
+            images: None,
+        }
+    }
+
+    /// With what image inspection found (`None`: not inspected).
+    pub fn with_images(self, images: Option<&'a ImageFacts>) -> Self {
+        Subject { images, ..self }
+    }
+}
+
 /// A rule broken, with the action the policies chose for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Violation {

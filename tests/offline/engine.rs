@@ -21,13 +21,7 @@ fn policies(yaml: &str) -> PolicySet {
 
 fn judge_in(set: &PolicySet, object: &Value, namespace: &str, ns_labels: &BTreeMap<String, String>) -> Verdict {
     let workload = Workload::from_value(object).unwrap().unwrap();
-    let subject = Subject {
-        workload: &workload,
-        namespace,
-        namespace_labels: ns_labels,
-        scope: Scope::Full,
-        images: None,
-    };
+    let subject = Subject::new(&workload, namespace, ns_labels);
     evaluate(set, &subject, now())
 }
 
@@ -314,13 +308,7 @@ spec:
     shop.insert("team".into(), "shop".into());
     let mut seen = Vec::new();
     for (namespace, labels) in [("default", namespace_name_labels("default")), ("shop", shop)] {
-        let subject = Subject {
-            workload: &workload,
-            namespace,
-            namespace_labels: &labels,
-            scope: Scope::Full,
-            images: None,
-        };
+        let subject = Subject::new(&workload, namespace, &labels);
         let settings = mutation_for(&set, &subject);
         assert_eq!(settings, evaluate(&set, &subject, now()).mutation, "{namespace}");
         seen.push(settings.expect("the two unselective policies match everywhere"));
@@ -337,13 +325,7 @@ spec:
     // No policy matches: none, as evaluate says.
     let builtin = PolicySet::builtin_default();
     let labels = namespace_name_labels("kube-system");
-    let subject = Subject {
-        workload: &workload,
-        namespace: "kube-system",
-        namespace_labels: &labels,
-        scope: Scope::Full,
-        images: None,
-    };
+    let subject = Subject::new(&workload, "kube-system", &labels);
     assert_eq!(mutation_for(&builtin, &subject), None);
     assert_eq!(evaluate(&builtin, &subject, now()).mutation, None);
 }
@@ -536,13 +518,7 @@ fn report(image: &str, shells: &[&str], pms: &[&str], user: &str, uid: Option<u3
 fn judge_images(set: &PolicySet, object: &Value, facts: &ImageFacts) -> Verdict {
     let workload = Workload::from_value(object).unwrap().unwrap();
     let labels = namespace_name_labels("default");
-    let subject = Subject {
-        workload: &workload,
-        namespace: "default",
-        namespace_labels: &labels,
-        scope: Scope::Full,
-        images: Some(facts),
-    };
+    let subject = Subject::new(&workload, "default", &labels).with_images(Some(facts));
     evaluate(set, &subject, now())
 }
 
@@ -649,13 +625,7 @@ fn inspection_plans_take_the_shortest_timeout_all_platforms_only_when_asked_and_
     two["spec"]["initContainers"] = json!([{"name": "i", "image": "a:1"}, {"name": "j", "image": "b:1"}]);
     let w = Workload::from_value(&two).unwrap().unwrap();
     let labels = namespace_name_labels("default");
-    let subject = Subject {
-        workload: &w,
-        namespace: "default",
-        namespace_labels: &labels,
-        scope: Scope::Full,
-        images: None,
-    };
+    let subject = Subject::new(&w, "default", &labels);
     let set = policies(
         r#"
 apiVersion: distrolessguard.dev/v1alpha1

@@ -4,7 +4,7 @@
 use crate::support::psa;
 use distroless_guard::api::{FsGroupMode, RuleId, RunAsUserMode};
 use distroless_guard::policy::{
-    MutationSettings, PolicySet, Scope, Subject, Workload, evaluate, mutation_patch, namespace_name_labels,
+    MutationSettings, PolicySet, Subject, Workload, evaluate, mutation_patch, namespace_name_labels,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -289,13 +289,7 @@ fn settings() -> impl Strategy<Value = MutationSettings> {
 fn violations(pod: &Value) -> Vec<(RuleId, String)> {
     let w = Workload::from_value(pod).unwrap().unwrap();
     let labels = namespace_name_labels("default");
-    let subject = Subject {
-        workload: &w,
-        namespace: "default",
-        namespace_labels: &labels,
-        scope: Scope::Full,
-        images: None,
-    };
+    let subject = Subject::new(&w, "default", &labels);
     evaluate(&PolicySet::builtin_default(), &subject, jiff::Timestamp::now())
         .violations
         .into_iter()

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::api::DistrolessRollout;
 use crate::kubectl::Error;
-use crate::policy::{CompiledPolicy, PolicySet, Scope, Subject, Workload};
+use crate::policy::{CompiledPolicy, PolicySet, Subject, Workload};
 
 /// The most Warning Events shown (newest first, each message once).
 const MAX_EVENTS: usize = 10;
@@ -73,13 +73,7 @@ pub(super) fn rules(
             source,
         })?
         .ok_or_else(|| Error::Usage("not a workload with a pod template".into()))?;
-    let subject = Subject {
-        workload: &workload,
-        namespace,
-        namespace_labels: labels,
-        scope: Scope::Full,
-        images: None,
-    };
+    let subject = Subject::new(&workload, namespace, labels);
     let verdict = crate::policy::evaluate(policies, &subject, now);
     let rules = verdict
         .violations
