@@ -211,11 +211,8 @@ impl Admission {
         let policies = self.policies();
         let labels = self.namespace_labels(&policies, namespace);
         let mut subject = Subject {
-            workload,
-            namespace,
-            namespace_labels: &labels,
             scope,
-            images: None,
+            ..Subject::new(workload, namespace, &labels)
         };
         let facts;
         if let Some(inspector) = self.inspector.as_ref().filter(|_| inspect)

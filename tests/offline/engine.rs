@@ -291,14 +291,8 @@ apiVersion: distrolessguard.dev/v1alpha1
 kind: DistrolessPolicy
 metadata: {{name: c-shop}}
 spec:
-  match: {{namespaceSelector: {{matchLabels: {{team: shop}}}}, excludeNamespaces: [quiet]}}
+  match: {{namespaceSelector: {{matchLabels: {{team: shop}}}}}}
   mutation: {{seccompRuntimeDefault: true}}
----
-apiVersion: distrolessguard.dev/v1alpha1
-kind: DistrolessPolicy
-metadata: {{name: only-quiet}}
-spec:
-  match: {{objectSelector: {{matchLabels: {{only: quiet}}}}}}
 "#
     ));
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
@@ -322,8 +316,15 @@ spec:
         (false, true)
     );
 
-    // No policy matches: none, as evaluate says.
+    // One policy (the built-in default) in `default`: its own settings.
     let builtin = PolicySet::builtin_default();
+    let labels = namespace_name_labels("default");
+    let subject = Subject::new(&workload, "default", &labels);
+    let one = mutation_for(&builtin, &subject);
+    assert_eq!(one, evaluate(&builtin, &subject, now()).mutation);
+    assert_eq!(one.expect("the default matches `default`").uid, 65532);
+
+    // No policy matches: none, as evaluate says.
     let labels = namespace_name_labels("kube-system");
     let subject = Subject::new(&workload, "kube-system", &labels);
     assert_eq!(mutation_for(&builtin, &subject), None);
